@@ -1,0 +1,535 @@
+//! `pgshard.toml` (SPEC §3): the cluster shape, the router, shardd and table
+//! declarations. Every setting has a default, so no file is needed. Loading rejects
+//! unknown keys and bad values with a message naming the key.
+//!
+//! The config only seeds the catalog at first start; afterwards the catalog is the truth.
+
+use crate::types::KeyType;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("could not read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config at key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The key at fault, if the problem is with one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    pub router: RouterConfig,
+    pub shardd: SharddConfig,
+    #[serde(rename = "table")]
+    pub tables: Vec<TableConfig>,
+}
+
+/// Where PostgreSQL instances run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Local PostgreSQL processes started from the machine's binaries.
+    #[default]
+    Local,
+    /// Docker containers.
+    Docker,
+}
+
+/// How many replicas must hold a commit before it is acknowledged (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous_standby_names = 'ANY 1 (…)'`: an acknowledged commit is on a replica.
+    Sync,
+    /// Asynchronous streaming.
+    Async,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name (labels, container and network names).
+    pub name: String,
+    /// Number of shards at creation.
+    pub shards: u32,
+    /// Streaming replicas per shard (and for the catalog node).
+    pub replicas: u32,
+    /// Number of buckets, fixed at creation.
+    pub buckets: u32,
+    pub backend: Backend,
+    /// `sync` (the default when replicas ≥ 1) or `async`.
+    pub durability: Option<Durability>,
+    /// Where instance data, logs and the cluster state live.
+    pub data_dir: PathBuf,
+    /// The address instances listen on.
+    pub host: String,
+    /// First port for instances; 0 picks free ports.
+    pub base_port: u16,
+    /// Directory of the PostgreSQL server binaries; empty means search the usual places.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// The OS user PostgreSQL runs as when pgshard is started as root.
+    pub pg_user: String,
+    /// Extra `postgresql.conf` settings for every instance.
+    pub postgres: BTreeMap<String, String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            name: "pgshard".into(),
+            shards: 2,
+            replicas: 1,
+            buckets: 1024,
+            backend: Backend::Local,
+            durability: None,
+            data_dir: PathBuf::from("./pgshard-data"),
+            host: "127.0.0.1".into(),
+            base_port: 0,
+            pg_bin_dir: None,
+            pg_user: "postgres".into(),
+            postgres: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The effective durability mode.
+    pub fn durability(&self) -> Durability {
+        match self.durability {
+            Some(d) => d,
+            None if self.replicas >= 1 => Durability::Sync,
+            None => Durability::Async,
+        }
+    }
+}
+
+/// Where reads may go (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadRouting {
+    #[default]
+    Primary,
+    Replicas,
+    Any,
+}
+
+/// Backend pooling mode (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+/// A user the router authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// `host:port` the router listens on.
+    pub listen: String,
+    /// Backend connections per shard instance.
+    pub pool_size: u32,
+    pub pool_mode: PoolMode,
+    /// How long a client waits for a backend connection, in milliseconds.
+    pub pool_timeout_ms: u64,
+    /// Maximum client connections.
+    pub max_clients: u32,
+    /// Maximum size of one client protocol message in bytes.
+    pub max_message_bytes: u32,
+    pub read_routing: ReadRouting,
+    /// `trust` (no password, the default for the embedded loopback cluster),
+    /// `md5` or `scram-sha-256`.
+    pub auth: String,
+    pub users: Vec<UserConfig>,
+    /// PEM certificate and key: when both are set, the router accepts TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How often to re-check the catalog version, in milliseconds (besides NOTIFY).
+    pub catalog_poll_ms: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: "127.0.0.1:6432".into(),
+            pool_size: 8,
+            pool_mode: PoolMode::Transaction,
+            pool_timeout_ms: 10_000,
+            max_clients: 1000,
+            max_message_bytes: 64 * 1024 * 1024,
+            read_routing: ReadRouting::Primary,
+            auth: "trust".into(),
+            users: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            catalog_poll_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharddConfig {
+    /// `host:port` of the HTTP API; port 0 picks a free one.
+    pub listen: String,
+    /// Probe interval in milliseconds.
+    pub probe_interval_ms: u64,
+    /// Failed probes in a row before a node counts as down.
+    pub failure_threshold: u32,
+}
+
+impl Default for SharddConfig {
+    fn default() -> Self {
+        SharddConfig {
+            listen: "127.0.0.1:0".into(),
+            probe_interval_ms: 1000,
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// A `[[table]]` declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    pub name: String,
+    /// The shard key column: makes the table distributed.
+    pub shard_key: Option<String>,
+    /// The shard key's type (default `bigint`); must match the column's type.
+    pub key_type: Option<String>,
+    /// `distributed` (default when `shard_key` is set) or `reference`.
+    pub kind: Option<String>,
+    /// Co-locate with this table (default: every distributed table with the same key
+    /// type shares one group).
+    pub colocate_with: Option<String>,
+}
+
+impl Config {
+    /// Parse and validate a config from TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            ConfigError::invalid(if key == "." { String::new() } else { key }, message)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Load from a file, or the defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => {
+                let c = Config::default();
+                c.validate()?;
+                Ok(c)
+            }
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text)
+            }
+        }
+    }
+
+    /// Check values the types cannot: ranges, names, consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if c.shards == 0 || c.shards > 256 {
+            return Err(ConfigError::invalid(
+                "cluster.shards",
+                format!("must be between 1 and 256, got {}", c.shards),
+            ));
+        }
+        if c.replicas > 8 {
+            return Err(ConfigError::invalid(
+                "cluster.replicas",
+                format!("must be between 0 and 8, got {}", c.replicas),
+            ));
+        }
+        if c.buckets < c.shards || c.buckets > 65536 {
+            return Err(ConfigError::invalid(
+                "cluster.buckets",
+                format!(
+                    "must be between the number of shards ({}) and 65536, got {}",
+                    c.shards, c.buckets
+                ),
+            ));
+        }
+        if c.durability == Some(Durability::Sync) && c.replicas == 0 {
+            return Err(ConfigError::invalid(
+                "cluster.durability",
+                "`sync` needs at least one replica (cluster.replicas >= 1)",
+            ));
+        }
+        if c.name.is_empty()
+            || !c
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            return Err(ConfigError::invalid(
+                "cluster.name",
+                "must be non-empty and use only letters, digits, `-` and `_`",
+            ));
+        }
+        if c.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid(
+                "cluster.data_dir",
+                "must not be empty",
+            ));
+        }
+        let r = &self.router;
+        if r.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "router.listen",
+                format!("`{}` is not a host:port address", r.listen),
+            ));
+        }
+        if r.pool_size == 0 {
+            return Err(ConfigError::invalid(
+                "router.pool_size",
+                "must be at least 1",
+            ));
+        }
+        if r.max_clients == 0 {
+            return Err(ConfigError::invalid(
+                "router.max_clients",
+                "must be at least 1",
+            ));
+        }
+        if r.max_message_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "router.max_message_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if !matches!(r.auth.as_str(), "trust" | "md5" | "scram-sha-256") {
+            return Err(ConfigError::invalid(
+                "router.auth",
+                format!(
+                    "must be `trust`, `md5` or `scram-sha-256`, got `{}`",
+                    r.auth
+                ),
+            ));
+        }
+        if r.auth != "trust" && r.users.is_empty() {
+            return Err(ConfigError::invalid(
+                "router.users",
+                format!(
+                    "router.auth = `{}` needs at least one [[router.users]]",
+                    r.auth
+                ),
+            ));
+        }
+        if r.tls_cert.is_some() != r.tls_key.is_some() {
+            return Err(ConfigError::invalid(
+                "router.tls_key",
+                "tls_cert and tls_key must be set together",
+            ));
+        }
+        if self.shardd.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::invalid(
+                "shardd.listen",
+                format!("`{}` is not a host:port address", self.shardd.listen),
+            ));
+        }
+        if self.shardd.probe_interval_ms < 50 {
+            return Err(ConfigError::invalid(
+                "shardd.probe_interval_ms",
+                "must be at least 50",
+            ));
+        }
+        if self.shardd.failure_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "shardd.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let key = |field: &str| format!("table[{i}].{field}");
+            if t.name.trim().is_empty() {
+                return Err(ConfigError::invalid(key("name"), "must not be empty"));
+            }
+            if !seen.insert(t.name.clone()) {
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("table `{}` is declared twice", t.name),
+                ));
+            }
+            let kind = t.kind.as_deref().unwrap_or(if t.shard_key.is_some() {
+                "distributed"
+            } else {
+                ""
+            });
+            match kind {
+                "distributed" => {
+                    if t.shard_key.as_deref().is_none_or(|k| k.trim().is_empty()) {
+                        return Err(ConfigError::invalid(
+                            key("shard_key"),
+                            format!("distributed table `{}` needs a shard_key", t.name),
+                        ));
+                    }
+                }
+                "reference" => {
+                    if t.shard_key.is_some() {
+                        return Err(ConfigError::invalid(
+                            key("shard_key"),
+                            format!("reference table `{}` cannot have a shard_key", t.name),
+                        ));
+                    }
+                }
+                "" => {
+                    return Err(ConfigError::invalid(
+                        key("kind"),
+                        format!(
+                            "table `{}` needs `shard_key` (distributed) or kind = \"reference\"",
+                            t.name
+                        ),
+                    ))
+                }
+                other => {
+                    return Err(ConfigError::invalid(
+                        key("kind"),
+                        format!("must be `distributed` or `reference`, got `{other}`"),
+                    ))
+                }
+            }
+            if let Some(kt) = &t.key_type {
+                if KeyType::parse(kt).is_none() {
+                    return Err(ConfigError::invalid(
+                        key("key_type"),
+                        format!(
+                            "unsupported shard key type `{kt}`; use smallint, integer, bigint, text, varchar or uuid"
+                        ),
+                    ));
+                }
+            }
+            if let Some(other) = &t.colocate_with {
+                if !self
+                    .tables
+                    .iter()
+                    .any(|o| &o.name == other && o.shard_key.is_some())
+                {
+                    return Err(ConfigError::invalid(
+                        key("colocate_with"),
+                        format!("`{other}` is not a declared distributed table"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(text: &str) -> String {
+        match Config::parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").expect("empty config");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.cluster.shards, 2);
+        assert_eq!(c.cluster.replicas, 1);
+        assert_eq!(c.cluster.buckets, 1024);
+        assert_eq!(c.cluster.durability(), Durability::Sync);
+        assert_eq!(c.router.listen, "127.0.0.1:6432");
+    }
+
+    #[test]
+    fn tables_parse() {
+        let c = Config::parse(
+            r#"
+            [[table]]
+            name = "pgbench_accounts"
+            shard_key = "aid"
+            [[table]]
+            name = "pgbench_branches"
+            kind = "reference"
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(c.tables.len(), 2);
+        assert_eq!(c.tables[0].shard_key.as_deref(), Some("aid"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert_eq!(key_of("[cluster]\nshardz = 3\n"), "cluster.shardz");
+        assert_eq!(key_of("bogus = 1\n"), "bogus");
+        assert_eq!(
+            key_of("[[table]]\nname = \"t\"\nshard_key = \"id\"\ncolour = 1\n"),
+            "table[0].colour"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert_eq!(key_of("[cluster]\nshards = 0\n"), "cluster.shards");
+        assert_eq!(key_of("[cluster]\nshards = \"two\"\n"), "cluster.shards");
+        assert_eq!(key_of("[cluster]\nbackend = \"vm\"\n"), "cluster.backend");
+        assert_eq!(key_of("[router]\nlisten = \"nowhere\"\n"), "router.listen");
+        assert_eq!(
+            key_of("[cluster]\nreplicas = 0\ndurability = \"sync\"\n"),
+            "cluster.durability"
+        );
+        assert_eq!(
+            key_of("[[table]]\nname = \"t\"\nshard_key = \"id\"\nkey_type = \"float\"\n"),
+            "table[0].key_type"
+        );
+        assert_eq!(key_of("[[table]]\nname = \"t\"\n"), "table[0].kind");
+    }
+
+    #[test]
+    fn error_message_names_the_key() {
+        let e = Config::parse("[router]\npool_size = 0\n").expect_err("invalid");
+        let text = e.to_string();
+        assert!(text.contains("router.pool_size"), "{text}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Bucket placement. Filled in by the placement work.

@@ -1,0 +1,299 @@
+//! Cluster metadata types shared by the router and shardd.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! id_newtype {
+    ($(#[$doc:meta])* $name:ident, $inner:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub $inner);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A shard (replication group). Shard ids are never reused.
+    ShardId,
+    u32
+);
+id_newtype!(
+    /// One bucket of the key space, `0..buckets`.
+    BucketId,
+    u32
+);
+id_newtype!(
+    /// One PostgreSQL instance. Node ids are never reused.
+    NodeId,
+    u32
+);
+id_newtype!(
+    /// The catalog's version, bumped by every change.
+    CatalogVersion,
+    i64
+);
+
+/// What a node is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// The node holding the catalog database.
+    Catalog,
+    /// A shard's primary: takes writes.
+    Primary,
+    /// A streaming replica of a shard primary (or of the catalog node).
+    Replica,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Catalog => "catalog",
+            NodeRole::Primary => "primary",
+            NodeRole::Replica => "replica",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "catalog" => Some(NodeRole::Catalog),
+            "primary" => Some(NodeRole::Primary),
+            "replica" => Some(NodeRole::Replica),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The observed health of a node, as last recorded by shardd's probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Created in the catalog, not yet started or not yet probed.
+    Pending,
+    /// Answers queries (and, for a replica, is streaming).
+    Healthy,
+    /// Failed its recent probes.
+    Down,
+    /// Deliberately stopped.
+    Stopped,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Pending => "pending",
+            NodeState::Healthy => "healthy",
+            NodeState::Down => "down",
+            NodeState::Stopped => "stopped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(NodeState::Pending),
+            "healthy" => Some(NodeState::Healthy),
+            "down" => Some(NodeState::Down),
+            "stopped" => Some(NodeState::Stopped),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The PostgreSQL type of a shard key. The hash depends on it (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    Int2,
+    Int4,
+    Int8,
+    Text,
+    Varchar,
+    Uuid,
+}
+
+impl KeyType {
+    /// The PostgreSQL type name as `format_type` prints it.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            KeyType::Int2 => "smallint",
+            KeyType::Int4 => "integer",
+            KeyType::Int8 => "bigint",
+            KeyType::Text => "text",
+            KeyType::Varchar => "character varying",
+            KeyType::Uuid => "uuid",
+        }
+    }
+
+    /// Parse a PostgreSQL type name (any common spelling).
+    pub fn parse(s: &str) -> Option<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        let base = lower.split('(').next().unwrap_or("").trim();
+        match base {
+            "int2" | "smallint" => Some(KeyType::Int2),
+            "int4" | "int" | "integer" | "serial" | "serial4" => Some(KeyType::Int4),
+            "int8" | "bigint" | "bigserial" | "serial8" => Some(KeyType::Int8),
+            "text" => Some(KeyType::Text),
+            "varchar" | "character varying" => Some(KeyType::Varchar),
+            "uuid" => Some(KeyType::Uuid),
+            _ => None,
+        }
+    }
+
+    /// True for the integer types, which all hash like `int8` (PostgreSQL makes
+    /// `hashint2/4/8extended` agree on equal values).
+    pub fn is_integer(self) -> bool {
+        matches!(self, KeyType::Int2 | KeyType::Int4 | KeyType::Int8)
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.sql_name())
+    }
+}
+
+/// A shard-key value, already parsed into its type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyValue {
+    /// Any integer key (smallint, integer, bigint).
+    Int(i64),
+    /// text or varchar.
+    Text(String),
+    /// uuid, as its 16 bytes.
+    Uuid([u8; 16]),
+}
+
+/// How a table is placed (SPEC §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TableKind {
+    /// Rows live on the shard of their key's bucket.
+    Distributed {
+        shard_key: String,
+        key_type: KeyType,
+        /// Tables in the same colocation group have equal keys on equal shards.
+        colocation: String,
+    },
+    /// A full copy on every shard.
+    Reference,
+}
+
+/// A declared table. Undeclared tables are *local*: they live on the catalog's
+/// `local_shard`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDef {
+    /// The table name, optionally schema-qualified, as PostgreSQL folds it (lowercase
+    /// unless quoted).
+    pub name: String,
+    pub kind: TableKind,
+}
+
+/// A shard: a replication group owning buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub id: ShardId,
+    /// `active`, `draining` (being removed) or `provisioning` (being added).
+    pub state: String,
+}
+
+/// One PostgreSQL instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    /// `None` for the catalog node and its replicas.
+    pub shard: Option<ShardId>,
+    pub role: NodeRole,
+    /// A stable name, e.g. `shard1-primary`, `shard1-replica1`, `catalog`; also the
+    /// replica's `application_name` and replication slot name (with `-` as `_`).
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub state: NodeState,
+    /// Replay lag behind its primary in bytes, for replicas, as last probed.
+    pub lag_bytes: Option<i64>,
+}
+
+/// Everything a router needs to route, at one catalog version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub version: CatalogVersion,
+    /// The number of buckets, fixed at cluster creation.
+    pub buckets: u32,
+    /// Owner of each bucket, indexed by bucket number.
+    pub bucket_map: Vec<ShardId>,
+    pub shards: Vec<Shard>,
+    pub nodes: Vec<Node>,
+    pub tables: Vec<TableDef>,
+    /// Where undeclared (local) tables live.
+    pub local_shard: ShardId,
+}
+
+impl Catalog {
+    /// The bucket of a key value.
+    pub fn bucket_of(&self, key: &KeyValue) -> BucketId {
+        crate::hash::bucket(key, self.buckets)
+    }
+
+    /// The shard owning a bucket.
+    pub fn shard_of_bucket(&self, bucket: BucketId) -> Option<ShardId> {
+        self.bucket_map.get(bucket.0 as usize).copied()
+    }
+
+    /// The shard holding a key.
+    pub fn shard_of(&self, key: &KeyValue) -> Option<ShardId> {
+        self.shard_of_bucket(self.bucket_of(key))
+    }
+
+    /// A declared table by name (exact match on the folded name, or on the unqualified
+    /// name when the declaration is unqualified).
+    pub fn table(&self, name: &str) -> Option<&TableDef> {
+        self.tables.iter().find(|t| t.name == name).or_else(|| {
+            let unqualified = name.rsplit('.').next().unwrap_or(name);
+            let in_public = name.starts_with("public.");
+            if in_public {
+                self.tables.iter().find(|t| t.name == unqualified)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The primary of a shard.
+    pub fn primary(&self, shard: ShardId) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.shard == Some(shard) && n.role == NodeRole::Primary)
+    }
+
+    /// The replicas of a shard.
+    pub fn replicas(&self, shard: ShardId) -> impl Iterator<Item = &Node> {
+        self.nodes
+            .iter()
+            .filter(move |n| n.shard == Some(shard) && n.role == NodeRole::Replica)
+    }
+
+    /// Shard ids in ascending order.
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        let mut ids: Vec<ShardId> = self.shards.iter().map(|s| s.id).collect();
+        ids.sort();
+        ids
+    }
+}
