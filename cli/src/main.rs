@@ -1,1 +1,255 @@
-fn main() {}
+//! `pgshard`: the command-line tool (SPEC §1, §2). It starts shardd in the background
+//! for `up`, and talks to shardd's HTTP API for everything else. The CLI holds no
+//! cluster logic of its own: it finds the cluster through its data directory, where
+//! shardd writes `shardd.json` (pid and API address) once the cluster is ready.
+
+mod daemon;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "pgshard",
+    version,
+    about = "A sharded PostgreSQL cluster behind one endpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DataDirArg {
+    /// The cluster's data directory.
+    #[arg(long, default_value = "./pgshard-data", env = "PGSHARD_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create (or restart) the cluster and return once every node answers queries.
+    Up(UpArgs),
+    /// Print the cluster's nodes; exits non-zero when something is unhealthy.
+    Status {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Print shardd's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the whole cluster cleanly, keeping its data.
+    Down {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Stop the cluster and remove all of its data.
+    Destroy {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    dir: DataDirArg,
+    /// A pgshard.toml; defaults make it optional.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Number of shards (for a new cluster).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Streaming replicas per shard (for a new cluster).
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Port the router listens on.
+    #[arg(long)]
+    router_port: Option<u16>,
+    /// `local` (PostgreSQL processes, the default) or `docker`.
+    #[arg(long)]
+    backend: Option<String>,
+    /// How long to wait for the cluster, in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Up(args) => up(args).await,
+        Command::Status { dir, json } => status(&dir.data_dir, json).await,
+        Command::Down { dir } => {
+            daemon::down(&dir.data_dir).await?;
+            println!("pgshard: cluster in {} stopped", dir.data_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Destroy { dir } => {
+            daemon::down(&dir.data_dir).await?;
+            daemon::destroy(&dir.data_dir).await?;
+            println!("pgshard: cluster in {} removed", dir.data_dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> Result<ExitCode> {
+    let data_dir = &args.dir.data_dir;
+    if let Some(state) = daemon::running(data_dir).await {
+        println!(
+            "pgshard: cluster in {} is already running",
+            data_dir.display()
+        );
+        print_connect_hint(&state);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = daemon::effective_config(
+        data_dir,
+        args.config.as_deref(),
+        daemon::Overrides {
+            shards: args.shards,
+            replicas: args.replicas,
+            router_port: args.router_port,
+            backend: args.backend.clone(),
+        },
+    )?;
+    daemon::check_backend(&config)?;
+    let started = std::time::Instant::now();
+    let state = daemon::start(data_dir, std::time::Duration::from_secs(args.timeout)).await?;
+    println!(
+        "pgshard: cluster ready in {:.1}s ({} shards, {} replicas each, {} backend)",
+        started.elapsed().as_secs_f64(),
+        config.cluster.shards,
+        config.cluster.replicas,
+        match config.cluster.backend {
+            pgshard_catalog::config::Backend::Local => "local",
+            pgshard_catalog::config::Backend::Docker => "docker",
+        }
+    );
+    print_connect_hint(&state);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_connect_hint(state: &daemon::DaemonState) {
+    if let Some(router) = &state.router {
+        println!(
+            "connect:   psql -h {} -p {} -U postgres postgres",
+            router.0, router.1
+        );
+    }
+    println!(
+        "status:    pgshard status --data-dir {}",
+        state.data_dir.display()
+    );
+    println!(
+        "stop:      pgshard down --data-dir {}",
+        state.data_dir.display()
+    );
+}
+
+async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let Some(state) = daemon::running(data_dir).await else {
+        eprintln!(
+            "pgshard: no running cluster in {} (shardd is not running; start it with `pgshard up`)",
+            data_dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let body = daemon::get_status(&state)
+        .await
+        .context("asking shardd for the cluster status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    }
+    let nodes = body
+        .get("nodes")
+        .and_then(|n| n.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut healthy = body.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
+    if !json {
+        println!(
+            "cluster {}  catalog version {}",
+            body.get("cluster").and_then(|c| c.as_str()).unwrap_or("?"),
+            body.get("catalog_version")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
+        );
+        println!(
+            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}",
+            "NODE", "SHARD", "ROLE", "ADDRESS", "STATE", "REPLICATION", "LAG"
+        );
+    }
+    for n in &nodes {
+        let s = |k: &str| n.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        let state = s("state");
+        if state != "healthy" {
+            healthy = false;
+        }
+        if json {
+            continue;
+        }
+        let shard = n
+            .get("shard")
+            .and_then(|v| v.as_u64())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "-".into());
+        let addr = format!(
+            "{}:{}",
+            s("host"),
+            n.get("port").and_then(|v| v.as_u64()).unwrap_or(0)
+        );
+        let repl = match n.get("sync_state").and_then(|v| v.as_str()) {
+            Some(v) => v.to_string(),
+            None => "-".into(),
+        };
+        let lag = n
+            .get("lag_bytes")
+            .and_then(|v| v.as_i64())
+            .map(|v| format!("{v} B"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}",
+            s("name"),
+            shard,
+            s("role"),
+            addr,
+            state,
+            repl,
+            lag
+        );
+    }
+    if nodes.is_empty() {
+        healthy = false;
+    }
+    if healthy {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !json {
+            println!("pgshard: cluster is not fully healthy");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
