@@ -77,8 +77,10 @@ pub struct ClusterConfig {
     pub name: String,
     /// Number of shards at creation.
     pub shards: u32,
-    /// Streaming replicas per shard (and for the catalog node).
+    /// Streaming replicas per shard.
     pub replicas: u32,
+    /// Streaming replicas of the catalog node (SPEC §2's default cluster has none).
+    pub catalog_replicas: u32,
     /// Number of buckets, fixed at creation.
     pub buckets: u32,
     pub backend: Backend,
@@ -104,6 +106,7 @@ impl Default for ClusterConfig {
             name: "pgshard".into(),
             shards: 2,
             replicas: 1,
+            catalog_replicas: 0,
             buckets: 1024,
             backend: Backend::Local,
             durability: None,
@@ -282,6 +285,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "cluster.replicas",
                 format!("must be between 0 and 8, got {}", c.replicas),
+            ));
+        }
+        if c.catalog_replicas > 8 {
+            return Err(ConfigError::invalid(
+                "cluster.catalog_replicas",
+                format!("must be between 0 and 8, got {}", c.catalog_replicas),
             ));
         }
         if c.buckets < c.shards || c.buckets > 65536 {
