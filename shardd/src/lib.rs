@@ -1,1 +1,10 @@
-//! placeholder
+//! shardd, pgshard's control plane (SPEC §8, §9, §11).
+//!
+//! - [`runtime`]: the [`runtime::NodeRuntime`] trait and its local-process implementation:
+//!   how one PostgreSQL instance is created, started, stopped, killed, promoted.
+//! - [`cluster`]: bootstrap and restart of a whole cluster (catalog node, shards, their
+//!   replicas) from a [`Config`], and its persisted local layout.
+
+pub mod runtime;
+
+pub use pgshard_catalog::Config;

@@ -1,0 +1,16 @@
+//! Temporary directories that the PostgreSQL OS user can use: `tempfile` creates them
+//! 0700 and owned by us (root in CI), which the `postgres` user could not even
+//! traverse, so the root is opened to 0755. Instance directories below it are created
+//! and chowned by the runtime.
+
+use std::os::unix::fs::PermissionsExt;
+use tempfile::TempDir;
+
+/// A fresh temporary directory under the system temp dir, removed on drop.
+pub fn temp_dir(prefix: &str) -> std::io::Result<TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("pgshard-{prefix}-"))
+        .tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
