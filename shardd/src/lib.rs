@@ -5,6 +5,10 @@
 //! - [`cluster`]: bootstrap and restart of a whole cluster (catalog node, shards, their
 //!   replicas) from a [`Config`], and its persisted local layout.
 
+pub mod cluster;
 pub mod runtime;
 
 pub use pgshard_catalog::Config;
+
+/// The file in the data dir where a running shardd publishes its API address and pid.
+pub const STATE_FILE: &str = "shardd.json";

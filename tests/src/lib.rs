@@ -13,10 +13,12 @@
 //! dedicated thread with a parent-death signal, so none survives the test process, even
 //! after a panic or a SIGKILL. Dropping a harness value stops its instances.
 
+pub mod cluster;
 pub mod dirs;
 pub mod ports;
 pub mod standalone;
 
+pub use cluster::{TestCluster, TestClusterOptions};
 pub use standalone::Standalone;
 
 /// Send `tracing` output to the test's captured output (once per process; set
