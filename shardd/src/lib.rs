@@ -1,13 +1,24 @@
-//! shardd, pgshard's control plane (SPEC §8, §9, §11).
+//! shardd, pgshard's control plane (SPEC §8, §9, §11, §12).
 //!
 //! - [`runtime`]: the [`runtime::NodeRuntime`] trait and its local-process implementation:
 //!   how one PostgreSQL instance is created, started, stopped, killed, promoted.
 //! - [`cluster`]: bootstrap and restart of a whole cluster (catalog node, shards, their
-//!   replicas) from a [`Config`], and its persisted local layout.
+//!   replicas) from a [`Config`], and its persisted local layout (`cluster.json`).
+//! - [`probe`]: health probes feeding the observed state into the catalog and the API.
+//! - [`api`]: the HTTP JSON API.
+//! - [`daemon`]: [`run`], the shardd process itself: bootstrap-or-restart, probe, serve,
+//!   stop cleanly.
+//!
+//! Failover, replica rebuild and shard moves will come as a reconciler over these
+//! pieces; today shardd only observes.
 
+pub mod api;
 pub mod cluster;
+pub mod daemon;
+pub mod probe;
 pub mod runtime;
 
+pub use daemon::{run, run_with, RunOptions, SharddState};
 pub use pgshard_catalog::Config;
 
 /// The file in the data dir where a running shardd publishes its API address and pid.

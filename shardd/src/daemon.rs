@@ -1,0 +1,205 @@
+//! The shardd process: bootstrap or restart the cluster, then probe it and serve the
+//! HTTP API until told to stop (SIGTERM/SIGINT through the cancellation token, or
+//! `POST /v1/shutdown`), and finally stop every instance cleanly.
+//!
+//! Once the cluster is ready, `data_dir/shardd.json` ([`SharddState`]) tells other
+//! processes (the CLI) where the API listens and which pid to signal; it is removed on
+//! a clean exit.
+
+use crate::api::{self, ApiState};
+use crate::cluster::Cluster;
+use crate::probe::{run_probes, ClusterStatus, NodeStatus, Prober};
+use crate::runtime::{LocalOptions, LocalProcess, NodeRuntime, ProcessLifecycle};
+use crate::STATE_FILE;
+use anyhow::Context;
+use pgshard_catalog::config::Backend;
+use pgshard_catalog::{Config, NodeState};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How shardd runs its instances.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Detached (production: instances survive a shardd crash) or Owned (tests and
+    /// foreground runs: instances die with shardd).
+    pub lifecycle: ProcessLifecycle,
+    /// Skip fsync in initdb/pg_basebackup: throwaway clusters only.
+    pub fast_init: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            lifecycle: ProcessLifecycle::Detached,
+            fast_init: false,
+        }
+    }
+}
+
+/// `data_dir/shardd.json`: where a ready shardd can be reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharddState {
+    pub pid: u32,
+    /// The bound address of the HTTP API.
+    pub api: SocketAddr,
+    pub cluster: String,
+    pub data_dir: PathBuf,
+}
+
+impl SharddState {
+    /// Read `shardd.json` from a data dir; `None` if shardd is not (or not yet) ready.
+    pub fn read(data_dir: &Path) -> std::io::Result<Option<SharddState>> {
+        match std::fs::read_to_string(data_dir.join(STATE_FILE)) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let path = data_dir.join(STATE_FILE);
+        let tmp = data_dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+}
+
+/// Run shardd for `config` until `shutdown` is cancelled (production defaults).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(config, RunOptions::default(), shutdown).await
+}
+
+/// [`run`] with explicit runtime options.
+pub async fn run_with(
+    config: Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let runtime: Arc<dyn NodeRuntime> = match config.cluster.backend {
+        Backend::Local => {
+            let mut local = LocalOptions::from_config(&config.cluster, opts.lifecycle);
+            local.fast_init = opts.fast_init;
+            Arc::new(LocalProcess::new(local)?)
+        }
+        Backend::Docker => {
+            anyhow::bail!(
+                "the docker backend is not available yet; use cluster.backend = \"local\""
+            )
+        }
+    };
+    let data_dir = std::path::absolute(&config.cluster.data_dir)
+        .with_context(|| format!("resolving {}", config.cluster.data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    // A stale file from a crashed run must not point the CLI at a dead API.
+    let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+
+    // Stopping: our own token, also cancelled by the caller's.
+    let stop = shutdown.child_token();
+    let status = Arc::new(RwLock::new(ClusterStatus {
+        cluster: config.cluster.name.clone(),
+        ..Default::default()
+    }));
+    let listener = tokio::net::TcpListener::bind(&config.shardd.listen)
+        .await
+        .with_context(|| format!("binding the API on {}", config.shardd.listen))?;
+    let api_addr = listener.local_addr()?;
+    tracing::info!(addr = %api_addr, "API listening");
+    let server = {
+        let app = api::router(ApiState {
+            status: status.clone(),
+            shutdown: stop.clone(),
+        });
+        let done = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(done.cancelled_owned())
+                .await
+        })
+    };
+
+    let started = Instant::now();
+    let up = tokio::select! {
+        r = Cluster::up(config.clone(), runtime.clone()) => Some(r),
+        _ = stop.cancelled() => None,
+    };
+    let cluster = match up {
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cluster start failed; stopping what was started");
+            stop_partial(&config, runtime).await;
+            stop.cancel();
+            let _ = server.await;
+            return Err(e).context("starting the cluster");
+        }
+        None => {
+            tracing::info!("shutdown during start; stopping what was started");
+            stop_partial(&config, runtime).await;
+            let _ = server.await;
+            return Ok(());
+        }
+    };
+    tracing::info!(cluster = %config.cluster.name, elapsed = ?started.elapsed(), "cluster ready");
+
+    {
+        let mut s = status.write().unwrap_or_else(|p| p.into_inner());
+        s.nodes = cluster
+            .layout()
+            .nodes
+            .iter()
+            .map(|n| NodeStatus::initial(n, NodeState::Healthy))
+            .collect();
+        s.ready = true;
+    }
+    let state = SharddState {
+        pid: std::process::id(),
+        api: api_addr,
+        cluster: cluster.layout().cluster.clone(),
+        data_dir: data_dir.clone(),
+    };
+    state.write(&data_dir)?;
+
+    let probes = tokio::spawn(run_probes(
+        Prober::new(&cluster),
+        Duration::from_millis(config.shardd.probe_interval_ms),
+        status.clone(),
+        stop.clone(),
+    ));
+
+    stop.cancelled().await;
+    tracing::info!("stopping");
+    status.write().unwrap_or_else(|p| p.into_inner()).ready = false;
+    let _ = probes.await;
+    let stopped = cluster.stop().await;
+    let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "API server error"),
+        Err(error) => tracing::warn!(%error, "API server task failed"),
+    }
+    stopped.context("stopping the cluster")?;
+    tracing::info!("shardd stopped");
+    Ok(())
+}
+
+/// Stop whatever instances a failed or interrupted start left running.
+async fn stop_partial(config: &Config, runtime: Arc<dyn NodeRuntime>) {
+    match Cluster::open(config.clone(), runtime) {
+        Ok(Some(c)) => {
+            if let Err(error) = c.stop().await {
+                tracing::error!(%error, "could not stop the cluster's instances");
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::error!(%error, "could not read the cluster layout"),
+    }
+}
