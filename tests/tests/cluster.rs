@@ -269,3 +269,202 @@ async fn async_cluster_has_no_synchronous_standbys() {
     drop(tc);
     assert_all_gone(&pids);
 }
+
+/// shardd as a process would run it (Owned lifecycle so nothing can leak): the API
+/// reports the cluster, probes notice a killed replica, and `POST /v1/shutdown` stops
+/// every instance.
+#[tokio::test]
+async fn shardd_serves_status_observes_failures_and_shuts_down() {
+    use pgshard_shardd::runtime::ProcessLifecycle;
+    use pgshard_shardd::{run_with, RunOptions, SharddState};
+    use tokio_util::sync::CancellationToken;
+
+    pgshard_tests::init_tracing();
+    let dir = pgshard_tests::dirs::temp_dir("shardd").expect("temp dir");
+    let data_dir = dir.path().join("data");
+    let mut config = TestClusterOptions {
+        shards: 1,
+        replicas: 1,
+        buckets: 16,
+        ..Default::default()
+    }
+    .config(&data_dir);
+    config.shardd.listen = "127.0.0.1:0".into();
+    config.shardd.probe_interval_ms = 100;
+    config.shardd.failure_threshold = 2;
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(run_with(
+        config,
+        RunOptions {
+            lifecycle: ProcessLifecycle::Owned,
+            fast_init: true,
+        },
+        shutdown.clone(),
+    ));
+    // Cancel the daemon (and so stop its instances) however this test ends.
+    let _guard = shutdown.clone().drop_guard();
+
+    // Ready once shardd.json appears.
+    let started = Instant::now();
+    let state = loop {
+        if let Some(s) = SharddState::read(&data_dir).expect("read shardd.json") {
+            break s;
+        }
+        assert!(!daemon.is_finished(), "shardd exited during bootstrap");
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "shardd not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state.pid, std::process::id());
+    let http = reqwest::Client::new();
+    let status_url = format!("http://{}/v1/status", state.api);
+    let get_status = || async {
+        http.get(&status_url)
+            .send()
+            .await
+            .expect("GET /v1/status")
+            .json::<serde_json::Value>()
+            .await
+            .expect("status JSON")
+    };
+    let node = |status: &serde_json::Value, name: &str| -> serde_json::Value {
+        status["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no node {name} in {status}"))
+    };
+
+    // Probes report both replicas streaming synchronously.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = get_status().await;
+        let streaming = ["catalog-replica1", "shard1-replica1"]
+            .iter()
+            .all(|r| node(&s, r)["replication_state"] == "streaming");
+        if streaming || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["cluster"], "pgshard-test");
+    assert_eq!(
+        status["nodes"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
+    assert!(status["version"].as_i64().is_some(), "{status}");
+    for name in [
+        "catalog",
+        "catalog-replica1",
+        "shard1-primary",
+        "shard1-replica1",
+    ] {
+        assert_eq!(node(&status, name)["state"], "healthy", "{status}");
+    }
+    for name in ["catalog-replica1", "shard1-replica1"] {
+        let n = node(&status, name);
+        assert_eq!(n["replication_state"], "streaming", "{n}");
+        assert!(
+            n["sync_state"] == "quorum" || n["sync_state"] == "sync",
+            "{n}"
+        );
+        assert!(n["lag_bytes"].as_i64().is_some(), "{n}");
+    }
+
+    // Every postmaster, from the pid files.
+    let pids: Vec<(String, u32)> = [
+        "catalog",
+        "catalog-replica1",
+        "shard1-primary",
+        "shard1-replica1",
+    ]
+    .iter()
+    .map(|name| {
+        let text = std::fs::read_to_string(
+            data_dir
+                .join("nodes")
+                .join(name)
+                .join("data/postmaster.pid"),
+        )
+        .expect("postmaster.pid");
+        let pid = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("pid");
+        (name.to_string(), pid)
+    })
+    .collect();
+
+    // Kill the shard's replica: the probes mark it down, in the API and the catalog.
+    let replica_pid = pids[3].1;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(replica_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill replica");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = get_status().await;
+        if node(&s, "shard1-replica1")["state"] == "down" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica never marked down: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let catalog_node = pids[0].0.clone();
+    let cluster_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data_dir.join("cluster.json")).expect("cluster.json"),
+    )
+    .expect("layout JSON");
+    let catalog_port = cluster_json["nodes"]
+        .as_array()
+        .and_then(|ns| ns.iter().find(|n| n["name"] == catalog_node.as_str()))
+        .and_then(|n| n["port"].as_u64())
+        .expect("catalog port");
+    let (catalog, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={catalog_port} user=postgres dbname=pgshard_catalog"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect catalog");
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: String = catalog
+            .query_one(
+                "SELECT state FROM pgshard.nodes WHERE name = 'shard1-replica1'",
+                &[],
+            )
+            .await
+            .expect("node state")
+            .get(0);
+        if state == "down" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "catalog never recorded the replica down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(catalog);
+
+    // Shut down over the API: run returns, shardd.json is gone, no postmaster is left.
+    let resp = http
+        .post(format!("http://{}/v1/shutdown", state.api))
+        .send()
+        .await
+        .expect("POST /v1/shutdown");
+    assert!(resp.status().is_success());
+    let result = tokio::time::timeout(Duration::from_secs(120), daemon)
+        .await
+        .expect("shardd stops in time")
+        .expect("shardd task");
+    result.expect("shardd exits cleanly");
+    assert!(SharddState::read(&data_dir).expect("read").is_none());
+    assert_all_gone(&pids);
+}
