@@ -1,18 +1,67 @@
 //! Statement parsing, classification and planning for pgshard (SPEC §5). No I/O: the
-//! router asks `plan(sql, &catalog)` what to do with a statement and gets back data.
+//! router asks [`plan`]`(sql, &catalog)` what to do with a Query string and gets back
+//! data.
 //!
-//! A [`Plan`] says where a statement goes ([`Route`]) and what the router must do around
-//! it. Statements sqlparser cannot parse are classified by their leading keywords and
-//! still get a route, never dropped (SPEC §5 rule 8).
+//! A [`Plan`] says where a statement goes ([`Route`]) and what kind of statement it is
+//! ([`StatementKind`]), so the router can track transactions and session state. Statements
+//! sqlparser cannot parse are classified by their leading keywords and still get a route,
+//! never dropped (SPEC §5 rule 8).
+//!
+//! Modules, in the order a statement passes through them:
+//! - `parse`: a PostgreSQL-aware scanner (statement splitting, leading keywords, the
+//!   `/* pgshard: shard=N */` hint) and the sqlparser front end;
+//! - `classify`: statement kinds from keywords, table classes from the catalog;
+//! - `route`: walks a parsed query or DML statement, finds every table it touches and
+//!   which shard-key values pin each distributed table, and turns that into a route;
+//! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
+//!   EXECUTE, COPY, utility and DDL, router commands, the keyword fallback) and the
+//!   combination of several statements in one Query string.
+//!
+//! The planner is conservative: a statement is sent to one shard only when every
+//! distributed table it reads or writes is provably restricted to that shard; anything
+//! else is `Unsupported` with a message naming the construct, until fan-out exists.
 
-use pgshard_catalog::{Catalog, KeyType, ShardId};
+mod classify;
+mod parse;
+mod plan;
+mod route;
 
-/// What the router does with one statement.
+#[cfg(test)]
+mod tests;
+
+use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
+
+pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
+
+/// What the router does with one Query string (one statement, or several separated by
+/// semicolons in the simple protocol).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub route: Route,
-    /// What kind of statement it is (transaction control, read, write, DDL…).
+    /// What kind of statement it is (transaction control, read, write, DDL…). For several
+    /// statements: their common kind, else the strongest of Write, Ddl, Read, Other (see
+    /// `statements` for each one's own kind).
     pub kind: StatementKind,
+    /// For `Route::ShardByParam`: what a NULL parameter means at Bind. `Some(error)` for
+    /// an INSERT whose shard key is the parameter (a NULL key is refused with SQLSTATE
+    /// 23502); `None` when a NULL key merely matches no row, so any shard may answer.
+    pub null_key: Option<PlanError>,
+    /// For a Query string holding several statements: each statement's own plan, in
+    /// order, so the router can track the transaction and session commands among them.
+    /// Empty for a single statement.
+    pub statements: Vec<Plan>,
+}
+
+impl Plan {
+    /// A single-statement plan.
+    pub fn new(route: Route, kind: StatementKind) -> Self {
+        Plan {
+            route,
+            kind,
+            null_key: None,
+            statements: Vec::new(),
+        }
+    }
 }
 
 /// Where a statement runs.
@@ -21,10 +70,11 @@ pub enum Route {
     /// Exactly one shard; the statement is forwarded byte-for-byte.
     Shard(ShardId),
     /// One shard, decided at Bind from parameter `$param` (1-based), which holds a value
-    /// of `key_type` for the shard key.
+    /// of `key_type` for the shard key. See [`route_for_key`] and [`Plan::null_key`].
     ShardByParam { param: usize, key_type: KeyType },
-    /// Any one shard (reference-table reads, catalog and utility queries, statements
-    /// without tables such as `SELECT 1`).
+    /// Any one shard (reference-table reads, utility queries, statements without tables
+    /// such as `SELECT 1`, and transaction/session commands, which the router applies
+    /// to whichever backends the session uses).
     AnyShard,
     /// Every shard (DDL and utility on distributed/reference tables).
     AllShards,
@@ -32,12 +82,17 @@ pub enum Route {
     Router(RouterCommand),
     /// Refused with SQLSTATE 0A000; the text names the construct.
     Unsupported(String),
+    /// Refused with the error's SQLSTATE ([`PlanError::sqlstate`]), without contacting a
+    /// shard (e.g. a NULL shard key on INSERT).
+    Error(PlanError),
 }
 
 /// Statements the router answers or acts on itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouterCommand {
-    /// `SELECT create_distributed_table('t', 'col' [, colocate_with => 'other'])`.
+    /// `SELECT create_distributed_table('t', 'col' [, colocate_with => 'other'])`. The
+    /// names are folded as PostgreSQL folds identifiers (`'T'` is `t`, `'"T"'` is `T`).
+    /// `colocate_with` is `None` for Citus' `'default'`; `'none'` is passed through.
     CreateDistributedTable {
         table: String,
         column: String,
@@ -45,6 +100,40 @@ pub enum RouterCommand {
     },
     /// `SELECT create_reference_table('t')`.
     CreateReferenceTable { table: String },
+    /// `SET [SESSION | LOCAL] pgshard.shard = N`: send the session's statements to shard
+    /// `N` until reset (`local`: until the end of the current transaction).
+    SetShard { shard: ShardId, local: bool },
+    /// `RESET pgshard.shard` or `SET pgshard.shard TO DEFAULT`. (`RESET ALL`, planned as
+    /// an ordinary session command, also clears it.)
+    ResetShard,
+    /// `SHOW pgshard.shard`: one row, the shard set with `SetShard` or `"none"`.
+    ShowShard,
+    /// `PREPARE name [(types)] AS statement`. The router records the statement for the
+    /// session and prepares it lazily on whichever backend runs an `EXECUTE` of it.
+    Prepare {
+        name: String,
+        /// The parameter types as written, e.g. `["int", "text"]`.
+        param_types: Vec<String>,
+        /// The text of the prepared statement.
+        statement: String,
+        /// Its plan, with `$n` referring to the EXECUTE arguments.
+        plan: Box<Plan>,
+    },
+    /// `EXECUTE name [(args)]`; route it with [`route_execute`] on the prepared plan.
+    Execute { name: String, args: Vec<ExecuteArg> },
+    /// `DEALLOCATE [PREPARE] name`, or `DEALLOCATE ALL` (`name` is `None`).
+    Deallocate { name: Option<String> },
+}
+
+/// One argument of an SQL-level `EXECUTE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecuteArg {
+    /// A constant: a number (with its sign) or the value of a string literal.
+    Literal(String),
+    /// `NULL`.
+    Null,
+    /// Any other expression, as written.
+    Expr(String),
 }
 
 /// The class of a statement, for transaction and session handling.
@@ -63,22 +152,65 @@ pub enum StatementKind {
     SessionSet,
     /// SHOW and other read-only session queries.
     SessionShow,
-    /// SELECT and other reads.
+    /// SELECT and other reads (also DECLARE/FETCH/MOVE, COPY … TO, EXPLAIN). A read may
+    /// still call a function with side effects (`nextval`).
     Read,
-    /// INSERT, UPDATE, DELETE, MERGE, COPY FROM.
+    /// INSERT, UPDATE, DELETE, MERGE, COPY FROM, and queries with data-modifying CTEs.
     Write,
-    /// CREATE/ALTER/DROP, TRUNCATE, VACUUM, ANALYZE…
+    /// CREATE/ALTER/DROP, TRUNCATE, VACUUM, ANALYZE, COMMENT, GRANT, `SELECT … INTO`…
     Ddl,
     /// PREPARE / EXECUTE / DEALLOCATE at the SQL level.
     Prepared,
-    /// Anything else.
+    /// A Query string with no statement (only whitespace, comments or semicolons);
+    /// PostgreSQL answers EmptyQueryResponse.
+    Empty,
+    /// Anything else (DO, CALL, LISTEN, NOTIFY, LOCK, CLOSE, CHECKPOINT, two-phase
+    /// commit commands…).
     Other,
 }
 
-/// Plan one statement against a catalog snapshot.
-pub fn plan(_sql: &str, catalog: &Catalog) -> Plan {
-    Plan {
-        route: Route::Shard(catalog.local_shard),
-        kind: StatementKind::Other,
+/// Errors the planner decides by itself; the router sends them to the client with
+/// [`PlanError::sqlstate`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// An INSERT gives NULL for the shard key.
+    #[error(
+        "null value in column \"{column}\" of relation \"{table}\" violates not-null constraint"
+    )]
+    NullShardKey { table: String, column: String },
+    /// A hint, `SET pgshard.shard` or similar names a shard that does not exist.
+    #[error("shard {shard} does not exist")]
+    UnknownShard { shard: u64 },
+    /// A malformed `/* pgshard: … */` hint or `pgshard.shard` value.
+    #[error("invalid value for pgshard.shard: \"{value}\"")]
+    InvalidShardSetting { value: String },
+    /// A router function called with arguments of the wrong shape (not literals).
+    #[error("{message}")]
+    InvalidArgument { message: String },
+    /// A router function called with the wrong number of arguments.
+    #[error("function {signature} does not exist")]
+    UndefinedFunction { signature: String },
+}
+
+impl PlanError {
+    /// The SQLSTATE to report.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            PlanError::NullShardKey { .. } => "23502",
+            PlanError::UnknownShard { .. } => "22023",
+            PlanError::InvalidShardSetting { .. } => "22023",
+            PlanError::InvalidArgument { .. } => "22023",
+            PlanError::UndefinedFunction { .. } => "42883",
+        }
     }
+}
+
+/// Parse a literal as a shard-key value (PostgreSQL's text input for the key type).
+fn key_from_literal(text: &str, key_type: KeyType) -> Option<KeyValue> {
+    pgshard_catalog::hash::parse_key(text, key_type)
+}
+
+/// The shard a key value lives on in this catalog snapshot.
+fn shard_of(catalog: &Catalog, key: &KeyValue) -> Option<ShardId> {
+    catalog.shard_of(key)
 }

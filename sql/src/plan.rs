@@ -1,0 +1,1133 @@
+//! The planner's entry points and per-statement dispatch (SPEC §5, §6, §7).
+//!
+//! A Query string is split into statements; each is planned by its leading keyword:
+//! transaction and session commands, `PREPARE`/`EXECUTE`/`DEALLOCATE`, `EXPLAIN`,
+//! `DECLARE`, `COPY` and the utility commands (`VACUUM`, `ANALYZE`, `TRUNCATE`, `LOCK`,
+//! …) are read from their tokens, which also covers the forms sqlparser rejects. Queries,
+//! DML and DDL are parsed once with sqlparser and routed from the AST ([`crate::route`]
+//! for queries and DML); if sqlparser fails, the keyword fallback still routes the
+//! statement (SPEC §5 rule 8: utility to all shards when it names a declared table,
+//! anything unknown to the local shard, never dropped). The `/* pgshard: shard=N */` hint
+//! then overrides the route of any statement that reaches a backend.
+//!
+//! Placement decisions that a later issue will change live in one place each:
+//! [`crate::route::reference_write`] (reference-table writes) and the `multi_shard` /
+//! `unpinned_message` helpers in `route` (fan-out), `copy` below (COPY splitting).
+
+use crate::classify::{classify_table, first_non_paren, kind_of, TableClass};
+use crate::parse::{
+    name_parts, parse_statement, read_name, skip_parens, split_statements, tokens, Hint,
+    StatementText, Tok, Token,
+};
+use crate::route::{reference_write, Analysis};
+use crate::{
+    key_from_literal, shard_of, ExecuteArg, Plan, PlanError, Route, RouterCommand, StatementKind,
+};
+use pgshard_catalog::{Catalog, KeyValue, ShardId};
+use sqlparser::ast::{
+    AlterColumnOperation, AlterTableOperation, CommentObject, Expr, FunctionArg, FunctionArgExpr,
+    FunctionArguments, GrantObjects, ObjectName, ObjectType, Query, SelectItem, SetExpr, Statement,
+    Value,
+};
+use std::ops::ControlFlow;
+
+/// Plan a Query string against a catalog snapshot.
+///
+/// The string may hold several statements separated by semicolons (the simple query
+/// protocol allows it): each is planned (see [`Plan::statements`]) and the combined
+/// route is their common target — statements that may run anywhere (`SET`, `BEGIN`,
+/// `SELECT 1`) join any target — or `Unsupported("multi-statement query spanning
+/// shards")`.
+pub fn plan(sql: &str, catalog: &Catalog) -> Plan {
+    let stmts = split_statements(sql);
+    if let [one] = stmts.as_slice() {
+        return plan_one(one, catalog);
+    }
+    combine(stmts.iter().map(|s| plan_one(s, catalog)).collect())
+}
+
+/// The kind of a Query string from its leading keywords only (no full parse): cheap
+/// enough for the router's transaction tracking on every statement. Agrees with
+/// [`plan`]'s `kind`.
+pub fn statement_kind(sql: &str) -> StatementKind {
+    let stmts = split_statements(sql);
+    let kinds: Vec<StatementKind> = stmts
+        .iter()
+        .map(|s| {
+            let toks = tokens(s.text);
+            kind_of(&toks, s.text)
+        })
+        .collect();
+    combine_kinds(&kinds)
+}
+
+/// The tables a Query string names (folded, as written: `t`, `public.t`), in order of
+/// first appearance, from the statements sqlparser can parse.
+pub fn table_names(sql: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in split_statements(sql) {
+        let Ok(stmts) = parse_statement(s.text) else {
+            continue;
+        };
+        for st in &stmts {
+            let _ = sqlparser::ast::visit_relations(st, |n| {
+                let name = name_parts(n).join(".");
+                if !out.contains(&name) {
+                    out.push(name);
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
+    }
+    out
+}
+
+/// For a plan routed by a parameter, the route once the key value is known (at Bind):
+/// the key's shard, or for a NULL key (`None`) the plan's [`Plan::null_key`] error or
+/// any shard. Other routes are returned unchanged.
+pub fn route_for_key(plan: &Plan, key: Option<&KeyValue>, catalog: &Catalog) -> Route {
+    match &plan.route {
+        Route::ShardByParam { .. } => match key {
+            Some(k) => match shard_of(catalog, k) {
+                Some(s) => Route::Shard(s),
+                None => Route::Unsupported("no shard owns the bucket of this key".to_owned()),
+            },
+            None => plan.null_key.clone().map_or(Route::AnyShard, Route::Error),
+        },
+        other => other.clone(),
+    }
+}
+
+/// The route of an SQL-level `EXECUTE` of a statement prepared with plan `prepared`.
+pub fn route_execute(prepared: &Plan, args: &[ExecuteArg], catalog: &Catalog) -> Route {
+    let Route::ShardByParam { param, key_type } = &prepared.route else {
+        return prepared.route.clone();
+    };
+    match args.get(param.wrapping_sub(1)) {
+        Some(ExecuteArg::Literal(text)) => match key_from_literal(text, *key_type) {
+            Some(k) => route_for_key(prepared, Some(&k), catalog),
+            None => Route::Unsupported(format!(
+                "EXECUTE argument ${param} is not a {key_type} constant, so its shard is unknown"
+            )),
+        },
+        Some(ExecuteArg::Null) => route_for_key(prepared, None, catalog),
+        Some(ExecuteArg::Expr(_)) => Route::Unsupported(format!(
+            "EXECUTE argument ${param} routes the statement and must be a constant"
+        )),
+        // PostgreSQL reports the wrong parameter count.
+        None => Route::AnyShard,
+    }
+}
+
+fn combine_kinds(kinds: &[StatementKind]) -> StatementKind {
+    match kinds {
+        [] => StatementKind::Empty,
+        [k, rest @ ..] if rest.iter().all(|r| r == k) => k.clone(),
+        _ => [
+            StatementKind::Write,
+            StatementKind::Ddl,
+            StatementKind::Read,
+        ]
+        .into_iter()
+        .find(|k| kinds.contains(k))
+        .unwrap_or(StatementKind::Other),
+    }
+}
+
+fn combine(plans: Vec<Plan>) -> Plan {
+    let kinds: Vec<StatementKind> = plans.iter().map(|p| p.kind.clone()).collect();
+    let kind = combine_kinds(&kinds);
+    let mut target: Option<Route> = None;
+    let mut refused: Option<Route> = None;
+    for p in &plans {
+        match &p.route {
+            Route::Error(_) | Route::Unsupported(_) => {
+                refused.get_or_insert_with(|| p.route.clone());
+            }
+            Route::Router(_) => {
+                refused.get_or_insert_with(|| {
+                    Route::Unsupported(
+                        "pgshard command (create_distributed_table, pgshard.shard, PREPARE, EXECUTE…) in a multi-statement query".to_owned(),
+                    )
+                });
+            }
+            Route::ShardByParam { .. } => {
+                refused.get_or_insert_with(|| {
+                    Route::Unsupported("parameters in a multi-statement query".to_owned())
+                });
+            }
+            Route::AnyShard => {}
+            r @ (Route::Shard(_) | Route::AllShards) => match &target {
+                None => target = Some(r.clone()),
+                Some(t) if t == r => {}
+                Some(_) => {
+                    refused.get_or_insert_with(|| {
+                        Route::Unsupported("multi-statement query spanning shards".to_owned())
+                    });
+                }
+            },
+        }
+    }
+    Plan {
+        route: refused.or(target).unwrap_or(Route::AnyShard),
+        kind,
+        null_key: None,
+        statements: plans,
+    }
+}
+
+/// Plan a piece of text holding one statement (the body of PREPARE, EXPLAIN…).
+fn plan_text(text: &str, catalog: &Catalog) -> Plan {
+    let stmts = split_statements(text);
+    match stmts.as_slice() {
+        [one] => plan_one(one, catalog),
+        _ => combine(stmts.iter().map(|s| plan_one(s, catalog)).collect()),
+    }
+}
+
+fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
+    let toks = tokens(stmt.text);
+    let kind = kind_of(&toks, stmt.text);
+    let mut plan = if toks.is_empty() {
+        Plan::new(Route::AnyShard, StatementKind::Empty)
+    } else {
+        dispatch(stmt.text, &toks, kind, catalog)
+    };
+    if let Some(hint) = &stmt.hint {
+        let overridable = !matches!(plan.route, Route::Router(_))
+            && !matches!(
+                plan.kind,
+                StatementKind::Begin
+                    | StatementKind::Commit
+                    | StatementKind::Rollback
+                    | StatementKind::Savepoint
+                    | StatementKind::SessionSet
+                    | StatementKind::SessionShow
+                    | StatementKind::Prepared
+                    | StatementKind::Empty
+            );
+        if overridable {
+            plan.null_key = None;
+            plan.route = match hint {
+                Hint::Shard(n) => match existing_shard(catalog, *n) {
+                    Some(s) => Route::Shard(s),
+                    None => Route::Error(PlanError::UnknownShard { shard: *n }),
+                },
+                Hint::Malformed(text) => Route::Error(PlanError::InvalidShardSetting {
+                    value: text.clone(),
+                }),
+            };
+        }
+    }
+    plan
+}
+
+fn existing_shard(catalog: &Catalog, n: u64) -> Option<ShardId> {
+    catalog
+        .shards
+        .iter()
+        .map(|s| s.id)
+        .find(|id| u64::from(id.0) == n)
+}
+
+fn word(toks: &[Token<'_>], i: usize) -> Option<String> {
+    match toks.get(i)?.tok {
+        Tok::Word(w) => Some(w.to_ascii_uppercase()),
+        _ => None,
+    }
+}
+
+fn is_word(toks: &[Token<'_>], i: usize, kw: &str) -> bool {
+    toks.get(i).is_some_and(|t| t.tok.is_word(kw))
+}
+
+fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catalog) -> Plan {
+    let i = first_non_paren(toks);
+    let local = Route::Shard(catalog.local_shard);
+    let first = word(toks, i).unwrap_or_default();
+    let route = match first.as_str() {
+        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE" => {
+            if kind == StatementKind::Other {
+                two_phase()
+            } else {
+                Route::AnyShard
+            }
+        }
+        "PREPARE" => {
+            if is_word(toks, i + 1, "transaction") {
+                two_phase()
+            } else {
+                prepare(text, toks, i, catalog)
+            }
+        }
+        "EXECUTE" => execute(text, toks, i),
+        "DEALLOCATE" => deallocate(toks, i),
+        "SET" => set(toks, i, catalog),
+        "RESET" => {
+            if read_name(toks, i + 1).is_some_and(|(p, _)| is_shard_setting(&p)) {
+                Route::Router(RouterCommand::ResetShard)
+            } else {
+                Route::AnyShard
+            }
+        }
+        "SHOW" => {
+            if read_name(toks, i + 1).is_some_and(|(p, _)| is_shard_setting(&p)) {
+                Route::Router(RouterCommand::ShowShard)
+            } else {
+                Route::AnyShard
+            }
+        }
+        "DISCARD" | "FETCH" | "MOVE" | "CLOSE" => Route::AnyShard,
+        "EXPLAIN" => {
+            let (inner, _) = crate::classify::explain_inner(toks);
+            match inner {
+                Some(off) => {
+                    let p = plan_text(&text[off..], catalog);
+                    return Plan {
+                        route: match p.route {
+                            Route::Router(_) => {
+                                Route::Unsupported("EXPLAIN of a pgshard command".to_owned())
+                            }
+                            r => r,
+                        },
+                        kind,
+                        null_key: p.null_key,
+                        statements: Vec::new(),
+                    };
+                }
+                None => Route::AnyShard,
+            }
+        }
+        "DECLARE" => {
+            // DECLARE name … CURSOR … FOR query
+            let for_at = toks
+                .iter()
+                .position(|t| t.tok.is_word("cursor"))
+                .and_then(|c| {
+                    toks[c..]
+                        .iter()
+                        .position(|t| t.tok.is_word("for"))
+                        .map(|f| c + f)
+                });
+            match for_at {
+                Some(f) => {
+                    let p = plan_text(&text[toks[f].end..], catalog);
+                    return Plan {
+                        route: match p.route {
+                            Route::Router(_) => {
+                                Route::Unsupported("cursor over a pgshard command".to_owned())
+                            }
+                            r => r,
+                        },
+                        kind,
+                        null_key: p.null_key,
+                        statements: Vec::new(),
+                    };
+                }
+                None => local,
+            }
+        }
+        "COPY" => copy(text, toks, i, catalog),
+        "VACUUM" | "ANALYZE" | "ANALYSE" | "CLUSTER" | "REINDEX" | "TRUNCATE" | "LOCK" => {
+            utility(&first, toks, i, catalog)
+        }
+        "CHECKPOINT" => Route::AllShards,
+        // LISTEN and NOTIFY must meet on one instance; the local shard is where
+        // `pg_notify()` and anything else unknown goes too.
+        "LISTEN" | "UNLISTEN" | "NOTIFY" | "DO" | "CALL" | "LOAD" => local,
+        _ => {
+            return match parse_statement(text) {
+                Ok(stmts) => match stmts.as_slice() {
+                    [] => Plan::new(Route::AnyShard, StatementKind::Empty),
+                    [one] => {
+                        let (route, null_key) = plan_ast(one, catalog);
+                        Plan {
+                            route,
+                            kind,
+                            null_key,
+                            statements: Vec::new(),
+                        }
+                    }
+                    many => combine(
+                        many.iter()
+                            .map(|st| {
+                                let (route, null_key) = plan_ast(st, catalog);
+                                Plan {
+                                    route,
+                                    kind: kind.clone(),
+                                    null_key,
+                                    statements: Vec::new(),
+                                }
+                            })
+                            .collect(),
+                    ),
+                },
+                Err(err) => Plan::new(fallback(&first, toks, &kind, &err, catalog), kind),
+            };
+        }
+    };
+    Plan::new(route, kind)
+}
+
+fn two_phase() -> Route {
+    Route::Unsupported(
+        "two-phase commit commands (PREPARE TRANSACTION, COMMIT PREPARED, ROLLBACK PREPARED) through the router".to_owned(),
+    )
+}
+
+fn is_shard_setting(parts: &[String]) -> bool {
+    parts.len() == 2 && parts[0] == "pgshard" && parts[1] == "shard"
+}
+
+/// `SET [SESSION | LOCAL] name {TO | =} value`.
+fn set(toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
+    let mut j = i + 1;
+    let mut local = false;
+    if is_word(toks, j, "session") {
+        j += 1;
+    } else if is_word(toks, j, "local") {
+        local = true;
+        j += 1;
+    }
+    let Some((parts, k)) = read_name(toks, j) else {
+        return Route::AnyShard;
+    };
+    if !is_shard_setting(&parts) {
+        return Route::AnyShard;
+    }
+    let v = if is_word(toks, k, "to") || toks.get(k).map(|t| t.tok) == Some(Tok::Punct(b'=')) {
+        k + 1
+    } else {
+        return Route::Error(PlanError::InvalidShardSetting {
+            value: String::new(),
+        });
+    };
+    let value = match toks.get(v).map(|t| t.tok) {
+        Some(t @ Tok::Word(_)) if t.is_word("default") => {
+            return Route::Router(RouterCommand::ResetShard)
+        }
+        Some(Tok::Number(n)) => n.to_owned(),
+        Some(t @ Tok::Str { .. }) => t.string_value().unwrap_or_default(),
+        Some(Tok::Word(w)) => w.to_owned(),
+        _ => String::new(),
+    };
+    match value.trim().parse::<u64>() {
+        Ok(n) if toks.len() == v + 1 => match existing_shard(catalog, n) {
+            Some(shard) => Route::Router(RouterCommand::SetShard { shard, local }),
+            None => Route::Error(PlanError::UnknownShard { shard: n }),
+        },
+        _ => Route::Error(PlanError::InvalidShardSetting { value }),
+    }
+}
+
+/// `PREPARE name [(type, …)] AS statement`.
+fn prepare(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
+    let local = Route::Shard(catalog.local_shard);
+    let Some(name) = toks.get(i + 1).and_then(|t| t.tok.ident()) else {
+        return local;
+    };
+    let mut j = i + 2;
+    let mut param_types = Vec::new();
+    if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
+        let end = skip_parens(toks, j);
+        param_types = split_args(text, toks, j, end)
+            .into_iter()
+            .map(|(s, _)| s.to_owned())
+            .collect();
+        j = end;
+    }
+    if !is_word(toks, j, "as") {
+        // Malformed: PostgreSQL reports the syntax error.
+        return local;
+    }
+    let statement = text[toks[j].end..].trim().to_owned();
+    let plan = plan_text(&statement, catalog);
+    Route::Router(RouterCommand::Prepare {
+        name,
+        param_types,
+        statement,
+        plan: Box::new(plan),
+    })
+}
+
+/// The comma-separated items of the parenthesised group `toks[open..end]` (`end` just
+/// after the closing parenthesis): each item's text and token range.
+fn split_args<'t>(
+    text: &'t str,
+    toks: &[Token<'_>],
+    open: usize,
+    end: usize,
+) -> Vec<(&'t str, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let close = end.saturating_sub(1);
+    let mut depth = 0usize;
+    let mut item_start = open + 1;
+    for k in open + 1..=close.min(toks.len().saturating_sub(1)) {
+        match toks[k].tok {
+            Tok::Punct(b'(') => depth += 1,
+            Tok::Punct(b')') if depth > 0 => depth -= 1,
+            Tok::Punct(b',') | Tok::Punct(b')') if depth == 0 => {
+                if k > item_start {
+                    let s = toks[item_start].start;
+                    let e = toks[k - 1].end;
+                    out.push((text[s..e].trim(), item_start..k));
+                }
+                item_start = k + 1;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `EXECUTE name [(arg, …)]`.
+fn execute(text: &str, toks: &[Token<'_>], i: usize) -> Route {
+    let Some(name) = toks.get(i + 1).and_then(|t| t.tok.ident()) else {
+        return Route::AnyShard;
+    };
+    let mut args = Vec::new();
+    let j = i + 2;
+    if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
+        let end = skip_parens(toks, j);
+        for (arg_text, range) in split_args(text, toks, j, end) {
+            let t: Vec<Tok<'_>> = toks[range].iter().map(|t| t.tok).collect();
+            let arg = match t.as_slice() {
+                [Tok::Number(n)] => ExecuteArg::Literal((*n).to_owned()),
+                [Tok::Punct(b'-'), Tok::Number(n)] => ExecuteArg::Literal(format!("-{n}")),
+                [Tok::Punct(b'+'), Tok::Number(n)] => ExecuteArg::Literal((*n).to_owned()),
+                [s @ Tok::Str { .. }] => ExecuteArg::Literal(s.string_value().unwrap_or_default()),
+                [w] if w.is_word("null") => ExecuteArg::Null,
+                _ => ExecuteArg::Expr(arg_text.to_owned()),
+            };
+            args.push(arg);
+        }
+    }
+    Route::Router(RouterCommand::Execute { name, args })
+}
+
+/// `DEALLOCATE [PREPARE] {name | ALL}`.
+fn deallocate(toks: &[Token<'_>], i: usize) -> Route {
+    let mut j = i + 1;
+    if is_word(toks, j, "prepare") {
+        j += 1;
+    }
+    match toks.get(j) {
+        Some(t) if t.tok.is_word("all") => Route::Router(RouterCommand::Deallocate { name: None }),
+        Some(t) => match t.tok.ident() {
+            Some(name) => Route::Router(RouterCommand::Deallocate { name: Some(name) }),
+            None => Route::AnyShard,
+        },
+        None => Route::AnyShard,
+    }
+}
+
+/// `COPY table [(cols)] {FROM | TO} …` and `COPY (query) TO …`.
+fn copy(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
+    let local = Route::Shard(catalog.local_shard);
+    let j = i + 1;
+    if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
+        let end = skip_parens(toks, j);
+        let (Some(open), Some(close)) = (toks.get(j), toks.get(end.saturating_sub(1))) else {
+            return local;
+        };
+        if close.start <= open.end {
+            return local;
+        }
+        let inner = plan_text(&text[open.end..close.start], catalog);
+        return match inner.route {
+            Route::Router(_) => Route::Unsupported("COPY of a pgshard command".to_owned()),
+            Route::ShardByParam { .. } => {
+                Route::Unsupported("COPY of a query routed by a parameter".to_owned())
+            }
+            r => r,
+        };
+    }
+    let Some((parts, mut k)) = read_name(toks, j) else {
+        return local;
+    };
+    if toks.get(k).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
+        k = skip_parens(toks, k);
+    }
+    let from = is_word(toks, k, "from");
+    let (class, name) = classify_table(catalog, &parts);
+    match class {
+        // COPY splitting by shard key and COPY TO fan-out are later issues.
+        TableClass::Distributed { .. } if from => Route::Unsupported(format!(
+            "COPY FROM into distributed table {name} (COPY splitting is not yet supported)"
+        )),
+        TableClass::Distributed { .. } => Route::Unsupported(format!(
+            "COPY TO from distributed table {name} (fan-out not yet supported)"
+        )),
+        TableClass::Reference(_) if from => reference_write(&name),
+        TableClass::Reference(_) => Route::AnyShard,
+        TableClass::Local | TableClass::Catalog => local,
+    }
+}
+
+/// Read `[ONLY] name [*] [(cols)] [, …]` from `toks[j..]`.
+fn name_list(toks: &[Token<'_>], mut j: usize) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    loop {
+        if is_word(toks, j, "only") {
+            j += 1;
+        }
+        let Some((parts, k)) = read_name(toks, j) else {
+            break;
+        };
+        out.push(parts);
+        j = k;
+        if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'*')) {
+            j += 1;
+        }
+        if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
+            j = skip_parens(toks, j);
+        }
+        if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b',')) {
+            j += 1;
+        } else {
+            break;
+        }
+    }
+    out
+}
+
+/// VACUUM, ANALYZE, CLUSTER, REINDEX, TRUNCATE and LOCK, read from their tokens (SPEC
+/// §5 rule 5): the named tables' class, or every shard for the whole database.
+fn utility(first: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
+    let mut j = i + 1;
+    if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
+        j = skip_parens(toks, j);
+    }
+    let names = match first {
+        "REINDEX" => {
+            let target = word(toks, j).unwrap_or_default();
+            j += 1;
+            if is_word(toks, j, "concurrently") {
+                j += 1;
+            }
+            match target.as_str() {
+                "TABLE" => name_list(toks, j),
+                // An index of a local table exists only on the local shard, but its
+                // name does not say whose it is.
+                _ => return Route::AllShards,
+            }
+        }
+        "TRUNCATE" | "LOCK" => {
+            if is_word(toks, j, "table") {
+                j += 1;
+            }
+            name_list(toks, j)
+        }
+        "CLUSTER" => {
+            if is_word(toks, j, "verbose") {
+                j += 1;
+            }
+            let mut names = name_list(toks, j);
+            // Old syntax `CLUSTER index ON table`.
+            if let Some(on) = toks.iter().position(|t| t.tok.is_word("on")) {
+                names = name_list(toks, on + 1);
+            }
+            names
+        }
+        _ => {
+            while [
+                "full",
+                "freeze",
+                "verbose",
+                "analyze",
+                "analyse",
+                "skip_locked",
+            ]
+            .iter()
+            .any(|w| is_word(toks, j, w))
+            {
+                j += 1;
+            }
+            name_list(toks, j)
+        }
+    };
+    if names.is_empty() {
+        return Route::AllShards;
+    }
+    tables_route(first, &names, false, catalog)
+}
+
+/// The route of a utility or DDL statement on `names`: every shard if they are all
+/// declared, the local shard if none is, else refused (it would fail on every shard
+/// but one). `lenient` (`DROP … IF EXISTS`) runs a mix on every shard.
+fn tables_route(verb: &str, names: &[Vec<String>], lenient: bool, catalog: &Catalog) -> Route {
+    let mut declared = None;
+    let mut local = None;
+    for n in names {
+        let (class, name) = classify_table(catalog, n);
+        if class.is_declared() {
+            declared.get_or_insert(name);
+        } else if class == TableClass::Local {
+            local.get_or_insert(name);
+        }
+    }
+    match (declared, local) {
+        (None, _) => Route::Shard(catalog.local_shard),
+        (Some(_), None) => Route::AllShards,
+        (Some(_), Some(_)) if lenient => Route::AllShards,
+        (Some(d), Some(l)) => Route::Unsupported(format!(
+            "{verb} of declared table {d} together with local table {l} (run them separately)"
+        )),
+    }
+}
+
+/// Route a statement sqlparser parsed. Returns the route and, for a parameter-routed
+/// INSERT, the error a NULL parameter means.
+fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
+    let local = Route::Shard(catalog.local_shard);
+    let route = match st {
+        Statement::Query(q) => {
+            if let Some(r) = router_function(q) {
+                return (r, None);
+            }
+            return analyse(st, catalog);
+        }
+        Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) => {
+            return analyse(st, catalog);
+        }
+        Statement::Merge { .. } => return analyse(st, catalog),
+        Statement::CreateTable(ct) => {
+            let parts = name_parts(&ct.name);
+            let (class, name) = classify_table(catalog, &parts);
+            if let Some(q) = &ct.query {
+                let mut a = Analysis::new(catalog);
+                a.statement(&Statement::Query(q.clone()));
+                if let Some(o) = a.occs.first() {
+                    Route::Unsupported(format!(
+                        "CREATE TABLE … AS over distributed table {}",
+                        o.table
+                    ))
+                } else if class.is_declared() {
+                    Route::Unsupported(format!("CREATE TABLE … AS of declared table {name}"))
+                } else {
+                    local
+                }
+            } else if class.is_declared() {
+                Route::AllShards
+            } else {
+                local
+            }
+        }
+        Statement::CreateIndex(ci) => tables_route(
+            "CREATE INDEX",
+            &[name_parts(&ci.table_name)],
+            false,
+            catalog,
+        ),
+        Statement::AlterTable {
+            name, operations, ..
+        } => alter_table(name, operations, catalog),
+        Statement::Drop {
+            object_type,
+            names,
+            if_exists,
+            ..
+        } => match object_type {
+            ObjectType::Table => {
+                let parts: Vec<Vec<String>> = names.iter().map(name_parts).collect();
+                tables_route("DROP TABLE", &parts, *if_exists, catalog)
+            }
+            // Index names do not say whose they are; distributed tables' indexes exist
+            // on every shard.
+            ObjectType::Index | ObjectType::Schema | ObjectType::Role | ObjectType::User => {
+                Route::AllShards
+            }
+            _ => local,
+        },
+        Statement::Truncate { table_names, .. } => {
+            let parts: Vec<Vec<String>> = table_names.iter().map(|t| name_parts(&t.name)).collect();
+            tables_route("TRUNCATE", &parts, false, catalog)
+        }
+        Statement::Comment {
+            object_type,
+            object_name,
+            ..
+        } => {
+            let parts = name_parts(object_name);
+            match object_type {
+                CommentObject::Table => tables_route("COMMENT", &[parts], false, catalog),
+                CommentObject::Column if parts.len() >= 2 => tables_route(
+                    "COMMENT",
+                    &[parts[..parts.len() - 1].to_vec()],
+                    false,
+                    catalog,
+                ),
+                CommentObject::Schema
+                | CommentObject::Extension
+                | CommentObject::Role
+                | CommentObject::User => Route::AllShards,
+                _ => local,
+            }
+        }
+        Statement::Grant { objects, .. } | Statement::Revoke { objects, .. } => match objects {
+            // GRANT role TO role: roles exist on every shard.
+            None => Route::AllShards,
+            Some(GrantObjects::Tables(names)) => {
+                let parts: Vec<Vec<String>> = names.iter().map(name_parts).collect();
+                tables_route("GRANT", &parts, false, catalog)
+            }
+            Some(
+                GrantObjects::AllTablesInSchema { .. }
+                | GrantObjects::Schemas(_)
+                | GrantObjects::AllSequencesInSchema { .. }
+                | GrantObjects::AllFunctionsInSchema { .. },
+            ) => Route::AllShards,
+            Some(_) => local,
+        },
+        Statement::CreateView { query, .. } => {
+            let mut a = Analysis::new(catalog);
+            a.statement(&Statement::Query(query.clone()));
+            match a.occs.first() {
+                // A view on the local shard would see only that shard's rows.
+                Some(o) => Route::Unsupported(format!("view over distributed table {}", o.table)),
+                None => local,
+            }
+        }
+        Statement::CreateTrigger(t) => tables_route(
+            "CREATE TRIGGER",
+            &[name_parts(&t.table_name)],
+            false,
+            catalog,
+        ),
+        Statement::DropTrigger(t) => match &t.table_name {
+            Some(n) => tables_route("DROP TRIGGER", &[name_parts(n)], false, catalog),
+            None => local,
+        },
+        Statement::CreatePolicy { table_name, .. }
+        | Statement::AlterPolicy { table_name, .. }
+        | Statement::DropPolicy { table_name, .. } => {
+            tables_route("POLICY", &[name_parts(table_name)], false, catalog)
+        }
+        // Schemas, extensions and roles have no data and are needed wherever a
+        // distributed table may use them.
+        Statement::CreateSchema { .. }
+        | Statement::AlterSchema(_)
+        | Statement::CreateExtension { .. }
+        | Statement::DropExtension { .. }
+        | Statement::CreateRole { .. }
+        | Statement::AlterRole { .. } => Route::AllShards,
+        Statement::StartTransaction { .. }
+        | Statement::Commit { .. }
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. }
+        | Statement::Set(_)
+        | Statement::ShowVariable { .. }
+        | Statement::Discard { .. } => Route::AnyShard,
+        // Functions, types, sequences, domains… are local objects (SPEC §4: undeclared
+        // things live on the local shard).
+        _ => local,
+    };
+    (route, None)
+}
+
+fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
+    let mut a = Analysis::new(catalog);
+    a.statement(st);
+    let null_key = a.insert_target.map(|o| PlanError::NullShardKey {
+        table: a.occs[o].table.clone(),
+        column: a.occs[o].key.clone(),
+    });
+    let route = a.route();
+    let null_key = null_key.filter(|_| matches!(route, Route::ShardByParam { .. }));
+    (route, null_key)
+}
+
+fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog) -> Route {
+    let parts = name_parts(name);
+    let (class, table) = classify_table(catalog, &parts);
+    let key = match class {
+        TableClass::Distributed { key, .. } => Some(key),
+        TableClass::Reference(_) => None,
+        _ => return Route::Shard(catalog.local_shard),
+    };
+    let is_key = |id: &sqlparser::ast::Ident| key == Some(crate::parse::fold_ident(id).as_str());
+    for op in ops {
+        let refused = match op {
+            AlterTableOperation::RenameTable { .. } => Some(format!(
+                "renaming declared table {table} (the pgshard catalog would not follow)"
+            )),
+            AlterTableOperation::RenameColumn {
+                old_column_name, ..
+            } if is_key(old_column_name) => Some(format!(
+                "renaming shard key column {old_column_name} of distributed table {table}"
+            )),
+            AlterTableOperation::AlterColumn {
+                column_name,
+                op: AlterColumnOperation::SetDataType { .. },
+            } if is_key(column_name) => Some(format!(
+                "changing the type of shard key column {column_name} of distributed table {table}"
+            )),
+            AlterTableOperation::DropColumn { column_names, .. }
+                if column_names.iter().any(is_key) =>
+            {
+                Some(format!(
+                    "dropping the shard key column of distributed table {table}"
+                ))
+            }
+            _ => None,
+        };
+        if let Some(msg) = refused {
+            return Route::Unsupported(msg);
+        }
+    }
+    Route::AllShards
+}
+
+/// `SELECT create_distributed_table(…)` / `SELECT create_reference_table(…)` alone.
+fn router_function(q: &Query) -> Option<Route> {
+    let SetExpr::Select(s) = &*q.body else {
+        return None;
+    };
+    if !s.from.is_empty() || s.projection.len() != 1 || q.with.is_some() {
+        return None;
+    }
+    let (SelectItem::UnnamedExpr(Expr::Function(f))
+    | SelectItem::ExprWithAlias {
+        expr: Expr::Function(f),
+        ..
+    }) = &s.projection[0]
+    else {
+        return None;
+    };
+    let fname = name_parts(&f.name).last().cloned().unwrap_or_default();
+    let distributed = match fname.as_str() {
+        "create_distributed_table" => true,
+        "create_reference_table" => false,
+        _ => return None,
+    };
+    let args: &[FunctionArg] = match &f.args {
+        FunctionArguments::List(l) => &l.args,
+        FunctionArguments::None => &[],
+        FunctionArguments::Subquery(_) => return Some(bad_args(&fname)),
+    };
+    let mut positional: Vec<String> = Vec::new();
+    let mut named: Vec<(String, String)> = Vec::new();
+    for a in args {
+        let (name, e) = match a {
+            FunctionArg::Named {
+                name,
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => (Some(crate::parse::fold_ident(name)), e),
+            FunctionArg::ExprNamed {
+                name: Expr::Identifier(name),
+                arg: FunctionArgExpr::Expr(e),
+                ..
+            } => (Some(crate::parse::fold_ident(name)), e),
+            // `name := value` arrives as an assignment expression.
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::BinaryOp {
+                left,
+                op: sqlparser::ast::BinaryOperator::Assignment,
+                right,
+            })) => match &**left {
+                Expr::Identifier(name) => (Some(crate::parse::fold_ident(name)), &**right),
+                _ => return Some(bad_args(&fname)),
+            },
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => (None, e),
+            _ => return Some(bad_args(&fname)),
+        };
+        let value = match e {
+            Expr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => s.clone(),
+                Value::DollarQuotedString(d) => d.value.clone(),
+                _ => return Some(bad_args(&fname)),
+            },
+            Expr::Cast { expr, .. } => match &**expr {
+                Expr::Value(v) => match &v.value {
+                    Value::SingleQuotedString(s) => s.clone(),
+                    _ => return Some(bad_args(&fname)),
+                },
+                _ => return Some(bad_args(&fname)),
+            },
+            _ => return Some(bad_args(&fname)),
+        };
+        match name {
+            None if named.is_empty() => positional.push(value),
+            None => return Some(bad_args(&fname)),
+            Some(n) => named.push((n, value)),
+        }
+    }
+    let take = |pos: usize, name: &str| -> Option<String> {
+        positional.get(pos).cloned().or_else(|| {
+            named
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        })
+    };
+    let arity = positional.len() + named.len();
+    let Some(table_arg) = take(0, "table_name") else {
+        return Some(Route::Error(PlanError::UndefinedFunction {
+            signature: format!("{fname}()"),
+        }));
+    };
+    let Some(table) = regclass_name(&table_arg) else {
+        return Some(Route::Error(PlanError::InvalidArgument {
+            message: format!("invalid table name \"{table_arg}\""),
+        }));
+    };
+    if !distributed {
+        if arity != 1 {
+            return Some(Route::Error(PlanError::UndefinedFunction {
+                signature: format!("{fname}({})", vec!["unknown"; arity].join(", ")),
+            }));
+        }
+        return Some(Route::Router(RouterCommand::CreateReferenceTable { table }));
+    }
+    for (n, _) in &named {
+        if !matches!(
+            n.as_str(),
+            "table_name" | "distribution_column" | "colocate_with" | "distribution_type"
+        ) {
+            return Some(Route::Unsupported(format!(
+                "create_distributed_table argument {n}"
+            )));
+        }
+    }
+    let Some(column_arg) = take(1, "distribution_column") else {
+        return Some(Route::Error(PlanError::UndefinedFunction {
+            signature: format!("{fname}({})", vec!["unknown"; arity].join(", ")),
+        }));
+    };
+    if positional.len() > 3 {
+        return Some(Route::Unsupported(
+            "create_distributed_table with more than three positional arguments".to_owned(),
+        ));
+    }
+    let Some(column) = regclass_name(&column_arg).filter(|c| !c.contains('.')) else {
+        return Some(Route::Error(PlanError::InvalidArgument {
+            message: format!("invalid column name \"{column_arg}\""),
+        }));
+    };
+    let mut colocate_with = named
+        .iter()
+        .find(|(n, _)| n == "colocate_with")
+        .map(|(_, v)| v.clone());
+    let mut dist_type = named
+        .iter()
+        .find(|(n, _)| n == "distribution_type")
+        .map(|(_, v)| v.clone());
+    // A third positional argument is Citus' distribution_type when it names one,
+    // else (pgshard's shorthand) the table to co-locate with.
+    if let Some(third) = positional.get(2) {
+        if ["hash", "append", "range"].contains(&third.to_ascii_lowercase().as_str()) {
+            dist_type = Some(third.clone());
+        } else {
+            colocate_with = Some(third.clone());
+        }
+    }
+    if let Some(t) = dist_type.filter(|t| !t.eq_ignore_ascii_case("hash")) {
+        return Some(Route::Unsupported(format!(
+            "distribution type {t} (only hash distribution is supported)"
+        )));
+    }
+    let colocate_with = match colocate_with {
+        None => None,
+        Some(c) if c.eq_ignore_ascii_case("default") => None,
+        Some(c) if c.eq_ignore_ascii_case("none") => Some("none".to_owned()),
+        Some(c) => match regclass_name(&c) {
+            Some(n) => Some(n),
+            None => {
+                return Some(Route::Error(PlanError::InvalidArgument {
+                    message: format!("invalid table name \"{c}\""),
+                }))
+            }
+        },
+    };
+    Some(Route::Router(RouterCommand::CreateDistributedTable {
+        table,
+        column,
+        colocate_with,
+    }))
+}
+
+fn bad_args(fname: &str) -> Route {
+    Route::Error(PlanError::InvalidArgument {
+        message: format!("arguments of {fname} must be string constants"),
+    })
+}
+
+/// Read a (possibly schema-qualified, possibly quoted) name the way `regclass` input
+/// does: unquoted parts folded to lowercase.
+fn regclass_name(text: &str) -> Option<String> {
+    let toks = tokens(text);
+    let (parts, end) = read_name(&toks, 0)?;
+    (end == toks.len()).then(|| parts.join("."))
+}
+
+/// Statements sqlparser could not parse, routed by their leading keyword (SPEC §5 rule
+/// 8).
+fn fallback(
+    first: &str,
+    toks: &[Token<'_>],
+    kind: &StatementKind,
+    err: &str,
+    catalog: &Catalog,
+) -> Route {
+    let local = Route::Shard(catalog.local_shard);
+    // Every dotted name in the statement that the catalog declares.
+    let mut distributed = None;
+    let mut reference = None;
+    let mut j = 0;
+    while j < toks.len() {
+        let after_dot = j > 0 && toks[j - 1].tok == Tok::Punct(b'.');
+        match read_name(toks, j) {
+            Some((parts, k)) if !after_dot => {
+                match classify_table(catalog, &parts).0 {
+                    TableClass::Distributed { def, .. } => {
+                        distributed.get_or_insert(def.name.clone());
+                    }
+                    TableClass::Reference(def) => {
+                        reference.get_or_insert(def.name.clone());
+                    }
+                    _ => {}
+                }
+                j = k;
+            }
+            _ => j += 1,
+        }
+    }
+    let second = word(toks, 1).unwrap_or_default();
+    match first {
+        "SELECT" | "WITH" | "VALUES" | "TABLE" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" => {
+            if let Some(t) = distributed {
+                Route::Unsupported(format!(
+                    "statement on distributed table {t} that pgshard cannot parse ({err})"
+                ))
+            } else if let (Some(t), StatementKind::Write) = (&reference, kind) {
+                Route::Unsupported(format!(
+                    "write statement on reference table {t} that pgshard cannot parse ({err})"
+                ))
+            } else {
+                local
+            }
+        }
+        "ALTER" if second == "SYSTEM" => Route::AllShards,
+        // `GRANT role TO role`: roles exist on every shard.
+        "GRANT" | "REVOKE" if !toks.iter().any(|t| t.tok.is_word("on")) => Route::AllShards,
+        "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "SECURITY" | "REFRESH" => {
+            let object = toks
+                .iter()
+                .skip(1)
+                .take(3)
+                .find_map(|t| match t.tok {
+                    Tok::Word(w) => Some(w.to_ascii_uppercase()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let objectless = ["SCHEMA", "EXTENSION", "ROLE", "USER"].contains(&object.as_str());
+            if objectless || distributed.is_some() || reference.is_some() {
+                Route::AllShards
+            } else {
+                local
+            }
+        }
+        _ => local,
+    }
+}
