@@ -1,1 +1,61 @@
-//! placeholder
+//! pgshard's router (SPEC §6): a PostgreSQL wire-protocol server that routes each
+//! statement to the shard primary that owns its data and relays the answer.
+//!
+//! Module map, from the wire inwards:
+//! - [`protocol`]: framing and the messages of PostgreSQL protocol 3.0 (no routing);
+//! - [`auth`]: md5 and SCRAM-SHA-256 checks for clients;
+//! - [`server`]: the listener, client cap, one task per connection, shutdown;
+//! - [`session`]: a client's protocol state machine: startup, simple and extended query
+//!   protocol, transactions, session state, prepared statements;
+//! - [`backend`]: connections to the shards and their pools;
+//! - [`registry`]: connected clients and cancel keys;
+//! - [`catalog_watch`]: the shared catalog snapshot and its follower;
+//! - [`admin`]: the `pgshard` admin console.
+//!
+//! Entry points: [`run`] (what `main` calls) and [`Router::bind`] + [`Router::serve`]
+//! (tests bind port 0 and read the address).
+
+pub mod admin;
+pub mod auth;
+pub mod backend;
+pub mod catalog_watch;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod session;
+
+pub use catalog_watch::{CatalogHandle, CatalogSource};
+pub use server::{Router, RouterCtx};
+
+use pgshard_catalog::config::RouterConfig;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Loads the catalog, binds `config.listen` and serves until `shutdown`.
+pub async fn run(
+    config: RouterConfig,
+    source: CatalogSource,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (handle, follow) = match source {
+        CatalogSource::Fixed(c) => (CatalogHandle::new(c), None),
+        CatalogSource::Store { conninfo } => {
+            let catalog = catalog_watch::load_once(&conninfo).await?;
+            (CatalogHandle::new(catalog), Some(conninfo))
+        }
+    };
+    let router = Router::bind(config.clone(), handle.clone()).await?;
+    let follower = follow.map(|conninfo| {
+        tokio::spawn(catalog_watch::follow(
+            handle,
+            conninfo,
+            Duration::from_millis(config.catalog_poll_ms),
+            shutdown.clone(),
+        ))
+    });
+    router.serve(shutdown).await;
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! A pool of backend connections per (node, user, database), capped at
+//! `router.pool_size`, with a bounded wait (`router.pool_timeout_ms`).
+//!
+//! Capacity is a semaphore; idle connections sit in a `std::sync::Mutex<Vec<_>>` that is
+//! only ever locked for a push or a pop, never across an `.await`. A checked-out
+//! connection is a [`PooledConn`]; dropping it hands the connection back *only if it is
+//! clean* ([`BackendConn::is_clean`]): anything else (a transaction left open, a reply
+//! outstanding, a broken socket) is closed instead, so no session ever sees another's
+//! leftovers.
+
+use super::conn::{BackendConn, BackendError};
+use pgshard_catalog::{Node, NodeId};
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Identifies a pool: which server, as which user, in which database.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub node: NodeId,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub database: String,
+}
+
+/// Pool settings shared by every pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub size: usize,
+    pub wait_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Passwords for logging in to the shards, by user.
+    pub passwords: HashMap<String, String>,
+}
+
+/// A snapshot of one pool for `SHOW POOLS`.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    pub key: PoolKey,
+    pub size: usize,
+    pub idle: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+}
+
+/// ParameterStatus name/value pairs of a server.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+pub struct Pool {
+    key: PoolKey,
+    settings: Arc<PoolSettings>,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<BackendConn>>,
+    in_use: AtomicUsize,
+    waiting: AtomicUsize,
+    /// ParameterStatus of the first connection, for client startups.
+    server_params: Mutex<Option<ServerParams>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these short locks cannot leave the data inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct WaitGuard<'a>(&'a AtomicUsize);
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Pool {
+    fn new(key: PoolKey, settings: Arc<PoolSettings>) -> Pool {
+        Pool {
+            permits: Arc::new(Semaphore::new(settings.size)),
+            key,
+            settings,
+            idle: Mutex::new(Vec::new()),
+            in_use: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            server_params: Mutex::new(None),
+        }
+    }
+
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// Takes an idle connection or opens one, waiting at most the pool timeout for
+    /// capacity.
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, BackendError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let _g = WaitGuard(&self.waiting);
+                match tokio::time::timeout(
+                    self.settings.wait_timeout,
+                    self.permits.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return Err(BackendError::PoolTimeout(format!(
+                            "{}:{}",
+                            self.key.host, self.key.port
+                        )))
+                    }
+                }
+            }
+        };
+        loop {
+            let candidate = lock(&self.idle).pop();
+            match candidate {
+                Some(mut c) => {
+                    if c.looks_alive() {
+                        return Ok(self.wrap(c, permit));
+                    }
+                    // Closed while idle (server restart, idle timeout): drop it.
+                }
+                None => break,
+            }
+        }
+        let password = self
+            .settings
+            .passwords
+            .get(&self.key.user)
+            .map(String::as_str);
+        let conn = BackendConn::connect(
+            &self.key.host,
+            self.key.port,
+            &self.key.user,
+            &self.key.database,
+            password,
+            self.settings.connect_timeout,
+        )
+        .await?;
+        {
+            let mut p = lock(&self.server_params);
+            if p.is_none() {
+                *p = Some(Arc::new(conn.params.clone()));
+            }
+        }
+        Ok(self.wrap(conn, permit))
+    }
+
+    fn wrap(self: &Arc<Self>, conn: BackendConn, permit: OwnedSemaphorePermit) -> PooledConn {
+        self.in_use.fetch_add(1, Ordering::Relaxed);
+        PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        }
+    }
+
+    /// The ParameterStatus set of this server, once a connection has been made.
+    pub fn server_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+        lock(&self.server_params).clone()
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            key: self.key.clone(),
+            size: self.settings.size,
+            idle: lock(&self.idle).len(),
+            in_use: self.in_use.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    fn give_back(&self, conn: BackendConn) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        if conn.is_clean() {
+            lock(&self.idle).push(conn);
+        } else {
+            tracing::debug!(addr = %conn.addr, status = %(conn.status as char), broken = conn.broken, "discarding backend connection");
+        }
+    }
+
+    /// Closes every idle connection (e.g. after the node left the catalog).
+    pub fn close_idle(&self) {
+        lock(&self.idle).clear();
+    }
+}
+
+/// A checked-out connection. Dropping it returns it to its pool if clean, else closes it.
+pub struct PooledConn {
+    conn: Option<BackendConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PooledConn {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Takes the connection out of the pool's accounting for good (the caller closes it).
+    pub fn detach(mut self) -> Option<BackendConn> {
+        let c = self.conn.take();
+        self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
+        c
+    }
+}
+
+#[allow(clippy::expect_used)]
+impl Deref for PooledConn {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+#[allow(clippy::expect_used)]
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.pool.give_back(c);
+        }
+    }
+}
+
+/// All pools of a router, created on first use.
+pub struct Pools {
+    settings: Arc<PoolSettings>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Pools {
+        Pools {
+            settings: Arc::new(settings),
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool for `node` as `user` in `database`.
+    pub fn get(&self, node: &Node, user: &str, database: &str) -> Arc<Pool> {
+        let key = PoolKey {
+            node: node.id,
+            host: node.host.clone(),
+            port: node.port,
+            user: user.to_string(),
+            database: database.to_string(),
+        };
+        lock(&self.pools)
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Pool::new(key, self.settings.clone())))
+            .clone()
+    }
+
+    pub fn stats(&self) -> Vec<PoolStats> {
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        let mut stats: Vec<PoolStats> = pools.iter().map(|p| p.stats()).collect();
+        stats.sort_by(|a, b| a.key.cmp(&b.key));
+        stats
+    }
+
+    pub fn size(&self) -> usize {
+        self.settings.size
+    }
+}

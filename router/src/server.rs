@@ -1,0 +1,243 @@
+//! The listener: accepts clients, caps them with a semaphore (`router.max_clients`), and
+//! runs one tracked task per connection with a cancellation token passed down
+//! (mini-redis style). Shutdown stops accepting, tells every session, and waits for them
+//! (bounded).
+
+use crate::auth::ScramSecret;
+use crate::backend::pool::PoolSettings;
+use crate::backend::Pools;
+use crate::catalog_watch::CatalogHandle;
+use crate::protocol::FrameReader;
+use crate::registry::ClientRegistry;
+use crate::session::error::SessionError;
+use crate::session::startup::{greeting, handshake, Handshake};
+use crate::session::vars::SessionVars;
+use crate::session::Session;
+use bytes::BytesMut;
+use pgshard_catalog::config::RouterConfig;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// The client database name that opens the admin console (SPEC §12).
+pub const ADMIN_DATABASE: &str = "pgshard";
+
+/// How long a client may take to finish startup and authentication.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// TLS for clients. Only `Disabled` exists yet: SSLRequest is answered `N`. A rustls
+/// acceptor goes here; `session::startup::handshake` is where the stream gets wrapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Disabled,
+}
+
+/// Everything sessions share.
+pub struct RouterCtx {
+    pub config: RouterConfig,
+    pub catalog: CatalogHandle,
+    pub pools: Pools,
+    pub clients: Arc<ClientRegistry>,
+    pub scram_secrets: HashMap<String, ScramSecret>,
+    pub tls: TlsMode,
+}
+
+impl RouterCtx {
+    pub fn new(config: RouterConfig, catalog: CatalogHandle) -> RouterCtx {
+        let passwords: HashMap<String, String> = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.password.clone()))
+            .collect();
+        let scram_secrets = if config.auth == "scram-sha-256" {
+            config
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), ScramSecret::from_password(&u.password)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        RouterCtx {
+            pools: Pools::new(PoolSettings {
+                size: config.pool_size.max(1) as usize,
+                wait_timeout: Duration::from_millis(config.pool_timeout_ms),
+                connect_timeout: Duration::from_secs(10),
+                passwords,
+            }),
+            clients: Arc::new(ClientRegistry::default()),
+            scram_secrets,
+            tls: TlsMode::Disabled,
+            catalog,
+            config,
+        }
+    }
+}
+
+/// A bound router, ready to serve.
+pub struct Router {
+    ctx: Arc<RouterCtx>,
+    listener: TcpListener,
+}
+
+impl Router {
+    /// Binds `config.listen` (port 0 picks a free port; see [`Router::local_addr`]).
+    pub async fn bind(config: RouterConfig, catalog: CatalogHandle) -> std::io::Result<Router> {
+        let listener = TcpListener::bind(&config.listen).await?;
+        Ok(Router {
+            ctx: Arc::new(RouterCtx::new(config, catalog)),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn ctx(&self) -> Arc<RouterCtx> {
+        self.ctx.clone()
+    }
+
+    /// Serves until `shutdown`, then waits (at most 5 s) for sessions to end.
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let limit = Arc::new(Semaphore::new(self.ctx.config.max_clients.max(1) as usize));
+        let tracker = TaskTracker::new();
+        tracing::info!(addr = ?self.listener.local_addr().ok(), "router listening");
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.listener.accept() => r,
+            };
+            let (stream, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let permit = limit.clone().try_acquire_owned().ok();
+            let ctx = self.ctx.clone();
+            let token = shutdown.child_token();
+            tracker.spawn(async move {
+                serve_client(ctx, stream, addr, permit, token).await;
+            });
+        }
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                sessions = tracker.len(),
+                "sessions still running at shutdown"
+            );
+        }
+    }
+}
+
+/// One client connection, from the first byte to the close.
+async fn serve_client(
+    ctx: Arc<RouterCtx>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let (r, mut w) = stream.into_split();
+    let mut reader = FrameReader::new(r, ctx.config.max_message_bytes as usize);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let hs = tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        handshake(&ctx, &mut reader, &mut w, &mut out),
+    )
+    .await;
+    let fail = |e: SessionError, out: &mut BytesMut| {
+        let mut b = BytesMut::new();
+        e.encode(&mut b);
+        out.extend_from_slice(&b);
+    };
+    let (user, database, params) = match hs {
+        Ok(Ok(Handshake::Session {
+            user,
+            database,
+            params,
+        })) => (user, database, params),
+        Ok(Ok(Handshake::Done)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "startup failed");
+            fail(e, &mut out);
+            let _ = w.write_all(&out).await;
+            return;
+        }
+        Err(_) => return,
+    };
+    if permit.is_none() {
+        fail(SessionError::TooManyClients, &mut out);
+        let _ = w.write_all(&out).await;
+        return;
+    }
+    let registration = ctx.clients.register(&user, &database, Some(addr));
+    let entry = registration.entry.clone();
+    let span = tracing::info_span!("session", pid = entry.pid, %user, db = %database, %addr);
+    async move {
+        let vars = SessionVars::from_startup(&params);
+        if database == ADMIN_DATABASE {
+            out.extend_from_slice(&crate::admin::greeting(entry.pid, entry.secret()));
+            crate::admin::serve(ctx, reader, w, out, shutdown).await;
+            return;
+        }
+        match server_params(&ctx, &user, &database).await {
+            Ok(p) => greeting(&mut out, &p, &vars, entry.pid, entry.secret()),
+            Err(e) => {
+                tracing::info!(error = %e, "no shard connection for the new client");
+                fail(e, &mut out);
+                let _ = w.write_all(&out).await;
+                return;
+            }
+        }
+        tracing::debug!("session started");
+        Session::new(ctx, entry, user, database, vars, reader, w, out, shutdown)
+            .run()
+            .await;
+        tracing::debug!("session ended");
+        drop(registration);
+        drop(permit);
+    }
+    .instrument(span)
+    .await
+}
+
+/// The ParameterStatus set of the local shard's primary for this user and database
+/// (learned from its first connection). Connecting also proves the database and role
+/// exist on the shards; a shard's error is passed on as is.
+async fn server_params(
+    ctx: &RouterCtx,
+    user: &str,
+    database: &str,
+) -> Result<Arc<Vec<(String, String)>>, SessionError> {
+    let catalog = ctx.catalog.current();
+    let shard = catalog.local_shard;
+    let node = catalog
+        .primary(shard)
+        .ok_or(SessionError::NoPrimary(shard))?;
+    let pool = ctx.pools.get(node, user, database);
+    if let Some(p) = pool.server_params() {
+        return Ok(p);
+    }
+    let conn = pool
+        .checkout()
+        .await
+        .map_err(|e| SessionError::from_backend(shard, e))?;
+    drop(conn);
+    pool.server_params().ok_or(SessionError::NoPrimary(shard))
+}

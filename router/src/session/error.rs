@@ -1,0 +1,127 @@
+//! The session layer's errors and their SQLSTATEs, decided here once (STYLE §5). Errors
+//! that come from a shard are not re-encoded: their frame is forwarded as is.
+
+use crate::backend::BackendError;
+use crate::protocol::backend::encode_error;
+use crate::protocol::ProtocolError;
+use bytes::BytesMut;
+use pgshard_catalog::ShardId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("transaction spanning shards is not supported yet")]
+    CrossShard { from: ShardId, to: ShardId },
+    #[error("no primary known for shard {0}")]
+    NoPrimary(ShardId),
+    #[error("pool timeout: no connection to shard {shard} became free in time")]
+    PoolTimeout { shard: ShardId },
+    #[error("could not reach shard {shard}: {source}")]
+    Backend {
+        shard: ShardId,
+        source: BackendError,
+    },
+    #[error("prepared statement \"{0}\" does not exist")]
+    UnknownStatement(String),
+    #[error("prepared statement \"{0}\" already exists")]
+    DuplicateStatement(String),
+    #[error("portal \"{0}\" does not exist")]
+    UnknownPortal(String),
+    #[error("invalid input syntax for type {key_type}: \"{value}\"")]
+    InvalidKey { key_type: String, value: String },
+    #[error("bind message supplies too few parameters for the shard key ${0}")]
+    MissingKeyParam(usize),
+    #[error("null value in the shard key column")]
+    NullKey,
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedTransaction,
+    #[error("DISCARD ALL cannot run inside a transaction block")]
+    DiscardInTransaction,
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("lost the connection to shard {shard}")]
+    LostBackend { shard: ShardId },
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    #[error("sorry, too many clients already")]
+    TooManyClients,
+}
+
+impl SessionError {
+    /// The SQLSTATE the client sees. One exhaustive match, no wildcard.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::Unsupported(_) => "0A000",
+            SessionError::CrossShard { .. } => "0A000",
+            SessionError::NoPrimary(_) => "08006",
+            SessionError::PoolTimeout { .. } => "53300",
+            SessionError::Backend { .. } => "08006",
+            SessionError::UnknownStatement(_) => "26000",
+            SessionError::DuplicateStatement(_) => "42P05",
+            SessionError::UnknownPortal(_) => "34000",
+            SessionError::InvalidKey { .. } => "22P02",
+            SessionError::MissingKeyParam(_) => "08P01",
+            SessionError::NullKey => "23502",
+            SessionError::InFailedTransaction => "25P02",
+            SessionError::DiscardInTransaction => "25001",
+            SessionError::Protocol(_) => "08P01",
+            SessionError::LostBackend { .. } => "08006",
+            SessionError::AuthFailed(_) => "28P01",
+            SessionError::NoUser => "28000",
+            SessionError::TooManyClients => "53300",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            SessionError::CrossShard { from, to } => Some(format!(
+                "The transaction is pinned to shard {from}; this statement needs shard {to}. Distributed transactions (two-phase commit) are not implemented yet."
+            )),
+            _ => None,
+        }
+    }
+
+    /// Whether the session can go on after this error (else the connection is closed).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            SessionError::Protocol(_)
+                | SessionError::LostBackend { .. }
+                | SessionError::AuthFailed(_)
+                | SessionError::NoUser
+                | SessionError::TooManyClients
+        )
+    }
+
+    /// Appends the ErrorResponse for this error; a shard's own error is forwarded as is.
+    pub fn encode(&self, out: &mut BytesMut) {
+        if let SessionError::Backend {
+            source: BackendError::Server { frame, .. },
+            ..
+        } = self
+        {
+            out.extend_from_slice(frame.raw());
+            return;
+        }
+        let severity = if self.is_fatal() { "FATAL" } else { "ERROR" };
+        encode_error(
+            out,
+            b'E',
+            severity,
+            self.code(),
+            &self.to_string(),
+            self.detail().as_deref(),
+            None,
+        );
+    }
+
+    pub fn from_backend(shard: ShardId, e: BackendError) -> SessionError {
+        match e {
+            BackendError::PoolTimeout(_) => SessionError::PoolTimeout { shard },
+            source => SessionError::Backend { shard, source },
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The extended query protocol: Parse/Bind/Describe/Execute/Close/Sync (Flush is passed
+//! through by the dispatcher).
+//!
+//! A client's statements live in the session. Parse plans the SQL and answers through a
+//! backend: lazily, on the backend that serves the following Bind or Describe when that
+//! message is already buffered, else at once on the attached or any shard (so syntax
+//! errors surface at Parse, as with PostgreSQL). Bind decides the shard (from the key
+//! parameter for `ShardByParam`) and prepares the statement on that backend if it lacks
+//! it, under a router name `pgs_<digest>` shared by every client preparing the same SQL
+//! and parameter types; the ParseComplete of such lazy prepares is swallowed. The unnamed
+//! statement maps to the backend's unnamed statement, re-parsed when needed.
+
+use super::attach::Ensure;
+use super::error::SessionError;
+use super::lex::{classify, split_statements, SessionCommand};
+use super::simple::POISON_SQL;
+use super::{Expect, Session, Stmt};
+use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
+use crate::backend::{BackendConn, StmtKey};
+use crate::protocol::frame::BodyReader;
+use crate::protocol::frontend::{
+    encode_bind_renamed, encode_close, encode_describe, encode_parse, Bind,
+};
+use crate::protocol::Frame;
+use pgshard_catalog::ShardId;
+use pgshard_sql::{Route, StatementKind};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    pub(crate) async fn on_parse(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        sql: String,
+        param_types: Vec<u32>,
+    ) -> Result<(), SessionError> {
+        if !name.is_empty() && self.stmts.contains_key(&name) {
+            self.fail_extended(SessionError::DuplicateStatement(name));
+            return Ok(());
+        }
+        let catalog = self.ctx.catalog.current();
+        let stmts = split_statements(&sql);
+        let command = match stmts.as_slice() {
+            [one] => classify(one),
+            _ => SessionCommand::Other,
+        };
+        match &command {
+            SessionCommand::DiscardAll
+            | SessionCommand::Prepare { .. }
+            | SessionCommand::Execute { .. }
+            | SessionCommand::Deallocate { .. } => {
+                self.fail_extended(SessionError::Unsupported(
+                    "DISCARD ALL, PREPARE, EXECUTE and DEALLOCATE are supported through the simple query protocol only".into(),
+                ));
+                return Ok(());
+            }
+            _ => {}
+        }
+        let plan = pgshard_sql::plan(&sql, &catalog);
+        if let Route::Unsupported(_) | Route::Router(_) = &plan.route {
+            let e = match self.resolve(&plan.route, &catalog) {
+                Err(e) => e,
+                Ok(_) => SessionError::Unsupported("statement".into()),
+            };
+            self.fail_extended(e);
+            return Ok(());
+        }
+        let planned_shard = match &plan.route {
+            Route::Shard(s) => Some(*s),
+            _ => None,
+        };
+        let key = Arc::new(StmtKey { sql, param_types });
+        let stmt = Arc::new(Stmt {
+            digest: key.digest(),
+            key,
+            unnamed: name.is_empty(),
+            plan,
+            command: match command {
+                c @ (SessionCommand::Set { .. }
+                | SessionCommand::Reset { .. }
+                | SessionCommand::ResetAll) => c,
+                _ => SessionCommand::Other,
+            },
+        });
+        self.stmts.insert(name.clone(), stmt.clone());
+        if self.next_uses_statement(&name) {
+            self.parse_ack = Some(name);
+            return Ok(());
+        }
+        let shard = match (&self.attached, planned_shard) {
+            (Some(a), _) => a.shard,
+            (None, Some(s)) => s,
+            (None, None) => self.any_shard(),
+        };
+        match self.ensure_backend(shard, frame).await {
+            Ok(Ensure::Ready) => {}
+            Ok(Ensure::Deferred) => {
+                // Cannot happen (same shard or none attached); undo and retry later.
+                self.stmts.remove(&name);
+                return Ok(());
+            }
+            Err(e) => {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        }
+        self.prepare_on_attached(&stmt, true);
+        Ok(())
+    }
+
+    /// True when the next buffered client message is a Bind or Describe of `name`.
+    fn next_uses_statement(&self, name: &str) -> bool {
+        let Some((tag, body)) = self.client.peek_frame() else {
+            return false;
+        };
+        let mut r = BodyReader::new(body, "peek");
+        match tag {
+            b'B' => r.cstr_bytes().is_ok() && r.cstr_bytes().ok() == Some(name.as_bytes()),
+            b'D' => r.u8().ok() == Some(b'S') && r.cstr_bytes().ok() == Some(name.as_bytes()),
+            _ => false,
+        }
+    }
+
+    /// Makes sure the attached backend has `stmt` prepared; `forward_ack` sends the
+    /// client the ParseComplete it asked for.
+    fn prepare_on_attached(&mut self, stmt: &Arc<Stmt>, forward_ack: bool) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        let conn = &mut a.conn;
+        let present = if stmt.unnamed {
+            conn.unnamed
+                .as_ref()
+                .is_some_and(|k| Arc::ptr_eq(k, &stmt.key))
+        } else {
+            conn.tick += 1;
+            let tick = conn.tick;
+            match conn.prepared.get_mut(&stmt.digest) {
+                Some((k, used)) if **k == *stmt.key => {
+                    *used = tick;
+                    true
+                }
+                Some(_) => {
+                    // Digest collision with different SQL: replace it.
+                    let name = BackendConn::statement_name(stmt.digest);
+                    encode_close(&mut conn.out, b'S', &name);
+                    a.expects.push_back(Expect::Close { forward: false });
+                    conn.prepared.remove(&stmt.digest);
+                    false
+                }
+                None => false,
+            }
+        };
+        if present {
+            if forward_ack {
+                self.emit_empty(b'1');
+            }
+            return;
+        }
+        let conn = &mut a.conn;
+        if stmt.unnamed {
+            encode_parse(&mut conn.out, "", &stmt.key.sql, &stmt.key.param_types);
+            conn.unnamed = Some(stmt.key.clone());
+            a.expects.push_back(Expect::Parse {
+                forward: forward_ack,
+                digest: None,
+            });
+        } else {
+            if conn.prepared.len() >= MAX_PREPARED_PER_BACKEND {
+                if let Some((&victim, _)) = conn.prepared.iter().min_by_key(|(_, (_, used))| *used)
+                {
+                    conn.prepared.remove(&victim);
+                    encode_close(&mut conn.out, b'S', &BackendConn::statement_name(victim));
+                    a.expects.push_back(Expect::Close { forward: false });
+                }
+            }
+            let name = BackendConn::statement_name(stmt.digest);
+            encode_parse(&mut conn.out, &name, &stmt.key.sql, &stmt.key.param_types);
+            let tick = conn.tick;
+            conn.prepared.insert(stmt.digest, (stmt.key.clone(), tick));
+            a.expects.push_back(Expect::Parse {
+                forward: forward_ack,
+                digest: Some(stmt.digest),
+            });
+        }
+        a.conn.unsynced = true;
+    }
+
+    /// The shard a Bind runs on.
+    fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
+        let catalog = self.ctx.catalog.current();
+        match &stmt.plan.route {
+            Route::ShardByParam { param, key_type } => {
+                let p = bind
+                    .param(param.saturating_sub(1))?
+                    .ok_or(SessionError::MissingKeyParam(*param))?;
+                let Some(value) = p.value else {
+                    return if stmt.plan.kind == StatementKind::Write {
+                        Err(SessionError::NullKey)
+                    } else {
+                        // `key = NULL` matches no row on any shard.
+                        Ok(self.any_shard())
+                    };
+                };
+                let key = if p.format == 1 {
+                    pgshard_catalog::hash::key_from_binary(value, *key_type)
+                } else {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|t| pgshard_catalog::hash::parse_key(t, *key_type))
+                };
+                let key = key.ok_or_else(|| SessionError::InvalidKey {
+                    key_type: key_type.sql_name().to_string(),
+                    value: if p.format == 1 {
+                        format!("\\x{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>())
+                    } else {
+                        String::from_utf8_lossy(value).into_owned()
+                    },
+                })?;
+                catalog
+                    .shard_of(&key)
+                    .ok_or_else(|| SessionError::Unsupported("the bucket map has no owner for this key".into()))
+            }
+            Route::AllShards => match catalog.shard_ids().as_slice() {
+                [one] => Ok(*one),
+                _ => Err(SessionError::Unsupported(
+                    "statements that run on every shard are supported through the simple query protocol only, for now".into(),
+                )),
+            },
+            Route::AnyShard => Ok(self.any_shard()),
+            Route::Shard(s) => Ok(*s),
+            route => match self.resolve(route, &catalog)? {
+                super::simple::Target::One(s) => Ok(s),
+                super::simple::Target::All(_) => Err(SessionError::Unsupported("multi-shard statement".into())),
+            },
+        }
+    }
+
+    pub(crate) async fn on_bind(
+        &mut self,
+        frame: &Frame,
+        bind: &Bind<'_>,
+    ) -> Result<(), SessionError> {
+        let Some(stmt) = self.stmts.get(bind.statement).cloned() else {
+            self.fail_extended(SessionError::UnknownStatement(bind.statement.to_string()));
+            return Ok(());
+        };
+        let shard = match self.bind_shard(&stmt, bind) {
+            Ok(s) => s,
+            Err(e) => {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        };
+        match self.ensure_backend(shard, frame).await {
+            Ok(Ensure::Ready) => {}
+            Ok(Ensure::Deferred) => return Ok(()),
+            Err(e) => {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        }
+        let forward_ack = self.parse_ack.as_deref() == Some(bind.statement);
+        if forward_ack {
+            self.parse_ack = None;
+        }
+        self.prepare_on_attached(&stmt, forward_ack);
+        if let Some(a) = self.attached.as_mut() {
+            if stmt.unnamed {
+                a.conn.out.extend_from_slice(frame.raw());
+            } else {
+                encode_bind_renamed(
+                    &mut a.conn.out,
+                    bind,
+                    &BackendConn::statement_name(stmt.digest),
+                );
+            }
+            a.conn.unsynced = true;
+            a.expects.push_back(Expect::Bind);
+        }
+        self.portals.insert(bind.portal.to_string(), stmt);
+        Ok(())
+    }
+
+    pub(crate) async fn on_describe(
+        &mut self,
+        frame: &Frame,
+        kind: u8,
+        name: &str,
+    ) -> Result<(), SessionError> {
+        if kind == b'P' {
+            match self.attached.as_mut() {
+                Some(a) => {
+                    a.conn.out.extend_from_slice(frame.raw());
+                    a.conn.unsynced = true;
+                    a.expects.push_back(Expect::Describe);
+                }
+                None => self.fail_extended(SessionError::UnknownPortal(name.to_string())),
+            }
+            return Ok(());
+        }
+        let Some(stmt) = self.stmts.get(name).cloned() else {
+            self.fail_extended(SessionError::UnknownStatement(name.to_string()));
+            return Ok(());
+        };
+        let shard = match (&self.attached, &stmt.plan.route) {
+            (Some(a), _) => a.shard,
+            (None, Route::Shard(s)) => *s,
+            (None, _) => self.any_shard(),
+        };
+        match self.ensure_backend(shard, frame).await {
+            Ok(Ensure::Ready) => {}
+            Ok(Ensure::Deferred) => return Ok(()),
+            Err(e) => {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        }
+        let forward_ack = self.parse_ack.as_deref() == Some(name);
+        if forward_ack {
+            self.parse_ack = None;
+        }
+        self.prepare_on_attached(&stmt, forward_ack);
+        if let Some(a) = self.attached.as_mut() {
+            let backend_name = if stmt.unnamed {
+                String::new()
+            } else {
+                BackendConn::statement_name(stmt.digest)
+            };
+            encode_describe(&mut a.conn.out, b'S', &backend_name);
+            a.conn.unsynced = true;
+            a.expects.push_back(Expect::Describe);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_execute(&mut self, frame: &Frame, portal: &str) -> Result<(), SessionError> {
+        let command = self
+            .portals
+            .get(portal)
+            .map(|s| s.command.clone())
+            .filter(|c| !matches!(c, SessionCommand::Other));
+        match self.attached.as_mut() {
+            Some(a) => {
+                a.conn.out.extend_from_slice(frame.raw());
+                a.conn.unsynced = true;
+                a.executed = true;
+                a.expects.push_back(Expect::Execute { command });
+            }
+            None => self.fail_extended(SessionError::UnknownPortal(portal.to_string())),
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_close(&mut self, frame: &Frame, kind: u8, name: &str) {
+        if kind == b'S' {
+            // The backend copy stays: it is the router's, shared by equal statements.
+            self.stmts.remove(name);
+            self.emit_empty(b'3');
+            return;
+        }
+        self.portals.remove(name);
+        match self.attached.as_mut() {
+            Some(a) => {
+                a.conn.out.extend_from_slice(frame.raw());
+                a.conn.unsynced = true;
+                a.expects.push_back(Expect::Close { forward: true });
+            }
+            None => self.emit_empty(b'3'),
+        }
+    }
+
+    pub(crate) fn on_sync(&mut self, frame: &Frame) {
+        self.skip_until_sync = false;
+        self.parse_ack = None;
+        match self.attached.as_mut() {
+            Some(a) => {
+                a.conn.out.extend_from_slice(frame.raw());
+                a.conn.pending_syncs += 1;
+                a.conn.unsynced = false;
+                a.expects.push_back(Expect::Sync { forward: true });
+            }
+            None => {
+                let s = self.client_status();
+                self.emit_ready(s);
+            }
+        }
+    }
+
+    /// An error the router raises in the extended protocol: ErrorResponse, then skip
+    /// to Sync; an attached backend is made to fail too, so its (implicit or explicit)
+    /// transaction ends the way the client now expects.
+    pub(crate) fn fail_extended(&mut self, e: SessionError) {
+        if self.parse_ack.take().is_some() {
+            self.emit_empty(b'1');
+        }
+        if let Some(vt) = self.virtual_txn.as_mut() {
+            vt.failed = true;
+        }
+        self.emit_error(&e);
+        if let Some(a) = self.attached.as_mut() {
+            encode_parse(&mut a.conn.out, "", POISON_SQL, &[]);
+            a.conn.unnamed = None;
+            a.conn.unsynced = true;
+            a.expects.push_back(Expect::Poison);
+        }
+        self.skip_until_sync = true;
+    }
+}

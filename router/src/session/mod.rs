@@ -1,0 +1,491 @@
+//! One client session (SPEC §6, §7): startup and authentication, then the protocol state
+//! machine that routes each statement to a shard primary and relays the answer.
+//!
+//! The loop `select!`s over four things, in this priority: frames from the attached
+//! backend (relayed byte for byte into the client's output buffer), frames from the
+//! client, writing queued bytes to the backend, writing queued bytes to the client. So the
+//! client is written to only when the backend has nothing more ready (or the buffer is
+//! large), which batches many small messages into one write, and both directions keep
+//! moving while a pipeline is in flight (no deadlock on large pipelines).
+//!
+//! A backend is *attached* from the first message that needs it until the ReadyForQuery
+//! that leaves it idle (transaction pooling): a transaction, or a portal before Sync, pins
+//! it. Every message sent to the backend pushes an [`Expect`] describing the reply it
+//! will produce and whether that reply goes to the client (lazy re-prepares and replays
+//! of session state are the router's own and are swallowed). Router-made replies that
+//! must be ordered after pending backend replies are queued as [`Expect::Local`].
+//!
+//! Files: [`startup`] (handshake and auth), [`simple`] (Query), [`extended`]
+//! (Parse/Bind/Describe/Execute/Close/Sync), [`relay`] (backend replies), [`lex`] and
+//! [`vars`] (session commands and state), [`error`].
+
+mod attach;
+pub mod error;
+mod extended;
+pub mod lex;
+mod relay;
+mod simple;
+pub mod startup;
+pub mod vars;
+
+use crate::backend::{PooledConn, StmtKey};
+use crate::protocol::backend::{encode_empty, encode_ready};
+use crate::protocol::{Frame, FrameReader, ProtocolError};
+use crate::registry::ClientEntry;
+use crate::server::RouterCtx;
+use bytes::{Buf, Bytes, BytesMut};
+use error::SessionError;
+use lex::SessionCommand;
+use pgshard_catalog::config::PoolMode;
+use pgshard_catalog::ShardId;
+use pgshard_sql::Plan;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use vars::SessionVars;
+
+/// Output buffered beyond this is written before more is read (back-pressure).
+const HIGH_WATER: usize = 256 * 1024;
+
+/// A client's prepared statement (protocol level).
+pub struct Stmt {
+    pub key: Arc<StmtKey>,
+    pub digest: u64,
+    /// True for the unnamed statement, which maps to the backend's unnamed statement.
+    pub unnamed: bool,
+    pub plan: Plan,
+    /// A SET/RESET the statement performs, recorded when it completes.
+    pub command: SessionCommand,
+}
+
+/// A SQL-level prepared statement (`PREPARE name AS …`).
+pub struct SqlPrepared {
+    /// The full PREPARE statement, replayed on backends that lack it.
+    pub text: String,
+    pub digest: u64,
+    pub plan: Plan,
+}
+
+/// A reply the attached backend owes, in order.
+pub(crate) enum Expect {
+    /// ParseComplete; `digest` names the router statement to forget if it fails.
+    Parse {
+        forward: bool,
+        digest: Option<u64>,
+    },
+    /// A Parse that fails on purpose to abort the backend's transaction; its error is
+    /// swallowed.
+    Poison,
+    Bind,
+    Describe,
+    Execute {
+        command: Option<SessionCommand>,
+    },
+    Close {
+        forward: bool,
+    },
+    Sync {
+        forward: bool,
+    },
+    /// A simple Query up to its ReadyForQuery.
+    Query {
+        forward: bool,
+        swallow_errors: bool,
+        commands: Vec<SessionCommand>,
+        failed: bool,
+    },
+    /// Bytes made by the router, sent when they reach the front.
+    Local(Bytes),
+}
+
+pub(crate) struct Attached {
+    pub conn: PooledConn,
+    pub shard: ShardId,
+    pub expects: VecDeque<Expect>,
+    /// An Execute or Query ran since the last ReadyForQuery (an implicit transaction
+    /// is open on this backend).
+    pub executed: bool,
+    /// SET/RESET completed by Execute since the last Sync.
+    pub commands: Vec<SessionCommand>,
+    pub failed_since_sync: bool,
+}
+
+/// BEGIN answered by the router before any statement chose a shard.
+pub(crate) struct VirtualTxn {
+    pub begin_sql: String,
+    pub failed: bool,
+}
+
+pub struct Session<R, W> {
+    pub(crate) ctx: Arc<RouterCtx>,
+    pub(crate) entry: Arc<ClientEntry>,
+    pub(crate) user: String,
+    pub(crate) database: String,
+    pub(crate) client: FrameReader<R>,
+    pub(crate) writer: W,
+    /// Bytes for the client.
+    pub(crate) out: BytesMut,
+    pub(crate) vars: SessionVars,
+    /// SETs made inside the open transaction: kept if it commits.
+    pub(crate) txn_vars: Vec<SessionCommand>,
+    pub(crate) txn_committed: bool,
+    pub(crate) stmts: HashMap<String, Arc<Stmt>>,
+    pub(crate) portals: HashMap<String, Arc<Stmt>>,
+    pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
+    pub(crate) attached: Option<Attached>,
+    /// A client message waiting until the attached backend has answered everything.
+    pub(crate) deferred: Option<Frame>,
+    pub(crate) skip_until_sync: bool,
+    /// The statement whose ParseComplete rides on its (deferred) prepare.
+    pub(crate) parse_ack: Option<String>,
+    pub(crate) virtual_txn: Option<VirtualTxn>,
+    pub(crate) closing: bool,
+    shutdown: CancellationToken,
+}
+
+enum Event {
+    Shutdown,
+    Backend(Result<Frame, crate::backend::BackendError>),
+    Client(Result<Option<Frame>, ProtocolError>),
+    BackendWrote(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        ctx: Arc<RouterCtx>,
+        entry: Arc<ClientEntry>,
+        user: String,
+        database: String,
+        vars: SessionVars,
+        client: FrameReader<R>,
+        writer: W,
+        out: BytesMut,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Session {
+            ctx,
+            entry,
+            user,
+            database,
+            client,
+            writer,
+            out,
+            vars,
+            txn_vars: Vec::new(),
+            txn_committed: false,
+            stmts: HashMap::new(),
+            portals: HashMap::new(),
+            sql_prepared: HashMap::new(),
+            attached: None,
+            deferred: None,
+            skip_until_sync: false,
+            parse_ack: None,
+            virtual_txn: None,
+            closing: false,
+            shutdown,
+        }
+    }
+
+    /// Serves the client until it leaves, the connection fails or the router shuts down.
+    pub async fn run(mut self) {
+        let result = self.serve().await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "session ended with an error");
+            if e.is_fatal() || matches!(e, SessionError::Protocol(_)) {
+                e.encode(&mut self.out);
+            }
+        }
+        if !self.out.is_empty() {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                self.writer.write_all(&self.out),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            self.writer.shutdown(),
+        )
+        .await;
+        self.detach_backend().await;
+    }
+
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        loop {
+            if self.closing && self.out.is_empty() {
+                return Ok(());
+            }
+            if self.deferred.is_some()
+                && self.attached.as_ref().is_none_or(|a| a.expects.is_empty())
+            {
+                if let Some(f) = self.deferred.take() {
+                    self.on_client_frame(f).await?;
+                }
+                continue;
+            }
+            let out_full = self.out.len() >= HIGH_WATER;
+            let want_client = !self.closing && self.deferred.is_none() && !out_full;
+            let has_backend = self.attached.is_some();
+            let event = {
+                let (b_read, b_write) = match self.attached.as_mut() {
+                    Some(a) => {
+                        let c: &mut crate::backend::BackendConn = &mut a.conn;
+                        let bout_full = c.out.len() >= HIGH_WATER;
+                        (
+                            Some(&mut c.reader),
+                            Some((&mut c.writer, &c.out, bout_full)),
+                        )
+                    }
+                    None => (None, None),
+                };
+                let want_client = want_client && !b_write.as_ref().is_some_and(|w| w.2);
+                let b_has_out = b_write.as_ref().is_some_and(|w| !w.1.is_empty());
+                let client = &mut self.client;
+                let writer = &mut self.writer;
+                let out = &self.out;
+                let shutdown = &self.shutdown;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Event::Shutdown,
+                    r = async {
+                        match b_read {
+                            Some(r) => r.read_frame().await,
+                            None => std::future::pending().await,
+                        }
+                    }, if has_backend && !out_full => Event::Backend(match r {
+                        Ok(Some(f)) => Ok(f),
+                        Ok(None) => Err(crate::backend::BackendError::Closed { addr: String::new() }),
+                        Err(e) => Err(crate::backend::BackendError::Protocol { addr: String::new(), source: e }),
+                    }),
+                    r = client.read_frame(), if want_client => Event::Client(r),
+                    r = async {
+                        match b_write {
+                            Some((w, o, _)) => w.write(&o[..]).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if b_has_out => Event::BackendWrote(r),
+                    r = writer.write(&out[..]), if !out.is_empty() => Event::ClientWrote(r),
+                }
+            };
+            match event {
+                Event::Shutdown => {
+                    if self.attached.is_none() {
+                        crate::protocol::backend::encode_error(
+                            &mut self.out,
+                            b'E',
+                            "FATAL",
+                            "57P01",
+                            "terminating connection due to administrator command",
+                            None,
+                            None,
+                        );
+                        self.closing = true;
+                        // Let the loop flush the message; reads are off from here.
+                        continue;
+                    }
+                    return Ok(());
+                }
+                Event::Backend(Ok(frame)) => self.on_backend_frame(frame)?,
+                Event::Backend(Err(e)) => {
+                    let shard = self
+                        .attached
+                        .as_ref()
+                        .map(|a| a.shard)
+                        .unwrap_or(ShardId(0));
+                    if let Some(a) = self.attached.as_mut() {
+                        a.conn.broken = true;
+                    }
+                    tracing::warn!(%shard, error = %e, "lost backend connection");
+                    return Err(SessionError::LostBackend { shard });
+                }
+                Event::Client(Ok(Some(frame))) => self.on_client_frame(frame).await?,
+                Event::Client(Ok(None)) => return Ok(()),
+                Event::Client(Err(ProtocolError::Io(_))) => return Ok(()),
+                Event::Client(Err(e)) => return Err(SessionError::Protocol(e)),
+                Event::BackendWrote(Ok(n)) if n > 0 => {
+                    if let Some(a) = self.attached.as_mut() {
+                        a.conn.out.advance(n);
+                    }
+                }
+                Event::BackendWrote(_) => {
+                    let shard = self
+                        .attached
+                        .as_ref()
+                        .map(|a| a.shard)
+                        .unwrap_or(ShardId(0));
+                    if let Some(a) = self.attached.as_mut() {
+                        a.conn.broken = true;
+                    }
+                    return Err(SessionError::LostBackend { shard });
+                }
+                Event::ClientWrote(Ok(n)) if n > 0 => self.out.advance(n),
+                Event::ClientWrote(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Returns or discards the attached backend at the end of the session; a backend
+    /// still running something is cancelled first, and never pooled dirty.
+    async fn detach_backend(&mut self) {
+        let Some(a) = self.attached.take() else {
+            return;
+        };
+        self.entry.set_activity("idle", None, None);
+        if a.conn.is_clean() {
+            drop(a);
+            return;
+        }
+        let busy = a.conn.pending_syncs > 0 || a.conn.unsynced;
+        let target = a.conn.cancel_target();
+        if let Some(conn) = a.conn.detach() {
+            if busy {
+                let _ = target.cancel().await;
+            }
+            conn.terminate().await;
+        }
+    }
+
+    /// Queues router-made bytes for the client after whatever the backend still owes.
+    pub(crate) fn emit_local(&mut self, bytes: &[u8]) {
+        match self.attached.as_mut() {
+            Some(a) if !a.expects.is_empty() => a
+                .expects
+                .push_back(Expect::Local(Bytes::copy_from_slice(bytes))),
+            _ => self.out.extend_from_slice(bytes),
+        }
+    }
+
+    pub(crate) fn emit_ready(&mut self, status: u8) {
+        let mut b = BytesMut::with_capacity(6);
+        encode_ready(&mut b, status);
+        self.emit_local(&b);
+    }
+
+    pub(crate) fn emit_empty(&mut self, tag: u8) {
+        let mut b = BytesMut::with_capacity(5);
+        encode_empty(&mut b, tag);
+        self.emit_local(&b);
+    }
+
+    pub(crate) fn emit_error(&mut self, e: &SessionError) {
+        let mut b = BytesMut::new();
+        e.encode(&mut b);
+        self.emit_local(&b);
+    }
+
+    /// The transaction status to report when the router answers by itself.
+    pub(crate) fn client_status(&self) -> u8 {
+        if let Some(vt) = &self.virtual_txn {
+            return if vt.failed { b'E' } else { b'T' };
+        }
+        match &self.attached {
+            Some(a) => a.conn.status,
+            None => b'I',
+        }
+    }
+
+    /// Dispatches one client message.
+    async fn on_client_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
+        use crate::protocol::frontend::FrontendMessage as M;
+        let msg = M::decode(&frame)?;
+        if self.skip_until_sync && !matches!(msg, M::Sync | M::Terminate) {
+            return Ok(());
+        }
+        match msg {
+            M::Query { sql } => {
+                let sql = sql.to_string();
+                self.on_query(&frame, &sql).await
+            }
+            M::Parse {
+                name,
+                sql,
+                param_types,
+            } => {
+                let (name, sql) = (name.to_string(), sql.to_string());
+                self.on_parse(&frame, name, sql, param_types).await
+            }
+            M::Bind(bind) => self.on_bind(&frame, &bind).await,
+            M::Describe { kind, name } => {
+                let name = name.to_string();
+                self.on_describe(&frame, kind, &name).await
+            }
+            M::Execute { portal, .. } => {
+                let portal = portal.to_string();
+                self.on_execute(&frame, &portal)
+            }
+            M::Close { kind, name } => {
+                let name = name.to_string();
+                self.on_close(&frame, kind, &name);
+                Ok(())
+            }
+            M::Sync => {
+                self.on_sync(&frame);
+                Ok(())
+            }
+            M::Flush | M::CopyData | M::CopyDone | M::CopyFail => {
+                // Copy messages outside COPY are ignored, as PostgreSQL does.
+                if let Some(a) = self.attached.as_mut() {
+                    a.conn.out.extend_from_slice(frame.raw());
+                }
+                Ok(())
+            }
+            M::Terminate => {
+                self.closing = true;
+                Ok(())
+            }
+            M::FunctionCall => {
+                self.emit_error(&SessionError::Unsupported(
+                    "the fast-path function call protocol is not supported".into(),
+                ));
+                let s = self.client_status();
+                self.emit_ready(s);
+                Ok(())
+            }
+            M::Password(_) => Err(SessionError::Protocol(ProtocolError::malformed(
+                "frontend",
+                "unexpected password message",
+            ))),
+        }
+    }
+
+    /// Updates what `SHOW CLIENTS` and CancelRequest see.
+    pub(crate) fn publish_activity(&self) {
+        match &self.attached {
+            Some(a) => {
+                let state = if a.conn.status == b'I' {
+                    "active"
+                } else {
+                    "idle in transaction"
+                };
+                self.entry
+                    .set_activity(state, Some(a.shard), Some(a.conn.cancel_target()));
+            }
+            None => self.entry.set_activity("idle", None, None),
+        }
+    }
+
+    /// Gives the attached backend back once it is idle (transaction pooling).
+    pub(crate) fn maybe_release(&mut self) {
+        let release = match &self.attached {
+            Some(a) => {
+                a.expects.is_empty()
+                    && a.conn.is_clean()
+                    && self.ctx.config.pool_mode == PoolMode::Transaction
+                    && self.virtual_txn.is_none()
+            }
+            None => false,
+        };
+        if release {
+            self.attached = None;
+            self.portals.clear();
+            self.entry.set_activity("idle", None, None);
+        }
+    }
+}

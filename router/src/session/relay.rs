@@ -1,0 +1,269 @@
+//! Replies from the attached backend: relayed to the client byte for byte unless they
+//! answer something the router sent on its own, with the bookkeeping that follows
+//! (transaction status, session state that took effect, prepared statements that failed,
+//! release of an idle backend).
+
+use super::error::SessionError;
+use super::lex::SessionCommand;
+use super::{Attached, Expect, Session};
+use crate::protocol::backend::{decode_command_tag, decode_ready_status};
+use crate::protocol::Frame;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    pub(crate) fn on_backend_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let tag = frame.tag();
+        // Hot path: rows.
+        if tag == b'D' {
+            if forwards_rows(a) {
+                self.out.extend_from_slice(frame.raw());
+            }
+            return Ok(());
+        }
+        match tag {
+            b'1' => {
+                let forward = match a.expects.pop_front() {
+                    Some(Expect::Parse { forward, .. }) => forward,
+                    other => return unexpected(a, other, tag),
+                };
+                if forward {
+                    self.out.extend_from_slice(frame.raw());
+                }
+            }
+            b'2' => {
+                match a.expects.pop_front() {
+                    Some(Expect::Bind) => {}
+                    other => return unexpected(a, other, tag),
+                }
+                self.out.extend_from_slice(frame.raw());
+            }
+            b'3' => {
+                let forward = match a.expects.pop_front() {
+                    Some(Expect::Close { forward }) => forward,
+                    other => return unexpected(a, other, tag),
+                };
+                if forward {
+                    self.out.extend_from_slice(frame.raw());
+                }
+            }
+            b't' => self.out.extend_from_slice(frame.raw()),
+            b'T' | b'n' => match a.expects.front() {
+                Some(Expect::Describe) => {
+                    a.expects.pop_front();
+                    self.out.extend_from_slice(frame.raw());
+                }
+                Some(Expect::Query { forward, .. }) => {
+                    if *forward {
+                        self.out.extend_from_slice(frame.raw());
+                    }
+                }
+                _ => return unexpected(a, None, tag),
+            },
+            b'C' | b'I' | b's' => {
+                if !self.txn_vars.is_empty() && tag == b'C' {
+                    if let Ok(t) = decode_command_tag(&frame) {
+                        self.txn_committed = t.starts_with("COMMIT");
+                    }
+                }
+                match a.expects.front_mut() {
+                    Some(Expect::Execute { .. }) => {
+                        if let Some(Expect::Execute { command }) = a.expects.pop_front() {
+                            if let (Some(c), b'C') = (command, tag) {
+                                a.commands.push(c);
+                            }
+                        }
+                        self.out.extend_from_slice(frame.raw());
+                    }
+                    Some(Expect::Query { forward, .. }) => {
+                        if *forward {
+                            self.out.extend_from_slice(frame.raw());
+                        }
+                    }
+                    _ => return unexpected(a, None, tag),
+                }
+            }
+            b'E' => self.on_backend_error(frame),
+            b'Z' => {
+                let status = decode_ready_status(&frame).map_err(|e| {
+                    a.conn.broken = true;
+                    SessionError::Protocol(e)
+                })?;
+                a.conn.status = status;
+                a.conn.pending_syncs = a.conn.pending_syncs.saturating_sub(1);
+                a.executed = false;
+                let (forward, commands, failed) = match a.expects.pop_front() {
+                    Some(Expect::Sync { forward }) => {
+                        let failed = std::mem::take(&mut a.failed_since_sync);
+                        (forward, std::mem::take(&mut a.commands), failed)
+                    }
+                    Some(Expect::Query {
+                        forward,
+                        commands,
+                        failed,
+                        ..
+                    }) => (forward, commands, failed),
+                    other => return unexpected(a, other, tag),
+                };
+                if forward {
+                    self.out.extend_from_slice(frame.raw());
+                }
+                self.after_ready(status, commands, failed);
+                self.flush_locals();
+                self.maybe_release();
+                if self.attached.is_some() {
+                    self.publish_activity();
+                }
+                return Ok(());
+            }
+            b'S' => {
+                a.conn.note_parameter(&frame);
+                self.out.extend_from_slice(frame.raw());
+            }
+            b'K' | b'R' => {
+                a.conn.broken = true;
+                return Err(SessionError::LostBackend { shard: a.shard });
+            }
+            // NoticeResponse, NotificationResponse, COPY messages and anything newer.
+            _ => self.out.extend_from_slice(frame.raw()),
+        }
+        self.flush_locals();
+        Ok(())
+    }
+
+    fn on_backend_error(&mut self, frame: Frame) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        match a.expects.front_mut() {
+            Some(Expect::Query {
+                forward,
+                swallow_errors,
+                failed,
+                ..
+            }) => {
+                *failed = true;
+                if *forward || !*swallow_errors {
+                    self.out.extend_from_slice(frame.raw());
+                }
+                return;
+            }
+            Some(Expect::Poison) => {
+                a.expects.pop_front();
+                skip_to_sync(a, &mut self.skip_until_sync);
+                return;
+            }
+            _ => {}
+        }
+        // Extended protocol: the failing message and everything up to Sync is skipped by
+        // the server; drop what we expected from them.
+        skip_to_sync(a, &mut self.skip_until_sync);
+        self.out.extend_from_slice(frame.raw());
+    }
+
+    /// Emits router-made replies that have reached the front of the queue.
+    pub(crate) fn flush_locals(&mut self) {
+        if let Some(a) = self.attached.as_mut() {
+            while let Some(Expect::Local(_)) = a.expects.front() {
+                if let Some(Expect::Local(b)) = a.expects.pop_front() {
+                    self.out.extend_from_slice(&b);
+                }
+            }
+        }
+    }
+
+    /// Session state and transaction bookkeeping at a ReadyForQuery.
+    fn after_ready(&mut self, status: u8, commands: Vec<SessionCommand>, failed: bool) {
+        let mut sets = Vec::new();
+        for c in commands {
+            match c {
+                SessionCommand::Prepare { name, .. } if failed => {
+                    self.sql_prepared.remove(&name);
+                    if let Some(a) = self.attached.as_mut() {
+                        a.conn.sql_prepared.remove(&name);
+                    }
+                }
+                SessionCommand::Prepare { .. } => {}
+                c if !failed => sets.push(c),
+                _ => {}
+            }
+        }
+        if status == b'I' {
+            if !self.txn_vars.is_empty() {
+                let pending = std::mem::take(&mut self.txn_vars);
+                if self.txn_committed {
+                    for c in &pending {
+                        self.vars.apply(c);
+                    }
+                }
+            }
+            for c in &sets {
+                self.vars.apply(c);
+            }
+            self.txn_committed = false;
+            self.portals.clear();
+        } else {
+            self.txn_vars.extend(sets);
+        }
+        // The backend now carries the session's state plus what just ran on it.
+        if let Some(a) = self.attached.as_mut() {
+            a.conn.state_fp = if self.txn_vars.is_empty() {
+                self.vars.fingerprint()
+            } else {
+                u64::MAX
+            };
+        }
+    }
+}
+
+fn forwards_rows(a: &Attached) -> bool {
+    match a.expects.front() {
+        Some(Expect::Query { forward, .. }) => *forward,
+        _ => true,
+    }
+}
+
+fn skip_to_sync(a: &mut Attached, skip_until_sync: &mut bool) {
+    a.failed_since_sync = true;
+    loop {
+        match a.expects.front() {
+            Some(Expect::Sync { forward }) => {
+                // Our own Sync ends the server's skipping, not the client's.
+                if !*forward {
+                    *skip_until_sync = true;
+                }
+                return;
+            }
+            Some(Expect::Query { .. }) => return,
+            None => {
+                *skip_until_sync = true;
+                return;
+            }
+            Some(_) => {
+                if let Some(e) = a.expects.pop_front() {
+                    match e {
+                        Expect::Parse {
+                            digest: Some(d), ..
+                        } => {
+                            a.conn.prepared.remove(&d);
+                        }
+                        Expect::Parse { digest: None, .. } => a.conn.unnamed = None,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn unexpected(a: &mut Attached, _got: Option<Expect>, tag: u8) -> Result<(), SessionError> {
+    tracing::error!(tag = %(tag as char), shard = %a.shard, "backend reply does not match what was sent");
+    a.conn.broken = true;
+    Err(SessionError::LostBackend { shard: a.shard })
+}

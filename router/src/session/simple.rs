@@ -1,0 +1,460 @@
+//! The simple query protocol (`Query`): session commands the router answers itself,
+//! routing by the planner, forwarding to one shard, or running DDL on every shard.
+
+use super::attach::Ensure;
+use super::error::SessionError;
+use super::lex::{classify, literal_text, split_statements, SessionCommand};
+use super::{Expect, Session, SqlPrepared, VirtualTxn};
+use crate::backend::StmtKey;
+use crate::protocol::backend::{encode_command_complete, encode_error, encode_ready};
+use crate::protocol::frontend::encode_query;
+use crate::protocol::Frame;
+use bytes::BytesMut;
+use pgshard_catalog::ShardId;
+use pgshard_sql::{Route, RouterCommand};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// SQL that fails on purpose, to abort a backend's transaction when the router refuses
+/// a statement inside it (so the client's transaction state stays consistent).
+pub(crate) const POISON_SQL: &str = "pgshard: statement refused by the router";
+
+/// Where a statement goes, once the route is resolved against the session.
+pub(crate) enum Target {
+    One(ShardId),
+    All(Vec<ShardId>),
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    pub(crate) async fn on_query(&mut self, frame: &Frame, sql: &str) -> Result<(), SessionError> {
+        // One query at a time: the router answers some statements itself and needs the
+        // backend's transaction status to do so.
+        if self
+            .attached
+            .as_ref()
+            .is_some_and(|a| !a.expects.is_empty())
+        {
+            self.deferred = Some(frame.clone());
+            return Ok(());
+        }
+        let stmts = split_statements(sql);
+        if stmts.is_empty() {
+            self.emit_empty(b'I');
+            let s = self.client_status();
+            self.emit_ready(s);
+            return Ok(());
+        }
+        let cmd = if stmts.len() == 1 {
+            classify(stmts[0])
+        } else {
+            SessionCommand::Other
+        };
+        if let Some(vt) = &self.virtual_txn {
+            let failed = vt.failed;
+            match cmd {
+                SessionCommand::Commit => {
+                    self.virtual_txn = None;
+                    return self.answer(if failed { "ROLLBACK" } else { "COMMIT" });
+                }
+                SessionCommand::Rollback => {
+                    self.virtual_txn = None;
+                    return self.answer("ROLLBACK");
+                }
+                SessionCommand::Begin if !failed => {
+                    let mut b = BytesMut::new();
+                    encode_error(
+                        &mut b,
+                        b'N',
+                        "WARNING",
+                        "25001",
+                        "there is already a transaction in progress",
+                        None,
+                        None,
+                    );
+                    self.emit_local(&b);
+                    return self.answer("BEGIN");
+                }
+                _ if failed => {
+                    self.fail_simple(SessionError::InFailedTransaction);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        let in_txn = self.virtual_txn.is_some()
+            || self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.conn.status != b'I');
+        let catalog = self.ctx.catalog.current();
+        let route = match &cmd {
+            SessionCommand::Begin if self.attached.is_none() && self.virtual_txn.is_none() => {
+                self.virtual_txn = Some(VirtualTxn {
+                    begin_sql: sql.to_string(),
+                    failed: false,
+                });
+                return self.answer("BEGIN");
+            }
+            SessionCommand::DiscardAll => {
+                if in_txn {
+                    self.fail_simple(SessionError::DiscardInTransaction);
+                    return Ok(());
+                }
+                self.vars.apply(&cmd);
+                self.stmts.clear();
+                self.sql_prepared.clear();
+                return self.answer("DISCARD ALL");
+            }
+            SessionCommand::Deallocate { name } => match name {
+                None => {
+                    self.sql_prepared.clear();
+                    return self.answer("DEALLOCATE ALL");
+                }
+                Some(n) => {
+                    if self.sql_prepared.remove(n).is_none() {
+                        self.fail_simple(SessionError::UnknownStatement(n.clone()));
+                        return Ok(());
+                    }
+                    return self.answer("DEALLOCATE");
+                }
+            },
+            SessionCommand::Prepare { name, body } => {
+                if self.sql_prepared.contains_key(name) {
+                    self.fail_simple(SessionError::DuplicateStatement(name.clone()));
+                    return Ok(());
+                }
+                pgshard_sql::plan(body, &catalog).route
+            }
+            SessionCommand::Execute { name, args } => match self.sql_prepared.get(name) {
+                None => {
+                    self.fail_simple(SessionError::UnknownStatement(name.clone()));
+                    return Ok(());
+                }
+                Some(p) => match &p.plan.route {
+                    Route::ShardByParam { param, key_type } => {
+                        let text = args
+                            .as_ref()
+                            .and_then(|a| a.get(param.saturating_sub(1)))
+                            .and_then(|a| literal_text(a));
+                        match text {
+                            Some(t) => match pgshard_catalog::hash::parse_key(&t, *key_type) {
+                                Some(k) => match catalog.shard_of(&k) {
+                                    Some(s) => Route::Shard(s),
+                                    None => Route::Unsupported("the bucket map has no owner for this key".into()),
+                                },
+                                None => {
+                                    self.fail_simple(SessionError::InvalidKey {
+                                        key_type: key_type.sql_name().to_string(),
+                                        value: t,
+                                    });
+                                    return Ok(());
+                                }
+                            },
+                            None => Route::Unsupported(
+                                "EXECUTE of a prepared statement whose shard key parameter is not a literal".into(),
+                            ),
+                        }
+                    }
+                    r => r.clone(),
+                },
+            },
+            _ => pgshard_sql::plan(sql, &catalog).route,
+        };
+        let target = match self.resolve(&route, &catalog) {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail_simple(e);
+                return Ok(());
+            }
+        };
+        let shard = match target {
+            Target::One(s) => s,
+            Target::All(shards) => {
+                if in_txn {
+                    self.fail_simple(SessionError::Unsupported(
+                        "statements that run on every shard are not supported inside a transaction block yet".into(),
+                    ));
+                    return Ok(());
+                }
+                return self.run_on_all(sql, &shards).await;
+            }
+        };
+        match self.ensure_backend(shard, frame).await {
+            Ok(Ensure::Ready) => {}
+            Ok(Ensure::Deferred) => return Ok(()),
+            Err(e) => {
+                self.fail_simple(e);
+                return Ok(());
+            }
+        }
+        let mut commands = Vec::new();
+        if let SessionCommand::Execute { name, .. } = &cmd {
+            self.ensure_sql_prepared(name);
+        }
+        if let SessionCommand::Prepare { name, .. } = &cmd {
+            self.drop_backend_sql_prepared(name);
+            let key = StmtKey {
+                sql: stmts[0].to_string(),
+                param_types: Vec::new(),
+            };
+            let digest = key.digest();
+            let plan = pgshard_sql::plan(
+                match &cmd {
+                    SessionCommand::Prepare { body, .. } => body,
+                    _ => sql,
+                },
+                &catalog,
+            );
+            // Recorded now; removed again if the PREPARE fails (see below).
+            self.sql_prepared.insert(
+                name.clone(),
+                Arc::new(SqlPrepared {
+                    text: stmts[0].to_string(),
+                    digest,
+                    plan,
+                }),
+            );
+            if let Some(a) = self.attached.as_mut() {
+                a.conn.sql_prepared.insert(name.clone(), digest);
+            }
+            commands.push(cmd.clone());
+        }
+        for s in &stmts {
+            if let c @ (SessionCommand::Set { .. }
+            | SessionCommand::Reset { .. }
+            | SessionCommand::ResetAll) = classify(s)
+            {
+                commands.push(c)
+            }
+        }
+        if let Some(a) = self.attached.as_mut() {
+            a.conn.out.extend_from_slice(frame.raw());
+            a.conn.unnamed = None;
+            a.conn.pending_syncs += 1;
+            a.executed = true;
+            a.expects.push_back(Expect::Query {
+                forward: true,
+                swallow_errors: false,
+                commands,
+                failed: false,
+            });
+        }
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// Resolves a route to shards (simple protocol: no parameters).
+    pub(crate) fn resolve(
+        &self,
+        route: &Route,
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Result<Target, SessionError> {
+        match route {
+            Route::Shard(s) => Ok(Target::One(*s)),
+            Route::AnyShard | Route::ShardByParam { .. } => Ok(Target::One(self.any_shard())),
+            Route::AllShards => {
+                let ids = catalog.shard_ids();
+                match ids.as_slice() {
+                    [one] => Ok(Target::One(*one)),
+                    _ => Ok(Target::All(ids)),
+                }
+            }
+            Route::Router(cmd) => Err(SessionError::Unsupported(match cmd {
+                RouterCommand::CreateDistributedTable { .. } => {
+                    "create_distributed_table() through the router is not supported yet; declare the table in pgshard.toml".into()
+                }
+                RouterCommand::CreateReferenceTable { .. } => {
+                    "create_reference_table() through the router is not supported yet; declare the table in pgshard.toml".into()
+                }
+            })),
+            Route::Unsupported(msg) => Err(SessionError::Unsupported(msg.clone())),
+        }
+    }
+
+    /// Answers a statement the router handled itself: CommandComplete and ReadyForQuery.
+    fn answer(&mut self, tag: &str) -> Result<(), SessionError> {
+        let mut b = BytesMut::new();
+        encode_command_complete(&mut b, tag);
+        encode_ready(&mut b, self.client_status());
+        self.emit_local(&b);
+        Ok(())
+    }
+
+    /// An error the router raises for a simple Query: ErrorResponse, the backend's
+    /// transaction aborted to match, ReadyForQuery.
+    pub(crate) fn fail_simple(&mut self, e: SessionError) {
+        if let Some(vt) = self.virtual_txn.as_mut() {
+            vt.failed = true;
+        }
+        let mut status = self.client_status();
+        if let Some(a) = self.attached.as_mut() {
+            if a.conn.status != b'I' {
+                encode_query(&mut a.conn.out, POISON_SQL);
+                a.conn.unnamed = None;
+                a.conn.pending_syncs += 1;
+                a.expects.push_back(Expect::Query {
+                    forward: false,
+                    swallow_errors: true,
+                    commands: Vec::new(),
+                    failed: false,
+                });
+                status = b'E';
+            }
+        }
+        self.emit_error(&e);
+        self.emit_ready(status);
+    }
+
+    /// Prepares a SQL-level statement on the attached backend if it lacks it.
+    fn ensure_sql_prepared(&mut self, name: &str) {
+        let Some(p) = self.sql_prepared.get(name).cloned() else {
+            return;
+        };
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        if a.conn.sql_prepared.get(name) == Some(&p.digest) {
+            return;
+        }
+        let mut sql = String::new();
+        if a.conn.sql_prepared.contains_key(name) {
+            sql.push_str(&format!("DEALLOCATE {name}; "));
+        }
+        sql.push_str(&p.text);
+        encode_query(&mut a.conn.out, &sql);
+        a.conn.unnamed = None;
+        a.conn.pending_syncs += 1;
+        a.expects.push_back(Expect::Query {
+            forward: false,
+            swallow_errors: false,
+            commands: Vec::new(),
+            failed: false,
+        });
+        a.conn.sql_prepared.insert(name.to_string(), p.digest);
+    }
+
+    /// Removes a SQL-level statement of that name from the attached backend, before the
+    /// client's PREPARE creates it.
+    fn drop_backend_sql_prepared(&mut self, name: &str) {
+        let Some(a) = self.attached.as_mut() else {
+            return;
+        };
+        if a.conn.sql_prepared.remove(name).is_some() {
+            encode_query(&mut a.conn.out, &format!("DEALLOCATE {name}"));
+            a.conn.unnamed = None;
+            a.conn.pending_syncs += 1;
+            a.expects.push_back(Expect::Query {
+                forward: false,
+                swallow_errors: true,
+                commands: Vec::new(),
+                failed: false,
+            });
+        }
+    }
+
+    /// Runs a statement on every shard, one after the other, and answers once with the
+    /// first shard's reply. Not atomic: a failure leaves earlier shards changed (atomic
+    /// DDL needs two-phase commit, a later step); the error says which shards ran it.
+    async fn run_on_all(&mut self, sql: &str, shards: &[ShardId]) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let mut first_reply: Option<Vec<Frame>> = None;
+        let mut done: Vec<ShardId> = Vec::new();
+        let mut failure: Option<(ShardId, SessionError)> = None;
+        for &shard in shards {
+            let Some(node) = catalog.primary(shard) else {
+                failure = Some((shard, SessionError::NoPrimary(shard)));
+                break;
+            };
+            let pool = self.ctx.pools.get(node, &self.user, &self.database);
+            let mut conn = match pool.checkout().await {
+                Ok(c) => c,
+                Err(e) => {
+                    failure = Some((shard, SessionError::from_backend(shard, e)));
+                    break;
+                }
+            };
+            let fp = self.vars.fingerprint();
+            if conn.state_fp != fp {
+                if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
+                    conn.broken = true;
+                    failure = Some((shard, SessionError::from_backend(shard, e)));
+                    break;
+                }
+                conn.state_fp = fp;
+            }
+            encode_query(&mut conn.out, sql);
+            conn.unnamed = None;
+            if let Err(e) = conn.flush().await {
+                failure = Some((shard, SessionError::from_backend(shard, e)));
+                break;
+            }
+            let mut frames = Vec::new();
+            let mut error = None;
+            loop {
+                match conn.read().await {
+                    Ok(f) => match f.tag() {
+                        b'Z' => {
+                            conn.status =
+                                crate::protocol::backend::decode_ready_status(&f).unwrap_or(b'E');
+                            break;
+                        }
+                        b'E' => error = Some(f),
+                        _ => frames.push(f),
+                    },
+                    Err(e) => {
+                        error = None;
+                        failure = Some((shard, SessionError::from_backend(shard, e)));
+                        break;
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            if let Some(f) = error {
+                failure = Some((
+                    shard,
+                    SessionError::from_backend(shard, conn.server_error(f)),
+                ));
+                break;
+            }
+            done.push(shard);
+            if first_reply.is_none() {
+                first_reply = Some(frames);
+            }
+        }
+        match failure {
+            None => {
+                for f in first_reply.unwrap_or_default() {
+                    self.out.extend_from_slice(f.raw());
+                }
+            }
+            Some((shard, e)) => {
+                if !done.is_empty() {
+                    let list: Vec<String> = done.iter().map(|s| s.to_string()).collect();
+                    let mut b = BytesMut::new();
+                    encode_error(
+                        &mut b,
+                        b'N',
+                        "WARNING",
+                        "01000",
+                        &format!(
+                            "statement failed on shard {shard} after it succeeded on shard(s) {}",
+                            list.join(", ")
+                        ),
+                        Some("Statements on every shard are not atomic yet; the shards that succeeded keep the change."),
+                        None,
+                    );
+                    self.out.extend_from_slice(&b);
+                }
+                e.encode(&mut self.out);
+            }
+        }
+        encode_ready(&mut self.out, b'I');
+        Ok(())
+    }
+}
