@@ -11,6 +11,7 @@
 //! Readiness is decided by checks against the instance itself (see [`ready`]), never by
 //! sleeping.
 
+pub mod docker;
 pub mod local;
 pub mod pgconf;
 pub mod ready;
