@@ -211,6 +211,20 @@ impl TestCluster {
         Ok(self.cluster.stop().await?)
     }
 
+    /// Stop every instance and remove all data (instance directories, layout).
+    pub async fn destroy(self) -> anyhow::Result<()> {
+        let TestCluster {
+            cluster,
+            runtime,
+            catalog: _,
+            dir,
+        } = self;
+        cluster.destroy().await?;
+        drop(runtime);
+        drop(dir);
+        Ok(())
+    }
+
     /// Stop (if running) and start the same cluster again on the same data, then reload
     /// the catalog.
     pub async fn restart(&mut self) -> anyhow::Result<()> {

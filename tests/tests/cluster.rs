@@ -9,9 +9,16 @@ use pgshard_tests::{Standalone, TestCluster, TestClusterOptions};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
-/// True while `/proc/<pid>` exists (a reaped process is gone).
+/// True while `pid` exists and is not a zombie (a detached postmaster that exited is
+/// reaped by init, which may take a moment; it no longer runs meanwhile).
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
 }
 
 fn assert_all_gone(pids: &[(String, u32)]) {
@@ -241,7 +248,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
 
 #[tokio::test]
 async fn async_cluster_has_no_synchronous_standbys() {
-    let tc = TestCluster::start(TestClusterOptions {
+    let mut tc = TestCluster::start(TestClusterOptions {
         shards: 1,
         replicas: 1,
         durability: Some(Durability::Async),
@@ -266,8 +273,13 @@ async fn async_cluster_has_no_synchronous_standbys() {
     }
     let pids = tc.pids().await.expect("pids");
     assert_eq!(pids.len(), 4);
-    drop(tc);
+
+    // destroy: every instance stopped, all data gone.
+    let data_dir = tc.data_dir().to_path_buf();
+    tc.destroy().await.expect("destroy");
     assert_all_gone(&pids);
+    assert!(!data_dir.join("cluster.json").exists());
+    assert!(!data_dir.join("nodes").exists());
 }
 
 /// shardd as a process would run it (Owned lifecycle so nothing can leak): the API
@@ -467,4 +479,135 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     result.expect("shardd exits cleanly");
     assert!(SharddState::read(&data_dir).expect("read").is_none());
     assert_all_gone(&pids);
+}
+
+/// The runtime on its own: a replica built from a primary follows it, is promoted after
+/// the primary is killed, and takes writes; the Detached lifecycle starts with pg_ctl,
+/// tolerates a second start, and stops.
+#[tokio::test]
+async fn runtime_kill_promote_and_detached_lifecycle() {
+    use pgshard_catalog::NodeRole;
+    use pgshard_shardd::runtime::{
+        ready, LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle, Readiness,
+        Upstream,
+    };
+    use std::collections::BTreeMap;
+
+    pgshard_tests::init_tracing();
+    let dir = pgshard_tests::dirs::temp_dir("runtime").expect("temp dir");
+    let opts = |lifecycle| LocalOptions {
+        pg_bin_dir: std::env::var_os("PGSHARD_PG_BIN_DIR").map(Into::into),
+        pg_user: "postgres".into(),
+        lifecycle,
+        fast_init: true,
+        ctl_timeout: Duration::from_secs(60),
+    };
+    let spec = |name: &str, role, upstream: Option<&NodeSpec>| NodeSpec {
+        name: name.into(),
+        role,
+        shard: None,
+        host: "127.0.0.1".into(),
+        port: pgshard_tests::ports::free_port().expect("port"),
+        dir: dir.path().join(name),
+        settings: BTreeMap::new(),
+        upstream: upstream.map(|p| Upstream {
+            name: p.name.clone(),
+            host: p.host.clone(),
+            port: p.port,
+        }),
+    };
+    let connect = |s: &NodeSpec| {
+        let cfg = s.pg_config("postgres", Duration::from_secs(5));
+        async move {
+            ready::connect(&cfg, Duration::from_secs(5))
+                .await
+                .expect("connect")
+        }
+    };
+    let wait = Duration::from_secs(60);
+
+    let owned = LocalProcess::new(opts(ProcessLifecycle::Owned)).expect("runtime");
+    let primary = spec("p", NodeRole::Primary, None);
+    let replica = spec("r", NodeRole::Replica, Some(&primary));
+    owned.init_primary(&primary).await.expect("initdb");
+    owned.start(&primary).await.expect("start primary");
+    owned
+        .wait_ready(&primary, Readiness::Accepting, wait)
+        .await
+        .expect("primary ready");
+    owned
+        .start(&primary)
+        .await
+        .expect("second start is a no-op");
+    owned.create_replica(&replica).await.expect("basebackup");
+    owned.start(&replica).await.expect("start replica");
+    owned
+        .wait_ready(&replica, Readiness::Streaming { sync: false }, wait)
+        .await
+        .expect("replica streaming");
+    connect(&primary)
+        .await
+        .batch_execute("CREATE TABLE t AS SELECT 42 AS x")
+        .await
+        .expect("write");
+    let r = connect(&replica).await;
+    wait_for_value(
+        &r,
+        "SELECT count(*) FROM pg_class WHERE relname = 't'",
+        1,
+        wait,
+    )
+    .await;
+    drop(r);
+
+    let primary_pid = owned.pid(&primary).await.expect("pid").expect("running");
+    owned.kill(&primary).await.expect("kill");
+    assert!(!owned.is_running(&primary).await.expect("is_running"));
+    assert_all_gone(&[("p".into(), primary_pid)]);
+    owned.promote(&replica).await.expect("promote");
+    let promoted = connect(&replica).await;
+    promoted
+        .execute("INSERT INTO t VALUES (43)", &[])
+        .await
+        .expect("promoted replica takes writes");
+    drop(promoted);
+    let replica_pid = owned.pid(&replica).await.expect("pid").expect("running");
+    owned.stop(&replica).await.expect("stop");
+    assert_all_gone(&[("r".into(), replica_pid)]);
+    owned.remove(&replica).await.expect("remove");
+    assert!(!replica.dir.exists());
+
+    // Detached: pg_ctl owns the postmaster; kill it on the way out whatever happens.
+    struct KillOnDrop(std::path::PathBuf);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            if let Some(pid) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let detached = LocalProcess::new(opts(ProcessLifecycle::Detached)).expect("runtime");
+    let d = spec("d", NodeRole::Primary, None);
+    let _guard = KillOnDrop(d.data_dir().join("postmaster.pid"));
+    detached.init_primary(&d).await.expect("initdb");
+    detached.start(&d).await.expect("pg_ctl start");
+    detached.start(&d).await.expect("second start is a no-op");
+    detached
+        .wait_ready(&d, Readiness::Accepting, wait)
+        .await
+        .expect("ready");
+    let pid = detached.pid(&d).await.expect("pid").expect("running");
+    detached.stop(&d).await.expect("pg_ctl stop");
+    assert_all_gone(&[("d".into(), pid)]);
+    assert!(!detached.is_running(&d).await.expect("is_running"));
+    detached
+        .stop(&d)
+        .await
+        .expect("stopping a stopped node is a no-op");
 }

@@ -281,6 +281,11 @@ impl LocalProcess {
         let mut cmd = tokio::process::Command::new(self.bin_dir.join(program));
         self.prepare_std(cmd.as_std_mut(), cwd);
         cmd.kill_on_drop(true);
+        if self.opts.lifecycle == ProcessLifecycle::Owned {
+            // kill_on_drop does not run when the process dies; this does. (A postmaster
+            // that pg_ctl forks would not inherit it, but Owned never uses pg_ctl start.)
+            super::supervisor::die_with_parent(cmd.as_std_mut(), Signal::SIGKILL);
+        }
         cmd
     }
 

@@ -111,7 +111,7 @@ fn run(rx: mpsc::Receiver<Request>) {
         };
         match msg {
             Ok(Request::Spawn { mut cmd, reply }) => {
-                set_parent_death_signal(&mut cmd);
+                die_with_parent(&mut cmd, Signal::SIGQUIT);
                 let result = cmd.spawn().map(|child| {
                     let (tx, exited) = watch::channel(None);
                     let owned = OwnedChild {
@@ -184,9 +184,11 @@ fn signal_pid(pid: u32, sig: Signal) {
     }
 }
 
-/// Make the child get SIGQUIT (PostgreSQL's immediate shutdown) when this thread dies.
+/// Make the child get `sig` when the thread spawning it dies: SIGQUIT (PostgreSQL's
+/// immediate shutdown) for postmasters spawned here; SIGKILL for the short-lived tools
+/// (initdb, pg_basebackup) the Owned lifecycle runs from async tasks.
 #[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut Command) {
+pub(crate) fn die_with_parent(cmd: &mut Command, sig: Signal) {
     use std::os::unix::process::CommandExt;
     let parent = nix::unistd::getpid();
     // SAFETY: the closure runs in the forked child between fork and exec, after the
@@ -195,7 +197,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
     // nothing: the error is built from a raw errno.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT)
+            nix::sys::prctl::set_pdeathsig(sig)
                 .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
             // If we died between fork and prctl, the signal will never come: give up.
             if nix::unistd::getppid() != parent {
