@@ -248,7 +248,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
 
 #[tokio::test]
 async fn async_cluster_has_no_synchronous_standbys() {
-    let mut tc = TestCluster::start(TestClusterOptions {
+    let tc = TestCluster::start(TestClusterOptions {
         shards: 1,
         replicas: 1,
         durability: Some(Durability::Async),
