@@ -276,5 +276,4 @@ main() {
     log "built $tag: $((size / 1000000)) MB, rootfs $((built - start))s, import $((end - built))s, total $((end - start))s"
 }
 
-main "$@"
-exit
+main "$@"; exit

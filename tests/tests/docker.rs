@@ -1,0 +1,489 @@
+//! The Docker runtime against the real engine (SPEC §11): the offline PostgreSQL image,
+//! a primary and a streaming replica as containers driven through the `NodeRuntime`
+//! trait, container kill, a network partition and its healing, promotion, and removal
+//! that leaves nothing behind.
+//!
+//! Each test uses a unique cluster name (so containers, volumes and the network are its
+//! own) and free host ports. A guard removes everything carrying the test's cluster
+//! label when the test ends, also on panic. Without an answering engine the tests print
+//! why and pass.
+
+use pgshard_catalog::{NodeRole, ShardId};
+use pgshard_shardd::runtime::docker::{
+    DockerOptions, DockerRuntime, ImageOrigin, DEFAULT_IMAGE, LABEL_CLUSTER,
+};
+use pgshard_shardd::runtime::{ready, NodeRuntime, NodeSpec, Readiness, Upstream};
+use pgshard_tests::ports::free_port;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+const READY: Duration = Duration::from_secs(120);
+
+/// `Some(engine version)` if a Docker engine answers; otherwise prints why the test is
+/// skipped.
+async fn engine(test: &str) -> Option<String> {
+    match DockerRuntime::ping().await {
+        Ok(version) => Some(version),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no Docker engine answers ({e})");
+            None
+        }
+    }
+}
+
+/// A cluster name no other test run uses.
+fn unique_cluster(test: &str) -> String {
+    format!(
+        "pgshard-t-{test}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+/// Run a docker CLI command; its trimmed stdout (empty on failure).
+fn docker_cli(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Names of the containers, volumes and networks labelled with `cluster`, as the
+/// docker CLI (independently of the runtime) lists them.
+fn leftovers(cluster: &str) -> Vec<String> {
+    let filter = format!("label={LABEL_CLUSTER}={cluster}");
+    let mut found = Vec::new();
+    for (kind, args) in [
+        (
+            "container",
+            vec!["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+        ),
+        (
+            "volume",
+            vec!["volume", "ls", "--filter", &filter, "--format", "{{.Name}}"],
+        ),
+        (
+            "network",
+            vec![
+                "network",
+                "ls",
+                "--filter",
+                &filter,
+                "--format",
+                "{{.Name}}",
+            ],
+        ),
+    ] {
+        found.extend(
+            docker_cli(&args)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("{kind} {l}")),
+        );
+    }
+    found
+}
+
+/// Removes everything labelled with the test's cluster when dropped (also on panic).
+struct Cleanup {
+    cluster: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let filter = format!("label={LABEL_CLUSTER}={}", self.cluster);
+        let ids = |args: &[&str]| -> Vec<String> {
+            docker_cli(args)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let containers = ids(&["ps", "-aq", "--filter", &filter]);
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(containers.iter().map(String::as_str));
+            docker_cli(&args);
+        }
+        let volumes = ids(&["volume", "ls", "-q", "--filter", &filter]);
+        if !volumes.is_empty() {
+            let mut args = vec!["volume", "rm", "-f"];
+            args.extend(volumes.iter().map(String::as_str));
+            docker_cli(&args);
+        }
+        let networks = ids(&["network", "ls", "-q", "--filter", &filter]);
+        if !networks.is_empty() {
+            let mut args = vec!["network", "rm"];
+            args.extend(networks.iter().map(String::as_str));
+            docker_cli(&args);
+        }
+    }
+}
+
+fn spec(
+    name: &str,
+    role: NodeRole,
+    port: u16,
+    dir: &Path,
+    upstream: Option<&NodeSpec>,
+) -> NodeSpec {
+    NodeSpec {
+        name: name.into(),
+        role,
+        shard: Some(ShardId(1)),
+        host: "127.0.0.1".into(),
+        port,
+        dir: dir.join(name),
+        // Detect a cut connection within seconds rather than the default minute.
+        settings: BTreeMap::from([
+            ("wal_receiver_timeout".into(), "5s".into()),
+            ("wal_sender_timeout".into(), "5s".into()),
+            ("wal_retrieve_retry_interval".into(), "500ms".into()),
+        ]),
+        upstream: upstream.map(|p| Upstream {
+            name: p.name.clone(),
+            host: p.host.clone(),
+            port: p.port,
+        }),
+    }
+}
+
+async fn connect(spec: &NodeSpec) -> Result<Client, String> {
+    let timeout = Duration::from_secs(3);
+    ready::connect(&spec.pg_config("postgres", timeout), timeout)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", spec.name))
+}
+
+/// Poll `check` until it returns `Ok`, with a short backoff, failing after `deadline`
+/// with the last reason.
+async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(reason) if started.elapsed() >= deadline => {
+                panic!("{what}: not done after {:?}: {reason}", started.elapsed())
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// Rows of `t` on `spec`, as a count.
+async fn count(spec: &NodeSpec) -> Result<i64, String> {
+    let c = connect(spec).await?;
+    c.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .map(|r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+/// Wait until the replica holds `want` rows of `t`.
+async fn replica_sees(replica: &NodeSpec, want: i64) {
+    eventually(
+        &format!("{} sees {want} rows", replica.name),
+        READY,
+        || async {
+            match count(replica).await? {
+                n if n == want => Ok(()),
+                n => Err(format!("{n} rows")),
+            }
+        },
+    )
+    .await
+}
+
+/// The labels of container `name`, through the docker CLI.
+fn labels(name: &str) -> BTreeMap<String, String> {
+    let json = docker_cli(&["inspect", "-f", "{{json .Config.Labels}}", name]);
+    serde_json::from_str(&json).unwrap_or_default()
+}
+
+/// Primary and replica containers through the trait: streaming replication, kill,
+/// partition and healing, promotion, removal without leftovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_primary_replica_lifecycle() {
+    pgshard_tests::init_tracing();
+    let Some(version) = engine("docker_primary_replica_lifecycle").await else {
+        return;
+    };
+    let cluster = unique_cluster("life");
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let mut opts = DockerOptions::new(&cluster, DEFAULT_IMAGE);
+    opts.fast_init = true;
+    opts.stop_timeout = Duration::from_secs(30);
+    let docker = DockerRuntime::with_options(opts)
+        .await
+        .expect("docker runtime");
+    let image = docker.ensure_image().await.expect("image");
+    eprintln!(
+        "engine {version}; image {} {:?} in {:?}, {} MB",
+        image.image,
+        image.origin,
+        image.elapsed,
+        image.size.unwrap_or(0) / 1_000_000
+    );
+    let rt: &dyn NodeRuntime = &docker;
+    assert_eq!(rt.kind(), "docker");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = spec(
+        "shard1-primary",
+        NodeRole::Primary,
+        free_port().expect("port"),
+        dir.path(),
+        None,
+    );
+    let replica = spec(
+        "shard1-replica1",
+        NodeRole::Replica,
+        free_port().expect("port"),
+        dir.path(),
+        Some(&primary),
+    );
+
+    // --- a primary -------------------------------------------------------------------
+    assert!(!rt.exists(&primary).await.expect("exists"));
+    let t0 = Instant::now();
+    rt.init_primary(&primary).await.expect("init primary");
+    let t_init = t0.elapsed();
+    assert!(rt.exists(&primary).await.expect("exists"));
+    assert!(!rt.is_running(&primary).await.expect("is_running"));
+    let t1 = Instant::now();
+    rt.start(&primary).await.expect("start primary");
+    rt.wait_ready(&primary, Readiness::Accepting, READY)
+        .await
+        .expect("primary ready");
+    let t_start = t1.elapsed();
+    // Starting a running instance is a no-op.
+    rt.start(&primary).await.expect("start again");
+    assert!(rt.pid(&primary).await.expect("pid").is_some());
+    let p = connect(&primary).await.expect("connect primary");
+    p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')")
+        .await
+        .expect("write on primary");
+    let container = docker.container_name(&primary.name);
+    let l = labels(&container);
+    assert_eq!(l.get(LABEL_CLUSTER), Some(&cluster), "{l:?}");
+    assert_eq!(l.get("pgshard.role").map(String::as_str), Some("primary"));
+    assert_eq!(l.get("pgshard.shard").map(String::as_str), Some("1"));
+    assert_eq!(
+        l.get("pgshard.node").map(String::as_str),
+        Some("shard1-primary")
+    );
+
+    // --- a streaming replica ----------------------------------------------------------
+    let t2 = Instant::now();
+    rt.create_replica(&replica).await.expect("create replica");
+    rt.start(&replica).await.expect("start replica");
+    rt.wait_ready(&replica, Readiness::Streaming { sync: false }, READY)
+        .await
+        .expect("replica streaming");
+    let t_replica = t2.elapsed();
+    eprintln!(
+        "docker timings: initdb {t_init:?}, primary start to ready {t_start:?}, replica basebackup+start to streaming {t_replica:?}"
+    );
+    p.execute(
+        "INSERT INTO t SELECT g, 'row ' || g FROM generate_series(2, 1000) g",
+        &[],
+    )
+    .await
+    .expect("insert");
+    replica_sees(&replica, 1000).await;
+    let state: String = p
+        .query_one(
+            "SELECT state FROM pg_stat_replication WHERE application_name = $1",
+            &[&replica.slot_name()],
+        )
+        .await
+        .expect("pg_stat_replication")
+        .get(0);
+    assert_eq!(state, "streaming");
+    let r = connect(&replica).await.expect("connect replica");
+    let in_recovery: bool = r
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .expect("recovery")
+        .get(0);
+    assert!(in_recovery, "the replica is a standby");
+    drop(r);
+    let logs = docker.logs(&replica, Some(50)).await.expect("logs");
+    assert!(logs.contains("started streaming WAL"), "{logs}");
+
+    // --- kill the replica, then bring it back ----------------------------------------
+    rt.kill(&replica).await.expect("kill replica");
+    assert!(!rt.is_running(&replica).await.expect("is_running"));
+    assert_eq!(rt.pid(&replica).await.expect("pid"), None);
+    assert!(
+        connect(&replica).await.is_err(),
+        "a killed replica must not answer"
+    );
+    rt.kill(&replica)
+        .await
+        .expect("killing a dead container is a no-op");
+    rt.start(&replica).await.expect("restart replica");
+    rt.wait_ready(&replica, Readiness::Streaming { sync: false }, READY)
+        .await
+        .expect("replica streaming again");
+
+    // --- partition the primary, then heal it ----------------------------------------
+    docker
+        .disconnect_network(&primary)
+        .await
+        .expect("disconnect primary");
+    assert!(!docker.is_connected(&primary).await.expect("connected?"));
+    assert!(
+        rt.is_running(&primary).await.expect("is_running"),
+        "a partitioned primary still runs"
+    );
+    eventually("the primary is unreachable", READY, || async {
+        match connect(&primary).await {
+            Ok(c) => match c.query_one("SELECT 1", &[]).await {
+                Ok(_) => Err("still answers".to_string()),
+                Err(_) => Ok(()),
+            },
+            Err(_) => Ok(()),
+        }
+    })
+    .await;
+    docker
+        .connect_network(&primary)
+        .await
+        .expect("reconnect primary");
+    assert!(docker.is_connected(&primary).await.expect("connected?"));
+    rt.wait_ready(&primary, Readiness::Accepting, READY)
+        .await
+        .expect("primary reachable again");
+    let p = connect(&primary).await.expect("connect primary");
+    p.execute("INSERT INTO t VALUES (1001, 'after the partition')", &[])
+        .await
+        .expect("insert after reconnect");
+    let t3 = Instant::now();
+    replica_sees(&replica, 1001).await;
+    eprintln!(
+        "replica caught up {:?} after the partition healed",
+        t3.elapsed()
+    );
+    rt.wait_ready(&replica, Readiness::Streaming { sync: false }, READY)
+        .await
+        .expect("replica streaming after the partition");
+
+    // --- kill the primary, promote the replica ------------------------------------------
+    rt.kill(&primary).await.expect("kill primary");
+    assert!(!rt.is_running(&primary).await.expect("is_running"));
+    rt.promote(&replica).await.expect("promote");
+    let promoted = NodeSpec {
+        role: NodeRole::Primary,
+        upstream: None,
+        ..replica.clone()
+    };
+    let r = connect(&promoted).await.expect("connect promoted");
+    r.execute("INSERT INTO t VALUES (1002, 'on the new primary')", &[])
+        .await
+        .expect("write on the promoted replica");
+    drop(r);
+    // A restart as a primary recreates the container with the new role label and keeps
+    // the data; it must not come back as a standby.
+    rt.stop(&promoted).await.expect("stop promoted");
+    assert!(!rt.is_running(&promoted).await.expect("is_running"));
+    rt.start(&promoted)
+        .await
+        .expect("start promoted as primary");
+    rt.wait_ready(&promoted, Readiness::Writable, READY)
+        .await
+        .expect("promoted node writable after restart");
+    assert_eq!(count(&promoted).await.expect("count"), 1002);
+    let l = labels(&docker.container_name(&promoted.name));
+    assert_eq!(l.get("pgshard.role").map(String::as_str), Some("primary"));
+
+    // --- remove everything ---------------------------------------------------------------
+    assert!(
+        rt.remove(&promoted).await.is_err(),
+        "removing a running instance is refused"
+    );
+    rt.stop(&promoted).await.expect("stop");
+    rt.stop(&primary)
+        .await
+        .expect("stop a killed primary is a no-op");
+    rt.remove(&promoted).await.expect("remove replica");
+    rt.remove(&primary).await.expect("remove primary");
+    rt.remove(&primary).await.expect("remove is idempotent");
+    assert!(!rt.exists(&primary).await.expect("exists"));
+    let left = docker.resources().await.expect("resources");
+    assert!(left.is_empty(), "runtime sees leftovers: {left:?}");
+    let left = leftovers(&cluster);
+    assert!(left.is_empty(), "docker CLI sees leftovers: {left:?}");
+}
+
+/// `purge` removes a cluster's resources whatever state they are in (what `destroy`
+/// and crash clean-up need), and a second runtime re-attaches to running containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_reattach_and_purge() {
+    pgshard_tests::init_tracing();
+    if engine("docker_reattach_and_purge").await.is_none() {
+        return;
+    }
+    let cluster = unique_cluster("purge");
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let mut opts = DockerOptions::new(&cluster, DEFAULT_IMAGE);
+    opts.fast_init = true;
+    let first = DockerRuntime::with_options(opts.clone())
+        .await
+        .expect("docker runtime");
+    let report = first.ensure_image().await.expect("image");
+    assert!(matches!(
+        report.origin,
+        ImageOrigin::Present | ImageOrigin::Built
+    ));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let node = spec(
+        "catalog",
+        NodeRole::Catalog,
+        free_port().expect("port"),
+        dir.path(),
+        None,
+    );
+    first.init_primary(&node).await.expect("init");
+    // Creating twice is refused, never overwrites data.
+    assert!(first.init_primary(&node).await.is_err());
+    first.start(&node).await.expect("start");
+    first
+        .wait_ready(&node, Readiness::Writable, READY)
+        .await
+        .expect("ready");
+    drop(first);
+
+    // A new runtime (a restarted shardd) sees the running instance.
+    let second = DockerRuntime::with_options(opts).await.expect("runtime");
+    assert!(second.is_running(&node).await.expect("is_running"));
+    second.start(&node).await.expect("start is a no-op");
+    connect(&node)
+        .await
+        .expect("connect")
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("query");
+    assert!(!second.resources().await.expect("resources").is_empty());
+    second.purge().await.expect("purge");
+    second.purge().await.expect("purge is idempotent");
+    assert!(!second.is_running(&node).await.expect("is_running"));
+    let left = leftovers(&cluster);
+    assert!(left.is_empty(), "leftovers after purge: {left:?}");
+}
