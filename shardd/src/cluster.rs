@@ -534,15 +534,30 @@ impl Cluster {
             tracing::warn!(layout = %self.layout.cluster, config = %self.config.cluster.name, "cluster name in the config differs from the data dir's; using the data dir");
         }
         tracing::info!(cluster = %self.layout.cluster, nodes = self.layout.nodes.len(), "restarting cluster");
+        // Primaries first: a replica started before its primary listens waits
+        // wal_retrieve_retry_interval before trying again.
         let sync = self.sync();
-        let specs = self.specs();
-        try_join_all(specs.iter().map(|spec| self.runtime.start(spec))).await?;
-        try_join_all(specs.iter().map(|spec| async move {
-            let want = match spec.role {
-                NodeRole::Replica => Readiness::Streaming { sync },
-                NodeRole::Primary | NodeRole::Catalog => Readiness::Accepting,
-            };
-            self.runtime.wait_ready(spec, want, READY_TIMEOUT).await
+        let rt = &self.runtime;
+        let primaries: Vec<NodeSpec> = self
+            .layout
+            .primaries()
+            .map(|n| self.layout.spec(n, &self.config))
+            .collect();
+        try_join_all(primaries.iter().map(|spec| async move {
+            rt.start(spec).await?;
+            rt.wait_ready(spec, Readiness::Accepting, READY_TIMEOUT)
+                .await
+        }))
+        .await?;
+        let replicas: Vec<NodeSpec> = self
+            .layout
+            .replicas()
+            .map(|n| self.layout.spec(n, &self.config))
+            .collect();
+        try_join_all(replicas.iter().map(|spec| async move {
+            rt.start(spec).await?;
+            rt.wait_ready(spec, Readiness::Streaming { sync }, READY_TIMEOUT)
+                .await
         }))
         .await?;
         // Apply any newer catalog migrations.

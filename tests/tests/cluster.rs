@@ -3,8 +3,8 @@
 //! temporary directory and free ports, and checks that no postmaster it started
 //! survives it.
 
-use pgshard_catalog::config::Durability;
-use pgshard_catalog::NodeRole;
+use pgshard_catalog::config::{Durability, TableConfig};
+use pgshard_catalog::{KeyType, NodeRole, TableKind};
 use pgshard_tests::{Standalone, TestCluster, TestClusterOptions};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -253,12 +253,38 @@ async fn async_cluster_has_no_synchronous_standbys() {
         replicas: 1,
         durability: Some(Durability::Async),
         buckets: 64,
+        tables: vec![
+            TableConfig {
+                name: "pgbench_accounts".into(),
+                shard_key: Some("aid".into()),
+                key_type: Some("integer".into()),
+                kind: None,
+                colocate_with: None,
+            },
+            TableConfig {
+                name: "pgbench_branches".into(),
+                shard_key: None,
+                key_type: None,
+                kind: Some("reference".into()),
+                colocate_with: None,
+            },
+        ],
         ..Default::default()
     })
     .await
     .expect("cluster starts");
     assert_eq!(tc.catalog().buckets, 64);
     assert_eq!(tc.catalog().nodes.len(), 4);
+    // The config's table declarations seed the catalog.
+    let accounts = tc.catalog().table("pgbench_accounts").expect("declared");
+    assert!(
+        matches!(&accounts.kind, TableKind::Distributed { shard_key, key_type: KeyType::Int4, .. } if shard_key == "aid"),
+        "{accounts:?}"
+    );
+    assert_eq!(
+        tc.catalog().table("pgbench_branches").map(|t| &t.kind),
+        Some(&TableKind::Reference)
+    );
     for (primary, replica) in [
         ("catalog", "catalog_replica1"),
         ("shard1-primary", "shard1_replica1"),
@@ -486,7 +512,6 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
 /// tolerates a second start, and stops.
 #[tokio::test]
 async fn runtime_kill_promote_and_detached_lifecycle() {
-    use pgshard_catalog::NodeRole;
     use pgshard_shardd::runtime::{
         ready, LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle, Readiness,
         Upstream,

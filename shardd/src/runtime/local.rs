@@ -333,7 +333,11 @@ impl LocalProcess {
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let output = format!("{}{}", stderr.trim(), stdout.trim());
+            let output = [stderr.trim(), stdout.trim()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n");
             return Err(RuntimeError::Command {
                 command: what.to_string(),
                 status: out.status.to_string(),

@@ -46,6 +46,9 @@ pub fn base_settings(spec: &NodeSpec) -> BTreeMap<String, String> {
     set("max_replication_slots", "16");
     set("hot_standby", "on");
     set("hot_standby_feedback", "on");
+    // A standby whose primary is not up yet (cluster restart, failover) retries after
+    // this; the default 5 s would dominate restart time.
+    set("wal_retrieve_retry_interval", "500ms");
     // Lets pg_rewind turn a fenced old primary into a replica after failover.
     set("wal_log_hints", "on");
     set("fsync", "on");
