@@ -180,8 +180,10 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     let body = daemon::get_status(&state)
         .await
         .context("asking shardd for the cluster status")?;
+    let mut out = String::new();
     if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        out.push_str(&serde_json::to_string_pretty(&body)?);
+        out.push('\n');
     }
     let nodes = body
         .get("nodes")
@@ -190,17 +192,14 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         .unwrap_or_default();
     let mut healthy = body.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
     if !json {
-        println!(
-            "cluster {}  catalog version {}",
-            body.get("cluster").and_then(|c| c.as_str()).unwrap_or("?"),
-            body.get("catalog_version")
-                .map(|v| v.to_string())
-                .unwrap_or_default()
-        );
-        println!(
-            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}",
+        out.push_str(&format!(
+            "cluster {}\n",
+            body.get("cluster").and_then(|c| c.as_str()).unwrap_or("?")
+        ));
+        out.push_str(&format!(
+            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}\n",
             "NODE", "SHARD", "ROLE", "ADDRESS", "STATE", "REPLICATION", "LAG"
-        );
+        ));
     }
     for n in &nodes {
         let s = |k: &str| n.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
@@ -221,17 +220,22 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
             s("host"),
             n.get("port").and_then(|v| v.as_u64()).unwrap_or(0)
         );
-        let repl = match n.get("sync_state").and_then(|v| v.as_str()) {
-            Some(v) => v.to_string(),
-            None => "-".into(),
+        let repl = match (
+            n.get("replication_state").and_then(|v| v.as_str()),
+            n.get("sync_state").and_then(|v| v.as_str()),
+        ) {
+            (Some(r), Some(s)) => format!("{r}/{s}"),
+            (Some(r), None) => r.to_string(),
+            (None, Some(s)) => s.to_string(),
+            (None, None) => "-".into(),
         };
         let lag = n
             .get("lag_bytes")
             .and_then(|v| v.as_i64())
             .map(|v| format!("{v} B"))
             .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}",
+        out.push_str(&format!(
+            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}\n",
             s("name"),
             shard,
             s("role"),
@@ -239,17 +243,19 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
             state,
             repl,
             lag
-        );
+        ));
     }
     if nodes.is_empty() {
         healthy = false;
     }
-    if healthy {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        if !json {
-            println!("pgshard: cluster is not fully healthy");
-        }
-        Ok(ExitCode::from(1))
+    if !healthy && !json {
+        out.push_str("pgshard: cluster is not fully healthy\n");
     }
+    // A closed pipe (`pgshard status | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
