@@ -9,6 +9,7 @@
 use crate::api::{self, ApiState};
 use crate::cluster::Cluster;
 use crate::probe::{run_probes, ClusterStatus, NodeStatus, Prober};
+use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::{LocalOptions, LocalProcess, NodeRuntime, ProcessLifecycle};
 use crate::STATE_FILE;
 use anyhow::Context;
@@ -24,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// How shardd runs its instances.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Detached (production: instances survive a shardd crash) or Owned (tests and
-    /// foreground runs: instances die with shardd).
+    /// Local backend: Detached (production: instances survive a shardd crash) or Owned
+    /// (tests and foreground runs: instances die with shardd). Containers are always
+    /// detached.
     pub lifecycle: ProcessLifecycle,
     /// Skip fsync in initdb/pg_basebackup: throwaway clusters only.
     pub fast_init: bool,
@@ -91,9 +93,9 @@ pub async fn run_with(
             Arc::new(LocalProcess::new(local)?)
         }
         Backend::Docker => {
-            anyhow::bail!(
-                "the docker backend is not available yet; use cluster.backend = \"local\""
-            )
+            let mut docker = DockerOptions::from_config(&config.cluster);
+            docker.fast_init = opts.fast_init;
+            Arc::new(DockerRuntime::with_options(docker).await?)
         }
     };
     let data_dir = std::path::absolute(&config.cluster.data_dir)
