@@ -19,7 +19,24 @@ use crate::parse::{
     name_parts, parse_statement, read_name, skip_parens, split_statements, tokens, Hint,
     StatementText, Tok, Token,
 };
-use crate::route::{reference_write, Analysis};
+use crate::route::{fast_path, reference_write, Analysis};
+
+#[cfg(test)]
+thread_local! {
+    /// Tests turn the token fast path off to compare it with the full path.
+    pub(crate) static FAST_PATH: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+fn fast_path_enabled() -> bool {
+    #[cfg(test)]
+    {
+        FAST_PATH.with(std::cell::Cell::get)
+    }
+    #[cfg(not(test))]
+    {
+        true
+    }
+}
 use crate::{
     key_from_literal, shard_of, ExecuteArg, Plan, PlanError, Route, RouterCommand, StatementKind,
 };
@@ -336,6 +353,13 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
         // `pg_notify()` and anything else unknown goes too.
         "LISTEN" | "UNLISTEN" | "NOTIFY" | "DO" | "CALL" | "LOAD" => local,
         _ => {
+            if fast_path_enabled() {
+                if let Some((route, null_key)) = fast_path(toks, catalog) {
+                    let mut plan = Plan::new(route, kind);
+                    plan.null_key = null_key;
+                    return plan;
+                }
+            }
             return match parse_statement(text) {
                 Ok(stmts) => match stmts.as_slice() {
                     [] => Plan::new(Route::AnyShard, StatementKind::Empty),

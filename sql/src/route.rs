@@ -1210,3 +1210,256 @@ fn depends_on_objects(dt: &DataType) -> bool {
         _ => false,
     }
 }
+
+/// The hot path without sqlparser: `SELECT list FROM t [alias] WHERE key = const`,
+/// `UPDATE t [alias] SET … WHERE key = const` and `DELETE FROM t [alias] WHERE key =
+/// const` on a distributed table, with no parenthesis anywhere (so no subquery, function
+/// call or row constructor) and nothing after the one condition — pgbench's statements
+/// in the simple protocol. Anything else, or any doubt, returns `None` and the statement
+/// takes the full path; tests check that both paths agree.
+pub(crate) fn fast_path(
+    toks: &[crate::parse::Token<'_>],
+    catalog: &Catalog,
+) -> Option<(Route, Option<PlanError>)> {
+    use crate::parse::{read_name, Tok};
+    if toks.first().is_some_and(|t| t.tok.is_word("insert")) {
+        return fast_insert(toks, catalog);
+    }
+    if toks
+        .iter()
+        .any(|t| matches!(t.tok, Tok::Punct(b'(' | b')' | b';' | b'[' | b'$')))
+    {
+        return None;
+    }
+    let is = |i: usize, kw: &str| toks.get(i).is_some_and(|t| t.tok.is_word(kw));
+    let first = toks.first()?;
+    let mut j;
+    let forbidden = [
+        "from",
+        "into",
+        "where",
+        "returning",
+        "select",
+        "with",
+        "only",
+    ];
+    if first.tok.is_word("select") {
+        let from = toks.iter().position(|t| t.tok.is_word("from"))?;
+        if from < 2 {
+            return None;
+        }
+        for t in &toks[1..from] {
+            let ok = match t.tok {
+                Tok::Word(w) => !forbidden.iter().any(|f| w.eq_ignore_ascii_case(f)),
+                Tok::QuotedIdent(_) => true,
+                Tok::Punct(c) => matches!(c, b',' | b'.' | b'*'),
+                _ => false,
+            };
+            if !ok {
+                return None;
+            }
+        }
+        j = from + 1;
+    } else if first.tok.is_word("delete") && is(1, "from") {
+        j = 2;
+    } else if first.tok.is_word("update") {
+        j = 1;
+    } else {
+        return None;
+    }
+    if is(j, "only") {
+        return None;
+    }
+    let (parts, next) = read_name(toks, j)?;
+    j = next;
+    let (TableClass::Distributed { key, key_type, .. }, _) = classify_table(catalog, &parts) else {
+        return None;
+    };
+    // Optional alias.
+    let mut alias = None;
+    if is(j, "as") {
+        j += 1;
+    }
+    if !is(j, "where") && !is(j, "set") {
+        match toks.get(j).map(|t| t.tok) {
+            Some(t @ (Tok::Word(_) | Tok::QuotedIdent(_))) => {
+                alias = t.ident();
+                j += 1;
+            }
+            _ => return None,
+        }
+    }
+    let qualifier = alias.or_else(|| parts.last().cloned())?;
+    if first.tok.is_word("update") {
+        if !is(j, "set") {
+            return None;
+        }
+        // Assignments up to WHERE: plain values only; no target may be the key.
+        let where_at = j + toks[j..].iter().position(|t| t.tok.is_word("where"))?;
+        let mut expect_target = true;
+        for t in &toks[j + 1..where_at] {
+            match t.tok {
+                Tok::Word(w) if forbidden.iter().any(|f| w.eq_ignore_ascii_case(f)) => return None,
+                Tok::Punct(b',') => expect_target = true,
+                Tok::Punct(b'.' | b'+' | b'-' | b'*' | b'/' | b'=') => {}
+                Tok::Punct(_) => return None,
+                Tok::Word(_) | Tok::QuotedIdent(_) if expect_target => {
+                    if t.tok.ident().as_deref() == Some(key) {
+                        return None;
+                    }
+                    expect_target = false;
+                }
+                _ => expect_target = false,
+            }
+        }
+        j = where_at;
+    }
+    if !is(j, "where") {
+        return None;
+    }
+    j += 1;
+    // `[q.]key = const` or `const = [q.]key`, then the end.
+    let column_at = |i: usize| -> Option<usize> {
+        match (toks.get(i).map(|t| t.tok), toks.get(i + 1).map(|t| t.tok)) {
+            (Some(q), Some(Tok::Punct(b'.'))) => {
+                let col = toks.get(i + 2)?.tok.ident()?;
+                (q.ident()? == qualifier && col == key).then_some(i + 3)
+            }
+            (Some(c), _) => (c.ident()? == key).then_some(i + 1),
+            _ => None,
+        }
+    };
+    let const_at = |i: usize| -> Option<(Const, usize)> {
+        match (toks.get(i).map(|t| t.tok), toks.get(i + 1).map(|t| t.tok)) {
+            (Some(Tok::Number(n)), _) if key_type.is_integer() => {
+                Some((Const::Value(key_from_literal(n, key_type)?), i + 1))
+            }
+            (Some(Tok::Punct(b'-')), Some(Tok::Number(n))) if key_type.is_integer() => Some((
+                Const::Value(key_from_literal(&format!("-{n}"), key_type)?),
+                i + 2,
+            )),
+            (Some(s @ Tok::Str { .. }), _) => Some((
+                Const::Value(key_from_literal(&s.string_value()?, key_type)?),
+                i + 1,
+            )),
+            (Some(Tok::Param(n)), _) => Some((Const::Param(n), i + 1)),
+            _ => None,
+        }
+    };
+    let (c, end) = match column_at(j) {
+        Some(k) if toks.get(k).map(|t| t.tok) == Some(Tok::Punct(b'=')) => const_at(k + 1)?,
+        _ => {
+            let (c, k) = const_at(j)?;
+            if toks.get(k).map(|t| t.tok) != Some(Tok::Punct(b'=')) {
+                return None;
+            }
+            (c, column_at(k + 1)?)
+        }
+    };
+    if end != toks.len() {
+        return None;
+    }
+    match c {
+        Const::Value(v) => shard_of(catalog, &v).map(|s| (Route::Shard(s), None)),
+        Const::Param(param) => Some((Route::ShardByParam { param, key_type }, None)),
+        Const::Null => None,
+    }
+}
+
+/// `INSERT INTO t (cols) VALUES (vals)`: one row, no nested parentheses, nothing after.
+fn fast_insert(
+    toks: &[crate::parse::Token<'_>],
+    catalog: &Catalog,
+) -> Option<(Route, Option<PlanError>)> {
+    use crate::parse::{read_name, Tok};
+    let is = |i: usize, kw: &str| toks.get(i).is_some_and(|t| t.tok.is_word(kw));
+    let punct = |i: usize, c: u8| toks.get(i).map(|t| t.tok) == Some(Tok::Punct(c));
+    if !is(1, "into") {
+        return None;
+    }
+    let (parts, mut j) = read_name(toks, 2)?;
+    let (TableClass::Distributed { key, key_type, .. }, table) = classify_table(catalog, &parts)
+    else {
+        return None;
+    };
+    if !punct(j, b'(') {
+        return None;
+    }
+    let mut key_index = None;
+    let mut n = 0usize;
+    j += 1;
+    loop {
+        let col = toks.get(j)?.tok.ident()?;
+        if col == key {
+            key_index = Some(n);
+        }
+        n += 1;
+        j += 1;
+        if punct(j, b',') {
+            j += 1;
+        } else if punct(j, b')') {
+            j += 1;
+            break;
+        } else {
+            return None;
+        }
+    }
+    let key_index = key_index?;
+    if !is(j, "values") || !punct(j + 1, b'(') {
+        return None;
+    }
+    j += 2;
+    // The values: comma-separated runs of tokens without parentheses.
+    let mut values: Vec<&[crate::parse::Token<'_>]> = Vec::with_capacity(n);
+    let mut start = j;
+    loop {
+        match toks.get(j)?.tok {
+            Tok::Punct(b',') => {
+                values.push(&toks[start..j]);
+                start = j + 1;
+            }
+            Tok::Punct(b')') => {
+                values.push(&toks[start..j]);
+                break;
+            }
+            Tok::Punct(b'(' | b';' | b'[') => return None,
+            Tok::Word(w)
+                if ["select", "default", "values", "with"]
+                    .iter()
+                    .any(|f| w.eq_ignore_ascii_case(f)) =>
+            {
+                return None
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+    if j + 1 != toks.len() || values.len() != n {
+        return None;
+    }
+    let c = match values[key_index]
+        .iter()
+        .map(|t| t.tok)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [Tok::Number(v)] if key_type.is_integer() => Const::Value(key_from_literal(v, key_type)?),
+        [Tok::Punct(b'-'), Tok::Number(v)] if key_type.is_integer() => {
+            Const::Value(key_from_literal(&format!("-{v}"), key_type)?)
+        }
+        [s @ Tok::Str { .. }] => Const::Value(key_from_literal(&s.string_value()?, key_type)?),
+        [Tok::Param(p)] => Const::Param(*p),
+        _ => return None,
+    };
+    match c {
+        Const::Value(v) => shard_of(catalog, &v).map(|s| (Route::Shard(s), None)),
+        Const::Param(param) => Some((
+            Route::ShardByParam { param, key_type },
+            Some(PlanError::NullShardKey {
+                table,
+                column: key.to_owned(),
+            }),
+        )),
+        Const::Null => None,
+    }
+}

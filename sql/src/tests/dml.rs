@@ -681,3 +681,81 @@ fn kinds_of_dml() {
     );
     assert_eq!(kind("(SELECT 1)"), StatementKind::Read);
 }
+
+#[test]
+fn fast_path_cases() {
+    let c = catalog();
+    let toks = |s: &'static str| crate::parse::tokens(s);
+    // Taken by the fast path.
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 123",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "SELECT * FROM accounts a WHERE a.aid = -5",
+        "SELECT a.*, b FROM accounts AS a WHERE 5 = a.aid",
+        "SELECT x FROM docs WHERE slug = 'it''s'",
+        "SELECT x FROM things WHERE id = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+        "UPDATE pgbench_accounts SET abalance = abalance + -42 WHERE aid = 77",
+        "UPDATE accounts a SET abalance = abalance + $1, note = 'x' WHERE a.aid = $2",
+        "DELETE FROM accounts WHERE aid = 5",
+        "SELECT \"abalance\" FROM public.accounts WHERE \"aid\" = '5'",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 5, 10, CURRENT_TIMESTAMP)",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
+        "INSERT INTO accounts (abalance, aid) VALUES (-1 * 3, -7)",
+        "INSERT INTO docs (slug, body) VALUES ('a', E'b\\n')",
+    ] {
+        assert!(crate::route::fast_path(&toks(sql), &c).is_some(), "{sql}");
+        check(sql, &E::Any.or_route(r(sql)));
+    }
+    // Left to the full path.
+    for sql in [
+        "SELECT count(*) FROM accounts WHERE aid = 5",
+        "SELECT * FROM accounts WHERE aid = 5 OR aid = 6",
+        "SELECT * FROM accounts WHERE aid = 5 AND bid = 1",
+        "SELECT * FROM accounts WHERE aid = 5 FOR UPDATE",
+        "SELECT * FROM accounts WHERE aid = 5::int",
+        "SELECT * FROM accounts WHERE aid = 5.0",
+        "SELECT * FROM accounts WHERE aid = NULL",
+        "SELECT * FROM accounts WHERE abalance = 5",
+        "SELECT * FROM accounts b WHERE a.aid = 5",
+        "SELECT * FROM accounts a WHERE accounts.aid = 5",
+        "SELECT * INTO t FROM accounts WHERE aid = 5",
+        "SELECT * FROM ONLY accounts WHERE aid = 5",
+        "SELECT * FROM accounts, branches WHERE aid = 5",
+        "SELECT * FROM accounts JOIN branches USING (bid) WHERE aid = 5",
+        "SELECT * FROM branches WHERE bid = 5",
+        "SELECT * FROM misc WHERE x = 5",
+        "SELECT * FROM docs WHERE slug = 5",
+        "UPDATE accounts SET aid = 6 WHERE aid = 5",
+        "UPDATE accounts SET abalance = 1, aid = 6 WHERE aid = 5",
+        "UPDATE accounts SET abalance = 1 FROM branches WHERE aid = 5",
+        "UPDATE accounts SET abalance = 1 WHERE aid = 5 RETURNING *",
+        "DELETE FROM accounts USING branches WHERE aid = 5",
+        "DELETE FROM accounts WHERE aid = 5 AND aid = 6",
+        "INSERT INTO accounts VALUES (5)",
+        "INSERT INTO accounts (abalance) VALUES (5)",
+        "INSERT INTO accounts (aid) VALUES (NULL)",
+        "INSERT INTO accounts (aid) VALUES (DEFAULT)",
+        "INSERT INTO accounts (aid) VALUES (5), (6)",
+        "INSERT INTO accounts (aid) VALUES (5) RETURNING aid",
+        "INSERT INTO accounts (aid) VALUES (5) ON CONFLICT DO NOTHING",
+        "INSERT INTO accounts (aid, abalance) VALUES (5, abs(-1))",
+        "INSERT INTO accounts (aid, abalance) VALUES (5)",
+        "INSERT INTO accounts (aid) SELECT 5",
+        "INSERT INTO accounts (aid) VALUES (5 + 1)",
+        "INSERT INTO branches (bid) VALUES (5)",
+    ] {
+        assert!(crate::route::fast_path(&toks(sql), &c).is_none(), "{sql}");
+    }
+}
+
+impl E {
+    /// Accept exactly `route` (for cases checked only for fast/full agreement).
+    fn or_route(self, route: Route) -> E {
+        match route {
+            Route::Shard(s) => E::Shard(s.0),
+            Route::ShardByParam { param, key_type } => E::Param(param, key_type),
+            Route::AnyShard => E::Any,
+            _ => self,
+        }
+    }
+}

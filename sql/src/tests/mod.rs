@@ -71,6 +71,14 @@ pub(crate) fn p(sql: &str) -> Plan {
     plan(sql, &catalog())
 }
 
+/// The plan without the token fast path.
+pub(crate) fn slow(sql: &str) -> Plan {
+    crate::plan::FAST_PATH.with(|f| f.set(false));
+    let plan = plan(sql, &catalog());
+    crate::plan::FAST_PATH.with(|f| f.set(true));
+    plan
+}
+
 pub(crate) fn r(sql: &str) -> Route {
     p(sql).route
 }
@@ -134,6 +142,8 @@ pub(crate) fn check(sql: &str, want: &E) {
         _ => false,
     };
     assert!(ok, "{sql}\n  want {want:?}\n  got  {got:?}");
+    // The token fast path, where it applies, agrees with the full path.
+    assert_eq!(slow(sql), p(sql), "fast path differs for {sql}");
     // The cheap keyword classification agrees with the planner.
     assert_eq!(statement_kind(sql), p(sql).kind, "kind of {sql}");
 }
@@ -156,4 +166,54 @@ fn catalog_spreads_keys() {
     assert_ne!(a, same);
     // Shard 0 would be a bug in the fixture.
     assert!(catalog().shard_of_bucket(BucketId(0)).is_some());
+}
+
+/// Rough planner cost on the hot path; run with
+/// `cargo test -p pgshard-sql --release -- --ignored --nocapture plan_speed`.
+#[test]
+#[ignore]
+fn plan_speed() {
+    let c = catalog();
+    for sql in [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 123",
+        "UPDATE pgbench_accounts SET abalance = abalance + -42 WHERE aid = 77;",
+        "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 5, 10, CURRENT_TIMESTAMP);",
+        "BEGIN;",
+    ] {
+        let n = 20_000u32;
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(plan(std::hint::black_box(sql), &c));
+        }
+        let per = start.elapsed() / n;
+        println!("{per:>10?}  {sql}");
+    }
+}
+
+#[test]
+#[ignore]
+fn parse_speed() {
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 123";
+    let n = 20_000u32;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(crate::parse::parse_statement(std::hint::black_box(sql)).ok());
+    }
+    println!("{:>10?}  sqlparser only", start.elapsed() / n);
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(crate::parse::tokens(std::hint::black_box(sql)));
+        std::hint::black_box(crate::parse::split_statements(std::hint::black_box(sql)));
+    }
+    println!("{:>10?}  scanner (split + tokens)", start.elapsed() / n);
+    let st = crate::parse::parse_statement(sql).unwrap_or_default();
+    let c = catalog();
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let mut a = crate::route::Analysis::new(&c);
+        a.statement(&st[0]);
+        std::hint::black_box(a.route());
+    }
+    println!("{:>10?}  analysis", start.elapsed() / n);
 }
