@@ -1,5 +1,5 @@
 //! Bootstrap, restart, stop and destruction of a whole cluster (SPEC §2, §8, §10): the
-//! catalog node and its replicas, and `shards` shards of one primary and `replicas`
+//! catalog node and its `catalog_replicas` replicas, and `shards` shards of one primary and `replicas`
 //! streaming replicas each.
 //!
 //! The local *layout* — which instances exist, their names, ports, directories and
@@ -137,7 +137,7 @@ impl Layout {
             Ok(())
         };
         add("catalog".into(), NodeRole::Catalog, None, None)?;
-        for r in 1..=c.replicas {
+        for r in 1..=c.catalog_replicas {
             add(
                 format!("catalog-replica{r}"),
                 NodeRole::Replica,
@@ -693,7 +693,20 @@ mod tests {
 
     #[test]
     fn default_layout_names_and_ids() {
-        let l = plan("");
+        // SPEC §2's default cluster: an unreplicated catalog node and 2 × (primary + 1).
+        let d = plan("");
+        let names: Vec<&str> = d.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "catalog",
+                "shard1-primary",
+                "shard1-replica1",
+                "shard2-primary",
+                "shard2-replica1"
+            ]
+        );
+        let l = plan("[cluster]\ncatalog_replicas = 1\n");
         let names: Vec<&str> = l.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(
             names,

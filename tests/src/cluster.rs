@@ -54,6 +54,8 @@ impl TestClusterOptions {
         config.cluster.name = "pgshard-test".into();
         config.cluster.shards = self.shards;
         config.cluster.replicas = self.replicas;
+        // Tests replicate the catalog node like the shards (SPEC §8).
+        config.cluster.catalog_replicas = self.replicas;
         config.cluster.durability = self.durability;
         config.cluster.buckets = self.buckets;
         config.cluster.data_dir = data_dir.to_path_buf();
