@@ -101,6 +101,17 @@ standalone_conf() {
 host    all          all   samenet        trust
 host    replication  all   samenet        trust
 EOF
+    # Serve the network, and the settings pgshard relies on (shardd replaces this file
+    # with its own when it takes the instance over).
+    cat >>"$PGDATA/postgresql.conf" <<'EOF'
+# Added by the pgshard entrypoint.
+listen_addresses = '*'
+max_prepared_transactions = 100
+wal_level = replica
+hot_standby_feedback = on
+wal_log_hints = on
+timezone = 'UTC'
+EOF
 }
 
 # Compose replicas: the physical slot on the primary, created if missing (a retried
@@ -132,7 +143,11 @@ postgres)
                 sleep 1
             done
             echo standby >"$PGDATA/pgshard.role"
-            cat >>"$PGDATA/postgresql.auto.conf" <<EOF
+            # In postgresql.conf (copied from the primary), not postgresql.auto.conf:
+            # shardd rewrites postgresql.conf to re-point replicas after a failover,
+            # and postgresql.auto.conf would override it.
+            cat >>"$PGDATA/postgresql.conf" <<EOF
+# Added by the pgshard entrypoint: stream from the primary.
 primary_conninfo = 'host=$PGSHARD_PRIMARY_HOST port=${PGSHARD_PRIMARY_PORT:-5432} user=postgres application_name=${PGSHARD_SLOT:-$(hostname)}'
 ${PGSHARD_SLOT:+primary_slot_name = '$PGSHARD_SLOT'}
 EOF

@@ -487,3 +487,85 @@ async fn docker_reattach_and_purge() {
     let left = leftovers(&cluster);
     assert!(left.is_empty(), "leftovers after purge: {left:?}");
 }
+
+/// Times one primary + one streaming replica through each runtime (for the closing
+/// note; run with `cargo test -p pgshard-tests --test docker -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn docker_vs_local_start_times() {
+    use pgshard_shardd::runtime::{LocalOptions, LocalProcess, ProcessLifecycle};
+    pgshard_tests::init_tracing();
+    if engine("docker_vs_local_start_times").await.is_none() {
+        return;
+    }
+    let cluster = unique_cluster("time");
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let mut opts = DockerOptions::new(&cluster, DEFAULT_IMAGE);
+    opts.fast_init = true;
+    let docker = DockerRuntime::with_options(opts).await.expect("docker");
+    docker.ensure_image().await.expect("image");
+    let local = LocalProcess::new(LocalOptions {
+        pg_bin_dir: None,
+        pg_user: "postgres".into(),
+        lifecycle: ProcessLifecycle::Owned,
+        fast_init: true,
+        ctl_timeout: Duration::from_secs(60),
+    })
+    .expect("local runtime");
+    let dir = pgshard_tests::dirs::temp_dir("docker-time").expect("temp dir");
+    for (label, rt) in [
+        ("local", &local as &dyn NodeRuntime),
+        ("docker", &docker as &dyn NodeRuntime),
+    ] {
+        let base = dir.path().join(label);
+        let primary = spec(
+            "shard1-primary",
+            NodeRole::Primary,
+            free_port().expect("port"),
+            &base,
+            None,
+        );
+        let replica = spec(
+            "shard1-replica1",
+            NodeRole::Replica,
+            free_port().expect("port"),
+            &base,
+            Some(&primary),
+        );
+        let t = Instant::now();
+        rt.init_primary(&primary).await.expect("init");
+        let init = t.elapsed();
+        let t = Instant::now();
+        rt.start(&primary).await.expect("start");
+        rt.wait_ready(&primary, Readiness::Accepting, READY)
+            .await
+            .expect("ready");
+        let start = t.elapsed();
+        let t = Instant::now();
+        rt.create_replica(&replica).await.expect("replica");
+        rt.start(&replica).await.expect("start replica");
+        rt.wait_ready(&replica, Readiness::Streaming { sync: false }, READY)
+            .await
+            .expect("streaming");
+        let rep = t.elapsed();
+        let t = Instant::now();
+        rt.stop(&replica).await.expect("stop");
+        rt.stop(&primary).await.expect("stop");
+        let stop = t.elapsed();
+        let t = Instant::now();
+        rt.start(&primary).await.expect("restart");
+        rt.wait_ready(&primary, Readiness::Accepting, READY)
+            .await
+            .expect("ready again");
+        let restart = t.elapsed();
+        eprintln!(
+            "{label:>6}: init primary {init:?}, start→ready {start:?}, replica create+start→streaming {rep:?}, stop both {stop:?}, restart→ready {restart:?}"
+        );
+        rt.stop(&primary).await.expect("stop");
+        rt.remove(&replica).await.expect("remove");
+        rt.remove(&primary).await.expect("remove");
+    }
+    assert!(leftovers(&cluster).is_empty());
+}

@@ -67,6 +67,20 @@ const ENTRYPOINT_NAME: &str = "pgshard-entrypoint";
 /// The file telling the entrypoint whether to start as a standby (see entrypoint.sh).
 const ROLE_MARKER: &str = "pgshard.role";
 
+/// How shardd (and routers) reach the instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Addressing {
+    /// shardd runs on the Docker host: each instance's port is published on
+    /// `spec.host` (loopback by default) and reached there, like a local process.
+    #[default]
+    Published,
+    /// shardd runs on the cluster network itself (in a container, as in
+    /// `docker/compose.yml`): instances are reached by container name
+    /// ([`DockerRuntime::container_name`] is the `spec.host` to use) and nothing is
+    /// published.
+    Network,
+}
+
 /// How to run containers.
 #[derive(Debug, Clone)]
 pub struct DockerOptions {
@@ -84,6 +98,7 @@ pub struct DockerOptions {
     /// `/dev/shm` size: PostgreSQL's dynamic shared memory lives there (Docker's
     /// default of 64 MB is too small for parallel queries).
     pub shm_size: i64,
+    pub addressing: Addressing,
 }
 
 impl DockerOptions {
@@ -95,6 +110,7 @@ impl DockerOptions {
             fast_init: false,
             stop_timeout: Duration::from_secs(120),
             shm_size: 256 * 1024 * 1024,
+            addressing: Addressing::Published,
         }
     }
 
@@ -371,13 +387,16 @@ impl DockerRuntime {
                     "{}:{CONTAINER_PGDATA}",
                     self.volume_name(&spec.name)
                 )]),
-                port_bindings: Some(HashMap::from([(
-                    port,
-                    Some(vec![PortBinding {
-                        host_ip: Some(Self::publish_ip(spec)?),
-                        host_port: Some(spec.port.to_string()),
-                    }]),
-                )])),
+                port_bindings: match self.opts.addressing {
+                    Addressing::Published => Some(HashMap::from([(
+                        port,
+                        Some(vec![PortBinding {
+                            host_ip: Some(Self::publish_ip(spec)?),
+                            host_port: Some(spec.port.to_string()),
+                        }]),
+                    )])),
+                    Addressing::Network => None,
+                },
                 // tini as PID 1: forwards the stop signal, reaps strays.
                 init: Some(true),
                 network_mode: Some(network.clone()),
@@ -409,8 +428,9 @@ impl DockerRuntime {
         info.state.as_ref().and_then(|s| s.running).unwrap_or(false)
     }
 
-    /// True if an existing container was made for another spec (role, port, address)
-    /// or another image than `image_id`.
+    /// True if an existing container was made for another spec (role, published port
+    /// and address) or another image than `image_id`. Containers made by someone else
+    /// with the same names and labels (docker/compose.yml) are adopted as they are.
     fn outdated(
         &self,
         info: &ContainerInspectResponse,
@@ -435,7 +455,12 @@ impl DockerRuntime {
             Some(id) => info.image.as_deref() == Some(id),
             None => true,
         };
-        role != Some(spec.role.as_str()) || !published || !ip_ok || !image_ok
+        let ports_ok = match self.opts.addressing {
+            Addressing::Published => published && ip_ok,
+            // Nothing is published; the port inside is set by postgresql.conf.
+            Addressing::Network => true,
+        };
+        role != Some(spec.role.as_str()) || !ports_ok || !image_ok
     }
 
     /// The instance's container, created if missing, and recreated (same volume) if it
