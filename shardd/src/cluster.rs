@@ -591,7 +591,7 @@ impl Cluster {
     /// Stop every instance and remove all data: instance directories and the layout.
     pub async fn destroy(self) -> Result<(), ClusterError> {
         self.remove_instances().await?;
-        for file in [LAYOUT_FILE, crate::STATE_FILE] {
+        for file in [LAYOUT_FILE, crate::STATE_FILE, crate::daemon::LOCK_FILE] {
             let path = self.data_dir.join(file);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}

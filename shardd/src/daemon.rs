@@ -22,6 +22,9 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// The lock file that keeps a second shardd off a data dir.
+pub const LOCK_FILE: &str = "shardd.lock";
+
 /// How shardd runs its instances.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -102,6 +105,8 @@ pub async fn run_with(
         .with_context(|| format!("resolving {}", config.cluster.data_dir.display()))?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // One shardd per data dir: two would fight over the same instances.
+    let _lock = lock_data_dir(&data_dir)?;
     // A stale file from a crashed run must not point the CLI at a dead API.
     let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
 
@@ -203,5 +208,34 @@ async fn stop_partial(config: &Config, runtime: Arc<dyn NodeRuntime>) {
         }
         Ok(None) => {}
         Err(error) => tracing::error!(%error, "could not read the cluster layout"),
+    }
+}
+
+/// Take the data dir's lock file (`shardd.lock`, flock'ed for the life of the returned
+/// value; the kernel releases it if we die).
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let other = SharddState::read(data_dir)
+                .ok()
+                .flatten()
+                .map(|s| format!(" (pid {})", s.pid))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "another shardd{other} is running on {}; stop it first",
+                data_dir.display()
+            )
+        }
+        Err((_, errno)) => Err(anyhow::Error::from(std::io::Error::from(errno)))
+            .with_context(|| format!("locking {}", path.display())),
     }
 }

@@ -356,6 +356,19 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(state.pid, std::process::id());
+
+    // A second shardd on the same data dir refuses to start.
+    let second = run_with(
+        TestClusterOptions::default().config(&data_dir),
+        RunOptions {
+            lifecycle: ProcessLifecycle::Owned,
+            fast_init: true,
+        },
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("a second shardd must not start");
+    assert!(second.to_string().contains("another shardd"), "{second:#}");
     let http = reqwest::Client::new();
     let status_url = format!("http://{}/v1/status", state.api);
     let get_status = || async {
