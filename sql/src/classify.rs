@@ -244,6 +244,13 @@ pub(crate) fn kind_of(toks: &[Token<'_>], text: &str) -> StatementKind {
                 Some(start) if analyze => {
                     let inner_text = &text[start..];
                     let inner_toks = tokens(inner_text);
+                    // EXPLAIN does not nest; do not recurse on `EXPLAIN EXPLAIN …`.
+                    if inner_toks
+                        .get(first_non_paren(&inner_toks))
+                        .is_some_and(|t| t.tok.is_word("explain"))
+                    {
+                        return StatementKind::Read;
+                    }
                     match kind_of(&inner_toks, inner_text) {
                         StatementKind::Read => StatementKind::Read,
                         other => other,

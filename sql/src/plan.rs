@@ -193,8 +193,15 @@ fn combine(plans: Vec<Plan>) -> Plan {
     }
 }
 
-/// Plan a piece of text holding one statement (the body of PREPARE, EXPLAIN…).
+/// Plan a piece of text holding one statement (the body of PREPARE, EXPLAIN…). These
+/// do not nest in PostgreSQL (`EXPLAIN EXPLAIN …` is a syntax error), so a nested one
+/// goes to the local shard for PostgreSQL to reject, without recursing.
 fn plan_text(text: &str, catalog: &Catalog) -> Plan {
+    let toks = tokens(text);
+    let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
+    if ["EXPLAIN", "PREPARE", "DECLARE", "COPY"].contains(&first.as_str()) {
+        return Plan::new(Route::Shard(catalog.local_shard), kind_of(&toks, text));
+    }
     let stmts = split_statements(text);
     match stmts.as_slice() {
         [one] => plan_one(one, catalog),
@@ -202,11 +209,35 @@ fn plan_text(text: &str, catalog: &Catalog) -> Plan {
     }
 }
 
+/// Statements with more tokens than this are planned on a stack of their own: the
+/// AST of a long operator chain (`a = 1 OR a = 2 OR …`) is as deep as the chain, and
+/// sqlparser's visitor, its `Drop` and the walk in `route` all recurse over it.
+const DEEP_STATEMENT_TOKENS: usize = 1_000;
+/// Stack per token for such statements (generous: debug builds use ~2 KiB per level).
+const STACK_PER_TOKEN: usize = 16 * 1024;
+/// Beyond this stack size a statement is not parsed at all but routed by keywords.
+const MAX_STACK: usize = 1 << 30;
+
 fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
     let toks = tokens(stmt.text);
     let kind = kind_of(&toks, stmt.text);
     let mut plan = if toks.is_empty() {
         Plan::new(Route::AnyShard, StatementKind::Empty)
+    } else if toks.len() > DEEP_STATEMENT_TOKENS {
+        let stack = toks.len().saturating_mul(STACK_PER_TOKEN);
+        if stack > MAX_STACK {
+            let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
+            let route = fallback(
+                &first,
+                &toks,
+                &kind,
+                "statement too large to parse",
+                catalog,
+            );
+            Plan::new(route, kind)
+        } else {
+            stacker::grow(stack, || dispatch(stmt.text, &toks, kind, catalog))
+        }
     } else {
         dispatch(stmt.text, &toks, kind, catalog)
     };

@@ -3,6 +3,7 @@
 //! written in terms of `catalog.shard_of(key)`, so they hold whatever the hash.
 
 mod dml;
+mod fuzz;
 mod psql;
 mod session;
 mod utility;
