@@ -272,6 +272,30 @@ async fn docker_primary_replica_lifecycle() {
     let t_start = t1.elapsed();
     // Starting a running instance is a no-op.
     rt.start(&primary).await.expect("start again");
+    // Configuration changes reach the running container.
+    let mut tuned = primary.clone();
+    tuned.settings.insert("work_mem".into(), "7MB".into());
+    rt.configure(&tuned).await.expect("configure");
+    connect(&primary)
+        .await
+        .expect("connect")
+        .execute("SELECT pg_reload_conf()", &[])
+        .await
+        .expect("reload");
+    eventually("work_mem reloaded", READY, || async {
+        let c = connect(&primary).await?;
+        let v: String = c
+            .query_one("SHOW work_mem", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if v == "7MB" {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
     assert!(rt.pid(&primary).await.expect("pid").is_some());
     let p = connect(&primary).await.expect("connect primary");
     p.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one')")

@@ -1119,7 +1119,7 @@ impl NodeRuntime for DockerRuntime {
             Err(e) => return Err(engine_err(format!("kill {name}"))(e)),
         }
         // The kill is asynchronous: wait until the engine has seen the exit.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let waited = Duration::from_secs(10);
         let mut wait = self.docker.wait_container(
             &name,
             Some(
@@ -1128,11 +1128,11 @@ impl NodeRuntime for DockerRuntime {
                     .build(),
             ),
         );
-        let _ = tokio::time::timeout(Duration::from_secs(10), wait.next()).await;
-        if self.is_running(spec).await? && Instant::now() >= deadline {
+        let _ = tokio::time::timeout(waited, wait.next()).await;
+        if self.is_running(spec).await? {
             return Err(RuntimeError::StopTimeout {
                 node: spec.name.clone(),
-                waited: Duration::from_secs(10),
+                waited,
             });
         }
         tracing::warn!(node = %spec.name, container = %name, "container killed");
