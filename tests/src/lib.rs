@@ -6,6 +6,9 @@
 //!   reference for differential tests.
 //! - [`cluster`]: a whole pgshard cluster (catalog node, shards, replicas) bootstrapped
 //!   by shardd's own library code.
+//! - [`router`]: a pgshard router in this process, following a test cluster's catalog.
+//! - [`wire`] and [`diff`]: a raw simple-protocol client and the differential corpus
+//!   runner (plain PostgreSQL vs pgshard).
 //! - [`ports`] and [`dirs`]: free TCP ports and temporary directories the PostgreSQL
 //!   user can use.
 //!
@@ -14,11 +17,15 @@
 //! after a panic or a SIGKILL. Dropping a harness value stops its instances.
 
 pub mod cluster;
+pub mod diff;
 pub mod dirs;
 pub mod ports;
+pub mod router;
 pub mod standalone;
+pub mod wire;
 
 pub use cluster::{TestCluster, TestClusterOptions};
+pub use router::TestRouter;
 pub use standalone::Standalone;
 
 /// Send `tracing` output to the test's captured output (once per process; set
