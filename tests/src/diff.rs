@@ -56,10 +56,16 @@ impl Report {
             self.wrong.len()
         );
         for (e, why) in &self.wrong {
-            s.push_str(&format!("WRONG {}:{}: {}\n  {}\n", e.file, e.line, e.sql, why));
+            s.push_str(&format!(
+                "WRONG {}:{}: {}\n  {}\n",
+                e.file, e.line, e.sql, why
+            ));
         }
         for (e, why) in &self.unsupported {
-            s.push_str(&format!("unsupported {}:{}: {}\n  {}\n", e.file, e.line, e.sql, why));
+            s.push_str(&format!(
+                "unsupported {}:{}: {}\n  {}\n",
+                e.file, e.line, e.sql, why
+            ));
         }
         s
     }
@@ -126,8 +132,12 @@ fn has_order_by(sql: &str) -> bool {
 
 /// Compare one statement's outcomes.
 pub fn compare(sql: &str, plain: &[Outcome], router: &[Outcome]) -> Verdict {
-    if router.iter().any(|o| matches!(o, Outcome::Error(e) if e.code() == "0A000"))
-        && !plain.iter().any(|o| matches!(o, Outcome::Error(e) if e.code() == "0A000"))
+    if router
+        .iter()
+        .any(|o| matches!(o, Outcome::Error(e) if e.code() == "0A000"))
+        && !plain
+            .iter()
+            .any(|o| matches!(o, Outcome::Error(e) if e.code() == "0A000"))
     {
         let msg = router
             .iter()
@@ -215,7 +225,9 @@ pub async fn run(
         match e.target {
             Target::RouterOnly => {
                 let (out, _) = router.query(&e.sql).await?;
-                if let Some(Outcome::Error(err)) = out.iter().find(|o| matches!(o, Outcome::Error(_))) {
+                if let Some(Outcome::Error(err)) =
+                    out.iter().find(|o| matches!(o, Outcome::Error(_)))
+                {
                     report
                         .wrong
                         .push((e.clone(), format!("setup failed through pgshard: {err:?}")));
@@ -223,7 +235,9 @@ pub async fn run(
             }
             Target::PlainOnly => {
                 let (out, _) = plain.query(&e.sql).await?;
-                if let Some(Outcome::Error(err)) = out.iter().find(|o| matches!(o, Outcome::Error(_))) {
+                if let Some(Outcome::Error(err)) =
+                    out.iter().find(|o| matches!(o, Outcome::Error(_)))
+                {
                     report
                         .wrong
                         .push((e.clone(), format!("setup failed on PostgreSQL: {err:?}")));
@@ -291,13 +305,39 @@ mod tests {
     #[test]
     fn verdicts() {
         let q = "SELECT x FROM t";
-        assert_eq!(compare(q, &[done(&["1", "2"], "SELECT 2")], &[done(&["2", "1"], "SELECT 2")]), Verdict::Same);
+        assert_eq!(
+            compare(
+                q,
+                &[done(&["1", "2"], "SELECT 2")],
+                &[done(&["2", "1"], "SELECT 2")]
+            ),
+            Verdict::Same
+        );
         let o = "SELECT x FROM t ORDER BY x";
-        assert!(matches!(compare(o, &[done(&["1", "2"], "SELECT 2")], &[done(&["2", "1"], "SELECT 2")]), Verdict::Wrong(_)));
-        assert!(matches!(compare(q, &[done(&["1"], "SELECT 1")], &[done(&["1"], "SELECT 2")]), Verdict::Wrong(_)));
-        assert!(matches!(compare(q, &[done(&["1"], "SELECT 1")], &[err("0A000")]), Verdict::Unsupported(_)));
-        assert!(matches!(compare(q, &[done(&["1"], "SELECT 1")], &[err("42P01")]), Verdict::Wrong(_)));
+        assert!(matches!(
+            compare(
+                o,
+                &[done(&["1", "2"], "SELECT 2")],
+                &[done(&["2", "1"], "SELECT 2")]
+            ),
+            Verdict::Wrong(_)
+        ));
+        assert!(matches!(
+            compare(q, &[done(&["1"], "SELECT 1")], &[done(&["1"], "SELECT 2")]),
+            Verdict::Wrong(_)
+        ));
+        assert!(matches!(
+            compare(q, &[done(&["1"], "SELECT 1")], &[err("0A000")]),
+            Verdict::Unsupported(_)
+        ));
+        assert!(matches!(
+            compare(q, &[done(&["1"], "SELECT 1")], &[err("42P01")]),
+            Verdict::Wrong(_)
+        ));
         assert_eq!(compare(q, &[err("23505")], &[err("23505")]), Verdict::Same);
-        assert!(matches!(compare(q, &[err("23505")], &[err("23502")]), Verdict::Wrong(_)));
+        assert!(matches!(
+            compare(q, &[err("23505")], &[err("23502")]),
+            Verdict::Wrong(_)
+        ));
     }
 }

@@ -154,7 +154,10 @@ impl WireClient {
     }
 
     /// Run a simple Query and collect one outcome per statement, plus notices.
-    pub async fn query(&mut self, sql: &str) -> Result<(Vec<Outcome>, Vec<ServerMessage>), WireError> {
+    pub async fn query(
+        &mut self,
+        sql: &str,
+    ) -> Result<(Vec<Outcome>, Vec<ServerMessage>), WireError> {
         let mut m = vec![b'Q'];
         m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
         m.extend_from_slice(sql.as_bytes());
@@ -239,7 +242,10 @@ fn parse_fields(b: &[u8]) -> ServerMessage {
             break;
         }
         let end = tail.iter().position(|c| *c == 0).unwrap_or(tail.len());
-        fields.insert(code as char, String::from_utf8_lossy(&tail[..end]).into_owned());
+        fields.insert(
+            code as char,
+            String::from_utf8_lossy(&tail[..end]).into_owned(),
+        );
         rest = tail.get(end + 1..).unwrap_or_default();
     }
     ServerMessage { fields }

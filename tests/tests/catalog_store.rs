@@ -88,7 +88,8 @@ async fn catalog_round_trip_versions_and_notify() -> anyhow::Result<()> {
     assert_eq!(cat.primary(ShardId(2)).map(|n| n.port), Some(5003));
 
     // A listener on another connection hears every version bump.
-    let (listener, mut conn) = tokio_postgres::connect(&pg.connstr_db(store::CATALOG_DB), NoTls).await?;
+    let (listener, mut conn) =
+        tokio_postgres::connect(&pg.connstr_db(store::CATALOG_DB), NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -120,7 +121,10 @@ async fn catalog_round_trip_versions_and_notify() -> anyhow::Result<()> {
     let cat = store::load(&client).await?;
     replica2.state = NodeState::Healthy;
     replica2.lag_bytes = Some(128);
-    assert_eq!(cat.nodes.iter().find(|n| n.id == NodeId(5)), Some(&replica2));
+    assert_eq!(
+        cat.nodes.iter().find(|n| n.id == NodeId(5)),
+        Some(&replica2)
+    );
 
     // Table declarations: add, reject duplicates, remove.
     let users = TableDef {
