@@ -34,6 +34,9 @@ pub struct RunOptions {
     pub lifecycle: ProcessLifecycle,
     /// Skip fsync in initdb/pg_basebackup: throwaway clusters only.
     pub fast_init: bool,
+    /// The `pgshard-router` binary to run and supervise once the cluster is ready;
+    /// `None` runs no router (tests run their router in-process).
+    pub router_binary: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -41,6 +44,7 @@ impl Default for RunOptions {
         RunOptions {
             lifecycle: ProcessLifecycle::Detached,
             fast_init: false,
+            router_binary: None,
         }
     }
 }
@@ -53,6 +57,12 @@ pub struct SharddState {
     pub api: SocketAddr,
     pub cluster: String,
     pub data_dir: PathBuf,
+    /// Where the router listens, when shardd runs one.
+    #[serde(default)]
+    pub router: Option<SocketAddr>,
+    /// The router's process id when this file was written.
+    #[serde(default)]
+    pub router_pid: Option<u32>,
 }
 
 impl SharddState {
@@ -78,8 +88,16 @@ impl SharddState {
 }
 
 /// Run shardd for `config` until `shutdown` is cancelled (production defaults).
+/// The router binary installed next to shardd is started and supervised.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with(config, RunOptions::default(), shutdown).await
+    let opts = RunOptions {
+        router_binary: crate::router_proc::sibling_binary(),
+        ..RunOptions::default()
+    };
+    if opts.router_binary.is_none() {
+        tracing::warn!("no pgshard-router binary next to shardd; running without a router");
+    }
+    run_with(config, opts, shutdown).await
 }
 
 /// [`run`] with explicit runtime options.
@@ -167,11 +185,40 @@ pub async fn run_with(
             .collect();
         s.ready = true;
     }
+    let mut router = None;
+    if let Some(binary) = &opts.router_binary {
+        let conninfo = cluster
+            .spec("catalog")
+            .map(|s| s.connstr(pgshard_catalog::store::CATALOG_DB))
+            .context("the layout has no catalog node")?;
+        match crate::router_proc::supervise(
+            binary.clone(),
+            &config,
+            &data_dir,
+            conninfo,
+            stop.clone(),
+        )
+        .await
+        {
+            Ok(r) => router = Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "router did not start; stopping the cluster");
+                stop.cancel();
+                let _ = cluster.stop().await;
+                let _ = server.await;
+                return Err(e).context("starting the router");
+            }
+        }
+    }
     let state = SharddState {
         pid: std::process::id(),
         api: api_addr,
         cluster: cluster.layout().cluster.clone(),
         data_dir: data_dir.clone(),
+        router: router
+            .as_ref()
+            .and_then(|_| config.router.listen.parse().ok()),
+        router_pid: router.as_ref().map(|(h, _)| h.pid()),
     };
     state.write(&data_dir)?;
 
@@ -186,6 +233,10 @@ pub async fn run_with(
     tracing::info!("stopping");
     status.write().unwrap_or_else(|p| p.into_inner()).ready = false;
     let _ = probes.await;
+    if let Some((_, task)) = router {
+        // Clients go first, then the instances they were using.
+        let _ = task.await;
+    }
     let stopped = cluster.stop().await;
     let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
     match server.await {

@@ -6,6 +6,7 @@
 //!   replicas) from a [`Config`], and its persisted local layout (`cluster.json`).
 //! - [`probe`]: health probes feeding the observed state into the catalog and the API.
 //! - [`api`]: the HTTP JSON API.
+//! - [`router_proc`]: the embedded cluster's router process, started and supervised.
 //! - [`daemon`]: [`run`], the shardd process itself: bootstrap-or-restart, probe, serve,
 //!   stop cleanly.
 //!
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod probe;
+pub mod router_proc;
 pub mod runtime;
 
 pub use daemon::{run, run_with, RunOptions, SharddState};

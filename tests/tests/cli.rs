@@ -108,11 +108,11 @@ async fn up_status_down_up_destroy() -> anyhow::Result<()> {
     let root = temp_dir("cli")?;
     let data_dir = root.path().join("data");
     let config = root.path().join("pgshard.toml");
+    let router_port = free_port()?;
     std::fs::write(
         &config,
         format!(
-            "[router]\nlisten = \"127.0.0.1:{}\"\n[[table]]\nname = \"kv\"\nshard_key = \"k\"\n",
-            free_port()?
+            "[router]\nlisten = \"127.0.0.1:{router_port}\"\n[[table]]\nname = \"kv\"\nshard_key = \"k\"\n"
         ),
     )?;
     let _guard = Guard(data_dir.clone());
@@ -123,6 +123,7 @@ async fn up_status_down_up_destroy() -> anyhow::Result<()> {
         &data_dir,
     )?;
     assert!(out.status.success(), "up failed: {}", text(&out));
+    let up_text = text(&out);
     eprintln!(
         "pgshard up from nothing: {:.1}s",
         started.elapsed().as_secs_f64()
@@ -141,6 +142,44 @@ async fn up_status_down_up_destroy() -> anyhow::Result<()> {
         2,
         "both shard replicas stream synchronously:\n{status}"
     );
+
+    assert!(
+        up_text.contains(&format!("psql -h 127.0.0.1 -p {router_port}")),
+        "up prints the psql line: {up_text}"
+    );
+
+    // The router started by `up` serves a distributed table by key.
+    let router = connect(router_port).await?;
+    router
+        .batch_execute("CREATE TABLE kv (k bigint PRIMARY KEY, v text)")
+        .await?;
+    for k in 1..=20i64 {
+        router
+            .execute(
+                "INSERT INTO kv (k, v) VALUES ($1, $2)",
+                &[&k, &format!("v{k}")],
+            )
+            .await?;
+    }
+    let row = router
+        .query_one("SELECT v FROM kv WHERE k = $1", &[&7i64])
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "v7");
+    let mut per_shard = Vec::new();
+    for shard in [1, 2] {
+        let n: i64 = connect(shard_primary_port(&data_dir, shard).await?)
+            .await?
+            .query_one("SELECT count(*) FROM kv", &[])
+            .await?
+            .get(0);
+        per_shard.push(n);
+    }
+    assert_eq!(per_shard.iter().sum::<i64>(), 20, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|n| *n > 0),
+        "rows on both shards: {per_shard:?}"
+    );
+    drop(router);
 
     let out = pgshard(&["up"], &data_dir)?;
     assert!(out.status.success(), "second up: {}", text(&out));
