@@ -336,6 +336,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
         RunOptions {
             lifecycle: ProcessLifecycle::Owned,
             fast_init: true,
+            router_binary: None,
         },
         shutdown.clone(),
     ));
@@ -363,6 +364,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
         RunOptions {
             lifecycle: ProcessLifecycle::Owned,
             fast_init: true,
+            router_binary: None,
         },
         CancellationToken::new(),
     )
