@@ -72,11 +72,13 @@ where
             .ok_or(SessionError::NoPrimary(shard))?;
         let pool = self.ctx.pools.get(node, &self.user, &self.database);
         self.entry.set_activity("waiting", Some(shard), None);
+        tracing::trace!(%shard, "checking out a backend");
         let mut conn = pool
             .checkout()
             .await
             .map_err(|e| SessionError::from_backend(shard, e))?;
         let fp = self.vars.fingerprint();
+        tracing::trace!(%shard, replay = conn.state_fp != fp, "backend checked out");
         if conn.state_fp != fp {
             let sql = self.vars.replay_sql();
             match conn.run_silent(&sql).await {

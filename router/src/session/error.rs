@@ -48,6 +48,9 @@ pub enum SessionError {
     NoUser,
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// An error the planner decided (its own SQLSTATE).
+    #[error("{0}")]
+    Plan(pgshard_sql::PlanError),
 }
 
 impl SessionError {
@@ -72,6 +75,7 @@ impl SessionError {
             SessionError::AuthFailed(_) => "28P01",
             SessionError::NoUser => "28000",
             SessionError::TooManyClients => "53300",
+            SessionError::Plan(e) => e.sqlstate(),
         }
     }
 

@@ -13,6 +13,7 @@
 use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
+use super::simple::Target;
 use super::simple::POISON_SQL;
 use super::{Expect, Session, Stmt};
 use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
@@ -23,7 +24,7 @@ use crate::protocol::frontend::{
 };
 use crate::protocol::Frame;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{Route, StatementKind};
+use pgshard_sql::Route;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -62,15 +63,17 @@ where
             _ => {}
         }
         let plan = pgshard_sql::plan(&sql, &catalog);
-        if let Route::Unsupported(_) | Route::Router(_) = &plan.route {
-            let e = match self.resolve(&plan.route, &catalog) {
-                Err(e) => e,
-                Ok(_) => SessionError::Unsupported("statement".into()),
-            };
-            self.fail_extended(e);
-            return Ok(());
+        // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
+        // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
+        // may still send Unsupported statements to a shard.)
+        let planned = self.with_override(plan.route.clone());
+        if let Route::Unsupported(_) | Route::Router(_) = &planned {
+            if let Err(e) = self.resolve(&planned, &catalog) {
+                self.fail_extended(e);
+                return Ok(());
+            }
         }
-        let planned_shard = match &plan.route {
+        let planned_shard = match &planned {
             Route::Shard(s) => Some(*s),
             _ => None,
         };
@@ -194,50 +197,43 @@ where
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
-        match &stmt.plan.route {
-            Route::ShardByParam { param, key_type } => {
+        let route = match &stmt.plan.route {
+            Route::ShardByParam { param, key_type } if self.shard_override.is_none() => {
                 let p = bind
                     .param(param.saturating_sub(1))?
                     .ok_or(SessionError::MissingKeyParam(*param))?;
-                let Some(value) = p.value else {
-                    return if stmt.plan.kind == StatementKind::Write {
-                        Err(SessionError::NullKey)
-                    } else {
-                        // `key = NULL` matches no row on any shard.
-                        Ok(self.any_shard())
-                    };
+                let key = match p.value {
+                    None => None,
+                    Some(value) => {
+                        let key = if p.format == 1 {
+                            pgshard_catalog::hash::key_from_binary(value, *key_type)
+                        } else {
+                            std::str::from_utf8(value)
+                                .ok()
+                                .and_then(|t| pgshard_catalog::hash::parse_key(t, *key_type))
+                        };
+                        Some(key.ok_or_else(|| SessionError::InvalidKey {
+                            key_type: key_type.sql_name().to_string(),
+                            value: if p.format == 1 {
+                                format!(
+                                    "\\x{}",
+                                    value.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                                )
+                            } else {
+                                String::from_utf8_lossy(value).into_owned()
+                            },
+                        })?)
+                    }
                 };
-                let key = if p.format == 1 {
-                    pgshard_catalog::hash::key_from_binary(value, *key_type)
-                } else {
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|t| pgshard_catalog::hash::parse_key(t, *key_type))
-                };
-                let key = key.ok_or_else(|| SessionError::InvalidKey {
-                    key_type: key_type.sql_name().to_string(),
-                    value: if p.format == 1 {
-                        format!("\\x{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>())
-                    } else {
-                        String::from_utf8_lossy(value).into_owned()
-                    },
-                })?;
-                catalog
-                    .shard_of(&key)
-                    .ok_or_else(|| SessionError::Unsupported("the bucket map has no owner for this key".into()))
+                pgshard_sql::route_for_key(&stmt.plan, key.as_ref(), &catalog)
             }
-            Route::AllShards => match catalog.shard_ids().as_slice() {
-                [one] => Ok(*one),
-                _ => Err(SessionError::Unsupported(
-                    "statements that run on every shard are supported through the simple query protocol only, for now".into(),
-                )),
-            },
-            Route::AnyShard => Ok(self.any_shard()),
-            Route::Shard(s) => Ok(*s),
-            route => match self.resolve(route, &catalog)? {
-                super::simple::Target::One(s) => Ok(s),
-                super::simple::Target::All(_) => Err(SessionError::Unsupported("multi-shard statement".into())),
-            },
+            r => self.with_override(r.clone()),
+        };
+        match self.resolve(&route, &catalog)? {
+            Target::One(s) => Ok(s),
+            Target::All(_) => Err(SessionError::Unsupported(
+                "statements that run on every shard are supported through the simple query protocol only, for now".into(),
+            )),
         }
     }
 

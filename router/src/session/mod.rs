@@ -140,6 +140,9 @@ pub struct Session<R, W> {
     /// The statement whose ParseComplete rides on its (deferred) prepare.
     pub(crate) parse_ack: Option<String>,
     pub(crate) virtual_txn: Option<VirtualTxn>,
+    /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
+    /// `true` when set with SET LOCAL (cleared at the end of the transaction).
+    pub(crate) shard_override: Option<(ShardId, bool)>,
     pub(crate) closing: bool,
     shutdown: CancellationToken,
 }
@@ -188,6 +191,7 @@ where
             skip_until_sync: false,
             parse_ack: None,
             virtual_txn: None,
+            shard_override: None,
             closing: false,
             shutdown,
         }
@@ -251,9 +255,10 @@ where
                 let writer = &mut self.writer;
                 let out = &self.out;
                 let shutdown = &self.shutdown;
+                let closing = self.closing;
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => Event::Shutdown,
+                    _ = shutdown.cancelled(), if !closing => Event::Shutdown,
                     r = async {
                         match b_read {
                             Some(r) => r.read_frame().await,
@@ -395,6 +400,7 @@ where
     async fn on_client_frame(&mut self, frame: Frame) -> Result<(), SessionError> {
         use crate::protocol::frontend::FrontendMessage as M;
         let msg = M::decode(&frame)?;
+        tracing::trace!(tag = %(frame.tag() as char), len = frame.len(), "client message");
         if self.skip_until_sync && !matches!(msg, M::Sync | M::Terminate) {
             return Ok(());
         }

@@ -20,6 +20,7 @@ where
             return Ok(());
         };
         let tag = frame.tag();
+        tracing::trace!(tag = %(tag as char), len = frame.len(), expects = a.expects.len(), "backend message");
         // Hot path: rows.
         if tag == b'D' {
             if forwards_rows(a) {
@@ -208,6 +209,9 @@ where
             }
             self.txn_committed = false;
             self.portals.clear();
+            if self.shard_override.is_some_and(|(_, local)| local) {
+                self.shard_override = None;
+            }
         } else {
             self.txn_vars.extend(sets);
         }

@@ -3,21 +3,42 @@
 
 use super::attach::Ensure;
 use super::error::SessionError;
-use super::lex::{classify, literal_text, split_statements, SessionCommand};
+use super::lex::{classify, split_statements, SessionCommand};
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
 use crate::backend::StmtKey;
-use crate::protocol::backend::{encode_command_complete, encode_error, encode_ready};
+use crate::protocol::backend::{
+    encode_command_complete, encode_data_row, encode_error, encode_ready,
+    encode_row_description_text,
+};
 use crate::protocol::frontend::encode_query;
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{Route, RouterCommand};
+use pgshard_sql::{Plan, Route, RouterCommand};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// SQL that fails on purpose, to abort a backend's transaction when the router refuses
 /// a statement inside it (so the client's transaction state stays consistent).
 pub(crate) const POISON_SQL: &str = "pgshard: statement refused by the router";
+
+/// Why a router command cannot run where it was sent.
+pub(crate) fn router_command_unsupported(cmd: &RouterCommand) -> String {
+    match cmd {
+        RouterCommand::CreateDistributedTable { .. } => {
+            "create_distributed_table() through the router is not supported yet; declare the table in pgshard.toml".into()
+        }
+        RouterCommand::CreateReferenceTable { .. } => {
+            "create_reference_table() through the router is not supported yet; declare the table in pgshard.toml".into()
+        }
+        RouterCommand::SetShard { .. } | RouterCommand::ResetShard | RouterCommand::ShowShard => {
+            "pgshard.shard can be set, reset and shown through the simple query protocol only".into()
+        }
+        RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } | RouterCommand::Deallocate { .. } => {
+            "PREPARE, EXECUTE and DEALLOCATE are supported through the simple query protocol only".into()
+        }
+    }
+}
 
 /// Where a statement goes, once the route is resolved against the session.
 pub(crate) enum Target {
@@ -91,7 +112,7 @@ where
                 .as_ref()
                 .is_some_and(|a| a.conn.status != b'I');
         let catalog = self.ctx.catalog.current();
-        let route = match &cmd {
+        match &cmd {
             SessionCommand::Begin if self.attached.is_none() && self.virtual_txn.is_none() => {
                 self.virtual_txn = Some(VirtualTxn {
                     begin_sql: sql.to_string(),
@@ -107,63 +128,83 @@ where
                 self.vars.apply(&cmd);
                 self.stmts.clear();
                 self.sql_prepared.clear();
+                self.shard_override = None;
                 return self.answer("DISCARD ALL");
             }
-            SessionCommand::Deallocate { name } => match name {
-                None => {
+            SessionCommand::ResetAll => self.shard_override = None,
+            _ => {}
+        }
+        let plan = pgshard_sql::plan(sql, &catalog);
+        let mut prepare: Option<(String, Plan)> = None;
+        let route = match &plan.route {
+            Route::Router(rc) => match rc {
+                RouterCommand::Prepare {
+                    name, plan: inner, ..
+                } => {
+                    if self.sql_prepared.contains_key(name) {
+                        self.fail_simple(SessionError::DuplicateStatement(name.clone()));
+                        return Ok(());
+                    }
+                    prepare = Some((name.clone(), (**inner).clone()));
+                    inner.route.clone()
+                }
+                RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
+                    None => {
+                        self.fail_simple(SessionError::UnknownStatement(name.clone()));
+                        return Ok(());
+                    }
+                    Some(p) => pgshard_sql::route_execute(&p.plan, args, &catalog),
+                },
+                RouterCommand::Deallocate { name: None } => {
                     self.sql_prepared.clear();
                     return self.answer("DEALLOCATE ALL");
                 }
-                Some(n) => {
+                RouterCommand::Deallocate { name: Some(n) } => {
                     if self.sql_prepared.remove(n).is_none() {
                         self.fail_simple(SessionError::UnknownStatement(n.clone()));
                         return Ok(());
                     }
                     return self.answer("DEALLOCATE");
                 }
-            },
-            SessionCommand::Prepare { name, body } => {
-                if self.sql_prepared.contains_key(name) {
-                    self.fail_simple(SessionError::DuplicateStatement(name.clone()));
-                    return Ok(());
-                }
-                pgshard_sql::plan(body, &catalog).route
-            }
-            SessionCommand::Execute { name, args } => match self.sql_prepared.get(name) {
-                None => {
-                    self.fail_simple(SessionError::UnknownStatement(name.clone()));
-                    return Ok(());
-                }
-                Some(p) => match &p.plan.route {
-                    Route::ShardByParam { param, key_type } => {
-                        let text = args
-                            .as_ref()
-                            .and_then(|a| a.get(param.saturating_sub(1)))
-                            .and_then(|a| literal_text(a));
-                        match text {
-                            Some(t) => match pgshard_catalog::hash::parse_key(&t, *key_type) {
-                                Some(k) => match catalog.shard_of(&k) {
-                                    Some(s) => Route::Shard(s),
-                                    None => Route::Unsupported("the bucket map has no owner for this key".into()),
-                                },
-                                None => {
-                                    self.fail_simple(SessionError::InvalidKey {
-                                        key_type: key_type.sql_name().to_string(),
-                                        value: t,
-                                    });
-                                    return Ok(());
-                                }
-                            },
-                            None => Route::Unsupported(
-                                "EXECUTE of a prepared statement whose shard key parameter is not a literal".into(),
-                            ),
-                        }
+                RouterCommand::SetShard { shard, local } => {
+                    if *local && !in_txn {
+                        let mut b = BytesMut::new();
+                        encode_error(
+                            &mut b,
+                            b'N',
+                            "WARNING",
+                            "25P01",
+                            "SET LOCAL can only be used in transaction blocks",
+                            None,
+                            None,
+                        );
+                        self.emit_local(&b);
+                    } else {
+                        self.shard_override = Some((*shard, *local));
                     }
-                    r => r.clone(),
-                },
+                    return self.answer("SET");
+                }
+                RouterCommand::ResetShard => {
+                    self.shard_override = None;
+                    return self.answer("RESET");
+                }
+                RouterCommand::ShowShard => {
+                    let value = match self.shard_override {
+                        Some((s, _)) => s.to_string(),
+                        None => "none".to_string(),
+                    };
+                    let mut b = BytesMut::new();
+                    encode_row_description_text(&mut b, &["pgshard.shard"]);
+                    encode_data_row(&mut b, &[Some(value)]);
+                    self.emit_local(&b);
+                    return self.answer("SHOW");
+                }
+                RouterCommand::CreateDistributedTable { .. }
+                | RouterCommand::CreateReferenceTable { .. } => plan.route.clone(),
             },
-            _ => pgshard_sql::plan(sql, &catalog).route,
+            r => r.clone(),
         };
+        let route = self.with_override(route);
         let target = match self.resolve(&route, &catalog) {
             Ok(t) => t,
             Err(e) => {
@@ -192,36 +233,32 @@ where
             }
         }
         let mut commands = Vec::new();
-        if let SessionCommand::Execute { name, .. } = &cmd {
+        if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
             self.ensure_sql_prepared(name);
         }
-        if let SessionCommand::Prepare { name, .. } = &cmd {
-            self.drop_backend_sql_prepared(name);
+        if let Some((name, inner)) = prepare {
+            self.drop_backend_sql_prepared(&name);
             let key = StmtKey {
                 sql: stmts[0].to_string(),
                 param_types: Vec::new(),
             };
             let digest = key.digest();
-            let plan = pgshard_sql::plan(
-                match &cmd {
-                    SessionCommand::Prepare { body, .. } => body,
-                    _ => sql,
-                },
-                &catalog,
-            );
-            // Recorded now; removed again if the PREPARE fails (see below).
+            // Recorded now; removed again if the PREPARE fails (see `after_ready`).
             self.sql_prepared.insert(
                 name.clone(),
                 Arc::new(SqlPrepared {
                     text: stmts[0].to_string(),
                     digest,
-                    plan,
+                    plan: inner,
                 }),
             );
             if let Some(a) = self.attached.as_mut() {
                 a.conn.sql_prepared.insert(name.clone(), digest);
             }
-            commands.push(cmd.clone());
+            commands.push(SessionCommand::Prepare {
+                name,
+                body: String::new(),
+            });
         }
         for s in &stmts {
             if let c @ (SessionCommand::Set { .. }
@@ -247,7 +284,17 @@ where
         Ok(())
     }
 
-    /// Resolves a route to shards (simple protocol: no parameters).
+    /// `SET pgshard.shard` wins over the planner, except for router commands and
+    /// planner errors.
+    pub(crate) fn with_override(&self, route: Route) -> Route {
+        match (self.shard_override, route) {
+            (_, r @ (Route::Router(_) | Route::Error(_))) => r,
+            (Some((s, _)), _) => Route::Shard(s),
+            (None, r) => r,
+        }
+    }
+
+    /// Resolves a route to shards (without Bind parameters).
     pub(crate) fn resolve(
         &self,
         route: &Route,
@@ -263,15 +310,9 @@ where
                     _ => Ok(Target::All(ids)),
                 }
             }
-            Route::Router(cmd) => Err(SessionError::Unsupported(match cmd {
-                RouterCommand::CreateDistributedTable { .. } => {
-                    "create_distributed_table() through the router is not supported yet; declare the table in pgshard.toml".into()
-                }
-                RouterCommand::CreateReferenceTable { .. } => {
-                    "create_reference_table() through the router is not supported yet; declare the table in pgshard.toml".into()
-                }
-            })),
+            Route::Router(cmd) => Err(SessionError::Unsupported(router_command_unsupported(cmd))),
             Route::Unsupported(msg) => Err(SessionError::Unsupported(msg.clone())),
+            Route::Error(e) => Err(SessionError::Plan(e.clone())),
         }
     }
 
