@@ -99,7 +99,6 @@ where
             shard,
             expects: VecDeque::new(),
             executed: false,
-            commands: Vec::new(),
             failed_since_sync: false,
         };
         if let Some(vt) = self.virtual_txn.take() {
@@ -111,7 +110,8 @@ where
             a.expects.push_back(Expect::Query {
                 forward: false,
                 swallow_errors: false,
-                commands: Vec::new(),
+                statements: VecDeque::new(),
+                prepare: None,
                 failed: false,
             });
         }

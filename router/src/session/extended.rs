@@ -50,17 +50,11 @@ where
             [one] => classify(one),
             _ => SessionCommand::Other,
         };
-        match &command {
-            SessionCommand::DiscardAll
-            | SessionCommand::Prepare { .. }
-            | SessionCommand::Execute { .. }
-            | SessionCommand::Deallocate { .. } => {
-                self.fail_extended(SessionError::Unsupported(
-                    "DISCARD ALL, PREPARE, EXECUTE and DEALLOCATE are supported through the simple query protocol only".into(),
-                ));
-                return Ok(());
-            }
-            _ => {}
+        if command == SessionCommand::DiscardAll {
+            self.fail_extended(SessionError::Unsupported(
+                "DISCARD ALL is supported through the simple query protocol only".into(),
+            ));
+            return Ok(());
         }
         let plan = pgshard_sql::plan(&sql, &catalog);
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL

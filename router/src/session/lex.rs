@@ -1,8 +1,8 @@
 //! Just enough SQL lexing for the session commands the router tracks itself (SPEC §5
-//! rule 6, §6): transaction control, SET/RESET/DISCARD, SQL-level PREPARE/EXECUTE/
-//! DEALLOCATE. Routing is the planner's business (`pgshard_sql::plan`); these commands
-//! change *session* state the router must mirror across pooled backends, so it needs
-//! their names and values, which a route does not carry.
+//! rule 6, §7): transaction control and SET/RESET/DISCARD ALL. Routing (and SQL-level
+//! PREPARE/EXECUTE/DEALLOCATE) is the planner's business (`pgshard_sql::plan`); these
+//! commands change *session* state the router mirrors across pooled backends, so it
+//! needs the variable names and statement texts, which a route does not carry.
 
 /// What a single statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,18 +241,6 @@ pub fn classify(stmt: &str) -> SessionCommand {
             },
         },
         "discard" if kw(1) == "all" => SessionCommand::DiscardAll,
-        "prepare" if kw(1) != "transaction" => parse_prepare(stmt, &w),
-        "execute" => parse_execute(stmt, &w),
-        "deallocate" => {
-            let i = if kw(1) == "prepare" { 2 } else { 1 };
-            match kw(i) {
-                "all" => SessionCommand::Deallocate { name: None },
-                "" => SessionCommand::Other,
-                n => SessionCommand::Deallocate {
-                    name: Some(n.to_string()),
-                },
-            }
-        }
         _ => SessionCommand::Other,
     }
 }
@@ -308,115 +296,6 @@ fn classify_set(stmt: &str, w: &[(String, usize, usize)]) -> SessionCommand {
         name,
         sql: stmt.to_string(),
     }
-}
-
-fn parse_prepare(stmt: &str, w: &[(String, usize, usize)]) -> SessionCommand {
-    let Some((name, _, name_end)) = w.get(1) else {
-        return SessionCommand::Other;
-    };
-    // Find the top-level AS after the optional parenthesised type list.
-    let b = stmt.as_bytes();
-    let mut i = *name_end;
-    let mut depth = 0i32;
-    while i < b.len() {
-        match b[i] {
-            b'(' => {
-                depth += 1;
-                i += 1;
-            }
-            b')' => {
-                depth -= 1;
-                i += 1;
-            }
-            c if depth == 0 && (c == b'a' || c == b'A') => {
-                let is_word_start =
-                    i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-                if is_word_start
-                    && stmt[i..].len() >= 2
-                    && stmt[i..i + 2].eq_ignore_ascii_case("as")
-                    && stmt[i + 2..].starts_with(|c: char| c.is_ascii_whitespace() || c == '(')
-                {
-                    return SessionCommand::Prepare {
-                        name: name.clone(),
-                        body: stmt[i + 2..].trim().to_string(),
-                    };
-                }
-                i += 1;
-            }
-            _ => i = skip_token(stmt, i),
-        }
-    }
-    SessionCommand::Other
-}
-
-fn parse_execute(stmt: &str, w: &[(String, usize, usize)]) -> SessionCommand {
-    let Some((name, _, end)) = w.get(1) else {
-        return SessionCommand::Other;
-    };
-    let rest = stmt[*end..].trim();
-    if rest.is_empty() {
-        return SessionCommand::Execute {
-            name: name.clone(),
-            args: Some(Vec::new()),
-        };
-    }
-    let args = rest
-        .strip_prefix('(')
-        .and_then(|r| r.strip_suffix(')'))
-        .map(split_args);
-    SessionCommand::Execute {
-        name: name.clone(),
-        args,
-    }
-}
-
-fn split_args(s: &str) -> Vec<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut depth = 0;
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'(' => {
-                depth += 1;
-                i += 1;
-            }
-            b')' => {
-                depth -= 1;
-                i += 1;
-            }
-            b',' if depth == 0 => {
-                out.push(s[start..i].trim().to_string());
-                start = i + 1;
-                i += 1;
-            }
-            _ => i = skip_token(s, i),
-        }
-    }
-    out.push(s[start..].trim().to_string());
-    out
-}
-
-/// The text value of a simple SQL literal (`42`, `-7`, `'abc'`, `'abc'::text`); `None`
-/// for NULL and for anything that is not a plain literal.
-pub fn literal_text(arg: &str) -> Option<String> {
-    let base = match arg.find("::") {
-        Some(p) if arg.starts_with('\'') => &arg[..p],
-        _ => arg,
-    }
-    .trim();
-    if let Some(inner) = base.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
-        if inner.contains('\'') && !inner.replace("''", "").chars().all(|c| c != '\'') {
-            return None;
-        }
-        return Some(inner.replace("''", "'"));
-    }
-    let digits = base.strip_prefix(['-', '+']).unwrap_or(base);
-    if !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()) {
-        return Some(base.to_string());
-    }
-    None
 }
 
 /// A SQL string literal for `value`.
@@ -477,38 +356,6 @@ mod tests {
             }
         );
         assert_eq!(classify("DISCARD ALL"), SessionCommand::DiscardAll);
-        assert_eq!(
-            classify("PREPARE q (int) AS SELECT $1"),
-            SessionCommand::Prepare {
-                name: "q".into(),
-                body: "SELECT $1".into()
-            }
-        );
-        assert_eq!(
-            classify("EXECUTE q(1, 'a,b')"),
-            SessionCommand::Execute {
-                name: "q".into(),
-                args: Some(vec!["1".into(), "'a,b'".into()])
-            }
-        );
-        assert_eq!(
-            classify("DEALLOCATE PREPARE q"),
-            SessionCommand::Deallocate {
-                name: Some("q".into())
-            }
-        );
-        assert_eq!(
-            classify("deallocate all"),
-            SessionCommand::Deallocate { name: None }
-        );
         assert_eq!(classify("select 1"), SessionCommand::Other);
-    }
-
-    #[test]
-    fn literals() {
-        assert_eq!(literal_text("42").as_deref(), Some("42"));
-        assert_eq!(literal_text("'it''s'::text").as_deref(), Some("it's"));
-        assert_eq!(literal_text("1 + 1"), None);
-        assert_eq!(literal_text("NULL"), None);
     }
 }

@@ -88,11 +88,14 @@ pub(crate) enum Expect {
     Sync {
         forward: bool,
     },
-    /// A simple Query up to its ReadyForQuery.
+    /// A simple Query up to its ReadyForQuery. `statements` holds each statement's
+    /// session command, consumed one per CommandComplete; `prepare` names a SQL-level
+    /// statement recorded optimistically, forgotten if the Query fails.
     Query {
         forward: bool,
         swallow_errors: bool,
-        commands: Vec<SessionCommand>,
+        statements: VecDeque<SessionCommand>,
+        prepare: Option<String>,
         failed: bool,
     },
     /// Bytes made by the router, sent when they reach the front.
@@ -106,8 +109,7 @@ pub(crate) struct Attached {
     /// An Execute or Query ran since the last ReadyForQuery (an implicit transaction
     /// is open on this backend).
     pub executed: bool,
-    /// SET/RESET completed by Execute since the last Sync.
-    pub commands: Vec<SessionCommand>,
+    /// An error was reported since the last ReadyForQuery.
     pub failed_since_sync: bool,
 }
 
@@ -127,9 +129,9 @@ pub struct Session<R, W> {
     /// Bytes for the client.
     pub(crate) out: BytesMut,
     pub(crate) vars: SessionVars,
-    /// SETs made inside the open transaction: kept if it commits.
+    /// SET/RESETs that completed inside an open (explicit or implicit) transaction:
+    /// kept if it commits, dropped if it rolls back.
     pub(crate) txn_vars: Vec<SessionCommand>,
-    pub(crate) txn_committed: bool,
     pub(crate) stmts: HashMap<String, Arc<Stmt>>,
     pub(crate) portals: HashMap<String, Arc<Stmt>>,
     pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
@@ -182,7 +184,6 @@ where
             out,
             vars,
             txn_vars: Vec::new(),
-            txn_committed: false,
             stmts: HashMap::new(),
             portals: HashMap::new(),
             sql_prepared: HashMap::new(),

@@ -68,26 +68,32 @@ where
                 _ => return unexpected(a, None, tag),
             },
             b'C' | b'I' | b's' => {
-                if !self.txn_vars.is_empty() && tag == b'C' {
-                    if let Ok(t) = decode_command_tag(&frame) {
-                        self.txn_committed = t.starts_with("COMMIT");
-                    }
-                }
-                match a.expects.front_mut() {
+                let done = match a.expects.front_mut() {
                     Some(Expect::Execute { .. }) => {
-                        if let Some(Expect::Execute { command }) = a.expects.pop_front() {
-                            if let (Some(c), b'C') = (command, tag) {
-                                a.commands.push(c);
-                            }
-                        }
                         self.out.extend_from_slice(frame.raw());
+                        match a.expects.pop_front() {
+                            Some(Expect::Execute { command: Some(c) }) if tag == b'C' => Some(c),
+                            _ => None,
+                        }
                     }
-                    Some(Expect::Query { forward, .. }) => {
+                    Some(Expect::Query {
+                        forward,
+                        statements,
+                        ..
+                    }) => {
                         if *forward {
                             self.out.extend_from_slice(frame.raw());
                         }
+                        if tag == b'C' {
+                            statements.pop_front()
+                        } else {
+                            None
+                        }
                     }
                     _ => return unexpected(a, None, tag),
+                };
+                if let Some(cmd) = done {
+                    self.statement_done(cmd, &frame);
                 }
             }
             b'E' => self.on_backend_error(frame),
@@ -99,23 +105,25 @@ where
                 a.conn.status = status;
                 a.conn.pending_syncs = a.conn.pending_syncs.saturating_sub(1);
                 a.executed = false;
-                let (forward, commands, failed) = match a.expects.pop_front() {
+                let (forward, prepare, failed) = match a.expects.pop_front() {
                     Some(Expect::Sync { forward }) => {
-                        let failed = std::mem::take(&mut a.failed_since_sync);
-                        (forward, std::mem::take(&mut a.commands), failed)
+                        (forward, None, std::mem::take(&mut a.failed_since_sync))
                     }
                     Some(Expect::Query {
                         forward,
-                        commands,
+                        prepare,
                         failed,
                         ..
-                    }) => (forward, commands, failed),
+                    }) => {
+                        a.failed_since_sync = false;
+                        (forward, prepare, failed)
+                    }
                     other => return unexpected(a, other, tag),
                 };
                 if forward {
                     self.out.extend_from_slice(frame.raw());
                 }
-                self.after_ready(status, commands, failed);
+                self.after_ready(status, prepare, failed);
                 self.flush_locals();
                 self.maybe_release();
                 if self.attached.is_some() {
@@ -179,43 +187,53 @@ where
         }
     }
 
-    /// Session state and transaction bookkeeping at a ReadyForQuery.
-    fn after_ready(&mut self, status: u8, commands: Vec<SessionCommand>, failed: bool) {
-        let mut sets = Vec::new();
-        for c in commands {
-            match c {
-                SessionCommand::Prepare { name, .. } if failed => {
-                    self.sql_prepared.remove(&name);
-                    if let Some(a) = self.attached.as_mut() {
-                        a.conn.sql_prepared.remove(&name);
-                    }
-                }
-                SessionCommand::Prepare { .. } => {}
-                c if !failed => sets.push(c),
-                _ => {}
+    /// A statement completed: SET/RESET become pending until their transaction (explicit,
+    /// or the implicit one of a multi-statement Query or an extended-protocol batch)
+    /// ends; COMMIT and ROLLBACK settle them.
+    fn statement_done(&mut self, cmd: SessionCommand, frame: &Frame) {
+        match cmd {
+            SessionCommand::Set { .. }
+            | SessionCommand::Reset { .. }
+            | SessionCommand::ResetAll => {
+                self.txn_vars.push(cmd);
             }
-        }
-        if status == b'I' {
-            if !self.txn_vars.is_empty() {
+            SessionCommand::Commit => {
+                // COMMIT of a failed transaction reports ROLLBACK.
+                let committed = decode_command_tag(frame).is_ok_and(|t| t.starts_with("COMMIT"));
                 let pending = std::mem::take(&mut self.txn_vars);
-                if self.txn_committed {
+                if committed {
                     for c in &pending {
                         self.vars.apply(c);
                     }
                 }
             }
-            for c in &sets {
-                self.vars.apply(c);
+            SessionCommand::Rollback => self.txn_vars.clear(),
+            _ => {}
+        }
+    }
+
+    /// Session state and transaction bookkeeping at a ReadyForQuery.
+    fn after_ready(&mut self, status: u8, prepare: Option<String>, failed: bool) {
+        if let (Some(name), true) = (prepare, failed) {
+            self.sql_prepared.remove(&name);
+            if let Some(a) = self.attached.as_mut() {
+                a.conn.sql_prepared.remove(&name);
             }
-            self.txn_committed = false;
+        }
+        if status == b'I' {
+            // The implicit transaction ended: committed unless it failed.
+            let pending = std::mem::take(&mut self.txn_vars);
+            if !failed {
+                for c in &pending {
+                    self.vars.apply(c);
+                }
+            }
             self.portals.clear();
             if self.shard_override.is_some_and(|(_, local)| local) {
                 self.shard_override = None;
             }
-        } else {
-            self.txn_vars.extend(sets);
         }
-        // The backend now carries the session's state plus what just ran on it.
+        // The backend now carries the session's state plus what is pending on it.
         if let Some(a) = self.attached.as_mut() {
             a.conn.state_fp = if self.txn_vars.is_empty() {
                 self.vars.fingerprint()

@@ -232,7 +232,7 @@ where
                 return Ok(());
             }
         }
-        let mut commands = Vec::new();
+        let mut prepared_name = None;
         if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
             self.ensure_sql_prepared(name);
         }
@@ -255,19 +255,9 @@ where
             if let Some(a) = self.attached.as_mut() {
                 a.conn.sql_prepared.insert(name.clone(), digest);
             }
-            commands.push(SessionCommand::Prepare {
-                name,
-                body: String::new(),
-            });
+            prepared_name = Some(name);
         }
-        for s in &stmts {
-            if let c @ (SessionCommand::Set { .. }
-            | SessionCommand::Reset { .. }
-            | SessionCommand::ResetAll) = classify(s)
-            {
-                commands.push(c)
-            }
-        }
+        let statements = stmts.iter().map(|s| classify(s)).collect();
         if let Some(a) = self.attached.as_mut() {
             a.conn.out.extend_from_slice(frame.raw());
             a.conn.unnamed = None;
@@ -276,7 +266,8 @@ where
             a.expects.push_back(Expect::Query {
                 forward: true,
                 swallow_errors: false,
-                commands,
+                statements,
+                prepare: prepared_name,
                 failed: false,
             });
         }
@@ -340,7 +331,8 @@ where
                 a.expects.push_back(Expect::Query {
                     forward: false,
                     swallow_errors: true,
-                    commands: Vec::new(),
+                    statements: std::collections::VecDeque::new(),
+                    prepare: None,
                     failed: false,
                 });
                 status = b'E';
@@ -372,7 +364,8 @@ where
         a.expects.push_back(Expect::Query {
             forward: false,
             swallow_errors: false,
-            commands: Vec::new(),
+            statements: std::collections::VecDeque::new(),
+            prepare: None,
             failed: false,
         });
         a.conn.sql_prepared.insert(name.to_string(), p.digest);
@@ -391,7 +384,8 @@ where
             a.expects.push_back(Expect::Query {
                 forward: false,
                 swallow_errors: true,
-                commands: Vec::new(),
+                statements: std::collections::VecDeque::new(),
+                prepare: None,
                 failed: false,
             });
         }
