@@ -45,6 +45,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub router: RouterConfig,
     pub shardd: SharddConfig,
+    pub docker: DockerConfig,
     #[serde(rename = "table")]
     pub tables: Vec<TableConfig>,
 }
@@ -224,6 +225,87 @@ impl Default for SharddConfig {
     }
 }
 
+/// The PostgreSQL image built offline by `docker/build-image.sh` (and `pgshard image
+/// build`): the default `docker.image`.
+pub const DEFAULT_DOCKER_IMAGE: &str = "pgshard/postgres:15-bookworm";
+
+/// How shardd and routers reach the instances of the Docker backend (SPEC §11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DockerAddressing {
+    /// shardd runs on the Docker host: each instance's port is published on
+    /// `cluster.host` and the instances are reached there, like local processes.
+    #[default]
+    Published,
+    /// shardd runs on the cluster network (in a container, as in
+    /// `docker/compose.yml`): instances are reached by container name on port 5432
+    /// and nothing is published.
+    Network,
+}
+
+/// `[docker]`: the Docker backend (`cluster.backend = "docker"`); ignored otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The PostgreSQL 15 image: the offline one ([`DEFAULT_DOCKER_IMAGE`], built when
+    /// missing) or any Debian-layout image such as the official `postgres:15` (pulled
+    /// when missing).
+    pub image: String,
+    pub addressing: DockerAddressing,
+    /// At bootstrap, take over instance containers that already hold a database
+    /// (created by `docker/compose.yml`) instead of refusing to touch them. Needs
+    /// `addressing = "network"`.
+    pub adopt: bool,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            image: DEFAULT_DOCKER_IMAGE.into(),
+            addressing: DockerAddressing::Published,
+            adopt: false,
+        }
+    }
+}
+
+/// A Docker image reference as the engine accepts it: `[registry[:port]/]path[:tag]`
+/// with a lowercase path. Checked loosely (the engine has the last word) so typos
+/// fail at load rather than at the first container.
+fn valid_image_ref(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(bad) = image
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | ':' | '.' | '_' | '-' | '@')))
+    {
+        return Err(format!(
+            "`{image}` is not an image name (`{bad}` is not allowed)"
+        ));
+    }
+    // The tag (after the last colon that is not part of a registry's host:port).
+    let name = match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    };
+    let path = name.split_once('/').map_or(name, |(first, rest)| {
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            rest
+        } else {
+            name
+        }
+    });
+    if path.is_empty() || path.starts_with(['/', '-', '.']) || path.ends_with('/') {
+        return Err(format!("`{image}` is not an image name"));
+    }
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "`{image}`: image names must be lowercase (tags may not be)"
+        ));
+    }
+    Ok(())
+}
+
 /// A `[[table]]` declaration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -392,6 +474,15 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if let Err(message) = valid_image_ref(&self.docker.image) {
+            return Err(ConfigError::invalid("docker.image", message));
+        }
+        if self.docker.adopt && self.docker.addressing != DockerAddressing::Network {
+            return Err(ConfigError::invalid(
+                "docker.adopt",
+                "adopting containers needs docker.addressing = \"network\" (shardd on the cluster network)",
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, t) in self.tables.iter().enumerate() {
             let key = |field: &str| format!("table[{i}].{field}");
@@ -533,6 +624,34 @@ mod tests {
             "table[0].key_type"
         );
         assert_eq!(key_of("[[table]]\nname = \"t\"\n"), "table[0].kind");
+    }
+
+    #[test]
+    fn docker_table() {
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(c.docker.image, DEFAULT_DOCKER_IMAGE);
+        assert_eq!(c.docker.addressing, DockerAddressing::Published);
+        assert!(!c.docker.adopt);
+        let c = Config::parse(
+            "[docker]\nimage = \"localhost:5000/pg/postgres:15-Bookworm\"\naddressing = \"network\"\nadopt = true\n",
+        )
+        .expect("valid");
+        assert_eq!(c.docker.addressing, DockerAddressing::Network);
+        assert!(Config::parse("[docker]\nimage = \"postgres:15\"\n").is_ok());
+        assert_eq!(key_of("[docker]\nimage = \"\"\n"), "docker.image");
+        assert_eq!(
+            key_of("[docker]\nimage = \"Postgres:15\"\n"),
+            "docker.image"
+        );
+        assert_eq!(key_of("[docker]\nimage = \"pg 15\"\n"), "docker.image");
+        assert_eq!(
+            key_of("[docker]\naddressing = \"host\"\n"),
+            "docker.addressing"
+        );
+        assert_eq!(key_of("[docker]\nadopt = true\n"), "docker.adopt");
+        assert_eq!(key_of("[docker]\nimages = \"x\"\n"), "docker.images");
+        let e = Config::parse("[docker]\nimage = \"A/b\"\n").expect_err("invalid");
+        assert!(e.to_string().contains("docker.image"), "{e}");
     }
 
     #[test]

@@ -137,6 +137,19 @@ pub fn effective_config(
     Ok(config)
 }
 
+/// The config stored in a cluster's data directory (`None` if no cluster was ever
+/// created there), pointed at that directory wherever it is now.
+pub fn stored_config(data_dir: &Path) -> Result<Option<Config>> {
+    let stored = data_dir.join(CONFIG_FILE);
+    if !stored.exists() {
+        return Ok(None);
+    }
+    let mut config = Config::load(Some(&stored))?;
+    config.cluster.data_dir = std::path::absolute(data_dir)
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    Ok(Some(config))
+}
+
 /// Fail early, saying what to install, when the chosen backend cannot work here.
 pub fn check_backend(config: &Config) -> Result<()> {
     match config.cluster.backend {

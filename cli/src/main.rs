@@ -45,10 +45,43 @@ enum Command {
         #[command(flatten)]
         dir: DataDirArg,
     },
-    /// Stop the cluster and remove all of its data.
+    /// Stop the cluster and remove all of its data (with the Docker backend: its
+    /// containers, volumes and network too).
     Destroy {
         #[command(flatten)]
         dir: DataDirArg,
+    },
+    /// Print an instance's server log (the log file of a local instance, the
+    /// container's output with Docker).
+    Logs {
+        /// The node: catalog, shard1-primary, shard1-replica1, …
+        node: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Only the last N lines.
+        #[arg(long, short = 'n')]
+        lines: Option<usize>,
+    },
+    /// The PostgreSQL image of the Docker backend.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the PostgreSQL image offline (mmdebstrap from this machine's apt mirror;
+    /// a few minutes), or pull it if it is not a pgshard image. Does nothing if it is
+    /// present, unless --force.
+    Build {
+        /// Build (or pull) again even if the image exists.
+        #[arg(long)]
+        force: bool,
+        /// The image (default: docker.image of --config, else the offline image).
+        #[arg(long)]
+        image: Option<String>,
+        /// A pgshard.toml to read docker.image from.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -108,11 +141,94 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Destroy { dir } => {
             daemon::down(&dir.data_dir).await?;
+            if let Some(config) = daemon::stored_config(&dir.data_dir)? {
+                pgshard_shardd::tools::destroy_data(&config)
+                    .await
+                    .context("removing the cluster's containers, volumes and network")?;
+            }
             daemon::destroy(&dir.data_dir).await?;
             println!("pgshard: cluster in {} removed", dir.data_dir.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Logs { node, dir, lines } => {
+            let config = daemon::stored_config(&dir.data_dir)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no cluster in {} (create one with `pgshard up`)",
+                    dir.data_dir.display()
+                )
+            })?;
+            let text = pgshard_shardd::tools::node_logs(&config, &node, lines).await?;
+            // A closed pipe (`pgshard logs x | head`) is not an error.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image(ImageCommand::Build {
+            force,
+            image,
+            config,
+        }) => image_build(force, image, config.as_deref()).await,
     }
+}
+
+/// `pgshard image build`: the same build as shardd's (the embedded recipe), with a
+/// progress line while it runs.
+async fn image_build(
+    force: bool,
+    image: Option<String>,
+    config: Option<&std::path::Path>,
+) -> Result<ExitCode> {
+    use pgshard_shardd::runtime::docker::ImageOrigin;
+    use std::io::IsTerminal;
+    let mut config = pgshard_catalog::Config::load(config)?;
+    if let Some(image) = image {
+        config.docker.image = image;
+        config.validate()?;
+    }
+    let name = config.docker.image.clone();
+    let started = std::time::Instant::now();
+    let build = pgshard_shardd::tools::build_image(&config, force);
+    let mut build = std::pin::pin!(build);
+    let tty = std::io::stderr().is_terminal();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let report = loop {
+        tokio::select! {
+            r = &mut build => break r,
+            _ = tick.tick() => {
+                let secs = started.elapsed().as_secs();
+                // Nothing to show for an image that is already there.
+                if secs == 0 {
+                    continue;
+                }
+                if tty {
+                    eprint!("\rpgshard: building {name} (mmdebstrap, then import) … {secs}s ");
+                } else if secs.is_multiple_of(15) {
+                    eprintln!("pgshard: building {name} … {secs}s");
+                }
+            }
+        }
+    };
+    if tty && started.elapsed().as_secs() > 0 {
+        eprintln!();
+    }
+    let report = report.with_context(|| format!("building image {name}"))?;
+    let size = report
+        .size
+        .map(|s| format!("{} MB", s / 1_000_000))
+        .unwrap_or_else(|| "size unknown".into());
+    match report.origin {
+        ImageOrigin::Present => {
+            println!("pgshard: image {name} is present ({size}); --force rebuilds it")
+        }
+        ImageOrigin::Built => println!(
+            "pgshard: built image {name} in {:.0}s ({size})",
+            report.elapsed.as_secs_f64()
+        ),
+        ImageOrigin::Pulled => println!(
+            "pgshard: pulled image {name} in {:.0}s ({size})",
+            report.elapsed.as_secs_f64()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn up(args: UpArgs) -> Result<ExitCode> {

@@ -15,9 +15,10 @@
 //! start at 1. Node ids: the catalog node is 1, then its replicas, then each shard's
 //! primary and replicas in order.
 
+use crate::runtime::docker;
 use crate::runtime::{ready, slot_name, NodeRuntime, NodeSpec, Readiness, RuntimeError, Upstream};
 use futures::future::try_join_all;
-use pgshard_catalog::config::{ConfigError, Durability};
+use pgshard_catalog::config::{Backend, ConfigError, DockerAddressing, Durability};
 use pgshard_catalog::store::{self, ClusterInit, StoreError, CATALOG_DB};
 use pgshard_catalog::{Catalog, Config, Node, NodeId, NodeRole, NodeState, ShardId};
 use serde::{Deserialize, Serialize};
@@ -111,26 +112,41 @@ pub struct Layout {
 
 impl Layout {
     /// The layout a new cluster gets from `config`, with ports from `next_port`.
+    ///
+    /// Docker containers on the cluster network (`docker.addressing = "network"`) each
+    /// have an address of their own: they are reached by container name on the
+    /// standard port, and no host port is allocated.
     pub fn plan(
         config: &Config,
         data_dir: &Path,
         next_port: &mut dyn FnMut() -> std::io::Result<u16>,
     ) -> Result<Layout, ClusterError> {
         let c = &config.cluster;
+        let by_container =
+            c.backend == Backend::Docker && config.docker.addressing == DockerAddressing::Network;
         let mut nodes = Vec::new();
         let mut add = |name: String,
                        role: NodeRole,
                        shard: Option<ShardId>,
                        upstream: Option<String>|
          -> Result<(), ClusterError> {
-            let port = next_port().map_err(|e| ClusterError::io("could not allocate a port", e))?;
+            let (host, port) = if by_container {
+                (
+                    docker::container_name(&c.name, &name),
+                    docker::CONTAINER_PORT,
+                )
+            } else {
+                let port =
+                    next_port().map_err(|e| ClusterError::io("could not allocate a port", e))?;
+                (c.host.clone(), port)
+            };
             nodes.push(LayoutNode {
                 id: NodeId(nodes.len() as u32 + 1),
                 dir: data_dir.join("nodes").join(&name),
                 name,
                 role,
                 shard,
-                host: c.host.clone(),
+                host,
                 port,
                 upstream,
             });
@@ -358,7 +374,8 @@ impl Cluster {
                 Ok(cluster)
             }
             previous => {
-                if let Some(layout) = previous {
+                // Adopted instances are not ours to wipe: bootstrap adopts them again.
+                if let Some(layout) = previous.filter(|_| !adopting(&config)) {
                     tracing::warn!(data_dir = %data_dir.display(), "previous bootstrap did not finish; starting over");
                     let stale = Cluster {
                         config: config.clone(),
@@ -456,8 +473,13 @@ impl Cluster {
             .map(|n| self.layout.spec(n, &self.config))
             .collect();
         let rt = &self.runtime;
+        let adopt = adopting(&self.config);
         try_join_all(primaries.iter().map(|spec| async move {
-            rt.init_primary(spec).await?;
+            if adopt && rt.exists(spec).await? {
+                adopt_instance(rt.as_ref(), spec).await?;
+            } else {
+                rt.init_primary(spec).await?;
+            }
             rt.start(spec).await?;
             rt.wait_ready(spec, Readiness::Accepting, READY_TIMEOUT)
                 .await
@@ -470,11 +492,18 @@ impl Cluster {
             .map(|n| self.layout.spec(n, &self.config))
             .collect();
         let sync = self.sync();
+        let this = &*self;
         try_join_all(replicas.iter().map(|spec| async move {
-            rt.create_replica(spec).await?;
+            if adopt && rt.exists(spec).await? {
+                this.ensure_slot(spec).await?;
+                adopt_instance(rt.as_ref(), spec).await?;
+            } else {
+                rt.create_replica(spec).await?;
+            }
             rt.start(spec).await?;
             rt.wait_ready(spec, Readiness::Streaming { sync }, READY_TIMEOUT)
-                .await
+                .await?;
+            Ok::<_, ClusterError>(())
         }))
         .await?;
         tracing::info!(elapsed = ?started.elapsed(), "replicas streaming");
@@ -618,6 +647,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// The physical slot an adopted replica streams from, on its primary (its creator
+    /// may not have made one).
+    async fn ensure_slot(&self, replica: &NodeSpec) -> Result<(), ClusterError> {
+        let Some(primary) = replica.upstream.as_ref().and_then(|u| self.spec(&u.name)) else {
+            return Ok(());
+        };
+        let client = self.connect(&primary, "postgres").await?;
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1) \
+                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+                &[&replica.slot_name()],
+            )
+            .await
+            .map_err(|source| RuntimeError::Sql {
+                node: primary.name.clone(),
+                context: "could not create replication slot".into(),
+                source,
+            })?;
+        Ok(())
+    }
+
     fn catalog_spec(&self) -> Result<NodeSpec, ClusterError> {
         self.layout
             .catalog()
@@ -670,6 +721,20 @@ impl Cluster {
         let client = self.connect_catalog().await?;
         Ok(store::load(&client).await?)
     }
+}
+
+/// Whether bootstrap takes over instances that already hold data (`docker.adopt`,
+/// docker/compose.yml) rather than refusing to touch them.
+fn adopting(config: &Config) -> bool {
+    config.cluster.backend == Backend::Docker && config.docker.adopt
+}
+
+/// Take over an instance someone else initialised (and may be running): stop it, so
+/// that the following start writes pgshard's configuration and role into its data
+/// directory.
+async fn adopt_instance(rt: &dyn NodeRuntime, spec: &NodeSpec) -> Result<(), RuntimeError> {
+    tracing::info!(node = %spec.name, "adopting existing instance");
+    rt.stop(spec).await
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, ClusterError> {
@@ -764,6 +829,26 @@ mod tests {
                 .map(String::as_str),
             Some("")
         );
+    }
+
+    #[test]
+    fn docker_network_layout_uses_container_names() {
+        let text =
+            "[cluster]\nname = \"c1\"\nbackend = \"docker\"\n[docker]\naddressing = \"network\"\n";
+        let config = Config::parse(text).expect("config");
+        let l = plan(text);
+        let hosts: Vec<(&str, u16)> = l.nodes.iter().map(|n| (n.host.as_str(), n.port)).collect();
+        assert_eq!(hosts[0], ("c1-catalog", 5432));
+        assert_eq!(hosts[2], ("c1-shard1-replica1", 5432));
+        let replica = l.spec(l.node("shard1-replica1").expect("replica"), &config);
+        assert_eq!(
+            replica.upstream.map(|u| (u.host, u.port)),
+            Some(("c1-shard1-primary".to_string(), 5432))
+        );
+        // Published addressing (the default) allocates host ports as for processes.
+        let l = plan("[cluster]\nbackend = \"docker\"\n");
+        assert_eq!(l.nodes[0].host, "127.0.0.1");
+        assert_eq!(l.nodes[0].port, 7001);
     }
 
     #[test]

@@ -114,7 +114,7 @@ pub async fn run_with(
             Arc::new(LocalProcess::new(local)?)
         }
         Backend::Docker => {
-            let mut docker = DockerOptions::from_config(&config.cluster);
+            let mut docker = DockerOptions::from_config(&config);
             docker.fast_init = opts.fast_init;
             Arc::new(DockerRuntime::with_options(docker).await?)
         }

@@ -9,6 +9,8 @@
 //! - [`router_proc`]: the embedded cluster's router process, started and supervised.
 //! - [`daemon`]: [`run`], the shardd process itself: bootstrap-or-restart, probe, serve,
 //!   stop cleanly.
+//! - [`tools`]: what the CLI does without a running shardd (destroy a cluster's Docker
+//!   resources, read an instance's log, build the image).
 //!
 //! Failover, replica rebuild and shard moves will come as a reconciler over these
 //! pieces; today shardd only observes.
@@ -19,6 +21,7 @@ pub mod daemon;
 pub mod probe;
 pub mod router_proc;
 pub mod runtime;
+pub mod tools;
 
 pub use daemon::{run, run_with, RunOptions, SharddState};
 pub use pgshard_catalog::Config;

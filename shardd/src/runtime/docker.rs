@@ -44,7 +44,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures::StreamExt;
-use pgshard_catalog::config::ClusterConfig;
+use pgshard_catalog::config::{Config, DockerAddressing};
 use pgshard_catalog::NodeRole;
 use std::collections::HashMap;
 use std::fmt;
@@ -114,9 +114,14 @@ impl DockerOptions {
         }
     }
 
-    /// Options for the cluster in `config` with the offline image.
-    pub fn from_config(cluster: &ClusterConfig) -> Self {
-        DockerOptions::new(cluster.name.clone(), DEFAULT_IMAGE)
+    /// Options for the cluster in `config`: its name and the `[docker]` table.
+    pub fn from_config(config: &Config) -> Self {
+        let mut opts = DockerOptions::new(config.cluster.name.clone(), config.docker.image.clone());
+        opts.addressing = match config.docker.addressing {
+            DockerAddressing::Published => Addressing::Published,
+            DockerAddressing::Network => Addressing::Network,
+        };
+        opts
     }
 }
 
@@ -193,6 +198,17 @@ fn status_code(e: &bollard::errors::Error) -> Option<u16> {
     }
 }
 
+/// The container of instance `node` in cluster `cluster`: `cluster-node`. On the
+/// cluster network it is also the instance's host name in
+/// [`DockerAddressing::Network`] layouts.
+pub fn container_name(cluster: &str, node: &str) -> String {
+    format!("{cluster}-{node}")
+}
+
+/// The port every instance listens on inside its container when nothing is published
+/// (network addressing).
+pub const CONTAINER_PORT: u16 = 5432;
+
 /// Docker object names: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -247,7 +263,7 @@ impl DockerRuntime {
     }
 
     pub fn container_name(&self, node: &str) -> String {
-        format!("{}-{node}", self.opts.cluster)
+        container_name(&self.opts.cluster, node)
     }
 
     pub fn volume_name(&self, node: &str) -> String {
@@ -949,7 +965,7 @@ impl DockerRuntime {
 }
 
 /// Connect to the local engine and negotiate the API version.
-async fn connect() -> Result<(Docker, String), RuntimeError> {
+pub(crate) async fn connect() -> Result<(Docker, String), RuntimeError> {
     let unreachable = |e: bollard::errors::Error| RuntimeError::Command {
         command: "docker (Engine API)".into(),
         status: "unreachable".into(),

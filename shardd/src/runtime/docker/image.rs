@@ -23,7 +23,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The image built offline by `docker/build-image.sh`.
-pub const DEFAULT_IMAGE: &str = "pgshard/postgres:15-bookworm";
+pub const DEFAULT_IMAGE: &str = pgshard_catalog::config::DEFAULT_DOCKER_IMAGE;
 /// The official image, for machines that reach a registry.
 pub const OFFICIAL_IMAGE: &str = "postgres:15";
 
@@ -86,6 +86,22 @@ pub async fn ensure_image(docker: &Docker, image: &str) -> Result<ImageReport, R
         Some(report) => Ok(report),
         None => build_image(docker, image).await,
     };
+    drop(lock);
+    result
+}
+
+/// `pgshard image build`: make `image` present as [`ensure_image`] does, or with
+/// `force` build it again (offline images) or pull it again (any other name).
+pub async fn build(image: &str, force: bool) -> Result<ImageReport, RuntimeError> {
+    let (docker, _) = super::connect().await?;
+    if !force {
+        return ensure_image(&docker, image).await;
+    }
+    if !is_offline_image(image) {
+        return pull(&docker, image).await;
+    }
+    let lock = BuildLock::acquire().await?;
+    let result = build_image(&docker, image).await;
     drop(lock);
     result
 }
