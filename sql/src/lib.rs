@@ -18,10 +18,13 @@
 //!   combination of several statements in one Query string.
 //!
 //! The planner is conservative: a statement is sent to one shard only when every
-//! distributed table it reads or writes is provably restricted to that shard; anything
-//! else is `Unsupported` with a message naming the construct, until fan-out exists.
+//! distributed table it reads or writes is provably restricted to that shard; a read
+//! that needs several shards gets a [`FanoutPlan`] (`fanout`) when the router can
+//! merge the shards' answers exactly as PostgreSQL would answer; anything else is
+//! `Unsupported` with a message naming the construct.
 
 mod classify;
+pub mod fanout;
 mod parse;
 mod plan;
 mod route;
@@ -31,6 +34,9 @@ mod tests;
 
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
+pub use fanout::{
+    FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
+};
 pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
 
 /// What the router does with one Query string (one statement, or several separated by
@@ -78,6 +84,13 @@ pub enum Route {
     AnyShard,
     /// Every shard (DDL and utility on distributed/reference tables).
     AllShards,
+    /// Several shards in parallel, answers merged by the router (SPEC §5 rule 2): see
+    /// [`FanoutPlan`].
+    Fanout(FanoutPlan),
+    /// A write on several shards (UPDATE/DELETE without a single-shard key filter):
+    /// the same statement on each shard, in one distributed transaction. Not produced
+    /// until two-phase commit exists (see [`fanout::MULTI_SHARD_WRITES`]).
+    FanoutWrite(FanoutWrite),
     /// Handled by the router itself without a backend (e.g. `create_distributed_table`).
     Router(RouterCommand),
     /// Refused with SQLSTATE 0A000; the text names the construct.

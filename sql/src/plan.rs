@@ -173,6 +173,15 @@ fn combine(plans: Vec<Plan>) -> Plan {
                     Route::Unsupported("parameters in a multi-statement query".to_owned())
                 });
             }
+            Route::Fanout(crate::FanoutPlan { tables, .. })
+            | Route::FanoutWrite(crate::FanoutWrite { tables, .. }) => {
+                refused.get_or_insert_with(|| {
+                    Route::Unsupported(format!(
+                        "multi-shard statement on distributed table {} without a shard key filter in a multi-statement query",
+                        tables.join(", ")
+                    ))
+                });
+            }
             Route::AnyShard => {}
             r @ (Route::Shard(_) | Route::AllShards) => match &target {
                 None => target = Some(r.clone()),
@@ -196,17 +205,32 @@ fn combine(plans: Vec<Plan>) -> Plan {
 /// Plan a piece of text holding one statement (the body of PREPARE, EXPLAIN…). These
 /// do not nest in PostgreSQL (`EXPLAIN EXPLAIN …` is a syntax error), so a nested one
 /// goes to the local shard for PostgreSQL to reject, without recursing.
-fn plan_text(text: &str, catalog: &Catalog) -> Plan {
+///
+/// `what` names the enclosing command: a multi-shard statement inside it is refused
+/// (the router merges only plain multi-shard statements).
+fn plan_text(text: &str, what: &str, catalog: &Catalog) -> Plan {
     let toks = tokens(text);
     let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
     if ["EXPLAIN", "PREPARE", "DECLARE", "COPY"].contains(&first.as_str()) {
         return Plan::new(Route::Shard(catalog.local_shard), kind_of(&toks, text));
     }
     let stmts = split_statements(text);
-    match stmts.as_slice() {
+    let mut plan = match stmts.as_slice() {
         [one] => plan_one(one, catalog),
         _ => combine(stmts.iter().map(|s| plan_one(s, catalog)).collect()),
+    };
+    let tables = match &plan.route {
+        Route::Fanout(f) => Some(&f.tables),
+        Route::FanoutWrite(w) => Some(&w.tables),
+        _ => None,
+    };
+    if let Some(t) = tables {
+        plan.route = Route::Unsupported(format!(
+            "{what} of a multi-shard statement on distributed table {} (not yet supported)",
+            t.join(", ")
+        ));
     }
+    plan
 }
 
 /// Statements with more tokens than this are planned on a stack of their own: the
@@ -330,7 +354,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
             let (inner, _) = crate::classify::explain_inner(toks);
             match inner {
                 Some(off) => {
-                    let p = plan_text(&text[off..], catalog);
+                    let p = plan_text(&text[off..], "EXPLAIN", catalog);
                     return Plan {
                         route: match p.route {
                             Route::Router(_) => {
@@ -359,7 +383,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                 });
             match for_at {
                 Some(f) => {
-                    let p = plan_text(&text[toks[f].end..], catalog);
+                    let p = plan_text(&text[toks[f].end..], "DECLARE CURSOR", catalog);
                     return Plan {
                         route: match p.route {
                             Route::Router(_) => {
@@ -496,7 +520,7 @@ fn prepare(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route
         return local;
     }
     let statement = text[toks[j].end..].trim().to_owned();
-    let plan = plan_text(&statement, catalog);
+    let plan = plan_text(&statement, "PREPARE", catalog);
     Route::Router(RouterCommand::Prepare {
         name,
         param_types,
@@ -588,7 +612,7 @@ fn copy(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
         if close.start <= open.end {
             return local;
         }
-        let inner = plan_text(&text[open.end..close.start], catalog);
+        let inner = plan_text(&text[open.end..close.start], "COPY", catalog);
         return match inner.route {
             Route::Router(_) => Route::Unsupported("COPY of a pgshard command".to_owned()),
             Route::ShardByParam { .. } => {
@@ -888,7 +912,7 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         table: a.occs[o].table.clone(),
         column: a.occs[o].key.clone(),
     });
-    let route = a.route();
+    let route = a.route_statement(Some(st));
     let null_key = null_key.filter(|_| matches!(route, Route::ShardByParam { .. }));
     (route, null_key)
 }

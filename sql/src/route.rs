@@ -85,6 +85,26 @@ pub(crate) struct Occ {
     pub key: String,
     pub key_type: KeyType,
     pub pin: Pin,
+    /// The table's colocation group.
+    pub colocation: String,
+    /// Query nesting depth at registration (1: the statement's own query).
+    pub depth: usize,
+    /// In the FROM tree of the top-level SELECT (directly, or through derived tables
+    /// and CTEs named there): its rows are the rows the top-level SELECT reads.
+    pub from_tree: bool,
+    /// Restricted by a key equality with an occurrence of an enclosing query
+    /// (correlation), so everything it contributes sits on that occurrence's shard.
+    pub correlated: bool,
+}
+
+/// What the walk learnt about the top-level SELECT, for fan-out planning.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TopInfo {
+    /// GROUP BY names a shard key of a distributed table of its FROM clause.
+    pub grouped_by_key: bool,
+    /// It has window functions, and every one is partitioned by a shard key.
+    pub windows: bool,
+    pub windows_by_key: bool,
 }
 
 #[derive(Debug)]
@@ -132,6 +152,16 @@ pub(crate) struct Analysis<'c> {
     write_target: bool,
     /// INSERT target occurrence, for multi-row messages and NULL parameter handling.
     pub insert_target: Option<usize>,
+    /// Query nesting depth of the walk (0 outside any query).
+    depth: usize,
+    /// The first construct that would make a fan-out of this statement wrong (an
+    /// aggregate, LIMIT or outer join whose rows are not all on one shard).
+    pub nonlocal: Option<String>,
+    /// CTE names and the occurrences their bodies registered.
+    cte_ranges: Vec<(String, std::ops::Range<usize>)>,
+    /// `outer.key IN (subquery)`: the subquery (by address) and the outer occurrence.
+    pending_in: Vec<(usize, usize)>,
+    pub top: TopInfo,
 }
 
 impl<'c> Analysis<'c> {
@@ -154,7 +184,25 @@ impl<'c> Analysis<'c> {
             verb: "query",
             write_target: false,
             insert_target: None,
+            depth: 0,
+            nonlocal: None,
+            cte_ranges: Vec::new(),
+            pending_in: Vec::new(),
+            top: TopInfo::default(),
         }
+    }
+
+    fn nonlocal(&mut self, msg: String) {
+        self.nonlocal.get_or_insert(msg);
+    }
+
+    /// True if an occurrence in `range` is correlated by key with an enclosing query.
+    fn anchored(&self, range: std::ops::Range<usize>) -> bool {
+        self.occs[range].iter().any(|o| o.correlated)
+    }
+
+    fn first_table(&self, range: std::ops::Range<usize>) -> Option<String> {
+        self.occs.get(range.start).map(|o| o.table.clone())
     }
 
     fn unsupported(&mut self, msg: String) {
@@ -293,6 +341,72 @@ impl<'c> Analysis<'c> {
     }
 
     fn query(&mut self, q: &Query) {
+        self.depth += 1;
+        let start = self.occs.len();
+        self.query_inner(q);
+        let end = self.occs.len();
+        if self.depth > 1 && start < end {
+            let limited = q.limit_clause.is_some() || q.fetch.is_some();
+            if limited && !self.anchored(start..end) {
+                let t = self.first_table(start..end).unwrap_or_default();
+                self.nonlocal(format!(
+                    "LIMIT/OFFSET in a subquery over distributed table {t} that is not correlated on its shard key"
+                ));
+            }
+            let addr = q as *const Query as usize;
+            if let Some(pos) = self.pending_in.iter().position(|&(a, _)| a == addr) {
+                let (_, outer) = self.pending_in.swap_remove(pos);
+                self.link_in(q, outer, start);
+            }
+        }
+        self.depth -= 1;
+    }
+
+    /// `outer.key IN (SELECT t.key FROM t …)`: a semi-join on the shard key of the
+    /// subquery's only FROM item, so each shard can answer it for its own rows.
+    fn link_in(&mut self, q: &Query, outer: usize, start: usize) {
+        let SetExpr::Select(s) = &*q.body else { return };
+        if q.with.is_some() || s.from.len() != 1 || !s.from[0].joins.is_empty() {
+            return;
+        }
+        let TableFactor::Table { alias, .. } = &s.from[0].relation else {
+            return;
+        };
+        let Some(inner) = (start..self.occs.len()).find(|&i| self.occs[i].depth == self.depth)
+        else {
+            return;
+        };
+        let [SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }] =
+            s.projection.as_slice()
+        else {
+            return;
+        };
+        let key = self.occs[inner].key.clone();
+        let table_last = self.occs[inner]
+            .table
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let names_key = match e {
+            Expr::Identifier(id) => fold_ident(id) == key,
+            Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
+                let q = fold_ident(&ids[0]);
+                let visible = alias.as_ref().map_or(table_last, |a| fold_ident(&a.name));
+                q == visible && fold_ident(&ids[1]) == key
+            }
+            _ => false,
+        };
+        if names_key
+            && key_family(self.occs[inner].key_type) == key_family(self.occs[outer].key_type)
+        {
+            self.joins.push((outer, inner));
+            self.edges.push((outer, inner));
+            self.edges.push((inner, outer));
+        }
+    }
+
+    fn query_inner(&mut self, q: &Query) {
         let mut pushed = false;
         if let Some(with) = &q.with {
             pushed = true;
@@ -308,7 +422,9 @@ impl<'c> Analysis<'c> {
                 }
             }
             for (cte, name) in with.cte_tables.iter().zip(names) {
+                let start = self.occs.len();
                 self.query(&cte.query);
+                self.cte_ranges.push((name.clone(), start..self.occs.len()));
                 if !with.recursive {
                     if let Some(s) = self.scopes.last_mut() {
                         s.ctes.push(name);
@@ -329,9 +445,28 @@ impl<'c> Analysis<'c> {
         match body {
             SetExpr::Select(s) => self.select(s),
             SetExpr::Query(q) => self.query(q),
-            SetExpr::SetOperation { left, right, .. } => {
+            SetExpr::SetOperation {
+                left,
+                right,
+                op,
+                set_quantifier,
+            } => {
+                let start = self.occs.len();
                 self.set_expr(left);
                 self.set_expr(right);
+                let end = self.occs.len();
+                let union_all = matches!(op, sqlparser::ast::SetOperator::Union)
+                    && matches!(
+                        set_quantifier,
+                        sqlparser::ast::SetQuantifier::All
+                            | sqlparser::ast::SetQuantifier::AllByName
+                    );
+                if self.depth > 1 && start < end && !union_all && !self.anchored(start..end) {
+                    let t = self.first_table(start..end).unwrap_or_default();
+                    self.nonlocal(format!(
+                        "{op} {set_quantifier} in a subquery over distributed table {t}"
+                    ));
+                }
             }
             SetExpr::Values(v) => self.walk(v),
             SetExpr::Insert(st)
@@ -357,6 +492,7 @@ impl<'c> Analysis<'c> {
     }
 
     fn select(&mut self, s: &Select) {
+        let start = self.occs.len();
         self.scopes.push(Scope {
             is_from: true,
             ..Scope::default()
@@ -392,7 +528,60 @@ impl<'c> Analysis<'c> {
         self.walk(&s.cluster_by);
         self.walk(&s.distribute_by);
         self.walk(&s.connect_by);
+        self.check_select(s, start);
         self.scopes.pop();
+    }
+
+    /// Fan-out safety of one SELECT: aggregates, DISTINCT and window functions must
+    /// see all their rows on one shard (grouped or partitioned by a shard key, or
+    /// correlated by key with an enclosing query) unless this is the top-level SELECT,
+    /// whose merge the router plans.
+    fn check_select(&mut self, s: &Select, start: usize) {
+        let shape = crate::fanout::select_shape(s);
+        let by_key = |a: &Self, es: &[Expr]| es.iter().any(|e| a.key_ref(e).is_some());
+        let grouped_by_key = match &s.group_by {
+            sqlparser::ast::GroupByExpr::Expressions(es, mods) => {
+                mods.is_empty() && by_key(self, es)
+            }
+            sqlparser::ast::GroupByExpr::All(_) => false,
+        };
+        let windows_by_key = shape.windows.iter().all(|w| by_key(self, w));
+        let distinct_by_key = match &s.distinct {
+            None => true,
+            Some(sqlparser::ast::Distinct::On(es)) => by_key(self, es),
+            Some(sqlparser::ast::Distinct::Distinct) => s.projection.iter().any(|i| match i {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    self.key_ref(e).is_some()
+                }
+                _ => false,
+            }),
+        };
+        if self.depth == 1 {
+            self.top = TopInfo {
+                grouped_by_key,
+                windows: !shape.windows.is_empty(),
+                windows_by_key,
+            };
+            return;
+        }
+        let end = self.occs.len();
+        if start == end || self.anchored(start..end) {
+            return;
+        }
+        let t = self.first_table(start..end).unwrap_or_default();
+        if shape.aggregated && !grouped_by_key {
+            self.nonlocal(format!(
+                "aggregate in a subquery over distributed table {t} that is not grouped by or correlated on its shard key"
+            ));
+        } else if !windows_by_key {
+            self.nonlocal(format!(
+                "window function in a subquery over distributed table {t} that is not partitioned by its shard key"
+            ));
+        } else if !distinct_by_key {
+            self.nonlocal(format!(
+                "DISTINCT in a subquery over distributed table {t} that does not include its shard key"
+            ));
+        }
     }
 
     fn insert(&mut self, ins: &Insert) {
@@ -562,6 +751,26 @@ impl<'c> Analysis<'c> {
                 }
                 _ => {}
             }
+            let outer = match &join.join_operator {
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => {
+                    left.is_empty() && !right.is_empty()
+                }
+                JoinOperator::Right(_) | JoinOperator::RightOuter(_) => {
+                    right.is_empty() && !left.is_empty()
+                }
+                JoinOperator::FullOuter(_) => left.is_empty() != right.is_empty(),
+                _ => false,
+            };
+            if outer {
+                let t = left
+                    .first()
+                    .or(right.first())
+                    .map(|&o| self.occs[o].table.clone())
+                    .unwrap_or_default();
+                self.nonlocal(format!(
+                    "outer join that keeps rows of a non-distributed relation unmatched by distributed table {t}"
+                ));
+            }
             left.extend(right);
         }
         left
@@ -583,10 +792,26 @@ impl<'c> Analysis<'c> {
                     return;
                 }
                 if parts.len() == 1 && self.is_cte(&parts[0]) {
+                    if self.depth == 1 {
+                        let ranges: Vec<std::ops::Range<usize>> = self
+                            .cte_ranges
+                            .iter()
+                            .filter(|(n, _)| *n == parts[0])
+                            .map(|(_, r)| r.clone())
+                            .collect();
+                        for r in ranges {
+                            for o in &mut self.occs[r] {
+                                o.from_tree = true;
+                            }
+                        }
+                    }
                     self.add_rel(visible, None, None);
                     return;
                 }
                 let occ = self.register_table(&parts);
+                if let (Some(o), 1) = (occ, self.depth) {
+                    self.occs[o].from_tree = true;
+                }
                 let full = alias.is_none().then_some(parts);
                 self.add_rel(visible, full, occ);
                 occs.extend(occ);
@@ -594,7 +819,13 @@ impl<'c> Analysis<'c> {
             TableFactor::Derived {
                 subquery, alias, ..
             } => {
+                let start = self.occs.len();
                 self.query(subquery);
+                if self.depth == 1 {
+                    for o in &mut self.occs[start..] {
+                        o.from_tree = true;
+                    }
+                }
                 self.add_rel(alias_or(alias, &[]), None, None);
             }
             TableFactor::TableFunction { expr, alias } => {
@@ -642,12 +873,22 @@ impl<'c> Analysis<'c> {
         let write = std::mem::take(&mut self.write_target);
         let (class, display) = classify_table(self.catalog, parts);
         match class {
-            TableClass::Distributed { key, key_type, .. } => {
+            TableClass::Distributed { key, key_type, def } => {
+                let colocation = match &def.kind {
+                    pgshard_catalog::TableKind::Distributed { colocation, .. } => {
+                        colocation.clone()
+                    }
+                    pgshard_catalog::TableKind::Reference => String::new(),
+                };
                 self.occs.push(Occ {
                     table: display,
                     key: key.to_owned(),
                     key_type,
                     pin: Pin::Any,
+                    colocation,
+                    depth: self.depth,
+                    from_tree: false,
+                    correlated: false,
                 });
                 Some(self.occs.len() - 1)
             }
@@ -715,6 +956,16 @@ impl<'c> Analysis<'c> {
                     self.restrict(a, list, filt);
                 }
             }
+            Expr::InSubquery {
+                expr,
+                subquery,
+                negated: false,
+            } => {
+                if let Some(a) = self.key_ref(expr).filter(|a| filt.contains(a)) {
+                    self.pending_in
+                        .push((&**subquery as *const Query as usize, a));
+                }
+            }
             _ => {}
         }
     }
@@ -726,9 +977,15 @@ impl<'c> Analysis<'c> {
         self.joins.push((a, b));
         if filt.contains(&a) {
             self.edges.push((a, b));
+            if self.occs[b].depth < self.occs[a].depth {
+                self.occs[a].correlated = true;
+            }
         }
         if filt.contains(&b) {
             self.edges.push((b, a));
+            if self.occs[a].depth < self.occs[b].depth {
+                self.occs[b].correlated = true;
+            }
         }
     }
 
@@ -815,7 +1072,9 @@ impl<'c> Analysis<'c> {
     }
 
     /// The route for the statement, given what the walk found.
-    pub(crate) fn route(mut self) -> Route {
+    /// The route for statement `st`, which the walk analysed: as for any statement,
+    /// and a multi-shard query gets a fan-out plan ([`crate::fanout`]).
+    pub(crate) fn route_statement(mut self, st: Option<&Statement>) -> Route {
         if let Some(e) = self.error.take() {
             return Route::Error(e);
         }
@@ -877,6 +1136,21 @@ impl<'c> Analysis<'c> {
             }
         }
         if !unpinned.is_empty() {
+            let fan = self.occs.len() == 1 || unpinned.len() == self.occs.len() && self.connected();
+            if let (true, Some(st)) = (fan, st) {
+                if self.verb != "query" {
+                    let Route::Unsupported(msg) = self.unpinned_message(&unpinned) else {
+                        return self.unpinned_message(&unpinned);
+                    };
+                    return crate::fanout::plan_write(
+                        st,
+                        self.catalog.shard_ids(),
+                        self.occs[0].table.clone(),
+                        msg,
+                    );
+                }
+                return self.fanout(st, None);
+            }
             return self.unpinned_message(&unpinned);
         }
         if let Some(i) = multi_param {
@@ -888,6 +1162,23 @@ impl<'c> Analysis<'c> {
         match (shards.len(), params.len()) {
             (0, 0) => Route::AnyShard,
             (1, 0) => shards.first().map_or(Route::AnyShard, |s| Route::Shard(*s)),
+            (n, 0) if self.insert_target.is_none() && self.connected() && st.is_some() => {
+                match st {
+                    Some(st) if self.verb == "query" => {
+                        self.fanout(st, Some(shards.into_iter().collect()))
+                    }
+                    Some(st) => match multi_shard(self.verb, &first, false, n) {
+                        Route::Unsupported(msg) => crate::fanout::plan_write(
+                            st,
+                            shards.into_iter().collect(),
+                            first.clone(),
+                            msg,
+                        ),
+                        other => other,
+                    },
+                    None => multi_shard(self.verb, &first, false, n),
+                }
+            }
             (n, 0) => multi_shard(self.verb, &first, self.insert_target.is_some(), n),
             (0, 1) => {
                 let param = params.first().copied().unwrap_or(0);
@@ -902,6 +1193,64 @@ impl<'c> Analysis<'c> {
                 "shard keys of distributed table {first} compared with different parameters or with both constants and parameters (not yet supported)"
             )),
         }
+    }
+
+    /// A statement that runs on several shards (SPEC §5 rule 2): `targets` are the
+    /// shards its key values live on, `None` for every shard.
+    fn fanout(&mut self, st: &Statement, targets: Option<Vec<ShardId>>) -> Route {
+        let first = self.occs[0].table.clone();
+        if let Some(msg) = self.nonlocal.take() {
+            return Route::Unsupported(msg);
+        }
+        for o in &self.occs {
+            if !o.from_tree && !o.correlated && !self.in_linked(o) {
+                return Route::Unsupported(format!(
+                    "subquery over distributed table {} that is not correlated on its shard key",
+                    o.table
+                ));
+            }
+            if o.colocation != self.occs[0].colocation {
+                return Route::Unsupported(format!(
+                    "join of distributed tables {first} and {} of different colocation groups",
+                    o.table
+                ));
+            }
+        }
+        let shards = targets.unwrap_or_else(|| self.catalog.shard_ids());
+        match st {
+            Statement::Query(q) if self.verb == "query" => {
+                if let Some(f) = &self.local_dependent {
+                    return Route::Unsupported(format!(
+                        "function or type {f} in a multi-shard query (only built-in functions are known to behave alike on every shard)"
+                    ));
+                }
+                match crate::fanout::plan_query(q, shards, &self.top, &self.occs) {
+                    Ok(mut plan) => {
+                        for o in &self.occs {
+                            if !plan.tables.contains(&o.table) {
+                                plan.tables.push(o.table.clone());
+                            }
+                        }
+                        Route::Fanout(plan)
+                    }
+                    Err(msg) if msg.contains(first.as_str()) => Route::Unsupported(msg),
+                    Err(msg) => Route::Unsupported(format!("{msg} (distributed table {first})")),
+                }
+            }
+            _ => Route::Unsupported(format!(
+                "multi-shard {} on distributed table {first} (fan-out not yet supported)",
+                self.verb
+            )),
+        }
+    }
+
+    fn in_linked(&self, o: &Occ) -> bool {
+        let i = self.occs.iter().position(|x| std::ptr::eq(x, o));
+        i.is_some_and(|i| {
+            self.edges
+                .iter()
+                .any(|&(a, b)| a == i && self.occs[b].from_tree && self.joins.contains(&(b, a)))
+        })
     }
 
     fn unpinned_message(&self, unpinned: &[usize]) -> Route {
@@ -920,7 +1269,7 @@ impl<'c> Analysis<'c> {
             let all = names(&mut (0..self.occs.len()));
             let plural = if all.len() > 1 { "s" } else { "" };
             return Route::Unsupported(format!(
-                "{} on distributed table{plural} {} without a shard key filter (fan-out not yet supported)",
+                "{} on distributed table{plural} {} without a shard key filter (multi-shard writes need a distributed transaction, not yet supported)",
                 self.verb,
                 all.join(", ")
             ));
@@ -972,7 +1321,7 @@ fn multi_shard(verb: &str, table: &str, insert: bool, n: usize) -> Route {
         ))
     } else {
         Route::Unsupported(format!(
-            "multi-shard {verb} on distributed table {table}: its shard key values span {n} shards (fan-out not yet supported)"
+            "multi-shard {verb} on distributed table {table}: its shard key values span {n} shards (multi-shard writes need a distributed transaction, not yet supported)"
         ))
     }
 }

@@ -182,10 +182,7 @@ fn names_are_folded_and_matched() {
             "SELECT * FROM \"MixedCase\" WHERE \"Key\" = 1",
             E::Key(int(1)),
         ),
-        (
-            "SELECT * FROM \"MixedCase\" WHERE key = 1",
-            E::Unsup("MixedCase"),
-        ),
+        ("SELECT * FROM \"MixedCase\" WHERE key = 1", E::Fan),
         (
             "SELECT * FROM public.\"MixedCase\" m WHERE m.\"Key\" = 1",
             E::Key(int(1)),
