@@ -1,7 +1,8 @@
 //! The Docker runtime against the real engine (SPEC §11): the offline PostgreSQL image,
 //! a primary and a streaming replica as containers driven through the `NodeRuntime`
 //! trait, container kill, a network partition and its healing, promotion, and removal
-//! that leaves nothing behind.
+//! that leaves nothing behind; and the whole default cluster with `pgshard up --backend
+//! docker` through the real binaries (router, status, logs, faults, destroy).
 //!
 //! Each test uses a unique cluster name (so containers, volumes and the network are its
 //! own) and free host ports. A guard removes everything carrying the test's cluster
@@ -16,8 +17,8 @@ use pgshard_shardd::runtime::{ready, NodeRuntime, NodeSpec, Readiness, Upstream}
 use pgshard_tests::ports::free_port;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -592,4 +593,439 @@ async fn docker_vs_local_start_times() {
         rt.remove(&primary).await.expect("remove");
     }
     assert!(leftovers(&cluster).is_empty());
+}
+
+// --- the whole cluster through the CLI ---------------------------------------------------
+
+/// `target/debug/NAME`, next to this test's binary directory.
+fn bin(name: &str) -> PathBuf {
+    // target/debug/deps/docker-<hash> → target/debug/<name>
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary has a target directory")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// Run `pgshard ARGS [--data-dir DIR]`.
+fn pgshard(args: &[&str], data_dir: Option<&Path>) -> Output {
+    let mut cmd = Command::new(bin("pgshard"));
+    cmd.args(args);
+    if let Some(dir) = data_dir {
+        cmd.arg("--data-dir").arg(dir);
+    }
+    cmd.output().expect("run pgshard")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Runs `pgshard destroy` on the data dir however the test ends (the label [`Cleanup`]
+/// then takes whatever that missed).
+struct Destroy(PathBuf);
+
+impl Drop for Destroy {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = pgshard(&["destroy"], Some(&self.0));
+        }
+    }
+}
+
+/// `pgshard status --json`: whether it exited 0, and each node's JSON by name.
+fn status(data_dir: &Path) -> (bool, BTreeMap<String, serde_json::Value>) {
+    let out = pgshard(&["status", "--json"], Some(data_dir));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let nodes = v["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| Some((n["name"].as_str()?.to_string(), n.clone())))
+        .collect();
+    (out.status.success(), nodes)
+}
+
+fn state_of(nodes: &BTreeMap<String, serde_json::Value>, node: &str) -> String {
+    nodes
+        .get(node)
+        .and_then(|n| n["state"].as_str())
+        .unwrap_or("missing")
+        .to_string()
+}
+
+/// Wait until `pgshard status` exits non-zero and reports `node` down.
+async fn reported_down(data_dir: &Path, node: &str) {
+    eventually(
+        &format!("pgshard status reports {node} down"),
+        READY,
+        || async {
+            let (ok, nodes) = status(data_dir);
+            match state_of(&nodes, node).as_str() {
+                "down" if !ok => Ok(()),
+                "down" => Err("status exited 0 with a node down".into()),
+                other => Err(format!("{node} is {other}")),
+            }
+        },
+    )
+    .await
+}
+
+/// Wait until `pgshard status` exits 0 (every node healthy, replicas streaming).
+async fn reported_healthy(data_dir: &Path) {
+    eventually("pgshard status reports healthy", READY, || async {
+        let (ok, nodes) = status(data_dir);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{:?}",
+                nodes
+                    .iter()
+                    .map(|(n, v)| (
+                        n.clone(),
+                        v["state"].clone(),
+                        v["replication_state"].clone()
+                    ))
+                    .collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await
+}
+
+async fn connect_port(port: u16) -> Result<Client, String> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .map_err(|e| format!("connect to port {port}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// `SELECT count(*) FROM kv` run by psql *inside* container `container` against its own
+/// instance (listening on `port` in there too).
+fn count_in_container(container: &str, port: u64) -> Result<i64, String> {
+    let out = docker_cli(&[
+        "exec",
+        container,
+        "psql",
+        "-XAt",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-c",
+        "SELECT count(*) FROM kv",
+    ]);
+    out.parse()
+        .map_err(|_| format!("psql in {container} said `{out}`"))
+}
+
+/// The embedded default cluster with `--backend docker`, as a user runs it through the
+/// real binaries: `pgshard image build`, `up`, `status`, writes through the router to a
+/// distributed table, replication checked inside the containers, `docker ps` labels,
+/// `pgshard logs`, a shard primary cut off the network and reconnected, a replica and a
+/// primary container killed (status exits non-zero naming them), and `destroy` leaving
+/// no container, volume or network with the cluster's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_cluster_through_the_cli() {
+    if engine("docker_cluster_through_the_cli").await.is_none() {
+        return;
+    }
+    let cluster = unique_cluster("cli");
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let root = pgshard_tests::dirs::temp_dir("docker-cli").expect("temp dir");
+    let data_dir = root.path().join("data");
+    let config = root.path().join("pgshard.toml");
+    let router_port = free_port().expect("port");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[cluster]
+name = "{cluster}"
+backend = "docker"
+[cluster.postgres]
+# Notice a cut connection within seconds rather than the default minute.
+wal_receiver_timeout = "5s"
+wal_sender_timeout = "5s"
+wal_retrieve_retry_interval = "500ms"
+[router]
+listen = "127.0.0.1:{router_port}"
+[shardd]
+probe_interval_ms = 200
+failure_threshold = 2
+[[table]]
+name = "kv"
+shard_key = "k"
+"#
+        ),
+    )
+    .expect("write config");
+    let _destroy = Destroy(data_dir.clone());
+
+    // Built from nothing on a fresh machine (minutes), present afterwards.
+    let t = Instant::now();
+    let out = pgshard(
+        &["image", "build", "--config", &config.to_string_lossy()],
+        None,
+    );
+    assert!(out.status.success(), "image build: {}", text(&out));
+    eprintln!(
+        "pgshard image build: {:.1}s: {}",
+        t.elapsed().as_secs_f64(),
+        text(&out).trim()
+    );
+
+    let t = Instant::now();
+    let out = pgshard(
+        &["up", "--config", &config.to_string_lossy()],
+        Some(&data_dir),
+    );
+    assert!(out.status.success(), "up: {}", text(&out));
+    eprintln!(
+        "pgshard up --backend docker from nothing: {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        text(&out).contains(&format!("psql -h 127.0.0.1 -p {router_port}")),
+        "{}",
+        text(&out)
+    );
+    let (ok, nodes) = status(&data_dir);
+    assert!(ok, "status after up: {nodes:?}");
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
+    for r in ["shard1-replica1", "shard2-replica1"] {
+        assert_eq!(nodes[r]["replication_state"], "streaming", "{nodes:?}");
+    }
+
+    // --- docker ps: one labelled container per instance ----------------------------------
+    let filter = format!("label={LABEL_CLUSTER}={cluster}");
+    let ps = docker_cli(&[
+        "ps",
+        "--filter",
+        &filter,
+        "--format",
+        r#"{{.Names}} {{.Label "pgshard.node"}} {{.Label "pgshard.role"}} shard={{.Label "pgshard.shard"}}"#,
+    ]);
+    let mut rows: Vec<&str> = ps.lines().collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            format!("{cluster}-catalog catalog catalog shard="),
+            format!("{cluster}-shard1-primary shard1-primary primary shard=1"),
+            format!("{cluster}-shard1-replica1 shard1-replica1 replica shard=1"),
+            format!("{cluster}-shard2-primary shard2-primary primary shard=2"),
+            format!("{cluster}-shard2-replica1 shard2-replica1 replica shard=2"),
+        ],
+        "docker ps:\n{ps}"
+    );
+
+    // --- writes through the router land on both shards and replicate ---------------------
+    let router = connect_port(router_port).await.expect("router");
+    router
+        .batch_execute("CREATE TABLE kv (k bigint PRIMARY KEY, v text)")
+        .await
+        .expect("create kv");
+    for k in 1..=40i64 {
+        router
+            .execute(
+                "INSERT INTO kv (k, v) VALUES ($1, $2)",
+                &[&k, &format!("v{k}")],
+            )
+            .await
+            .expect("insert through the router");
+    }
+    let row = router
+        .query_one("SELECT v FROM kv WHERE k = $1", &[&17i64])
+        .await
+        .expect("read through the router");
+    assert_eq!(row.get::<_, String>(0), "v17");
+    let mut total = 0;
+    for shard in [1, 2] {
+        let primary = &nodes[&format!("shard{shard}-primary")];
+        let replica = &nodes[&format!("shard{shard}-replica1")];
+        let on_primary = count_in_container(
+            &format!("{cluster}-shard{shard}-primary"),
+            primary["port"].as_u64().unwrap_or_default(),
+        )
+        .expect("count on the primary");
+        assert!(on_primary > 0, "shard {shard} holds rows");
+        total += on_primary;
+        let replica_container = format!("{cluster}-shard{shard}-replica1");
+        let replica_port = replica["port"].as_u64().unwrap_or_default();
+        eventually(
+            &format!("shard {shard}'s replica holds its rows"),
+            READY,
+            || async {
+                match count_in_container(&replica_container, replica_port)? {
+                    n if n == on_primary => Ok(()),
+                    n => Err(format!("{n} of {on_primary} rows")),
+                }
+            },
+        )
+        .await;
+        let receiver = docker_cli(&[
+            "exec",
+            &replica_container,
+            "psql",
+            "-XAt",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &replica_port.to_string(),
+            "-U",
+            "postgres",
+            "-c",
+            "SELECT status FROM pg_stat_wal_receiver",
+        ]);
+        assert_eq!(receiver, "streaming", "shard {shard}'s replica");
+    }
+    assert_eq!(total, 40, "every row on exactly one shard");
+    drop(router);
+
+    let out = pgshard(&["logs", "shard1-replica1"], Some(&data_dir));
+    assert!(out.status.success(), "logs: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("started streaming WAL"),
+        "{}",
+        text(&out)
+    );
+    let out = pgshard(&["logs", "shard9-primary"], Some(&data_dir));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("shard1-primary"),
+        "names the nodes: {}",
+        text(&out)
+    );
+
+    // --- cut shard 1's primary off the network, then reconnect it ------------------------
+    let network = format!("{cluster}-net");
+    let primary1 = format!("{cluster}-shard1-primary");
+    let out = Command::new("docker")
+        .args(["network", "disconnect", &network, &primary1])
+        .output()
+        .expect("docker network disconnect");
+    assert!(out.status.success(), "{}", text(&out));
+    reported_down(&data_dir, "shard1-primary").await;
+    let out = Command::new("docker")
+        .args([
+            "network",
+            "connect",
+            "--alias",
+            "shard1-primary",
+            &network,
+            &primary1,
+        ])
+        .output()
+        .expect("docker network connect");
+    assert!(out.status.success(), "{}", text(&out));
+    let t = Instant::now();
+    reported_healthy(&data_dir).await;
+    eprintln!(
+        "healthy again {:.1}s after the reconnect",
+        t.elapsed().as_secs_f64()
+    );
+    let router = connect_port(router_port).await.expect("router");
+    // Single-key statements (some keys land on the healed shard 1).
+    for k in 41..=50i64 {
+        eventually(
+            &format!("insert {k} through the router after the partition"),
+            READY,
+            || async {
+                router
+                    .execute(
+                        "INSERT INTO kv (k, v) VALUES ($1, 'after') ON CONFLICT (k) DO NOTHING",
+                        &[&k],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        let row = router
+            .query_one("SELECT v FROM kv WHERE k = $1", &[&k])
+            .await
+            .expect("read through the router");
+        assert_eq!(row.get::<_, String>(0), "after");
+    }
+    drop(router);
+
+    // --- kill a replica container, then a primary container ------------------------------
+    for node in ["shard2-replica1", "shard2-primary"] {
+        let container = format!("{cluster}-{node}");
+        let out = Command::new("docker")
+            .args(["kill", &container])
+            .output()
+            .expect("docker kill");
+        assert!(out.status.success(), "{}", text(&out));
+        reported_down(&data_dir, node).await;
+    }
+    let out = pgshard(&["status"], Some(&data_dir));
+    assert!(!out.status.success(), "status must fail: {}", text(&out));
+    let report = text(&out);
+    for node in ["shard2-replica1", "shard2-primary"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(node) && l.contains(" down ")),
+            "{node} reported down:\n{report}"
+        );
+    }
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("shard1-primary") && l.contains(" healthy ")),
+        "{report}"
+    );
+
+    // --- destroy: nothing left -----------------------------------------------------------
+    let t = Instant::now();
+    let out = pgshard(&["destroy"], Some(&data_dir));
+    assert!(out.status.success(), "destroy: {}", text(&out));
+    eprintln!("pgshard destroy: {:.1}s", t.elapsed().as_secs_f64());
+    assert!(!data_dir.exists(), "destroy removes the data dir");
+    let left = leftovers(&cluster);
+    assert!(left.is_empty(), "labelled leftovers: {left:?}");
+    let by_name = format!("name={cluster}");
+    for args in [
+        vec!["ps", "-a", "--filter", &by_name, "--format", "{{.Names}}"],
+        vec![
+            "volume",
+            "ls",
+            "--filter",
+            &by_name,
+            "--format",
+            "{{.Name}}",
+        ],
+        vec![
+            "network",
+            "ls",
+            "--filter",
+            &by_name,
+            "--format",
+            "{{.Name}}",
+        ],
+    ] {
+        let found = docker_cli(&args);
+        assert!(found.is_empty(), "docker {} finds {found}", args[0]);
+    }
 }
