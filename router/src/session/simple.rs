@@ -304,6 +304,14 @@ where
             Route::Router(cmd) => Err(SessionError::Unsupported(router_command_unsupported(cmd))),
             Route::Unsupported(msg) => Err(SessionError::Unsupported(msg.clone())),
             Route::Error(e) => Err(SessionError::Plan(e.clone())),
+            // Planned, but the session does not execute fan-out yet: refuse, never guess.
+            Route::Fanout(_) => Err(SessionError::Unsupported(
+                "query on several shards (fan-out execution is not wired into the router yet)"
+                    .into(),
+            )),
+            Route::FanoutWrite(_) => Err(SessionError::Unsupported(
+                "write on several shards (needs a distributed transaction)".into(),
+            )),
         }
     }
 
