@@ -19,6 +19,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod catalog_watch;
+pub mod fanout;
 pub mod protocol;
 pub mod registry;
 pub mod server;
