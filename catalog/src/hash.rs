@@ -313,10 +313,99 @@ pub fn key_from_binary(bytes: &[u8], key_type: KeyType) -> Option<KeyValue> {
     }
 }
 
+/// PostgreSQL type OIDs the router meets as declared Bind parameter types.
+pub mod oid {
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const UNKNOWN: u32 = 705;
+    pub const VARCHAR: u32 = 1043;
+    pub const UUID: u32 = 2950;
+}
+
+/// The type to decode a parameter declared as `param_oid` in, when it is compared with
+/// a `key_type` shard key by value; `None` when such a parameter cannot be routed.
+pub fn param_key_type(param_oid: u32, key_type: KeyType) -> Option<KeyType> {
+    match (key_type, param_oid) {
+        (_, 0) | (_, oid::UNKNOWN) => Some(key_type),
+        (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, oid::INT2) => Some(KeyType::Int2),
+        (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, oid::INT4) => Some(KeyType::Int4),
+        (KeyType::Int2 | KeyType::Int4 | KeyType::Int8, oid::INT8) => Some(KeyType::Int8),
+        (KeyType::Text | KeyType::Varchar, oid::TEXT | oid::VARCHAR) => Some(key_type),
+        (KeyType::Uuid, oid::UUID) => Some(KeyType::Uuid),
+        _ => None,
+    }
+}
+
+/// The shard-key value of a Bind parameter compared with (or stored in) a key column of
+/// `key_type`, decoded by the parameter's *declared* type `param_oid` (0 when the client
+/// let the server infer it: then it is the column's type).
+///
+/// Drivers declare their own types: psycopg sends a small Python int as a binary
+/// `int2`, JDBC a Java long as `int8`. For integer keys any integer parameter type
+/// compares by value, so it routes by value. Any other declared type (a float8 or
+/// numeric parameter, a bpchar, …) compares under other rules than the key's hash
+/// equality, so `None` is returned and the caller must refuse rather than guess.
+pub fn key_from_param(
+    value: &[u8],
+    binary: bool,
+    param_oid: u32,
+    key_type: KeyType,
+) -> Option<KeyValue> {
+    let as_type = param_key_type(param_oid, key_type)?;
+    if binary {
+        key_from_binary(value, as_type)
+    } else {
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|t| parse_key(t, as_type))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn params_decode_by_their_declared_type() {
+        let k = |v: &[u8], bin, oid, kt| key_from_param(v, bin, oid, kt);
+        // psycopg: a small int as binary int2 for a bigint key.
+        assert_eq!(
+            k(&[0, 1], true, oid::INT2, KeyType::Int8),
+            Some(KeyValue::Int(1))
+        );
+        assert_eq!(
+            k(&[255, 255, 255, 254], true, oid::INT4, KeyType::Int8),
+            Some(KeyValue::Int(-2))
+        );
+        assert_eq!(
+            k(&7i64.to_be_bytes(), true, 0, KeyType::Int8),
+            Some(KeyValue::Int(7))
+        );
+        assert_eq!(
+            k(b"42", false, oid::INT8, KeyType::Int4),
+            Some(KeyValue::Int(42))
+        );
+        assert_eq!(
+            k(b"42", false, oid::UNKNOWN, KeyType::Int4),
+            Some(KeyValue::Int(42))
+        );
+        // A float8 parameter compares as float: never route it by its bits.
+        assert_eq!(k(&5.0f64.to_be_bytes(), true, 701, KeyType::Int8), None);
+        assert_eq!(k(b"5", false, 1700, KeyType::Int8), None);
+        assert_eq!(
+            k(b"abc", false, oid::VARCHAR, KeyType::Text),
+            Some(KeyValue::Text("abc".into()))
+        );
+        assert_eq!(k(b"abc ", false, 1042, KeyType::Text), None);
+        assert_eq!(
+            k(&[0; 16], true, oid::UUID, KeyType::Uuid),
+            Some(KeyValue::Uuid([0; 16]))
+        );
+        assert_eq!(k(b"1", false, oid::INT4, KeyType::Uuid), None);
+    }
 
     /// `(key, hash*extended(key, HASH_PARTITION_SEED) as PostgreSQL prints it, bucket
     /// for MODULUS 1024)`, all taken from PostgreSQL 15.18 on x86_64 with

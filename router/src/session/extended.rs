@@ -196,16 +196,28 @@ where
                 let p = bind
                     .param(param.saturating_sub(1))?
                     .ok_or(SessionError::MissingKeyParam(*param))?;
+                let declared = stmt
+                    .key
+                    .param_types
+                    .get(param.saturating_sub(1))
+                    .copied()
+                    .unwrap_or(0);
                 let key = match p.value {
                     None => None,
                     Some(value) => {
-                        let key = if p.format == 1 {
-                            pgshard_catalog::hash::key_from_binary(value, *key_type)
-                        } else {
-                            std::str::from_utf8(value)
-                                .ok()
-                                .and_then(|t| pgshard_catalog::hash::parse_key(t, *key_type))
-                        };
+                        let key = pgshard_catalog::hash::key_from_param(
+                            value,
+                            p.format == 1,
+                            declared,
+                            *key_type,
+                        );
+                        if pgshard_catalog::hash::param_key_type(declared, *key_type).is_none() {
+                            return Err(SessionError::Unsupported(format!(
+                                "shard key parameter ${param} declared with type oid {declared}, \
+                                 which does not compare like the {} shard key",
+                                key_type.sql_name()
+                            )));
+                        }
                         Some(key.ok_or_else(|| SessionError::InvalidKey {
                             key_type: key_type.sql_name().to_string(),
                             value: if p.format == 1 {
