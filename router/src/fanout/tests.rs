@@ -20,7 +20,7 @@ impl ShardStream for Conn<'_> {
 }
 
 fn catalog() -> Catalog {
-    let shards = vec![ShardId(1), ShardId(2)];
+    let shards = [ShardId(1), ShardId(2)];
     Catalog {
         version: CatalogVersion(1),
         buckets: 16,

@@ -111,9 +111,15 @@ fn float_key(t: &str) -> Result<(u8, OrdF64), BadValue> {
     })
 }
 
-#[derive(Debug, PartialEq, PartialOrd)]
+/// A float that is never NaN here (NaN is ranked apart), so its order is total.
+#[derive(Debug, PartialEq)]
 struct OrdF64(f64);
 impl Eq for OrdF64 {}
+impl PartialOrd for OrdF64 {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for OrdF64 {
     fn cmp(&self, o: &Self) -> Ordering {
         self.0.partial_cmp(&o.0).unwrap_or(Ordering::Equal)
