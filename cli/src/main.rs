@@ -7,6 +7,8 @@ mod daemon;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use pgshard_shardd::runtime::docker::image::is_offline_image;
+use pgshard_shardd::runtime::docker::{ImageOrigin, ImageReport};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -177,22 +179,47 @@ async fn image_build(
     image: Option<String>,
     config: Option<&std::path::Path>,
 ) -> Result<ExitCode> {
-    use pgshard_shardd::runtime::docker::ImageOrigin;
-    use std::io::IsTerminal;
     let mut config = pgshard_catalog::Config::load(config)?;
     if let Some(image) = image {
         config.docker.image = image;
         config.validate()?;
     }
-    let name = config.docker.image.clone();
+    let report = ensure_image(&config, force).await?;
+    if report.origin == ImageOrigin::Present {
+        println!(
+            "pgshard: image {} is present ({}); --force rebuilds it",
+            report.image,
+            image_size(&report)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn image_size(report: &ImageReport) -> String {
+    report
+        .size
+        .map(|s| format!("{} MB", s / 1_000_000))
+        .unwrap_or_else(|| "size unknown".into())
+}
+
+/// Make the PostgreSQL image of `config` present (build it offline or pull it; with
+/// `force`, again), with a progress line on stderr while that runs and a line saying
+/// what was done.
+async fn ensure_image(config: &pgshard_catalog::Config, force: bool) -> Result<ImageReport> {
+    use std::io::IsTerminal;
+    let name = &config.docker.image;
+    let doing = if is_offline_image(name) {
+        "building (mmdebstrap, then import)"
+    } else {
+        "pulling"
+    };
     let started = std::time::Instant::now();
-    let build = pgshard_shardd::tools::build_image(&config, force);
-    let mut build = std::pin::pin!(build);
+    let mut work = std::pin::pin!(pgshard_shardd::tools::build_image(config, force));
     let tty = std::io::stderr().is_terminal();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let report = loop {
         tokio::select! {
-            r = &mut build => break r,
+            r = &mut work => break r,
             _ = tick.tick() => {
                 let secs = started.elapsed().as_secs();
                 // Nothing to show for an image that is already there.
@@ -200,9 +227,9 @@ async fn image_build(
                     continue;
                 }
                 if tty {
-                    eprint!("\rpgshard: building {name} (mmdebstrap, then import) … {secs}s ");
+                    eprint!("\rpgshard: {doing} {name} … {secs}s ");
                 } else if secs.is_multiple_of(15) {
-                    eprintln!("pgshard: building {name} … {secs}s");
+                    eprintln!("pgshard: {doing} {name} … {secs}s");
                 }
             }
         }
@@ -210,25 +237,21 @@ async fn image_build(
     if tty && started.elapsed().as_secs() > 0 {
         eprintln!();
     }
-    let report = report.with_context(|| format!("building image {name}"))?;
-    let size = report
-        .size
-        .map(|s| format!("{} MB", s / 1_000_000))
-        .unwrap_or_else(|| "size unknown".into());
+    let report = report.with_context(|| format!("making image {name} available"))?;
     match report.origin {
-        ImageOrigin::Present => {
-            println!("pgshard: image {name} is present ({size}); --force rebuilds it")
-        }
+        ImageOrigin::Present => {}
         ImageOrigin::Built => println!(
-            "pgshard: built image {name} in {:.0}s ({size})",
-            report.elapsed.as_secs_f64()
+            "pgshard: built image {name} in {:.0}s ({})",
+            report.elapsed.as_secs_f64(),
+            image_size(&report)
         ),
         ImageOrigin::Pulled => println!(
-            "pgshard: pulled image {name} in {:.0}s ({size})",
-            report.elapsed.as_secs_f64()
+            "pgshard: pulled image {name} in {:.0}s ({})",
+            report.elapsed.as_secs_f64(),
+            image_size(&report)
         ),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(report)
 }
 
 async fn up(args: UpArgs) -> Result<ExitCode> {
@@ -252,6 +275,10 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
         },
     )?;
     daemon::check_backend(&config)?;
+    if config.cluster.backend == pgshard_catalog::config::Backend::Docker {
+        // Here rather than inside shardd: a first build takes minutes, and shows progress.
+        ensure_image(&config, false).await?;
+    }
     let started = std::time::Instant::now();
     let state = daemon::start(data_dir, std::time::Duration::from_secs(args.timeout)).await?;
     println!(
@@ -307,13 +334,31 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         .cloned()
         .unwrap_or_default();
     let mut healthy = body.get("ready").and_then(|r| r.as_bool()).unwrap_or(false);
+    // Column widths fit the longest name and address (container names with Docker).
+    let width = |f: &dyn Fn(&serde_json::Value) -> usize, min: usize| {
+        nodes.iter().map(f).max().unwrap_or(0).max(min)
+    };
+    let name_w = width(
+        &|n| n.get("name").and_then(|v| v.as_str()).map_or(0, str::len),
+        18,
+    );
+    let addr_w = width(
+        &|n| {
+            n.get("host").and_then(|v| v.as_str()).map_or(0, str::len)
+                + 1
+                + n.get("port")
+                    .and_then(|v| v.as_u64())
+                    .map_or(1, |p| p.to_string().len())
+        },
+        21,
+    );
     if !json {
         out.push_str(&format!(
             "cluster {}\n",
             body.get("cluster").and_then(|c| c.as_str()).unwrap_or("?")
         ));
         out.push_str(&format!(
-            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}\n",
+            "{:<name_w$} {:>5}  {:<8} {:<addr_w$} {:<8} {:<16} {:>10}\n",
             "NODE", "SHARD", "ROLE", "ADDRESS", "STATE", "REPLICATION", "LAG"
         ));
     }
@@ -351,7 +396,7 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
             .map(|v| format!("{v} B"))
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<18} {:>5}  {:<8} {:<21} {:<8} {:<16} {:>10}\n",
+            "{:<name_w$} {:>5}  {:<8} {:<addr_w$} {:<8} {:<16} {:>10}\n",
             s("name"),
             shard,
             s("role"),

@@ -59,6 +59,16 @@ pub enum ClusterError {
         context: String,
         source: ready::ConnectError,
     },
+    #[error(
+        "instance {node} already exists ({runtime}) but this data dir has no cluster: does \
+         another cluster named `{cluster}` use it? Destroy that cluster, or set another \
+         cluster.name"
+    )]
+    Occupied {
+        node: String,
+        cluster: String,
+        runtime: &'static str,
+    },
     #[error("the {backend} backend is not supported yet; use backend = \"local\"")]
     UnsupportedBackend { backend: String },
 }
@@ -459,6 +469,20 @@ impl Cluster {
 
     async fn bootstrap(&mut self) -> Result<(), ClusterError> {
         let started = Instant::now();
+        // Instances that exist before the layout does belong to someone else (Docker
+        // objects are named after the cluster, not the data dir): refuse before the
+        // layout claims them, so that clean-up and destroy never touch them.
+        if !adopting(&self.config) {
+            for spec in self.specs() {
+                if self.runtime.exists(&spec).await? {
+                    return Err(ClusterError::Occupied {
+                        node: spec.name,
+                        cluster: self.layout.cluster.clone(),
+                        runtime: self.runtime.kind(),
+                    });
+                }
+            }
+        }
         self.layout.save(&self.layout_path())?;
         tracing::info!(
             cluster = %self.layout.cluster,

@@ -33,10 +33,11 @@ pub enum ToolError {
 }
 
 /// Remove what the cluster of `config` keeps outside its data directory: for the
-/// Docker backend its containers, volumes and network (every object carrying its
-/// `pgshard.cluster` label, so a bootstrap interrupted before `cluster.json` existed
-/// leaves nothing either). The instances must be stopped; shardd must not run. Local
-/// clusters keep everything in the data directory, which the caller removes.
+/// Docker backend its containers, volumes and network — the layout's instances, then
+/// every other object carrying the cluster's label (setup containers of an interrupted
+/// bootstrap). Nothing is touched when the data directory holds no layout: objects
+/// with that cluster name then belong to another data directory. shardd must not run.
+/// Local clusters keep everything in the data directory, which the caller removes.
 pub async fn destroy_data(config: &Config) -> Result<(), ToolError> {
     match config.cluster.backend {
         Backend::Local => Ok(()),
@@ -45,8 +46,8 @@ pub async fn destroy_data(config: &Config) -> Result<(), ToolError> {
                 Arc::new(DockerRuntime::with_options(DockerOptions::from_config(config)).await?);
             if let Some(cluster) = Cluster::open(config.clone(), runtime.clone())? {
                 cluster.destroy().await?;
+                runtime.purge().await?;
             }
-            runtime.purge().await?;
             Ok(())
         }
     }
