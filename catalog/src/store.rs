@@ -20,7 +20,10 @@ pub const CATALOG_DB: &str = "pgshard_catalog";
 pub const NOTIFY_CHANNEL: &str = "pgshard_catalog";
 
 /// Schema migrations, in order. Never edit one that has shipped; add a new one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../schema/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../schema/0001_init.sql")),
+    (2, include_str!("../schema/0002_twopc.sql")),
+];
 
 /// Serialises concurrent `migrate` calls (an arbitrary, fixed advisory lock key).
 const MIGRATION_LOCK: i64 = 0x7067_7368_6172_6401;
