@@ -10,7 +10,8 @@
 //! - [`backend`]: connections to the shards and their pools;
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
-//! - [`admin`]: the `pgshard` admin console.
+//! - [`admin`]: the `pgshard` admin console;
+//! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions.
 //!
 //! Entry points: [`run`] (what `main` calls) and [`Router::bind`] + [`Router::serve`]
 //! (tests bind port 0 and read the address).
@@ -24,6 +25,7 @@ pub mod protocol;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod twopc;
 
 pub use catalog_watch::{CatalogHandle, CatalogSource};
 pub use server::{Router, RouterCtx};
