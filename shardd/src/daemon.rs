@@ -9,6 +9,7 @@
 use crate::api::{self, ApiState};
 use crate::cluster::Cluster;
 use crate::probe::{run_probes, ClusterStatus, NodeStatus, Prober};
+use crate::recovery::{run_recovery, Recovery, RecoveryOptions, TransactionsStatus};
 use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::{LocalOptions, LocalProcess, NodeRuntime, ProcessLifecycle};
 use crate::STATE_FILE;
@@ -134,6 +135,7 @@ pub async fn run_with(
         cluster: config.cluster.name.clone(),
         ..Default::default()
     }));
+    let transactions = Arc::new(RwLock::new(TransactionsStatus::default()));
     let listener = tokio::net::TcpListener::bind(&config.shardd.listen)
         .await
         .with_context(|| format!("binding the API on {}", config.shardd.listen))?;
@@ -142,6 +144,7 @@ pub async fn run_with(
     let server = {
         let app = api::router(ApiState {
             status: status.clone(),
+            transactions: transactions.clone(),
             shutdown: stop.clone(),
         });
         let done = stop.clone();
@@ -228,11 +231,22 @@ pub async fn run_with(
         status.clone(),
         stop.clone(),
     ));
+    // 2PC recovery: a round now (after any crash) and then periodically.
+    let recovery = match Recovery::new(&cluster, RecoveryOptions::default()) {
+        Ok(r) => Some(tokio::spawn(run_recovery(r, transactions, stop.clone()))),
+        Err(error) => {
+            tracing::error!(%error, "no 2PC recovery");
+            None
+        }
+    };
 
     stop.cancelled().await;
     tracing::info!("stopping");
     status.write().unwrap_or_else(|p| p.into_inner()).ready = false;
     let _ = probes.await;
+    if let Some(recovery) = recovery {
+        let _ = recovery.await;
+    }
     if let Some((_, task)) = router {
         // Clients go first, then the instances they were using.
         let _ = task.await;

@@ -5,6 +5,7 @@
 //! - [`cluster`]: bootstrap and restart of a whole cluster (catalog node, shards, their
 //!   replicas) from a [`Config`], and its persisted local layout (`cluster.json`).
 //! - [`probe`]: health probes feeding the observed state into the catalog and the API.
+//! - [`recovery`]: two-phase commit recovery: finish or roll back prepared transactions.
 //! - [`api`]: the HTTP JSON API.
 //! - [`router_proc`]: the embedded cluster's router process, started and supervised.
 //! - [`daemon`]: [`run`], the shardd process itself: bootstrap-or-restart, probe, serve,
@@ -19,6 +20,7 @@ pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod probe;
+pub mod recovery;
 pub mod router_proc;
 pub mod runtime;
 pub mod tools;
