@@ -16,12 +16,13 @@
 //! must be ordered after pending backend replies are queued as [`Expect::Local`].
 //!
 //! Files: [`startup`] (handshake and auth), [`simple`] (Query), [`extended`]
-//! (Parse/Bind/Describe/Execute/Close/Sync), [`relay`] (backend replies), [`lex`] and
+//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`relay`] (backend replies), [`lex`] and
 //! [`vars`] (session commands and state), [`error`].
 
 mod attach;
 pub mod error;
 mod extended;
+mod fanout;
 pub mod lex;
 mod relay;
 mod simple;

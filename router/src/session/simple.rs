@@ -205,6 +205,13 @@ where
             r => r.clone(),
         };
         let route = self.with_override(route);
+        // A multi-shard read planned for this very statement (not the body of PREPARE
+        // or EXECUTE, whose text is not `shard_sql`).
+        if let (Route::Fanout(f), Route::Fanout(_)) = (&route, &plan.route) {
+            if f.shards.len() > 1 {
+                return self.run_fanout(frame, f, in_txn).await;
+            }
+        }
         let target = match self.resolve(&route, &catalog) {
             Ok(t) => t,
             Err(e) => {
@@ -304,9 +311,13 @@ where
             Route::Router(cmd) => Err(SessionError::Unsupported(router_command_unsupported(cmd))),
             Route::Unsupported(msg) => Err(SessionError::Unsupported(msg.clone())),
             Route::Error(e) => Err(SessionError::Plan(e.clone())),
-            // Planned, but the session does not execute fan-out yet: refuse, never guess.
+            // One shard holds every row the statement can see: the statement itself
+            // runs there and its answer is PostgreSQL's.
+            Route::Fanout(f) if f.shards.len() == 1 => Ok(Target::One(f.shards[0])),
+            // The simple protocol runs fan-outs before resolving (`run_fanout`); the
+            // extended protocol does not execute them yet: refuse, never guess.
             Route::Fanout(_) => Err(SessionError::Unsupported(
-                "query on several shards (fan-out execution is not wired into the router yet)"
+                "query on several shards through the extended query protocol (supported through the simple query protocol only, for now)"
                     .into(),
             )),
             Route::FanoutWrite(_) => Err(SessionError::Unsupported(

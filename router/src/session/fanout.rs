@@ -1,0 +1,463 @@
+//! Running a multi-shard read (SPEC §5 rule 2) for the simple query protocol: one
+//! backend per shard of the [`FanoutPlan`], the shard query sent to all of them before
+//! any answer is read (so the shards compute in parallel), the merge done by
+//! [`crate::fanout::execute`] straight into the client's socket (rows stream through,
+//! memory stays bounded), then every backend read to its ReadyForQuery.
+//!
+//! Backends come from the pools like the attached one (session state replayed); an
+//! attached idle backend on one of the shards (session pooling) is used in place. Inside
+//! an explicit transaction a fan-out would span shards, which needs two-phase commit:
+//! refused with 0A000. A fan-out that needs one shard only never reaches here: it is
+//! the original statement on that shard (see `Session::resolve`).
+//!
+//! A backend goes back to its pool only if it ended idle and clean. One that was sent a
+//! CancelRequest is kept only if the cancel visibly took effect (SQLSTATE 57014): a
+//! cancel still in flight could otherwise hit the next query run on it.
+
+use super::error::SessionError;
+use super::{Attached, Expect, Session};
+use crate::backend::{BackendConn, PooledConn};
+use crate::fanout::{self, FanoutError, Outcome, ShardStream};
+use crate::protocol::backend::{decode_ready_status, encode_error, encode_ready, error_summary};
+use crate::protocol::frontend::{encode_query, encode_sync};
+use crate::protocol::{Frame, ProtocolError};
+use bytes::BytesMut;
+use pgshard_catalog::ShardId;
+use pgshard_sql::{FanoutPlan, MergePlan};
+use std::collections::VecDeque;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Settings under which the shards render the rows of a finishing step: exact floats
+/// and a date format the finishing query reads back unambiguously whatever the
+/// client's settings (SET LOCAL: they end with the shard query's implicit transaction).
+const FINISH_SETTINGS: &[&str] = &[
+    "SET LOCAL extra_float_digits = 3",
+    "SET LOCAL datestyle = 'ISO, MDY'",
+    "SET LOCAL intervalstyle = 'postgres'",
+    "SET LOCAL bytea_output = 'hex'",
+];
+
+/// Bytes of a finishing answer buffered before they are written to the client.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// One shard's answer as the merge engine reads it. Skips the CommandCompletes of
+/// the `SET LOCAL`s sent ahead of a finishing step's shard query.
+struct ShardReader<'a> {
+    conn: &'a mut BackendConn,
+    skip_completes: usize,
+}
+
+impl ShardStream for ShardReader<'_> {
+    async fn next_frame(&mut self) -> std::io::Result<Option<Frame>> {
+        loop {
+            match self.conn.reader.read_frame().await {
+                Ok(Some(f)) => {
+                    if f.tag() == b'C' && self.skip_completes > 0 {
+                        self.skip_completes -= 1;
+                        continue;
+                    }
+                    if f.tag() == b'S' {
+                        self.conn.note_parameter(&f);
+                    }
+                    return Ok(Some(f));
+                }
+                Ok(None) => {
+                    self.conn.broken = true;
+                    return Ok(None);
+                }
+                Err(ProtocolError::Io(e)) => {
+                    self.conn.broken = true;
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.conn.broken = true;
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// How the session answers after the merge.
+enum Ending {
+    /// The answer is complete up to ReadyForQuery.
+    Ready,
+    /// A router error (ErrorResponse, ReadyForQuery).
+    Fail(SessionError),
+    /// An ErrorResponse made here, then ReadyForQuery.
+    Raw(BytesMut),
+}
+
+/// A backend taking part in the fan-out.
+struct Part {
+    shard: ShardId,
+    conn: PooledConn,
+    /// A CancelRequest was sent for the shard query.
+    cancelled: bool,
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// Runs a Query whose plan is a fan-out over two or more shards, answering the
+    /// client up to and including ReadyForQuery.
+    pub(crate) async fn run_fanout(
+        &mut self,
+        frame: &Frame,
+        plan: &FanoutPlan,
+        in_txn: bool,
+    ) -> Result<(), SessionError> {
+        // Extended-protocol messages still unsynced on the attached backend: end that
+        // batch first (as a switch of shards does), then come back to this Query.
+        if let Some(a) = self.attached.as_mut() {
+            if a.conn.unsynced {
+                encode_sync(&mut a.conn.out);
+                a.expects.push_back(Expect::Sync { forward: false });
+                a.conn.pending_syncs += 1;
+                a.conn.unsynced = false;
+                self.deferred = Some(frame.clone());
+                return Ok(());
+            }
+        }
+        if in_txn {
+            let list: Vec<String> = plan.shards.iter().map(|s| s.to_string()).collect();
+            self.fail_simple(SessionError::Unsupported(format!(
+                "transaction spanning shards: this query reads shards {} inside a transaction block (distributed transactions are not wired into the router yet)",
+                list.join(", ")
+            )));
+            return Ok(());
+        }
+        let mut shards = plan.shards.clone();
+        shards.sort();
+        shards.dedup();
+        // An idle attached backend (session pooling) on one of the shards serves it.
+        let mut reused: Option<(ShardId, PooledConn)> = None;
+        if let Some(a) = self.attached.take() {
+            if shards.contains(&a.shard) && a.expects.is_empty() && a.conn.is_clean() {
+                reused = Some((a.shard, a.conn));
+                self.portals.clear();
+            } else {
+                self.attached = Some(a);
+            }
+        }
+        let reused_shard = reused.as_ref().map(|(s, _)| *s);
+        let mut parts = match self.fanout_backends(&shards, reused).await {
+            Ok(p) => p,
+            Err((e, back)) => {
+                self.restore_attached(back);
+                self.fail_simple(e);
+                return Ok(());
+            }
+        };
+        let finish = matches!(plan.merge, MergePlan::Finish(_));
+        let mut query = BytesMut::new();
+        if finish {
+            let mut sql = FINISH_SETTINGS.join("; ");
+            sql.push_str("; ");
+            sql.push_str(&plan.shard_sql);
+            encode_query(&mut query, &sql);
+        } else {
+            fanout::shard_query(plan, &mut query);
+        }
+        for p in parts.iter_mut() {
+            p.conn.out.extend_from_slice(&query);
+            p.conn.unnamed = None;
+            p.conn.pending_syncs += 1;
+            // Running a statement: not idle until its ReadyForQuery says so.
+            p.conn.status = b'T';
+        }
+        // Send to every shard before reading any answer.
+        for i in 0..parts.len() {
+            if let Err(e) = parts[i].conn.flush().await {
+                let shard = parts[i].shard;
+                self.abandon(&mut parts, reused_shard);
+                self.fail_simple(SessionError::from_backend(shard, e));
+                return Ok(());
+            }
+        }
+        if let Some(p) = parts.first() {
+            self.entry
+                .set_activity("active", Some(p.shard), Some(p.conn.cancel_target()));
+        }
+        // Whatever the session queued for the client goes out before the merged rows.
+        if !self.out.is_empty() {
+            if self.writer.write_all(&self.out).await.is_err() {
+                self.out.clear();
+                self.closing = true;
+                self.abandon(&mut parts, reused_shard);
+                return Ok(());
+            }
+            self.out.clear();
+        }
+        let skip = if finish { FINISH_SETTINGS.len() } else { 0 };
+        let streams: Vec<ShardReader<'_>> = parts
+            .iter_mut()
+            .map(|p| ShardReader {
+                conn: &mut p.conn,
+                skip_completes: skip,
+            })
+            .collect();
+        let result = fanout::execute(plan, streams, &mut self.writer).await;
+        let _ = self.writer.flush().await;
+        // Bound on the rows a shard still sends after the merge stopped reading it:
+        // LIMIT n OFFSET m is pushed down as LIMIT n+m.
+        let budget = match &plan.merge {
+            MergePlan::Stream(m) => m.limit.map(|l| l.saturating_add(m.offset)),
+            MergePlan::Finish(_) => None,
+        };
+        let mut ending = Ending::Ready;
+        match result {
+            Ok(Outcome::Done { rows, unfinished }) => {
+                tracing::debug!(rows, unfinished = unfinished.len(), "fan-out done");
+                self.finish_parts(&mut parts, &unfinished, budget, false)
+                    .await;
+            }
+            Ok(Outcome::ShardError { shard, unfinished }) => {
+                tracing::debug!(shard, "fan-out: a shard failed");
+                self.finish_parts(&mut parts, &unfinished, None, true).await;
+            }
+            Ok(Outcome::Finish { sql }) => {
+                self.finish_parts(&mut parts, &[], None, false).await;
+                if let Err(e) = self.run_finishing(&mut parts, &sql).await {
+                    ending = Ending::Fail(e);
+                }
+            }
+            Err(FanoutError::Unsupported(msg)) => {
+                let all: Vec<usize> = (0..parts.len()).collect();
+                self.finish_parts(&mut parts, &all, None, true).await;
+                ending = Ending::Fail(SessionError::Unsupported(msg));
+            }
+            Err(e) => {
+                // A shard's stream is in an unknown state: close every backend.
+                let lost = parts.iter().find(|p| p.conn.broken).map(|p| p.shard);
+                tracing::warn!(error = %e, "fan-out failed");
+                for p in parts.iter_mut() {
+                    p.conn.broken = true;
+                }
+                let (code, message) = match lost {
+                    Some(shard) => (
+                        "08006",
+                        format!("lost the connection to shard {shard} during a multi-shard query"),
+                    ),
+                    // No shard failed: writing to the client did.
+                    None if matches!(e, FanoutError::Io(_)) => {
+                        self.closing = true;
+                        ("", String::new())
+                    }
+                    None => ("XX000", format!("multi-shard query: {e}")),
+                };
+                if !code.is_empty() {
+                    let mut b = BytesMut::new();
+                    encode_error(&mut b, b'E', "ERROR", code, &message, None, None);
+                    ending = Ending::Raw(b);
+                }
+            }
+        }
+        let back = self.release_parts(parts, reused_shard);
+        self.restore_attached(back);
+        match ending {
+            Ending::Fail(e) => self.fail_simple(e),
+            Ending::Raw(b) => {
+                self.out.extend_from_slice(&b);
+                let s = self.client_status();
+                encode_ready(&mut self.out, s);
+            }
+            Ending::Ready => {
+                let s = self.client_status();
+                encode_ready(&mut self.out, s);
+            }
+        }
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// Checks out one backend per shard (ascending shard order, so sessions never wait
+    /// on each other in a cycle), state replayed. On failure, the error and the reused
+    /// attached backend to put back.
+    async fn fanout_backends(
+        &mut self,
+        shards: &[ShardId],
+        mut reused: Option<(ShardId, PooledConn)>,
+    ) -> Result<Vec<Part>, (SessionError, Option<(ShardId, PooledConn)>)> {
+        let catalog = self.ctx.catalog.current();
+        let fp = self.vars.fingerprint();
+        let mut parts = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let mut conn = match reused.take() {
+                Some((s, c)) if s == shard => c,
+                other => {
+                    reused = other;
+                    let Some(node) = catalog.primary(shard) else {
+                        return Err((SessionError::NoPrimary(shard), reused));
+                    };
+                    let pool = self.ctx.pools.get(node, &self.user, &self.database);
+                    match pool.checkout().await {
+                        Ok(c) => c,
+                        Err(e) => return Err((SessionError::from_backend(shard, e), reused)),
+                    }
+                }
+            };
+            if conn.state_fp != fp {
+                if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
+                    conn.broken = true;
+                    return Err((SessionError::from_backend(shard, e), reused));
+                }
+                conn.state_fp = fp;
+            }
+            parts.push(Part {
+                shard,
+                conn,
+                cancelled: false,
+            });
+        }
+        Ok(parts)
+    }
+
+    /// Reads every shard to its ReadyForQuery. `unfinished` shards are cancelled when
+    /// `cancel` is set, or once they send more than `budget` rows (a LIMIT that was not
+    /// pushed down); rows and notices read here are dropped.
+    async fn finish_parts(
+        &mut self,
+        parts: &mut [Part],
+        unfinished: &[usize],
+        budget: Option<u64>,
+        cancel: bool,
+    ) {
+        let cancel_now = cancel || budget.is_none();
+        for &i in unfinished {
+            if let Some(p) = parts.get_mut(i) {
+                if cancel_now && !p.conn.broken {
+                    let _ = p.conn.cancel_target().cancel().await;
+                    p.cancelled = true;
+                }
+            }
+        }
+        for p in parts.iter_mut() {
+            if p.conn.broken {
+                continue;
+            }
+            let mut rows: u64 = 0;
+            let mut cancel_seen = false;
+            loop {
+                let f = match p.conn.read().await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::warn!(shard = %p.shard, error = %e, "lost a shard while draining a fan-out");
+                        break;
+                    }
+                };
+                match f.tag() {
+                    b'Z' => {
+                        p.conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                        p.conn.pending_syncs = p.conn.pending_syncs.saturating_sub(1);
+                        break;
+                    }
+                    b'D' => {
+                        rows += 1;
+                        if !p.cancelled && budget.is_some_and(|b| rows > b) {
+                            let _ = p.conn.cancel_target().cancel().await;
+                            p.cancelled = true;
+                        }
+                    }
+                    b'E' => cancel_seen |= error_summary(&f).0 == "57014",
+                    b'S' => p.conn.note_parameter(&f),
+                    _ => {}
+                }
+            }
+            if p.cancelled && !cancel_seen {
+                // The cancel may still be on its way: never reuse this backend.
+                p.conn.broken = true;
+            }
+        }
+    }
+
+    /// Runs a finishing query on the first shard's backend and relays its answer
+    /// (without its ReadyForQuery) to the client.
+    async fn run_finishing(&mut self, parts: &mut [Part], sql: &str) -> Result<(), SessionError> {
+        let Some(p) = parts.iter_mut().find(|p| !p.conn.broken) else {
+            return Err(SessionError::Unsupported(
+                "multi-shard aggregate: no shard connection left for the finishing step".into(),
+            ));
+        };
+        encode_query(&mut p.conn.out, sql);
+        p.conn.unnamed = None;
+        p.conn.pending_syncs += 1;
+        p.conn.status = b'T';
+        if let Err(e) = p.conn.flush().await {
+            return Err(SessionError::from_backend(p.shard, e));
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            let f = match p.conn.read().await {
+                Ok(f) => f,
+                Err(e) => return Err(SessionError::from_backend(p.shard, e)),
+            };
+            match f.tag() {
+                b'Z' => {
+                    p.conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                    p.conn.pending_syncs = p.conn.pending_syncs.saturating_sub(1);
+                    break;
+                }
+                b'S' => p.conn.note_parameter(&f),
+                _ => {
+                    buf.extend_from_slice(f.raw());
+                    if buf.len() >= FLUSH_AT {
+                        if self.writer.write_all(&buf).await.is_err() {
+                            self.closing = true;
+                            p.conn.broken = true;
+                            return Ok(());
+                        }
+                        buf.clear();
+                    }
+                }
+            }
+        }
+        self.out.extend_from_slice(&buf);
+        Ok(())
+    }
+
+    /// Marks every backend unusable (a failure left them in an unknown state).
+    fn abandon(&mut self, parts: &mut Vec<Part>, reused_shard: Option<ShardId>) {
+        for p in parts.iter_mut() {
+            p.conn.broken = true;
+        }
+        let back = self.release_parts(std::mem::take(parts), reused_shard);
+        self.restore_attached(back);
+    }
+
+    /// Drops the pool backends (each goes back to its pool only if clean) and hands
+    /// back the reused attached one.
+    fn release_parts(
+        &mut self,
+        parts: Vec<Part>,
+        reused_shard: Option<ShardId>,
+    ) -> Option<(ShardId, PooledConn)> {
+        let mut back = None;
+        for p in parts {
+            if Some(p.shard) == reused_shard {
+                back = Some((p.shard, p.conn));
+            }
+            // Others drop here: returned to the pool if idle and clean, else closed.
+        }
+        back
+    }
+
+    /// Re-attaches the backend the fan-out borrowed, if it is still usable.
+    fn restore_attached(&mut self, back: Option<(ShardId, PooledConn)>) {
+        let Some((shard, conn)) = back else {
+            return;
+        };
+        if !conn.is_clean() {
+            return;
+        }
+        self.attached = Some(Attached {
+            conn,
+            shard,
+            expects: VecDeque::new(),
+            executed: false,
+            failed_since_sync: false,
+        });
+    }
+}
