@@ -9,6 +9,7 @@
 //!
 //! Rows are compared in order when the statement has an ORDER BY, else as multisets,
 //! since PostgreSQL itself promises no order then.
+//! A LIMIT without any ORDER BY promises only how many rows: only the count is compared.
 
 use crate::wire::{Outcome, WireClient, WireError};
 
@@ -130,6 +131,13 @@ fn has_order_by(sql: &str) -> bool {
     sql.to_ascii_lowercase().contains("order by")
 }
 
+/// A LIMIT (or FETCH FIRST) without any ORDER BY: PostgreSQL promises no particular
+/// rows, only how many, so only the count is compared.
+fn limit_without_order(sql: &str) -> bool {
+    let s = sql.to_ascii_lowercase();
+    !s.contains("order by") && (s.contains(" limit ") || s.contains(" fetch "))
+}
+
 /// Compare one statement's outcomes.
 pub fn compare(sql: &str, plain: &[Outcome], router: &[Outcome]) -> Verdict {
     if router
@@ -175,6 +183,16 @@ pub fn compare(sql: &str, plain: &[Outcome], router: &[Outcome]) -> Verdict {
                 }
                 if pc != rc {
                     return Verdict::Wrong(format!("columns {pc:?} vs {rc:?}"));
+                }
+                if limit_without_order(sql) {
+                    if pr.len() != rr.len() {
+                        return Verdict::Wrong(format!(
+                            "LIMIT without ORDER BY: {} rows from PostgreSQL, {} from pgshard",
+                            pr.len(),
+                            rr.len()
+                        ));
+                    }
+                    continue;
                 }
                 let (mut pr, mut rr) = (pr.clone(), rr.clone());
                 if !ordered {
@@ -313,6 +331,15 @@ mod tests {
             ),
             Verdict::Same
         );
+        let l = "SELECT x FROM t LIMIT 1";
+        assert_eq!(
+            compare(l, &[done(&["1"], "SELECT 1")], &[done(&["2"], "SELECT 1")]),
+            Verdict::Same
+        );
+        assert!(matches!(
+            compare(l, &[done(&["1"], "SELECT 1")], &[done(&[], "SELECT 0")]),
+            Verdict::Wrong(_)
+        ));
         let o = "SELECT x FROM t ORDER BY x";
         assert!(matches!(
             compare(
