@@ -358,6 +358,19 @@ SELECT count(*) FROM orders;
 SELECT item_id, sum(amount) FROM orders GROUP BY item_id ORDER BY item_id LIMIT 10;
 SELECT sum(amount) FROM orders WHERE item_id = -292081;
 SELECT * FROM categories ORDER BY cat;
+-- Finishing steps under client settings that change how values print: the shards
+-- render the collected rows exactly (SET LOCAL), the answer follows the client's settings.
+SET extra_float_digits = 0;
+SELECT sum(f8), avg(f8), stddev(f8) FROM items;
+SELECT grp, avg(f8) FROM items GROUP BY grp ORDER BY grp;
+SET DateStyle = 'SQL, DMY';
+SELECT min(ts), max(ts) FROM items;
+SELECT DISTINCT date_trunc('month', ts) AS m FROM items ORDER BY 1;
+SET IntervalStyle = 'sql_standard';
+SELECT max(ts) - min(ts) AS span FROM items;
+RESET extra_float_digits;
+RESET DateStyle;
+RESET IntervalStyle;
 UPDATE items SET qty = qty + 1 WHERE grp = 3;
 -- The router refuses the multi-shard write (0A000) while PostgreSQL applies it: apply it
 -- on each shard through the escape hatch so the reads below compare the same data.
