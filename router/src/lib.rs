@@ -47,7 +47,12 @@ pub async fn run(
             (CatalogHandle::new(catalog), Some(conninfo))
         }
     };
-    let router = Router::bind(config.clone(), handle.clone()).await?;
+    let router = match &follow {
+        Some(conninfo) => {
+            Router::bind_with_catalog(config.clone(), handle.clone(), conninfo).await?
+        }
+        None => Router::bind(config.clone(), handle.clone()).await?,
+    };
     let follower = follow.map(|conninfo| {
         tokio::spawn(catalog_watch::follow(
             handle,

@@ -13,6 +13,7 @@ use crate::session::error::SessionError;
 use crate::session::startup::{greeting, handshake, Handshake};
 use crate::session::vars::SessionVars;
 use crate::session::Session;
+use crate::twopc::{CatalogLog, Coordinator, Faults, RouterId};
 use bytes::BytesMut;
 use pgshard_catalog::config::RouterConfig;
 use std::collections::HashMap;
@@ -47,6 +48,26 @@ pub struct RouterCtx {
     pub clients: Arc<ClientRegistry>,
     pub scram_secrets: HashMap<String, ScramSecret>,
     pub tls: TlsMode,
+    /// Two-phase commit for transactions spanning shards (SPEC §7); `None` when the
+    /// router runs without a catalog database (a fixed catalog), and then such
+    /// transactions are refused with 0A000.
+    pub twopc: Option<TwoPc>,
+}
+
+/// The coordinator and the catalog commit log, shared by every session.
+pub struct TwoPc {
+    pub coord: Arc<Coordinator>,
+    pub log: Arc<CatalogLog>,
+}
+
+impl TwoPc {
+    /// A coordinator with a fresh router id (and the test-only fault hook from the
+    /// environment) logging commit decisions to the catalog at `conninfo`.
+    pub fn new(conninfo: &str) -> Result<TwoPc, tokio_postgres::Error> {
+        let coord = Arc::new(Coordinator::new(RouterId::generate(), Faults::from_env()));
+        let log = Arc::new(CatalogLog::new(conninfo, coord.router().clone())?);
+        Ok(TwoPc { coord, log })
+    }
 }
 
 impl RouterCtx {
@@ -75,6 +96,7 @@ impl RouterCtx {
             clients: Arc::new(ClientRegistry::default()),
             scram_secrets,
             tls: TlsMode::Disabled,
+            twopc: None,
             catalog,
             config,
         }
@@ -93,6 +115,24 @@ impl Router {
         let listener = TcpListener::bind(&config.listen).await?;
         Ok(Router {
             ctx: Arc::new(RouterCtx::new(config, catalog)),
+            listener,
+        })
+    }
+
+    /// Like [`Router::bind`], with two-phase commit logging to the catalog database at
+    /// `catalog_conninfo` (multi-shard transactions and writes become possible).
+    pub async fn bind_with_catalog(
+        config: RouterConfig,
+        catalog: CatalogHandle,
+        catalog_conninfo: &str,
+    ) -> std::io::Result<Router> {
+        let twopc = TwoPc::new(catalog_conninfo)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = TcpListener::bind(&config.listen).await?;
+        let mut ctx = RouterCtx::new(config, catalog);
+        ctx.twopc = Some(twopc);
+        Ok(Router {
+            ctx: Arc::new(ctx),
             listener,
         })
     }

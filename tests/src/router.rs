@@ -33,7 +33,7 @@ impl TestRouter {
         let conninfo = cluster.spec("catalog")?.connstr(store::CATALOG_DB);
         let catalog = catalog_watch::load_once(&conninfo).await?;
         let handle = CatalogHandle::new(catalog);
-        let router = Router::bind(config.clone(), handle.clone()).await?;
+        let router = Router::bind_with_catalog(config.clone(), handle.clone(), &conninfo).await?;
         let addr = router.local_addr()?;
         let shutdown = CancellationToken::new();
         tokio::spawn(catalog_watch::follow(

@@ -65,7 +65,7 @@ where
         }
     }
 
-    async fn attach(&mut self, shard: ShardId) -> Result<(), SessionError> {
+    pub(crate) async fn attach(&mut self, shard: ShardId) -> Result<(), SessionError> {
         let catalog = self.ctx.catalog.current();
         let node = catalog
             .primary(shard)
@@ -100,6 +100,7 @@ where
             expects: VecDeque::new(),
             executed: false,
             failed_since_sync: false,
+            wrote: false,
         };
         if let Some(vt) = self.virtual_txn.take() {
             encode_query(&mut a.conn.out, &vt.begin_sql);

@@ -48,6 +48,10 @@ pub enum SessionError {
     NoUser,
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// A distributed COMMIT that did not (or is not known to have) committed; `code` is
+    /// 40000 (rolled back by recovery), 08007 (outcome unknown) or XX000.
+    #[error("{message}")]
+    Commit { code: &'static str, message: String },
     /// An error the planner decided (its own SQLSTATE).
     #[error("{0}")]
     Plan(pgshard_sql::PlanError),
@@ -75,6 +79,7 @@ impl SessionError {
             SessionError::AuthFailed(_) => "28P01",
             SessionError::NoUser => "28000",
             SessionError::TooManyClients => "53300",
+            SessionError::Commit { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
         }
     }

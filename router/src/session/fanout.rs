@@ -458,6 +458,7 @@ where
             expects: VecDeque::new(),
             executed: false,
             failed_since_sync: false,
+            wrote: false,
         });
     }
 }

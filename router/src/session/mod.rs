@@ -16,7 +16,8 @@
 //! must be ordered after pending backend replies are queued as [`Expect::Local`].
 //!
 //! Files: [`startup`] (handshake and auth), [`simple`] (Query), [`extended`]
-//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`relay`] (backend replies), [`lex`] and
+//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`txn`]
+//! (transactions spanning shards), [`relay`] (backend replies), [`lex`] and
 //! [`vars`] (session commands and state), [`error`].
 
 mod attach;
@@ -27,6 +28,7 @@ pub mod lex;
 mod relay;
 mod simple;
 pub mod startup;
+mod txn;
 pub mod vars;
 
 use crate::backend::{PooledConn, StmtKey};
@@ -56,8 +58,6 @@ pub struct Stmt {
     /// True for the unnamed statement, which maps to the backend's unnamed statement.
     pub unnamed: bool,
     pub plan: Plan,
-    /// The catalog version the plan was made with.
-    pub catalog_version: pgshard_catalog::CatalogVersion,
     /// A SET/RESET the statement performs, recorded when it completes.
     pub command: SessionCommand,
 }
@@ -114,6 +114,9 @@ pub(crate) struct Attached {
     pub executed: bool,
     /// An error was reported since the last ReadyForQuery.
     pub failed_since_sync: bool,
+    /// A statement that may have written ran on it in the current transaction (decides
+    /// who PREPAREs at a multi-shard COMMIT).
+    pub wrote: bool,
 }
 
 /// BEGIN answered by the router before any statement chose a shard.
@@ -139,6 +142,13 @@ pub struct Session<R, W> {
     pub(crate) portals: HashMap<String, Arc<Stmt>>,
     pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
     pub(crate) attached: Option<Attached>,
+    /// The other participants of a transaction spanning shards (see [`txn`]): idle
+    /// backends, each inside the transaction, nothing outstanding.
+    pub(crate) parked: Vec<Attached>,
+    /// The BEGIN that opened the current transaction, replayed on shards that join it.
+    pub(crate) txn_begin: Option<String>,
+    /// A savepoint command ran in the current transaction.
+    pub(crate) txn_savepoints: bool,
     /// A client message waiting until the attached backend has answered everything.
     pub(crate) deferred: Option<Frame>,
     pub(crate) skip_until_sync: bool,
@@ -191,6 +201,9 @@ where
             portals: HashMap::new(),
             sql_prepared: HashMap::new(),
             attached: None,
+            parked: Vec::new(),
+            txn_begin: None,
+            txn_savepoints: false,
             deferred: None,
             skip_until_sync: false,
             parse_ack: None,
@@ -343,6 +356,9 @@ where
     /// Returns or discards the attached backend at the end of the session; a backend
     /// still running something is cancelled first, and never pooled dirty.
     async fn detach_backend(&mut self) {
+        // Parked participants are idle inside their transaction: closing them rolls it
+        // back (the pool discards a connection that is not clean).
+        self.parked.clear();
         let Some(a) = self.attached.take() else {
             return;
         };
@@ -406,6 +422,18 @@ where
         let msg = M::decode(&frame)?;
         tracing::trace!(tag = %(frame.tag() as char), len = frame.len(), "client message");
         if self.skip_until_sync && !matches!(msg, M::Sync | M::Terminate) {
+            return Ok(());
+        }
+        if self.spans_shards()
+            && matches!(
+                msg,
+                M::Parse { .. } | M::Bind(_) | M::Describe { .. } | M::Execute { .. }
+            )
+        {
+            self.fail_extended(SessionError::Unsupported(
+                "the extended query protocol in a transaction spanning shards is not supported yet"
+                    .into(),
+            ));
             return Ok(());
         }
         match msg {

@@ -111,6 +111,20 @@ where
                 .attached
                 .as_ref()
                 .is_some_and(|a| a.conn.status != b'I');
+        if !in_txn {
+            self.txn_begin = None;
+            self.txn_savepoints = false;
+            if cmd == SessionCommand::Begin {
+                self.txn_begin = Some(sql.to_string());
+            }
+        }
+        if self.spans_shards() {
+            match cmd {
+                SessionCommand::Commit => return self.end_spanning(true).await,
+                SessionCommand::Rollback => return self.end_spanning(false).await,
+                _ => {}
+            }
+        }
         let catalog = self.ctx.catalog.current();
         match &cmd {
             SessionCommand::Begin if self.attached.is_none() && self.virtual_txn.is_none() => {
@@ -135,6 +149,18 @@ where
             _ => {}
         }
         let plan = pgshard_sql::plan(sql, &catalog);
+        if self.spans_shards() {
+            if super::txn::has_savepoint(&plan) {
+                self.fail_simple(SessionError::Unsupported(
+                    "savepoints in a transaction spanning shards are not supported yet".into(),
+                ));
+                return Ok(());
+            }
+            if self.any_participant_failed() {
+                self.fail_simple(SessionError::InFailedTransaction);
+                return Ok(());
+            }
+        }
         let mut prepare: Option<(String, Plan)> = None;
         let route = match &plan.route {
             Route::Router(rc) => match rc {
@@ -231,6 +257,16 @@ where
                 return self.run_on_all(sql, &shards).await;
             }
         };
+        // In an explicit transaction on another shard: that shard joins it (SPEC §7).
+        let joins = self.attached.as_ref().is_some_and(|a| {
+            a.shard != shard && a.conn.status != b'I' && self.virtual_txn.is_none()
+        });
+        if joins && self.ctx.twopc.is_some() {
+            if let Err(e) = self.join_shard(shard).await {
+                self.fail_simple(e);
+                return Ok(());
+            }
+        }
         match self.ensure_backend(shard, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => return Ok(()),
@@ -265,7 +301,11 @@ where
             prepared_name = Some(name);
         }
         let statements = stmts.iter().map(|s| classify(s)).collect();
+        if super::txn::has_savepoint(&plan) {
+            self.txn_savepoints = true;
+        }
         if let Some(a) = self.attached.as_mut() {
+            a.wrote |= super::txn::may_write(&plan);
             a.conn.out.extend_from_slice(frame.raw());
             a.conn.unnamed = None;
             a.conn.pending_syncs += 1;

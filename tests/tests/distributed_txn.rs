@@ -1,0 +1,169 @@
+//! Transactions spanning shards end to end (SPEC §7): tokio-postgres through a router
+//! (with its catalog connection, so two-phase commit is on) on a 2-shard cluster. A
+//! transaction writing on both shards commits on both or on neither, and leaves no
+//! prepared transaction behind.
+
+use pgshard_catalog::config::TableConfig;
+use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+
+fn distributed(name: &str) -> TableConfig {
+    TableConfig {
+        name: name.into(),
+        shard_key: Some("id".into()),
+        key_type: Some("bigint".into()),
+        kind: None,
+        colocate_with: None,
+    }
+}
+
+async fn cluster(tables: Vec<TableConfig>) -> anyhow::Result<TestCluster> {
+    TestCluster::start(TestClusterOptions {
+        shards: 2,
+        replicas: 0,
+        tables,
+        ..Default::default()
+    })
+    .await
+}
+
+/// `SELECT count(*)`-style single value, straight from a shard primary.
+async fn on_shard(cluster: &TestCluster, node: &str, sql: &str) -> anyhow::Result<i64> {
+    let c = cluster.connect_node(node).await?;
+    Ok(c.query_one(sql, &[]).await?.get(0))
+}
+
+/// Rows of `table` on each primary, and that no prepared transaction is left.
+async fn per_shard(cluster: &TestCluster, table: &str) -> anyhow::Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for node in PRIMARIES {
+        let prepared = on_shard(cluster, node, "SELECT count(*) FROM pg_prepared_xacts").await?;
+        assert_eq!(prepared, 0, "prepared transactions left on {node}");
+        out.push(on_shard(cluster, node, &format!("SELECT count(*) FROM {table}")).await?);
+    }
+    Ok(out)
+}
+
+/// The command tags of a simple Query.
+async fn tags(client: &Client, sql: &str) -> anyhow::Result<Vec<u64>> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::CommandComplete(n) => Some(n),
+            _ => None,
+        })
+        .collect())
+}
+
+/// One single-row INSERT per key: each statement goes to its key's shard, so with 20
+/// keys the transaction touches both shards.
+async fn insert_keys(client: &Client, table: &str) -> anyhow::Result<()> {
+    for id in 1..=20 {
+        client
+            .simple_query(&format!(
+                "INSERT INTO {table} (id, v) VALUES ({id}, 'v{id}')"
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_on_both_shards_commits_everywhere_or_nowhere() -> anyhow::Result<()> {
+    let cluster = cluster(vec![distributed("dt_kv")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.simple_query("CREATE TABLE dt_kv (id bigint PRIMARY KEY, v text)")
+        .await?;
+
+    // Committed: every row on its shard, both shards used, nothing left prepared.
+    c.simple_query("BEGIN").await?;
+    insert_keys(&c, "dt_kv").await?;
+    let seen = tags(&c, "SELECT v FROM dt_kv WHERE id = 7").await?;
+    assert_eq!(seen, vec![1], "the transaction sees its own write");
+    c.simple_query("COMMIT").await?;
+    let counts = per_shard(&cluster, "dt_kv").await?;
+    assert_eq!(counts.iter().sum::<i64>(), 20, "{counts:?}");
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "both shards took part: {counts:?}"
+    );
+
+    // Rolled back: nothing applied anywhere.
+    c.simple_query("BEGIN").await?;
+    for id in 101..=120 {
+        c.simple_query(&format!("INSERT INTO dt_kv (id, v) VALUES ({id}, 'r')"))
+            .await?;
+    }
+    c.simple_query("ROLLBACK").await?;
+    assert_eq!(per_shard(&cluster, "dt_kv").await?.iter().sum::<i64>(), 20);
+
+    // An error on one shard fails the whole transaction; COMMIT answers ROLLBACK.
+    c.simple_query("BEGIN").await?;
+    for id in 201..=220 {
+        c.simple_query(&format!("INSERT INTO dt_kv (id, v) VALUES ({id}, 'e')"))
+            .await?;
+    }
+    let dup = c
+        .simple_query("INSERT INTO dt_kv (id, v) VALUES (1, 'dup')")
+        .await;
+    let code = dup.err().and_then(|e| e.code().cloned());
+    assert_eq!(
+        code,
+        Some(tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    // Any later statement, on any shard, is refused as PostgreSQL does.
+    for id in [2, 3, 4, 5] {
+        let e = c
+            .simple_query(&format!("SELECT v FROM dt_kv WHERE id = {id}"))
+            .await
+            .err()
+            .and_then(|e| e.code().cloned());
+        assert_eq!(
+            e,
+            Some(tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
+        );
+    }
+    let ended = c.simple_query("COMMIT").await?;
+    let rolled_back = ended
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)));
+    assert!(rolled_back);
+    assert_eq!(per_shard(&cluster, "dt_kv").await?.iter().sum::<i64>(), 20);
+
+    // The session goes on, outside any transaction.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM dt_kv WHERE id = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 1);
+    assert_eq!(tags(&c, "SELECT 1").await?, vec![1]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_in_a_transaction_spanning_shards_are_refused() -> anyhow::Result<()> {
+    let cluster = cluster(vec![distributed("dt_sp")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.simple_query("CREATE TABLE dt_sp (id bigint PRIMARY KEY, v text)")
+        .await?;
+    c.simple_query("BEGIN").await?;
+    insert_keys(&c, "dt_sp").await?;
+    let e = c
+        .simple_query("SAVEPOINT a")
+        .await
+        .err()
+        .and_then(|e| e.code().cloned());
+    assert_eq!(
+        e,
+        Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    c.simple_query("ROLLBACK").await?;
+    assert_eq!(per_shard(&cluster, "dt_sp").await?.iter().sum::<i64>(), 0);
+    Ok(())
+}
