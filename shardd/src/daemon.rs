@@ -178,14 +178,24 @@ pub async fn run_with(
     };
     tracing::info!(cluster = %config.cluster.name, elapsed = ?started.elapsed(), "cluster ready");
 
+    // One probe round before reporting ready, so the first `status` already shows
+    // replication state and lag rather than a placeholder.
+    let mut prober = Prober::new(&cluster);
+    let first = prober.probe_once().await;
     {
         let mut s = status.write().unwrap_or_else(|p| p.into_inner());
-        s.nodes = cluster
-            .layout()
-            .nodes
-            .iter()
-            .map(|n| NodeStatus::initial(n, NodeState::Healthy))
-            .collect();
+        s.nodes = prober.status().to_vec();
+        if s.nodes.is_empty() {
+            s.nodes = cluster
+                .layout()
+                .nodes
+                .iter()
+                .map(|n| NodeStatus::initial(n, NodeState::Healthy))
+                .collect();
+        }
+        if let Some(v) = first {
+            s.version = Some(v.0);
+        }
         s.ready = true;
     }
     let mut router = None;
@@ -226,7 +236,7 @@ pub async fn run_with(
     state.write(&data_dir)?;
 
     let probes = tokio::spawn(run_probes(
-        Prober::new(&cluster),
+        prober,
         Duration::from_millis(config.shardd.probe_interval_ms),
         status.clone(),
         stop.clone(),

@@ -56,7 +56,20 @@ where
             ));
             return Ok(());
         }
-        let plan = pgshard_sql::plan(&sql, &catalog);
+        // Drivers re-Parse the unnamed statement with the same text over and over
+        // (pgbench -M extended): reuse its plan while the catalog is unchanged. The
+        // backend still re-parses it, as PostgreSQL would.
+        let plan = match self.stmts.get(&name) {
+            Some(prev)
+                if prev.unnamed
+                    && prev.catalog_version == catalog.version
+                    && prev.key.sql == sql
+                    && prev.key.param_types == param_types =>
+            {
+                prev.plan.clone()
+            }
+            _ => pgshard_sql::plan(&sql, &catalog),
+        };
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
         // may still send Unsupported statements to a shard.)
@@ -77,6 +90,7 @@ where
             key,
             unnamed: name.is_empty(),
             plan,
+            catalog_version: catalog.version,
             command: match command {
                 c @ (SessionCommand::Set { .. }
                 | SessionCommand::Reset { .. }

@@ -58,6 +58,8 @@ pub struct Stmt {
     /// True for the unnamed statement, which maps to the backend's unnamed statement.
     pub unnamed: bool,
     pub plan: Plan,
+    /// The catalog version the plan was made with.
+    pub catalog_version: pgshard_catalog::CatalogVersion,
     /// A SET/RESET the statement performs, recorded when it completes.
     pub command: SessionCommand,
 }
