@@ -44,10 +44,11 @@ use sqlparser::ast::{
 };
 use std::ops::ControlFlow;
 
-/// The switch for multi-shard UPDATE/DELETE: they need two-phase commit (another
-/// issue). When it lands, turning this on makes the planner return
-/// [`crate::Route::FanoutWrite`] instead of 0A000.
-pub const MULTI_SHARD_WRITES: bool = false;
+/// The switch for multi-shard UPDATE/DELETE: on, the planner returns
+/// [`crate::Route::FanoutWrite`] instead of 0A000, and the router runs it on every
+/// target shard and commits with two-phase commit (it still answers 0A000 where it
+/// cannot: in a transaction block, the extended protocol, no catalog connection).
+pub const MULTI_SHARD_WRITES: bool = true;
 
 /// How a multi-shard read runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -88,8 +88,8 @@ pub enum Route {
     /// [`FanoutPlan`].
     Fanout(FanoutPlan),
     /// A write on several shards (UPDATE/DELETE without a single-shard key filter):
-    /// the same statement on each shard, in one distributed transaction. Not produced
-    /// until two-phase commit exists (see [`fanout::MULTI_SHARD_WRITES`]).
+    /// the same statement on each shard, in one distributed transaction (see
+    /// [`fanout::MULTI_SHARD_WRITES`]).
     FanoutWrite(FanoutWrite),
     /// Handled by the router itself without a backend (e.g. `create_distributed_table`).
     Router(RouterCommand),

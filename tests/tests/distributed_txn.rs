@@ -167,3 +167,72 @@ async fn savepoints_in_a_transaction_spanning_shards_are_refused() -> anyhow::Re
     assert_eq!(per_shard(&cluster, "dt_sp").await?.iter().sum::<i64>(), 0);
     Ok(())
 }
+
+/// The rows of a simple Query, first column as text.
+async fn column(client: &Client, sql: &str) -> anyhow::Result<Vec<String>> {
+    Ok(client
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_and_delete_without_the_key_run_on_every_shard() -> anyhow::Result<()> {
+    let cluster = cluster(vec![distributed("dt_up")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.simple_query("CREATE TABLE dt_up (id bigint PRIMARY KEY, v text)")
+        .await?;
+    insert_keys(&c, "dt_up").await?;
+
+    // One command tag with the counts of both shards summed, every row changed.
+    assert_eq!(tags(&c, "UPDATE dt_up SET v = 'x'").await?, vec![20]);
+    for node in PRIMARIES {
+        let left = on_shard(&cluster, node, "SELECT count(*) FROM dt_up WHERE v <> 'x'").await?;
+        assert_eq!(left, 0, "{node}");
+    }
+    let counts = per_shard(&cluster, "dt_up").await?;
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "both shards took part: {counts:?}"
+    );
+
+    // RETURNING rows from every shard, concatenated.
+    let mut gone = column(&c, "DELETE FROM dt_up WHERE id > 10 RETURNING id").await?;
+    gone.sort_by_key(|s| s.parse::<i64>().unwrap_or(0));
+    let want: Vec<String> = (11..=20).map(|i| i.to_string()).collect();
+    assert_eq!(gone, want);
+    assert_eq!(per_shard(&cluster, "dt_up").await?.iter().sum::<i64>(), 10);
+
+    // A failure on one shard leaves every shard unchanged.
+    let e = c
+        .simple_query("UPDATE dt_up SET v = (10 / (id - 3))::text")
+        .await
+        .err()
+        .and_then(|e| e.code().cloned());
+    assert_eq!(e, Some(tokio_postgres::error::SqlState::DIVISION_BY_ZERO));
+    assert_eq!(
+        column(&c, "SELECT count(*) FROM dt_up WHERE v = 'x'").await?,
+        vec!["10".to_string()]
+    );
+    per_shard(&cluster, "dt_up").await?;
+
+    // Inside a transaction block: still refused.
+    c.simple_query("BEGIN").await?;
+    let e = c
+        .simple_query("UPDATE dt_up SET v = 'y'")
+        .await
+        .err()
+        .and_then(|e| e.code().cloned());
+    assert_eq!(
+        e,
+        Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    c.simple_query("ROLLBACK").await?;
+    Ok(())
+}

@@ -238,6 +238,13 @@ where
                 return self.run_fanout(frame, f, in_txn).await;
             }
         }
+        // A multi-shard UPDATE/DELETE on its own, outside a transaction block: atomic
+        // on every shard through two-phase commit.
+        if let (Route::FanoutWrite(w), Route::FanoutWrite(_)) = (&route, &plan.route) {
+            if !in_txn && stmts.len() == 1 && self.ctx.twopc.is_some() {
+                return self.run_fanout_write(w).await;
+            }
+        }
         let target = match self.resolve(&route, &catalog) {
             Ok(t) => t,
             Err(e) => {
@@ -361,7 +368,7 @@ where
                     .into(),
             )),
             Route::FanoutWrite(_) => Err(SessionError::Unsupported(
-                "write on several shards (needs a distributed transaction)".into(),
+                "write on several shards inside a transaction block, through the extended query protocol or without a catalog connection (not supported yet)".into(),
             )),
         }
     }

@@ -15,12 +15,16 @@
 
 use super::error::SessionError;
 use super::{Attached, Session, VirtualTxn};
-use crate::backend::BackendError;
-use crate::protocol::backend::{encode_command_complete, encode_ready};
+use crate::backend::{BackendError, PooledConn};
+use crate::protocol::backend::{
+    decode_command_tag, decode_ready_status, encode_command_complete, encode_ready,
+};
+use crate::protocol::frontend::encode_query;
+use crate::protocol::Frame;
 use crate::twopc::{CommitError, CommitLog, Member, Outcome};
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{Plan, StatementKind};
+use pgshard_sql::{FanoutWrite, Plan, StatementKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// True if a statement of this kind may change data (a read may too, through a
@@ -171,23 +175,200 @@ where
             Some(Err(CommitError::Failed { shard, source })) => {
                 SessionError::from_backend(shard, source).encode(&mut b);
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "distributed commit did not complete");
-                let code = match &e {
-                    CommitError::RecoveryAborted { .. } => "40000",
-                    CommitError::Unknown { .. } => "08007",
-                    CommitError::Failed { .. } | CommitError::Halted(_) => "XX000",
-                };
-                SessionError::Commit {
-                    code,
-                    message: e.to_string(),
-                }
-                .encode(&mut b);
-            }
+            Some(Err(e)) => commit_error(&e).encode(&mut b),
         }
         encode_ready(&mut b, b'I');
         self.out.extend_from_slice(&b);
         self.entry.set_activity("idle", None, None);
         Ok(())
+    }
+}
+
+/// What one shard answered to a multi-shard write.
+struct ShardReply {
+    row_description: Option<Frame>,
+    rows: Vec<Frame>,
+    tag: String,
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// A multi-shard UPDATE or DELETE outside a transaction block: the statement runs
+    /// inside a transaction on every target shard, then all commit with two-phase commit
+    /// (atomic), and the client gets one answer: the RETURNING rows concatenated and the
+    /// command tag with the row counts summed.
+    pub(crate) async fn run_fanout_write(&mut self, w: &FanoutWrite) -> Result<(), SessionError> {
+        let Some(twopc) = self.ctx.twopc.as_ref() else {
+            self.fail_simple(SessionError::Unsupported(
+                "write on several shards without a catalog connection (no two-phase commit)".into(),
+            ));
+            return Ok(());
+        };
+        let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
+        let catalog = self.ctx.catalog.current();
+        let sql = format!("BEGIN; {}", w.sql);
+        let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
+        let mut replies: Vec<ShardReply> = Vec::new();
+        let mut failure: Option<SessionError> = None;
+        for &shard in &w.shards {
+            match self.write_on_shard(&catalog, shard, &sql).await {
+                Ok((conn, Ok(reply))) => {
+                    conns.push((shard, conn));
+                    replies.push(reply);
+                }
+                Ok((conn, Err(e))) => {
+                    conns.push((shard, conn));
+                    failure = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut members: Vec<Member<'_, BackendError>> = conns
+            .iter_mut()
+            .map(|(shard, conn)| Member {
+                shard: *shard,
+                wrote: true,
+                conn: &mut **conn,
+            })
+            .collect();
+        let mut b = BytesMut::new();
+        if let Some(e) = failure {
+            coord.rollback(&mut members).await;
+            e.encode(&mut b);
+        } else {
+            match coord.commit(&mut members, &*log).await {
+                Ok(Outcome::Committed { gid, unfinished }) => {
+                    merge_write_replies(&mut b, &replies);
+                    if let (Some(gid), true) = (gid, unfinished.is_empty()) {
+                        if let Err(error) = log.forget(&gid).await {
+                            tracing::debug!(%gid, %error, "could not forget a commit record");
+                        }
+                    }
+                }
+                Ok(Outcome::RolledBack) => encode_command_complete(&mut b, "ROLLBACK"),
+                Err(CommitError::Failed { shard, source }) => {
+                    SessionError::from_backend(shard, source).encode(&mut b);
+                }
+                Err(e) => commit_error(&e).encode(&mut b),
+            }
+        }
+        drop(members);
+        drop(conns);
+        encode_ready(&mut b, b'I');
+        self.emit_local(&b);
+        Ok(())
+    }
+
+    /// Runs `BEGIN; <write>` on one shard's primary, leaving the transaction open. The
+    /// outer error means no connection was obtained; the inner one is the statement's.
+    async fn write_on_shard(
+        &mut self,
+        catalog: &pgshard_catalog::Catalog,
+        shard: ShardId,
+        sql: &str,
+    ) -> Result<(PooledConn, Result<ShardReply, SessionError>), SessionError> {
+        let node = catalog
+            .primary(shard)
+            .ok_or(SessionError::NoPrimary(shard))?;
+        let pool = self.ctx.pools.get(node, &self.user, &self.database);
+        let mut conn = pool
+            .checkout()
+            .await
+            .map_err(|e| SessionError::from_backend(shard, e))?;
+        let fp = self.vars.fingerprint();
+        if conn.state_fp != fp {
+            if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
+                conn.broken = true;
+                return Err(SessionError::from_backend(shard, e));
+            }
+            conn.state_fp = fp;
+        }
+        encode_query(&mut conn.out, sql);
+        conn.unnamed = None;
+        if let Err(e) = conn.flush().await {
+            conn.broken = true;
+            return Ok((conn, Err(SessionError::from_backend(shard, e))));
+        }
+        let mut reply = ShardReply {
+            row_description: None,
+            rows: Vec::new(),
+            tag: String::new(),
+        };
+        let mut error = None;
+        loop {
+            let f = match conn.read().await {
+                Ok(f) => f,
+                Err(e) => {
+                    conn.broken = true;
+                    return Ok((conn, Err(SessionError::from_backend(shard, e))));
+                }
+            };
+            match f.tag() {
+                b'Z' => {
+                    conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                    break;
+                }
+                b'E' => error = Some(f),
+                b'T' => reply.row_description = Some(f),
+                b'D' => reply.rows.push(f),
+                b'C' => {
+                    // The last CommandComplete is the write's (the first is BEGIN's).
+                    if let Ok(tag) = decode_command_tag(&f) {
+                        reply.tag = tag.to_string();
+                    }
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(f) => {
+                let e = SessionError::from_backend(shard, conn.server_error(f));
+                Ok((conn, Err(e)))
+            }
+            None => Ok((conn, Ok(reply))),
+        }
+    }
+}
+
+/// One answer from every shard's: the first RowDescription, every row, and the command
+/// tag's count summed (`UPDATE 3` + `UPDATE 4` = `UPDATE 7`).
+fn merge_write_replies(b: &mut BytesMut, replies: &[ShardReply]) {
+    if let Some(rd) = replies.iter().find_map(|r| r.row_description.as_ref()) {
+        b.extend_from_slice(rd.raw());
+    }
+    for r in replies {
+        for row in &r.rows {
+            b.extend_from_slice(row.raw());
+        }
+    }
+    let verb = replies
+        .first()
+        .and_then(|r| r.tag.split_whitespace().next())
+        .unwrap_or("UPDATE");
+    let total: u64 = replies
+        .iter()
+        .filter_map(|r| r.tag.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    encode_command_complete(b, &format!("{verb} {total}"));
+}
+
+/// The client's error for a commit that did not (or is not known to have) committed.
+fn commit_error(e: &CommitError<BackendError>) -> SessionError {
+    let code = match e {
+        CommitError::RecoveryAborted { .. } => "40000",
+        CommitError::Unknown { .. } => "08007",
+        CommitError::Failed { .. } | CommitError::Halted(_) => "XX000",
+    };
+    tracing::warn!(error = %e, "distributed commit did not complete");
+    SessionError::Commit {
+        code,
+        message: e.to_string(),
     }
 }

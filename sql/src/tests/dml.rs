@@ -83,7 +83,7 @@ fn select_in_list_on_one_or_several_shards() {
     );
     check(
         &format!("DELETE FROM accounts WHERE aid IN ({a}, {b})"),
-        &E::Unsup("multi-shard DELETE on distributed table accounts"),
+        &E::FanWrite(2),
     );
     check(
         &format!("UPDATE accounts SET abalance = 0 WHERE aid IN ({a}, {same})"),
@@ -210,21 +210,15 @@ fn not_provably_single_shard() {
         ("SELECT * FROM docs WHERE lower(slug) = 'a'", E::Fan),
         ("SELECT * FROM docs WHERE slug = 'a' COLLATE \"C\"", E::Fan),
         ("SELECT * FROM things WHERE id = 'not-a-uuid'", E::Fan),
-        (
-            "UPDATE accounts SET abalance = 0",
-            E::Unsup("UPDATE on distributed table accounts without a shard key filter"),
-        ),
+        ("UPDATE accounts SET abalance = 0", E::FanWrite(3)),
         (
             "UPDATE accounts SET abalance = 0 WHERE abalance < 0",
-            E::Unsup("UPDATE on distributed table accounts"),
+            E::FanWrite(3),
         ),
-        (
-            "DELETE FROM accounts",
-            E::Unsup("DELETE on distributed table accounts without a shard key filter"),
-        ),
+        ("DELETE FROM accounts", E::FanWrite(3)),
         (
             "DELETE FROM accounts WHERE aid = 1 OR aid = 2",
-            E::Unsup("DELETE on distributed table accounts"),
+            E::FanWrite(3),
         ),
         // A filter in a subquery does not restrict the outer table.
         (

@@ -125,6 +125,8 @@ pub(crate) enum E {
     Unsup(&'static str),
     /// A fan-out plan.
     Fan,
+    /// A multi-shard UPDATE/DELETE on this many shards.
+    FanWrite(usize),
     /// `Error` with this SQLSTATE.
     Err(&'static str),
     Router(RouterCommand),
@@ -141,6 +143,7 @@ pub(crate) fn check(sql: &str, want: &E) {
         (E::Param(n, kt), Route::ShardByParam { param, key_type }) => param == n && key_type == kt,
         (E::Unsup(text), Route::Unsupported(msg)) => msg.contains(text),
         (E::Fan, Route::Fanout(_)) => true,
+        (E::FanWrite(n), Route::FanoutWrite(w)) => w.shards.len() == *n,
         (E::Err(code), Route::Error(e)) => e.sqlstate() == *code,
         (E::Router(cmd), Route::Router(c)) => c == cmd,
         _ => false,
