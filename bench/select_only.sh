@@ -14,7 +14,7 @@ SCALE=${3:-10}
 POOL=8
 
 command -v pgbouncer >/dev/null || { echo "install pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
-cargo build --release --quiet --bins
+[ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
