@@ -243,6 +243,9 @@ pub struct FanoutWrite {
     pub tables: Vec<String>,
     pub shards: Vec<ShardId>,
     pub sql: String,
+    /// A write to reference tables: every shard holds the same copy and answers alike,
+    /// so the client gets one shard's answer (no summing, no concatenation).
+    pub replicated: bool,
 }
 
 /// A multi-shard UPDATE or DELETE; `refusal` is the 0A000 message used while
@@ -259,6 +262,7 @@ pub(crate) fn plan_write(
             tables: vec![table],
             shards,
             sql: st.to_string(),
+            replicated: false,
         })
     } else {
         crate::Route::Unsupported(refusal)

@@ -1083,7 +1083,19 @@ impl<'c> Analysis<'c> {
         }
         if self.occs.is_empty() {
             if let Some(r) = self.reference_writes.first() {
-                return reference_write(r);
+                // Only reference tables written: the same statement on every shard, in
+                // one distributed transaction (SPEC §5 rule 4).
+                return match st {
+                    Some(st) if crate::fanout::MULTI_SHARD_WRITES => {
+                        Route::FanoutWrite(crate::FanoutWrite {
+                            tables: self.reference_writes.clone(),
+                            shards: self.catalog.shard_ids(),
+                            sql: st.to_string(),
+                            replicated: true,
+                        })
+                    }
+                    _ => reference_write(r),
+                };
             }
             if self.select_into
                 || !self.locals.is_empty()
@@ -1305,8 +1317,8 @@ impl<'c> Analysis<'c> {
     }
 }
 
-/// The one place deciding what a write to a reference table does (SPEC §5 rule 4:
-/// all shards in one distributed transaction, once 2PC exists).
+/// The refusal for a reference-table write that cannot run as one statement on every
+/// shard yet (COPY FROM, or mixed with distributed tables); SPEC §5 rule 4.
 pub(crate) fn reference_write(table: &str) -> Route {
     Route::Unsupported(format!(
         "write to reference table {table} needs a distributed transaction (not yet supported)"

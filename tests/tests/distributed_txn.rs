@@ -236,3 +236,51 @@ async fn update_and_delete_without_the_key_run_on_every_shard() -> anyhow::Resul
     c.simple_query("ROLLBACK").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_table_writes_land_on_every_shard() -> anyhow::Result<()> {
+    let reference = TableConfig {
+        name: "dt_ref".into(),
+        shard_key: None,
+        key_type: None,
+        kind: Some("reference".into()),
+        colocate_with: None,
+    };
+    let cluster = cluster(vec![distributed("dt_kv2"), reference]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.simple_query("CREATE TABLE dt_ref (id int PRIMARY KEY, name text)")
+        .await?;
+
+    // One shard's answer: INSERT 0 3, not 6.
+    let inserted = tags(&c, "INSERT INTO dt_ref VALUES (1, 'a'), (2, 'b'), (3, 'c')").await?;
+    assert_eq!(inserted, vec![3]);
+    assert_eq!(per_shard(&cluster, "dt_ref").await?, vec![3, 3]);
+    let renamed = column(
+        &c,
+        "UPDATE dt_ref SET name = 'z' WHERE id = 2 RETURNING name",
+    )
+    .await?;
+    assert_eq!(renamed, vec!["z".to_string()]);
+    for node in PRIMARIES {
+        let z = on_shard(
+            &cluster,
+            node,
+            "SELECT count(*) FROM dt_ref WHERE name = 'z'",
+        )
+        .await?;
+        assert_eq!(z, 1, "{node}");
+    }
+
+    // A duplicate key fails on the first shard: nothing changes anywhere.
+    let e = c
+        .simple_query("INSERT INTO dt_ref VALUES (4, 'd'), (1, 'dup')")
+        .await
+        .err()
+        .and_then(|e| e.code().cloned());
+    assert_eq!(e, Some(tokio_postgres::error::SqlState::UNIQUE_VIOLATION));
+    assert_eq!(per_shard(&cluster, "dt_ref").await?, vec![3, 3]);
+    assert_eq!(tags(&c, "DELETE FROM dt_ref").await?, vec![3]);
+    assert_eq!(per_shard(&cluster, "dt_ref").await?, vec![0, 0]);
+    Ok(())
+}

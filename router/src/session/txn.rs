@@ -196,10 +196,11 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    /// A multi-shard UPDATE or DELETE outside a transaction block: the statement runs
-    /// inside a transaction on every target shard, then all commit with two-phase commit
-    /// (atomic), and the client gets one answer: the RETURNING rows concatenated and the
-    /// command tag with the row counts summed.
+    /// A multi-shard UPDATE or DELETE, or a reference-table write, outside a transaction
+    /// block: the statement runs inside a transaction on every target shard, then all
+    /// commit with two-phase commit (atomic), and the client gets one answer: the
+    /// RETURNING rows concatenated and the command tag with the row counts summed (for
+    /// a reference table, one shard's answer: every shard holds the same copy).
     pub(crate) async fn run_fanout_write(&mut self, w: &FanoutWrite) -> Result<(), SessionError> {
         let Some(twopc) = self.ctx.twopc.as_ref() else {
             self.fail_simple(SessionError::Unsupported(
@@ -245,7 +246,12 @@ where
         } else {
             match coord.commit(&mut members, &*log).await {
                 Ok(Outcome::Committed { gid, unfinished }) => {
-                    merge_write_replies(&mut b, &replies);
+                    if w.replicated {
+                        // Reference tables: every shard answered alike; one answer.
+                        merge_write_replies(&mut b, &replies[..replies.len().min(1)]);
+                    } else {
+                        merge_write_replies(&mut b, &replies);
+                    }
                     if let (Some(gid), true) = (gid, unfinished.is_empty()) {
                         if let Err(error) = log.forget(&gid).await {
                             tracing::debug!(%gid, %error, "could not forget a commit record");
