@@ -222,18 +222,25 @@ async fn update_and_delete_without_the_key_run_on_every_shard() -> anyhow::Resul
     );
     per_shard(&cluster, "dt_up").await?;
 
-    // Inside a transaction block: still refused.
+    // Inside a transaction block: every shard joins it; ROLLBACK undoes all of it,
+    // COMMIT applies all of it.
     c.simple_query("BEGIN").await?;
-    let e = c
-        .simple_query("UPDATE dt_up SET v = 'y'")
-        .await
-        .err()
-        .and_then(|e| e.code().cloned());
+    assert_eq!(tags(&c, "UPDATE dt_up SET v = 'y'").await?, vec![10]);
     assert_eq!(
-        e,
-        Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+        column(&c, "SELECT v FROM dt_up WHERE id = 1").await?,
+        vec!["y"]
     );
     c.simple_query("ROLLBACK").await?;
+    assert_eq!(
+        tags(&c, "SELECT 1 FROM dt_up WHERE v = 'x'").await?,
+        vec![10]
+    );
+    c.simple_query("BEGIN").await?;
+    c.simple_query("INSERT INTO dt_up (id, v) VALUES (50, 'x')")
+        .await?;
+    assert_eq!(tags(&c, "DELETE FROM dt_up WHERE v = 'x'").await?, vec![11]);
+    c.simple_query("COMMIT").await?;
+    assert_eq!(per_shard(&cluster, "dt_up").await?, vec![0, 0]);
     Ok(())
 }
 
@@ -282,5 +289,18 @@ async fn reference_table_writes_land_on_every_shard() -> anyhow::Result<()> {
     assert_eq!(per_shard(&cluster, "dt_ref").await?, vec![3, 3]);
     assert_eq!(tags(&c, "DELETE FROM dt_ref").await?, vec![3]);
     assert_eq!(per_shard(&cluster, "dt_ref").await?, vec![0, 0]);
+
+    // Inside a transaction block, with distributed rows (pgbench's shape).
+    c.simple_query("CREATE TABLE dt_kv2 (id bigint PRIMARY KEY, v text)")
+        .await?;
+    c.simple_query("BEGIN").await?;
+    insert_keys(&c, "dt_kv2").await?;
+    assert_eq!(
+        tags(&c, "INSERT INTO dt_ref VALUES (9, 'n')").await?,
+        vec![1]
+    );
+    c.simple_query("COMMIT").await?;
+    assert_eq!(per_shard(&cluster, "dt_ref").await?, vec![1, 1]);
+    assert_eq!(per_shard(&cluster, "dt_kv2").await?.iter().sum::<i64>(), 20);
     Ok(())
 }

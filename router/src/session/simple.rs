@@ -241,8 +241,12 @@ where
         // A multi-shard UPDATE/DELETE on its own, outside a transaction block: atomic
         // on every shard through two-phase commit.
         if let (Route::FanoutWrite(w), Route::FanoutWrite(_)) = (&route, &plan.route) {
-            if !in_txn && stmts.len() == 1 && self.ctx.twopc.is_some() {
-                return self.run_fanout_write(w).await;
+            if stmts.len() == 1 && self.ctx.twopc.is_some() {
+                return if in_txn {
+                    self.run_fanout_write_in_txn(w).await
+                } else {
+                    self.run_fanout_write(w).await
+                };
             }
         }
         let target = match self.resolve(&route, &catalog) {

@@ -15,7 +15,7 @@
 
 use super::error::SessionError;
 use super::{Attached, Session, VirtualTxn};
-use crate::backend::{BackendError, PooledConn};
+use crate::backend::{BackendConn, BackendError, PooledConn};
 use crate::protocol::backend::{
     decode_command_tag, decode_ready_status, encode_command_complete, encode_ready,
 };
@@ -272,6 +272,89 @@ where
         Ok(())
     }
 
+    /// A multi-shard UPDATE/DELETE or reference-table write inside a transaction block:
+    /// every target shard joins the transaction and runs it there; the writes commit
+    /// with the transaction (two-phase commit at COMMIT). An error on a shard fails the
+    /// whole transaction.
+    pub(crate) async fn run_fanout_write_in_txn(
+        &mut self,
+        w: &FanoutWrite,
+    ) -> Result<(), SessionError> {
+        let mut replies = Vec::new();
+        for &shard in &w.shards {
+            let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
+            if !on_it {
+                let joined = if self.attached.is_none() {
+                    // BEGIN answered by the router so far: it goes out now.
+                    self.attach(shard).await
+                } else {
+                    self.join_shard(shard).await
+                };
+                if let Err(e) = joined {
+                    self.fail_simple(e);
+                    return Ok(());
+                }
+                self.drain_attached().await?;
+            }
+            let Some(a) = self.attached.as_mut() else {
+                return Err(SessionError::LostBackend { shard });
+            };
+            if a.conn.status == b'E' {
+                self.fail_simple(SessionError::InFailedTransaction);
+                return Ok(());
+            }
+            a.wrote = true;
+            a.executed = true;
+            match exec_write(&mut a.conn, shard, &w.sql).await {
+                Ok(r) => replies.push(r),
+                Err(e) => {
+                    if a.conn.broken {
+                        return Err(SessionError::LostBackend { shard });
+                    }
+                    self.emit_error(&e);
+                    self.emit_ready(b'E');
+                    return Ok(());
+                }
+            }
+        }
+        let mut b = BytesMut::new();
+        if w.replicated {
+            merge_write_replies(&mut b, &replies[..replies.len().min(1)]);
+        } else {
+            merge_write_replies(&mut b, &replies);
+        }
+        encode_ready(&mut b, self.client_status());
+        self.emit_local(&b);
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// Runs what the attached backend still owes (a joined shard's BEGIN) to the end
+    /// here rather than in the session loop.
+    async fn drain_attached(&mut self) -> Result<(), SessionError> {
+        loop {
+            let Some(a) = self.attached.as_mut() else {
+                return Ok(());
+            };
+            if a.expects.is_empty() {
+                return Ok(());
+            }
+            let shard = a.shard;
+            let frame = match a.conn.flush().await {
+                Ok(()) => a.conn.read().await,
+                Err(e) => Err(e),
+            };
+            match frame {
+                Ok(f) => self.on_backend_frame(f)?,
+                Err(error) => {
+                    a.conn.broken = true;
+                    tracing::warn!(%shard, %error, "lost backend connection");
+                    return Err(SessionError::LostBackend { shard });
+                }
+            }
+        }
+    }
+
     /// Runs `BEGIN; <write>` on one shard's primary, leaving the transaction open. The
     /// outer error means no connection was obtained; the inner one is the statement's.
     async fn write_on_shard(
@@ -296,50 +379,58 @@ where
             }
             conn.state_fp = fp;
         }
-        encode_query(&mut conn.out, sql);
-        conn.unnamed = None;
-        if let Err(e) = conn.flush().await {
-            conn.broken = true;
-            return Ok((conn, Err(SessionError::from_backend(shard, e))));
-        }
-        let mut reply = ShardReply {
-            row_description: None,
-            rows: Vec::new(),
-            tag: String::new(),
+        let reply = exec_write(&mut conn, shard, sql).await;
+        Ok((conn, reply))
+    }
+}
+
+/// Runs one write Query on `conn` (inside its transaction) and collects its answer; a
+/// lost connection marks it broken.
+async fn exec_write(
+    conn: &mut BackendConn,
+    shard: ShardId,
+    sql: &str,
+) -> Result<ShardReply, SessionError> {
+    encode_query(&mut conn.out, sql);
+    conn.unnamed = None;
+    if let Err(e) = conn.flush().await {
+        conn.broken = true;
+        return Err(SessionError::from_backend(shard, e));
+    }
+    let mut reply = ShardReply {
+        row_description: None,
+        rows: Vec::new(),
+        tag: String::new(),
+    };
+    let mut error = None;
+    loop {
+        let f = match conn.read().await {
+            Ok(f) => f,
+            Err(e) => {
+                conn.broken = true;
+                return Err(SessionError::from_backend(shard, e));
+            }
         };
-        let mut error = None;
-        loop {
-            let f = match conn.read().await {
-                Ok(f) => f,
-                Err(e) => {
-                    conn.broken = true;
-                    return Ok((conn, Err(SessionError::from_backend(shard, e))));
-                }
-            };
-            match f.tag() {
-                b'Z' => {
-                    conn.status = decode_ready_status(&f).unwrap_or(b'E');
-                    break;
-                }
-                b'E' => error = Some(f),
-                b'T' => reply.row_description = Some(f),
-                b'D' => reply.rows.push(f),
-                b'C' => {
-                    // The last CommandComplete is the write's (the first is BEGIN's).
-                    if let Ok(tag) = decode_command_tag(&f) {
-                        reply.tag = tag.to_string();
-                    }
-                }
-                _ => {}
+        match f.tag() {
+            b'Z' => {
+                conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                break;
             }
-        }
-        match error {
-            Some(f) => {
-                let e = SessionError::from_backend(shard, conn.server_error(f));
-                Ok((conn, Err(e)))
+            b'E' => error = Some(f),
+            b'T' => reply.row_description = Some(f),
+            b'D' => reply.rows.push(f),
+            b'C' => {
+                // The last CommandComplete is the write's (an earlier one is BEGIN's).
+                if let Ok(tag) = decode_command_tag(&f) {
+                    reply.tag = tag.to_string();
+                }
             }
-            None => Ok((conn, Ok(reply))),
+            _ => {}
         }
+    }
+    match error {
+        Some(f) => Err(SessionError::from_backend(shard, conn.server_error(f))),
+        None => Ok(reply),
     }
 }
 
