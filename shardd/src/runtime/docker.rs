@@ -29,7 +29,7 @@ pub mod image;
 
 pub use image::{ImageOrigin, ImageReport, DEFAULT_IMAGE, OFFICIAL_IMAGE};
 
-use super::{pgconf, ready, NodeRuntime, NodeSpec, Readiness, RuntimeError, SUPERUSER};
+use super::{pgconf, ready, NodeRuntime, NodeSpec, Readiness, RuntimeError};
 use async_trait::async_trait;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointSettings, HostConfig,
@@ -917,37 +917,7 @@ impl DockerRuntime {
 
     /// The slot `spec` will stream from, on its primary (idempotent).
     async fn ensure_slot(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
-        let Some(up) = spec.upstream.as_ref() else {
-            return Err(RuntimeError::Spec {
-                node: spec.name.clone(),
-                message: "a replica needs an upstream primary".into(),
-            });
-        };
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&up.host)
-            .port(up.port)
-            .user(SUPERUSER)
-            .dbname("postgres")
-            .application_name("shardd");
-        let primary = ready::connect(&cfg, Duration::from_secs(10))
-            .await
-            .map_err(|e| RuntimeError::Spec {
-                node: spec.name.clone(),
-                message: format!("cannot connect to primary {}: {e}", up.name),
-            })?;
-        primary
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1) \
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[&spec.slot_name()],
-            )
-            .await
-            .map_err(|source| RuntimeError::Sql {
-                node: up.name.clone(),
-                context: "could not create replication slot".into(),
-                source,
-            })?;
-        Ok(())
+        ready::ensure_replication_slot(spec).await
     }
 
     async fn already_initialised(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {

@@ -529,37 +529,7 @@ impl NodeRuntime for LocalProcess {
             });
         }
         let slot = spec.slot_name();
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host(&up.host)
-            .port(up.port)
-            .user(SUPERUSER)
-            .dbname("postgres")
-            .application_name("shardd");
-        let sql_err = |context: &str| {
-            let context = context.to_string();
-            let node = up.name.clone();
-            move |source| RuntimeError::Sql {
-                node,
-                context,
-                source,
-            }
-        };
-        let primary = super::ready::connect(&cfg, Duration::from_secs(10))
-            .await
-            .map_err(|e| RuntimeError::Spec {
-                node: spec.name.clone(),
-                message: format!("cannot connect to primary {}: {e}", up.name),
-            })?;
-        // Idempotent: a previous attempt may have created the slot already.
-        primary
-            .execute(
-                "SELECT pg_create_physical_replication_slot($1) \
-                 WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-                &[&slot],
-            )
-            .await
-            .map_err(sql_err("could not create replication slot"))?;
-        drop(primary);
+        super::ready::ensure_replication_slot(spec).await?;
 
         self.prepare_dirs(spec)?;
         let dir = Self::abs_dir(spec)?;

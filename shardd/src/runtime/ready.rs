@@ -155,3 +155,41 @@ pub async fn wait_ready<R: NodeRuntime + ?Sized>(
         delay = (delay * 2).min(Duration::from_millis(250));
     }
 }
+
+/// Create the physical replication slot `spec` (a replica) will stream from on its
+/// upstream primary. Idempotent: a previous attempt may have created it already. Shared
+/// by every runtime, since the slot lives in PostgreSQL, not in the runtime.
+pub(crate) async fn ensure_replication_slot(
+    spec: &super::NodeSpec,
+) -> Result<(), super::RuntimeError> {
+    use super::RuntimeError;
+    let up = spec.upstream.as_ref().ok_or_else(|| RuntimeError::Spec {
+        node: spec.name.clone(),
+        message: "a replica needs an upstream primary".into(),
+    })?;
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&up.host)
+        .port(up.port)
+        .user(super::SUPERUSER)
+        .dbname("postgres")
+        .application_name("shardd");
+    let primary = connect(&cfg, std::time::Duration::from_secs(10))
+        .await
+        .map_err(|e| RuntimeError::Spec {
+            node: spec.name.clone(),
+            message: format!("cannot connect to primary {}: {e}", up.name),
+        })?;
+    primary
+        .execute(
+            "SELECT pg_create_physical_replication_slot($1) \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+            &[&spec.slot_name()],
+        )
+        .await
+        .map_err(|source| RuntimeError::Sql {
+            node: up.name.clone(),
+            context: "could not create replication slot".into(),
+            source,
+        })?;
+    Ok(())
+}
