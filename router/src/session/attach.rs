@@ -3,7 +3,7 @@
 
 use super::error::SessionError;
 use super::{Attached, Expect, Session};
-use crate::protocol::frontend::{encode_query, encode_sync};
+use crate::protocol::frontend::encode_sync;
 use crate::protocol::Frame;
 use pgshard_catalog::ShardId;
 use std::collections::VecDeque;
@@ -103,18 +103,9 @@ where
             wrote: false,
         };
         if let Some(vt) = self.virtual_txn.take() {
-            encode_query(&mut a.conn.out, &vt.begin_sql);
-            a.conn.unnamed = None;
-            a.conn.pending_syncs += 1;
+            a.send_silent(&vt.begin_sql, false);
             // In a transaction from here on, whatever the reply says later.
             a.conn.status = b'T';
-            a.expects.push_back(Expect::Query {
-                forward: false,
-                swallow_errors: false,
-                statements: VecDeque::new(),
-                prepare: None,
-                failed: false,
-            });
         }
         self.attached = Some(a);
         self.publish_activity();

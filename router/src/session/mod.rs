@@ -121,6 +121,23 @@ pub(crate) struct Attached {
     pub wrote: bool,
 }
 
+impl Attached {
+    /// Sends a Query of the router's own on this backend; its reply is not forwarded
+    /// to the client (errors too, when `swallow_errors`).
+    pub(crate) fn send_silent(&mut self, sql: &str, swallow_errors: bool) {
+        crate::protocol::frontend::encode_query(&mut self.conn.out, sql);
+        self.conn.unnamed = None;
+        self.conn.pending_syncs += 1;
+        self.expects.push_back(Expect::Query {
+            forward: false,
+            swallow_errors,
+            statements: VecDeque::new(),
+            prepare: None,
+            failed: false,
+        });
+    }
+}
+
 /// BEGIN answered by the router before any statement chose a shard.
 pub(crate) struct VirtualTxn {
     pub begin_sql: String,

@@ -395,16 +395,7 @@ where
         let mut status = self.client_status();
         if let Some(a) = self.attached.as_mut() {
             if a.conn.status != b'I' {
-                encode_query(&mut a.conn.out, POISON_SQL);
-                a.conn.unnamed = None;
-                a.conn.pending_syncs += 1;
-                a.expects.push_back(Expect::Query {
-                    forward: false,
-                    swallow_errors: true,
-                    statements: std::collections::VecDeque::new(),
-                    prepare: None,
-                    failed: false,
-                });
+                a.send_silent(POISON_SQL, true);
                 status = b'E';
             }
         }
@@ -428,16 +419,7 @@ where
             sql.push_str(&format!("DEALLOCATE {name}; "));
         }
         sql.push_str(&p.text);
-        encode_query(&mut a.conn.out, &sql);
-        a.conn.unnamed = None;
-        a.conn.pending_syncs += 1;
-        a.expects.push_back(Expect::Query {
-            forward: false,
-            swallow_errors: false,
-            statements: std::collections::VecDeque::new(),
-            prepare: None,
-            failed: false,
-        });
+        a.send_silent(&sql, false);
         a.conn.sql_prepared.insert(name.to_string(), p.digest);
     }
 
@@ -448,16 +430,7 @@ where
             return;
         };
         if a.conn.sql_prepared.remove(name).is_some() {
-            encode_query(&mut a.conn.out, &format!("DEALLOCATE {name}"));
-            a.conn.unnamed = None;
-            a.conn.pending_syncs += 1;
-            a.expects.push_back(Expect::Query {
-                forward: false,
-                swallow_errors: true,
-                statements: std::collections::VecDeque::new(),
-                prepare: None,
-                failed: false,
-            });
+            a.send_silent(&format!("DEALLOCATE {name}"), true);
         }
     }
 
