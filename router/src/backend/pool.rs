@@ -7,6 +7,15 @@
 //! clean* ([`BackendConn::is_clean`]): anything else (a transaction left open, a reply
 //! outstanding, a broken socket) is closed instead, so no session ever sees another's
 //! leftovers.
+//!
+//! An operation that needs backends on several shards (a transaction spanning shards, a
+//! multi-shard write or read) waits for capacity only for its *first* backend; the
+//! others come from [`Pool::checkout_more`], which may go over the cap instead of
+//! waiting. Waiting while holding a backend elsewhere is how sessions deadlock on pools
+//! (A holds shard 2's last backend and waits for shard 1, B the reverse); this way an
+//! operation that holds one backend always completes, and a pool's connections stay
+//! below `pool_size` × the number of shards (each over-cap backend belongs to an
+//! operation holding a capped one on another shard).
 
 use super::conn::{BackendConn, BackendError};
 use pgshard_catalog::{Node, NodeId};
@@ -93,8 +102,25 @@ impl Pool {
     /// Takes an idle connection or opens one, waiting at most the pool timeout for
     /// capacity.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, BackendError> {
+        self.checkout_inner(false).await
+    }
+
+    /// Like [`Pool::checkout`], for a caller that already holds a backend of another
+    /// pool for the same operation: never waits for capacity, going over the cap if
+    /// there is none (see the module documentation).
+    pub async fn checkout_more(self: &Arc<Self>) -> Result<PooledConn, BackendError> {
+        self.checkout_inner(true).await
+    }
+
+    /// True if a checkout would not wait (a permit is free now).
+    pub fn has_capacity(&self) -> bool {
+        self.permits.available_permits() > 0
+    }
+
+    async fn checkout_inner(self: &Arc<Self>, more: bool) -> Result<PooledConn, BackendError> {
         let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => Some(p),
+            Err(_) if more => None,
             Err(_) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 let _g = WaitGuard(&self.waiting);
@@ -104,7 +130,7 @@ impl Pool {
                 )
                 .await
                 {
-                    Ok(Ok(p)) => p,
+                    Ok(Ok(p)) => Some(p),
                     _ => {
                         return Err(BackendError::PoolTimeout(format!(
                             "{}:{}",
@@ -149,12 +175,16 @@ impl Pool {
         Ok(self.wrap(conn, permit))
     }
 
-    fn wrap(self: &Arc<Self>, conn: BackendConn, permit: OwnedSemaphorePermit) -> PooledConn {
+    fn wrap(
+        self: &Arc<Self>,
+        conn: BackendConn,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> PooledConn {
         self.in_use.fetch_add(1, Ordering::Relaxed);
         PooledConn {
             conn: Some(conn),
             pool: self.clone(),
-            _permit: permit,
+            permit,
         }
     }
 
@@ -173,10 +203,18 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, conn: BackendConn) {
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
+    fn give_back(&self, conn: BackendConn, over_cap: bool) {
+        let in_use = self
+            .in_use
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        let mut idle = lock(&self.idle);
+        if over_cap && idle.len() + in_use >= self.settings.size {
+            // Over the cap: not kept once the pool is full again.
+            return;
+        }
         if conn.is_clean() {
-            lock(&self.idle).push(conn);
+            idle.push(conn);
         } else {
             tracing::debug!(addr = %conn.addr, status = %(conn.status as char), broken = conn.broken, "discarding backend connection");
         }
@@ -192,7 +230,8 @@ impl Pool {
 pub struct PooledConn {
     conn: Option<BackendConn>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    /// None for a backend over the cap ([`Pool::checkout_more`]).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl PooledConn {
@@ -226,7 +265,7 @@ impl DerefMut for PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(c) = self.conn.take() {
-            self.pool.give_back(c);
+            self.pool.give_back(c, self.permit.is_none());
         }
     }
 }

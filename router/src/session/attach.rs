@@ -21,9 +21,12 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    /// Makes sure a backend on `shard` is attached. Switching shards is allowed only
-    /// between transactions (no open explicit or implicit transaction on the current
-    /// backend); else the statement would span shards.
+    /// Makes sure a backend on `shard` is attached. Between transactions the session
+    /// simply moves to the shard. Inside an explicit transaction the shard joins it
+    /// (SPEC §7, see [`super::txn`]) once the current backend has answered everything:
+    /// an unsynced batch is synced first by the router (inside an explicit transaction
+    /// that ends nothing). An implicit transaction (an extended-protocol batch that
+    /// executed something, not yet synced) cannot span shards.
     pub(crate) async fn ensure_backend(
         &mut self,
         shard: ShardId,
@@ -33,7 +36,8 @@ where
             if a.shard == shard {
                 return Ok(Ensure::Ready);
             }
-            if a.conn.status != b'I' || a.executed {
+            let explicit = a.conn.status != b'I';
+            if a.executed && !explicit {
                 return Err(SessionError::CrossShard {
                     from: a.shard,
                     to: shard,
@@ -46,13 +50,24 @@ where
                 a.conn.unsynced = false;
             }
             if !a.expects.is_empty() {
+                // Decided again once the backend has answered (its status may change).
                 self.deferred = Some(frame.clone());
                 return Ok(Ensure::Deferred);
+            }
+            if explicit {
+                if self.ctx.twopc.is_none() {
+                    return Err(SessionError::CrossShard {
+                        from: a.shard,
+                        to: shard,
+                    });
+                }
+                self.join_shard(shard).await?;
+                return Ok(Ensure::Ready);
             }
             self.attached = None;
             self.portals.clear();
         }
-        self.attach(shard).await?;
+        self.attach(shard, false).await?;
         Ok(Ensure::Ready)
     }
 
@@ -65,7 +80,21 @@ where
         }
     }
 
-    pub(crate) async fn attach(&mut self, shard: ShardId) -> Result<(), SessionError> {
+    /// True if checking out a backend on `shard`'s primary would not wait.
+    pub(crate) fn pool_has_capacity(&self, shard: ShardId) -> bool {
+        let catalog = self.ctx.catalog.current();
+        catalog.primary(shard).is_none_or(|node| {
+            self.ctx
+                .pools
+                .get(node, &self.user, &self.database)
+                .has_capacity()
+        })
+    }
+
+    /// Checks out a backend on `shard` and attaches it; `more` when the session holds
+    /// backends on other shards for the same transaction (no waiting for pool
+    /// capacity, see [`crate::backend::pool`]).
+    pub(crate) async fn attach(&mut self, shard: ShardId, more: bool) -> Result<(), SessionError> {
         let catalog = self.ctx.catalog.current();
         let node = catalog
             .primary(shard)
@@ -73,10 +102,12 @@ where
         let pool = self.ctx.pools.get(node, &self.user, &self.database);
         self.entry.set_activity("waiting", Some(shard), None);
         tracing::trace!(%shard, "checking out a backend");
-        let mut conn = pool
-            .checkout()
-            .await
-            .map_err(|e| SessionError::from_backend(shard, e))?;
+        let checkout = if more {
+            pool.checkout_more().await
+        } else {
+            pool.checkout().await
+        };
+        let mut conn = checkout.map_err(|e| SessionError::from_backend(shard, e))?;
         let fp = self.vars.fingerprint();
         tracing::trace!(%shard, replay = conn.state_fp != fp, "backend checked out");
         if conn.state_fp != fp {

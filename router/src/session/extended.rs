@@ -15,16 +15,18 @@ use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
 use super::simple::Target;
 use super::simple::POISON_SQL;
-use super::{Expect, Session, Stmt};
+use super::{Expect, Session, Stmt, VirtualTxn};
 use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
 use crate::backend::{BackendConn, StmtKey};
+use crate::protocol::backend::{encode_command_complete, encode_error};
 use crate::protocol::frame::BodyReader;
 use crate::protocol::frontend::{
-    encode_bind_renamed, encode_close, encode_describe, encode_parse, Bind,
+    encode_bind_renamed, encode_close, encode_describe, encode_parse, encode_sync, Bind,
 };
 use crate::protocol::Frame;
+use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::Route;
+use pgshard_sql::{Route, StatementKind};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -108,6 +110,18 @@ where
             (None, Some(s)) => s,
             (None, None) => self.any_shard(),
         };
+        // With no backend attached, a BEGIN is answered by the router (as with the simple
+        // protocol), and a Parse on its own does not wait for a backend when the pool is
+        // exhausted: the statement is parsed by the backend that first uses it (errors
+        // then surface at that Bind or Describe). Waiting here could deadlock a client
+        // that prepares synchronously while its other connections hold every backend
+        // in their transactions (pgbench -M prepared with more clients than backends).
+        if self.attached.is_none()
+            && (stmt.plan.kind == StatementKind::Begin || !self.pool_has_capacity(shard))
+        {
+            self.emit_empty(b'1');
+            return Ok(());
+        }
         match self.ensure_backend(shard, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => {
@@ -266,6 +280,20 @@ where
             self.fail_extended(SessionError::UnknownStatement(bind.statement.to_string()));
             return Ok(());
         };
+        if stmt.plan.kind == StatementKind::Begin
+            && self.attached.is_none()
+            && self.shard_override.is_none()
+        {
+            // Answered at Execute (see `on_execute`).
+            let forward_ack = self.parse_ack.as_deref() == Some(bind.statement);
+            if forward_ack {
+                self.parse_ack = None;
+                self.emit_empty(b'1');
+            }
+            self.emit_empty(b'2');
+            self.portals.insert(bind.portal.to_string(), (stmt, None));
+            return Ok(());
+        }
         let shard = match self.bind_shard(&stmt, bind) {
             Ok(s) => s,
             Err(e) => {
@@ -299,7 +327,8 @@ where
             a.conn.unsynced = true;
             a.expects.push_back(Expect::Bind);
         }
-        self.portals.insert(bind.portal.to_string(), stmt);
+        self.portals
+            .insert(bind.portal.to_string(), (stmt, Some(shard)));
         Ok(())
     }
 
@@ -310,6 +339,24 @@ where
         name: &str,
     ) -> Result<(), SessionError> {
         if kind == b'P' {
+            let shard = match self.portals.get(name) {
+                Some((_, None)) => {
+                    self.emit_empty(b'n');
+                    return Ok(());
+                }
+                Some((_, Some(shard))) => Some(*shard),
+                None => None,
+            };
+            if let Some(shard) = shard {
+                match self.ensure_backend(shard, frame).await {
+                    Ok(Ensure::Ready) => {}
+                    Ok(Ensure::Deferred) => return Ok(()),
+                    Err(e) => {
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                }
+            }
             match self.attached.as_mut() {
                 Some(a) => {
                     a.conn.out.extend_from_slice(frame.raw());
@@ -355,12 +402,89 @@ where
         Ok(())
     }
 
-    pub(crate) fn on_execute(&mut self, frame: &Frame, portal: &str) -> Result<(), SessionError> {
-        let command = self
-            .portals
-            .get(portal)
-            .map(|s| s.command.clone())
-            .filter(|c| !matches!(c, SessionCommand::Other));
+    pub(crate) async fn on_execute(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+    ) -> Result<(), SessionError> {
+        let Some((stmt, shard)) = self.portals.get(portal).cloned() else {
+            // Unknown to the router: the backend answers (e.g. a portal of a cursor).
+            return self.execute_on_attached(frame, portal, None);
+        };
+        let Some(shard) = shard else {
+            return self.execute_virtual_begin(&stmt);
+        };
+        match stmt.plan.kind {
+            StatementKind::Commit | StatementKind::Rollback if self.spans_shards() => {
+                return self
+                    .end_spanning_extended(stmt.plan.kind == StatementKind::Commit)
+                    .await;
+            }
+            StatementKind::Savepoint if self.spans_shards() => {
+                self.fail_extended(SessionError::Unsupported(
+                    "savepoints in a transaction spanning shards are not supported yet".into(),
+                ));
+                return Ok(());
+            }
+            StatementKind::Savepoint => self.txn_savepoints = true,
+            StatementKind::Begin if self.client_status() == b'I' => {
+                self.txn_begin = Some(stmt.key.sql.clone());
+                self.txn_savepoints = false;
+            }
+            _ => {}
+        }
+        // The portal lives on the backend that bound it, which may be parked.
+        match self.ensure_backend(shard, frame).await {
+            Ok(Ensure::Ready) => {}
+            Ok(Ensure::Deferred) => return Ok(()),
+            Err(e) => {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        }
+        let command = Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
+        self.execute_on_attached(frame, portal, command)
+    }
+
+    /// Executes a BEGIN portal bound with no backend attached: the transaction opens
+    /// on the first backend a later statement needs (as with the simple protocol).
+    fn execute_virtual_begin(&mut self, stmt: &Stmt) -> Result<(), SessionError> {
+        if self.attached.is_some() {
+            self.fail_extended(SessionError::Unsupported(
+                "a BEGIN portal executed after another statement of its batch chose a shard".into(),
+            ));
+            return Ok(());
+        }
+        let mut b = BytesMut::new();
+        if self.virtual_txn.is_some() {
+            encode_error(
+                &mut b,
+                b'N',
+                "WARNING",
+                "25001",
+                "there is already a transaction in progress",
+                None,
+                None,
+            );
+        } else {
+            self.virtual_txn = Some(VirtualTxn {
+                begin_sql: stmt.key.sql.clone(),
+                failed: false,
+            });
+            self.txn_begin = Some(stmt.key.sql.clone());
+            self.txn_savepoints = false;
+        }
+        encode_command_complete(&mut b, "BEGIN");
+        self.emit_local(&b);
+        Ok(())
+    }
+
+    fn execute_on_attached(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+        command: Option<SessionCommand>,
+    ) -> Result<(), SessionError> {
         match self.attached.as_mut() {
             Some(a) => {
                 a.conn.out.extend_from_slice(frame.raw());
@@ -371,6 +495,27 @@ where
             None => self.fail_extended(SessionError::UnknownPortal(portal.to_string())),
         }
         Ok(())
+    }
+
+    /// COMMIT or ROLLBACK executed through the extended protocol in a transaction that
+    /// spans shards: what the attached backend owes (this statement's BindComplete…) is
+    /// settled first, then every participant ends as with the simple protocol; the
+    /// ReadyForQuery follows at the client's Sync.
+    async fn end_spanning_extended(&mut self, commit: bool) -> Result<(), SessionError> {
+        if let Some(a) = self.attached.as_mut() {
+            if a.conn.unsynced {
+                encode_sync(&mut a.conn.out);
+                a.expects.push_back(Expect::Sync { forward: false });
+                a.conn.pending_syncs += 1;
+                a.conn.unsynced = false;
+            }
+        }
+        self.drain_attached().await?;
+        if self.skip_until_sync {
+            // Something before it failed: PostgreSQL would skip to Sync too.
+            return Ok(());
+        }
+        self.end_spanning(commit, false).await
     }
 
     pub(crate) fn on_close(&mut self, frame: &Frame, kind: u8, name: &str) {

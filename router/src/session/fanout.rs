@@ -293,7 +293,13 @@ where
                         return Err((SessionError::NoPrimary(shard), reused));
                     };
                     let pool = self.ctx.pools.get(node, &self.user, &self.database);
-                    match pool.checkout().await {
+                    // Only the first backend waits for capacity (see backend::pool).
+                    let checkout = if parts.is_empty() && reused.is_none() {
+                        pool.checkout().await
+                    } else {
+                        pool.checkout_more().await
+                    };
+                    match checkout {
                         Ok(c) => c,
                         Err(e) => return Err((SessionError::from_backend(shard, e), reused)),
                     }

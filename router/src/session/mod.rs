@@ -158,7 +158,9 @@ pub struct Session<R, W> {
     /// kept if it commits, dropped if it rolls back.
     pub(crate) txn_vars: Vec<SessionCommand>,
     pub(crate) stmts: HashMap<String, Arc<Stmt>>,
-    pub(crate) portals: HashMap<String, Arc<Stmt>>,
+    /// Bound portals: the statement and the shard whose backend holds the portal, or
+    /// None for a portal the router answers itself (a BEGIN with no backend attached).
+    pub(crate) portals: HashMap<String, (Arc<Stmt>, Option<ShardId>)>,
     pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
     pub(crate) attached: Option<Attached>,
     /// The other participants of a transaction spanning shards (see [`txn`]): idle
@@ -443,18 +445,6 @@ where
         if self.skip_until_sync && !matches!(msg, M::Sync | M::Terminate) {
             return Ok(());
         }
-        if self.spans_shards()
-            && matches!(
-                msg,
-                M::Parse { .. } | M::Bind(_) | M::Describe { .. } | M::Execute { .. }
-            )
-        {
-            self.fail_extended(SessionError::Unsupported(
-                "the extended query protocol in a transaction spanning shards is not supported yet"
-                    .into(),
-            ));
-            return Ok(());
-        }
         match msg {
             M::Query { sql } => {
                 let sql = sql.to_string();
@@ -475,7 +465,7 @@ where
             }
             M::Execute { portal, .. } => {
                 let portal = portal.to_string();
-                self.on_execute(&frame, &portal)
+                self.on_execute(&frame, &portal).await
             }
             M::Close { kind, name } => {
                 let name = name.to_string();

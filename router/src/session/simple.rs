@@ -120,8 +120,8 @@ where
         }
         if self.spans_shards() {
             match cmd {
-                SessionCommand::Commit => return self.end_spanning(true).await,
-                SessionCommand::Rollback => return self.end_spanning(false).await,
+                SessionCommand::Commit => return self.end_spanning(true, true).await,
+                SessionCommand::Rollback => return self.end_spanning(false, true).await,
                 _ => {}
             }
         }
@@ -260,10 +260,21 @@ where
             Target::One(s) => s,
             Target::All(shards) => {
                 if in_txn {
-                    self.fail_simple(SessionError::Unsupported(
-                        "statements that run on every shard are not supported inside a transaction block yet".into(),
-                    ));
-                    return Ok(());
+                    if self.ctx.twopc.is_none() || stmts.len() != 1 {
+                        self.fail_simple(SessionError::Unsupported(
+                            "statements that run on every shard inside a transaction block need the catalog's commit log and one statement per query".into(),
+                        ));
+                        return Ok(());
+                    }
+                    // DDL, TRUNCATE…: every shard joins the transaction and runs it; it
+                    // commits (two-phase) with the transaction.
+                    let all = pgshard_sql::FanoutWrite {
+                        tables: Vec::new(),
+                        shards,
+                        sql: sql.to_string(),
+                        replicated: true,
+                    };
+                    return self.run_fanout_write_in_txn(&all).await;
                 }
                 return self.run_on_all(sql, &shards).await;
             }

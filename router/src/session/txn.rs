@@ -8,10 +8,17 @@
 //! two-phase commit coordinator ([`crate::twopc`]) over every participant, ROLLBACK
 //! rolls them all back; the router answers both itself.
 //!
+//! The extended protocol works the same way: a Bind (or the Execute or Describe of a
+//! portal) on another shard first syncs and settles the current backend, then the shard
+//! joins; an Execute of COMMIT or ROLLBACK ends every participant, its ReadyForQuery
+//! following at the client's Sync. Statements that run on every shard (DDL, TRUNCATE,
+//! reference-table writes) make every shard join.
+//!
 //! Limits, each refused with 0A000 rather than guessed: savepoints in a transaction
-//! that spans shards (a shard joining after a SAVEPOINT would lack it), the extended
-//! protocol once a second shard joined, and everything when the router has no catalog
-//! connection (no commit log, so no atomic commit).
+//! that spans shards (a shard joining after a SAVEPOINT would lack it), an
+//! extended-protocol batch whose implicit transaction (no BEGIN) would span shards, and
+//! everything when the router has no catalog connection (no commit log, so no atomic
+//! commit).
 
 use super::error::SessionError;
 use super::{Attached, Session, VirtualTxn};
@@ -103,7 +110,7 @@ where
             begin_sql: self.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
             failed: false,
         });
-        let joined = self.attach(shard).await;
+        let joined = self.attach(shard, true).await;
         self.virtual_txn = None;
         match joined {
             Ok(()) => {
@@ -120,7 +127,11 @@ where
 
     /// COMMIT (`commit`) or ROLLBACK of a transaction spanning shards, answered by the
     /// router once every participant has ended. Call with nothing outstanding.
-    pub(crate) async fn end_spanning(&mut self, commit: bool) -> Result<(), SessionError> {
+    pub(crate) async fn end_spanning(
+        &mut self,
+        commit: bool,
+        ready: bool,
+    ) -> Result<(), SessionError> {
         let Some(twopc) = self.ctx.twopc.as_ref() else {
             return Err(SessionError::Unsupported(
                 "transaction spanning shards without a catalog connection".into(),
@@ -177,7 +188,9 @@ where
             }
             Some(Err(e)) => commit_error(&e).encode(&mut b),
         }
-        encode_ready(&mut b, b'I');
+        if ready {
+            encode_ready(&mut b, b'I');
+        }
         self.out.extend_from_slice(&b);
         self.entry.set_activity("idle", None, None);
         Ok(())
@@ -215,7 +228,10 @@ where
         let mut replies: Vec<ShardReply> = Vec::new();
         let mut failure: Option<SessionError> = None;
         for &shard in &w.shards {
-            match self.write_on_shard(&catalog, shard, &sql).await {
+            match self
+                .write_on_shard(&catalog, shard, &sql, !conns.is_empty())
+                .await
+            {
                 Ok((conn, Ok(reply))) => {
                     conns.push((shard, conn));
                     replies.push(reply);
@@ -246,12 +262,7 @@ where
         } else {
             match coord.commit(&mut members, &*log).await {
                 Ok(Outcome::Committed { gid, unfinished }) => {
-                    if w.replicated {
-                        // Reference tables: every shard answered alike; one answer.
-                        merge_write_replies(&mut b, &replies[..replies.len().min(1)]);
-                    } else {
-                        merge_write_replies(&mut b, &replies);
-                    }
+                    merge_write_replies(&mut b, &replies, w.replicated);
                     if let (Some(gid), true) = (gid, unfinished.is_empty()) {
                         if let Err(error) = log.forget(&gid).await {
                             tracing::debug!(%gid, %error, "could not forget a commit record");
@@ -286,7 +297,7 @@ where
             if !on_it {
                 let joined = if self.attached.is_none() {
                     // BEGIN answered by the router so far: it goes out now.
-                    self.attach(shard).await
+                    self.attach(shard, false).await
                 } else {
                     self.join_shard(shard).await
                 };
@@ -318,11 +329,7 @@ where
             }
         }
         let mut b = BytesMut::new();
-        if w.replicated {
-            merge_write_replies(&mut b, &replies[..replies.len().min(1)]);
-        } else {
-            merge_write_replies(&mut b, &replies);
-        }
+        merge_write_replies(&mut b, &replies, w.replicated);
         encode_ready(&mut b, self.client_status());
         self.emit_local(&b);
         self.publish_activity();
@@ -331,7 +338,7 @@ where
 
     /// Runs what the attached backend still owes (a joined shard's BEGIN) to the end
     /// here rather than in the session loop.
-    async fn drain_attached(&mut self) -> Result<(), SessionError> {
+    pub(crate) async fn drain_attached(&mut self) -> Result<(), SessionError> {
         loop {
             let Some(a) = self.attached.as_mut() else {
                 return Ok(());
@@ -362,15 +369,18 @@ where
         catalog: &pgshard_catalog::Catalog,
         shard: ShardId,
         sql: &str,
+        more: bool,
     ) -> Result<(PooledConn, Result<ShardReply, SessionError>), SessionError> {
         let node = catalog
             .primary(shard)
             .ok_or(SessionError::NoPrimary(shard))?;
         let pool = self.ctx.pools.get(node, &self.user, &self.database);
-        let mut conn = pool
-            .checkout()
-            .await
-            .map_err(|e| SessionError::from_backend(shard, e))?;
+        let checkout = if more {
+            pool.checkout_more().await
+        } else {
+            pool.checkout().await
+        };
+        let mut conn = checkout.map_err(|e| SessionError::from_backend(shard, e))?;
         let fp = self.vars.fingerprint();
         if conn.state_fp != fp {
             if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
@@ -435,8 +445,15 @@ async fn exec_write(
 }
 
 /// One answer from every shard's: the first RowDescription, every row, and the command
-/// tag's count summed (`UPDATE 3` + `UPDATE 4` = `UPDATE 7`).
-fn merge_write_replies(b: &mut BytesMut, replies: &[ShardReply]) {
+/// tag's count summed (`UPDATE 3` + `UPDATE 4` = `UPDATE 7`, `INSERT 0 2` + `INSERT 0 1`
+/// = `INSERT 0 3`). Replicated writes (reference tables, DDL) pass one shard's reply:
+/// every shard answered alike.
+fn merge_write_replies(b: &mut BytesMut, replies: &[ShardReply], replicated: bool) {
+    let replies = if replicated {
+        &replies[..replies.len().min(1)]
+    } else {
+        replies
+    };
     if let Some(rd) = replies.iter().find_map(|r| r.row_description.as_ref()) {
         b.extend_from_slice(rd.raw());
     }
@@ -445,15 +462,20 @@ fn merge_write_replies(b: &mut BytesMut, replies: &[ShardReply]) {
             b.extend_from_slice(row.raw());
         }
     }
-    let verb = replies
+    let first = replies
         .first()
-        .and_then(|r| r.tag.split_whitespace().next())
-        .unwrap_or("UPDATE");
+        .map(|r| r.tag.as_str())
+        .unwrap_or("UPDATE 0");
+    if replicated {
+        encode_command_complete(b, first);
+        return;
+    }
     let total: u64 = replies
         .iter()
         .filter_map(|r| r.tag.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
-    encode_command_complete(b, &format!("{verb} {total}"));
+    let prefix = first.rsplit_once(' ').map_or(first, |(p, _)| p);
+    encode_command_complete(b, &format!("{prefix} {total}"));
 }
 
 /// The client's error for a commit that did not (or is not known to have) committed.
