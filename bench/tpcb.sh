@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# pgbench's TPC-B-like script through the pgshard router on 2 shards, against the same
+# scale on one PostgreSQL directly and through PgBouncer (transaction mode, pool equal
+# to the router's), and through the router on that one PostgreSQL (1 shard: never
+# two-phase commit), in one run, interleaved per mode and client count so machine drift
+# is shared. Reports TPS, mean latency, failed transactions, the share of router
+# transactions that committed with two-phase commit (commit records written to the
+# catalog, from pg_stat_user_tables) and the balance check afterwards.
+#
+# usage: bench/tpcb.sh [seconds per run (60)] [clients list ("8 32")] [scale (10)]
+# needs: pgbench, pgbouncer (apt-get install -y pgbouncer), PostgreSQL 15.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-60}
+CLIENTS=${2:-"8 32"}
+SCALE=${3:-10}
+MODES=${MODES:-"simple extended prepared"}
+POOL=8
+PGSHARD=./target/release/pgshard
+
+command -v pgbouncer >/dev/null || { echo "install pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
+[ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
+chmod 755 "$WORK"
+ONE="$WORK/one"     # 1 shard: direct, PgBouncer, router-1
+TWO="$WORK/two"     # 2 shards: router-2
+ROUTER1_PORT=$(free_port)
+ROUTER2_PORT=$(free_port)
+BOUNCER_PORT=$(free_port)
+cleanup() {
+    [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
+    $PGSHARD destroy --data-dir "$ONE" >/dev/null 2>&1 || true
+    $PGSHARD destroy --data-dir "$TWO" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+config() { # shards port
+    printf '[cluster]\nshards = %s\nreplicas = 0\n[router]\nlisten = "127.0.0.1:%s"\npool_size = %s\n\n' "$1" "$2" "$POOL"
+    grep -v '^#' bench/pgbench.toml
+}
+config 1 "$ROUTER1_PORT" > "$WORK/one.toml"
+config 2 "$ROUTER2_PORT" > "$WORK/two.toml"
+$PGSHARD up --data-dir "$ONE" --config "$WORK/one.toml" >/dev/null
+$PGSHARD up --data-dir "$TWO" --config "$WORK/two.toml" >/dev/null
+node_port() { # data-dir node-name
+    $PGSHARD status --data-dir "$1" --json |
+        python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$2"
+}
+PG_PORT=$(node_port "$ONE" shard1-primary)
+CATALOG2_PORT=$(node_port "$TWO" catalog)
+ROUTER1_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_pid"])' "$ONE/shardd.json")
+ROUTER2_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_pid"])' "$TWO/shardd.json")
+
+# Loading: the 1-shard PostgreSQL directly; the 2-shard cluster through its router
+# (COPY split by key, in one distributed transaction), falling back to loading the
+# shards directly by bucket if the router refuses (PGSHARD_LOAD=direct forces that).
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+LOADED="pgbench -i through the router"
+if [ "${PGSHARD_LOAD:-router}" != router ] ||
+    ! pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$ROUTER2_PORT" -U postgres postgres >"$WORK/init.log" 2>&1; then
+    LOADED="bench/load_pgbench.sh (shards loaded directly by bucket)"
+    PGSHARD=$PGSHARD bench/load_pgbench.sh "$TWO" "$SCALE" >/dev/null
+fi
+
+cat > "$WORK/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $BOUNCER_PORT
+auth_type = trust
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = 1000
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+unix_socket_dir =
+INI
+echo '"postgres" ""' > "$WORK/userlist.txt"
+chown -R postgres "$WORK" 2>/dev/null || true
+if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
+else
+    pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
+fi
+for _ in $(seq 100); do
+    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)
+    [ -n "$BOUNCER_PID" ] && pg_isready -q -h 127.0.0.1 -p "$BOUNCER_PORT" && break
+    sleep 0.1
+done
+
+commit_records() {
+    psql -X -qAt -h 127.0.0.1 -p "$CATALOG2_PORT" -U postgres -d pgshard_catalog \
+        -c "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = 'pgshard' AND relname = 'transactions'"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICKS=$(getconf CLK_TCK)
+
+run() { # port mode clients pid -> "tps lat failed processed cpu_us_per_tx"
+    local port=$1 mode=$2 c=$3 pid=$4 before=0 after=0 out
+    [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+    out=$(pgbench -n -M "$mode" -c "$c" -j 2 -T "$SECS" \
+        -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1) || true
+    [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+    local tps lat failed tx
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
+    if [ -z "$tps" ] || [ "${tx:-0}" = 0 ] || echo "$out" | grep -q "error:"; then
+        echo "$out" | grep "error:" | head -3 >&2
+        echo "aborted - - ${tx:-0} -"
+        return
+    fi
+    local cpu="-"
+    if [ -n "$pid" ]; then
+        cpu=$(python3 -c "print(f'{($after-$before)/$TICKS/$tx*1e6:.0f}')")
+    fi
+    echo "$tps $lat ${failed:-0} $tx $cpu"
+}
+ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if '-' not in (a,b) and 'aborted' not in (a,b) else '-')" "$1" "$2"; }
+
+echo "# pgbench TPC-B-like, scale $SCALE, ${SECS}s per run, pool $POOL, $(nproc) cores, $(date -u +%F)"
+echo "# 2-shard data: $LOADED"
+echo
+echo "| mode | clients | direct TPS | PgBouncer TPS | router 1 shard TPS | router 2 shards TPS | 2 shards / direct | 2 shards / PgBouncer | lat direct ms | lat PgBouncer ms | lat router-1 ms | lat router-2 ms | failed (router-2) | 2PC share (router-2) | router-2 CPU µs/tx |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+for c in $CLIENTS; do
+    for mode in $MODES; do
+        read -r dt dl _ _ _ <<<"$(run "$PG_PORT" "$mode" "$c" "")"
+        read -r bt bl _ _ _ <<<"$(run "$BOUNCER_PORT" "$mode" "$c" "$BOUNCER_PID")"
+        read -r r1t r1l _ _ _ <<<"$(run "$ROUTER1_PORT" "$mode" "$c" "$ROUTER1_PID")"
+        before=$(commit_records)
+        read -r r2t r2l r2f r2n r2c <<<"$(run "$ROUTER2_PORT" "$mode" "$c" "$ROUTER2_PID")"
+        after=$(commit_records)
+        share=$(python3 -c "import sys; n=int(sys.argv[3]); print(f'{(int(sys.argv[2])-int(sys.argv[1]))/n:.2f}' if n else '-')" "$before" "$after" "$r2n")
+        echo "| $mode | $c | $dt | $bt | $r1t | $r2t | $(ratio "$r2t" "$dt") | $(ratio "$r2t" "$bt") | $dl | $bl | $r1l | $r2l | $r2f | $share | $r2c |"
+    done
+done
+
+# The balances through the 2-shard router: every TPC-B transaction moved the same
+# delta on an account, a teller, a branch and into the history.
+q() { psql -X -qAt -h 127.0.0.1 -p "$ROUTER2_PORT" -U postgres postgres -c "$1"; }
+echo
+echo "balances (2 shards, through the router): accounts $(q 'SELECT sum(abalance) FROM pgbench_accounts')," \
+    "tellers $(q 'SELECT sum(tbalance) FROM pgbench_tellers')," \
+    "branches $(q 'SELECT sum(bbalance) FROM pgbench_branches')," \
+    "history $(q 'SELECT sum(delta) FROM pgbench_history')"
+for s in 1 2; do
+    echo "prepared transactions left on shard $s: $(psql -X -qAt -h 127.0.0.1 -p "$(node_port "$TWO" "shard$s-primary")" -U postgres postgres -c 'SELECT count(*) FROM pg_prepared_xacts')"
+done
