@@ -656,6 +656,11 @@ fn resolve_output<'a>(
     Ok((None, e))
 }
 
+/// A column reference (`c` or `t.c`).
+fn is_plain_column(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+}
+
 #[allow(dead_code)]
 fn call(name: &str, arg: Expr) -> Expr {
     Expr::Function(Function {
@@ -691,9 +696,13 @@ fn stream(
             return Err("ORDER BY … WITH FILL".to_owned());
         }
         let (visible, expr) = resolve_output(&ob.expr, items)?;
+        // A visible key that is a plain column gets a hidden copy too: hidden columns
+        // are always fetched in text format, so clients that ask for binary results
+        // (most drivers) still merge. Other expressions are not copied: a volatile one
+        // would sort by values other than those shown.
         let column = match visible {
-            Some(j) => SortColumn::Visible(j),
-            None => {
+            Some(j) if !is_plain_column(&expr) => SortColumn::Visible(j),
+            _ => {
                 hidden.push(expr.clone());
                 SortColumn::Hidden(hidden.len() - 1)
             }

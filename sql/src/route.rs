@@ -1166,6 +1166,13 @@ impl<'c> Analysis<'c> {
             return self.unpinned_message(&unpinned);
         }
         if let Some(i) = multi_param {
+            // A read runs on every shard with its whole WHERE clause: the shards filter
+            // by the parameters themselves (pruning to their shards would be an
+            // optimisation, decided at Bind).
+            let fan = self.occs.len() == 1 || self.connected();
+            if let (true, Some(st), "query") = (fan, st, self.verb) {
+                return self.fanout(st, None);
+            }
             return Route::Unsupported(format!(
                 "shard key of distributed table {} compared with several parameters (multi-shard routing at Bind is not yet supported)",
                 self.occs[i].table

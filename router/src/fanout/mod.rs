@@ -236,6 +236,17 @@ pub async fn execute<S: ShardStream, W: AsyncWrite + Unpin>(
     streams: Vec<S>,
     out: &mut W,
 ) -> Result<Outcome, FanoutError> {
+    execute_with(plan, streams, out, true).await
+}
+
+/// [`execute`]; `describe` false leaves the RowDescription out of a streamed answer
+/// (an extended-protocol Execute whose portal was not described).
+pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
+    plan: &FanoutPlan,
+    streams: Vec<S>,
+    out: &mut W,
+    describe: bool,
+) -> Result<Outcome, FanoutError> {
     let mut shards: Vec<Shard<S>> = streams
         .into_iter()
         .enumerate()
@@ -276,7 +287,7 @@ pub async fn execute<S: ShardStream, W: AsyncWrite + Unpin>(
     }
     let cols = desc.unwrap_or_default();
     match &plan.merge {
-        MergePlan::Stream(m) => stream(m, &mut shards, &cols, buf, out).await,
+        MergePlan::Stream(m) => stream(m, &mut shards, &cols, buf, out, describe).await,
         MergePlan::Finish(f) => {
             let mut types = Vec::with_capacity(cols.len());
             for c in &cols {
@@ -423,6 +434,7 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
     cols: &[Column],
     mut buf: BytesMut,
     out: &mut W,
+    describe: bool,
 ) -> Result<Outcome, FanoutError> {
     let visible = cols
         .len()
@@ -464,12 +476,14 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
         });
     }
     // RowDescription without the hidden columns.
-    let at = begin_frame(&mut buf, b'T');
-    buf.put_i16(visible as i16);
-    for c in &cols[..visible] {
-        buf.extend_from_slice(&c.raw);
+    if describe {
+        let at = begin_frame(&mut buf, b'T');
+        buf.put_i16(visible as i16);
+        for c in &cols[..visible] {
+            buf.extend_from_slice(&c.raw);
+        }
+        finish_frame(&mut buf, at);
     }
-    finish_frame(&mut buf, at);
     let _ = put_cstr; // (codec helper kept in scope for symmetry with encoders)
 
     let mut skip = m.offset;

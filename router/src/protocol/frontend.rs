@@ -60,6 +60,58 @@ impl<'a> Bind<'a> {
         }
         Ok(None)
     }
+
+    /// Splits `rest` into the parameter part (formats and values, as sent) and the
+    /// result-column format codes.
+    pub fn split_results(&self) -> Result<(&'a [u8], Vec<i16>), ProtocolError> {
+        let mut r = BodyReader::new(self.rest, "Bind");
+        let nformats = r.count16()?;
+        r.bytes(nformats * 2)?;
+        let nparams = r.count16()?;
+        for _ in 0..nparams {
+            let len = r.i32()?;
+            if len > 0 {
+                r.bytes(len as usize)?;
+            } else if len < -1 {
+                return Err(ProtocolError::malformed("Bind", "negative value length"));
+            }
+        }
+        let params_len = self.rest.len() - r.remaining().len();
+        let nresults = r.count16()?;
+        let mut results = Vec::with_capacity(nresults);
+        for _ in 0..nresults {
+            results.push(r.i16()?);
+        }
+        Ok((&self.rest[..params_len], results))
+    }
+}
+
+/// A Bind of `statement` into `portal` with the parameter part of another Bind (see
+/// [`Bind::split_results`]) and the given result formats.
+pub fn encode_bind_with_results(
+    out: &mut BytesMut,
+    portal: &str,
+    statement: &str,
+    params: &[u8],
+    results: &[i16],
+) {
+    let at = begin_frame(out, b'B');
+    put_cstr(out, portal.as_bytes());
+    put_cstr(out, statement.as_bytes());
+    out.extend_from_slice(params);
+    out.put_i16(results.len() as i16);
+    for r in results {
+        out.put_i16(*r);
+    }
+    finish_frame(out, at);
+}
+
+/// Execute of `portal` with no row limit.
+pub fn encode_execute(out: &mut BytesMut, portal: &str) {
+    let at = begin_frame(out, b'E');
+    put_cstr(out, portal.as_bytes());
+    out.put_i32(0);
+    finish_frame(out, at);
 }
 
 /// A decoded frontend message.

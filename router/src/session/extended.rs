@@ -15,7 +15,7 @@ use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
 use super::simple::Target;
 use super::simple::POISON_SQL;
-use super::{Expect, Session, Stmt, VirtualTxn};
+use super::{Expect, FanoutPortal, PortalAt, Session, Stmt, VirtualTxn};
 use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
 use crate::backend::{BackendConn, StmtKey};
 use crate::protocol::backend::{encode_command_complete, encode_error};
@@ -216,6 +216,41 @@ where
         a.conn.unsynced = true;
     }
 
+    /// Binds a multi-shard read: the router answers BindComplete and runs the portal at
+    /// Execute, on every shard at once, with the client's parameters.
+    fn bind_fanout(
+        &mut self,
+        bind: &Bind<'_>,
+        stmt: &Arc<Stmt>,
+        plan: &pgshard_sql::FanoutPlan,
+    ) -> Result<(), SessionError> {
+        if self.client_status() != b'I' {
+            self.fail_extended(SessionError::Unsupported(format!(
+                "multi-shard read of {} inside a transaction block",
+                plan.tables.join(", ")
+            )));
+            return Ok(());
+        }
+        let (params, results) = bind.split_results()?;
+        if self.parse_ack.as_deref() == Some(bind.statement) {
+            self.parse_ack = None;
+            self.emit_empty(b'1');
+        }
+        self.emit_empty(b'2');
+        let portal = FanoutPortal {
+            plan: plan.clone(),
+            param_types: stmt.key.param_types.clone(),
+            params: bytes::Bytes::copy_from_slice(params),
+            results,
+            digest: stmt.digest,
+        };
+        self.portals.insert(
+            bind.portal.to_string(),
+            (stmt.clone(), PortalAt::Fanout(Arc::new(portal))),
+        );
+        Ok(())
+    }
+
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
@@ -291,8 +326,14 @@ where
                 self.emit_empty(b'1');
             }
             self.emit_empty(b'2');
-            self.portals.insert(bind.portal.to_string(), (stmt, None));
+            self.portals
+                .insert(bind.portal.to_string(), (stmt, PortalAt::Begin));
             return Ok(());
+        }
+        if let Route::Fanout(plan) = &stmt.plan.route {
+            if plan.shards.len() > 1 && self.shard_override.is_none() {
+                return self.bind_fanout(bind, &stmt, plan);
+            }
         }
         let shard = match self.bind_shard(&stmt, bind) {
             Ok(s) => s,
@@ -328,7 +369,7 @@ where
             a.expects.push_back(Expect::Bind);
         }
         self.portals
-            .insert(bind.portal.to_string(), (stmt, Some(shard)));
+            .insert(bind.portal.to_string(), (stmt, PortalAt::Shard(shard)));
         Ok(())
     }
 
@@ -340,11 +381,16 @@ where
     ) -> Result<(), SessionError> {
         if kind == b'P' {
             let shard = match self.portals.get(name) {
-                Some((_, None)) => {
+                Some((_, PortalAt::Begin)) => {
                     self.emit_empty(b'n');
                     return Ok(());
                 }
-                Some((_, Some(shard))) => Some(*shard),
+                Some((_, PortalAt::Fanout(_))) => {
+                    // Answered with the Execute that follows.
+                    self.described_fanout = Some(name.to_string());
+                    return Ok(());
+                }
+                Some((_, PortalAt::Shard(shard))) => Some(*shard),
                 None => None,
             };
             if let Some(shard) = shard {
@@ -406,13 +452,30 @@ where
         &mut self,
         frame: &Frame,
         portal: &str,
+        max_rows: i32,
     ) -> Result<(), SessionError> {
-        let Some((stmt, shard)) = self.portals.get(portal).cloned() else {
+        let Some((stmt, at)) = self.portals.get(portal).cloned() else {
             // Unknown to the router: the backend answers (e.g. a portal of a cursor).
             return self.execute_on_attached(frame, portal, None);
         };
-        let Some(shard) = shard else {
-            return self.execute_virtual_begin(&stmt);
+        let shard = match at {
+            PortalAt::Shard(s) => s,
+            PortalAt::Begin => return self.execute_virtual_begin(&stmt),
+            PortalAt::Fanout(fp) => {
+                if max_rows != 0 {
+                    self.fail_extended(SessionError::Unsupported(
+                        "Execute with a row limit of a multi-shard query (fetch all rows, or use a cursor on one shard)".into(),
+                    ));
+                    return Ok(());
+                }
+                let describe = self.described_fanout.as_deref() == Some(portal);
+                self.run_fanout(frame, &fp.plan, false, Some((&fp, describe)))
+                    .await?;
+                if self.deferred.is_none() {
+                    self.described_fanout = None;
+                }
+                return Ok(());
+            }
         };
         match stmt.plan.kind {
             StatementKind::Commit | StatementKind::Rollback if self.spans_shards() => {
@@ -539,6 +602,11 @@ where
     pub(crate) fn on_sync(&mut self, frame: &Frame) {
         self.skip_until_sync = false;
         self.parse_ack = None;
+        if self.described_fanout.take().is_some() {
+            self.emit_error(&SessionError::Unsupported(
+                "Describe of a multi-shard portal that is not executed before Sync".into(),
+            ));
+        }
         match self.attached.as_mut() {
             Some(a) => {
                 a.conn.out.extend_from_slice(frame.raw());

@@ -15,11 +15,15 @@
 //! cancel still in flight could otherwise hit the next query run on it.
 
 use super::error::SessionError;
-use super::{Attached, Expect, Session};
+use super::{Attached, Expect, FanoutPortal, Session};
 use crate::backend::{BackendConn, PooledConn};
 use crate::fanout::{self, FanoutError, Outcome, ShardStream};
 use crate::protocol::backend::{decode_ready_status, encode_error, encode_ready, error_summary};
-use crate::protocol::frontend::{encode_query, encode_sync};
+use crate::protocol::frame::BodyReader;
+use crate::protocol::frontend::{
+    encode_bind_with_results, encode_describe, encode_execute, encode_parse, encode_query,
+    encode_sync,
+};
 use crate::protocol::{Frame, ProtocolError};
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
@@ -108,15 +112,20 @@ where
         frame: &Frame,
         plan: &FanoutPlan,
         in_txn: bool,
+        ext: Option<(&FanoutPortal, bool)>,
     ) -> Result<(), SessionError> {
         // Extended-protocol messages still unsynced on the attached backend: end that
-        // batch first (as a switch of shards does), then come back to this Query.
+        // batch first (as a switch of shards does), then come back to this message once
+        // everything the backend owes (and the router's replies queued behind it) went
+        // to the client.
         if let Some(a) = self.attached.as_mut() {
             if a.conn.unsynced {
                 encode_sync(&mut a.conn.out);
                 a.expects.push_back(Expect::Sync { forward: false });
                 a.conn.pending_syncs += 1;
                 a.conn.unsynced = false;
+            }
+            if !a.expects.is_empty() {
                 self.deferred = Some(frame.clone());
                 return Ok(());
             }
@@ -153,13 +162,44 @@ where
         };
         let finish = matches!(plan.merge, MergePlan::Finish(_));
         let mut query = BytesMut::new();
-        if finish {
-            let mut sql = FINISH_SETTINGS.join("; ");
-            sql.push_str("; ");
-            sql.push_str(&plan.shard_sql);
-            encode_query(&mut query, &sql);
-        } else {
-            fanout::shard_query(plan, &mut query);
+        match ext {
+            None if finish => {
+                let mut sql = FINISH_SETTINGS.join("; ");
+                sql.push_str("; ");
+                sql.push_str(&plan.shard_sql);
+                encode_query(&mut query, &sql);
+            }
+            None => fanout::shard_query(plan, &mut query),
+            Some((portal, _)) => {
+                let results = match self.shard_result_formats(portal, &mut parts).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(error)) => {
+                        // The statement failed to parse on the shard: the client's error.
+                        let back = self.release_parts(parts, reused_shard);
+                        self.restore_attached(back);
+                        self.out.extend_from_slice(error.raw());
+                        self.skip_until_sync = true;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        self.abandon(&mut parts, reused_shard);
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                };
+                if finish {
+                    for set in FINISH_SETTINGS {
+                        encode_parse(&mut query, "", set, &[]);
+                        encode_bind_with_results(&mut query, "", "", &[0, 0, 0, 0], &[]);
+                        encode_execute(&mut query, "");
+                    }
+                }
+                encode_parse(&mut query, "", &plan.shard_sql, &portal.param_types);
+                encode_bind_with_results(&mut query, "", "", &portal.params, &results);
+                encode_describe(&mut query, b'P', "");
+                encode_execute(&mut query, "");
+                encode_sync(&mut query);
+            }
         }
         for p in parts.iter_mut() {
             p.conn.out.extend_from_slice(&query);
@@ -199,7 +239,8 @@ where
                 skip_completes: skip,
             })
             .collect();
-        let result = fanout::execute(plan, streams, &mut self.writer).await;
+        let describe = ext.is_none_or(|(_, d)| d);
+        let result = fanout::execute_with(plan, streams, &mut self.writer, describe).await;
         let _ = self.writer.flush().await;
         // Bound on the rows a shard still sends after the merge stopped reading it:
         // LIMIT n OFFSET m is pushed down as LIMIT n+m.
@@ -208,6 +249,7 @@ where
             MergePlan::Finish(_) => None,
         };
         let mut ending = Ending::Ready;
+        let mut shard_failed = false;
         match result {
             Ok(Outcome::Done { rows, unfinished }) => {
                 tracing::debug!(rows, unfinished = unfinished.len(), "fan-out done");
@@ -216,11 +258,12 @@ where
             }
             Ok(Outcome::ShardError { shard, unfinished }) => {
                 tracing::debug!(shard, "fan-out: a shard failed");
+                shard_failed = true;
                 self.finish_parts(&mut parts, &unfinished, None, true).await;
             }
             Ok(Outcome::Finish { sql }) => {
                 self.finish_parts(&mut parts, &[], None, false).await;
-                if let Err(e) = self.run_finishing(&mut parts, &sql).await {
+                if let Err(e) = self.run_finishing(&mut parts, &sql, ext).await {
                     ending = Ending::Fail(e);
                 }
             }
@@ -257,6 +300,21 @@ where
         }
         let back = self.release_parts(parts, reused_shard);
         self.restore_attached(back);
+        if ext.is_some() {
+            // Extended protocol: no ReadyForQuery until the client's Sync; after an
+            // error, skip to it.
+            match ending {
+                Ending::Fail(e) => self.fail_extended(e),
+                Ending::Raw(b) => {
+                    self.out.extend_from_slice(&b);
+                    self.skip_until_sync = true;
+                }
+                Ending::Ready if shard_failed => self.skip_until_sync = true,
+                Ending::Ready => {}
+            }
+            self.publish_activity();
+            return Ok(());
+        }
         match ending {
             Ending::Fail(e) => self.fail_simple(e),
             Ending::Raw(b) => {
@@ -271,6 +329,78 @@ where
         }
         self.publish_activity();
         Ok(())
+    }
+
+    /// The result formats the shards bind an extended-protocol fan-out with: the
+    /// client's for its columns, text for hidden sort columns and for every column of
+    /// a finishing step (the router reads those). A single binary code with hidden
+    /// columns needs the column count: asked of the first shard once per statement.
+    /// The inner error is the shard's ErrorResponse for the statement.
+    async fn shard_result_formats(
+        &mut self,
+        portal: &FanoutPortal,
+        parts: &mut [Part],
+    ) -> Result<Result<Vec<i16>, Frame>, SessionError> {
+        let hidden = match &portal.plan.merge {
+            MergePlan::Finish(_) => return Ok(Ok(Vec::new())),
+            MergePlan::Stream(m) => m.hidden,
+        };
+        let r = &portal.results;
+        if hidden == 0 || r.is_empty() || (r.len() == 1 && r[0] == 0) {
+            return Ok(Ok(r.clone()));
+        }
+        if r.len() > 1 {
+            let mut all = r.clone();
+            all.resize(r.len() + hidden, 0);
+            return Ok(Ok(all));
+        }
+        let columns = match self.fanout_columns.get(&portal.digest) {
+            Some(n) => *n,
+            None => {
+                let Some(p) = parts.first_mut() else {
+                    return Ok(Ok(r.clone()));
+                };
+                let out = &mut p.conn.out;
+                encode_parse(out, "", &portal.plan.shard_sql, &portal.param_types);
+                encode_describe(out, b'S', "");
+                encode_sync(out);
+                p.conn.unnamed = None;
+                let shard = p.shard;
+                p.conn
+                    .flush()
+                    .await
+                    .map_err(|e| SessionError::from_backend(shard, e))?;
+                let mut columns = None;
+                let mut error = None;
+                loop {
+                    let f = p
+                        .conn
+                        .read()
+                        .await
+                        .map_err(|e| SessionError::from_backend(shard, e))?;
+                    match f.tag() {
+                        b'T' => {
+                            let mut body = BodyReader::new(f.body(), "RowDescription");
+                            columns = Some(body.count16()?);
+                        }
+                        b'n' => columns = Some(0),
+                        b'E' => error = Some(f),
+                        b'Z' => break,
+                        _ => {}
+                    }
+                }
+                if let Some(e) = error {
+                    return Ok(Err(e));
+                }
+                let n = columns.unwrap_or(0);
+                self.fanout_columns.insert(portal.digest, n);
+                n
+            }
+        };
+        let visible = columns.saturating_sub(hidden);
+        let mut all = vec![r[0]; visible];
+        all.resize(columns, 0);
+        Ok(Ok(all))
     }
 
     /// Checks out one backend per shard (ascending shard order, so sessions never wait
@@ -381,13 +511,31 @@ where
 
     /// Runs a finishing query on the first shard's backend and relays its answer
     /// (without its ReadyForQuery) to the client.
-    async fn run_finishing(&mut self, parts: &mut [Part], sql: &str) -> Result<(), SessionError> {
+    async fn run_finishing(
+        &mut self,
+        parts: &mut [Part],
+        sql: &str,
+        ext: Option<(&FanoutPortal, bool)>,
+    ) -> Result<(), SessionError> {
         let Some(p) = parts.iter_mut().find(|p| !p.conn.broken) else {
             return Err(SessionError::Unsupported(
                 "multi-shard aggregate: no shard connection left for the finishing step".into(),
             ));
         };
-        encode_query(&mut p.conn.out, sql);
+        match ext {
+            None => encode_query(&mut p.conn.out, sql),
+            // The client's result formats; a RowDescription only if it described.
+            Some((portal, describe)) => {
+                let out = &mut p.conn.out;
+                encode_parse(out, "", sql, &[]);
+                encode_bind_with_results(out, "", "", &[0, 0, 0, 0], &portal.results);
+                if describe {
+                    encode_describe(out, b'P', "");
+                }
+                encode_execute(out, "");
+                encode_sync(out);
+            }
+        }
         p.conn.unnamed = None;
         p.conn.pending_syncs += 1;
         p.conn.status = b'T';
@@ -407,6 +555,7 @@ where
                     break;
                 }
                 b'S' => p.conn.note_parameter(&f),
+                b'1' | b'2' => {}
                 _ => {
                     buf.extend_from_slice(f.raw());
                     if buf.len() >= FLUSH_AT {

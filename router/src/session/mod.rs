@@ -72,6 +72,29 @@ pub struct SqlPrepared {
     pub plan: Plan,
 }
 
+/// Where a bound portal lives.
+#[derive(Clone)]
+pub(crate) enum PortalAt {
+    /// On the backend of this shard (attached or parked).
+    Shard(ShardId),
+    /// Nowhere: a BEGIN the router answers itself (nothing attached).
+    Begin,
+    /// Nowhere yet: a multi-shard read the router runs at Execute.
+    Fanout(Arc<FanoutPortal>),
+}
+
+/// A bound multi-shard read (extended protocol).
+pub(crate) struct FanoutPortal {
+    pub plan: pgshard_sql::FanoutPlan,
+    pub param_types: Vec<u32>,
+    /// The client's Bind from its parameter formats to its last value, sent as is.
+    pub params: Bytes,
+    /// The client's result format codes.
+    pub results: Vec<i16>,
+    /// The client statement's digest (caches its column count).
+    pub digest: u64,
+}
+
 /// A reply the attached backend owes, in order.
 pub(crate) enum Expect {
     /// ParseComplete; `digest` names the router statement to forget if it fails.
@@ -158,9 +181,13 @@ pub struct Session<R, W> {
     /// kept if it commits, dropped if it rolls back.
     pub(crate) txn_vars: Vec<SessionCommand>,
     pub(crate) stmts: HashMap<String, Arc<Stmt>>,
-    /// Bound portals: the statement and the shard whose backend holds the portal, or
-    /// None for a portal the router answers itself (a BEGIN with no backend attached).
-    pub(crate) portals: HashMap<String, (Arc<Stmt>, Option<ShardId>)>,
+    /// Bound portals: the statement and where the portal lives.
+    pub(crate) portals: HashMap<String, (Arc<Stmt>, PortalAt)>,
+    /// A multi-shard portal described (Describe P) and not yet executed: its
+    /// RowDescription goes out with the Execute.
+    pub(crate) described_fanout: Option<String>,
+    /// Column counts of multi-shard statements' shard queries, by statement digest.
+    pub(crate) fanout_columns: HashMap<u64, usize>,
     pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
     pub(crate) attached: Option<Attached>,
     /// The other participants of a transaction spanning shards (see [`txn`]): idle
@@ -220,6 +247,8 @@ where
             txn_vars: Vec::new(),
             stmts: HashMap::new(),
             portals: HashMap::new(),
+            described_fanout: None,
+            fanout_columns: HashMap::new(),
             sql_prepared: HashMap::new(),
             attached: None,
             parked: Vec::new(),
@@ -463,9 +492,9 @@ where
                 let name = name.to_string();
                 self.on_describe(&frame, kind, &name).await
             }
-            M::Execute { portal, .. } => {
+            M::Execute { portal, max_rows } => {
                 let portal = portal.to_string();
-                self.on_execute(&frame, &portal).await
+                self.on_execute(&frame, &portal, max_rows).await
             }
             M::Close { kind, name } => {
                 let name = name.to_string();

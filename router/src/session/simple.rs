@@ -235,7 +235,7 @@ where
         // or EXECUTE, whose text is not `shard_sql`).
         if let (Route::Fanout(f), Route::Fanout(_)) = (&route, &plan.route) {
             if f.shards.len() > 1 {
-                return self.run_fanout(frame, f, in_txn).await;
+                return self.run_fanout(frame, f, in_txn, None).await;
             }
         }
         // A multi-shard UPDATE/DELETE on its own, outside a transaction block: atomic

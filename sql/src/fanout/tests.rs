@@ -34,10 +34,24 @@ fn order_limit_offset() {
     assert_eq!(s.limit, Some(10));
     assert_eq!(s.offset, 5);
     assert_eq!(s.sort.len(), 2);
-    assert_eq!(s.sort[0].column, SortColumn::Visible(1));
+    // Plain columns are sorted on hidden text copies (binary results merge too).
+    assert_eq!(s.sort[0].column, SortColumn::Hidden(0));
+    assert_eq!(s.sort[1].column, SortColumn::Hidden(1));
+    assert_eq!(s.hidden, 2);
     assert!(s.sort[0].descending && s.sort[0].nulls_first);
     assert!(f.shard_sql.ends_with("LIMIT 15"), "{}", f.shard_sql);
     assert!(!f.shard_sql.contains("OFFSET"));
+}
+
+#[test]
+fn visible_expression_keys_are_not_copied() {
+    // A copy of random() would not sort by the values shown.
+    let f = fan("SELECT aid, random() AS r FROM accounts ORDER BY r");
+    let MergePlan::Stream(s) = &f.merge else {
+        panic!()
+    };
+    assert_eq!(s.sort[0].column, SortColumn::Visible(1));
+    assert_eq!(s.hidden, 0);
 }
 
 #[test]
