@@ -701,7 +701,7 @@ fn stream(
         // (most drivers) still merge. Other expressions are not copied: a volatile one
         // would sort by values other than those shown.
         let column = match visible {
-            Some(j) if !is_plain_column(&expr) => SortColumn::Visible(j),
+            Some(j) if !is_plain_column(expr) => SortColumn::Visible(j),
             _ => {
                 hidden.push(expr.clone());
                 SortColumn::Hidden(hidden.len() - 1)
