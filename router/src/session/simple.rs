@@ -371,6 +371,9 @@ where
                 "query on several shards through the extended query protocol (supported through the simple query protocol only, for now)"
                     .into(),
             )),
+            Route::Copy(_) => Err(SessionError::Unsupported(
+                "COPY into or out of a sharded table is supported on its own, through the simple query protocol or Bind/Execute".into(),
+            )),
             Route::FanoutWrite(_) => Err(SessionError::Unsupported(
                 "write on several shards inside a transaction block, through the extended query protocol or without a catalog connection (not supported yet)".into(),
             )),
