@@ -249,6 +249,12 @@ where
                 };
             }
         }
+        // COPY into or out of a sharded table: split or concatenated by the router.
+        if let (Route::Copy(c), Route::Copy(_)) = (&route, &plan.route) {
+            return self
+                .run_copy(c, in_txn, super::copy::CopyMode::Simple)
+                .await;
+        }
         let target = match self.resolve(&route, &catalog) {
             Ok(t) => t,
             Err(e) => {
