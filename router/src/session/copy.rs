@@ -281,10 +281,8 @@ where
         self.entry.set_activity("active", None, None);
         let begin = plan.direction == CopyDirection::In;
         let result = {
-            let mut parts: Vec<Part<'_>> = conns
-                .iter_mut()
-                .map(|(s, c)| Part::new(*s, c))
-                .collect();
+            let mut parts: Vec<Part<'_>> =
+                conns.iter_mut().map(|(s, c)| Part::new(*s, c)).collect();
             let r = self.drive(plan, &mut parts, begin).await;
             r.map(|()| total(plan, &parts))
         };
@@ -326,6 +324,26 @@ where
         self.entry.set_activity("idle", None, None);
         self.publish_activity();
         Ok(())
+    }
+
+    /// True for an extended-protocol message that prepares or runs a COPY the router
+    /// runs itself: allowed in a transaction spanning shards (Parse and Describe go to
+    /// one participant and run nothing; Bind and Execute are the router's).
+    pub(crate) fn is_extended_copy(
+        &self,
+        msg: &crate::protocol::frontend::FrontendMessage<'_>,
+    ) -> bool {
+        use crate::protocol::frontend::FrontendMessage as M;
+        match msg {
+            M::Parse { sql, .. } => matches!(
+                pgshard_sql::plan(sql, &self.ctx.catalog.current()).route,
+                pgshard_sql::Route::Copy(_)
+            ),
+            M::Describe { kind: b'S', name } => self.is_copy_statement(name),
+            M::Bind(bind) => self.is_copy_statement(bind.statement),
+            M::Execute { portal, .. } => self.copy_portal(portal).is_some(),
+            _ => false,
+        }
     }
 
     /// True if client statement `name` is a COPY the router runs itself.

@@ -450,6 +450,7 @@ where
                 msg,
                 M::Parse { .. } | M::Bind(_) | M::Describe { .. } | M::Execute { .. }
             )
+            && !self.is_extended_copy(&msg)
         {
             self.fail_extended(SessionError::Unsupported(
                 "the extended query protocol in a transaction spanning shards is not supported yet"
