@@ -10,6 +10,7 @@
 //! - [`backend`]: connections to the shards and their pools;
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
+//! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
 //! - [`admin`]: the `pgshard` admin console;
 //! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions.
 //!
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod catalog_watch;
+pub mod copy;
 pub mod fanout;
 pub mod protocol;
 pub mod registry;

@@ -13,6 +13,7 @@
 //! - `classify`: statement kinds from keywords, table classes from the catalog;
 //! - `route`: walks a parsed query or DML statement, finds every table it touches and
 //!   which shard-key values pin each distributed table, and turns that into a route;
+//! - `copy`: the options of a COPY statement, read from its tokens;
 //! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
 //!   EXECUTE, COPY, utility and DDL, router commands, the keyword fallback) and the
 //!   combination of several statements in one Query string.
@@ -24,6 +25,7 @@
 //! `Unsupported` with a message naming the construct.
 
 mod classify;
+pub mod copy;
 pub mod fanout;
 mod parse;
 mod plan;
@@ -34,6 +36,7 @@ mod tests;
 
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
+pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
@@ -91,6 +94,10 @@ pub enum Route {
     /// the same statement on each shard, in one distributed transaction (see
     /// [`fanout::MULTI_SHARD_WRITES`]).
     FanoutWrite(FanoutWrite),
+    /// `COPY … FROM STDIN` into a distributed or reference table (rows split by shard
+    /// key, or copied to every shard) or `COPY … TO STDOUT` from several shards (their
+    /// streams concatenated): see [`CopyPlan`].
+    Copy(CopyPlan),
     /// Handled by the router itself without a backend (e.g. `create_distributed_table`).
     Router(RouterCommand),
     /// Refused with SQLSTATE 0A000; the text names the construct.

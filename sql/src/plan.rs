@@ -19,7 +19,7 @@ use crate::parse::{
     name_parts, parse_statement, read_name, skip_parens, split_statements, tokens, Hint,
     StatementText, Tok, Token,
 };
-use crate::route::{fast_path, reference_write, Analysis};
+use crate::route::{fast_path, Analysis};
 
 #[cfg(test)]
 thread_local! {
@@ -37,6 +37,7 @@ fn fast_path_enabled() -> bool {
         true
     }
 }
+use crate::copy::{CopyDirection, CopyKey, CopyPlan};
 use crate::{
     key_from_literal, shard_of, ExecuteArg, Plan, PlanError, Route, RouterCommand, StatementKind,
 };
@@ -173,6 +174,13 @@ fn combine(plans: Vec<Plan>) -> Plan {
                     Route::Unsupported("parameters in a multi-statement query".to_owned())
                 });
             }
+            Route::Copy(_) => {
+                refused.get_or_insert_with(|| {
+                    Route::Unsupported(
+                        "COPY into or out of a sharded table in a multi-statement query".to_owned(),
+                    )
+                });
+            }
             Route::Fanout(crate::FanoutPlan { tables, .. })
             | Route::FanoutWrite(crate::FanoutWrite { tables, .. }) => {
                 refused.get_or_insert_with(|| {
@@ -209,16 +217,7 @@ fn combine(plans: Vec<Plan>) -> Plan {
 /// `what` names the enclosing command: a multi-shard statement inside it is refused
 /// (the router merges only plain multi-shard statements).
 fn plan_text(text: &str, what: &str, catalog: &Catalog) -> Plan {
-    let toks = tokens(text);
-    let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
-    if ["EXPLAIN", "PREPARE", "DECLARE", "COPY"].contains(&first.as_str()) {
-        return Plan::new(Route::Shard(catalog.local_shard), kind_of(&toks, text));
-    }
-    let stmts = split_statements(text);
-    let mut plan = match stmts.as_slice() {
-        [one] => plan_one(one, catalog),
-        _ => combine(stmts.iter().map(|s| plan_one(s, catalog)).collect()),
-    };
+    let mut plan = plan_nested(text, catalog);
     let tables = match &plan.route {
         Route::Fanout(f) => Some(&f.tables),
         Route::FanoutWrite(w) => Some(&w.tables),
@@ -231,6 +230,21 @@ fn plan_text(text: &str, what: &str, catalog: &Catalog) -> Plan {
         ));
     }
     plan
+}
+
+/// The plan of a statement nested in another (see [`plan_text`]), multi-shard routes
+/// kept for the caller to judge.
+fn plan_nested(text: &str, catalog: &Catalog) -> Plan {
+    let toks = tokens(text);
+    let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
+    if ["EXPLAIN", "PREPARE", "DECLARE", "COPY"].contains(&first.as_str()) {
+        return Plan::new(Route::Shard(catalog.local_shard), kind_of(&toks, text));
+    }
+    let stmts = split_statements(text);
+    match stmts.as_slice() {
+        [one] => plan_one(one, catalog),
+        _ => combine(stmts.iter().map(|s| plan_one(s, catalog)).collect()),
+    }
 }
 
 /// Statements with more tokens than this are planned on a stack of their own: the
@@ -600,10 +614,14 @@ fn deallocate(toks: &[Token<'_>], i: usize) -> Route {
     }
 }
 
-/// `COPY table [(cols)] {FROM | TO} …` and `COPY (query) TO …`.
+/// `COPY table [(cols)] {FROM | TO} …` and `COPY (query) TO …` (see [`crate::copy`]).
+///
+/// COPY FROM STDIN into a distributed or reference table and COPY TO STDOUT from a
+/// distributed table (or a plain multi-shard query) become [`Route::Copy`]; the router
+/// splits or concatenates the data streams. Other COPYs go where their table lives.
 fn copy(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
     let local = Route::Shard(catalog.local_shard);
-    let j = i + 1;
+    let mut j = i + 1;
     if toks.get(j).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
         let end = skip_parens(toks, j);
         let (Some(open), Some(close)) = (toks.get(j), toks.get(end.saturating_sub(1))) else {
@@ -612,35 +630,127 @@ fn copy(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
         if close.start <= open.end {
             return local;
         }
-        let inner = plan_text(&text[open.end..close.start], "COPY", catalog);
+        let query = &text[open.end..close.start];
+        let inner = plan_nested(query, catalog);
         return match inner.route {
             Route::Router(_) => Route::Unsupported("COPY of a pgshard command".to_owned()),
             Route::ShardByParam { .. } => {
                 Route::Unsupported("COPY of a query routed by a parameter".to_owned())
             }
+            Route::Fanout(f) if f.shards.len() > 1 => {
+                copy_query_out(text, toks, end, query, f, catalog)
+            }
+            Route::FanoutWrite(w) => Route::Unsupported(format!(
+                "COPY of a multi-shard statement on distributed table {} (not yet supported)",
+                w.tables.join(", ")
+            )),
             r => r,
         };
     }
-    let Some((parts, mut k)) = read_name(toks, j) else {
+    let binary_prefix = is_word(toks, j, "binary");
+    if binary_prefix {
+        j += 1;
+    }
+    let Some((parts, k)) = read_name(toks, j) else {
         return local;
     };
-    if toks.get(k).map(|t| t.tok) == Some(Tok::Punct(b'(')) {
-        k = skip_parens(toks, k);
-    }
-    let from = is_word(toks, k, "from");
     let (class, name) = classify_table(catalog, &parts);
-    match class {
-        // COPY splitting by shard key and COPY TO fan-out are later issues.
-        TableClass::Distributed { .. } if from => Route::Unsupported(format!(
-            "COPY FROM into distributed table {name} (COPY splitting is not yet supported)"
-        )),
-        TableClass::Distributed { .. } => Route::Unsupported(format!(
-            "COPY TO from distributed table {name} (fan-out not yet supported)"
-        )),
-        TableClass::Reference(_) if from => reference_write(&name),
-        TableClass::Reference(_) => Route::AnyShard,
-        TableClass::Local | TableClass::Catalog => local,
+    if !class.is_declared() {
+        return local;
     }
+    let statement = match crate::copy::read_tail(toks, k, binary_prefix) {
+        Ok(s) => s,
+        Err(msg) => return Route::Unsupported(format!("{msg} on table {name}")),
+    };
+    let from = statement.direction == CopyDirection::In;
+    let key = match class {
+        TableClass::Distributed { key, key_type, .. } => Some(CopyKey {
+            column: key.to_owned(),
+            key_type,
+        }),
+        TableClass::Reference(_) if from => None,
+        // One shard holds every row of a reference table.
+        TableClass::Reference(_) => return Route::AnyShard,
+        TableClass::Local | TableClass::Catalog => return local,
+    };
+    if !statement.stdio {
+        return Route::Unsupported(format!(
+            "COPY {} a server file or program with {} table {name} (use FROM STDIN / TO STDOUT, e.g. psql's \\copy)",
+            if from { "FROM" } else { "TO" },
+            if key.is_some() { "distributed" } else { "reference" },
+        ));
+    }
+    let (Some(first), Some(last)) = (toks.get(j), toks.get(k.saturating_sub(1))) else {
+        return local;
+    };
+    let table_sql = text[first.start..last.end].to_owned();
+    Route::Copy(CopyPlan {
+        table: parts.last().cloned().unwrap_or(name),
+        table_sql,
+        columns: statement.columns,
+        direction: statement.direction,
+        options: statement.options,
+        shards: catalog.shard_ids(),
+        key: if from { key } else { None },
+        sql: text.trim().to_owned(),
+    })
+}
+
+/// `COPY (query) TO STDOUT` for a query that reads several shards: allowed when the
+/// shards' rows only need concatenating (SPEC §5 rule 2, plain rows), refused with
+/// 0A000 naming the construct otherwise.
+fn copy_query_out(
+    text: &str,
+    toks: &[Token<'_>],
+    after: usize,
+    query: &str,
+    f: crate::FanoutPlan,
+    _catalog: &Catalog,
+) -> Route {
+    let tables = f.tables.join(", ");
+    let construct = match &f.merge {
+        crate::MergePlan::Stream(m)
+            if m.sort.is_empty() && m.limit.is_none() && m.offset == 0 && m.hidden == 0 =>
+        {
+            None
+        }
+        crate::MergePlan::Stream(m) if !m.sort.is_empty() => Some("ORDER BY"),
+        crate::MergePlan::Stream(_) => Some("LIMIT/OFFSET"),
+        crate::MergePlan::Finish(_) => {
+            let qt = tokens(query);
+            Some(if qt.iter().any(|t| t.tok.is_word("distinct")) {
+                "DISTINCT"
+            } else if qt.iter().any(|t| t.tok.is_word("group")) {
+                "GROUP BY"
+            } else {
+                "aggregates"
+            })
+        }
+    };
+    if let Some(c) = construct {
+        return Route::Unsupported(format!(
+            "COPY (query) TO STDOUT with {c} over several shards of distributed table {tables}"
+        ));
+    }
+    let statement = match crate::copy::read_tail(toks, after, false) {
+        Ok(s) => s,
+        Err(msg) => return Route::Unsupported(format!("{msg} on a multi-shard query")),
+    };
+    if !statement.stdio || statement.direction != CopyDirection::Out {
+        return Route::Unsupported(format!(
+            "COPY (query) of distributed table {tables} to a server file or program (use TO STDOUT)"
+        ));
+    }
+    Route::Copy(CopyPlan {
+        table: tables,
+        table_sql: String::new(),
+        columns: None,
+        direction: CopyDirection::Out,
+        options: statement.options,
+        shards: f.shards,
+        key: None,
+        sql: text.trim().to_owned(),
+    })
 }
 
 /// Read `[ONLY] name [*] [(cols)] [, …]` from `toks[j..]`.

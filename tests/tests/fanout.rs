@@ -197,7 +197,10 @@ async fn fanout_reads_errors_and_pools() -> anyhow::Result<()> {
     assert!(message.contains("transaction spanning shards"), "{message}");
     c.simple_query("ROLLBACK").await?;
     // The extended protocol fans out too (tests/tests/fanout_extended.rs has more).
-    let n: i64 = c.query_one("SELECT count(*) FROM fo_items", &[]).await?.get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM fo_items", &[])
+        .await?
+        .get(0);
     assert_eq!(n, 200);
     assert_eq!(one(&c, "SELECT count(*) FROM fo_items").await?, "200");
 

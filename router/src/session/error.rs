@@ -55,6 +55,13 @@ pub enum SessionError {
     /// An error the planner decided (its own SQLSTATE).
     #[error("{0}")]
     Plan(pgshard_sql::PlanError),
+    /// A COPY FROM row the router cannot route (a NULL or malformed shard key…), with
+    /// the table named in its context.
+    #[error("{source}")]
+    Copy {
+        table: String,
+        source: crate::copy::CopyError,
+    },
 }
 
 impl SessionError {
@@ -81,6 +88,7 @@ impl SessionError {
             SessionError::TooManyClients => "53300",
             SessionError::Commit { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
+            SessionError::Copy { source, .. } => source.code(),
         }
     }
 
@@ -89,6 +97,7 @@ impl SessionError {
             SessionError::CrossShard { from, to } => Some(format!(
                 "The transaction is pinned to shard {from}; this statement needs shard {to}. Distributed transactions (two-phase commit) are not implemented yet."
             )),
+            SessionError::Copy { table, source } => source.context(table),
             _ => None,
         }
     }

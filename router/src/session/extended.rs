@@ -381,7 +381,7 @@ where
     ) -> Result<(), SessionError> {
         if kind == b'P' {
             let shard = match self.portals.get(name) {
-                Some((_, PortalAt::Begin)) => {
+                Some((_, PortalAt::Begin | PortalAt::Copy)) => {
                     self.emit_empty(b'n');
                     return Ok(());
                 }
@@ -461,6 +461,13 @@ where
         let shard = match at {
             PortalAt::Shard(s) => s,
             PortalAt::Begin => return self.execute_virtual_begin(&stmt),
+            // Run by the dispatcher (`execute_copy`) before this is reached.
+            PortalAt::Copy => {
+                self.fail_extended(SessionError::Unsupported(
+                    "COPY portal executed out of turn".into(),
+                ));
+                return Ok(());
+            }
             PortalAt::Fanout(fp) => {
                 if max_rows != 0 {
                     self.fail_extended(SessionError::Unsupported(

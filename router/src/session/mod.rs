@@ -16,11 +16,13 @@
 //! must be ordered after pending backend replies are queued as [`Expect::Local`].
 //!
 //! Files: [`startup`] (handshake and auth), [`simple`] (Query), [`extended`]
-//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`txn`]
+//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`copy`]
+//! (COPY split by shard key or fanned out, which reads the client itself), [`txn`]
 //! (transactions spanning shards), [`relay`] (backend replies), [`lex`] and
 //! [`vars`] (session commands and state), [`error`].
 
 mod attach;
+mod copy;
 pub mod error;
 mod extended;
 mod fanout;
@@ -81,6 +83,8 @@ pub(crate) enum PortalAt {
     Begin,
     /// Nowhere yet: a multi-shard read the router runs at Execute.
     Fanout(Arc<FanoutPortal>),
+    /// Nowhere yet: a COPY the router runs at Execute (see [`copy`]).
+    Copy,
 }
 
 /// A bound multi-shard read (extended protocol).
@@ -487,6 +491,9 @@ where
                 let (name, sql) = (name.to_string(), sql.to_string());
                 self.on_parse(&frame, name, sql, param_types).await
             }
+            M::Bind(bind) if self.is_copy_statement(bind.statement) => {
+                self.bind_copy(&frame, &bind)
+            }
             M::Bind(bind) => self.on_bind(&frame, &bind).await,
             M::Describe { kind, name } => {
                 let name = name.to_string();
@@ -494,7 +501,10 @@ where
             }
             M::Execute { portal, max_rows } => {
                 let portal = portal.to_string();
-                self.on_execute(&frame, &portal, max_rows).await
+                match self.copy_portal(&portal) {
+                    Some(plan) => self.execute_copy(&frame, &plan).await,
+                    None => self.on_execute(&frame, &portal, max_rows).await,
+                }
             }
             M::Close { kind, name } => {
                 let name = name.to_string();

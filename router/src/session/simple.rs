@@ -249,6 +249,12 @@ where
                 };
             }
         }
+        // COPY into or out of a sharded table: split or concatenated by the router.
+        if let (Route::Copy(c), Route::Copy(_)) = (&route, &plan.route) {
+            return self
+                .run_copy(c, in_txn, super::copy::CopyMode::Simple)
+                .await;
+        }
         let target = match self.resolve(&route, &catalog) {
             Ok(t) => t,
             Err(e) => {
@@ -381,6 +387,9 @@ where
             Route::Fanout(_) => Err(SessionError::Unsupported(
                 "query on several shards through the extended query protocol (supported through the simple query protocol only, for now)"
                     .into(),
+            )),
+            Route::Copy(_) => Err(SessionError::Unsupported(
+                "COPY into or out of a sharded table is supported on its own, through the simple query protocol or Bind/Execute".into(),
             )),
             Route::FanoutWrite(_) => Err(SessionError::Unsupported(
                 "write on several shards inside a transaction block, through the extended query protocol or without a catalog connection (not supported yet)".into(),

@@ -12,7 +12,7 @@
 //! portal) on another shard first syncs and settles the current backend, then the shard
 //! joins; an Execute of COMMIT or ROLLBACK ends every participant, its ReadyForQuery
 //! following at the client's Sync. Statements that run on every shard (DDL, TRUNCATE,
-//! reference-table writes) make every shard join.
+//! reference-table writes, COPY) make every shard join.
 //!
 //! Limits, each refused with 0A000 rather than guessed: savepoints in a transaction
 //! that spans shards (a shard joining after a SAVEPOINT would lack it), an
@@ -215,13 +215,12 @@ where
     /// RETURNING rows concatenated and the command tag with the row counts summed (for
     /// a reference table, one shard's answer: every shard holds the same copy).
     pub(crate) async fn run_fanout_write(&mut self, w: &FanoutWrite) -> Result<(), SessionError> {
-        let Some(twopc) = self.ctx.twopc.as_ref() else {
+        if self.ctx.twopc.is_none() {
             self.fail_simple(SessionError::Unsupported(
                 "write on several shards without a catalog connection (no two-phase commit)".into(),
             ));
             return Ok(());
-        };
-        let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
+        }
         let catalog = self.ctx.catalog.current();
         let sql = format!("BEGIN; {}", w.sql);
         let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
@@ -247,6 +246,34 @@ where
                 }
             }
         }
+        let mut b = BytesMut::new();
+        if self.finish_write(&mut conns, failure, &mut b).await {
+            merge_write_replies(&mut b, &replies, w.replicated);
+        }
+        drop(conns);
+        encode_ready(&mut b, b'I');
+        self.emit_local(&b);
+        Ok(())
+    }
+
+    /// Ends a write that ran, each in its own transaction, on `conns` outside a
+    /// transaction block: everything rolls back after a `failure` (whose error goes into
+    /// `b`), else all commit with two-phase commit. True when committed (the caller then
+    /// adds its answer to `b`); else `b` holds the client's error or `ROLLBACK` tag.
+    pub(crate) async fn finish_write(
+        &self,
+        conns: &mut [(ShardId, PooledConn)],
+        failure: Option<SessionError>,
+        b: &mut BytesMut,
+    ) -> bool {
+        let Some(twopc) = self.ctx.twopc.as_ref() else {
+            SessionError::Unsupported(
+                "write on several shards without a catalog connection (no two-phase commit)".into(),
+            )
+            .encode(b);
+            return false;
+        };
+        let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
         let mut members: Vec<Member<'_, BackendError>> = conns
             .iter_mut()
             .map(|(shard, conn)| Member {
@@ -255,32 +282,33 @@ where
                 conn: &mut **conn,
             })
             .collect();
-        let mut b = BytesMut::new();
         if let Some(e) = failure {
             coord.rollback(&mut members).await;
-            e.encode(&mut b);
-        } else {
-            match coord.commit(&mut members, &*log).await {
-                Ok(Outcome::Committed { gid, unfinished }) => {
-                    merge_write_replies(&mut b, &replies, w.replicated);
-                    if let (Some(gid), true) = (gid, unfinished.is_empty()) {
-                        if let Err(error) = log.forget(&gid).await {
-                            tracing::debug!(%gid, %error, "could not forget a commit record");
-                        }
+            e.encode(b);
+            return false;
+        }
+        match coord.commit(&mut members, &*log).await {
+            Ok(Outcome::Committed { gid, unfinished }) => {
+                if let (Some(gid), true) = (gid, unfinished.is_empty()) {
+                    if let Err(error) = log.forget(&gid).await {
+                        tracing::debug!(%gid, %error, "could not forget a commit record");
                     }
                 }
-                Ok(Outcome::RolledBack) => encode_command_complete(&mut b, "ROLLBACK"),
-                Err(CommitError::Failed { shard, source }) => {
-                    SessionError::from_backend(shard, source).encode(&mut b);
-                }
-                Err(e) => commit_error(&e).encode(&mut b),
+                true
+            }
+            Ok(Outcome::RolledBack) => {
+                encode_command_complete(b, "ROLLBACK");
+                false
+            }
+            Err(CommitError::Failed { shard, source }) => {
+                SessionError::from_backend(shard, source).encode(b);
+                false
+            }
+            Err(e) => {
+                commit_error(&e).encode(b);
+                false
             }
         }
-        drop(members);
-        drop(conns);
-        encode_ready(&mut b, b'I');
-        self.emit_local(&b);
-        Ok(())
     }
 
     /// A multi-shard UPDATE/DELETE or reference-table write inside a transaction block:
@@ -371,6 +399,20 @@ where
         sql: &str,
         more: bool,
     ) -> Result<(PooledConn, Result<ShardReply, SessionError>), SessionError> {
+        let mut conn = self.checkout_primary(catalog, shard, more).await?;
+        let reply = exec_write(&mut conn, shard, sql).await;
+        Ok((conn, reply))
+    }
+
+    /// A pooled connection to `shard`'s primary with the session's state replayed;
+    /// `more` when the operation already holds a backend on another shard (no waiting
+    /// for pool capacity, see [`crate::backend::pool`]).
+    pub(crate) async fn checkout_primary(
+        &self,
+        catalog: &pgshard_catalog::Catalog,
+        shard: ShardId,
+        more: bool,
+    ) -> Result<PooledConn, SessionError> {
         let node = catalog
             .primary(shard)
             .ok_or(SessionError::NoPrimary(shard))?;
@@ -389,8 +431,7 @@ where
             }
             conn.state_fp = fp;
         }
-        let reply = exec_write(&mut conn, shard, sql).await;
-        Ok((conn, reply))
+        Ok(conn)
     }
 }
 

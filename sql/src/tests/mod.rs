@@ -129,6 +129,8 @@ pub(crate) enum E {
     FanWrite(usize),
     /// `Error` with this SQLSTATE.
     Err(&'static str),
+    /// A COPY through the router: direction, number of shards, key column.
+    Copy(crate::CopyDirection, usize, Option<&'static str>),
     Router(RouterCommand),
 }
 
@@ -145,6 +147,11 @@ pub(crate) fn check(sql: &str, want: &E) {
         (E::Fan, Route::Fanout(_)) => true,
         (E::FanWrite(n), Route::FanoutWrite(w)) => w.shards.len() == *n,
         (E::Err(code), Route::Error(e)) => e.sqlstate() == *code,
+        (E::Copy(d, n, key), Route::Copy(c)) => {
+            c.direction == *d
+                && c.shards.len() == *n
+                && c.key.as_ref().map(|k| k.column.as_str()) == *key
+        }
         (E::Router(cmd), Route::Router(c)) => c == cmd,
         _ => false,
     };

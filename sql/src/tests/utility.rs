@@ -102,30 +102,34 @@ fn ddl_on_declared_and_local_tables() {
 
 #[test]
 fn copy() {
+    use crate::CopyDirection::{In, Out};
     check_all(&[
-        (
-            "COPY accounts FROM STDIN",
-            E::Unsup(
-                "COPY FROM into distributed table accounts (COPY splitting is not yet supported)",
-            ),
-        ),
+        ("COPY accounts FROM STDIN", E::Copy(In, 3, Some("aid"))),
         (
             "COPY accounts (aid, abalance) FROM STDIN WITH (FORMAT csv, FREEZE ON)",
-            E::Unsup("COPY FROM into distributed table accounts"),
+            E::Copy(In, 3, Some("aid")),
         ),
         (
             "copy pgbench_accounts from stdin with (freeze on)",
-            E::Unsup("pgbench_accounts"),
+            E::Copy(In, 3, Some("aid")),
+        ),
+        ("COPY BINARY accounts FROM STDIN", E::Copy(In, 3, Some("aid"))),
+        ("COPY accounts TO STDOUT", E::Copy(Out, 3, None)),
+        ("COPY accounts TO STDOUT (FORMAT csv, HEADER)", E::Copy(Out, 3, None)),
+        (
+            "COPY accounts FROM '/tmp/a.csv'",
+            E::Unsup("COPY FROM a server file or program with distributed table accounts"),
         ),
         (
-            "COPY accounts TO STDOUT",
-            E::Unsup("COPY TO from distributed table accounts"),
+            "COPY accounts TO PROGRAM 'cat'",
+            E::Unsup("COPY TO a server file or program"),
+        ),
+        (
+            "COPY accounts FROM STDIN WITH OIDS",
+            E::Unsup("COPY option oids (not understood by the router) on table accounts"),
         ),
         ("COPY branches TO STDOUT (FORMAT binary)", E::Any),
-        (
-            "COPY branches FROM STDIN",
-            E::Unsup("write to reference table branches"),
-        ),
+        ("COPY branches FROM STDIN", E::Copy(In, 3, None)),
         ("COPY misc FROM STDIN", E::Local),
         ("COPY misc (x) FROM '/tmp/file.csv' CSV HEADER", E::Local),
         ("COPY public.misc TO STDOUT", E::Local),
@@ -134,15 +138,54 @@ fn copy() {
             E::Key(int(5)),
         ),
         ("COPY (SELECT * FROM branches) TO STDOUT WITH CSV", E::Any),
+        ("COPY (SELECT * FROM accounts) TO STDOUT", E::Copy(Out, 3, None)),
         (
-            "COPY (SELECT * FROM accounts) TO STDOUT",
-            E::Unsup("accounts"),
+            "COPY (SELECT aid, abalance FROM accounts WHERE abalance > 0) TO STDOUT (FORMAT csv)",
+            E::Copy(Out, 3, None),
+        ),
+        (
+            "COPY (SELECT * FROM accounts ORDER BY aid) TO STDOUT",
+            E::Unsup("COPY (query) TO STDOUT with ORDER BY over several shards of distributed table accounts"),
+        ),
+        (
+            "COPY (SELECT * FROM accounts LIMIT 5) TO STDOUT",
+            E::Unsup("with LIMIT/OFFSET"),
+        ),
+        (
+            "COPY (SELECT count(*) FROM accounts) TO STDOUT",
+            E::Unsup("with aggregates"),
+        ),
+        (
+            "COPY (SELECT bid, count(*) FROM accounts GROUP BY bid) TO STDOUT",
+            E::Unsup("with GROUP BY"),
+        ),
+        (
+            "COPY (SELECT DISTINCT bid FROM accounts) TO STDOUT",
+            E::Unsup("with DISTINCT"),
+        ),
+        (
+            "COPY (SELECT * FROM accounts) TO '/tmp/x'",
+            E::Unsup("to a server file or program"),
         ),
         ("COPY (SELECT * FROM misc) TO STDOUT", E::Local),
+        ("COPY accounts FROM STDIN; SELECT 1", E::Unsup("multi-statement")),
     ]);
     assert_eq!(kind("COPY accounts FROM STDIN"), StatementKind::Write);
     assert_eq!(kind("COPY accounts TO STDOUT"), StatementKind::Read);
     assert_eq!(kind("COPY (SELECT 1) TO STDOUT"), StatementKind::Read);
+    let Route::Copy(c) = r("COPY app.orders (order_id, x) FROM STDIN (FORMAT csv, HEADER)") else {
+        panic!("not a copy")
+    };
+    assert_eq!(c.table, "orders");
+    assert_eq!(c.table_sql, "app.orders");
+    assert_eq!(c.columns, Some(vec!["order_id".to_owned(), "x".to_owned()]));
+    assert_eq!(c.options.format, crate::CopyFormat::Csv);
+    assert!(c.options.header);
+    let Route::Copy(c) = r("COPY \"MixedCase\" FROM STDIN") else {
+        panic!("not a copy")
+    };
+    assert_eq!(c.table_sql, "\"MixedCase\"");
+    assert_eq!(c.key.map(|k| k.column), Some("Key".to_owned()));
 }
 
 #[test]

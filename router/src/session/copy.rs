@@ -1,0 +1,963 @@
+//! Running a [`CopyPlan`] (SPEC §6): `COPY … FROM STDIN` split by shard key over every
+//! shard, `COPY … TO STDOUT` fanned out and concatenated.
+//!
+//! The statement runs unchanged on one backend per shard, all started before any data
+//! moves. While a COPY FROM runs, the session reads the client's frames here, in its own
+//! loop, until CopyDone or CopyFail (the main loop is not involved): each CopyData
+//! payload goes through the [`Splitter`], each row to its shard's batch, and a batch
+//! reaching [`BATCH`] bytes is written to its shard at once, so memory stays bounded
+//! whatever the input size. While writing, whatever a shard sends (an error, a notice)
+//! is read too, so neither side can block the other. A NULL or malformed key, a shard's
+//! error, the client's CopyFail or its disconnection abort the COPY on every shard
+//! (CopyFail), and the rows go nowhere.
+//!
+//! Atomicity: outside a transaction block each shard runs `BEGIN; COPY …` and the
+//! two-phase commit coordinator ends them all ([`Session::finish_write`], as for a
+//! multi-shard UPDATE); inside one, every shard joins the client's transaction first and
+//! the COPY commits or rolls back with it.
+//!
+//! COPY TO: the shards' streams are concatenated in shard order; a csv/text header is
+//! kept from the first shard only, and a binary stream keeps one header and one trailer
+//! (PostgreSQL sends one row per CopyData message, the header with the first and the
+//! trailer alone; protocol docs, "COPY Operations").
+//!
+//! Through the extended protocol (tokio-postgres' `copy_in`/`copy_out`), Bind of a COPY
+//! statement is answered by the router and Execute runs the COPY as above; the Sync
+//! PostgreSQL ignores during copy-in is ignored here too.
+//!
+//! A connection is marked as running a statement (`pending_syncs`) from the moment the
+//! COPY is sent until its ReadyForQuery is read, so a connection abandoned halfway (the
+//! client left) is never pooled in COPY state; rollback or the pool closes it.
+
+use super::error::SessionError;
+use super::{Attached, Session};
+use crate::backend::{BackendConn, PooledConn};
+use crate::copy::{key_value, KeySpec, Piece, Splitter, BINARY_SIGNATURE, BINARY_TRAILER};
+use crate::protocol::backend::{
+    decode_command_tag, decode_ready_status, encode_command_complete, encode_error, encode_ready,
+};
+use crate::protocol::frame::{begin_frame, finish_frame};
+use crate::protocol::frontend::encode_query;
+use crate::protocol::Frame;
+use bytes::{BufMut, BytesMut};
+use futures::FutureExt;
+use pgshard_catalog::ShardId;
+use pgshard_sql::{CopyDirection, CopyFormat, CopyPlan};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+/// Bytes of rows gathered for one shard before they are sent as one CopyData.
+pub(crate) const BATCH: usize = 64 * 1024;
+
+/// Output for the client buffered before it is written (COPY TO).
+const CLIENT_FLUSH: usize = 64 * 1024;
+
+/// Which protocol started the COPY: the simple one ends with ReadyForQuery; the
+/// extended one leaves that to the client's Sync and skips to it after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyMode {
+    Simple,
+    Extended,
+}
+
+/// How a COPY ended badly.
+enum Failure {
+    /// An error for the client (a shard's own ErrorResponse is forwarded as is).
+    Error(SessionError),
+    /// A shard's ErrorResponse.
+    Shard(Frame),
+    /// The client disconnected or broke the protocol: the session ends.
+    ClientGone,
+    /// A shard connection was lost: the session ends (its transaction is gone).
+    Lost(ShardId),
+}
+
+/// One shard's backend in a COPY.
+struct Part<'c> {
+    shard: ShardId,
+    conn: &'c mut BackendConn,
+    /// Rows gathered for the next CopyData.
+    batch: BytesMut,
+    /// The shard's COPY is running (CopyIn/CopyOut response seen, no end yet).
+    copying: bool,
+    /// The first ErrorResponse the shard sent.
+    error: Option<Frame>,
+    /// The count of its `COPY n` tag.
+    rows: u64,
+    /// The shard's ReadyForQuery was read: nothing is outstanding.
+    ready: bool,
+}
+
+impl<'c> Part<'c> {
+    fn new(shard: ShardId, conn: &'c mut BackendConn) -> Self {
+        Part {
+            shard,
+            conn,
+            batch: BytesMut::new(),
+            copying: false,
+            error: None,
+            rows: 0,
+            ready: true,
+        }
+    }
+
+    /// Handles a frame the shard sent outside the expected flow (notices go to `notices`).
+    fn note(&mut self, f: Frame, notices: &mut BytesMut) {
+        match f.tag() {
+            b'E' => {
+                self.copying = false;
+                if self.error.is_none() {
+                    self.error = Some(f);
+                }
+            }
+            b'N' => notices.extend_from_slice(f.raw()),
+            b'S' => self.conn.note_parameter(&f),
+            b'C' => {
+                if let Ok(tag) = decode_command_tag(&f) {
+                    if let Some(n) = tag
+                        .strip_prefix("COPY ")
+                        .and_then(|n| n.parse::<u64>().ok())
+                    {
+                        self.rows = n;
+                    }
+                }
+            }
+            b'Z' => {
+                self.conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                self.conn.pending_syncs = self.conn.pending_syncs.saturating_sub(1);
+                self.copying = false;
+                self.ready = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads one frame; a lost connection is marked broken.
+    async fn read(&mut self) -> Result<Frame, Failure> {
+        self.conn.read().await.map_err(|error| {
+            tracing::warn!(shard = %self.shard, %error, "lost a shard during COPY");
+            self.conn.broken = true;
+            Failure::Lost(self.shard)
+        })
+    }
+
+    /// Reads until ReadyForQuery (the end of whatever runs), keeping errors and tags.
+    async fn finish(&mut self, notices: &mut BytesMut) -> Result<(), Failure> {
+        while !self.ready {
+            let f = self.read().await?;
+            self.note(f, notices);
+        }
+        Ok(())
+    }
+
+    /// Sends `conn.out` to the shard, reading (and keeping) what it sends meanwhile so
+    /// that neither side waits on the other with full buffers.
+    async fn send(&mut self, notices: &mut BytesMut) -> Result<(), Failure> {
+        use bytes::Buf;
+        while !self.conn.out.is_empty() {
+            let conn = &mut *self.conn;
+            let got = tokio::select! {
+                r = conn.writer.write(&conn.out) => match r {
+                    Ok(n) if n > 0 => {
+                        conn.out.advance(n);
+                        None
+                    }
+                    _ => {
+                        conn.broken = true;
+                        return Err(Failure::Lost(self.shard));
+                    }
+                },
+                f = conn.reader.read_frame() => Some(f),
+            };
+            if let Some(f) = got {
+                match f {
+                    Ok(Some(f)) => self.note(f, notices),
+                    _ => {
+                        self.conn.broken = true;
+                        return Err(Failure::Lost(self.shard));
+                    }
+                }
+                if self.ready {
+                    // The shard ended its statement (an error): it drops what follows.
+                    self.conn.out.clear();
+                }
+            }
+        }
+        // Whatever else is already there (an error raised by an earlier batch).
+        while let Some(r) = self.conn.reader.read_frame().now_or_never() {
+            match r {
+                Ok(Some(f)) => self.note(f, notices),
+                _ => {
+                    self.conn.broken = true;
+                    return Err(Failure::Lost(self.shard));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wraps the batch in a CopyData message and sends it.
+    async fn flush_batch(&mut self, notices: &mut BytesMut) -> Result<(), Failure> {
+        if self.batch.is_empty() || !self.copying {
+            self.batch.clear();
+            return Ok(());
+        }
+        let at = begin_frame(&mut self.conn.out, b'd');
+        self.conn.out.extend_from_slice(&self.batch);
+        finish_frame(&mut self.conn.out, at);
+        self.batch.clear();
+        self.send(notices).await
+    }
+
+    /// Ends the shard's copy-in with CopyFail (its transaction fails) and reads to its
+    /// ReadyForQuery.
+    async fn abort(&mut self, reason: &str, notices: &mut BytesMut) -> Result<(), Failure> {
+        if self.copying {
+            let at = begin_frame(&mut self.conn.out, b'f');
+            crate::protocol::frame::put_cstr(&mut self.conn.out, reason.as_bytes());
+            finish_frame(&mut self.conn.out, at);
+            self.copying = false;
+            self.send(notices).await?;
+        }
+        self.finish(notices).await
+    }
+}
+
+/// The `n` of the client's `COPY n`: the shards' counts summed, or one shard's for a
+/// reference table (every shard holds the same rows).
+fn total(plan: &CopyPlan, parts: &[Part<'_>]) -> u64 {
+    if plan.direction == CopyDirection::In && plan.key.is_none() {
+        return parts.first().map_or(0, |p| p.rows);
+    }
+    parts.iter().map(|p| p.rows).sum()
+}
+
+/// A single-quoted SQL literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// Runs a COPY planned as [`pgshard_sql::Route::Copy`] and answers the client (up to
+    /// ReadyForQuery in the simple protocol). Call with nothing outstanding on the
+    /// attached backend.
+    pub(crate) async fn run_copy(
+        &mut self,
+        plan: &CopyPlan,
+        in_txn: bool,
+        mode: CopyMode,
+    ) -> Result<(), SessionError> {
+        if plan.direction == CopyDirection::In && self.ctx.twopc.is_none() {
+            self.copy_failed(
+                mode,
+                SessionError::Unsupported(
+                    "COPY into a sharded table without a catalog connection (no two-phase commit)"
+                        .into(),
+                ),
+            );
+            return Ok(());
+        }
+        let mut shards = plan.shards.clone();
+        shards.sort();
+        shards.dedup();
+        if in_txn {
+            return self.copy_in_txn(plan, &shards, mode).await;
+        }
+        let catalog = self.ctx.catalog.current();
+        // Ascending shard order, so sessions never wait on each other's pools in a cycle.
+        let mut conns: Vec<(ShardId, PooledConn)> = Vec::with_capacity(shards.len());
+        for &shard in &shards {
+            match self
+                .checkout_primary(&catalog, shard, !conns.is_empty())
+                .await
+            {
+                Ok(c) => conns.push((shard, c)),
+                Err(e) => {
+                    self.copy_failed(mode, e);
+                    return Ok(());
+                }
+            }
+        }
+        self.entry.set_activity("active", None, None);
+        let begin = plan.direction == CopyDirection::In;
+        let result = {
+            let mut parts: Vec<Part<'_>> =
+                conns.iter_mut().map(|(s, c)| Part::new(*s, c)).collect();
+            let r = self.drive(plan, &mut parts, begin).await;
+            r.map(|()| total(plan, &parts))
+        };
+        let mut b = BytesMut::new();
+        match (plan.direction, result) {
+            (CopyDirection::In, Ok(n)) => {
+                if self.finish_write(&mut conns, None, &mut b).await {
+                    encode_command_complete(&mut b, &format!("COPY {n}"));
+                } else if mode == CopyMode::Extended {
+                    self.skip_until_sync = true;
+                }
+            }
+            (CopyDirection::Out, Ok(n)) => {
+                encode_command_complete(&mut b, &format!("COPY {n}"));
+            }
+            (_, Err(f)) => {
+                if begin {
+                    // Connections still usable roll back; broken ones are closed.
+                    let mut live: Vec<(ShardId, PooledConn)> =
+                        conns.drain(..).filter(|(_, c)| !c.broken).collect();
+                    let mut ignore = BytesMut::new();
+                    self.finish_write(
+                        &mut live,
+                        Some(SessionError::Unsupported(String::new())),
+                        &mut ignore,
+                    )
+                    .await;
+                }
+                drop(conns);
+                self.entry.set_activity("idle", None, None);
+                return self.copy_failure(mode, f);
+            }
+        }
+        drop(conns);
+        if mode == CopyMode::Simple {
+            encode_ready(&mut b, b'I');
+        }
+        self.out.extend_from_slice(&b);
+        self.entry.set_activity("idle", None, None);
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// True if client statement `name` is a COPY the router runs itself.
+    pub(crate) fn is_copy_statement(&self, name: &str) -> bool {
+        self.stmts.get(name).is_some_and(|s| {
+            matches!(
+                self.with_override(s.plan.route.clone()),
+                pgshard_sql::Route::Copy(_)
+            )
+        })
+    }
+
+    /// Bind of a COPY statement: answered here (a COPY has no parameters); Execute of
+    /// the portal runs it.
+    pub(crate) fn bind_copy(
+        &mut self,
+        frame: &Frame,
+        bind: &crate::protocol::frontend::Bind<'_>,
+    ) -> Result<(), SessionError> {
+        if self.skip_until_sync {
+            return Ok(());
+        }
+        if self
+            .attached
+            .as_ref()
+            .is_some_and(|a| !a.expects.is_empty())
+        {
+            // After what the backend still owes, which may also release it (and the
+            // portals with it).
+            self.deferred = Some(frame.clone());
+            return Ok(());
+        }
+        let Some(stmt) = self.stmts.get(bind.statement).cloned() else {
+            return Ok(());
+        };
+        if self.parse_ack.as_deref() == Some(bind.statement) {
+            self.parse_ack = None;
+            self.emit_empty(b'1');
+        }
+        self.emit_empty(b'2');
+        self.portals
+            .insert(bind.portal.to_string(), (stmt, super::PortalAt::Copy));
+        Ok(())
+    }
+
+    /// The plan of portal `name` if it is a COPY the router runs itself.
+    pub(crate) fn copy_portal(&self, name: &str) -> Option<CopyPlan> {
+        let (stmt, _) = self.portals.get(name)?;
+        match self.with_override(stmt.plan.route.clone()) {
+            pgshard_sql::Route::Copy(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Execute of a COPY portal.
+    pub(crate) async fn execute_copy(
+        &mut self,
+        frame: &Frame,
+        plan: &CopyPlan,
+    ) -> Result<(), SessionError> {
+        if self.skip_until_sync {
+            return Ok(());
+        }
+        if self
+            .attached
+            .as_ref()
+            .is_some_and(|a| !a.expects.is_empty())
+        {
+            self.deferred = Some(frame.clone());
+            return Ok(());
+        }
+        let in_txn = self.virtual_txn.is_some()
+            || self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.conn.status != b'I');
+        self.run_copy(plan, in_txn, CopyMode::Extended).await
+    }
+
+    /// A COPY inside a transaction block: every shard joins the transaction (as for a
+    /// multi-shard write in one), then the COPY runs on all of them.
+    async fn copy_in_txn(
+        &mut self,
+        plan: &CopyPlan,
+        shards: &[ShardId],
+        mode: CopyMode,
+    ) -> Result<(), SessionError> {
+        for &shard in shards {
+            let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
+            let parked = self.parked.iter().any(|a| a.shard == shard);
+            if on_it || parked {
+                continue;
+            }
+            let joined = if self.attached.is_none() {
+                // BEGIN answered by the router so far: it goes out now.
+                self.attach(shard, false).await
+            } else {
+                self.join_shard(shard).await
+            };
+            if let Err(e) = joined {
+                self.copy_failed(mode, e);
+                return Ok(());
+            }
+            self.drain_attached().await?;
+        }
+        if self.any_participant_failed() {
+            self.copy_failed(mode, SessionError::InFailedTransaction);
+            return Ok(());
+        }
+        let mut all: Vec<Attached> = self.attached.take().into_iter().collect();
+        all.append(&mut self.parked);
+        let result = {
+            let mut parts: Vec<Part<'_>> = all
+                .iter_mut()
+                .filter(|a| shards.contains(&a.shard))
+                .map(|a| Part::new(a.shard, &mut a.conn))
+                .collect();
+            parts.sort_by_key(|p| p.shard);
+            let r = self.drive(plan, &mut parts, false).await;
+            r.map(|()| total(plan, &parts))
+        };
+        for a in all.iter_mut() {
+            if shards.contains(&a.shard) {
+                a.executed = true;
+                a.wrote |= plan.direction == CopyDirection::In;
+            }
+        }
+        let lost = all.iter().find(|a| a.conn.broken).map(|a| a.shard);
+        self.attached = all.pop();
+        self.parked = all;
+        if let Some(shard) = lost {
+            return Err(SessionError::LostBackend { shard });
+        }
+        match result {
+            Ok(n) => {
+                let mut b = BytesMut::new();
+                encode_command_complete(&mut b, &format!("COPY {n}"));
+                if mode == CopyMode::Simple {
+                    encode_ready(&mut b, self.client_status());
+                }
+                self.out.extend_from_slice(&b);
+            }
+            Err(f) => return self.copy_failure(mode, f),
+        }
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// Answers a COPY that failed before or while it ran.
+    fn copy_failure(&mut self, mode: CopyMode, f: Failure) -> Result<(), SessionError> {
+        match f {
+            Failure::Error(e) => self.copy_failed(mode, e),
+            Failure::Shard(frame) => {
+                self.out.extend_from_slice(frame.raw());
+                self.copy_ended_badly(mode);
+            }
+            Failure::ClientGone => {
+                self.closing = true;
+                self.out.clear();
+            }
+            Failure::Lost(shard) => return Err(SessionError::LostBackend { shard }),
+        }
+        Ok(())
+    }
+
+    /// A router error for the COPY.
+    fn copy_failed(&mut self, mode: CopyMode, e: SessionError) {
+        e.encode(&mut self.out);
+        self.copy_ended_badly(mode);
+    }
+
+    /// After the ErrorResponse: ReadyForQuery (simple protocol) or skip to Sync.
+    fn copy_ended_badly(&mut self, mode: CopyMode) {
+        if let Some(vt) = self.virtual_txn.as_mut() {
+            vt.failed = true;
+        }
+        match mode {
+            CopyMode::Simple => {
+                let s = self.client_status();
+                encode_ready(&mut self.out, s);
+            }
+            CopyMode::Extended => self.skip_until_sync = true,
+        }
+    }
+
+    /// Runs the COPY on `parts` (sorted by shard) up to every shard's ReadyForQuery.
+    /// `begin`: open a transaction first (`BEGIN; COPY …`).
+    async fn drive(
+        &mut self,
+        plan: &CopyPlan,
+        parts: &mut [Part<'_>],
+        begin: bool,
+    ) -> Result<(), Failure> {
+        let mut notices = BytesMut::new();
+        let key = match (&plan.key, plan.direction) {
+            (Some(k), CopyDirection::In) => {
+                let index = match &plan.columns {
+                    Some(cols) => cols.iter().position(|c| *c == k.column),
+                    None => table_columns(parts, &plan.table_sql, &mut notices)
+                        .await?
+                        .iter()
+                        .position(|c| *c == k.column),
+                };
+                let Some(index) = index else {
+                    return Err(Failure::Error(SessionError::Copy {
+                        table: plan.table.clone(),
+                        source: crate::copy::CopyError::NoKeyColumn {
+                            table: plan.table.clone(),
+                            column: k.column.clone(),
+                        },
+                    }));
+                };
+                let forced = |list: &[String]| list.iter().any(|c| *c == k.column || c == "*");
+                Some(KeySpec {
+                    index,
+                    column: k.column.clone(),
+                    force_not_null: forced(&plan.options.force_not_null),
+                    force_null: forced(&plan.options.force_null),
+                })
+            }
+            _ => None,
+        };
+        // Start the statement everywhere before reading any answer.
+        let sql = if begin {
+            format!("BEGIN; {}", plan.sql)
+        } else {
+            plan.sql.clone()
+        };
+        for p in parts.iter_mut() {
+            encode_query(&mut p.conn.out, &sql);
+            p.conn.unnamed = None;
+            p.conn.pending_syncs += 1;
+            p.ready = false;
+        }
+        // A plain write, reading nothing: `send` would consume (and drop) the start of
+        // a fast shard's answer — CopyOutResponse, rows, even its ReadyForQuery.
+        for p in parts.iter_mut() {
+            if let Err(error) = p.conn.flush().await {
+                tracing::warn!(shard = %p.shard, %error, "lost a shard starting COPY");
+                p.conn.broken = true;
+                return Err(Failure::Lost(p.shard));
+            }
+        }
+        let mut response: Option<Frame> = None;
+        for p in parts.iter_mut() {
+            while !p.ready {
+                let f = p.read().await?;
+                match f.tag() {
+                    b'G' | b'H' => {
+                        p.copying = true;
+                        response.get_or_insert(f);
+                        break;
+                    }
+                    b'd' | b'c' => {}
+                    _ => p.note(f, &mut notices),
+                }
+            }
+        }
+        self.out.extend_from_slice(&notices);
+        notices.clear();
+        if let Some(e) = parts.iter().find_map(|p| p.error.clone()) {
+            for p in parts.iter_mut() {
+                p.abort("COPY failed on another shard", &mut notices)
+                    .await?;
+                if plan.direction == CopyDirection::Out {
+                    // Its rows are not wanted: never reuse it mid-stream.
+                    if !p.ready {
+                        p.conn.broken = true;
+                    }
+                }
+            }
+            self.out.extend_from_slice(&notices);
+            return Err(Failure::Shard(e));
+        }
+        let Some(response) = response else {
+            return Err(Failure::Error(SessionError::Unsupported(
+                "COPY: no shard started copying".into(),
+            )));
+        };
+        self.out.extend_from_slice(response.raw());
+        match plan.direction {
+            CopyDirection::In => self.copy_in(plan, parts, key).await,
+            CopyDirection::Out => self.copy_out(plan, parts).await,
+        }
+    }
+
+    /// The client's rows to their shards, up to CopyDone or CopyFail.
+    async fn copy_in(
+        &mut self,
+        plan: &CopyPlan,
+        parts: &mut [Part<'_>],
+        key: Option<KeySpec>,
+    ) -> Result<(), Failure> {
+        // The client waits for CopyInResponse before it sends data.
+        if self.writer.write_all(&self.out).await.is_err() {
+            self.out.clear();
+            abort_all(parts, "client connection lost").await;
+            return Err(Failure::ClientGone);
+        }
+        self.out.clear();
+        let catalog = self.ctx.catalog.current();
+        let mut splitter = Splitter::new(&plan.options, key.clone());
+        let mut notices = BytesMut::new();
+        let key_type = plan.key.as_ref().map(|k| k.key_type);
+        let failure: Failure = 'copy: loop {
+            let frame = match self.client.read_frame().await {
+                Ok(Some(f)) => f,
+                r => {
+                    tracing::debug!(result = ?r.map(|_| ()), "client left during COPY FROM STDIN");
+                    break 'copy Failure::ClientGone;
+                }
+            };
+            let mut done = false;
+            match frame.tag() {
+                b'd' => splitter.push(frame.body()),
+                b'c' => done = true,
+                b'f' => {
+                    let reason = crate::protocol::frame::BodyReader::new(frame.body(), "CopyFail")
+                        .cstr()
+                        .unwrap_or("")
+                        .to_owned();
+                    for p in parts.iter_mut() {
+                        p.batch.clear();
+                        if let Err(f) = p.abort(&reason, &mut notices).await {
+                            break 'copy f;
+                        }
+                    }
+                    self.out.extend_from_slice(&notices);
+                    let e = parts.iter().find_map(|p| p.error.clone());
+                    return Err(match e {
+                        Some(e) => Failure::Shard(e),
+                        None => Failure::Error(SessionError::Unsupported(format!(
+                            "COPY from stdin failed: {reason}"
+                        ))),
+                    });
+                }
+                // PostgreSQL ignores Flush and Sync during copy-in.
+                b'H' | b'S' => continue,
+                other => {
+                    let mut b = BytesMut::new();
+                    encode_error(
+                        &mut b,
+                        b'E',
+                        "ERROR",
+                        "08P01",
+                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                        None,
+                        None,
+                    );
+                    let Ok(f) = Frame::from_bytes(b.freeze()) else {
+                        break 'copy Failure::ClientGone;
+                    };
+                    break 'copy Failure::Shard(f);
+                }
+            }
+            let mut pieces = Vec::new();
+            loop {
+                let next = if done {
+                    splitter.next_piece().and_then(|p| match p {
+                        Some(p) => Ok(Some(p)),
+                        None => splitter.finish(),
+                    })
+                } else {
+                    splitter.next_piece()
+                };
+                match next {
+                    Ok(Some(p)) => pieces.push(p),
+                    Ok(None) => break,
+                    Err(source) => {
+                        break 'copy Failure::Error(SessionError::Copy {
+                            table: plan.table.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+            for piece in pieces {
+                match piece {
+                    Piece::All(b) => {
+                        for p in parts.iter_mut() {
+                            p.batch.extend_from_slice(&b);
+                        }
+                    }
+                    Piece::Row {
+                        bytes,
+                        key: field,
+                        line,
+                    } => match (field, key_type) {
+                        (Some(field), Some(kt)) => {
+                            let column = key.as_ref().map_or("", |k| k.column.as_str());
+                            let value = match key_value(&field, kt, &plan.table, column, line) {
+                                Ok(v) => v,
+                                Err(source) => {
+                                    break 'copy Failure::Error(SessionError::Copy {
+                                        table: plan.table.clone(),
+                                        source,
+                                    })
+                                }
+                            };
+                            let target = catalog.shard_of(&value);
+                            let Some(p) = parts.iter_mut().find(|p| Some(p.shard) == target) else {
+                                break 'copy Failure::Error(SessionError::Unsupported(
+                                    "COPY: no shard of this COPY owns the bucket of a row's key (the catalog changed)".into(),
+                                ));
+                            };
+                            p.batch.extend_from_slice(&bytes);
+                        }
+                        // A reference table: every shard gets every row.
+                        _ => {
+                            for p in parts.iter_mut() {
+                                p.batch.extend_from_slice(&bytes);
+                            }
+                        }
+                    },
+                }
+            }
+            for p in parts.iter_mut() {
+                if p.batch.len() >= BATCH || done {
+                    if done && splitter.needs_trailer() {
+                        p.batch.extend_from_slice(&BINARY_TRAILER);
+                    }
+                    if let Err(f) = p.flush_batch(&mut notices).await {
+                        break 'copy f;
+                    }
+                }
+            }
+            if !notices.is_empty() {
+                self.out.extend_from_slice(&notices);
+                notices.clear();
+            }
+            if let Some(e) = parts.iter().find_map(|p| p.error.clone()) {
+                break 'copy Failure::Shard(e);
+            }
+            if done {
+                for p in parts.iter_mut() {
+                    if p.copying {
+                        let at = begin_frame(&mut p.conn.out, b'c');
+                        finish_frame(&mut p.conn.out, at);
+                        p.copying = false;
+                        if let Err(f) = p.send(&mut notices).await {
+                            break 'copy f;
+                        }
+                    }
+                }
+                for p in parts.iter_mut() {
+                    if let Err(f) = p.finish(&mut notices).await {
+                        break 'copy f;
+                    }
+                }
+                self.out.extend_from_slice(&notices);
+                if let Some(e) = parts.iter().find_map(|p| p.error.clone()) {
+                    return Err(Failure::Shard(e));
+                }
+                return Ok(());
+            }
+        };
+        // Abort everywhere: every shard's COPY fails, no row stays anywhere.
+        let reason = match &failure {
+            Failure::ClientGone => "client connection lost",
+            _ => "COPY aborted by the router",
+        };
+        for p in parts.iter_mut() {
+            p.batch.clear();
+            if p.abort(reason, &mut notices).await.is_err() {
+                p.conn.broken = true;
+            }
+        }
+        if !matches!(failure, Failure::ClientGone) {
+            self.out.extend_from_slice(&notices);
+        }
+        Err(failure)
+    }
+
+    /// Every shard's CopyData concatenated into the client's copy-out stream.
+    async fn copy_out(&mut self, plan: &CopyPlan, parts: &mut [Part<'_>]) -> Result<(), Failure> {
+        let binary = plan.options.format == CopyFormat::Binary;
+        let header = plan.options.header && !binary;
+        let mut notices = BytesMut::new();
+        let mut failure: Option<Failure> = None;
+        let mut held: Vec<u8> = Vec::new();
+        for i in 0..parts.len() {
+            let mut first = true;
+            while !parts[i].ready {
+                let f = match parts[i].read().await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                match f.tag() {
+                    b'd' => {
+                        let body = f.body();
+                        let mut data = body;
+                        if first && binary {
+                            let h = binary_header_len(body).unwrap_or(0);
+                            if i == 0 {
+                                held.extend_from_slice(&body[..h]);
+                            }
+                            data = &body[h..];
+                        } else if first && header && i > 0 {
+                            data = &[];
+                        }
+                        first = false;
+                        if !(data.is_empty() || binary && data == BINARY_TRAILER) {
+                            // Clients read the binary header and the first row from
+                            // one message, as PostgreSQL sends them.
+                            put_copy_data(&mut self.out, &[&held[..], data]);
+                            held.clear();
+                        }
+                        if self.out.len() >= CLIENT_FLUSH {
+                            if self.writer.write_all(&self.out).await.is_err() {
+                                self.out.clear();
+                                failure = Some(Failure::ClientGone);
+                                break;
+                            }
+                            self.out.clear();
+                        }
+                    }
+                    b'c' => {}
+                    _ => parts[i].note(f, &mut notices),
+                }
+            }
+            self.out.extend_from_slice(&notices);
+            notices.clear();
+            if failure.is_none() {
+                if let Some(e) = parts[i].error.clone() {
+                    failure = Some(Failure::Shard(e));
+                }
+            }
+            if failure.is_some() {
+                // The other shards' streams are not wanted: their connections are not
+                // reusable mid-stream.
+                for p in parts.iter_mut() {
+                    if !p.ready {
+                        p.conn.broken = true;
+                    }
+                }
+                break;
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        if binary {
+            put_copy_data(&mut self.out, &[&held[..], &BINARY_TRAILER]);
+        }
+        let at = begin_frame(&mut self.out, b'c');
+        finish_frame(&mut self.out, at);
+        Ok(())
+    }
+}
+
+/// Aborts every shard's copy-in after a failure elsewhere, marking connections that do
+/// not end cleanly as broken.
+async fn abort_all(parts: &mut [Part<'_>], reason: &str) {
+    let mut ignore = BytesMut::new();
+    for p in parts.iter_mut() {
+        if p.abort(reason, &mut ignore).await.is_err() {
+            p.conn.broken = true;
+        }
+    }
+}
+
+/// A CopyData message for the client, made of `pieces`.
+fn put_copy_data(out: &mut BytesMut, pieces: &[&[u8]]) {
+    let len: usize = pieces.iter().map(|p| p.len()).sum();
+    if len == 0 {
+        return;
+    }
+    out.put_u8(b'd');
+    out.put_i32((len + 4) as i32);
+    for p in pieces {
+        out.extend_from_slice(p);
+    }
+}
+
+/// The length of the binary header at the start of `body` (signature, flags, extension).
+fn binary_header_len(body: &[u8]) -> Option<usize> {
+    if body.len() < 19 || &body[..11] != BINARY_SIGNATURE {
+        return None;
+    }
+    let ext = i32::from_be_bytes([body[15], body[16], body[17], body[18]]);
+    let h = 19 + usize::try_from(ext).ok()?;
+    (body.len() >= h).then_some(h)
+}
+
+/// The table's columns in order (those a COPY without a column list reads: not
+/// dropped, not generated), asked of the first shard.
+async fn table_columns(
+    parts: &mut [Part<'_>],
+    table_sql: &str,
+    notices: &mut BytesMut,
+) -> Result<Vec<String>, Failure> {
+    let Some(p) = parts.first_mut() else {
+        return Ok(Vec::new());
+    };
+    let sql = format!(
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = {}::pg_catalog.regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+        literal(table_sql)
+    );
+    encode_query(&mut p.conn.out, &sql);
+    p.conn.unnamed = None;
+    p.conn.pending_syncs += 1;
+    p.ready = false;
+    // A plain write: `send` would consume the answer's rows.
+    if let Err(error) = p.conn.flush().await {
+        tracing::warn!(shard = %p.shard, %error, "lost a shard asking for columns");
+        p.conn.broken = true;
+        return Err(Failure::Lost(p.shard));
+    }
+    let mut names = Vec::new();
+    while !p.ready {
+        let f = p.read().await?;
+        if f.tag() == b'D' {
+            let body = f.body();
+            // One column: count, length, bytes.
+            if body.len() >= 6 {
+                let len = i32::from_be_bytes([body[2], body[3], body[4], body[5]]);
+                if let Ok(len) = usize::try_from(len) {
+                    if let Some(v) = body.get(6..6 + len) {
+                        names.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+            }
+        } else {
+            p.note(f, notices);
+        }
+    }
+    if let Some(e) = p.error.take() {
+        return Err(Failure::Shard(e));
+    }
+    Ok(names)
+}
