@@ -11,7 +11,8 @@
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
 //! - [`admin`]: the `pgshard` admin console;
-//! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions.
+//! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions;
+//! - `refcheck`: column defaults in writes to reference tables (refused unless constant).
 //!
 //! Entry points: [`run`] (what `main` calls) and [`Router::bind`] + [`Router::serve`]
 //! (tests bind port 0 and read the address).
@@ -22,6 +23,7 @@ pub mod backend;
 pub mod catalog_watch;
 pub mod fanout;
 pub mod protocol;
+mod refcheck;
 pub mod registry;
 pub mod server;
 pub mod session;

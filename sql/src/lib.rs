@@ -13,6 +13,8 @@
 //! - `classify`: statement kinds from keywords, table classes from the catalog;
 //! - `route`: walks a parsed query or DML statement, finds every table it touches and
 //!   which shard-key values pin each distributed table, and turns that into a route;
+//! - `replicated`: what a write to reference tables may compute (each shard evaluates
+//!   it on its own, so only values that are the same everywhere are allowed);
 //! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
 //!   EXECUTE, COPY, utility and DDL, router commands, the keyword fallback) and the
 //!   combination of several statements in one Query string.
@@ -27,6 +29,7 @@ mod classify;
 pub mod fanout;
 mod parse;
 mod plan;
+pub mod replicated;
 mod route;
 
 #[cfg(test)]

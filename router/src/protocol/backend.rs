@@ -83,6 +83,23 @@ pub fn decode_ready_status(frame: &Frame) -> Result<u8, ProtocolError> {
     Ok(s)
 }
 
+/// A DataRow's values as text (`None`: NULL), for the router's own small queries.
+pub fn decode_data_row_text(frame: &Frame) -> Result<Vec<Option<String>>, ProtocolError> {
+    let mut r = BodyReader::new(frame.body(), "DataRow");
+    let n = r.count16()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.i32()?;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let b = r.bytes(len as usize)?;
+            out.push(Some(String::from_utf8_lossy(b).into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// `E`/`N` fields: (field code, value).
 pub fn decode_error_fields(frame: &Frame) -> Result<Vec<(u8, &str)>, ProtocolError> {
     let mut r = BodyReader::new(frame.body(), "ErrorResponse");

@@ -210,6 +210,10 @@ where
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
         let catalog = self.ctx.catalog.current();
+        if let Err(e) = self.check_defaults(&catalog, w).await {
+            self.fail_simple(e);
+            return Ok(());
+        }
         let sql = format!("BEGIN; {}", w.sql);
         let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
         let mut replies: Vec<ShardReply> = Vec::new();
@@ -280,6 +284,10 @@ where
         &mut self,
         w: &FanoutWrite,
     ) -> Result<(), SessionError> {
+        if let Err(e) = self.check_defaults(&self.ctx.catalog.current(), w).await {
+            self.fail_simple(e);
+            return Ok(());
+        }
         let mut replies = Vec::new();
         for &shard in &w.shards {
             let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
@@ -327,6 +335,17 @@ where
         self.emit_local(&b);
         self.publish_activity();
         Ok(())
+    }
+
+    /// Refuses a reference-table write whose omitted columns have defaults that differ
+    /// per shard (see [`crate::refcheck`]).
+    async fn check_defaults(
+        &self,
+        catalog: &pgshard_catalog::Catalog,
+        w: &FanoutWrite,
+    ) -> Result<(), SessionError> {
+        let (pools, vars) = (&self.ctx.pools, &self.vars);
+        crate::refcheck::check_defaults(pools, catalog, &self.user, &self.database, vars, w).await
     }
 
     /// Runs what the attached backend still owes (a joined shard's BEGIN) to the end
