@@ -10,6 +10,7 @@
 //! - [`backend`]: connections to the shards and their pools;
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
+//! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows);
 //! - [`admin`]: the `pgshard` admin console;
 //! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions;
 //! - `refcheck`: column defaults in writes to reference tables (refused unless constant).
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod catalog_watch;
+pub mod distribute;
 pub mod fanout;
 pub mod protocol;
 mod refcheck;

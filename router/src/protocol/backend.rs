@@ -229,6 +229,24 @@ pub fn encode_row_description_text(out: &mut BytesMut, columns: &[&str]) {
     finish_frame(out, at);
 }
 
+/// `void` type oid (what a function returning nothing answers, e.g. Citus'
+/// `create_distributed_table`).
+pub const VOID_OID: u32 = 2278;
+
+/// A RowDescription of one `void` column in text format.
+pub fn encode_row_description_void(out: &mut BytesMut, column: &str) {
+    let at = begin_frame(out, b'T');
+    out.put_i16(1);
+    put_cstr(out, column.as_bytes());
+    out.put_u32(0); // table oid
+    out.put_i16(0); // column number
+    out.put_u32(VOID_OID);
+    out.put_i16(4); // type size
+    out.put_i32(-1); // type modifier
+    out.put_i16(0); // text format
+    finish_frame(out, at);
+}
+
 /// A DataRow of text values (`None` is NULL).
 pub fn encode_data_row<S: AsRef<str>>(out: &mut BytesMut, values: &[Option<S>]) {
     let at = begin_frame(out, b'D');

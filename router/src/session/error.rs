@@ -55,6 +55,9 @@ pub enum SessionError {
     /// An error the planner decided (its own SQLSTATE).
     #[error("{0}")]
     Plan(pgshard_sql::PlanError),
+    /// `create_distributed_table` / `create_reference_table` refused (its own SQLSTATE).
+    #[error("{0}")]
+    Distribute(#[from] crate::distribute::DistributeError),
 }
 
 impl SessionError {
@@ -81,6 +84,7 @@ impl SessionError {
             SessionError::TooManyClients => "53300",
             SessionError::Commit { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
+            SessionError::Distribute(e) => e.sqlstate(),
         }
     }
 
