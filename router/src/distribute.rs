@@ -253,6 +253,12 @@ where
         placement: &Placement,
         parts: &mut Vec<(ShardId, PooledConn)>,
     ) -> Result<TableDef, SessionError> {
+        if let Some(t) = catalog
+            .table(table)
+            .or_else(|| catalog.table(&format!("public.{table}")))
+        {
+            return Err(DistributeError::AlreadyDistributed(t.name.clone()).into());
+        }
         let local = catalog.local_shard;
         let mut lc = self.shard_conn(catalog, local).await?;
         lc.run_silent("BEGIN")

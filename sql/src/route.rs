@@ -1106,7 +1106,10 @@ impl<'c> Analysis<'c> {
             ));
         }
         if let Some(r) = self.reference_writes.first() {
-            return reference_write(r);
+            // Each shard would read only its own rows of the distributed table.
+            return Route::Unsupported(format!(
+                "write to reference table {r} reading distributed table {first} (each shard would see only its own rows)"
+            ));
         }
         if self.select_into {
             return Route::Unsupported(format!("SELECT INTO from distributed table {first}"));
