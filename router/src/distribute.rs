@@ -356,7 +356,32 @@ where
         };
 
         // Every other shard: the table, then its rows.
-        let ddl = def.create_sql(&qualified);
+        let mut ddl = def.create_sql(&qualified);
+        // Serial sequences go on from where the local one is, so values already in the
+        // moved rows are not handed out again.
+        for seq in def
+            .columns
+            .iter()
+            .filter_map(|c| c.serial_sequence.as_deref())
+        {
+            let rows = parts[0]
+                .1
+                .query_text(&format!(
+                    "SELECT last_value::text, is_called::text FROM {seq}"
+                ))
+                .await
+                .map_err(q)?;
+            let state = rows
+                .into_iter()
+                .next()
+                .and_then(|r| <[Option<String>; 2]>::try_from(r).ok());
+            if let Some([Some(value), Some(called)]) = state {
+                ddl.push_str(&format!(
+                    "SELECT pg_catalog.setval({}, {value}, {called}); ",
+                    literal(seq)
+                ));
+            }
+        }
         let columns = def.copy_columns();
         let key_expr = match &kind {
             TableKind::Distributed {

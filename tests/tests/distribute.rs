@@ -229,6 +229,10 @@ async fn tables_are_distributed_through_the_router() -> anyhow::Result<()> {
         1
     );
     assert_eq!(routed(&c, "SELECT count(*) FROM serials").await?, 20);
+    assert_eq!(
+        scalar(&remote_node, "SELECT last_value FROM serials_id_seq").await?,
+        20
+    );
 
     // Reference table: a full copy on every shard.
     let answer = call(&c, "SELECT create_reference_table('kinds')").await?;
@@ -246,7 +250,11 @@ async fn tables_are_distributed_through_the_router() -> anyhow::Result<()> {
         "CREATE TABLE plain (id int, v text);
          INSERT INTO plain VALUES (1, 'a'), (NULL, 'b');
          CREATE TABLE floaty (x float8);
-         CREATE TABLE uniq (id int, email text UNIQUE);",
+         CREATE TABLE uniq (id int, email text UNIQUE);
+         CREATE TABLE parent (id int PRIMARY KEY);
+         INSERT INTO parent SELECT generate_series(1, 50);
+         CREATE TABLE child (id int PRIMARY KEY, pid int REFERENCES parent);
+         INSERT INTO child SELECT g, g FROM generate_series(1, 50) g;",
     )
     .await?;
     for (sql, want, text) in [
@@ -300,11 +308,16 @@ async fn tables_are_distributed_through_the_router() -> anyhow::Result<()> {
         assert_eq!(code, Some(want), "{sql}: {msg}");
         assert!(msg.contains(text), "{sql}: {msg}");
     }
+    // A shard fails half-way (the referenced table is local, so it is missing on the
+    // other shard): everything is rolled back.
+    let (code, msg) = refused(&c, "SELECT create_distributed_table('child', 'id')").await;
+    assert_eq!(code, Some(SqlState::UNDEFINED_TABLE), "{msg}");
+    assert_eq!(scalar(&local_node, "SELECT count(*) FROM child").await?, 50);
     c.simple_query("BEGIN").await?;
     let (code, msg) = refused(&c, "SELECT create_reference_table('plain')").await;
     assert_eq!(code, Some(SqlState::ACTIVE_SQL_TRANSACTION), "{msg}");
     c.simple_query("ROLLBACK").await?;
-    for t in ["plain", "floaty", "uniq"] {
+    for t in ["plain", "floaty", "uniq", "child"] {
         assert!(router.catalog().table(t).is_none(), "{t} declared");
         let sql = format!("SELECT count(*) FROM pg_class WHERE relname = '{t}'");
         assert_eq!(
