@@ -19,9 +19,11 @@
 use crate::backend::Pools;
 use crate::session::error::SessionError;
 use crate::session::vars::SessionVars;
+use crate::session::Session;
 use pgshard_catalog::Catalog;
 use pgshard_sql::replicated::{is_constant_default, ColumnDefaults, DefaultedColumns};
 use pgshard_sql::FanoutWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// One column of the table, as the shard describes it.
 struct Column {
@@ -35,9 +37,26 @@ struct Column {
     generated: String,
 }
 
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// Refuses a reference-table write whose omitted columns have defaults that differ
+    /// per shard (the call site in `session::txn`).
+    pub(crate) async fn check_defaults(
+        &self,
+        catalog: &Catalog,
+        w: &FanoutWrite,
+    ) -> Result<(), SessionError> {
+        let (pools, vars) = (&self.ctx.pools, &self.vars);
+        check_defaults(pools, catalog, &self.user, &self.database, vars, w).await
+    }
+}
+
 /// Refuses (0A000) a replicated write that would make a shard evaluate a default that
 /// is not a constant. Writes without omitted columns return at once.
-pub(crate) async fn check_defaults(
+async fn check_defaults(
     pools: &Pools,
     catalog: &Catalog,
     user: &str,

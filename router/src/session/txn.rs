@@ -337,17 +337,6 @@ where
         Ok(())
     }
 
-    /// Refuses a reference-table write whose omitted columns have defaults that differ
-    /// per shard (see [`crate::refcheck`]).
-    async fn check_defaults(
-        &self,
-        catalog: &pgshard_catalog::Catalog,
-        w: &FanoutWrite,
-    ) -> Result<(), SessionError> {
-        let (pools, vars) = (&self.ctx.pools, &self.vars);
-        crate::refcheck::check_defaults(pools, catalog, &self.user, &self.database, vars, w).await
-    }
-
     /// Runs what the attached backend still owes (a joined shard's BEGIN) to the end
     /// here rather than in the session loop.
     async fn drain_attached(&mut self) -> Result<(), SessionError> {
