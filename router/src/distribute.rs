@@ -132,7 +132,13 @@ where
             RouterCommand::CreateReferenceTable { table } => {
                 ("create_reference_table", table, Placement::Reference)
             }
-            _ => return,
+            _ => {
+                // Not reached: the caller passes these two commands only.
+                self.fail_simple(SessionError::Unsupported(
+                    "not a table placement command".into(),
+                ));
+                return;
+            }
         };
         let result = if in_txn {
             Err(DistributeError::InTransaction(function).into())
