@@ -40,6 +40,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid catalog change: {0}")]
     Invalid(String),
+    /// Recording a distributed transaction's decision failed (see
+    /// [`add_table_at_commit`]).
+    #[error(transparent)]
+    TwoPc(#[from] crate::twopc::TwoPcError),
 }
 
 /// What a new cluster's catalog starts with.
@@ -264,6 +268,27 @@ pub async fn add_table(
     let tx = client.transaction().await?;
     insert_table(&tx, table).await?;
     let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// Declare a table at the commit point of distributed transaction `gid`, the one that
+/// created it on the shards and moved its rows (a router's `create_distributed_table`):
+/// the declaration, the version bump and the `committing` decision
+/// ([`crate::twopc::record_commit`]) commit together, so routers see the table
+/// declared exactly when its data is committed, and a transaction rolled back by
+/// recovery declares nothing ([`crate::twopc::TwoPcError::Aborted`]).
+pub async fn add_table_at_commit(
+    client: &mut Client,
+    table: &TableDef,
+    gid: &crate::twopc::Gid,
+    router: &crate::twopc::RouterId,
+    participants: &[ShardId],
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    insert_table(&tx, table).await?;
+    let v = bump(&tx).await?;
+    crate::twopc::record_commit(&tx, gid, router, participants).await?;
     tx.commit().await?;
     Ok(v)
 }

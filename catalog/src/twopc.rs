@@ -23,7 +23,7 @@ use crate::types::ShardId;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 /// Every global transaction id starts with this, so recovery can tell ours from
 /// transactions prepared by hand or by other software.
@@ -220,7 +220,10 @@ fn shard_ids(participants: &[ShardId]) -> Vec<i32> {
     participants.iter().map(|s| s.0 as i32).collect()
 }
 
-async fn existing(client: &Client, gid: &str) -> Result<tokio_postgres::Row, TwoPcError> {
+async fn existing(
+    client: &impl GenericClient,
+    gid: &str,
+) -> Result<tokio_postgres::Row, TwoPcError> {
     client
         .query_opt(
             "SELECT state FROM pgshard.transactions WHERE gid = $1",
@@ -232,7 +235,7 @@ async fn existing(client: &Client, gid: &str) -> Result<tokio_postgres::Row, Two
 
 /// Insert a decision unless one exists; return the decision in place afterwards.
 async fn decide(
-    client: &Client,
+    client: &impl GenericClient,
     gid: &str,
     router: &str,
     participants: &[ShardId],
@@ -268,10 +271,11 @@ async fn decide(
 /// The commit point of a distributed transaction: record that `gid` commits on
 /// `participants`. Returns once the row is committed (durable as the catalog node's
 /// commits are: in `sync` mode, on its replica too). Run it on a connection that is not
-/// inside a transaction block. Idempotent; fails with [`TwoPcError::Aborted`] if
+/// inside a transaction block (or inside one that commits right after, as
+/// [`crate::store::add_table_at_commit`] does). Idempotent; fails with [`TwoPcError::Aborted`] if
 /// recovery already decided to roll `gid` back.
 pub async fn record_commit(
-    client: &Client,
+    client: &impl GenericClient,
     gid: &Gid,
     router: &RouterId,
     participants: &[ShardId],

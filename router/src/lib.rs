@@ -11,8 +11,10 @@
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
 //! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
+//! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows);
 //! - [`admin`]: the `pgshard` admin console;
-//! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions.
+//! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions;
+//! - `refcheck`: column defaults in writes to reference tables (refused unless constant).
 //!
 //! Entry points: [`run`] (what `main` calls) and [`Router::bind`] + [`Router::serve`]
 //! (tests bind port 0 and read the address).
@@ -22,8 +24,10 @@ pub mod auth;
 pub mod backend;
 pub mod catalog_watch;
 pub mod copy;
+pub mod distribute;
 pub mod fanout;
 pub mod protocol;
+mod refcheck;
 pub mod registry;
 pub mod server;
 pub mod session;

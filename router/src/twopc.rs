@@ -550,6 +550,28 @@ impl CatalogLog {
         })
     }
 
+    /// The router this log records decisions for.
+    pub fn router(&self) -> &RouterId {
+        &self.router
+    }
+
+    /// A new connection of its own to the catalog, for work that needs a transaction
+    /// block (the shared one must never be left inside one). Closed when dropped.
+    pub async fn dedicated(&self) -> Result<tokio_postgres::Client, String> {
+        let connect = self.config.connect(tokio_postgres::NoTls);
+        let (client, connection) = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| "timed out connecting to the catalog".to_string())?
+            .map_err(|e| format!("cannot connect to the catalog: {e}"))?;
+        // The connection task ends when the client is dropped.
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "catalog connection closed");
+            }
+        });
+        Ok(client)
+    }
+
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
         {
             let guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
@@ -557,18 +579,7 @@ impl CatalogLog {
                 return Ok(c.clone());
             }
         }
-        let connect = self.config.connect(tokio_postgres::NoTls);
-        let (client, connection) = tokio::time::timeout(self.connect_timeout, connect)
-            .await
-            .map_err(|_| "timed out connecting to the catalog".to_string())?
-            .map_err(|e| format!("cannot connect to the catalog: {e}"))?;
-        // The connection task ends when the last handle to the client is dropped.
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "catalog connection closed");
-            }
-        });
-        let client = Arc::new(client);
+        let client = Arc::new(self.dedicated().await?);
         *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         Ok(client)
     }
@@ -589,7 +600,7 @@ impl CommitLog for CatalogLog {
     ) -> BoxFuture<'a, Result<(), RecordError>> {
         Box::pin(async move {
             let client = self.client().await.map_err(RecordError::Unknown)?;
-            records::record_commit(&client, gid, &self.router, participants)
+            records::record_commit(&*client, gid, &self.router, participants)
                 .await
                 .map_err(record_error)
         })

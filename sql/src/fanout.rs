@@ -246,6 +246,9 @@ pub struct FanoutWrite {
     /// A write to reference tables: every shard holds the same copy and answers alike,
     /// so the client gets one shard's answer (no summing, no concatenation).
     pub replicated: bool,
+    /// For a replicated write: the columns whose DEFAULT each shard would evaluate on
+    /// its own; the router checks that those defaults are constants before running it.
+    pub defaults: Vec<crate::replicated::ColumnDefaults>,
 }
 
 /// A multi-shard UPDATE or DELETE; `refusal` is the 0A000 message used while
@@ -263,6 +266,7 @@ pub(crate) fn plan_write(
             shards,
             sql: st.to_string(),
             replicated: false,
+            defaults: Vec::new(),
         })
     } else {
         crate::Route::Unsupported(refusal)

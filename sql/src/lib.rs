@@ -14,6 +14,8 @@
 //! - `route`: walks a parsed query or DML statement, finds every table it touches and
 //!   which shard-key values pin each distributed table, and turns that into a route;
 //! - `copy`: the options of a COPY statement, read from its tokens;
+//! - `replicated`: what a write to reference tables may compute (each shard evaluates
+//!   it on its own, so only values that are the same everywhere are allowed);
 //! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
 //!   EXECUTE, COPY, utility and DDL, router commands, the keyword fallback) and the
 //!   combination of several statements in one Query string.
@@ -29,6 +31,7 @@ pub mod copy;
 pub mod fanout;
 mod parse;
 mod plan;
+pub mod replicated;
 mod route;
 
 #[cfg(test)]

@@ -1086,14 +1086,7 @@ impl<'c> Analysis<'c> {
                 // Only reference tables written: the same statement on every shard, in
                 // one distributed transaction (SPEC §5 rule 4).
                 return match st {
-                    Some(st) if crate::fanout::MULTI_SHARD_WRITES => {
-                        Route::FanoutWrite(crate::FanoutWrite {
-                            tables: self.reference_writes.clone(),
-                            shards: self.catalog.shard_ids(),
-                            sql: st.to_string(),
-                            replicated: true,
-                        })
-                    }
+                    Some(st) if crate::fanout::MULTI_SHARD_WRITES => self.replicated_write(st, r),
                     _ => reference_write(r),
                 };
             }
@@ -1113,7 +1106,10 @@ impl<'c> Analysis<'c> {
             ));
         }
         if let Some(r) = self.reference_writes.first() {
-            return reference_write(r);
+            // Each shard would read only its own rows of the distributed table.
+            return Route::Unsupported(format!(
+                "write to reference table {r} reading distributed table {first} (each shard would see only its own rows)"
+            ));
         }
         if self.select_into {
             return Route::Unsupported(format!("SELECT INTO from distributed table {first}"));
@@ -1211,6 +1207,31 @@ impl<'c> Analysis<'c> {
             _ => Route::Unsupported(format!(
                 "shard keys of distributed table {first} compared with different parameters or with both constants and parameters (not yet supported)"
             )),
+        }
+    }
+
+    /// A write to reference tables only (`first` names one): the same statement on
+    /// every shard, if every shard computes the same values (see [`crate::replicated`]).
+    fn replicated_write(&self, st: &Statement, first: &str) -> Route {
+        if let Some(l) = self.locals.first() {
+            return Route::Unsupported(format!(
+                "write to reference table \"{first}\" reading local table {l} (it exists on the local shard only)"
+            ));
+        }
+        if let Some(c) = self.catalog_relations.first() {
+            return Route::Unsupported(format!(
+                "write to reference table \"{first}\" reading catalog relation {c} (its contents differ between shards)"
+            ));
+        }
+        match crate::replicated::check(st, self.catalog, first) {
+            Ok(defaults) => Route::FanoutWrite(crate::FanoutWrite {
+                tables: self.reference_writes.clone(),
+                shards: self.catalog.shard_ids(),
+                sql: st.to_string(),
+                replicated: true,
+                defaults,
+            }),
+            Err(msg) => Route::Unsupported(msg),
         }
     }
 

@@ -6,7 +6,8 @@
 //! the last Sync, idle transaction status, no unread bytes.
 
 use crate::protocol::backend::{
-    decode_backend_key, decode_parameter_status, decode_ready_status, error_summary, Authentication,
+    decode_backend_key, decode_command_tag, decode_data_row_text, decode_parameter_status,
+    decode_ready_status, error_summary, Authentication,
 };
 use crate::protocol::frontend::{
     encode_password, encode_query, encode_sasl_initial, encode_terminate,
@@ -395,6 +396,68 @@ impl BackendConn {
         match error {
             Some(e) => Err(e),
             None => Ok(params),
+        }
+    }
+
+    /// Runs one SQL statement of the router's own with the simple protocol, outside any
+    /// session pipeline, and returns its rows as text (`None`: NULL). For small answers
+    /// (catalog look-ups): every row is buffered.
+    pub async fn query_text(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
+        encode_query(&mut self.out, sql);
+        self.unnamed = None;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag() {
+                b'Z' => {
+                    self.status = decode_ready_status(&f).map_err(|e| self.protocol(e))?;
+                    break;
+                }
+                b'E' if error.is_none() => error = Some(self.server_error(f)),
+                b'D' => rows.push(decode_data_row_text(&f).map_err(|e| self.protocol(e))?),
+                b'S' => self.note_parameter(&f),
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// Runs SQL of the router's own with the simple protocol, outside any session
+    /// pipeline, and returns each statement's command tag (`DELETE 3`).
+    pub async fn query_tags(&mut self, sql: &str) -> Result<Vec<String>, BackendError> {
+        encode_query(&mut self.out, sql);
+        self.unnamed = None;
+        self.flush().await?;
+        let mut tags = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.read().await?;
+            match f.tag() {
+                b'Z' => {
+                    self.status = decode_ready_status(&f).map_err(|e| self.protocol(e))?;
+                    break;
+                }
+                b'E' if error.is_none() => error = Some(self.server_error(f)),
+                b'C' => tags.push(
+                    decode_command_tag(&f)
+                        .map_err(|e| self.protocol(e))?
+                        .to_owned(),
+                ),
+                b'S' => self.note_parameter(&f),
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(tags),
         }
     }
 

@@ -83,6 +83,23 @@ pub fn decode_ready_status(frame: &Frame) -> Result<u8, ProtocolError> {
     Ok(s)
 }
 
+/// A DataRow's values as text (`None`: NULL), for the router's own small queries.
+pub fn decode_data_row_text(frame: &Frame) -> Result<Vec<Option<String>>, ProtocolError> {
+    let mut r = BodyReader::new(frame.body(), "DataRow");
+    let n = r.count16()?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.i32()?;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let b = r.bytes(len as usize)?;
+            out.push(Some(String::from_utf8_lossy(b).into_owned()));
+        }
+    }
+    Ok(out)
+}
+
 /// `E`/`N` fields: (field code, value).
 pub fn decode_error_fields(frame: &Frame) -> Result<Vec<(u8, &str)>, ProtocolError> {
     let mut r = BodyReader::new(frame.body(), "ErrorResponse");
@@ -209,6 +226,24 @@ pub fn encode_row_description_text(out: &mut BytesMut, columns: &[&str]) {
         out.put_i32(-1); // type modifier
         out.put_i16(0); // text format
     }
+    finish_frame(out, at);
+}
+
+/// `void` type oid (what a function returning nothing answers, e.g. Citus'
+/// `create_distributed_table`).
+pub const VOID_OID: u32 = 2278;
+
+/// A RowDescription of one `void` column in text format.
+pub fn encode_row_description_void(out: &mut BytesMut, column: &str) {
+    let at = begin_frame(out, b'T');
+    out.put_i16(1);
+    put_cstr(out, column.as_bytes());
+    out.put_u32(0); // table oid
+    out.put_i16(0); // column number
+    out.put_u32(VOID_OID);
+    out.put_i16(4); // type size
+    out.put_i32(-1); // type modifier
+    out.put_i16(0); // text format
     finish_frame(out, at);
 }
 

@@ -301,6 +301,18 @@ pub fn encode_sync(out: &mut BytesMut) {
     out.extend_from_slice(&[b'S', 0, 0, 0, 4]);
 }
 
+/// CopyDone: the end of a COPY FROM STDIN's data.
+pub fn encode_copy_done(out: &mut BytesMut) {
+    out.extend_from_slice(&[b'c', 0, 0, 0, 4]);
+}
+
+/// CopyFail: abort a COPY FROM STDIN with `message`.
+pub fn encode_copy_fail(out: &mut BytesMut, message: &str) {
+    let at = begin_frame(out, b'f');
+    put_cstr(out, message.as_bytes());
+    finish_frame(out, at);
+}
+
 pub fn encode_terminate(out: &mut BytesMut) {
     out.extend_from_slice(&[b'X', 0, 0, 0, 4]);
 }

@@ -62,6 +62,9 @@ pub enum SessionError {
         table: String,
         source: crate::copy::CopyError,
     },
+    /// `create_distributed_table` / `create_reference_table` refused (its own SQLSTATE).
+    #[error("{0}")]
+    Distribute(#[from] crate::distribute::DistributeError),
 }
 
 impl SessionError {
@@ -89,6 +92,7 @@ impl SessionError {
             SessionError::Commit { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
             SessionError::Copy { source, .. } => source.code(),
+            SessionError::Distribute(e) => e.sqlstate(),
         }
     }
 

@@ -25,11 +25,8 @@ pub(crate) const POISON_SQL: &str = "pgshard: statement refused by the router";
 /// Why a router command cannot run where it was sent.
 pub(crate) fn router_command_unsupported(cmd: &RouterCommand) -> String {
     match cmd {
-        RouterCommand::CreateDistributedTable { .. } => {
-            "create_distributed_table() through the router is not supported yet; declare the table in pgshard.toml".into()
-        }
-        RouterCommand::CreateReferenceTable { .. } => {
-            "create_reference_table() through the router is not supported yet; declare the table in pgshard.toml".into()
+        RouterCommand::CreateDistributedTable { .. } | RouterCommand::CreateReferenceTable { .. } => {
+            "create_distributed_table() and create_reference_table() are supported through the simple query protocol only".into()
         }
         RouterCommand::SetShard { .. } | RouterCommand::ResetShard | RouterCommand::ShowShard => {
             "pgshard.shard can be set, reset and shown through the simple query protocol only".into()
@@ -226,7 +223,10 @@ where
                     return self.answer("SHOW");
                 }
                 RouterCommand::CreateDistributedTable { .. }
-                | RouterCommand::CreateReferenceTable { .. } => plan.route.clone(),
+                | RouterCommand::CreateReferenceTable { .. } => {
+                    self.run_create_table(rc, in_txn).await;
+                    return Ok(());
+                }
             },
             r => r.clone(),
         };
@@ -279,6 +279,8 @@ where
                         shards,
                         sql: sql.to_string(),
                         replicated: true,
+                        // DDL and TRUNCATE write no column values.
+                        defaults: Vec::new(),
                     };
                     return self.run_fanout_write_in_txn(&all).await;
                 }

@@ -222,6 +222,10 @@ where
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
+        if let Err(e) = self.check_defaults(&catalog, w).await {
+            self.fail_simple(e);
+            return Ok(());
+        }
         let sql = format!("BEGIN; {}", w.sql);
         let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
         let mut replies: Vec<ShardReply> = Vec::new();
@@ -319,6 +323,10 @@ where
         &mut self,
         w: &FanoutWrite,
     ) -> Result<(), SessionError> {
+        if let Err(e) = self.check_defaults(&self.ctx.catalog.current(), w).await {
+            self.fail_simple(e);
+            return Ok(());
+        }
         let mut replies = Vec::new();
         for &shard in &w.shards {
             let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
