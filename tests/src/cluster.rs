@@ -7,7 +7,7 @@ use pgshard_catalog::config::{Durability, TableConfig};
 use pgshard_catalog::{Catalog, Config};
 use pgshard_shardd::cluster::Cluster;
 use pgshard_shardd::runtime::{
-    LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle,
+    LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle, Readiness,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -206,6 +206,30 @@ impl TestCluster {
             }
         }
         Ok(out)
+    }
+
+    /// SIGKILL instance `name` (with its backends, as a crash would), keeping its data.
+    pub async fn kill_node(&self, name: &str) -> anyhow::Result<()> {
+        let spec = self.spec(name)?;
+        self.runtime
+            .kill(&spec)
+            .await
+            .with_context(|| format!("killing {name}"))
+    }
+
+    /// Start instance `name` again (after [`TestCluster::kill_node`] or a stop) and wait
+    /// until it accepts connections (a primary then also takes writes: crash recovery
+    /// is over).
+    pub async fn start_node(&self, name: &str) -> anyhow::Result<()> {
+        let spec = self.spec(name)?;
+        self.runtime
+            .start(&spec)
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        self.runtime
+            .wait_ready(&spec, Readiness::Accepting, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("waiting for {name}"))
     }
 
     /// Stop every instance (fast shutdown), keeping the data.
