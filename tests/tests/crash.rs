@@ -626,7 +626,7 @@ async fn shardd_restarted_after_a_crash_recovers_what_was_left() -> anyhow::Resu
     };
     let points = [FaultPoint::AfterRecord, FaultPoint::AfterPrepares];
     // A short bound so the rollback case does not wait 30 s.
-    let bound = ("PGSHARD_2PC_ABORT_AFTER_MS", "1000");
+    let bound = (ABORT_AFTER_ENV, "1000");
     let out = pgshard(
         &["up", "--config", config.to_str().context("utf8 path")?],
         &cluster.data_dir,
