@@ -1,6 +1,12 @@
 //! The admin console (SPEC §12): a client that connects to the database `pgshard` gets
-//! `SHOW SHARDS | NODES | TABLES | POOLS | CLIENTS` as ordinary result sets (text columns,
-//! CommandComplete `SHOW`). Simple query protocol only.
+//! `SHOW SHARDS | NODES | TABLES | POOLS | CLIENTS | TRANSACTIONS` as ordinary result
+//! sets (text columns, CommandComplete `SHOW`). Simple query protocol only.
+//!
+//! Everything but `SHOW TRANSACTIONS` answers from the router's memory. `SHOW
+//! TRANSACTIONS` asks the cluster itself: the prepared transactions with a pgshard GID
+//! on every shard primary (`pg_prepared_xacts`) next to the decision records in the
+//! catalog, so it shows what a crashed router left in doubt, whichever router that was
+//! (shardd's recovery finishes them; see `shardd::recovery`).
 
 use crate::protocol::backend::{
     encode_backend_key, encode_command_complete, encode_data_row, encode_empty, encode_error,
@@ -10,9 +16,12 @@ use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::FrameReader;
 use crate::server::RouterCtx;
 use bytes::BytesMut;
-use pgshard_catalog::{KeyType, TableKind};
+use futures::future::join_all;
+use pgshard_catalog::twopc::{Decision, GID_PREFIX};
+use pgshard_catalog::{KeyType, ShardId, TableKind};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +76,7 @@ pub async fn serve<R, W>(
         };
         match FrontendMessage::decode(&frame) {
             Ok(FrontendMessage::Query { sql }) => {
-                answer(&ctx, sql, &mut out);
+                answer(&ctx, sql, &mut out).await;
                 encode_ready(&mut out, b'I');
             }
             Ok(FrontendMessage::Terminate) => return,
@@ -92,7 +101,7 @@ pub async fn serve<R, W>(
     }
 }
 
-fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
+async fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
     let words: Vec<String> = sql
         .trim()
         .trim_end_matches(';')
@@ -115,6 +124,18 @@ fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
             "tables" => tables(ctx),
             "pools" => pools(ctx),
             "clients" => clients(ctx),
+            "transactions" => match transactions(ctx).await {
+                Ok((table, warnings)) => {
+                    for w in warnings {
+                        encode_error(out, b'N', "WARNING", "01000", &w, None, None);
+                    }
+                    table
+                }
+                Err(message) => {
+                    encode_error(out, b'E', "ERROR", "55000", &message, None, None);
+                    return;
+                }
+            },
             other => {
                 encode_error(
                     out,
@@ -123,7 +144,7 @@ fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
                     "0A000",
                     &format!("unknown admin command SHOW {}", other.to_uppercase()),
                     None,
-                    Some("Try SHOW SHARDS, SHOW NODES, SHOW TABLES, SHOW POOLS or SHOW CLIENTS."),
+                    Some("Try SHOW SHARDS, SHOW NODES, SHOW TABLES, SHOW POOLS, SHOW CLIENTS or SHOW TRANSACTIONS."),
                 );
                 return;
             }
@@ -136,7 +157,7 @@ fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
                 "42601",
                 "syntax error in admin command",
                 None,
-                Some("The admin console accepts SHOW SHARDS, SHOW NODES, SHOW TABLES, SHOW POOLS and SHOW CLIENTS."),
+                Some("The admin console accepts SHOW SHARDS, SHOW NODES, SHOW TABLES, SHOW POOLS, SHOW CLIENTS and SHOW TRANSACTIONS."),
             );
             return;
         }
@@ -313,4 +334,151 @@ fn clients(ctx: &RouterCtx) -> Table {
         ],
         rows,
     }
+}
+
+/// Bound on connecting to, and querying, each node for `SHOW TRANSACTIONS`.
+const TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One prepared transaction of ours, as a shard primary lists it.
+struct PreparedRow {
+    gid: String,
+    shard: ShardId,
+    node: String,
+    database: String,
+    prepared_at: String,
+    age_seconds: i64,
+}
+
+/// `SHOW TRANSACTIONS`: every prepared transaction with a pgshard GID on every shard
+/// primary, with what its decision record says: `commit` (recovery commits it),
+/// `rollback` (recovery rolls it back) or `undecided` (no record: its coordinator may
+/// still be running; recovery rolls it back once older than its bound). Shards that
+/// cannot be listed are named in WARNING notices and the rest is still shown.
+///
+/// It connects with the credentials of the router's commit log (the catalog
+/// connection), which must be allowed to read `pg_prepared_xacts` on the shards.
+async fn transactions(ctx: &RouterCtx) -> Result<(Table, Vec<String>), String> {
+    let Some(twopc) = ctx.twopc.as_ref() else {
+        return Err(
+            "SHOW TRANSACTIONS needs the router's catalog connection (this router has a fixed catalog)"
+                .into(),
+        );
+    };
+    let records = tokio::time::timeout(TRANSACTIONS_TIMEOUT, twopc.log.records())
+        .await
+        .map_err(|_| "timed out reading the commit records from the catalog".to_string())?
+        .map_err(|e| format!("cannot read the commit records: {e}"))?;
+    let decisions: HashMap<String, Decision> =
+        records.into_iter().map(|r| (r.gid, r.decision)).collect();
+    let base = twopc.log.connection_config();
+    let catalog = ctx.catalog.current();
+    let listings = join_all(catalog.shard_ids().into_iter().filter_map(|shard| {
+        let node = catalog.primary(shard)?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&node.host)
+            .port(node.port)
+            .dbname("postgres")
+            .application_name("pgshard-admin")
+            .connect_timeout(TRANSACTIONS_TIMEOUT);
+        if let Some(user) = base.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = base.get_password() {
+            config.password(password);
+        }
+        let name = node.name.clone();
+        Some(async move {
+            let listed =
+                tokio::time::timeout(TRANSACTIONS_TIMEOUT, list_prepared(config, shard, &name))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()));
+            listed.map_err(|e| {
+                format!("cannot list prepared transactions on shard {shard} ({name}): {e}")
+            })
+        })
+    }))
+    .await;
+    let mut warnings = Vec::new();
+    let mut rows = Vec::new();
+    for listing in listings {
+        match listing {
+            Ok(prepared) => rows.extend(prepared),
+            Err(w) => {
+                tracing::warn!(error = %w, "SHOW TRANSACTIONS");
+                warnings.push(w);
+            }
+        }
+    }
+    let rows = rows
+        .into_iter()
+        .map(|p| {
+            let decision = match decisions.get(&p.gid) {
+                Some(d) if d.is_commit() => "commit",
+                Some(_) => "rollback",
+                None => "undecided",
+            };
+            vec![
+                s(p.gid),
+                s(p.shard),
+                s(p.node),
+                s(p.database),
+                s(p.prepared_at),
+                s(p.age_seconds),
+                s(decision),
+            ]
+        })
+        .collect();
+    Ok((
+        Table {
+            columns: vec![
+                "gid",
+                "shard",
+                "node",
+                "database",
+                "prepared_at",
+                "age_seconds",
+                "decision",
+            ],
+            rows,
+        },
+        warnings,
+    ))
+}
+
+/// The prepared transactions with a pgshard GID on one shard primary, oldest first.
+async fn list_prepared(
+    config: tokio_postgres::Config,
+    shard: ShardId,
+    node: &str,
+) -> Result<Vec<PreparedRow>, String> {
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(connection);
+    let listed = client
+        .query(
+            "SELECT gid, database::text, prepared::text,
+                    GREATEST(floor(extract(epoch FROM now() - prepared)), 0)::int8
+               FROM pg_prepared_xacts
+              WHERE starts_with(gid, $1)
+              ORDER BY prepared, gid",
+            &[&GID_PREFIX],
+        )
+        .await
+        .map_err(|e| e.to_string());
+    drop(client);
+    let _ = conn.await;
+    Ok(listed?
+        .iter()
+        .map(|r| PreparedRow {
+            gid: r.get(0),
+            shard,
+            node: node.to_string(),
+            database: r.get(1),
+            prepared_at: r.get(2),
+            age_seconds: r.get(3),
+        })
+        .collect())
 }

@@ -21,7 +21,7 @@
 //! through [`TxnConn`] (implemented here for [`BackendConn`]) and the catalog through
 //! [`CommitLog`] (implemented by [`CatalogLog`]). A test-only fault hook ([`Faults`],
 //! `PGSHARD_FAULT`) stops it dead at a chosen step so crash tests can kill the router
-//! there deterministically.
+//! there deterministically, or pauses it there until SIGUSR1 so they can kill a shard.
 
 use crate::backend::{BackendConn, BackendError};
 use futures::future::{join_all, BoxFuture};
@@ -163,6 +163,10 @@ pub enum FaultAction {
     /// Return [`CommitError::Halted`] at once, touching nothing more; the caller must
     /// drop the connections as a crash would (in-process tests).
     Abandon,
+    /// Wait until the process gets SIGUSR1, then go on (a test kills and restarts a
+    /// shard meanwhile). The handler is installed before the stop is logged, so a
+    /// signal sent after the log line is never lost.
+    Pause,
 }
 
 /// The test-only fault hook: off unless configured.
@@ -185,12 +189,13 @@ impl Faults {
         }
     }
 
-    /// `<point>` (hang) or `<point>:abandon`, e.g. `between_prepares`.
+    /// `<point>` (hang), `<point>:abandon` or `<point>:pause`, e.g. `between_prepares`.
     pub fn parse(s: &str) -> Option<Faults> {
         let (point, action) = match s.split_once(':') {
             None => (s, FaultAction::Hang),
             Some((p, "hang")) => (p, FaultAction::Hang),
             Some((p, "abandon")) => (p, FaultAction::Abandon),
+            Some((p, "pause")) => (p, FaultAction::Pause),
             Some(_) => return None,
         };
         Some(Faults::at(FaultPoint::parse(point)?, action))
@@ -215,15 +220,33 @@ impl Faults {
     async fn check(&self, point: FaultPoint, gid: &Gid) -> Result<(), FaultPoint> {
         match self.armed {
             Some((p, action)) if p == point => {
+                let resume = match action {
+                    FaultAction::Pause => Some(resume_signal()),
+                    FaultAction::Hang | FaultAction::Abandon => None,
+                };
                 tracing::warn!(%gid, point = %point, "fault injection: coordinator stops");
-                match action {
-                    FaultAction::Hang => std::future::pending().await,
-                    FaultAction::Abandon => Err(point),
+                match (action, resume) {
+                    (FaultAction::Abandon, _) => Err(point),
+                    (FaultAction::Pause, Some(Ok(mut signal))) => {
+                        signal.recv().await;
+                        tracing::warn!(%gid, point = %point, "fault injection: coordinator resumes");
+                        Ok(())
+                    }
+                    (FaultAction::Pause, Some(Err(error))) => {
+                        tracing::error!(%error, "no SIGUSR1 handler: the pause is a hang");
+                        std::future::pending().await
+                    }
+                    (FaultAction::Hang | FaultAction::Pause, _) => std::future::pending().await,
                 }
             }
             _ => Ok(()),
         }
     }
+}
+
+/// The SIGUSR1 listener that ends a [`FaultAction::Pause`].
+fn resume_signal() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
 }
 
 /// How a transaction ended when [`Coordinator::commit`] returns `Ok`.
@@ -570,6 +593,18 @@ impl CatalogLog {
             }
         });
         Ok(client)
+    }
+
+    /// How this log connects to the catalog (the admin console reuses its credentials).
+    pub fn connection_config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// Every decision record in the catalog (for the admin console's `SHOW
+    /// TRANSACTIONS`), over the log's connection.
+    pub async fn records(&self) -> Result<Vec<records::Record>, RecordError> {
+        let client = self.client().await.map_err(RecordError::Unknown)?;
+        records::list(&client).await.map_err(record_error)
     }
 
     async fn client(&self) -> Result<Arc<tokio_postgres::Client>, String> {
@@ -1007,6 +1042,10 @@ mod tests {
             assert_eq!(
                 Faults::parse(&format!("{p}:abandon")),
                 Some(Faults::at(p, FaultAction::Abandon))
+            );
+            assert_eq!(
+                Faults::parse(&format!("{p}:pause")),
+                Some(Faults::at(p, FaultAction::Pause))
             );
         }
         assert_eq!(Faults::parse("after_prepare"), None);

@@ -52,13 +52,41 @@ pub struct RecoveryOptions {
     pub timeout: Duration,
 }
 
+/// Test-only override of [`RecoveryOptions::abort_after`] in milliseconds, read by
+/// [`RecoveryOptions::default`] (what shardd uses): crash tests that run a real shardd
+/// must not wait 30 s for each rollback. Like the router's `PGSHARD_FAULT`, it is not a
+/// configuration key on purpose: a short bound in production only turns slow commits
+/// into refused ones.
+pub const ABORT_AFTER_ENV: &str = "PGSHARD_2PC_ABORT_AFTER_MS";
+
 impl Default for RecoveryOptions {
     fn default() -> Self {
         RecoveryOptions {
             interval: Duration::from_secs(5),
-            abort_after: Duration::from_secs(30),
+            abort_after: abort_after_from_env().unwrap_or(Duration::from_secs(30)),
             abort_retention: Duration::from_secs(3600),
             timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// [`ABORT_AFTER_ENV`] if set to a number of milliseconds; otherwise `None` (an
+/// unparsable value is logged and ignored).
+fn abort_after_from_env() -> Option<Duration> {
+    let v = std::env::var(ABORT_AFTER_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    match v.parse::<u64>() {
+        Ok(ms) => {
+            tracing::warn!(
+                ms,
+                "2PC recovery bound set by {ABORT_AFTER_ENV} (tests only)"
+            );
+            Some(Duration::from_millis(ms))
+        }
+        Err(_) => {
+            tracing::error!(value = %v, "ignoring {ABORT_AFTER_ENV}: not a number of milliseconds");
+            None
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`cluster`]: a whole pgshard cluster (catalog node, shards, replicas) bootstrapped
 //!   by shardd's own library code.
 //! - [`router`]: a pgshard router in this process, following a test cluster's catalog.
+//! - [`router_process`]: the real `pgshard-router` binary as a child process, for
+//!   tests that kill it.
 //! - [`wire`] and [`diff`]: a raw simple-protocol client and the differential corpus
 //!   runner (plain PostgreSQL vs pgshard).
 //! - [`ports`] and [`dirs`]: free TCP ports and temporary directories the PostgreSQL
@@ -21,11 +23,13 @@ pub mod diff;
 pub mod dirs;
 pub mod ports;
 pub mod router;
+pub mod router_process;
 pub mod standalone;
 pub mod wire;
 
 pub use cluster::{TestCluster, TestClusterOptions};
 pub use router::TestRouter;
+pub use router_process::RouterProcess;
 pub use standalone::Standalone;
 
 /// Send `tracing` output to the test's captured output (once per process; set
