@@ -4,7 +4,7 @@
 //! agreeing (sum(abalance) = sum(tbalance) = sum(bbalance) = sum(delta)), both through
 //! the router and summed over the shards directly, with no prepared transaction left.
 //!
-//! Runs are short here (a fixed number of transactions per client); `bench/tpcb.sh`
+//! `pgbench -i` loads through the router (COPY split by key). Runs are short here (a fixed number of transactions per client); `bench/tpcb.sh`
 //! runs the 60-second versions and records them in bench/RESULTS.md.
 
 use pgshard_catalog::config::{RouterConfig, TableConfig};
@@ -67,11 +67,12 @@ fn pgbench(port: u16, args: &[&str]) -> String {
     stdout
 }
 
-/// Loads pgbench's initial data on each shard directly, each shard keeping only the
-/// rows whose bucket it owns (what `pgbench -i` through the router produces).
-async fn load_on_shards(cluster: &TestCluster) -> anyhow::Result<()> {
+/// Every row of pgbench's initial data is on the shard its bucket says, and all of
+/// it is there.
+async fn check_placement(cluster: &TestCluster) -> anyhow::Result<()> {
     let catalog = cluster.catalog();
     let buckets = catalog.buckets;
+    let mut totals = [0i64; 3];
     for (i, node) in PRIMARIES.iter().enumerate() {
         let shard = pgshard_catalog::ShardId(i as u32 + 1);
         let owned: Vec<String> = catalog
@@ -82,28 +83,28 @@ async fn load_on_shards(cluster: &TestCluster) -> anyhow::Result<()> {
             .map(|(b, _)| b.to_string())
             .collect();
         let owned = format!("ARRAY[{}]::int4[]", owned.join(","));
-        let mine = |col: &str| {
-            format!(
-                "{} = ANY ({owned})",
-                bucket_sql_expr(col, KeyType::Int4, buckets)
-            )
-        };
         let c = cluster.connect_node(node).await?;
-        c.batch_execute(&format!(
-            "INSERT INTO pgbench_branches (bid, bbalance) \
-               SELECT b, 0 FROM generate_series(1, {SCALE}) b WHERE {};
-             INSERT INTO pgbench_tellers (tid, bid, tbalance) \
-               SELECT t, (t - 1) / 10 + 1, 0 FROM generate_series(1, 10 * {SCALE}) t WHERE {};
-             INSERT INTO pgbench_accounts (aid, bid, abalance, filler) \
-               SELECT a, (a - 1) / 100000 + 1, 0, '' FROM generate_series(1, 100000 * {SCALE}) a \
-               WHERE {}",
-            mine("b"),
-            mine("t"),
-            mine("a")
-        ))
-        .await?;
-        c.batch_execute("VACUUM ANALYZE pgbench_accounts").await?;
+        for (t, (table, key)) in [
+            ("pgbench_branches", "bid"),
+            ("pgbench_tellers", "tid"),
+            ("pgbench_accounts", "aid"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let misplaced = sum(
+                &c,
+                &format!(
+                    "SELECT count(*) FROM {table} WHERE NOT {} = ANY ({owned})",
+                    bucket_sql_expr(key, KeyType::Int4, buckets)
+                ),
+            )
+            .await?;
+            assert_eq!(misplaced, 0, "{table} rows on the wrong shard ({node})");
+            totals[t] += sum(&c, &format!("SELECT count(*) FROM {table}")).await?;
+        }
     }
+    assert_eq!(totals, [SCALE, 10 * SCALE, 100_000 * SCALE], "rows loaded");
     Ok(())
 }
 
@@ -133,11 +134,12 @@ async fn pgbench_tpcb_in_every_mode_keeps_the_balances_consistent() -> anyhow::R
     let router = TestRouter::start_with(&cluster, config).await?;
     let port = router.port();
 
-    // Tables through the router (DDL on every shard), data on the shards, keys through
-    // the router.
-    pgbench(port, &["-i", "-I", "dt", "-s", &SCALE.to_string()]);
-    load_on_shards(&cluster).await?;
-    pgbench(port, &["-i", "-I", "p", "-s", &SCALE.to_string()]);
+    // pgbench -i through the router: DROP/CREATE on every shard; then in one
+    // transaction TRUNCATE on every shard, the branch and teller INSERTs on their
+    // shards and `copy pgbench_accounts from stdin with (freeze on)` split by aid; then
+    // VACUUM and the primary keys on every shard.
+    pgbench(port, &["-i", "-s", &SCALE.to_string()]);
+    check_placement(&cluster).await?;
 
     let client = router.connect().await?;
     let runs: [(&str, &[&str], i64); 6] = [
