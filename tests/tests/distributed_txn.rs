@@ -146,25 +146,68 @@ async fn transaction_on_both_shards_commits_everywhere_or_nowhere() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn savepoints_in_a_transaction_spanning_shards_are_refused() -> anyhow::Result<()> {
+async fn savepoints_in_a_transaction_spanning_shards_are_kept_on_every_shard() -> anyhow::Result<()>
+{
     let cluster = cluster(vec![distributed("dt_sp")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE dt_sp (id bigint PRIMARY KEY, v text)")
         .await?;
+    // A savepoint taken while only one shard takes part; the other shard joins
+    // afterwards (the savepoint is replayed there); ROLLBACK TO undoes both.
     c.simple_query("BEGIN").await?;
-    insert_keys(&c, "dt_sp").await?;
-    let e = c
-        .simple_query("SAVEPOINT a")
+    c.simple_query("INSERT INTO dt_sp (id, v) VALUES (1, 'kept')")
+        .await?;
+    c.simple_query("SAVEPOINT a").await?;
+    insert_keys_from(&c, "dt_sp", 2).await?;
+    assert_eq!(first(&c, "SELECT count(*) FROM dt_sp").await?, "20");
+    c.simple_query("ROLLBACK TO SAVEPOINT a").await?;
+    assert_eq!(first(&c, "SELECT count(*) FROM dt_sp").await?, "1");
+    // A savepoint spanning shards, released; an error recovered with ROLLBACK TO.
+    insert_keys_from(&c, "dt_sp", 2).await?;
+    c.simple_query("SAVEPOINT b").await?;
+    c.simple_query("UPDATE dt_sp SET v = 'changed'").await?;
+    c.simple_query("RELEASE SAVEPOINT b").await?;
+    c.simple_query("SAVEPOINT c").await?;
+    assert!(c
+        .simple_query("INSERT INTO dt_sp (id, v) VALUES (1, 'dup')")
         .await
-        .err()
-        .and_then(|e| e.code().cloned());
-    assert_eq!(
-        e,
-        Some(tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+        .is_err());
+    assert!(
+        c.simple_query("SELECT 1").await.is_err(),
+        "transaction is failed"
     );
-    c.simple_query("ROLLBACK").await?;
-    assert_eq!(per_shard(&cluster, "dt_sp").await?.iter().sum::<i64>(), 0);
+    c.simple_query("ROLLBACK TO c").await?;
+    c.simple_query("COMMIT").await?;
+    let on_shards = per_shard(&cluster, "dt_sp").await?;
+    assert_eq!(on_shards.iter().sum::<i64>(), 20, "{on_shards:?}");
+    assert!(on_shards.iter().all(|&n| n > 0), "{on_shards:?}");
+    assert_eq!(
+        first(&c, "SELECT count(*) FROM dt_sp WHERE v = 'changed'").await?,
+        "20"
+    );
+    Ok(())
+}
+
+/// The first value of the first row of a simple Query.
+async fn first(client: &Client, sql: &str) -> anyhow::Result<String> {
+    for m in client.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("NULL").to_string());
+        }
+    }
+    anyhow::bail!("no row from {sql}")
+}
+
+/// Keys `from..=20`, one INSERT each (so both shards take part).
+async fn insert_keys_from(client: &Client, table: &str, from: i64) -> anyhow::Result<()> {
+    for id in from..=20 {
+        client
+            .simple_query(&format!(
+                "INSERT INTO {table} (id, v) VALUES ({id}, 'v{id}')"
+            ))
+            .await?;
+    }
     Ok(())
 }
 

@@ -176,13 +176,33 @@ async fn extended_protocol_fanout_answers_like_postgres() -> anyhow::Result<()> 
         .await
         .expect_err("parameter in HAVING");
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
-    // Inside a transaction block: refused (0A000), never a partial answer.
+    // Inside a transaction block: the transaction's own backends, its own writes seen.
     client.batch_execute("BEGIN").await?;
-    let e = client
-        .query("SELECT count(*) FROM items WHERE id > $1", &[&lo])
-        .await
-        .expect_err("multi-shard read in a transaction block");
-    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    for id in [5001i64, 5002, 5003] {
+        client
+            .execute(
+                "INSERT INTO items (id, grp, name) VALUES ($1, 1, 'txn')",
+                &[&id],
+            )
+            .await?;
+    }
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items WHERE id > $1", &[&lo])
+        .await?
+        .get(0);
+    assert_eq!(n, 291 + 3);
+    let top: Vec<i64> = client
+        .query("SELECT id FROM items ORDER BY id DESC LIMIT 2", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(top, vec![5003, 5002]);
     client.batch_execute("ROLLBACK").await?;
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM items WHERE id > $1", &[&lo])
+        .await?
+        .get(0);
+    assert_eq!(n, 291);
     Ok(())
 }

@@ -224,13 +224,6 @@ where
         stmt: &Arc<Stmt>,
         plan: &pgshard_sql::FanoutPlan,
     ) -> Result<(), SessionError> {
-        if self.client_status() != b'I' {
-            self.fail_extended(SessionError::Unsupported(format!(
-                "multi-shard read of {} inside a transaction block",
-                plan.tables.join(", ")
-            )));
-            return Ok(());
-        }
         let (params, results) = bind.split_results()?;
         if self.parse_ack.as_deref() == Some(bind.statement) {
             self.parse_ack = None;
@@ -476,7 +469,8 @@ where
                     return Ok(());
                 }
                 let describe = self.described_fanout.as_deref() == Some(portal);
-                self.run_fanout(frame, &fp.plan, false, Some((&fp, describe)))
+                let in_txn = self.client_status() != b'I';
+                self.run_fanout(frame, &fp.plan, in_txn, Some((&fp, describe)))
                     .await?;
                 if self.deferred.is_none() {
                     self.described_fanout = None;
@@ -496,10 +490,12 @@ where
                 ));
                 return Ok(());
             }
-            StatementKind::Savepoint => self.txn_savepoints = true,
+            StatementKind::Savepoint => {
+                super::txn::track_savepoint(&mut self.txn_savepoints, &stmt.key.sql)
+            }
             StatementKind::Begin if self.client_status() == b'I' => {
                 self.txn_begin = Some(stmt.key.sql.clone());
-                self.txn_savepoints = false;
+                self.txn_savepoints.clear();
             }
             _ => {}
         }
@@ -542,7 +538,7 @@ where
                 failed: false,
             });
             self.txn_begin = Some(stmt.key.sql.clone());
-            self.txn_savepoints = false;
+            self.txn_savepoints.clear();
         }
         encode_command_complete(&mut b, "BEGIN");
         self.emit_local(&b);

@@ -41,6 +41,9 @@ const FINISH_SETTINGS: &[&str] = &[
     "SET LOCAL bytea_output = 'hex'",
 ];
 
+/// The savepoint a merge step's settings live under inside a transaction block.
+const MERGE_SAVEPOINT: &str = "pgshard_merge";
+
 /// Bytes of a finishing answer buffered before they are written to the client.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -92,8 +95,17 @@ enum Ending {
     Raw(BytesMut),
 }
 
+/// A transaction participant lent to a fan-out: everything but its connection.
+pub(crate) struct Lent {
+    shard: ShardId,
+    expects: VecDeque<Expect>,
+    executed: bool,
+    failed_since_sync: bool,
+    wrote: bool,
+}
+
 /// A backend taking part in the fan-out.
-struct Part {
+pub(crate) struct Part {
     shard: ShardId,
     conn: PooledConn,
     /// A CancelRequest was sent for the shard query.
@@ -130,17 +142,17 @@ where
                 return Ok(());
             }
         }
-        if in_txn {
-            let list: Vec<String> = plan.shards.iter().map(|s| s.to_string()).collect();
-            self.fail_simple(SessionError::Unsupported(format!(
-                "transaction spanning shards: this query reads shards {} inside a transaction block (distributed transactions are not wired into the router yet)",
-                list.join(", ")
-            )));
-            return Ok(());
-        }
         let mut shards = plan.shards.clone();
         shards.sort();
         shards.dedup();
+        if in_txn {
+            // Inside a transaction block the read runs on the transaction's own backends
+            // (every shard it needs joins), so it sees the transaction's writes.
+            if let Err(e) = self.lend_participants(&shards).await {
+                self.fail_fanout(ext.is_some(), e);
+                return Ok(());
+            }
+        }
         // An idle attached backend (session pooling) on one of the shards serves it.
         let mut reused: Option<(ShardId, PooledConn)> = None;
         if let Some(a) = self.attached.take() {
@@ -152,7 +164,12 @@ where
             }
         }
         let reused_shard = reused.as_ref().map(|(s, _)| *s);
-        let mut parts = match self.fanout_backends(&shards, reused).await {
+        let backends = if in_txn {
+            Ok(std::mem::take(&mut self.lent_parts))
+        } else {
+            self.fanout_backends(&shards, reused).await
+        };
+        let mut parts = match backends {
             Ok(p) => p,
             Err((e, back)) => {
                 self.restore_attached(back);
@@ -164,7 +181,13 @@ where
         let mut query = BytesMut::new();
         match ext {
             None if finish => {
-                let mut sql = FINISH_SETTINGS.join("; ");
+                let mut sql = if in_txn {
+                    // The settings must not outlive this read: rolled back to here.
+                    format!("SAVEPOINT {MERGE_SAVEPOINT}; ")
+                } else {
+                    String::new()
+                };
+                sql.push_str(&FINISH_SETTINGS.join("; "));
                 sql.push_str("; ");
                 sql.push_str(&plan.shard_sql);
                 encode_query(&mut query, &sql);
@@ -188,7 +211,9 @@ where
                     }
                 };
                 if finish {
-                    for set in FINISH_SETTINGS {
+                    let savepoint = format!("SAVEPOINT {MERGE_SAVEPOINT}");
+                    let prefix = in_txn.then_some(savepoint.as_str());
+                    for set in prefix.into_iter().chain(FINISH_SETTINGS.iter().copied()) {
                         encode_parse(&mut query, "", set, &[]);
                         encode_bind_with_results(&mut query, "", "", &[0, 0, 0, 0], &[]);
                         encode_execute(&mut query, "");
@@ -231,7 +256,11 @@ where
             }
             self.out.clear();
         }
-        let skip = if finish { FINISH_SETTINGS.len() } else { 0 };
+        let skip = match (finish, in_txn) {
+            (false, _) => 0,
+            (true, false) => FINISH_SETTINGS.len(),
+            (true, true) => FINISH_SETTINGS.len() + 1,
+        };
         let streams: Vec<ShardReader<'_>> = parts
             .iter_mut()
             .map(|p| ShardReader {
@@ -263,6 +292,9 @@ where
             }
             Ok(Outcome::Finish { sql }) => {
                 self.finish_parts(&mut parts, &[], None, false).await;
+                if in_txn {
+                    self.undo_merge_settings(&mut parts).await;
+                }
                 if let Err(e) = self.run_finishing(&mut parts, &sql, ext).await {
                     ending = Ending::Fail(e);
                 }
@@ -403,6 +435,91 @@ where
         Ok(Ok(all))
     }
 
+    /// The router's error for a fan-out, in the client's protocol.
+    fn fail_fanout(&mut self, extended: bool, e: SessionError) {
+        if extended {
+            self.fail_extended(e);
+        } else {
+            self.fail_simple(e);
+        }
+    }
+
+    /// Inside a transaction block: makes every shard in `shards` a participant (joining
+    /// the ones that are not, with the transaction's BEGIN), then lends their backends
+    /// to the fan-out as [`Part`]s in `lent_parts` (the rest of each participant waits
+    /// in `lent`; [`Self::release_parts`] puts them back together).
+    async fn lend_participants(&mut self, shards: &[ShardId]) -> Result<(), SessionError> {
+        if self.ctx.twopc.is_none() {
+            return Err(SessionError::Unsupported(
+                "multi-shard read inside a transaction block without a catalog connection".into(),
+            ));
+        }
+        if self.any_participant_failed() || self.virtual_txn.as_ref().is_some_and(|v| v.failed) {
+            return Err(SessionError::InFailedTransaction);
+        }
+        for &shard in shards {
+            let present = self.attached.as_ref().is_some_and(|a| a.shard == shard)
+                || self.parked.iter().any(|p| p.shard == shard);
+            if present {
+                continue;
+            }
+            if self.attached.is_none() {
+                // BEGIN answered by the router so far: it goes out now.
+                self.attach(shard, false).await?;
+            } else {
+                self.join_shard(shard).await?;
+            }
+            self.drain_attached().await?;
+        }
+        let mut all: Vec<Attached> = self.attached.take().into_iter().collect();
+        all.append(&mut self.parked);
+        for a in all {
+            if shards.contains(&a.shard) {
+                let Attached {
+                    conn,
+                    shard,
+                    expects,
+                    executed,
+                    failed_since_sync,
+                    wrote,
+                } = a;
+                self.lent.push(Lent {
+                    shard,
+                    expects,
+                    executed,
+                    failed_since_sync,
+                    wrote,
+                });
+                self.lent_parts.push(Part {
+                    shard,
+                    conn,
+                    cancelled: false,
+                });
+            } else {
+                self.parked.push(a);
+            }
+        }
+        self.lent_parts.sort_by_key(|p| p.shard);
+        self.lending = true;
+        Ok(())
+    }
+
+    /// After a merge step inside a transaction block: roll the shards that are fine
+    /// back to before the merge settings (a shard whose read failed stays failed).
+    async fn undo_merge_settings(&mut self, parts: &mut [Part]) {
+        let sql =
+            format!("ROLLBACK TO SAVEPOINT {MERGE_SAVEPOINT}; RELEASE SAVEPOINT {MERGE_SAVEPOINT}");
+        for p in parts.iter_mut() {
+            if p.conn.broken || p.conn.status != b'T' {
+                continue;
+            }
+            if let Err(error) = p.conn.run_silent(&sql).await {
+                tracing::warn!(shard = %p.shard, %error, "could not undo merge settings");
+                p.conn.broken = true;
+            }
+        }
+    }
+
     /// Checks out one backend per shard (ascending shard order, so sessions never wait
     /// on each other in a cycle), state replayed. On failure, the error and the reused
     /// attached backend to put back.
@@ -461,7 +578,9 @@ where
         budget: Option<u64>,
         cancel: bool,
     ) {
-        let cancel_now = cancel || budget.is_none();
+        // Inside a transaction a cancel would abort it: read everything instead.
+        let cancel_now = (cancel || budget.is_none()) && !self.lending;
+        let budget = if self.lending { None } else { budget };
         for &i in unfinished {
             if let Some(p) = parts.get_mut(i) {
                 if cancel_now && !p.conn.broken {
@@ -492,7 +611,7 @@ where
                     }
                     b'D' => {
                         rows += 1;
-                        if !p.cancelled && budget.is_some_and(|b| rows > b) {
+                        if !p.cancelled && !self.lending && budget.is_some_and(|b| rows > b) {
                             let _ = p.conn.cancel_target().cancel().await;
                             p.cancelled = true;
                         }
@@ -589,6 +708,25 @@ where
         parts: Vec<Part>,
         reused_shard: Option<ShardId>,
     ) -> Option<(ShardId, PooledConn)> {
+        if self.lending {
+            // Transaction participants go back to the transaction, broken or not (a
+            // broken one fails its COMMIT, so nothing commits partially).
+            for p in parts {
+                let Some(i) = self.lent.iter().position(|l| l.shard == p.shard) else {
+                    continue;
+                };
+                let l = self.lent.swap_remove(i);
+                self.parked.push(Attached {
+                    conn: p.conn,
+                    shard: l.shard,
+                    expects: l.expects,
+                    executed: l.executed,
+                    failed_since_sync: l.failed_since_sync,
+                    wrote: l.wrote,
+                });
+            }
+            return None;
+        }
         let mut back = None;
         for p in parts {
             if Some(p.shard) == reused_shard {
@@ -601,6 +739,13 @@ where
 
     /// Re-attaches the backend the fan-out borrowed, if it is still usable.
     fn restore_attached(&mut self, back: Option<(ShardId, PooledConn)>) {
+        if self.lending {
+            self.lending = false;
+            if self.attached.is_none() {
+                self.attached = self.parked.pop();
+            }
+            return;
+        }
         let Some((shard, conn)) = back else {
             return;
         };

@@ -190,6 +190,10 @@ pub struct Session<R, W> {
     /// A multi-shard portal described (Describe P) and not yet executed: its
     /// RowDescription goes out with the Execute.
     pub(crate) described_fanout: Option<String>,
+    /// Transaction participants lent to a running fan-out (see `fanout`).
+    pub(crate) lent: Vec<fanout::Lent>,
+    pub(crate) lent_parts: Vec<fanout::Part>,
+    pub(crate) lending: bool,
     /// Column counts of multi-shard statements' shard queries, by statement digest.
     pub(crate) fanout_columns: HashMap<u64, usize>,
     pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
@@ -199,8 +203,9 @@ pub struct Session<R, W> {
     pub(crate) parked: Vec<Attached>,
     /// The BEGIN that opened the current transaction, replayed on shards that join it.
     pub(crate) txn_begin: Option<String>,
-    /// A savepoint command ran in the current transaction.
-    pub(crate) txn_savepoints: bool,
+    /// The savepoints active in the current transaction, oldest first, as written
+    /// (replayed on shards that join it; see [`txn`]).
+    pub(crate) txn_savepoints: Vec<String>,
     /// A client message waiting until the attached backend has answered everything.
     pub(crate) deferred: Option<Frame>,
     pub(crate) skip_until_sync: bool,
@@ -253,11 +258,14 @@ where
             portals: HashMap::new(),
             described_fanout: None,
             fanout_columns: HashMap::new(),
+            lent: Vec::new(),
+            lent_parts: Vec::new(),
+            lending: false,
             sql_prepared: HashMap::new(),
             attached: None,
             parked: Vec::new(),
             txn_begin: None,
-            txn_savepoints: false,
+            txn_savepoints: Vec::new(),
             deferred: None,
             skip_until_sync: false,
             parse_ack: None,
@@ -465,6 +473,8 @@ where
             return if vt.failed { b'E' } else { b'T' };
         }
         match &self.attached {
+            // A transaction spanning shards failed if any participant failed.
+            Some(_) if self.any_participant_failed() => b'E',
             Some(a) => a.conn.status,
             None => b'I',
         }

@@ -110,7 +110,7 @@ where
                 .is_some_and(|a| a.conn.status != b'I');
         if !in_txn {
             self.txn_begin = None;
-            self.txn_savepoints = false;
+            self.txn_savepoints.clear();
             if cmd == SessionCommand::Begin {
                 self.txn_begin = Some(sql.to_string());
             }
@@ -148,10 +148,15 @@ where
         let plan = pgshard_sql::plan(sql, &catalog);
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
-                self.fail_simple(SessionError::Unsupported(
-                    "savepoints in a transaction spanning shards are not supported yet".into(),
-                ));
-                return Ok(());
+                if stmts.len() != 1 || plan.kind != pgshard_sql::StatementKind::Savepoint {
+                    self.fail_simple(SessionError::Unsupported(
+                        "a savepoint command together with other statements in one query, in a transaction spanning shards".into(),
+                    ));
+                    return Ok(());
+                }
+                // On every participant, so they all roll back or release alike (also
+                // in a failed transaction: ROLLBACK TO is how it recovers).
+                return self.savepoint_everywhere(sql).await;
             }
             if self.any_participant_failed() {
                 self.fail_simple(SessionError::InFailedTransaction);
@@ -332,7 +337,9 @@ where
         }
         let statements = stmts.iter().map(|s| classify(s)).collect();
         if super::txn::has_savepoint(&plan) {
-            self.txn_savepoints = true;
+            for st in &stmts {
+                super::txn::track_savepoint(&mut self.txn_savepoints, st);
+            }
         }
         if let Some(a) = self.attached.as_mut() {
             a.wrote |= super::txn::may_write(&plan);

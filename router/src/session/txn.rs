@@ -14,9 +14,13 @@
 //! following at the client's Sync. Statements that run on every shard (DDL, TRUNCATE,
 //! reference-table writes, COPY) make every shard join.
 //!
-//! Limits, each refused with 0A000 rather than guessed: savepoints in a transaction
-//! that spans shards (a shard joining after a SAVEPOINT would lack it), an
-//! extended-protocol batch whose implicit transaction (no BEGIN) would span shards, and
+//! Savepoints: SAVEPOINT, RELEASE and ROLLBACK TO in a transaction spanning shards run
+//! on every participant; a shard joining later gets the transaction's active
+//! savepoints replayed after its BEGIN (a ROLLBACK TO then undoes its whole part, which
+//! all came after).
+//!
+//! Limits, each refused with 0A000 rather than guessed: savepoint commands through the
+//! extended protocol once a second shard joined, an extended-protocol batch whose implicit transaction (no BEGIN) would span shards, and
 //! everything when the router has no catalog connection (no commit log, so no atomic
 //! commit).
 
@@ -50,6 +54,54 @@ pub(crate) fn may_write(plan: &Plan) -> bool {
                 | StatementKind::Read
         )
     })
+}
+
+/// The savepoint a SAVEPOINT, RELEASE or ROLLBACK TO statement names, as written
+/// (`s1`, `"My Point"`).
+fn savepoint_name(sql: &str) -> Option<&str> {
+    let sql = sql.trim().trim_end_matches(';').trim_end();
+    if let Some(q) = sql.find('"') {
+        return sql.get(q..);
+    }
+    sql.split_whitespace().last()
+}
+
+/// Normalized for comparison: quoted names as they are, others lowercased.
+fn savepoint_key(name: &str) -> String {
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(q) => q.replace("\"\"", "\""),
+        None => name.to_lowercase(),
+    }
+}
+
+/// Keeps `active` (the transaction's savepoints, oldest first) up to date with one
+/// statement: SAVEPOINT adds, RELEASE removes it and later ones, ROLLBACK TO removes
+/// later ones. Other statements leave it alone.
+pub(crate) fn track_savepoint(active: &mut Vec<String>, sql: &str) {
+    let first = sql
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let Some(name) = savepoint_name(sql) else {
+        return;
+    };
+    let key = savepoint_key(name);
+    let pos = active.iter().rposition(|s| savepoint_key(s) == key);
+    match first.as_str() {
+        "savepoint" => active.push(name.to_string()),
+        "release" => {
+            if let Some(i) = pos {
+                active.truncate(i);
+            }
+        }
+        "rollback" => {
+            if let Some(i) = pos {
+                active.truncate(i + 1);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// True if the plan holds a SAVEPOINT, RELEASE or ROLLBACK TO.
@@ -98,16 +150,18 @@ where
             self.publish_activity();
             return Ok(());
         }
-        if self.txn_savepoints {
-            return Err(SessionError::Unsupported(
-                "a transaction that used savepoints cannot join another shard yet".into(),
-            ));
-        }
         let Some(cur) = self.attached.take() else {
             return Err(SessionError::CrossShard { from, to: shard });
         };
+        // The transaction's BEGIN, then its active savepoints: a later ROLLBACK TO one
+        // of them undoes on this shard everything it did (all of it came after).
+        let mut begin_sql = self.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
+        for sp in &self.txn_savepoints {
+            begin_sql.push_str("; SAVEPOINT ");
+            begin_sql.push_str(sp);
+        }
         self.virtual_txn = Some(VirtualTxn {
-            begin_sql: self.txn_begin.clone().unwrap_or_else(|| "BEGIN".into()),
+            begin_sql,
             failed: false,
         });
         let joined = self.attach(shard, true).await;
@@ -161,7 +215,7 @@ where
         // discards it on drop).
         drop(parts);
         self.txn_begin = None;
-        self.txn_savepoints = false;
+        self.txn_savepoints.clear();
         self.portals.clear();
         if self.shard_override.is_some_and(|(_, local)| local) {
             self.shard_override = None;
@@ -366,6 +420,48 @@ where
         }
         let mut b = BytesMut::new();
         merge_write_replies(&mut b, &replies, w.replicated);
+        encode_ready(&mut b, self.client_status());
+        self.emit_local(&b);
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// SAVEPOINT, RELEASE or ROLLBACK TO in a transaction spanning shards: run on every
+    /// participant in turn (none is left holding the savepoint without the others), the
+    /// client gets one answer, and the savepoint list follows.
+    pub(crate) async fn savepoint_everywhere(&mut self, sql: &str) -> Result<(), SessionError> {
+        let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
+        parts.append(&mut self.parked);
+        parts.sort_by_key(|a| a.shard);
+        let mut reply: Option<Result<ShardReply, SessionError>> = None;
+        let mut lost = None;
+        for a in parts.iter_mut() {
+            let r = exec_write(&mut a.conn, a.shard, sql).await;
+            if a.conn.broken {
+                lost = Some(a.shard);
+            }
+            match (&reply, r) {
+                // The first error is the client's answer.
+                (Some(Err(_)), _) => {}
+                (_, r) => reply = Some(r),
+            }
+        }
+        // Back as they were: the first one attached, the others parked.
+        let mut parts = parts.into_iter();
+        self.attached = parts.next();
+        self.parked = parts.collect();
+        if let Some(shard) = lost {
+            return Err(SessionError::LostBackend { shard });
+        }
+        let mut b = BytesMut::new();
+        match reply {
+            Some(Ok(r)) => {
+                track_savepoint(&mut self.txn_savepoints, sql);
+                encode_command_complete(&mut b, &r.tag);
+            }
+            Some(Err(e)) => e.encode(&mut b),
+            None => encode_command_complete(&mut b, "SAVEPOINT"),
+        }
         encode_ready(&mut b, self.client_status());
         self.emit_local(&b);
         self.publish_activity();
