@@ -15,6 +15,9 @@ SECS=${1:-60}
 CLIENTS=${2:-"8 32"}
 SCALE=${3:-10}
 MODES=${MODES:-"simple extended prepared"}
+# Seconds for the comparison runs (direct, PgBouncer, router on 1 shard); the 2-shard
+# router runs always take SECS.
+COMPARE_SECS=${COMPARE_SECS:-$SECS}
 POOL=8
 PGSHARD=./target/release/pgshard
 
@@ -100,10 +103,10 @@ commit_records() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
-run() { # port mode clients pid -> "tps lat failed processed cpu_us_per_tx"
-    local port=$1 mode=$2 c=$3 pid=$4 before=0 after=0 out
+run() { # port mode clients pid [seconds] -> "tps lat failed processed cpu_us_per_tx"
+    local port=$1 mode=$2 c=$3 pid=$4 secs=${5:-$COMPARE_SECS} before=0 after=0 out
     [ -n "$pid" ] && before=$(cpu_ticks "$pid")
-    out=$(pgbench -n -M "$mode" -c "$c" -j 2 -T "$SECS" \
+    out=$(pgbench -n -M "$mode" -c "$c" -j 2 -T "$secs" \
         -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1) || true
     [ -n "$pid" ] && after=$(cpu_ticks "$pid")
     local tps lat failed tx
@@ -124,7 +127,7 @@ run() { # port mode clients pid -> "tps lat failed processed cpu_us_per_tx"
 }
 ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if '-' not in (a,b) and 'aborted' not in (a,b) else '-')" "$1" "$2"; }
 
-echo "# pgbench TPC-B-like, scale $SCALE, ${SECS}s per run, pool $POOL, $(nproc) cores, $(date -u +%F)"
+echo "# pgbench TPC-B-like, scale $SCALE, ${SECS}s per 2-shard router run, ${COMPARE_SECS}s per comparison run, pool $POOL, $(nproc) cores, $(date -u +%F)"
 echo "# 2-shard data: $LOADED"
 echo
 echo "| mode | clients | direct TPS | PgBouncer TPS | router 1 shard TPS | router 2 shards TPS | 2 shards / direct | 2 shards / PgBouncer | lat direct ms | lat PgBouncer ms | lat router-1 ms | lat router-2 ms | failed (router-2) | 2PC share (router-2) | router-2 CPU µs/tx |"
@@ -135,7 +138,7 @@ for c in $CLIENTS; do
         read -r bt bl _ _ _ <<<"$(run "$BOUNCER_PORT" "$mode" "$c" "$BOUNCER_PID")"
         read -r r1t r1l _ _ _ <<<"$(run "$ROUTER1_PORT" "$mode" "$c" "$ROUTER1_PID")"
         before=$(commit_records)
-        read -r r2t r2l r2f r2n r2c <<<"$(run "$ROUTER2_PORT" "$mode" "$c" "$ROUTER2_PID")"
+        read -r r2t r2l r2f r2n r2c <<<"$(run "$ROUTER2_PORT" "$mode" "$c" "$ROUTER2_PID" "$SECS")"
         after=$(commit_records)
         share=$(python3 -c "import sys; n=int(sys.argv[3]); print(f'{(int(sys.argv[2])-int(sys.argv[1]))/n:.2f}' if n else '-')" "$before" "$after" "$r2n")
         echo "| $mode | $c | $dt | $bt | $r1t | $r2t | $(ratio "$r2t" "$dt") | $(ratio "$r2t" "$bt") | $dl | $bl | $r1l | $r2l | $r2f | $share | $r2c |"
