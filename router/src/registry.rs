@@ -56,6 +56,20 @@ impl ClientEntry {
         a.cancel.clear();
         a.cancel.extend(cancel);
     }
+
+    /// Like [`ClientEntry::set_activity`] for a statement running on several backends at
+    /// once (a fan-out): a CancelRequest reaches every one of them.
+    pub fn set_activity_many(
+        &self,
+        state: &'static str,
+        shard: Option<ShardId>,
+        cancel: Vec<CancelTarget>,
+    ) {
+        let mut a = lock(&self.activity);
+        a.state = state;
+        a.shard = shard;
+        a.cancel = cancel;
+    }
 }
 
 #[derive(Default)]

@@ -242,10 +242,12 @@ where
                 return Ok(());
             }
         }
-        if let Some(p) = parts.first() {
-            self.entry
-                .set_activity("active", Some(p.shard), Some(p.conn.cancel_target()));
-        }
+        // A CancelRequest from the client cancels the query on every shard.
+        self.entry.set_activity_many(
+            "active",
+            parts.first().map(|p| p.shard),
+            parts.iter().map(|p| p.conn.cancel_target()).collect(),
+        );
         // Whatever the session queued for the client goes out before the merged rows.
         if !self.out.is_empty() {
             if self.writer.write_all(&self.out).await.is_err() {
