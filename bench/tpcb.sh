@@ -68,6 +68,14 @@ if [ "${PGSHARD_LOAD:-router}" != router ] ||
     PGSHARD=$PGSHARD bench/load_pgbench.sh "$TWO" "$SCALE" >/dev/null
 fi
 
+# The load, through the router and over the shards directly.
+q2() { psql -X -qAt -h 127.0.0.1 -p "$1" -U postgres postgres -c "$2"; }
+SHARD_PORTS="$(node_port "$TWO" shard1-primary) $(node_port "$TWO" shard2-primary)"
+direct_count=0
+for p in $SHARD_PORTS; do direct_count=$((direct_count + $(q2 "$p" 'SELECT count(*) FROM pgbench_accounts'))); done
+direct_top=$(for p in $SHARD_PORTS; do q2 "$p" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3'; done | sort -rn | head -3 | tr '\n' ' ')
+LOAD_CHECK="accounts through the router $(q2 "$ROUTER2_PORT" 'SELECT count(*) FROM pgbench_accounts'), over the shards $direct_count (shard 1: $(q2 "$(node_port "$TWO" shard1-primary)" 'SELECT count(*) FROM pgbench_accounts'), shard 2: $(q2 "$(node_port "$TWO" shard2-primary)" 'SELECT count(*) FROM pgbench_accounts')); sum(abalance) $(q2 "$ROUTER2_PORT" 'SELECT sum(abalance) FROM pgbench_accounts'); top aids through the router: $(q2 "$ROUTER2_PORT" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3' | tr '\n' ' ')/ over the shards: $direct_top"
+
 cat > "$WORK/pgbouncer.ini" <<INI
 [databases]
 postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
@@ -128,7 +136,7 @@ run() { # port mode clients pid [seconds] -> "tps lat failed processed cpu_us_pe
 ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if '-' not in (a,b) and 'aborted' not in (a,b) else '-')" "$1" "$2"; }
 
 echo "# pgbench TPC-B-like, scale $SCALE, ${SECS}s per 2-shard router run, ${COMPARE_SECS}s per comparison run, pool $POOL, $(nproc) cores, $(date -u +%F)"
-echo "# 2-shard data: $LOADED"
+echo "# 2-shard data: $LOADED; $LOAD_CHECK"
 echo
 echo "| mode | clients | direct TPS | PgBouncer TPS | router 1 shard TPS | router 2 shards TPS | 2 shards / direct | 2 shards / PgBouncer | lat direct ms | lat PgBouncer ms | lat router-1 ms | lat router-2 ms | failed (router-2) | 2PC share (router-2) | router-2 CPU µs/tx |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
