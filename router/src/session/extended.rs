@@ -73,7 +73,8 @@ where
             }
             _ => {
                 let plan = pgshard_sql::plan(&sql, &catalog);
-                self.complete_insert_columns(&sql, plan, &catalog).await
+                self.complete_insert_columns(&sql, plan, &catalog, true)
+                    .await
             }
         };
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL

@@ -146,7 +146,9 @@ where
             _ => {}
         }
         let plan = pgshard_sql::plan(sql, &catalog);
-        let plan = self.complete_insert_columns(sql, plan, &catalog).await;
+        let plan = self
+            .complete_insert_columns(sql, plan, &catalog, false)
+            .await;
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
                 self.fail_simple(SessionError::Unsupported(

@@ -24,12 +24,14 @@ where
 {
     /// `plan` of `sql`, or for an INSERT without a column list into a distributed table
     /// (which the planner refuses alone) the plan with the table's columns filled in.
-    /// Any failure of the look-up keeps the planner's refusal.
+    /// Any failure of the look-up keeps the planner's refusal. `extended`: called at a
+    /// Parse, where an extended-protocol batch may hold an implicit transaction open.
     pub(crate) async fn complete_insert_columns(
         &mut self,
         sql: &str,
         plan: Plan,
         catalog: &Catalog,
+        extended: bool,
     ) -> Plan {
         if !matches!(plan.route, Route::Unsupported(_)) {
             return plan;
@@ -37,7 +39,7 @@ where
         let Some(table) = pgshard_sql::columns_needed(sql, catalog) else {
             return plan;
         };
-        match self.table_column_order(&table, catalog).await {
+        match self.table_column_order(&table, catalog, extended).await {
             Some(columns) => pgshard_sql::plan_with_columns(sql, catalog, &columns).unwrap_or(plan),
             None => plan,
         }
@@ -47,7 +49,12 @@ where
     /// transaction's backend sees them, or a pooled connection's outside a transaction.
     /// Generated columns count: an INSERT without a column list fills them by position
     /// too (with DEFAULT).
-    async fn table_column_order(&mut self, table: &str, catalog: &Catalog) -> Option<Vec<String>> {
+    async fn table_column_order(
+        &mut self,
+        table: &str,
+        catalog: &Catalog,
+        extended: bool,
+    ) -> Option<Vec<String>> {
         // to_regclass: a missing table is no error, so the transaction stays usable.
         let sql = format!(
             "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass('{}') AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -58,7 +65,9 @@ where
             // idle and with no implicit transaction of an extended-protocol batch open
             // (a Query would end it): ask it, so uncommitted DDL counts.
             Some(a)
-                if a.expects.is_empty() && !a.executed && matches!(a.conn.status, b'T' | b'I') =>
+                if a.expects.is_empty()
+                    && !(extended && a.executed)
+                    && matches!(a.conn.status, b'T' | b'I') =>
             {
                 let shard = a.shard;
                 match a.conn.query_text(&sql).await {
