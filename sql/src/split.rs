@@ -78,7 +78,12 @@ pub(crate) fn split_insert(
 /// column order the router must look up before [`plan_with_columns`].
 pub fn columns_needed(sql: &str, catalog: &Catalog) -> Option<String> {
     let ins = single_insert(sql)?;
-    if !ins.columns.is_empty() || ins.source.is_none() {
+    // Only `VALUES` rows are routed by position (INSERT … SELECT is refused anyway).
+    let values = matches!(
+        ins.source.as_ref().map(|s| &*s.body),
+        Some(SetExpr::Values(_))
+    );
+    if !ins.columns.is_empty() || !values {
         return None;
     }
     let TableObject::TableName(name) = &ins.table else {
