@@ -1377,7 +1377,7 @@ pub(crate) fn reference_write(table: &str) -> Route {
 fn multi_shard(verb: &str, table: &str, insert: bool, n: usize) -> Route {
     if insert {
         Route::Unsupported(format!(
-            "multi-row INSERT into distributed table {table} spanning {n} shards (splitting not yet supported)"
+            "multi-row INSERT into distributed table {table} spanning {n} shards whose rows read other distributed tables (each shard would see only its own rows)"
         ))
     } else {
         Route::Unsupported(format!(

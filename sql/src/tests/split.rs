@@ -84,7 +84,8 @@ fn split_refusals_unchanged() {
         (&*format!("INSERT INTO accounts (aid) VALUES ({a}), ($1)"), E::Unsup("several parameters")),
         ("INSERT INTO accounts (aid) VALUES ($1), ($2)", E::Unsup("several parameters")),
         // Reading another distributed table in the VALUES: not split.
-        (&*format!("INSERT INTO accounts (aid, abalance) VALUES ({a}, 1), ({b}, (SELECT count(*) FROM users))"), E::Unsup("")),
+        (&*format!("INSERT INTO accounts (aid, abalance) VALUES ({a}, 1), ({b}, (SELECT count(*) FROM users))"), E::Unsup("users")),
+        (&*format!("INSERT INTO accounts (aid, abalance) VALUES ({a}, 1), ({b}, (SELECT count(*) FROM users WHERE id = 3))"), E::Unsup("whose rows read other distributed tables")),
         // Not inside PREPARE or EXPLAIN, nor with other statements.
         (&*format!("INSERT INTO accounts (aid) VALUES ({a}), ({b}); SELECT 1"), E::Unsup("multi-statement")),
     ]);
