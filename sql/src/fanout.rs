@@ -249,6 +249,19 @@ pub struct FanoutWrite {
     /// For a replicated write: the columns whose DEFAULT each shard would evaluate on
     /// its own; the router checks that those defaults are constants before running it.
     pub defaults: Vec<crate::replicated::ColumnDefaults>,
+    /// When not empty, the statement for each shard of `shards`, in the same order (a
+    /// multi-row INSERT split by shard key, [`crate::split`]); `sql` is then the whole
+    /// statement, for messages. When empty, `sql` runs on every shard.
+    pub shard_sql: Vec<String>,
+}
+
+impl FanoutWrite {
+    /// The statement to run on `shards[i]`.
+    pub fn sql_for(&self, i: usize) -> &str {
+        self.shard_sql
+            .get(i)
+            .map_or(self.sql.as_str(), String::as_str)
+    }
 }
 
 /// A multi-shard UPDATE or DELETE; `refusal` is the 0A000 message used while
@@ -267,6 +280,7 @@ pub(crate) fn plan_write(
             sql: st.to_string(),
             replicated: false,
             defaults: Vec::new(),
+            shard_sql: Vec::new(),
         })
     } else {
         crate::Route::Unsupported(refusal)

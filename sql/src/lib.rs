@@ -14,6 +14,8 @@
 //! - `route`: walks a parsed query or DML statement, finds every table it touches and
 //!   which shard-key values pin each distributed table, and turns that into a route;
 //! - `copy`: the options of a COPY statement, read from its tokens;
+//! - `split`: multi-row INSERTs split by shard key, and INSERTs without a column list
+//!   planned once the router has looked up the table's columns;
 //! - `replicated`: what a write to reference tables may compute (each shard evaluates
 //!   it on its own, so only values that are the same everywhere are allowed);
 //! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
@@ -33,6 +35,7 @@ mod parse;
 mod plan;
 pub mod replicated;
 mod route;
+mod split;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +47,7 @@ pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
+pub use split::{columns_needed, plan_with_columns};
 
 /// What the router does with one Query string (one statement, or several separated by
 /// semicolons in the simple protocol).
@@ -62,6 +66,10 @@ pub struct Plan {
     /// order, so the router can track the transaction and session commands among them.
     /// Empty for a single statement.
     pub statements: Vec<Plan>,
+    /// Planned with a column order looked up on a shard (an INSERT without a column
+    /// list, [`plan_with_columns`]): valid for this planning only, never to be reused
+    /// for a later Parse (an ALTER TABLE may have moved the columns since).
+    pub column_order: bool,
 }
 
 impl Plan {
@@ -72,6 +80,7 @@ impl Plan {
             kind,
             null_key: None,
             statements: Vec::new(),
+            column_order: false,
         }
     }
 }

@@ -207,6 +207,7 @@ fn combine(plans: Vec<Plan>) -> Plan {
         kind,
         null_key: None,
         statements: plans,
+        column_order: false,
     }
 }
 
@@ -379,6 +380,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                         kind,
                         null_key: p.null_key,
                         statements: Vec::new(),
+                        column_order: false,
                     };
                 }
                 None => Route::AnyShard,
@@ -408,6 +410,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                         kind,
                         null_key: p.null_key,
                         statements: Vec::new(),
+                        column_order: false,
                     };
                 }
                 None => local,
@@ -439,6 +442,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                             kind,
                             null_key,
                             statements: Vec::new(),
+                            column_order: false,
                         }
                     }
                     many => combine(
@@ -450,6 +454,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                                     kind: kind.clone(),
                                     null_key,
                                     statements: Vec::new(),
+                                    column_order: false,
                                 }
                             })
                             .collect(),

@@ -645,7 +645,7 @@ impl<'c> Analysis<'c> {
         let key_type = self.occs[o].key_type;
         let Some(source) = &ins.source else {
             self.unsupported(format!(
-                "INSERT into distributed table {table} without a value for shard key column {key}"
+                "INSERT into distributed table {table} without a value for shard key column {key} (its default would decide the shard)"
             ));
             return;
         };
@@ -666,7 +666,7 @@ impl<'c> Analysis<'c> {
         }
         let Some(idx) = ins.columns.iter().position(|c| fold_ident(c) == key) else {
             self.unsupported(format!(
-                "INSERT into distributed table {table} without a value for shard key column {key}"
+                "INSERT into distributed table {table} without a value for shard key column {key} (its default would decide the shard)"
             ));
             self.query(source);
             return;
@@ -1194,7 +1194,26 @@ impl<'c> Analysis<'c> {
                     None => multi_shard(self.verb, &first, false, n),
                 }
             }
-            (n, 0) => multi_shard(self.verb, &first, self.insert_target.is_some(), n),
+            (n, 0) => {
+                let refusal = multi_shard(self.verb, &first, self.insert_target.is_some(), n);
+                match (self.insert_target, st) {
+                    // A multi-row INSERT … VALUES: one INSERT per shard with its rows.
+                    (Some(o), Some(st))
+                        if self.occs.len() == 1 && crate::fanout::MULTI_SHARD_WRITES =>
+                    {
+                        let occ = &self.occs[o];
+                        crate::split::split_insert(
+                            st,
+                            self.catalog,
+                            &occ.table,
+                            &occ.key,
+                            occ.key_type,
+                            refusal,
+                        )
+                    }
+                    _ => refusal,
+                }
+            }
             (0, 1) => {
                 let param = params.first().copied().unwrap_or(0);
                 let key_type = self
@@ -1230,6 +1249,7 @@ impl<'c> Analysis<'c> {
                 sql: st.to_string(),
                 replicated: true,
                 defaults,
+                shard_sql: Vec::new(),
             }),
             Err(msg) => Route::Unsupported(msg),
         }
@@ -1357,7 +1377,7 @@ pub(crate) fn reference_write(table: &str) -> Route {
 fn multi_shard(verb: &str, table: &str, insert: bool, n: usize) -> Route {
     if insert {
         Route::Unsupported(format!(
-            "multi-row INSERT into distributed table {table} spanning {n} shards (splitting not yet supported)"
+            "multi-row INSERT into distributed table {table} spanning {n} shards whose rows read other distributed tables (each shard would see only its own rows)"
         ))
     } else {
         Route::Unsupported(format!(

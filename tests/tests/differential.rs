@@ -152,3 +152,22 @@ async fn fanout_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
+    let report = run_corpus(
+        "insert.sql",
+        vec![
+            distributed("kv", "id", "bigint"),
+            distributed("tk", "k", "text"),
+            reference("ref_c"),
+        ],
+    )
+    .await?;
+    assert!(
+        report.wrong.is_empty(),
+        "wrong answers:\n{}",
+        report.summary()
+    );
+    Ok(())
+}

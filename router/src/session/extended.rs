@@ -66,11 +66,16 @@ where
                 if prev.unnamed
                     && prev.catalog_version == catalog.version
                     && prev.key.sql == sql
-                    && prev.key.param_types == param_types =>
+                    && prev.key.param_types == param_types
+                    && !prev.plan.column_order =>
             {
                 prev.plan.clone()
             }
-            _ => pgshard_sql::plan(&sql, &catalog),
+            _ => {
+                let plan = pgshard_sql::plan(&sql, &catalog);
+                self.complete_insert_columns(&sql, plan, &catalog, true)
+                    .await
+            }
         };
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override

@@ -29,6 +29,7 @@ mod fanout;
 pub mod lex;
 mod relay;
 mod simple;
+mod split;
 pub mod startup;
 mod txn;
 pub mod vars;

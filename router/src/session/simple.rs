@@ -146,6 +146,9 @@ where
             _ => {}
         }
         let plan = pgshard_sql::plan(sql, &catalog);
+        let plan = self
+            .complete_insert_columns(sql, plan, &catalog, false)
+            .await;
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
                 if stmts.len() != 1 || plan.kind != pgshard_sql::StatementKind::Savepoint {
@@ -286,6 +289,7 @@ where
                         replicated: true,
                         // DDL and TRUNCATE write no column values.
                         defaults: Vec::new(),
+                        shard_sql: Vec::new(),
                     };
                     return self.run_fanout_write_in_txn(&all).await;
                 }

@@ -280,11 +280,11 @@ where
             self.fail_simple(e);
             return Ok(());
         }
-        let sql = format!("BEGIN; {}", w.sql);
         let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
         let mut replies: Vec<ShardReply> = Vec::new();
         let mut failure: Option<SessionError> = None;
-        for &shard in &w.shards {
+        for (i, &shard) in w.shards.iter().enumerate() {
+            let sql = format!("BEGIN; {}", w.sql_for(i));
             match self
                 .write_on_shard(&catalog, shard, &sql, !conns.is_empty())
                 .await
@@ -382,7 +382,7 @@ where
             return Ok(());
         }
         let mut replies = Vec::new();
-        for &shard in &w.shards {
+        for (i, &shard) in w.shards.iter().enumerate() {
             let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
             if !on_it {
                 let joined = if self.attached.is_none() {
@@ -406,7 +406,7 @@ where
             }
             a.wrote = true;
             a.executed = true;
-            match exec_write(&mut a.conn, shard, &w.sql).await {
+            match exec_write(&mut a.conn, shard, w.sql_for(i)).await {
                 Ok(r) => replies.push(r),
                 Err(e) => {
                     if a.conn.broken {

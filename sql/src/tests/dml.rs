@@ -303,7 +303,7 @@ fn insert_routes_by_key() {
     );
     check(
         &format!("INSERT INTO accounts (aid) VALUES ({a}), ({b})"),
-        &E::Unsup("multi-row INSERT into distributed table accounts spanning 2 shards"),
+        &E::FanWrite(2),
     );
     match r("INSERT INTO accounts (aid) VALUES (NULL)") {
         Route::Error(e) => {

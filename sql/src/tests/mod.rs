@@ -6,6 +6,7 @@ mod dml;
 mod fuzz;
 mod psql;
 mod session;
+mod split;
 mod utility;
 
 use crate::{plan, statement_kind, Plan, Route, RouterCommand, StatementKind};
