@@ -59,12 +59,15 @@ fn gid_in(line: &str) -> anyhow::Result<String> {
 }
 
 /// What the crashed client was doing.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Work {
     /// `BEGIN`, one INSERT per key (the transaction joins both shards), `COMMIT`.
     Txn,
     /// A multi-shard autocommit `UPDATE` without the key (two-phase commit on its own).
     Update,
+    /// `Txn` through the extended protocol (BEGIN, INSERTs with a parameter key and
+    /// COMMIT each as Parse/Bind/Execute/Sync), as drivers and pgbench -M extended send it.
+    ExtendedTxn,
 }
 
 /// A 2-shard cluster without replicas (2PC does not depend on them) with table `kv`
@@ -147,7 +150,7 @@ impl Fx {
     /// Per shard: rows of the round's key range that show its work as committed.
     async fn applied(&self, work: Work, base: i64) -> anyhow::Result<[i64; 2]> {
         let filter = match work {
-            Work::Txn => "true",
+            Work::Txn | Work::ExtendedTxn => "true",
             Work::Update => "v = 'updated'",
         };
         let sql = format!(
@@ -195,6 +198,15 @@ async fn start_work(
             }
             "COMMIT".to_string()
         }
+        Work::ExtendedTxn => {
+            client.execute("BEGIN", &[]).await?;
+            for id in base + 1..=base + ROWS {
+                client
+                    .execute("INSERT INTO kv (id, v) VALUES ($1, 'txn')", &[&id])
+                    .await?;
+            }
+            "COMMIT".to_string()
+        }
         Work::Update => {
             // Single-shard autocommit inserts: no 2PC, so the fault hook lets them by.
             for id in base + 1..=base + ROWS {
@@ -207,6 +219,11 @@ async fn start_work(
             format!("UPDATE kv SET v = 'updated' WHERE v = 'seed{base}'")
         }
     };
+    if work == Work::ExtendedTxn {
+        return Ok(tokio::spawn(async move {
+            client.execute(last.as_str(), &[]).await.map(drop)
+        }));
+    }
     Ok(tokio::spawn(async move {
         client.simple_query(&last).await.map(drop)
     }))
@@ -284,6 +301,19 @@ async fn router_killed_at_each_fault_point_in_a_transaction() -> anyhow::Result<
     for point in FaultPoint::ALL {
         for round in 0..loops() {
             router_killed(&fx, point, Work::Txn, round).await?;
+        }
+    }
+    assert_eq!(fx.ours_prepared().await?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_killed_at_each_fault_point_in_an_extended_protocol_transaction(
+) -> anyhow::Result<()> {
+    let fx = Fx::start().await?;
+    for point in FaultPoint::ALL {
+        for round in 0..loops() {
+            router_killed(&fx, point, Work::ExtendedTxn, round).await?;
         }
     }
     assert_eq!(fx.ours_prepared().await?, 0);

@@ -454,7 +454,8 @@ where
     ) -> Result<(), SessionError> {
         let Some((stmt, at)) = self.portals.get(portal).cloned() else {
             // Unknown to the router: the backend answers (e.g. a portal of a cursor).
-            return self.execute_on_attached(frame, portal, None);
+            // (Unknown, so it may write: it takes part in two-phase commit.)
+            return self.execute_on_attached(frame, portal, None, true);
         };
         let shard = match at {
             PortalAt::Shard(s) => s,
@@ -514,7 +515,8 @@ where
             }
         }
         let command = Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
-        self.execute_on_attached(frame, portal, command)
+        let writes = super::txn::may_write(&stmt.plan);
+        self.execute_on_attached(frame, portal, command, writes)
     }
 
     /// Executes a BEGIN portal bound with no backend attached: the transaction opens
@@ -555,12 +557,15 @@ where
         frame: &Frame,
         portal: &str,
         command: Option<SessionCommand>,
+        may_write: bool,
     ) -> Result<(), SessionError> {
         match self.attached.as_mut() {
             Some(a) => {
                 a.conn.out.extend_from_slice(frame.raw());
                 a.conn.unsynced = true;
                 a.executed = true;
+                // Decides who PREPAREs at a COMMIT spanning shards.
+                a.wrote |= may_write;
                 a.expects.push_back(Expect::Execute { command });
             }
             None => self.fail_extended(SessionError::UnknownPortal(portal.to_string())),
