@@ -221,4 +221,55 @@ mod tests {
         assert!(text.starts_with("router.tls_cert: "), "{text}");
         assert!(text.contains("server.crt"), "{text}");
     }
+
+    /// The tail of a response that rustls could not put on a full socket reaches the
+    /// client once the server goes back to reading, with no flush from the writer. A
+    /// 1 KiB in-memory pipe and a single-threaded runtime make the socket full at the
+    /// moment the last `write_all` returns, every time.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_tail_is_sent_while_the_server_reads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls::pki_types::ServerName;
+        use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_path, cert.pem()).expect("write");
+        std::fs::write(&key_path, key_pair.serialize_pem()).expect("write");
+        let acceptor = load(&cert_path, &key_path).expect("acceptor");
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client_config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+
+        let (client_io, server_io) = tokio::io::duplex(1024);
+        const LEN: usize = 200 * 1024;
+        let server = async move {
+            let tls = acceptor.accept(server_io).await.expect("accept");
+            let (mut r, mut w) = tokio::io::split(ServerTls::new(tls));
+            w.write_all(&vec![7u8; LEN]).await.expect("write");
+            // What a session does next: wait for the client.
+            let mut b = [0u8; 1];
+            let _ = r.read(&mut b).await;
+        };
+        let client = async move {
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut tls = connector.connect(name, client_io).await.expect("connect");
+            let mut got = vec![0u8; LEN];
+            tls.read_exact(&mut got).await.expect("read");
+            assert!(got.iter().all(|&b| b == 7));
+        };
+        tokio::select! {
+            _ = server => panic!("server ended first"),
+            r = tokio::time::timeout(std::time::Duration::from_secs(10), client) => {
+                r.expect("client got the whole response")
+            }
+        }
+    }
 }

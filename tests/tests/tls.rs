@@ -171,6 +171,57 @@ async fn assert_cancelled(
     Ok(())
 }
 
+/// Reads messages from a raw protocol stream until ReadyForQuery; returns the DataRow count.
+async fn read_until_ready<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> anyhow::Result<usize> {
+    let mut rows = 0;
+    loop {
+        let tag = s.read_u8().await?;
+        let len = s.read_i32().await?;
+        let mut body = vec![0u8; (len as usize).saturating_sub(4)];
+        s.read_exact(&mut body).await?;
+        match tag {
+            b'D' => rows += 1,
+            b'E' => anyhow::bail!("error: {}", String::from_utf8_lossy(&body)),
+            b'Z' => return Ok(rows),
+            _ => {}
+        }
+    }
+}
+
+/// A client that stops reading while a large answer comes back over TLS (the socket
+/// fills up and rustls holds the rest), then reads again: it must get all of it,
+/// ReadyForQuery included, without sending anything more.
+async fn slow_reader_gets_everything(router: &TestRouter, cert: &Cert) -> anyhow::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der.clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tcp = TcpStream::connect(router.addr()).await?;
+    tcp.write_all(&SSL_REQUEST).await?;
+    assert_eq!(tcp.read_u8().await?, b'S');
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    s.write_all(&startup_message()).await?;
+    s.flush().await?;
+    read_until_ready(&mut s).await?;
+    let sql = b"SELECT repeat('x', 1000) FROM generate_series(1, 20000)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&((sql.len() + 4) as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    s.write_all(&query).await?;
+    s.flush().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = tokio::time::timeout(Duration::from_secs(30), read_until_ready(&mut s)).await??;
+    assert_eq!(rows, 20_000);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_router_serves_psql_tokio_postgres_and_cancel() -> anyhow::Result<()> {
     let cluster = TestCluster::start(one_shard()).await?;
@@ -210,6 +261,8 @@ async fn tls_router_serves_psql_tokio_postgres_and_cancel() -> anyhow::Result<()
         .await?
         .get(0);
     assert_eq!(big.len(), 3_000_000);
+
+    slow_reader_gets_everything(&router, &cert).await?;
 
     // TLS stays optional: a plain client on the same router is served too.
     let plain = router.connect().await?;
