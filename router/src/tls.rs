@@ -27,11 +27,12 @@ pub use tokio_rustls::TlsAcceptor;
 /// Why the TLS settings cannot be used. Each message names the config key and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsConfigError {
-    #[error("router.{key}: cannot read `{path}`: {source}")]
+    /// The I/O error is in the message, not a `source`, so it is printed once.
+    #[error("router.{key}: cannot read `{path}`: {error}")]
     Read {
         key: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("router.{key}: `{path}` holds no PEM {what}")]
     Empty {
@@ -113,10 +114,10 @@ pub fn load(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsConfigE
 }
 
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsConfigError> {
-    std::fs::read(path).map_err(|source| TlsConfigError::Read {
+    std::fs::read(path).map_err(|error| TlsConfigError::Read {
         key,
         path: path.to_owned(),
-        source,
+        error,
     })
 }
 
@@ -191,6 +192,41 @@ mod tests {
         }
     }
 
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key_pair.serialize_pem()).expect("write");
+        (c, k)
+    }
+
+    #[test]
+    fn a_pair_loads_and_a_mismatched_key_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert_a, key_a) = write_pair(dir.path(), "a");
+        let (_, key_b) = write_pair(dir.path(), "b");
+        assert!(matches!(acceptor(&config(&cert_a, &key_a)), Ok(Some(_))));
+        let text = acceptor(&config(&cert_a, &key_b))
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(text.starts_with("router.tls_key: `"), "{text}");
+        assert!(text.contains("b.key") && text.contains("a.crt"), "{text}");
+    }
+
+    #[test]
+    fn half_set_is_refused() {
+        let c = RouterConfig {
+            tls_cert: Some("/x.crt".into()),
+            ..RouterConfig::default()
+        };
+        assert!(matches!(acceptor(&c), Err(TlsConfigError::HalfSet)));
+    }
+
     #[test]
     fn not_configured_is_none() {
         assert!(matches!(acceptor(&RouterConfig::default()), Ok(None)));
@@ -232,15 +268,14 @@ mod tests {
         use tokio_rustls::rustls::pki_types::ServerName;
         use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
-        let rcgen::CertifiedKey { cert, key_pair } =
-            rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
         let dir = tempfile::tempdir().expect("tempdir");
-        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        std::fs::write(&cert_path, cert.pem()).expect("write");
-        std::fs::write(&key_path, key_pair.serialize_pem()).expect("write");
+        let (cert_path, key_path) = write_pair(dir.path(), "server");
         let acceptor = load(&cert_path, &key_path).expect("acceptor");
         let mut roots = RootCertStore::empty();
-        roots.add(cert.der().clone()).expect("root");
+        let pem = std::fs::read(&cert_path).expect("read");
+        roots
+            .add(CertificateDer::from_pem_slice(&pem).expect("pem"))
+            .expect("root");
         let client_config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("versions")
