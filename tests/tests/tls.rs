@@ -1,7 +1,8 @@
 //! TLS between clients and the router (SPEC §6, "SSL negotiation"): a self-signed
 //! certificate made at test time with rcgen, a router with `router.tls_cert` /
 //! `router.tls_key`, and real clients: psql (libpq) with `sslmode=require` and
-//! tokio-postgres with rustls. Also: a router without TLS refuses `sslmode=require` and
+//! tokio-postgres with rustls; a client that stops reading in the middle of a large
+//! answer still gets all of it. Also: a router without TLS refuses `sslmode=require` and
 //! serves `sslmode=prefer` in the clear; CancelRequest reaches a query running over TLS,
 //! whether the cancel comes in the clear or over TLS; bad negotiation (SSLRequest twice,
 //! bytes after SSLRequest, garbage instead of a TLS handshake) ends only that
