@@ -178,7 +178,10 @@ pub struct RouterConfig {
     /// `md5` or `scram-sha-256`.
     pub auth: String,
     pub users: Vec<UserConfig>,
-    /// PEM certificate and key: when both are set, the router accepts TLS.
+    /// PEM certificate (chain) and private key (PKCS#8, PKCS#1 or SEC1): when both are
+    /// set, the router answers SSLRequest with `S` and serves that client over TLS;
+    /// without them it answers `N`. The router reads the files at startup and refuses
+    /// to start if either cannot be used (the message names the key and the path).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// How often to re-check the catalog version, in milliseconds (besides NOTIFY).

@@ -13,6 +13,7 @@
 //! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
 //! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows);
 //! - [`admin`]: the `pgshard` admin console;
+//! - [`tls`]: the rustls acceptor for clients that ask for TLS (SSLRequest);
 //! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions;
 //! - `refcheck`: column defaults in writes to reference tables (refused unless constant).
 //!
@@ -31,6 +32,7 @@ mod refcheck;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod twopc;
 
 pub use catalog_watch::{CatalogHandle, CatalogSource};

@@ -2,6 +2,10 @@
 //! runs one tracked task per connection with a cancellation token passed down
 //! (mini-redis style). Shutdown stops accepting, tells every session, and waits for them
 //! (bounded).
+//!
+//! A plain TCP client runs on the socket's owned halves; a client that negotiated TLS
+//! runs on the two halves of a [`tokio::io::split`] TLS stream. The session code is
+//! generic over both, so the plain path pays nothing for TLS being possible.
 
 use crate::auth::ScramSecret;
 use crate::backend::pool::PoolSettings;
@@ -13,6 +17,7 @@ use crate::session::error::SessionError;
 use crate::session::startup::{greeting, handshake, Handshake};
 use crate::session::vars::SessionVars;
 use crate::session::Session;
+use crate::tls::{ServerTls, TlsAcceptor, TlsConfigError};
 use crate::twopc::{CatalogLog, Coordinator, Faults, RouterId};
 use bytes::BytesMut;
 use pgshard_catalog::config::RouterConfig;
@@ -20,7 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -33,11 +38,31 @@ pub const ADMIN_DATABASE: &str = "pgshard";
 /// How long a client may take to finish startup and authentication.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// TLS for clients. Only `Disabled` exists yet: SSLRequest is answered `N`. A rustls
-/// acceptor goes here; `session::startup::handshake` is where the stream gets wrapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// TLS for clients: with `router.tls_cert` and `router.tls_key` SSLRequest is answered
+/// `S` and the session runs over TLS; without them it is answered `N`.
+#[derive(Clone)]
 pub enum TlsMode {
     Disabled,
+    Enabled(TlsAcceptor),
+}
+
+impl TlsMode {
+    /// Loads the certificate and key named in `config` (errors name the key and file).
+    pub fn from_config(config: &RouterConfig) -> Result<TlsMode, TlsConfigError> {
+        Ok(match crate::tls::acceptor(config)? {
+            Some(a) => TlsMode::Enabled(a),
+            None => TlsMode::Disabled,
+        })
+    }
+}
+
+impl std::fmt::Debug for TlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsMode::Disabled => "Disabled",
+            TlsMode::Enabled(_) => "Enabled",
+        })
+    }
 }
 
 /// Everything sessions share.
@@ -111,10 +136,15 @@ pub struct Router {
 
 impl Router {
     /// Binds `config.listen` (port 0 picks a free port; see [`Router::local_addr`]).
+    /// The TLS certificate and key, when configured, are loaded first: a file that
+    /// cannot be used fails here, with the config key and path in the message.
     pub async fn bind(config: RouterConfig, catalog: CatalogHandle) -> std::io::Result<Router> {
+        let tls = TlsMode::from_config(&config).map_err(invalid_input)?;
         let listener = TcpListener::bind(&config.listen).await?;
+        let mut ctx = RouterCtx::new(config, catalog);
+        ctx.tls = tls;
         Ok(Router {
-            ctx: Arc::new(RouterCtx::new(config, catalog)),
+            ctx: Arc::new(ctx),
             listener,
         })
     }
@@ -126,10 +156,11 @@ impl Router {
         catalog: CatalogHandle,
         catalog_conninfo: &str,
     ) -> std::io::Result<Router> {
-        let twopc = TwoPc::new(catalog_conninfo)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = TlsMode::from_config(&config).map_err(invalid_input)?;
+        let twopc = TwoPc::new(catalog_conninfo).map_err(invalid_input)?;
         let listener = TcpListener::bind(&config.listen).await?;
         let mut ctx = RouterCtx::new(config, catalog);
+        ctx.tls = tls;
         ctx.twopc = Some(twopc);
         Ok(Router {
             ctx: Arc::new(ctx),
@@ -184,7 +215,16 @@ impl Router {
     }
 }
 
-/// One client connection, from the first byte to the close.
+fn invalid_input<E>(e: E) -> std::io::Error
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+}
+
+/// One client connection, from the first byte to the close: startup on the socket's
+/// owned halves, and on an accepted SSLRequest the TLS handshake and the rest of startup
+/// over TLS. The whole startup, TLS included, has [`STARTUP_TIMEOUT`].
 async fn serve_client(
     ctx: Arc<RouterCtx>,
     stream: TcpStream,
@@ -193,14 +233,59 @@ async fn serve_client(
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
+    let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+    let max_message = ctx.config.max_message_bytes as usize;
     let (r, mut w) = stream.into_split();
-    let mut reader = FrameReader::new(r, ctx.config.max_message_bytes as usize);
+    let mut reader = FrameReader::new(r, max_message);
     let mut out = BytesMut::with_capacity(16 * 1024);
-    let hs = tokio::time::timeout(
-        STARTUP_TIMEOUT,
-        handshake(&ctx, &mut reader, &mut w, &mut out),
+    let hs = tokio::time::timeout_at(
+        deadline,
+        handshake(&ctx, &mut reader, &mut w, &mut out, false),
     )
     .await;
+    let acceptor = match hs {
+        Ok(Ok(Handshake::StartTls(acceptor))) => acceptor,
+        hs => return start_session(ctx, hs, reader, w, out, addr, permit, shutdown).await,
+    };
+    // `handshake` answered `S` only with nothing buffered, so no byte is lost here.
+    let (r, _) = reader.into_parts();
+    let Ok(tcp) = r.reunite(w) else {
+        return;
+    };
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            // Garbage or a failed handshake after `S`: nothing can be said in the clear.
+            tracing::debug!(%addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let (r, mut w) = tokio::io::split(ServerTls::new(tls));
+    let mut reader = FrameReader::new(r, max_message);
+    let hs = tokio::time::timeout_at(
+        deadline,
+        handshake(&ctx, &mut reader, &mut w, &mut out, true),
+    )
+    .await;
+    start_session(ctx, hs, reader, w, out, addr, permit, shutdown).await
+}
+
+/// After startup: the error, or the greeting and the session (or the admin console).
+#[allow(clippy::too_many_arguments)]
+async fn start_session<R, W>(
+    ctx: Arc<RouterCtx>,
+    hs: Result<Result<Handshake, SessionError>, tokio::time::error::Elapsed>,
+    reader: FrameReader<R>,
+    mut w: W,
+    mut out: BytesMut,
+    addr: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let fail = |e: SessionError, out: &mut BytesMut| {
         let mut b = BytesMut::new();
         e.encode(&mut b);
@@ -212,11 +297,13 @@ async fn serve_client(
             database,
             params,
         })) => (user, database, params),
-        Ok(Ok(Handshake::Done)) => return,
+        // `StartTls` comes only from a plaintext handshake, which the caller handles.
+        Ok(Ok(Handshake::Done | Handshake::StartTls(_))) => return,
         Ok(Err(e)) => {
             tracing::debug!(%addr, error = %e, "startup failed");
             fail(e, &mut out);
             let _ = w.write_all(&out).await;
+            let _ = w.flush().await;
             return;
         }
         Err(_) => return,
@@ -224,6 +311,7 @@ async fn serve_client(
     if permit.is_none() {
         fail(SessionError::TooManyClients, &mut out);
         let _ = w.write_all(&out).await;
+        let _ = w.flush().await;
         return;
     }
     let registration = ctx.clients.register(&user, &database, Some(addr));
@@ -242,6 +330,7 @@ async fn serve_client(
                 tracing::info!(error = %e, "no shard connection for the new client");
                 fail(e, &mut out);
                 let _ = w.write_all(&out).await;
+                let _ = w.flush().await;
                 return;
             }
         }

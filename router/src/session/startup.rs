@@ -2,6 +2,15 @@
 //! StartupMessage, authentication against `router.auth` / `router.users`, then the
 //! greeting (AuthenticationOk, ParameterStatus of a real shard, BackendKeyData,
 //! ReadyForQuery). CancelRequest packets are served here too.
+//!
+//! TLS (SPEC §6): an SSLRequest is answered `S` when the router has a certificate
+//! ([`TlsMode::Enabled`]) and `N` otherwise; after `S` [`handshake`] returns
+//! [`Handshake::StartTls`], the caller runs the TLS handshake on the socket and calls
+//! [`handshake`] again over the encrypted stream. As in PostgreSQL, each negotiation may
+//! happen once per connection, and a client may not send bytes after its SSLRequest
+//! before reading the answer (they would be plaintext spliced into the TLS session; see
+//! CVE-2021-23214). GSSENCRequest is always answered `N`. A CancelRequest may come in
+//! the clear (libpq's `PQcancel`) or over TLS (tokio-postgres, libpq 17).
 
 use super::error::SessionError;
 use crate::auth::{md5_matches, ScramExchange, SCRAM_SHA_256};
@@ -21,6 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 pub enum Handshake {
     /// A CancelRequest (served) or a connection closed before startup.
     Done,
+    /// The client asked for TLS and was answered `S`: the caller wraps the socket with
+    /// this acceptor and calls [`handshake`] again with `encrypted` set.
+    StartTls(crate::tls::TlsAcceptor),
     Session {
         user: String,
         database: String,
@@ -34,37 +46,69 @@ async fn send<W: AsyncWrite + Unpin>(w: &mut W, out: &mut BytesMut) -> Result<()
     r.map_err(|e| SessionError::Protocol(ProtocolError::Io(e)))
 }
 
-/// Reads the startup packet(s) and authenticates. On failure, `out` may hold messages to
-/// send before the error.
+/// The one-byte answer to SSLRequest or GSSENCRequest.
+async fn answer<W: AsyncWrite + Unpin>(w: &mut W, byte: u8) -> Result<(), SessionError> {
+    w.write_all(&[byte])
+        .await
+        .map_err(|e| SessionError::Protocol(ProtocolError::Io(e)))
+}
+
+/// Reads the startup packet(s) and authenticates. `encrypted` says that TLS is already
+/// running on this connection. On failure, `out` may hold messages to send before the
+/// error.
 pub async fn handshake<R, W>(
     ctx: &RouterCtx,
     reader: &mut FrameReader<R>,
     writer: &mut W,
     out: &mut BytesMut,
+    encrypted: bool,
 ) -> Result<Handshake, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let mut ssl_done = encrypted;
+    let mut gss_done = encrypted;
     let (minor, params) = loop {
         let Some(body) = reader.read_startup().await? else {
             return Ok(Handshake::Done);
         };
         match StartupPacket::decode(&body)? {
+            StartupPacket::SslRequest if ssl_done => {
+                return Err(ProtocolError::malformed(
+                    "SSLRequest",
+                    "SSL negotiation was already done on this connection",
+                )
+                .into())
+            }
             StartupPacket::SslRequest => {
-                match ctx.tls {
-                    // TLS hook: with a configured acceptor, answer 'S' and wrap the stream
-                    // here before reading on.
-                    TlsMode::Disabled => writer
-                        .write_all(b"N")
-                        .await
-                        .map_err(|e| SessionError::Protocol(ProtocolError::Io(e)))?,
+                ssl_done = true;
+                match &ctx.tls {
+                    TlsMode::Enabled(acceptor) => {
+                        if reader.buffered() > 0 {
+                            return Err(ProtocolError::malformed(
+                                "SSLRequest",
+                                "received unencrypted data after SSL request",
+                            )
+                            .into());
+                        }
+                        answer(writer, b'S').await?;
+                        return Ok(Handshake::StartTls(acceptor.clone()));
+                    }
+                    TlsMode::Disabled => answer(writer, b'N').await?,
                 }
             }
-            StartupPacket::GssEncRequest => writer
-                .write_all(b"N")
-                .await
-                .map_err(|e| SessionError::Protocol(ProtocolError::Io(e)))?,
+            StartupPacket::GssEncRequest if gss_done => {
+                return Err(ProtocolError::malformed(
+                    "GSSENCRequest",
+                    "GSSAPI negotiation was already done on this connection",
+                )
+                .into())
+            }
+            StartupPacket::GssEncRequest => {
+                gss_done = true;
+                answer(writer, b'N').await?;
+            }
             StartupPacket::Cancel { pid, secret } => {
                 for t in ctx.clients.cancel_targets(pid, secret) {
                     if let Err(e) = t.cancel().await {
