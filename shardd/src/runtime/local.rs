@@ -474,9 +474,9 @@ impl LocalProcess {
         self.prepare_std(&mut cmd, &dir);
         {
             use std::os::unix::process::CommandExt;
-            // Its own process group, so `kill` can take backends down with the
-            // postmaster, and a terminal's Ctrl-C reaches us (and then them, through
-            // the death signal) rather than racing us.
+            // Its own process group, so a terminal's Ctrl-C reaches us (and then it,
+            // through the death signal) rather than racing us. (Its children are in
+            // sessions of their own; `kill` finds them through `proctree`.)
             cmd.process_group(0);
         }
         cmd.arg("-D")

@@ -186,13 +186,19 @@ pub(crate) async fn kill_instance(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+    // Every process ever found stays on the list until it is gone: a dying process
+    // may no longer show up in a scan (its working directory is released early in
+    // exit, and its parent changes once the postmaster is gone) while it still holds
+    // the shared memory.
     let mut signalled = BTreeSet::new();
+    let mut left = BTreeSet::new();
     let mut delay = Duration::from_millis(2);
     loop {
-        let mut left = instance_children(postmaster, data_dir);
-        for p in &left {
+        let found = instance_children(postmaster, data_dir);
+        for p in &found {
             p.signal(Signal::SIGKILL);
         }
+        left.extend(found);
         if let Some(pm) = postmaster.filter(Proc::alive) {
             pm.signal(Signal::SIGKILL);
             left.insert(pm);
