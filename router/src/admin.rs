@@ -68,7 +68,23 @@ pub async fn serve<R, W>(
             out.clear();
         }
         let frame = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                encode_error(
+                    &mut out,
+                    b'E',
+                    "FATAL",
+                    "57P01",
+                    "terminating connection due to administrator command",
+                    None,
+                    None,
+                );
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    w.write_all(&out),
+                )
+                .await;
+                return;
+            }
             f = reader.read_frame() => match f {
                 Ok(Some(f)) => f,
                 _ => return,

@@ -35,6 +35,11 @@ use tracing::Instrument;
 /// The client database name that opens the admin console (SPEC §12).
 pub const ADMIN_DATABASE: &str = "pgshard";
 
+/// How long shutdown waits for sessions to end: sessions in a transaction get
+/// [`crate::session::SHUTDOWN_GRACE`], then a moment to send their goodbye and cancel
+/// their backend.
+const SESSIONS_WAIT: Duration = Duration::from_secs(5);
+
 /// How long a client may take to finish startup and authentication.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -176,7 +181,8 @@ impl Router {
         self.ctx.clone()
     }
 
-    /// Serves until `shutdown`, then waits (at most 5 s) for sessions to end.
+    /// Serves until `shutdown`, then waits (at most [`SESSIONS_WAIT`]) for sessions to
+    /// end.
     pub async fn serve(self, shutdown: CancellationToken) {
         let limit = Arc::new(Semaphore::new(self.ctx.config.max_clients.max(1) as usize));
         let tracker = TaskTracker::new();
@@ -203,7 +209,7 @@ impl Router {
             });
         }
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        if tokio::time::timeout(SESSIONS_WAIT, tracker.wait())
             .await
             .is_err()
         {

@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 const PID_FILE: &str = "router.pid";
 const LOG_FILE: &str = "router.log";
 const CONFIG_FILE: &str = "router.toml";
+/// How long a stopping router may take before it is SIGKILLed: above the router's own
+/// shutdown grace for sessions in a transaction.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The running router, as far as the supervisor knows.
 #[derive(Debug, Clone, Default)]
@@ -58,11 +61,36 @@ async fn stop_orphan(data_dir: &Path) {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     if alive(pid) && String::from_utf8_lossy(&cmdline).contains("pgshard-router") {
         tracing::warn!(pid, "stopping a router left by a previous shardd");
-        terminate(pid, Duration::from_secs(10)).await;
+        terminate(pid, STOP_GRACE).await;
     }
     let _ = std::fs::remove_file(path);
 }
 
+/// SIGTERM our own router child and wait for it to exit (reaping it), SIGKILL after
+/// `grace`. Waiting on the child, not polling `kill(pid, 0)`: an exited child stays a
+/// zombie until it is reaped, and `kill(pid, 0)` succeeds on a zombie, so polling it
+/// from the reaper itself waited out the whole grace period on every stop.
+async fn terminate_child(child: &mut tokio::process::Child, grace: Duration) {
+    let started = Instant::now();
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => {
+            tracing::info!(?status, elapsed = ?started.elapsed(), "router exited");
+        }
+        Err(_) => {
+            tracing::warn!(?grace, "router ignored SIGTERM; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// SIGTERM a router that is not our child (it is reaped by init, so `kill(pid, 0)`
+/// tells when it is gone), SIGKILL after `grace`.
 async fn terminate(pid: i32, grace: Duration) {
     let target = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
@@ -179,10 +207,7 @@ pub async fn supervise(
                     }
                 }
                 _ = stop.cancelled() => {
-                    if let Some(pid) = child.id() {
-                        terminate(pid as i32, Duration::from_secs(10)).await;
-                    }
-                    let _ = child.wait().await;
+                    terminate_child(&mut child, STOP_GRACE).await;
                     break;
                 }
             }

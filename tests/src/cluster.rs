@@ -3,8 +3,6 @@
 //! a temporary directory on free ports, with the Owned process lifecycle.
 
 use anyhow::Context;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use pgshard_catalog::config::{Durability, TableConfig};
 use pgshard_catalog::{Catalog, Config};
 use pgshard_shardd::cluster::Cluster;
@@ -68,31 +66,6 @@ impl TestClusterOptions {
         config.router.listen = "127.0.0.1:0".into();
         config
     }
-}
-
-/// `/proc/<pid>/stat` split after the command name: `[state, ppid, …]`.
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(str::to_string).collect())
-}
-
-/// The processes whose parent is `parent`.
-fn children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| {
-            stat_fields(pid).is_some_and(|f| f.get(1).and_then(|p| p.parse().ok()) == Some(parent))
-        })
-        .collect()
-}
-
-/// True while `pid` exists and is not a zombie (a zombie holds no memory any more).
-fn running(pid: i32) -> bool {
-    stat_fields(pid).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
 }
 
 /// A running cluster, stopped (and its directory removed) on drop.
@@ -236,37 +209,14 @@ impl TestCluster {
     }
 
     /// SIGKILL instance `name` and every backend it runs, as a crash would, keeping its
-    /// data; returns once none of them holds the shared memory any more, so the
-    /// instance can start again at once.
-    ///
-    /// The runtime's own kill signals the postmaster's process group, but PostgreSQL's
-    /// children call `setsid()` and are not in it: they would exit only when they notice
-    /// the postmaster is gone, and a restart before that fails with "pre-existing shared
-    /// memory block is still in use". So the postmaster is stopped first (no new
-    /// children), its children are killed, then the postmaster.
+    /// data. The runtime's kill returns once none of the instance's processes is left,
+    /// so the instance can start again at once.
     pub async fn kill_node(&self, name: &str) -> anyhow::Result<()> {
         let spec = self.spec(name)?;
-        let mut children = Vec::new();
-        if let Some(pid) = self.runtime.pid(&spec).await? {
-            let pm = i32::try_from(pid).context("pid out of range")?;
-            let _ = kill(Pid::from_raw(pm), Signal::SIGSTOP);
-            children = children_of(pm);
-            for &child in &children {
-                let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
-            }
-        }
         self.runtime
             .kill(&spec)
             .await
-            .with_context(|| format!("killing {name}"))?;
-        let started = Instant::now();
-        while children.iter().any(|&c| running(c)) {
-            if started.elapsed() > Duration::from_secs(30) {
-                anyhow::bail!("backends of {name} still running after SIGKILL: {children:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+            .with_context(|| format!("killing {name}"))
     }
 
     /// Start instance `name` again (after [`TestCluster::kill_node`] or a stop) and wait

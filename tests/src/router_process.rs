@@ -203,6 +203,24 @@ impl RouterProcess {
         Ok(())
     }
 
+    /// Poll until the router has exited, for at most `timeout`; its exit status, or
+    /// `None` if it is still running.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if started.elapsed() > timeout {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGKILL the router and reap it.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_none() {

@@ -193,8 +193,12 @@ async fn up_status_down_up_destroy() -> anyhow::Result<()> {
 
     let pids = postmaster_pids(&data_dir);
     assert_eq!(pids.len(), 5, "one postmaster per instance: {pids:?}");
+    let started = Instant::now();
     let out = pgshard(&["down"], &data_dir)?;
     assert!(out.status.success(), "down: {}", text(&out));
+    // Diagnostic only (SPEC §14: no timed tests); it used to be ~10 s, the router's
+    // whole stop grace.
+    eprintln!("pgshard down: {:.1}s", started.elapsed().as_secs_f64());
     let left: Vec<i32> = pids.into_iter().filter(|p| alive(*p)).collect();
     assert!(
         left.is_empty(),

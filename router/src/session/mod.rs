@@ -54,6 +54,11 @@ use vars::SessionVars;
 /// Output buffered beyond this is written before more is read (back-pressure).
 const HIGH_WATER: usize = 256 * 1024;
 
+/// How long a session inside a transaction may go on after the router is told to shut
+/// down before it is ended with FATAL 57P01 (sessions between transactions end at
+/// once). Below the listener's wait for sessions and shardd's SIGKILL grace.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A client's prepared statement (protocol level).
 pub struct Stmt {
     pub key: Arc<StmtKey>,
@@ -218,10 +223,16 @@ pub struct Session<R, W> {
     pub(crate) shard_override: Option<(ShardId, bool)>,
     pub(crate) closing: bool,
     shutdown: CancellationToken,
+    /// Set when the router shuts down while this session is inside a transaction:
+    /// the transaction may finish until then, and the session ends at the first point
+    /// between transactions or at the deadline, whichever comes first.
+    shutdown_deadline: Option<tokio::time::Instant>,
 }
 
 enum Event {
     Shutdown,
+    /// The shutdown grace of a session in a transaction is over.
+    GraceOver,
     Backend(Result<Frame, crate::backend::BackendError>),
     Client(Result<Option<Frame>, ProtocolError>),
     BackendWrote(std::io::Result<usize>),
@@ -274,6 +285,7 @@ where
             shard_override: None,
             closing: false,
             shutdown,
+            shutdown_deadline: None,
         }
     }
 
@@ -306,6 +318,10 @@ where
             if self.closing && self.out.is_empty() {
                 return Ok(());
             }
+            if self.shutdown_deadline.is_some() && !self.closing && self.between_transactions() {
+                self.terminate_for_shutdown();
+                continue;
+            }
             if self.deferred.is_some()
                 && self.attached.as_ref().is_none_or(|a| a.expects.is_empty())
             {
@@ -336,15 +352,22 @@ where
                 let out = &self.out;
                 let shutdown = &self.shutdown;
                 let closing = self.closing;
+                let deadline = self.shutdown_deadline;
                 tokio::select! {
                     biased;
-                    _ = shutdown.cancelled(), if !closing => Event::Shutdown,
+                    _ = shutdown.cancelled(), if !closing && deadline.is_none() => Event::Shutdown,
+                    _ = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    }, if !closing && deadline.is_some() => Event::GraceOver,
                     r = async {
                         match b_read {
                             Some(r) => r.read_frame().await,
                             None => std::future::pending().await,
                         }
-                    }, if has_backend && !out_full => Event::Backend(match r {
+                    }, if has_backend && !out_full && !closing => Event::Backend(match r {
                         Ok(Some(f)) => Ok(f),
                         Ok(None) => Err(crate::backend::BackendError::Closed { addr: String::new() }),
                         Err(e) => Err(crate::backend::BackendError::Protocol { addr: String::new(), source: e }),
@@ -355,27 +378,26 @@ where
                             Some((w, o, _)) => w.write(&o[..]).await,
                             None => std::future::pending().await,
                         }
-                    }, if b_has_out => Event::BackendWrote(r),
+                    }, if b_has_out && !closing => Event::BackendWrote(r),
                     r = writer.write(&out[..]), if !out.is_empty() => Event::ClientWrote(r),
                 }
             };
             match event {
                 Event::Shutdown => {
-                    if self.attached.is_none() {
-                        crate::protocol::backend::encode_error(
-                            &mut self.out,
-                            b'E',
-                            "FATAL",
-                            "57P01",
-                            "terminating connection due to administrator command",
-                            None,
-                            None,
-                        );
-                        self.closing = true;
-                        // Let the loop flush the message; reads are off from here.
-                        continue;
+                    if self.between_transactions() {
+                        self.terminate_for_shutdown();
+                    } else {
+                        // Like PostgreSQL's smart shutdown, for a bounded time: the
+                        // transaction may commit or roll back, then the session ends.
+                        tracing::info!(grace = ?SHUTDOWN_GRACE, "shutting down: waiting for the transaction to end");
+                        self.shutdown_deadline = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
                     }
-                    return Ok(());
+                }
+                Event::GraceOver => {
+                    // Like fast shutdown: the open transaction is rolled back (the
+                    // backend is cancelled and closed, never pooled dirty).
+                    tracing::info!("shutting down: transaction still open after the grace period; terminating the session");
+                    self.terminate_for_shutdown();
                 }
                 Event::Backend(Ok(frame)) => self.on_backend_frame(frame)?,
                 Event::Backend(Err(e)) => {
@@ -414,6 +436,37 @@ where
                 Event::ClientWrote(_) => return Ok(()),
             }
         }
+    }
+
+    /// True when no transaction is open and nothing is outstanding: the session can end
+    /// without losing anything the client started.
+    fn between_transactions(&self) -> bool {
+        self.parked.is_empty()
+            && self.virtual_txn.is_none()
+            && self.deferred.is_none()
+            && self
+                .attached
+                .as_ref()
+                .is_none_or(|a| a.expects.is_empty() && a.conn.status == b'I')
+    }
+
+    /// FATAL 57P01, as PostgreSQL sends when shut down. `out` holds whole messages only,
+    /// so it can follow a partial answer; from here the loop reads neither the client
+    /// nor the backend, flushes `out` and ends the session, and the backend (if still
+    /// busy) is cancelled and closed, never pooled.
+    fn terminate_for_shutdown(&mut self) {
+        let mut b = BytesMut::new();
+        crate::protocol::backend::encode_error(
+            &mut b,
+            b'E',
+            "FATAL",
+            "57P01",
+            "terminating connection due to administrator command",
+            None,
+            None,
+        );
+        self.out.extend_from_slice(&b);
+        self.closing = true;
     }
 
     /// Returns or discards the attached backend at the end of the session; a backend

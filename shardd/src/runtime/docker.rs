@@ -1104,7 +1104,12 @@ impl NodeRuntime for DockerRuntime {
             Err(e) if matches!(status_code(&e), Some(404) | Some(409)) => {}
             Err(e) => return Err(engine_err(format!("kill {name}"))(e)),
         }
-        // The kill is asynchronous: wait until the engine has seen the exit.
+        // The kill is asynchronous: wait until the engine has seen the exit. Unlike a
+        // local postmaster (see `proctree`), nothing of the instance can survive it:
+        // SIGKILL to the container's PID 1 (docker-init) makes the kernel kill every
+        // process in its PID namespace, and the container is not reported exited until
+        // they are all gone; its shared memory lives in the container's own IPC
+        // namespace besides.
         let waited = Duration::from_secs(10);
         let mut wait = self.docker.wait_container(
             &name,

@@ -17,6 +17,7 @@
 //! to running instances), and *Owned* for tests, where the postmaster is our child and
 //! dies with us.
 
+use super::proctree::{self, Proc};
 use super::supervisor::{OwnedChild, Supervisor};
 use super::{pgconf, NodeRuntime, NodeSpec, Readiness, RuntimeError, SUPERUSER};
 use async_trait::async_trait;
@@ -34,6 +35,9 @@ use std::time::{Duration, Instant};
 pub const PG_MAJOR: u32 = 15;
 /// Where Debian's `postgresql-15` package installs the server binaries.
 const DEBIAN_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// How long `kill` waits for an instance's processes to be gone.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who owns the postmaster process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -397,6 +401,65 @@ impl LocalProcess {
         true
     }
 
+    /// Kill what is left of an instance whose postmaster died without cleaning up
+    /// (a `kill -9` from outside, an OOM kill): its backends run on, attached to the old
+    /// shared memory, until they notice, and until then PostgreSQL refuses to start on
+    /// this data directory. A stale `postmaster.pid` is the sign of such a death (a
+    /// clean shutdown removes it); only then are the directory's processes touched.
+    async fn reap_orphans(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
+        let data = Self::data_key(spec)?;
+        if !data.join("postmaster.pid").exists() {
+            return Ok(());
+        }
+        let killed = proctree::kill_instance(None, &data, KILL_TIMEOUT).await;
+        // The dead postmaster itself may still be a zombie that blocks the lock file.
+        let zombie = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+            .and_then(Proc::of)
+            .filter(|p| !p.alive());
+        if let Some(pm) = zombie {
+            if !self.wait_reaped(spec, pm, KILL_TIMEOUT).await {
+                tracing::warn!(node = %spec.name, pid = pm.pid, "the dead postmaster has not been reaped");
+            }
+        }
+        if !killed.left.is_empty() {
+            return Err(RuntimeError::Spec {
+                node: spec.name.clone(),
+                message: format!(
+                    "processes of a previous server still run on {}: {:?}",
+                    data.display(),
+                    killed.left
+                ),
+            });
+        }
+        if killed.signalled > 0 {
+            tracing::warn!(node = %spec.name, processes = killed.signalled, "killed the orphaned processes of a dead postmaster");
+        }
+        Ok(())
+    }
+
+    /// Wait until the dead postmaster `pm` has been reaped: by the supervisor when we
+    /// own it, else by init (or by us, if it was reparented to us); `false` on timeout.
+    async fn wait_reaped(&self, spec: &NodeSpec, pm: Proc, timeout: Duration) -> bool {
+        if let Some(child) = self.owned_child(spec).filter(|c| c.pid == pm.pid) {
+            return child.wait_exit(timeout).await;
+        }
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(1);
+        loop {
+            pm.reap_if_ours();
+            if !pm.exists() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+
     async fn start_owned(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
         let supervisor = self
             .supervisor
@@ -411,9 +474,9 @@ impl LocalProcess {
         self.prepare_std(&mut cmd, &dir);
         {
             use std::os::unix::process::CommandExt;
-            // Its own process group, so `kill` can take backends down with the
-            // postmaster, and a terminal's Ctrl-C reaches us (and then them, through
-            // the death signal) rather than racing us.
+            // Its own process group, so a terminal's Ctrl-C reaches us (and then it,
+            // through the death signal) rather than racing us. (Its children are in
+            // sessions of their own; `kill` finds them through `proctree`.)
             cmd.process_group(0);
         }
         cmd.arg("-D")
@@ -573,6 +636,7 @@ impl NodeRuntime for LocalProcess {
                 message: format!("no data in {}", spec.data_dir().display()),
             });
         }
+        self.reap_orphans(spec).await?;
         self.write_config(spec)?;
         match self.opts.lifecycle {
             ProcessLifecycle::Owned => self.start_owned(spec).await,
@@ -617,35 +681,29 @@ impl NodeRuntime for LocalProcess {
     }
 
     async fn kill(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
-        let Some(pid) = self.pid(spec).await? else {
-            return Ok(());
-        };
-        if let Some(p) = to_pid(pid) {
-            // The postmaster leads its own process group (pg_ctl calls setsid; we spawn
-            // owned postmasters with process_group(0)): kill backends with it, as a
-            // container kill would, so the data directory is free at once.
-            let leads_group = nix::unistd::getpgid(Some(p)).is_ok_and(|g| g == p);
-            let result = if leads_group {
-                signal::killpg(p, Signal::SIGKILL)
-            } else {
-                signal::kill(p, Signal::SIGKILL)
-            };
-            if let Err(e) = result {
-                if process_alive(pid) {
-                    return Err(RuntimeError::io(
-                        format!("could not kill postgres {pid}"),
-                        e.into(),
-                    ));
-                }
-            }
-        }
-        if !self.wait_gone(spec, pid, Duration::from_secs(10)).await {
+        let data = Self::data_key(spec)?;
+        let postmaster = self.pid(spec).await?.and_then(Proc::of);
+        let started = Instant::now();
+        let killed = proctree::kill_instance(postmaster, &data, KILL_TIMEOUT).await;
+        if !killed.left.is_empty() {
+            tracing::error!(node = %spec.name, pids = ?killed.left, "processes survived SIGKILL");
             return Err(RuntimeError::StopTimeout {
                 node: spec.name.clone(),
-                waited: Duration::from_secs(10),
+                waited: started.elapsed(),
             });
         }
-        tracing::warn!(node = %spec.name, pid, "postgres killed");
+        // Wait until the postmaster is reaped, not just dead: see `Proc::exists`.
+        if let Some(pm) = postmaster {
+            if !self.wait_reaped(spec, pm, KILL_TIMEOUT).await {
+                return Err(RuntimeError::StopTimeout {
+                    node: spec.name.clone(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+        if killed.signalled > 0 {
+            tracing::warn!(node = %spec.name, postmaster = ?postmaster.map(|p| p.pid), processes = killed.signalled, elapsed = ?started.elapsed(), "postgres killed");
+        }
         Ok(())
     }
 

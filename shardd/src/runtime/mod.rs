@@ -14,6 +14,7 @@
 pub mod docker;
 pub mod local;
 pub mod pgconf;
+mod proctree;
 pub mod ready;
 mod supervisor;
 
