@@ -28,6 +28,7 @@ pub mod standalone;
 pub mod wire;
 
 pub use cluster::{TestCluster, TestClusterOptions};
+use pgshard_catalog::config::TableConfig;
 pub use router::TestRouter;
 pub use router_process::RouterProcess;
 pub use standalone::Standalone;
@@ -41,4 +42,37 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// A `[[table]]` distributed by `key` of type `key_type` (e.g. `"bigint"`).
+pub fn distributed(name: &str, key: &str, key_type: &str) -> TableConfig {
+    TableConfig {
+        name: name.into(),
+        shard_key: Some(key.into()),
+        key_type: Some(key_type.into()),
+        kind: None,
+        colocate_with: None,
+    }
+}
+
+/// A `[[table]]` declared as a reference table (a copy on every shard).
+pub fn reference(name: &str) -> TableConfig {
+    TableConfig {
+        name: name.into(),
+        shard_key: None,
+        key_type: None,
+        kind: Some("reference".into()),
+        colocate_with: None,
+    }
+}
+
+/// A test cluster of two shard primaries (no replicas) with `tables` declared.
+pub async fn two_shards(tables: Vec<TableConfig>) -> anyhow::Result<TestCluster> {
+    TestCluster::start(TestClusterOptions {
+        shards: 2,
+        replicas: 0,
+        tables,
+        ..Default::default()
+    })
+    .await
 }

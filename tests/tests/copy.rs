@@ -9,7 +9,7 @@
 use futures::{pin_mut, SinkExt, StreamExt};
 use pgshard_catalog::config::TableConfig;
 use pgshard_catalog::hash;
-use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
+use pgshard_tests::{reference, two_shards, TestCluster, TestRouter};
 use std::io::Cursor;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -21,33 +21,7 @@ const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn distributed(name: &str, key: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: Some(key.into()),
-        key_type: Some("bigint".into()),
-        kind: None,
-        colocate_with: None,
-    }
-}
-
-fn reference(name: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: None,
-        key_type: None,
-        kind: Some("reference".into()),
-        colocate_with: None,
-    }
-}
-
-async fn cluster(tables: Vec<TableConfig>) -> anyhow::Result<TestCluster> {
-    TestCluster::start(TestClusterOptions {
-        shards: 2,
-        replicas: 0,
-        tables,
-        ..Default::default()
-    })
-    .await
+    pgshard_tests::distributed(name, key, "bigint")
 }
 
 async fn one(client: &Client, sql: &str) -> anyhow::Result<String> {
@@ -130,7 +104,7 @@ async fn copy_out(client: &Client, sql: &str) -> anyhow::Result<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out_in_every_format() -> anyhow::Result<()> {
     pgshard_tests::init_tracing();
-    let cluster = cluster(vec![distributed("cp_items", "id"), reference("cp_ref")]).await?;
+    let cluster = two_shards(vec![distributed("cp_items", "id"), reference("cp_ref")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE cp_items (id bigint PRIMARY KEY, v text, n int)")
@@ -330,7 +304,7 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_copies_leave_nothing_behind() -> anyhow::Result<()> {
     pgshard_tests::init_tracing();
-    let cluster = cluster(vec![distributed("cp_err", "id")]).await?;
+    let cluster = two_shards(vec![distributed("cp_err", "id")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE cp_err (id bigint PRIMARY KEY, v text)")
@@ -441,7 +415,7 @@ async fn failed_copies_leave_nothing_behind() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_inside_a_transaction_block() -> anyhow::Result<()> {
     pgshard_tests::init_tracing();
-    let cluster = cluster(vec![distributed("cp_txn", "id")]).await?;
+    let cluster = two_shards(vec![distributed("cp_txn", "id")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE cp_txn (id bigint PRIMARY KEY, v text)")
@@ -521,7 +495,7 @@ fn pgbench_tables() -> Vec<TableConfig> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_init_through_the_router() -> anyhow::Result<()> {
     pgshard_tests::init_tracing();
-    let cluster = cluster(pgbench_tables()).await?;
+    let cluster = two_shards(pgbench_tables()).await?;
     let router = TestRouter::start(&cluster).await?;
     let out = tokio::process::Command::new(format!("{PG_BIN}/pgbench"))
         .args([
@@ -602,7 +576,7 @@ async fn raw_query(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_style_load_in_a_transaction() -> anyhow::Result<()> {
     pgshard_tests::init_tracing();
-    let cluster = cluster(pgbench_tables()).await?;
+    let cluster = two_shards(pgbench_tables()).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query(

@@ -8,37 +8,7 @@ use pgshard_catalog::config::TableConfig;
 use pgshard_catalog::{hash, TableKind};
 use pgshard_tests::diff::{self, parse_corpus};
 use pgshard_tests::wire::WireClient;
-use pgshard_tests::{Standalone, TestCluster, TestClusterOptions, TestRouter};
-
-fn distributed(name: &str, key: &str, key_type: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: Some(key.into()),
-        key_type: Some(key_type.into()),
-        kind: None,
-        colocate_with: None,
-    }
-}
-
-fn reference(name: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: None,
-        key_type: None,
-        kind: Some("reference".into()),
-        colocate_with: None,
-    }
-}
-
-async fn cluster(tables: Vec<TableConfig>) -> anyhow::Result<TestCluster> {
-    TestCluster::start(TestClusterOptions {
-        shards: 2,
-        replicas: 0,
-        tables,
-        ..Default::default()
-    })
-    .await
-}
+use pgshard_tests::{distributed, reference, two_shards, Standalone, TestCluster, TestRouter};
 
 /// Every row of every distributed table is on the shard owning its bucket.
 async fn check_placement(cluster: &TestCluster) -> anyhow::Result<usize> {
@@ -86,7 +56,7 @@ async fn check_placement(cluster: &TestCluster) -> anyhow::Result<usize> {
 }
 
 async fn run_corpus(file: &str, tables: Vec<TableConfig>) -> anyhow::Result<diff::Report> {
-    let cluster = cluster(tables).await?;
+    let cluster = two_shards(tables).await?;
     let router = TestRouter::start(&cluster).await?;
     let plain = Standalone::start().await?;
     let mut p =

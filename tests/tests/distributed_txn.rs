@@ -4,29 +4,13 @@
 //! prepared transaction behind.
 
 use pgshard_catalog::config::TableConfig;
-use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
+use pgshard_tests::{two_shards, TestCluster, TestRouter};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
 
 fn distributed(name: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: Some("id".into()),
-        key_type: Some("bigint".into()),
-        kind: None,
-        colocate_with: None,
-    }
-}
-
-async fn cluster(tables: Vec<TableConfig>) -> anyhow::Result<TestCluster> {
-    TestCluster::start(TestClusterOptions {
-        shards: 2,
-        replicas: 0,
-        tables,
-        ..Default::default()
-    })
-    .await
+    pgshard_tests::distributed(name, "id", "bigint")
 }
 
 /// `SELECT count(*)`-style single value, straight from a shard primary.
@@ -74,7 +58,7 @@ async fn insert_keys(client: &Client, table: &str) -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_on_both_shards_commits_everywhere_or_nowhere() -> anyhow::Result<()> {
-    let cluster = cluster(vec![distributed("dt_kv")]).await?;
+    let cluster = two_shards(vec![distributed("dt_kv")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE dt_kv (id bigint PRIMARY KEY, v text)")
@@ -148,7 +132,7 @@ async fn transaction_on_both_shards_commits_everywhere_or_nowhere() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepoints_in_a_transaction_spanning_shards_are_kept_on_every_shard() -> anyhow::Result<()>
 {
-    let cluster = cluster(vec![distributed("dt_sp")]).await?;
+    let cluster = two_shards(vec![distributed("dt_sp")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE dt_sp (id bigint PRIMARY KEY, v text)")
@@ -226,7 +210,7 @@ async fn column(client: &Client, sql: &str) -> anyhow::Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_and_delete_without_the_key_run_on_every_shard() -> anyhow::Result<()> {
-    let cluster = cluster(vec![distributed("dt_up")]).await?;
+    let cluster = two_shards(vec![distributed("dt_up")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE dt_up (id bigint PRIMARY KEY, v text)")
@@ -296,7 +280,7 @@ async fn reference_table_writes_land_on_every_shard() -> anyhow::Result<()> {
         kind: Some("reference".into()),
         colocate_with: None,
     };
-    let cluster = cluster(vec![distributed("dt_kv2"), reference]).await?;
+    let cluster = two_shards(vec![distributed("dt_kv2"), reference]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE dt_ref (id int PRIMARY KEY, name text)")

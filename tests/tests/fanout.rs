@@ -4,30 +4,18 @@
 //! `SHOW POOLS`), and the router's memory bounded while large answers stream through.
 
 use pgshard_catalog::config::TableConfig;
-use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
+use pgshard_tests::{TestCluster, TestRouter};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The tests of this file measure the process's memory: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn distributed(name: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: Some("id".into()),
-        key_type: Some("bigint".into()),
-        kind: None,
-        colocate_with: None,
-    }
+    pgshard_tests::distributed(name, "id", "bigint")
 }
 
 async fn cluster(table: &str) -> anyhow::Result<TestCluster> {
-    TestCluster::start(TestClusterOptions {
-        shards: 2,
-        replicas: 0,
-        tables: vec![distributed(table)],
-        ..Default::default()
-    })
-    .await
+    pgshard_tests::two_shards(vec![distributed(table)]).await
 }
 
 /// The rows of a simple Query, as text.

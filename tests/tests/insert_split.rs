@@ -6,28 +6,12 @@
 
 use pgshard_catalog::config::TableConfig;
 use pgshard_catalog::{KeyValue, ShardId};
-use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
+use pgshard_tests::{two_shards, TestCluster, TestRouter};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 fn distributed(name: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: Some("id".into()),
-        key_type: Some("bigint".into()),
-        kind: None,
-        colocate_with: None,
-    }
-}
-
-async fn cluster(tables: Vec<TableConfig>) -> anyhow::Result<TestCluster> {
-    TestCluster::start(TestClusterOptions {
-        shards: 2,
-        replicas: 0,
-        tables,
-        ..Default::default()
-    })
-    .await
+    pgshard_tests::distributed(name, "id", "bigint")
 }
 
 /// The shard of a bigint key, and its primary's name.
@@ -113,7 +97,7 @@ fn values(ids: impl IntoIterator<Item = i64>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_row_insert_is_split_and_atomic() -> anyhow::Result<()> {
-    let cluster = cluster(vec![distributed("is_kv")]).await?;
+    let cluster = two_shards(vec![distributed("is_kv")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     c.simple_query("CREATE TABLE is_kv (id bigint PRIMARY KEY, v text)")
@@ -275,7 +259,7 @@ async fn multi_row_insert_is_split_and_atomic() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_without_column_list_follows_the_column_order() -> anyhow::Result<()> {
-    let cluster = cluster(vec![distributed("is_nc")]).await?;
+    let cluster = two_shards(vec![distributed("is_nc")]).await?;
     let router = TestRouter::start(&cluster).await?;
     let c = router.connect().await?;
     // The key is not the first column.

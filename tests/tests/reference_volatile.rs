@@ -4,22 +4,11 @@
 //! `DEFAULT now()`) are refused with 0A000 naming them; allowed writes leave identical
 //! copies on every shard. tokio-postgres through a router on a 2-shard cluster.
 
-use pgshard_catalog::config::TableConfig;
-use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
+use pgshard_tests::{reference, TestCluster, TestClusterOptions, TestRouter};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
-
-fn reference(name: &str) -> TableConfig {
-    TableConfig {
-        name: name.into(),
-        shard_key: None,
-        key_type: None,
-        kind: Some("reference".into()),
-        colocate_with: None,
-    }
-}
 
 /// The refusal's SQLSTATE and message.
 async fn refused(c: &Client, sql: &str) -> (Option<SqlState>, String) {

@@ -369,14 +369,18 @@ impl BackendConn {
         })
     }
 
-    /// Runs SQL with the simple protocol and waits for ReadyForQuery, outside any session
-    /// pipeline (nothing else may be outstanding). Returns the ParameterStatus frames seen,
-    /// which the caller may pass on; an ErrorResponse becomes [`BackendError::Server`].
-    pub async fn run_silent(&mut self, sql: &str) -> Result<Vec<Frame>, BackendError> {
+    /// Runs SQL of the router's own with the simple protocol, outside any session
+    /// pipeline (nothing else may be outstanding), up to ReadyForQuery. ParameterStatus
+    /// is noted; every other frame but ErrorResponse goes to `each`. The first
+    /// ErrorResponse becomes [`BackendError::Server`] once the statement has ended.
+    async fn run_simple(
+        &mut self,
+        sql: &str,
+        mut each: impl FnMut(&mut Self, Frame) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
         encode_query(&mut self.out, sql);
         self.unnamed = None;
         self.flush().await?;
-        let mut params = Vec::new();
         let mut error = None;
         loop {
             let f = self.read().await?;
@@ -385,18 +389,34 @@ impl BackendConn {
                     self.status = decode_ready_status(&f).map_err(|e| self.protocol(e))?;
                     break;
                 }
-                b'E' if error.is_none() => error = Some(self.server_error(f)),
+                b'E' => {
+                    if error.is_none() {
+                        error = Some(self.server_error(f));
+                    }
+                }
                 b'S' => {
                     self.note_parameter(&f);
-                    params.push(f);
+                    each(self, f)?;
                 }
-                _ => {}
+                _ => each(self, f)?,
             }
         }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(params),
-        }
+        error.map_or(Ok(()), Err)
+    }
+
+    /// Runs SQL with the simple protocol and waits for ReadyForQuery, outside any session
+    /// pipeline (nothing else may be outstanding). Returns the ParameterStatus frames seen,
+    /// which the caller may pass on; an ErrorResponse becomes [`BackendError::Server`].
+    pub async fn run_silent(&mut self, sql: &str) -> Result<Vec<Frame>, BackendError> {
+        let mut params = Vec::new();
+        self.run_simple(sql, |_, f| {
+            if f.tag() == b'S' {
+                params.push(f);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(params)
     }
 
     /// Runs one SQL statement of the router's own with the simple protocol, outside any
@@ -406,59 +426,33 @@ impl BackendConn {
         &mut self,
         sql: &str,
     ) -> Result<Vec<Vec<Option<String>>>, BackendError> {
-        encode_query(&mut self.out, sql);
-        self.unnamed = None;
-        self.flush().await?;
         let mut rows = Vec::new();
-        let mut error = None;
-        loop {
-            let f = self.read().await?;
-            match f.tag() {
-                b'Z' => {
-                    self.status = decode_ready_status(&f).map_err(|e| self.protocol(e))?;
-                    break;
-                }
-                b'E' if error.is_none() => error = Some(self.server_error(f)),
-                b'D' => rows.push(decode_data_row_text(&f).map_err(|e| self.protocol(e))?),
-                b'S' => self.note_parameter(&f),
-                _ => {}
+        self.run_simple(sql, |c, f| {
+            if f.tag() == b'D' {
+                rows.push(decode_data_row_text(&f).map_err(|e| c.protocol(e))?);
             }
-        }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(rows),
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
     }
 
     /// Runs SQL of the router's own with the simple protocol, outside any session
     /// pipeline, and returns each statement's command tag (`DELETE 3`).
     pub async fn query_tags(&mut self, sql: &str) -> Result<Vec<String>, BackendError> {
-        encode_query(&mut self.out, sql);
-        self.unnamed = None;
-        self.flush().await?;
         let mut tags = Vec::new();
-        let mut error = None;
-        loop {
-            let f = self.read().await?;
-            match f.tag() {
-                b'Z' => {
-                    self.status = decode_ready_status(&f).map_err(|e| self.protocol(e))?;
-                    break;
-                }
-                b'E' if error.is_none() => error = Some(self.server_error(f)),
-                b'C' => tags.push(
+        self.run_simple(sql, |c, f| {
+            if f.tag() == b'C' {
+                tags.push(
                     decode_command_tag(&f)
-                        .map_err(|e| self.protocol(e))?
+                        .map_err(|e| c.protocol(e))?
                         .to_owned(),
-                ),
-                b'S' => self.note_parameter(&f),
-                _ => {}
+                );
             }
-        }
-        match error {
-            Some(e) => Err(e),
-            None => Ok(tags),
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(tags)
     }
 
     /// True when the connection may go back to the pool.

@@ -10,7 +10,7 @@
 //!
 //! An operation that needs backends on several shards (a transaction spanning shards, a
 //! multi-shard write or read) waits for capacity only for its *first* backend; the
-//! others come from [`Pool::checkout_more`], which may go over the cap instead of
+//! others come from [`Pool::checkout_for`] with `more`, which may go over the cap instead of
 //! waiting. Waiting while holding a backend elsewhere is how sessions deadlock on pools
 //! (A holds shard 2's last backend and waits for shard 1, B the reverse); this way an
 //! operation that holds one backend always completes, and a pool's connections stay
@@ -102,14 +102,14 @@ impl Pool {
     /// Takes an idle connection or opens one, waiting at most the pool timeout for
     /// capacity.
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, BackendError> {
-        self.checkout_inner(false).await
+        self.checkout_for(false).await
     }
 
-    /// Like [`Pool::checkout`], for a caller that already holds a backend of another
-    /// pool for the same operation: never waits for capacity, going over the cap if
-    /// there is none (see the module documentation).
-    pub async fn checkout_more(self: &Arc<Self>) -> Result<PooledConn, BackendError> {
-        self.checkout_inner(true).await
+    /// Like [`Pool::checkout`]; `more` for a caller that already holds a backend of
+    /// another pool for the same operation: then it never waits for capacity, going
+    /// over the cap if there is none (see the module documentation).
+    pub async fn checkout_for(self: &Arc<Self>, more: bool) -> Result<PooledConn, BackendError> {
+        self.checkout_inner(more).await
     }
 
     /// True if a checkout would not wait (a permit is free now).
@@ -230,7 +230,7 @@ impl Pool {
 pub struct PooledConn {
     conn: Option<BackendConn>,
     pool: Arc<Pool>,
-    /// None for a backend over the cap ([`Pool::checkout_more`]).
+    /// None for a backend over the cap ([`Pool::checkout_for`] with `more`).
     permit: Option<OwnedSemaphorePermit>,
 }
 

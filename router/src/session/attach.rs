@@ -2,8 +2,7 @@
 //! out of its pool, brought to the session's state, with a deferred BEGIN replayed.
 
 use super::error::SessionError;
-use super::{Attached, Expect, Session};
-use crate::protocol::frontend::encode_sync;
+use super::{Attached, Session};
 use crate::protocol::Frame;
 use pgshard_catalog::ShardId;
 use std::collections::VecDeque;
@@ -43,12 +42,7 @@ where
                     to: shard,
                 });
             }
-            if a.conn.unsynced {
-                encode_sync(&mut a.conn.out);
-                a.expects.push_back(Expect::Sync { forward: false });
-                a.conn.pending_syncs += 1;
-                a.conn.unsynced = false;
-            }
+            a.sync_silent();
             if !a.expects.is_empty() {
                 // Decided again once the backend has answered (its status may change).
                 self.deferred = Some(frame.clone());
@@ -102,11 +96,7 @@ where
         let pool = self.ctx.pools.get(node, &self.user, &self.database);
         self.entry.set_activity("waiting", Some(shard), None);
         tracing::trace!(%shard, "checking out a backend");
-        let checkout = if more {
-            pool.checkout_more().await
-        } else {
-            pool.checkout().await
-        };
+        let checkout = pool.checkout_for(more).await;
         let mut conn = checkout.map_err(|e| SessionError::from_backend(shard, e))?;
         let fp = self.vars.fingerprint();
         tracing::trace!(%shard, replay = conn.state_fp != fp, "backend checked out");

@@ -21,7 +21,7 @@ use crate::backend::{BackendConn, StmtKey};
 use crate::protocol::backend::{encode_command_complete, encode_error};
 use crate::protocol::frame::BodyReader;
 use crate::protocol::frontend::{
-    encode_bind_renamed, encode_close, encode_describe, encode_parse, encode_sync, Bind,
+    encode_bind_renamed, encode_close, encode_describe, encode_parse, Bind,
 };
 use crate::protocol::Frame;
 use bytes::BytesMut;
@@ -579,12 +579,7 @@ where
     /// ReadyForQuery follows at the client's Sync.
     async fn end_spanning_extended(&mut self, commit: bool) -> Result<(), SessionError> {
         if let Some(a) = self.attached.as_mut() {
-            if a.conn.unsynced {
-                encode_sync(&mut a.conn.out);
-                a.expects.push_back(Expect::Sync { forward: false });
-                a.conn.pending_syncs += 1;
-                a.conn.unsynced = false;
-            }
+            a.sync_silent();
         }
         self.drain_attached().await?;
         if self.skip_until_sync {

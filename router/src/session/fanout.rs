@@ -131,12 +131,7 @@ where
         // everything the backend owes (and the router's replies queued behind it) went
         // to the client.
         if let Some(a) = self.attached.as_mut() {
-            if a.conn.unsynced {
-                encode_sync(&mut a.conn.out);
-                a.expects.push_back(Expect::Sync { forward: false });
-                a.conn.pending_syncs += 1;
-                a.conn.unsynced = false;
-            }
+            a.sync_silent();
             if !a.expects.is_empty() {
                 self.deferred = Some(frame.clone());
                 return Ok(());
@@ -543,11 +538,8 @@ where
                     };
                     let pool = self.ctx.pools.get(node, &self.user, &self.database);
                     // Only the first backend waits for capacity (see backend::pool).
-                    let checkout = if parts.is_empty() && reused.is_none() {
-                        pool.checkout().await
-                    } else {
-                        pool.checkout_more().await
-                    };
+                    let more = !parts.is_empty() || reused.is_some();
+                    let checkout = pool.checkout_for(more).await;
                     match checkout {
                         Ok(c) => c,
                         Err(e) => return Err((SessionError::from_backend(shard, e), reused)),

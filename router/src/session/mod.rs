@@ -155,6 +155,17 @@ pub(crate) struct Attached {
 }
 
 impl Attached {
+    /// Ends an unsynced extended-protocol batch with a Sync of the router's own (its
+    /// ReadyForQuery is not forwarded), so the backend answers everything it owes.
+    pub(crate) fn sync_silent(&mut self) {
+        if self.conn.unsynced {
+            crate::protocol::frontend::encode_sync(&mut self.conn.out);
+            self.expects.push_back(Expect::Sync { forward: false });
+            self.conn.pending_syncs += 1;
+            self.conn.unsynced = false;
+        }
+    }
+
     /// Sends a Query of the router's own on this backend; its reply is not forwarded
     /// to the client (errors too, when `swallow_errors`).
     pub(crate) fn send_silent(&mut self, sql: &str, swallow_errors: bool) {

@@ -521,11 +521,7 @@ where
             .primary(shard)
             .ok_or(SessionError::NoPrimary(shard))?;
         let pool = self.ctx.pools.get(node, &self.user, &self.database);
-        let checkout = if more {
-            pool.checkout_more().await
-        } else {
-            pool.checkout().await
-        };
+        let checkout = pool.checkout_for(more).await;
         let mut conn = checkout.map_err(|e| SessionError::from_backend(shard, e))?;
         let fp = self.vars.fingerprint();
         if conn.state_fp != fp {
