@@ -15,7 +15,7 @@ SECS=${3:-10}
 PGSHARD=./target/release/pgshard
 [ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
 chmod 755 "$WORK"
 DATA=""
@@ -46,7 +46,7 @@ for n in $SHARD_COUNTS; do
     PORT=$(free_port)
     printf '[cluster]\nshards = %s\nreplicas = 0\n[router]\nlisten = "127.0.0.1:%s"\n[[table]]\nname = "fo"\nshard_key = "id"\nkey_type = "bigint"\n' "$n" "$PORT" > "$WORK/c$n.toml"
     $PGSHARD up --data-dir "$DATA" --config "$WORK/c$n.toml" >/dev/null
-    ROUTER_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_pid"])' "$DATA/shardd.json")
+    ROUTER_PID=$(router_pid "$DATA")
     psql -X -q -h 127.0.0.1 -p "$PORT" -U postgres postgres -c "CREATE TABLE fo (id bigint PRIMARY KEY, v int, pad text)"
     # Loaded through the router: COPY split by key, streamed to every shard at once.
     python3 -c "

@@ -16,7 +16,7 @@ POOL=8
 command -v pgbouncer >/dev/null || { echo "install pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
 [ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
 chmod 755 "$WORK"
 DATA="$WORK/cluster"
@@ -55,41 +55,13 @@ TOML
 ./target/release/pgshard up --data-dir "$DATA" --config "$WORK/bench.toml" >/dev/null
 STATUS=$(./target/release/pgshard status --data-dir "$DATA" --json)
 PG_PORT=$(echo "$STATUS" | python3 -c 'import json,sys; print([n for n in json.load(sys.stdin)["nodes"] if n["role"]=="primary"][0]["port"])')
-ROUTER_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_pid"])' "$DATA/shardd.json")
+ROUTER_PID=$(router_pid "$DATA")
 
 # One shard holds every bucket, so the tables can be loaded on it directly.
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-auth_type = trust
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = 1000
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-unix_socket_dir =
-INI
-echo '"postgres" ""' > "$WORK/userlist.txt"
-chown -R postgres "$WORK" 2>/dev/null || true
-if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
-else
-    pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
-fi
-for _ in $(seq 100); do
-    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)
-    [ -n "$BOUNCER_PID" ] && pg_isready -q -h 127.0.0.1 -p "$BOUNCER_PORT" && break
-    sleep 0.1
-done
+start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICKS=$(getconf CLK_TCK)
 
 run() { # target port mode clients -> "tps lat failed cpu_s_per_10k"
     local target=$1 port=$2 mode=$3 c=$4 pid="" before=0 after=0 out

@@ -24,7 +24,7 @@ PGSHARD=./target/release/pgshard
 command -v pgbouncer >/dev/null || { echo "install pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
 [ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
 chmod 755 "$WORK"
 ONE="$WORK/one"     # 1 shard: direct, PgBouncer, router-1
@@ -54,8 +54,8 @@ node_port() { # data-dir node-name
 }
 PG_PORT=$(node_port "$ONE" shard1-primary)
 CATALOG2_PORT=$(node_port "$TWO" catalog)
-ROUTER1_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_pid"])' "$ONE/shardd.json")
-ROUTER2_PID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["router_pid"])' "$TWO/shardd.json")
+ROUTER1_PID=$(router_pid "$ONE")
+ROUTER2_PID=$(router_pid "$TWO")
 
 # Loading: the 1-shard PostgreSQL directly; the 2-shard cluster through its router
 # (COPY split by key, in one distributed transaction), falling back to loading the
@@ -76,40 +76,12 @@ for p in $SHARD_PORTS; do direct_count=$((direct_count + $(q2 "$p" 'SELECT count
 direct_top=$(for p in $SHARD_PORTS; do q2 "$p" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3'; done | sort -rn | head -3 | tr '\n' ' ')
 LOAD_CHECK="accounts through the router $(q2 "$ROUTER2_PORT" 'SELECT count(*) FROM pgbench_accounts'), over the shards $direct_count (shard 1: $(q2 "$(node_port "$TWO" shard1-primary)" 'SELECT count(*) FROM pgbench_accounts'), shard 2: $(q2 "$(node_port "$TWO" shard2-primary)" 'SELECT count(*) FROM pgbench_accounts')); sum(abalance) $(q2 "$ROUTER2_PORT" 'SELECT sum(abalance) FROM pgbench_accounts'); top aids through the router: $(q2 "$ROUTER2_PORT" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3' | tr '\n' ' ')/ over the shards: $direct_top"
 
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
-postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres user=postgres
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $BOUNCER_PORT
-auth_type = trust
-auth_file = $WORK/userlist.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = 1000
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-unix_socket_dir =
-INI
-echo '"postgres" ""' > "$WORK/userlist.txt"
-chown -R postgres "$WORK" 2>/dev/null || true
-if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
-else
-    pgbouncer "$WORK/pgbouncer.ini" >/dev/null 2>&1 &
-fi
-for _ in $(seq 100); do
-    BOUNCER_PID=$(cat "$WORK/pgbouncer.pid" 2>/dev/null || true)
-    [ -n "$BOUNCER_PID" ] && pg_isready -q -h 127.0.0.1 -p "$BOUNCER_PORT" && break
-    sleep 0.1
-done
+start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
 
 commit_records() {
     psql -X -qAt -h 127.0.0.1 -p "$CATALOG2_PORT" -U postgres -d pgshard_catalog \
         -c "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = 'pgshard' AND relname = 'transactions'"
 }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-TICKS=$(getconf CLK_TCK)
 
 run() { # port mode clients pid [seconds] -> "tps lat failed processed cpu_us_per_tx"
     local port=$1 mode=$2 c=$3 pid=$4 secs=${5:-$COMPARE_SECS} before=0 after=0 out
