@@ -86,15 +86,26 @@ run() { # target port mode clients -> "tps lat failed cpu_s_per_10k"
     echo "$tps $lat ${failed:-0} $cpu"
 }
 
-echo "# pgbench -S, scale $SCALE, ${SECS}s per run, pool $POOL, $(nproc) cores, $(date -u +%F)"
+# REPEAT=n runs each direct → PgBouncer → router triple n times in turn and reports
+# each column's median (the machine's noise is large on 2 shared cores).
+REPEAT=${REPEAT:-1}
+median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:] if x not in ("-","aborted")]; print(f"{statistics.median(v):.3f}".rstrip("0").rstrip(".") if v else "-")' "$@"; }
+
+echo "# pgbench -S, scale $SCALE, ${SECS}s per run, pool $POOL, $(nproc) cores, $(date -u +%F), median of $REPEAT"
 echo
 echo "| mode | clients | direct TPS | pgbouncer TPS | router TPS | router/direct | router/pgbouncer | lat direct ms | lat pgbouncer ms | lat router ms | CPU s/10k tx pgbouncer | CPU s/10k tx router |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for c in $CLIENTS; do
     for mode in simple extended prepared; do
-        read -r dt dl _ _ <<<"$(run direct "$PG_PORT" "$mode" "$c")"
-        read -r bt bl _ bc <<<"$(run pgbouncer "$BOUNCER_PORT" "$mode" "$c")"
-        read -r rt rl rf rc <<<"$(run router "$ROUTER_PORT" "$mode" "$c")"
+        DT=() DL=() BT=() BL=() BC=() RT=() RL=() RC=()
+        for _ in $(seq "$REPEAT"); do
+            read -r dt dl _ _ <<<"$(run direct "$PG_PORT" "$mode" "$c")"
+            read -r bt bl _ bc <<<"$(run pgbouncer "$BOUNCER_PORT" "$mode" "$c")"
+            read -r rt rl _ rc <<<"$(run router "$ROUTER_PORT" "$mode" "$c")"
+            DT+=("$dt") DL+=("$dl") BT+=("$bt") BL+=("$bl") BC+=("$bc") RT+=("$rt") RL+=("$rl") RC+=("$rc")
+        done
+        dt=$(median "${DT[@]}") dl=$(median "${DL[@]}") bt=$(median "${BT[@]}") bl=$(median "${BL[@]}")
+        bc=$(median "${BC[@]}") rt=$(median "${RT[@]}") rl=$(median "${RL[@]}") rc=$(median "${RC[@]}")
         ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if a not in ('aborted','-') and b not in ('aborted','-') else '-')" "$1" "$2"; }
         echo "| $mode | $c | $dt | $bt | $rt | $(ratio "$rt" "$dt") | $(ratio "$rt" "$bt") | $dl | $bl | $rl | $bc | $rc |"
     done

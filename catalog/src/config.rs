@@ -186,6 +186,9 @@ pub struct RouterConfig {
     pub tls_key: Option<PathBuf>,
     /// How often to re-check the catalog version, in milliseconds (besides NOTIFY).
     pub catalog_poll_ms: u64,
+    /// Threads serving client sessions, each with its own event loop; 0 (the default)
+    /// means one per two CPU cores, at least one.
+    pub workers: u32,
 }
 
 impl Default for RouterConfig {
@@ -203,6 +206,7 @@ impl Default for RouterConfig {
             tls_cert: None,
             tls_key: None,
             catalog_poll_ms: 1000,
+            workers: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`protocol`]: framing and the messages of PostgreSQL protocol 3.0 (no routing);
 //! - [`auth`]: md5 and SCRAM-SHA-256 checks for clients;
 //! - [`server`]: the listener, client cap, one task per connection, shutdown;
+//! - [`workers`]: the session threads, one event loop each;
 //! - [`session`]: a client's protocol state machine: startup, simple and extended query
 //!   protocol, transactions, session state, prepared statements;
 //! - [`backend`]: connections to the shards and their pools;
@@ -34,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod twopc;
+pub mod workers;
 
 pub use catalog_watch::{CatalogHandle, CatalogSource};
 pub use server::{Router, RouterCtx};

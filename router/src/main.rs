@@ -24,7 +24,9 @@ struct Args {
     catalog: String,
 }
 
-#[tokio::main]
+// Sessions run on their own threads (`router.workers`); this runtime only accepts
+// connections and follows the catalog.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -19,6 +19,7 @@ use crate::session::vars::SessionVars;
 use crate::session::Session;
 use crate::tls::{ServerTls, TlsAcceptor, TlsConfigError};
 use crate::twopc::{CatalogLog, Coordinator, Faults, RouterId};
+use crate::workers::Workers;
 use bytes::BytesMut;
 use pgshard_catalog::config::RouterConfig;
 use std::collections::HashMap;
@@ -186,7 +187,18 @@ impl Router {
     pub async fn serve(self, shutdown: CancellationToken) {
         let limit = Arc::new(Semaphore::new(self.ctx.config.max_clients.max(1) as usize));
         let tracker = TaskTracker::new();
-        tracing::info!(addr = ?self.listener.local_addr().ok(), "router listening");
+        let workers = match Workers::start(self.ctx.config.workers as usize) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start session threads; sessions run on the main runtime");
+                None
+            }
+        };
+        tracing::info!(
+            addr = ?self.listener.local_addr().ok(),
+            workers = workers.as_ref().map_or(0, Workers::len),
+            "router listening"
+        );
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -204,9 +216,15 @@ impl Router {
             let permit = limit.clone().try_acquire_owned().ok();
             let ctx = self.ctx.clone();
             let token = shutdown.child_token();
-            tracker.spawn(async move {
+            let session = tracker.track_future(async move {
                 serve_client(ctx, stream, addr, permit, token).await;
             });
+            match &workers {
+                Some(w) => w.spawn(session),
+                None => {
+                    tokio::spawn(session);
+                }
+            }
         }
         tracker.close();
         if tokio::time::timeout(SESSIONS_WAIT, tracker.wait())

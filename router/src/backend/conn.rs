@@ -91,7 +91,8 @@ impl StmtKey {
 /// Where and how to cancel what a backend is running.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    pub addr: String,
+    /// Shared with the connection (published on every transaction, so not copied).
+    pub addr: Arc<str>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -100,7 +101,7 @@ impl CancelTarget {
     /// Sends a CancelRequest on a fresh connection (best effort, bounded in time).
     pub async fn cancel(&self) -> std::io::Result<()> {
         let fut = async {
-            let mut s = TcpStream::connect(&self.addr).await?;
+            let mut s = TcpStream::connect(&*self.addr).await?;
             let mut buf = BytesMut::new();
             encode_cancel(&mut buf, self.pid, self.secret);
             s.write_all(&buf).await?;
@@ -126,7 +127,7 @@ pub struct BackendConn {
     pub writer: OwnedWriteHalf,
     /// Bytes queued for the server, written by the session loop.
     pub out: BytesMut,
-    pub addr: String,
+    pub addr: Arc<str>,
     pub pid: i32,
     pub secret: i32,
     /// ParameterStatus values as last reported.
@@ -148,6 +149,8 @@ pub struct BackendConn {
     pub sql_prepared: HashMap<String, u64>,
     /// The fingerprint of the session state (SETs) applied on this connection.
     pub state_fp: u64,
+    /// The session thread whose event loop drives this socket ([`crate::workers`]).
+    pub worker: usize,
 }
 
 impl BackendConn {
@@ -190,7 +193,7 @@ impl BackendConn {
             reader: FrameReader::new(r, BACKEND_MAX_MESSAGE),
             writer: w,
             out: BytesMut::with_capacity(8 * 1024),
-            addr,
+            addr: Arc::from(addr),
             pid: 0,
             secret: 0,
             params: Vec::new(),
@@ -203,6 +206,7 @@ impl BackendConn {
             unnamed: None,
             sql_prepared: HashMap::new(),
             state_fp: 0,
+            worker: crate::workers::current(),
         };
         encode_startup(
             &mut conn.out,
@@ -221,7 +225,7 @@ impl BackendConn {
                     let auth = Authentication::decode(&frame).map_err(|e| conn.protocol(e))?;
                     let need_password = || {
                         password.ok_or_else(|| BackendError::Auth {
-                            addr: conn.addr.clone(),
+                            addr: conn.addr.to_string(),
                             message: format!("the server asks a password for user \"{user}\" and none is configured"),
                         })
                     };
@@ -250,7 +254,7 @@ impl BackendConn {
                             let pw = need_password()?;
                             if !mechs.contains(&SCRAM_SHA_256) {
                                 return Err(BackendError::Auth {
-                                    addr: conn.addr.clone(),
+                                    addr: conn.addr.to_string(),
                                     message: format!("no supported SASL mechanism in {mechs:?}"),
                                 });
                             }
@@ -300,14 +304,14 @@ impl BackendConn {
     fn protocol(&mut self, source: ProtocolError) -> BackendError {
         self.broken = true;
         BackendError::Protocol {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             source,
         }
     }
 
     fn auth_err(&self, message: &str) -> BackendError {
         BackendError::Auth {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             message: message.to_string(),
         }
     }
@@ -315,7 +319,7 @@ impl BackendConn {
     pub fn server_error(&self, frame: Frame) -> BackendError {
         let (code, message) = error_summary(&frame);
         BackendError::Server {
-            addr: self.addr.clone(),
+            addr: self.addr.to_string(),
             code,
             message,
             frame,
@@ -339,13 +343,13 @@ impl BackendConn {
             Ok(None) => {
                 self.broken = true;
                 Err(BackendError::Closed {
-                    addr: self.addr.clone(),
+                    addr: self.addr.to_string(),
                 })
             }
             Err(ProtocolError::Io(source)) => {
                 self.broken = true;
                 Err(BackendError::Io {
-                    addr: self.addr.clone(),
+                    addr: self.addr.to_string(),
                     source,
                 })
             }
@@ -363,7 +367,7 @@ impl BackendConn {
         r.map_err(|source| {
             self.broken = true;
             BackendError::Io {
-                addr: self.addr.clone(),
+                addr: self.addr.to_string(),
                 source,
             }
         })

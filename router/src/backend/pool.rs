@@ -140,8 +140,16 @@ impl Pool {
                 }
             }
         };
+        let me = crate::workers::current();
         loop {
-            let candidate = lock(&self.idle).pop();
+            // One opened on this session thread first (its socket is driven here).
+            let candidate = {
+                let mut idle = lock(&self.idle);
+                match idle.iter().rposition(|c| c.worker == me) {
+                    Some(i) => Some(idle.remove(i)),
+                    None => idle.pop(),
+                }
+            };
             match candidate {
                 Some(mut c) => {
                     if c.looks_alive() {
@@ -273,7 +281,9 @@ impl Drop for PooledConn {
 /// All pools of a router, created on first use.
 pub struct Pools {
     settings: Arc<PoolSettings>,
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    /// By node, then a short list (one per user and database in use): found without
+    /// building a key, since every transaction looks its pool up.
+    pools: Mutex<HashMap<NodeId, Vec<Arc<Pool>>>>,
 }
 
 impl Pools {
@@ -286,6 +296,17 @@ impl Pools {
 
     /// The pool for `node` as `user` in `database`.
     pub fn get(&self, node: &Node, user: &str, database: &str) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        let list = pools.entry(node.id).or_default();
+        let found = list.iter().find(|p| {
+            p.key.port == node.port
+                && p.key.user == user
+                && p.key.database == database
+                && p.key.host == node.host
+        });
+        if let Some(p) = found {
+            return p.clone();
+        }
         let key = PoolKey {
             node: node.id,
             host: node.host.clone(),
@@ -293,14 +314,13 @@ impl Pools {
             user: user.to_string(),
             database: database.to_string(),
         };
-        lock(&self.pools)
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Pool::new(key, self.settings.clone())))
-            .clone()
+        let pool = Arc::new(Pool::new(key, self.settings.clone()));
+        list.push(pool.clone());
+        pool
     }
 
     pub fn stats(&self) -> Vec<PoolStats> {
-        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().cloned().collect();
+        let pools: Vec<Arc<Pool>> = lock(&self.pools).values().flatten().cloned().collect();
         let mut stats: Vec<PoolStats> = pools.iter().map(|p| p.stats()).collect();
         stats.sort_by(|a, b| a.key.cmp(&b.key));
         stats

@@ -202,6 +202,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Takes the next complete frame if it is already buffered, without reading.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        try_split_frame(&mut self.buf, self.max)
+    }
+
     /// The next buffered complete frame without consuming it.
     pub fn peek_frame(&self) -> Option<(u8, &[u8])> {
         match frame_len(&self.buf, self.max) {

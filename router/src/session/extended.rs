@@ -47,34 +47,45 @@ where
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
-        let stmts = split_statements(&sql);
-        let command = match stmts.as_slice() {
-            [one] => classify(one),
-            _ => SessionCommand::Other,
-        };
-        if command == SessionCommand::DiscardAll {
-            self.fail_extended(SessionError::Unsupported(
-                "DISCARD ALL is supported through the simple query protocol only".into(),
-            ));
-            return Ok(());
-        }
         // Drivers re-Parse the unnamed statement with the same text over and over
-        // (pgbench -M extended): reuse its plan while the catalog is unchanged. The
-        // backend still re-parses it, as PostgreSQL would.
-        let plan = match self.stmts.get(&name) {
-            Some(prev)
-                if prev.unnamed
+        // (pgbench -M extended): reuse its plan and classification while the catalog is
+        // unchanged. The backend still re-parses it, as PostgreSQL would.
+        let reused = self
+            .stmts
+            .get(&name)
+            .filter(|prev| {
+                prev.unnamed
                     && prev.catalog_version == catalog.version
                     && prev.key.sql == sql
                     && prev.key.param_types == param_types
-                    && !prev.plan.column_order =>
-            {
-                prev.plan.clone()
-            }
-            _ => {
+                    && !prev.plan.column_order
+            })
+            .cloned();
+        let (plan, command, digest) = match reused {
+            Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),
+            None => {
+                let command = match split_statements(&sql).as_slice() {
+                    [one] => classify(one),
+                    _ => SessionCommand::Other,
+                };
+                if command == SessionCommand::DiscardAll {
+                    self.fail_extended(SessionError::Unsupported(
+                        "DISCARD ALL is supported through the simple query protocol only".into(),
+                    ));
+                    return Ok(());
+                }
                 let plan = pgshard_sql::plan(&sql, &catalog);
-                self.complete_insert_columns(&sql, plan, &catalog, true)
-                    .await
+                let plan = self
+                    .complete_insert_columns(&sql, plan, &catalog, true)
+                    .await;
+                // Only session commands are kept (recorded when they complete).
+                let command = match command {
+                    c @ (SessionCommand::Set { .. }
+                    | SessionCommand::Reset { .. }
+                    | SessionCommand::ResetAll) => c,
+                    _ => SessionCommand::Other,
+                };
+                (plan, command, None)
             }
         };
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
@@ -93,17 +104,12 @@ where
         };
         let key = Arc::new(StmtKey { sql, param_types });
         let stmt = Arc::new(Stmt {
-            digest: key.digest(),
+            digest: digest.unwrap_or_else(|| key.digest()),
             key,
             unnamed: name.is_empty(),
             plan,
             catalog_version: catalog.version,
-            command: match command {
-                c @ (SessionCommand::Set { .. }
-                | SessionCommand::Reset { .. }
-                | SessionCommand::ResetAll) => c,
-                _ => SessionCommand::Other,
-            },
+            command,
         });
         self.stmts.insert(name.clone(), stmt.clone());
         if self.next_uses_statement(&name) {

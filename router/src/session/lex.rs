@@ -207,6 +207,14 @@ fn words(sql: &str, max: usize) -> Vec<(String, usize, usize)> {
 
 /// Classifies one statement (no trailing semicolon).
 pub fn classify(stmt: &str) -> SessionCommand {
+    // Most statements are none of these: one word tells (this runs on every query).
+    const FIRST: [&str; 9] = [
+        "begin", "start", "commit", "end", "rollback", "abort", "set", "reset", "discard",
+    ];
+    match words(stmt, 1).first() {
+        Some((first, _, _)) if FIRST.contains(&first.as_str()) => {}
+        _ => return SessionCommand::Other,
+    }
     let w = words(stmt, 8);
     let kw = |n: usize| w.get(n).map(|x| x.0.as_str()).unwrap_or("");
     match kw(0) {
