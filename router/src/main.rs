@@ -6,6 +6,11 @@ use pgshard_router::CatalogSource;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
+// glibc's malloc was about a tenth of the router's instructions per select-only
+// transaction (callgrind, bench/RESULTS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pgshard-router",

@@ -216,13 +216,27 @@ impl Router {
             let permit = limit.clone().try_acquire_owned().ok();
             let ctx = self.ctx.clone();
             let token = shutdown.child_token();
-            let session = tracker.track_future(async move {
-                serve_client(ctx, stream, addr, permit, token).await;
-            });
             match &workers {
-                Some(w) => w.spawn(session),
+                Some(w) => {
+                    // Registered again on the session thread's event loop, which then
+                    // drives the socket (else every readiness event would cross from
+                    // this thread's loop to the session's).
+                    let Ok(std_stream) = stream.into_std() else {
+                        continue;
+                    };
+                    w.spawn(tracker.track_future(async move {
+                        match TcpStream::from_std(std_stream) {
+                            Ok(stream) => serve_client(ctx, stream, addr, permit, token).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not register a client socket")
+                            }
+                        }
+                    }));
+                }
                 None => {
-                    tokio::spawn(session);
+                    tokio::spawn(tracker.track_future(async move {
+                        serve_client(ctx, stream, addr, permit, token).await;
+                    }));
                 }
             }
         }

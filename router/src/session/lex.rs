@@ -173,6 +173,26 @@ fn skip_token(sql: &str, i: usize) -> usize {
 
 /// Words of a statement: keywords and identifiers (lowercased unless quoted), with
 /// their byte offsets. Stops at the first token that is not a word, when `stop_at_other`.
+/// The first keyword-like word, as written ("" if the statement starts otherwise).
+fn first_word(sql: &str) -> &str {
+    let b = sql.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_whitespace() {
+            i += 1;
+        } else if sql[i..].starts_with("--") || sql[i..].starts_with("/*") {
+            i = skip_token(sql, i);
+        } else {
+            break;
+        }
+    }
+    let s = i;
+    while i < b.len() && b[i].is_ascii_alphabetic() {
+        i += 1;
+    }
+    &sql[s..i]
+}
+
 fn words(sql: &str, max: usize) -> Vec<(String, usize, usize)> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
@@ -211,9 +231,11 @@ pub fn classify(stmt: &str) -> SessionCommand {
     const FIRST: [&str; 9] = [
         "begin", "start", "commit", "end", "rollback", "abort", "set", "reset", "discard",
     ];
-    match words(stmt, 1).first() {
-        Some((first, _, _)) if FIRST.contains(&first.as_str()) => {}
-        _ => return SessionCommand::Other,
+    if !FIRST
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(first_word(stmt)))
+    {
+        return SessionCommand::Other;
     }
     let w = words(stmt, 8);
     let kw = |n: usize| w.get(n).map(|x| x.0.as_str()).unwrap_or("");

@@ -3,7 +3,8 @@
 //!
 //! The loop `select!`s over four things, in this priority: frames from the attached
 //! backend (relayed byte for byte into the client's output buffer), frames from the
-//! client, writing queued bytes to the backend, writing queued bytes to the client. So the
+//! client, writing queued bytes to the backend, writing queued bytes to the client (then
+//! the router's shutdown). Frames already buffered are handled without a `select!`. So the
 //! client is written to only when the backend has nothing more ready (or the buffer is
 //! large), which batches many small messages into one write, and both directions keep
 //! moving while a pipeline is in flight (no deadlock on large pipelines).
@@ -376,7 +377,7 @@ where
                 let deadline = self.shutdown_deadline;
                 tokio::select! {
                     biased;
-                    _ = &mut shutdown, if !closing && deadline.is_none() => Event::Shutdown,
+                    // Only armed once the router is shutting down.
                     _ = async {
                         match deadline {
                             Some(d) => tokio::time::sleep_until(d).await,
@@ -401,6 +402,9 @@ where
                         }
                     }, if b_has_out && !closing => Event::BackendWrote(r),
                     r = writer.write(&out[..]), if !out.is_empty() => Event::ClientWrote(r),
+                    // Last: polled only when nothing else is ready (it acts between
+                    // transactions anyway), which keeps it off the per-message path.
+                    _ = &mut shutdown, if !closing && deadline.is_none() => Event::Shutdown,
                 }
             };
             if self.on_event(event).await? {
