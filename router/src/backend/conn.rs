@@ -16,7 +16,7 @@ use crate::protocol::startup::{encode_cancel, encode_startup};
 use crate::protocol::{Frame, FrameReader, ProtocolError};
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -141,12 +141,12 @@ pub struct BackendConn {
     /// Set on any I/O or protocol failure: never reuse.
     pub broken: bool,
     /// Named statements prepared under router names: digest → (key, last use tick).
-    pub prepared: HashMap<u64, (Arc<StmtKey>, u64)>,
+    pub prepared: FxHashMap<u64, (Arc<StmtKey>, u64)>,
     pub tick: u64,
     /// The client statement currently in the server's unnamed statement slot.
     pub unnamed: Option<Arc<StmtKey>>,
     /// SQL-level prepared statements (PREPARE name AS …): name → digest of the PREPARE.
-    pub sql_prepared: HashMap<String, u64>,
+    pub sql_prepared: FxHashMap<String, u64>,
     /// The fingerprint of the session state (SETs) applied on this connection.
     pub state_fp: u64,
     /// The session thread whose event loop drives this socket ([`crate::workers`]).
@@ -201,10 +201,10 @@ impl BackendConn {
             pending_syncs: 0,
             unsynced: false,
             broken: false,
-            prepared: HashMap::new(),
+            prepared: FxHashMap::default(),
             tick: 0,
             unnamed: None,
-            sql_prepared: HashMap::new(),
+            sql_prepared: FxHashMap::default(),
             state_fp: 0,
             worker: crate::workers::current(),
         };

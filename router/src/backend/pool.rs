@@ -63,7 +63,9 @@ pub struct Pool {
     key: PoolKey,
     settings: Arc<PoolSettings>,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<BackendConn>>,
+    /// Boxed: a connection is a large value, moved on every checkout and return.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<BackendConn>>>,
     in_use: AtomicUsize,
     waiting: AtomicUsize,
     /// ParameterStatus of the first connection, for client startups.
@@ -180,12 +182,12 @@ impl Pool {
                 *p = Some(Arc::new(conn.params.clone()));
             }
         }
-        Ok(self.wrap(conn, permit))
+        Ok(self.wrap(Box::new(conn), permit))
     }
 
     fn wrap(
         self: &Arc<Self>,
-        conn: BackendConn,
+        conn: Box<BackendConn>,
         permit: Option<OwnedSemaphorePermit>,
     ) -> PooledConn {
         self.in_use.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +213,7 @@ impl Pool {
         }
     }
 
-    fn give_back(&self, conn: BackendConn, over_cap: bool) {
+    fn give_back(&self, conn: Box<BackendConn>, over_cap: bool) {
         let in_use = self
             .in_use
             .fetch_sub(1, Ordering::Relaxed)
@@ -236,7 +238,7 @@ impl Pool {
 
 /// A checked-out connection. Dropping it returns it to its pool if clean, else closes it.
 pub struct PooledConn {
-    conn: Option<BackendConn>,
+    conn: Option<Box<BackendConn>>,
     pool: Arc<Pool>,
     /// None for a backend over the cap ([`Pool::checkout_for`] with `more`).
     permit: Option<OwnedSemaphorePermit>,
@@ -249,7 +251,7 @@ impl PooledConn {
 
     /// Takes the connection out of the pool's accounting for good (the caller closes it).
     pub fn detach(mut self) -> Option<BackendConn> {
-        let c = self.conn.take();
+        let c = self.conn.take().map(|c| *c);
         self.pool.in_use.fetch_sub(1, Ordering::Relaxed);
         c
     }

@@ -46,7 +46,8 @@ use lex::SessionCommand;
 use pgshard_catalog::config::PoolMode;
 use pgshard_catalog::ShardId;
 use pgshard_sql::Plan;
-use std::collections::{HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -202,9 +203,9 @@ pub struct Session<R, W> {
     /// SET/RESETs that completed inside an open (explicit or implicit) transaction:
     /// kept if it commits, dropped if it rolls back.
     pub(crate) txn_vars: Vec<SessionCommand>,
-    pub(crate) stmts: HashMap<String, Arc<Stmt>>,
+    pub(crate) stmts: FxHashMap<String, Arc<Stmt>>,
     /// Bound portals: the statement and where the portal lives.
-    pub(crate) portals: HashMap<String, (Arc<Stmt>, PortalAt)>,
+    pub(crate) portals: FxHashMap<String, (Arc<Stmt>, PortalAt)>,
     /// A multi-shard portal described (Describe P) and not yet executed: its
     /// RowDescription goes out with the Execute.
     pub(crate) described_fanout: Option<String>,
@@ -213,8 +214,8 @@ pub struct Session<R, W> {
     pub(crate) lent_parts: Vec<fanout::Part>,
     pub(crate) lending: bool,
     /// Column counts of multi-shard statements' shard queries, by statement digest.
-    pub(crate) fanout_columns: HashMap<u64, usize>,
-    pub(crate) sql_prepared: HashMap<String, Arc<SqlPrepared>>,
+    pub(crate) fanout_columns: FxHashMap<u64, usize>,
+    pub(crate) sql_prepared: FxHashMap<String, Arc<SqlPrepared>>,
     pub(crate) attached: Option<Attached>,
     /// The other participants of a transaction spanning shards (see [`txn`]): idle
     /// backends, each inside the transaction, nothing outstanding.
@@ -278,14 +279,14 @@ where
             out,
             vars,
             txn_vars: Vec::new(),
-            stmts: HashMap::new(),
-            portals: HashMap::new(),
+            stmts: FxHashMap::default(),
+            portals: FxHashMap::default(),
             described_fanout: None,
-            fanout_columns: HashMap::new(),
+            fanout_columns: FxHashMap::default(),
             lent: Vec::new(),
             lent_parts: Vec::new(),
             lending: false,
-            sql_prepared: HashMap::new(),
+            sql_prepared: FxHashMap::default(),
             attached: None,
             parked: Vec::new(),
             txn_begin: None,
