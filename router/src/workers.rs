@@ -120,3 +120,55 @@ impl Drop for SessionCount {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sessions_go_to_the_least_busy_thread_and_run_there() {
+        let workers = Workers::start(2).expect("threads start");
+        assert_eq!(workers.len(), 2);
+        assert_eq!(current(), NOT_A_WORKER);
+        // Four long-lived sessions: two on each thread, each seeing its own thread id
+        // for its whole life (a session never moves).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (release, released) = tokio::sync::watch::channel(false);
+        for _ in 0..4 {
+            let tx = tx.clone();
+            let mut released = released.clone();
+            workers.spawn(async move {
+                let first = current();
+                let _ = released.wait_for(|r| *r).await;
+                tokio::task::yield_now().await;
+                tx.send((first, current())).expect("receiver alive");
+            });
+        }
+        drop(tx);
+        // Wait until all four are counted before letting them finish.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while workers
+            .workers
+            .iter()
+            .map(|w| w.sessions.load(Ordering::Relaxed))
+            .sum::<usize>()
+            < 4
+        {
+            assert!(std::time::Instant::now() < deadline, "sessions not counted");
+            std::thread::yield_now();
+        }
+        release.send(true).expect("sessions listening");
+        let seen: Vec<(usize, usize)> = rx.iter().collect();
+        assert_eq!(seen.len(), 4);
+        assert!(seen.iter().all(|(a, b)| a == b && *a < 2), "{seen:?}");
+        assert_eq!(seen.iter().filter(|(a, _)| *a == 0).count(), 2, "{seen:?}");
+    }
+
+    #[test]
+    fn zero_means_one_per_two_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = Workers::start(0).expect("threads start");
+        assert_eq!(workers.len(), (cores / 2).max(1));
+    }
+}
