@@ -1,5 +1,5 @@
 //! The admin console (SPEC §12): a client that connects to the database `pgshard` gets
-//! `SHOW SHARDS | NODES | TABLES | POOLS | CLIENTS | TRANSACTIONS` as ordinary result
+//! `SHOW SHARDS | NODES | BUCKETS | TABLES | POOLS | CLIENTS | STATS | TRANSACTIONS` as ordinary result
 //! sets (text columns, CommandComplete `SHOW`). Simple query protocol only.
 //!
 //! Everything but `SHOW TRANSACTIONS` answers from the router's memory. `SHOW
@@ -140,6 +140,8 @@ async fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
             "tables" => tables(ctx),
             "pools" => pools(ctx),
             "clients" => clients(ctx),
+            "buckets" => buckets(ctx),
+            "stats" => stats(ctx),
             "transactions" => match transactions(ctx).await {
                 Ok((table, warnings)) => {
                     for w in warnings {
@@ -160,7 +162,7 @@ async fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
                     "0A000",
                     &format!("unknown admin command SHOW {}", other.to_uppercase()),
                     None,
-                    Some("Try SHOW SHARDS, SHOW NODES, SHOW TABLES, SHOW POOLS, SHOW CLIENTS or SHOW TRANSACTIONS."),
+                    Some("Try SHOW SHARDS, SHOW NODES, SHOW BUCKETS, SHOW TABLES, SHOW POOLS, SHOW CLIENTS, SHOW STATS or SHOW TRANSACTIONS."),
                 );
                 return;
             }
@@ -173,7 +175,7 @@ async fn answer(ctx: &RouterCtx, sql: &str, out: &mut BytesMut) {
                 "42601",
                 "syntax error in admin command",
                 None,
-                Some("The admin console accepts SHOW SHARDS, SHOW NODES, SHOW TABLES, SHOW POOLS, SHOW CLIENTS and SHOW TRANSACTIONS."),
+                Some("The admin console accepts SHOW SHARDS, SHOW NODES, SHOW BUCKETS, SHOW TABLES, SHOW POOLS, SHOW CLIENTS, SHOW STATS and SHOW TRANSACTIONS."),
             );
             return;
         }
@@ -216,6 +218,60 @@ fn shards(ctx: &RouterCtx) -> Table {
     Table {
         columns: vec!["shard", "state", "buckets", "primary", "replicas", "local"],
         rows,
+    }
+}
+
+/// The bucket map as runs of consecutive buckets on the same shard, with the shard's
+/// primary (one row per run: 1024 buckets on 2 shards are a handful of rows).
+fn buckets(ctx: &RouterCtx) -> Table {
+    let c = ctx.catalog.current();
+    let mut rows = Vec::new();
+    let mut start = 0usize;
+    for i in 1..=c.bucket_map.len() {
+        if i == c.bucket_map.len() || c.bucket_map[i] != c.bucket_map[start] {
+            let shard = c.bucket_map[start];
+            rows.push(vec![
+                s(start),
+                s(i - 1),
+                s(i - start),
+                s(shard),
+                c.primary(shard).map(|n| n.name.clone()),
+            ]);
+            start = i;
+        }
+    }
+    Table {
+        columns: vec!["first_bucket", "last_bucket", "buckets", "shard", "primary"],
+        rows,
+    }
+}
+
+/// Counters since the router started: statements by where they ran, refusals, and how
+/// transactions spanning shards ended.
+fn stats(ctx: &RouterCtx) -> Table {
+    let mut rows: Vec<(&str, u64)> = ctx.stats.rows();
+    rows.insert(1, ("clients_connected", ctx.clients.list().len() as u64));
+    if let Some(t) = &ctx.twopc {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        rows.push((
+            "transactions_spanning_one_phase_commit",
+            get(&t.coord.stats.one_phase),
+        ));
+        rows.push((
+            "transactions_spanning_two_phase_commit",
+            get(&t.coord.stats.two_phase),
+        ));
+        rows.push((
+            "transactions_spanning_rolled_back",
+            get(&t.coord.stats.rolled_back),
+        ));
+    }
+    Table {
+        columns: vec!["stat", "value"],
+        rows: rows
+            .into_iter()
+            .map(|(name, value)| vec![s(name), s(value)])
+            .collect(),
     }
 }
 

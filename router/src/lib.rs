@@ -13,7 +13,7 @@
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
 //! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
 //! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows);
-//! - [`admin`]: the `pgshard` admin console;
+//! - [`admin`]: the `pgshard` admin console, and [`stats`] behind its `SHOW STATS`;
 //! - [`tls`]: the rustls acceptor for clients that ask for TLS (SSLRequest);
 //! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions;
 //! - `refcheck`: column defaults in writes to reference tables (refused unless constant).
@@ -33,6 +33,7 @@ mod refcheck;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod tls;
 pub mod twopc;
 pub mod workers;

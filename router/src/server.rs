@@ -83,6 +83,8 @@ pub struct RouterCtx {
     /// router runs without a catalog database (a fixed catalog), and then such
     /// transactions are refused with 0A000.
     pub twopc: Option<TwoPc>,
+    /// Counters for `SHOW STATS`.
+    pub stats: crate::stats::Stats,
 }
 
 /// The coordinator and the catalog commit log, shared by every session.
@@ -128,6 +130,7 @@ impl RouterCtx {
             scram_secrets,
             tls: TlsMode::Disabled,
             twopc: None,
+            stats: crate::stats::Stats::default(),
             catalog,
             config,
         }
@@ -213,6 +216,7 @@ impl Router {
                     continue;
                 }
             };
+            crate::stats::bump(&self.ctx.stats.connections);
             let permit = limit.clone().try_acquire_owned().ok();
             let ctx = self.ctx.clone();
             let token = shutdown.child_token();

@@ -305,6 +305,19 @@ pub struct Coordinator {
     router: RouterId,
     counter: AtomicU64,
     faults: Faults,
+    /// Outcomes of transactions that spanned shards (`SHOW STATS`).
+    pub stats: CommitStats,
+}
+
+/// How transactions spanning shards ended.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Committed with one writer (a single COMMIT on it, plain COMMITs on the readers).
+    pub one_phase: AtomicU64,
+    /// Committed through PREPARE TRANSACTION / COMMIT PREPARED.
+    pub two_phase: AtomicU64,
+    /// Rolled back (by the client, or a COMMIT of a failed transaction).
+    pub rolled_back: AtomicU64,
 }
 
 impl Coordinator {
@@ -313,6 +326,7 @@ impl Coordinator {
             router,
             counter: AtomicU64::new(0),
             faults,
+            stats: CommitStats::default(),
         }
     }
 
@@ -338,19 +352,31 @@ impl Coordinator {
     ) -> Result<Outcome, CommitError<E>> {
         if members.iter().any(|m| m.conn.in_failed_transaction()) {
             rollback_all(members.iter_mut().map(member_conn)).await;
+            crate::stats::bump(&self.stats.rolled_back);
             return Ok(Outcome::RolledBack);
         }
         let writers = members.iter().filter(|m| m.wrote).count();
-        if writers <= 1 {
-            return one_phase(members).await;
+        let (outcome, counter) = if writers <= 1 {
+            (one_phase(members).await, &self.stats.one_phase)
+        } else {
+            let gid = self.next_gid();
+            (
+                self.two_phase(members, log, gid).await,
+                &self.stats.two_phase,
+            )
+        };
+        match &outcome {
+            Ok(Outcome::Committed { .. }) => crate::stats::bump(counter),
+            Ok(Outcome::RolledBack) => crate::stats::bump(&self.stats.rolled_back),
+            Err(_) => {}
         }
-        let gid = self.next_gid();
-        self.two_phase(members, log, gid).await
+        outcome
     }
 
     /// ROLLBACK on every member (errors only logged: a broken connection rolls back by
     /// itself).
     pub async fn rollback<E: TxnError>(&self, members: &mut [Member<'_, E>]) {
+        crate::stats::bump(&self.stats.rolled_back);
         rollback_all(members.iter_mut().map(member_conn)).await;
     }
 

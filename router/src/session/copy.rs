@@ -250,6 +250,7 @@ where
         in_txn: bool,
         mode: CopyMode,
     ) -> Result<(), SessionError> {
+        crate::stats::bump(&self.ctx.stats.copies);
         if plan.direction == CopyDirection::In && self.ctx.twopc.is_none() {
             self.copy_failed(
                 mode,
@@ -494,6 +495,9 @@ where
 
     /// A router error for the COPY.
     fn copy_failed(&mut self, mode: CopyMode, e: SessionError) {
+        if matches!(e, SessionError::Unsupported(_)) {
+            crate::stats::bump(&self.ctx.stats.unsupported);
+        }
         e.encode(&mut self.out);
         self.copy_ended_badly(mode);
     }

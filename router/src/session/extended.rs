@@ -522,6 +522,7 @@ where
         }
         let command = Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
         let writes = super::txn::may_write(&stmt.plan);
+        crate::stats::bump(&self.ctx.stats.single_shard);
         self.execute_on_attached(frame, portal, command, writes)
     }
 

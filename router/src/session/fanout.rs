@@ -137,6 +137,7 @@ where
                 return Ok(());
             }
         }
+        crate::stats::bump(&self.ctx.stats.fanout_reads);
         let mut shards = plan.shards.clone();
         shards.sort();
         shards.dedup();

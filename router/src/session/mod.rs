@@ -585,6 +585,9 @@ where
     }
 
     pub(crate) fn emit_error(&mut self, e: &SessionError) {
+        if matches!(e, SessionError::Unsupported(_)) {
+            crate::stats::bump(&self.ctx.stats.unsupported);
+        }
         let mut b = BytesMut::new();
         e.encode(&mut b);
         self.emit_local(&b);

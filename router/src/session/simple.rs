@@ -314,6 +314,7 @@ where
                 return Ok(());
             }
         }
+        crate::stats::bump(&self.ctx.stats.single_shard);
         let mut prepared_name = None;
         if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
             self.ensure_sql_prepared(name);
@@ -471,6 +472,7 @@ where
     /// first shard's reply. Not atomic: a failure leaves earlier shards changed (atomic
     /// DDL needs two-phase commit, a later step); the error says which shards ran it.
     async fn run_on_all(&mut self, sql: &str, shards: &[ShardId]) -> Result<(), SessionError> {
+        crate::stats::bump(&self.ctx.stats.all_shards);
         let catalog = self.ctx.catalog.current();
         let mut first_reply: Option<Vec<Frame>> = None;
         let mut done: Vec<ShardId> = Vec::new();

@@ -269,6 +269,7 @@ where
     /// RETURNING rows concatenated and the command tag with the row counts summed (for
     /// a reference table, one shard's answer: every shard holds the same copy).
     pub(crate) async fn run_fanout_write(&mut self, w: &FanoutWrite) -> Result<(), SessionError> {
+        crate::stats::bump(&self.ctx.stats.multi_shard_writes);
         if self.ctx.twopc.is_none() {
             self.fail_simple(SessionError::Unsupported(
                 "write on several shards without a catalog connection (no two-phase commit)".into(),
@@ -377,6 +378,7 @@ where
         &mut self,
         w: &FanoutWrite,
     ) -> Result<(), SessionError> {
+        crate::stats::bump(&self.ctx.stats.multi_shard_writes);
         if let Err(e) = self.check_defaults(&self.ctx.catalog.current(), w).await {
             self.fail_simple(e);
             return Ok(());
