@@ -15,7 +15,7 @@ use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
 use super::simple::Target;
 use super::simple::POISON_SQL;
-use super::{Expect, FanoutPortal, PortalAt, Session, Stmt, VirtualTxn};
+use super::{Expect, FanoutPortal, FanoutWritePortal, PortalAt, Session, Stmt, VirtualTxn};
 use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
 use crate::backend::{BackendConn, StmtKey};
 use crate::protocol::backend::{encode_command_complete, encode_error};
@@ -255,6 +255,42 @@ where
         Ok(())
     }
 
+    /// Binds a multi-shard write: the router answers BindComplete and runs it at
+    /// Execute on every target shard with the client's parameters (see
+    /// `run_fanout_write_extended`).
+    fn bind_fanout_write(
+        &mut self,
+        bind: &Bind<'_>,
+        stmt: &Arc<Stmt>,
+        w: &pgshard_sql::FanoutWrite,
+    ) -> Result<(), SessionError> {
+        if !w.shard_sql.is_empty() {
+            // Its rows were split by key at Parse; with parameters the split would
+            // have to renumber them.
+            self.fail_extended(SessionError::Unsupported(
+                "a multi-row INSERT whose rows go to several shards, through the extended protocol (send it as a simple Query, or one row per statement)".into(),
+            ));
+            return Ok(());
+        }
+        let (params, results) = bind.split_results()?;
+        if self.parse_ack.as_deref() == Some(bind.statement) {
+            self.parse_ack = None;
+            self.emit_empty(b'1');
+        }
+        self.emit_empty(b'2');
+        let portal = FanoutWritePortal {
+            write: w.clone(),
+            param_types: stmt.key.param_types.clone(),
+            params: bytes::Bytes::copy_from_slice(params),
+            results,
+        };
+        self.portals.insert(
+            bind.portal.to_string(),
+            (stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal))),
+        );
+        Ok(())
+    }
+
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
@@ -339,6 +375,11 @@ where
                 return self.bind_fanout(bind, &stmt, plan);
             }
         }
+        if let Route::FanoutWrite(w) = &stmt.plan.route {
+            if self.shard_override.is_none() {
+                return self.bind_fanout_write(bind, &stmt, w);
+            }
+        }
         let shard = match self.bind_shard(&stmt, bind) {
             Ok(s) => s,
             Err(e) => {
@@ -389,7 +430,7 @@ where
                     self.emit_empty(b'n');
                     return Ok(());
                 }
-                Some((_, PortalAt::Fanout(_))) => {
+                Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
                     // Answered with the Execute that follows.
                     self.described_fanout = Some(name.to_string());
                     return Ok(());
@@ -471,6 +512,20 @@ where
                 self.fail_extended(SessionError::Unsupported(
                     "COPY portal executed out of turn".into(),
                 ));
+                return Ok(());
+            }
+            PortalAt::FanoutWrite(p) => {
+                if max_rows != 0 {
+                    self.fail_extended(SessionError::Unsupported(
+                        "Execute with a row limit of a multi-shard write".into(),
+                    ));
+                    return Ok(());
+                }
+                let describe = self.described_fanout.as_deref() == Some(portal);
+                self.run_fanout_write_extended(frame, &p, describe).await?;
+                if self.deferred.is_none() {
+                    self.described_fanout = None;
+                }
                 return Ok(());
             }
             PortalAt::Fanout(fp) => {

@@ -93,6 +93,19 @@ pub(crate) enum PortalAt {
     Fanout(Arc<FanoutPortal>),
     /// Nowhere yet: a COPY the router runs at Execute (see [`copy`]).
     Copy,
+    /// Nowhere yet: a multi-shard write the router runs at Execute (see [`txn`]).
+    FanoutWrite(Arc<FanoutWritePortal>),
+}
+
+/// A bound multi-shard write (extended protocol): UPDATE/DELETE without the shard key,
+/// a write to reference tables.
+pub(crate) struct FanoutWritePortal {
+    pub write: pgshard_sql::FanoutWrite,
+    pub param_types: Vec<u32>,
+    /// The client's Bind from its parameter formats to its last value, sent as is.
+    pub params: Bytes,
+    /// The client's result format codes (for RETURNING rows).
+    pub results: Vec<i16>,
 }
 
 /// A bound multi-shard read (extended protocol).

@@ -25,12 +25,15 @@
 //! commit).
 
 use super::error::SessionError;
-use super::{Attached, Session, VirtualTxn};
+use super::{Attached, FanoutWritePortal, Session, VirtualTxn};
 use crate::backend::{BackendConn, BackendError, PooledConn};
 use crate::protocol::backend::{
     decode_command_tag, decode_ready_status, encode_command_complete, encode_ready,
 };
-use crate::protocol::frontend::encode_query;
+use crate::protocol::frontend::{
+    encode_bind_with_results, encode_describe, encode_execute, encode_parse, encode_query,
+    encode_sync,
+};
 use crate::protocol::Frame;
 use crate::twopc::{CommitError, CommitLog, Member, Outcome};
 use bytes::BytesMut;
@@ -315,6 +318,137 @@ where
         Ok(())
     }
 
+    /// A multi-shard write bound through the extended protocol (UPDATE/DELETE without
+    /// the key, a reference-table write, with the client's parameters), at its Execute.
+    /// Outside a transaction block it must be the last statement before Sync (its
+    /// implicit transaction ends there): it runs in a transaction on every target shard
+    /// and commits with two-phase commit, as with the simple protocol. Inside one, every
+    /// target shard joins the transaction. The client gets one answer (RETURNING rows
+    /// concatenated, the count summed; one copy for reference tables); ReadyForQuery
+    /// follows at its Sync.
+    pub(crate) async fn run_fanout_write_extended(
+        &mut self,
+        frame: &Frame,
+        p: &FanoutWritePortal,
+        describe: bool,
+    ) -> Result<(), SessionError> {
+        if self.ctx.twopc.is_none() {
+            self.fail_extended(SessionError::Unsupported(
+                "write on several shards without a catalog connection (no two-phase commit)".into(),
+            ));
+            return Ok(());
+        }
+        let in_txn = self.client_status() != b'I';
+        if let Some(a) = self.attached.as_mut() {
+            if a.executed && !in_txn {
+                self.fail_extended(SessionError::Unsupported(
+                    "a multi-shard write after other statements of the same extended-protocol batch (send Sync before it)".into(),
+                ));
+                return Ok(());
+            }
+            // Earlier messages of the batch (a Parse on that backend…) are settled
+            // first; this Execute comes back once their replies went to the client.
+            a.sync_silent();
+            if !a.expects.is_empty() {
+                self.deferred = Some(frame.clone());
+                return Ok(());
+            }
+        }
+        if !in_txn && !matches!(self.client.peek_frame(), Some((b'S', _))) {
+            self.fail_extended(SessionError::Unsupported(
+                "a multi-shard write followed by more messages before Sync in one extended-protocol batch (it commits at Sync: send Sync right after its Execute)".into(),
+            ));
+            return Ok(());
+        }
+        crate::stats::bump(&self.ctx.stats.multi_shard_writes);
+        let w = &p.write;
+        let catalog = self.ctx.catalog.current();
+        if let Err(e) = self.check_defaults(&catalog, w).await {
+            self.fail_extended(e);
+            return Ok(());
+        }
+        let mut replies = Vec::new();
+        if in_txn {
+            for &shard in &w.shards {
+                let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
+                if !on_it {
+                    let joined = if self.attached.is_none() {
+                        // BEGIN answered by the router so far: it goes out now.
+                        self.attach(shard, false).await
+                    } else {
+                        self.join_shard(shard).await
+                    };
+                    if let Err(e) = joined {
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                    self.drain_attached().await?;
+                }
+                let Some(a) = self.attached.as_mut() else {
+                    return Err(SessionError::LostBackend { shard });
+                };
+                if a.conn.status == b'E' {
+                    self.fail_extended(SessionError::InFailedTransaction);
+                    return Ok(());
+                }
+                a.wrote = true;
+                a.executed = true;
+                match exec_write_extended(&mut a.conn, shard, &w.sql, p, describe, false).await {
+                    Ok(r) => replies.push(r),
+                    Err(e) => {
+                        if a.conn.broken {
+                            return Err(SessionError::LostBackend { shard });
+                        }
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                }
+            }
+            let mut b = BytesMut::new();
+            merge_write_replies(&mut b, &replies, w.replicated);
+            self.emit_local(&b);
+            self.publish_activity();
+            return Ok(());
+        }
+        let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
+        let mut failure: Option<SessionError> = None;
+        // Holding a backend already (the batch's Parse went to one): no waiting for
+        // pool capacity then (see `crate::backend::pool`).
+        let holding = self.attached.is_some();
+        for &shard in &w.shards {
+            let mut conn = match self
+                .checkout_primary(&catalog, shard, holding || !conns.is_empty())
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            let r = exec_write_extended(&mut conn, shard, &w.sql, p, describe, true).await;
+            conns.push((shard, conn));
+            match r {
+                Ok(reply) => replies.push(reply),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut b = BytesMut::new();
+        let committed = self.finish_write(&mut conns, failure, &mut b).await;
+        drop(conns);
+        if committed {
+            merge_write_replies(&mut b, &replies, w.replicated);
+        } else {
+            // An ErrorResponse (or ROLLBACK's tag): what follows up to Sync is skipped.
+            self.skip_until_sync = true;
+        }
+        self.emit_local(&b);
+        Ok(())
+    }
+
     /// Ends a write that ran, each in its own transaction, on `conns` outside a
     /// transaction block: everything rolls back after a `failure` (whose error goes into
     /// `b`), else all commit with two-phase commit. True when committed (the caller then
@@ -546,6 +680,42 @@ async fn exec_write(
 ) -> Result<ShardReply, SessionError> {
     encode_query(&mut conn.out, sql);
     conn.unnamed = None;
+    collect_reply(conn, shard, 1).await
+}
+
+/// Runs a multi-shard write's statement on `conn` through the extended protocol with
+/// the client's parameters and result formats (after a `BEGIN` when `begin`), up to its
+/// ReadyForQuery; Describe is sent when the client described the portal.
+async fn exec_write_extended(
+    conn: &mut BackendConn,
+    shard: ShardId,
+    sql: &str,
+    p: &FanoutWritePortal,
+    describe: bool,
+    begin: bool,
+) -> Result<ShardReply, SessionError> {
+    if begin {
+        encode_query(&mut conn.out, "BEGIN");
+    }
+    encode_parse(&mut conn.out, "", sql, &p.param_types);
+    encode_bind_with_results(&mut conn.out, "", "", &p.params, &p.results);
+    if describe {
+        encode_describe(&mut conn.out, b'P', "");
+    }
+    encode_execute(&mut conn.out, "");
+    encode_sync(&mut conn.out);
+    conn.unnamed = None;
+    collect_reply(conn, shard, if begin { 2 } else { 1 }).await
+}
+
+/// Sends what is queued on `conn` and reads up to its `readies`-th ReadyForQuery,
+/// keeping the description (RowDescription or NoData), the rows and the last command
+/// tag; the first error wins.
+async fn collect_reply(
+    conn: &mut BackendConn,
+    shard: ShardId,
+    mut readies: usize,
+) -> Result<ShardReply, SessionError> {
     if let Err(e) = conn.flush().await {
         conn.broken = true;
         return Err(SessionError::from_backend(shard, e));
@@ -567,10 +737,13 @@ async fn exec_write(
         match f.tag() {
             b'Z' => {
                 conn.status = decode_ready_status(&f).unwrap_or(b'E');
-                break;
+                readies -= 1;
+                if readies == 0 {
+                    break;
+                }
             }
-            b'E' => error = Some(f),
-            b'T' => reply.row_description = Some(f),
+            b'E' if error.is_none() => error = Some(f),
+            b'T' | b'n' => reply.row_description = Some(f),
             b'D' => reply.rows.push(f),
             b'C' => {
                 // The last CommandComplete is the write's (an earlier one is BEGIN's).
