@@ -133,3 +133,56 @@ async fn multi_shard_writes_with_parameters() -> anyhow::Result<()> {
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_through_the_extended_protocol_in_a_transaction_spanning_shards(
+) -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("es", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let mut c = router.connect().await?;
+    c.batch_execute("CREATE TABLE es (id bigint PRIMARY KEY, v int NOT NULL)")
+        .await?;
+    let tx = c.build_transaction().start().await?;
+    for id in 1..=10i64 {
+        tx.execute("INSERT INTO es (id, v) VALUES ($1, 0)", &[&id])
+            .await?;
+    }
+    // Spanning both shards now; SAVEPOINT, a multi-shard write, ROLLBACK TO, RELEASE,
+    // all as Parse/Bind/Execute.
+    tx.execute("SAVEPOINT s1", &[]).await?;
+    assert_eq!(tx.execute("UPDATE es SET v = $1", &[&9i32]).await?, 10);
+    tx.execute("ROLLBACK TO SAVEPOINT s1", &[]).await?;
+    let nines: i64 = tx
+        .query_one("SELECT count(*) FROM es WHERE v = $1", &[&9i32])
+        .await?
+        .get(0);
+    assert_eq!(nines, 0, "rolled back to the savepoint on every shard");
+    tx.execute("SAVEPOINT s2", &[]).await?;
+    tx.execute("UPDATE es SET v = $1 WHERE v = $2", &[&1i32, &0i32])
+        .await?;
+    tx.execute("RELEASE SAVEPOINT s2", &[]).await?;
+    // An error, then recovery with ROLLBACK TO (the transaction is failed until then).
+    tx.execute("SAVEPOINT s3", &[]).await?;
+    let e = tx
+        .execute("UPDATE es SET v = v / $1", &[&0i32])
+        .await
+        .expect_err("division by zero");
+    assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
+    tx.execute("ROLLBACK TO SAVEPOINT s3", &[]).await?;
+    tx.commit().await?;
+    let rows = per_shard(&cluster, "SELECT count(*) FROM es").await?;
+    assert!(
+        rows.iter().all(|&n| n > 0),
+        "both shards took part: {rows:?}"
+    );
+    assert_eq!(
+        per_shard(&cluster, "SELECT count(*) FROM es WHERE v = 1").await?,
+        per_shard(&cluster, "SELECT count(*) FROM es").await?
+    );
+    let ones: i64 = c
+        .query_one("SELECT count(*) FROM es WHERE v = 1", &[])
+        .await?
+        .get(0);
+    assert_eq!(ones, 10);
+    Ok(())
+}

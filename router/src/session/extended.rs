@@ -552,10 +552,16 @@ where
                     .await;
             }
             StatementKind::Savepoint if self.spans_shards() => {
-                self.fail_extended(SessionError::Unsupported(
-                    "savepoints in a transaction spanning shards are not supported yet".into(),
-                ));
-                return Ok(());
+                // On every participant, as with the simple protocol, once what the
+                // attached backend owes (this statement's BindComplete…) is settled.
+                if let Some(a) = self.attached.as_mut() {
+                    a.sync_silent();
+                }
+                self.drain_attached().await?;
+                if self.skip_until_sync {
+                    return Ok(());
+                }
+                return self.savepoint_everywhere(&stmt.key.sql, true).await;
             }
             StatementKind::Savepoint => {
                 super::txn::track_savepoint(&mut self.txn_savepoints, &stmt.key.sql)

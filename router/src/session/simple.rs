@@ -159,7 +159,7 @@ where
                 }
                 // On every participant, so they all roll back or release alike (also
                 // in a failed transaction: ROLLBACK TO is how it recovers).
-                return self.savepoint_everywhere(sql).await;
+                return self.savepoint_everywhere(sql, false).await;
             }
             if self.any_participant_failed() {
                 self.fail_simple(SessionError::InFailedTransaction);

@@ -565,7 +565,13 @@ where
     /// SAVEPOINT, RELEASE or ROLLBACK TO in a transaction spanning shards: run on every
     /// participant in turn (none is left holding the savepoint without the others), the
     /// client gets one answer, and the savepoint list follows.
-    pub(crate) async fn savepoint_everywhere(&mut self, sql: &str) -> Result<(), SessionError> {
+    /// `extended`: the command came as Bind/Execute, so no ReadyForQuery follows here
+    /// (the client's Sync brings it), and an error skips the rest up to Sync.
+    pub(crate) async fn savepoint_everywhere(
+        &mut self,
+        sql: &str,
+        extended: bool,
+    ) -> Result<(), SessionError> {
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
         parts.append(&mut self.parked);
         parts.sort_by_key(|a| a.shard);
@@ -595,10 +601,15 @@ where
                 track_savepoint(&mut self.txn_savepoints, sql);
                 encode_command_complete(&mut b, &r.tag);
             }
-            Some(Err(e)) => e.encode(&mut b),
+            Some(Err(e)) => {
+                e.encode(&mut b);
+                self.skip_until_sync |= extended;
+            }
             None => encode_command_complete(&mut b, "SAVEPOINT"),
         }
-        encode_ready(&mut b, self.client_status());
+        if !extended {
+            encode_ready(&mut b, self.client_status());
+        }
         self.emit_local(&b);
         self.publish_activity();
         Ok(())
