@@ -192,6 +192,26 @@ impl TestCluster {
             .with_context(|| format!("no node named {name}"))
     }
 
+    /// The single value `sql` returns on each of `nodes` (shard primaries), in order,
+    /// after checking that no prepared transaction is left on it (two-phase commit
+    /// finished everywhere).
+    pub async fn value_on_each<T>(&self, nodes: &[&str], sql: &str) -> anyhow::Result<Vec<T>>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        let mut out = Vec::new();
+        for node in nodes {
+            let c = self.connect_node(node).await?;
+            let prepared: i64 = c
+                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                .await?
+                .get(0);
+            anyhow::ensure!(prepared == 0, "prepared transactions left on {node}");
+            out.push(c.query_one(sql, &[]).await?.get(0));
+        }
+        Ok(out)
+    }
+
     /// A client connected to the catalog database.
     pub async fn connect_catalog(&self) -> anyhow::Result<Client> {
         Ok(self.cluster.connect_catalog().await?)

@@ -74,6 +74,20 @@ impl TestRouter {
         Ok(client)
     }
 
+    /// A tokio-postgres client on the router's admin console (database `pgshard`).
+    pub async fn connect_admin(&self) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=pgshard",
+                self.addr.port()
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
     /// The router's current catalog snapshot.
     pub fn catalog(&self) -> std::sync::Arc<pgshard_catalog::Catalog> {
         self.catalog.current()

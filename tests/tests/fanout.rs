@@ -38,15 +38,7 @@ async fn one(client: &Client, sql: &str) -> anyhow::Result<String> {
 
 /// `in_use` of every pool, from the admin console.
 async fn pools_in_use(router: &TestRouter) -> anyhow::Result<Vec<(String, i64)>> {
-    let (admin, conn) = tokio_postgres::connect(
-        &format!(
-            "host=127.0.0.1 port={} user=postgres dbname=pgshard",
-            router.port()
-        ),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
+    let admin = router.connect_admin().await?;
     let mut header: Option<Vec<String>> = None;
     let mut out = Vec::new();
     for m in admin.simple_query("SHOW POOLS").await? {

@@ -33,20 +33,9 @@ async fn assert_refused(c: &Client, sql: &str, names: &str) {
 /// Every shard's copy of `table`, as one text value per shard; and no prepared
 /// transaction left behind.
 async fn copies(cluster: &TestCluster, table: &str) -> anyhow::Result<Vec<String>> {
-    let mut out = Vec::new();
-    for node in PRIMARIES {
-        let c = cluster.connect_node(node).await?;
-        let prepared: i64 = c
-            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-            .await?
-            .get(0);
-        assert_eq!(prepared, 0, "prepared transactions left on {node}");
-        let sql = format!(
-            "SELECT coalesce(string_agg(r_::text, '|' ORDER BY r_::text), '') FROM {table} r_"
-        );
-        out.push(c.query_one(&sql, &[]).await?.get(0));
-    }
-    Ok(out)
+    let sql =
+        format!("SELECT coalesce(string_agg(r_::text, '|' ORDER BY r_::text), '') FROM {table} r_");
+    cluster.value_on_each(&PRIMARIES, &sql).await
 }
 
 async fn assert_identical(cluster: &TestCluster, table: &str) -> anyhow::Result<String> {

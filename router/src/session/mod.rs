@@ -483,16 +483,9 @@ where
             }
             Event::Backend(Ok(frame)) => self.on_backend_frame(frame)?,
             Event::Backend(Err(e)) => {
-                let shard = self
-                    .attached
-                    .as_ref()
-                    .map(|a| a.shard)
-                    .unwrap_or(ShardId(0));
-                if let Some(a) = self.attached.as_mut() {
-                    a.conn.broken = true;
-                }
-                tracing::warn!(%shard, error = %e, "lost backend connection");
-                return Err(SessionError::LostBackend { shard });
+                let lost = self.lose_backend();
+                tracing::warn!(error = %e, "{lost}");
+                return Err(lost);
             }
             Event::Client(Ok(Some(frame))) => self.on_client_frame(frame).await?,
             Event::Client(Ok(None)) => return Ok(true),
@@ -503,21 +496,24 @@ where
                     a.conn.out.advance(n);
                 }
             }
-            Event::BackendWrote(_) => {
-                let shard = self
-                    .attached
-                    .as_ref()
-                    .map(|a| a.shard)
-                    .unwrap_or(ShardId(0));
-                if let Some(a) = self.attached.as_mut() {
-                    a.conn.broken = true;
-                }
-                return Err(SessionError::LostBackend { shard });
-            }
+            Event::BackendWrote(_) => return Err(self.lose_backend()),
             Event::ClientWrote(Ok(n)) if n > 0 => self.out.advance(n),
             Event::ClientWrote(_) => return Ok(true),
         }
         Ok(false)
+    }
+
+    /// The attached backend failed (read or write): never pooled again; the session's
+    /// error names its shard.
+    fn lose_backend(&mut self) -> SessionError {
+        let shard = match self.attached.as_mut() {
+            Some(a) => {
+                a.conn.broken = true;
+                a.shard
+            }
+            None => ShardId(0),
+        };
+        SessionError::LostBackend { shard }
     }
 
     /// True when no transaction is open and nothing is outstanding: the session can end

@@ -370,29 +370,13 @@ where
         let mut replies = Vec::new();
         if in_txn {
             for &shard in &w.shards {
-                let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
-                if !on_it {
-                    let joined = if self.attached.is_none() {
-                        // BEGIN answered by the router so far: it goes out now.
-                        self.attach(shard, false).await
-                    } else {
-                        self.join_shard(shard).await
-                    };
-                    if let Err(e) = joined {
-                        self.fail_extended(e);
-                        return Ok(());
-                    }
-                    self.drain_attached().await?;
+                if let Err(e) = self.attach_writer(shard).await? {
+                    self.fail_extended(e);
+                    return Ok(());
                 }
                 let Some(a) = self.attached.as_mut() else {
                     return Err(SessionError::LostBackend { shard });
                 };
-                if a.conn.status == b'E' {
-                    self.fail_extended(SessionError::InFailedTransaction);
-                    return Ok(());
-                }
-                a.wrote = true;
-                a.executed = true;
                 match exec_write_extended(&mut a.conn, shard, &w.sql, p, describe, false).await {
                     Ok(r) => replies.push(r),
                     Err(e) => {
@@ -504,6 +488,37 @@ where
         }
     }
 
+    /// Inside a transaction block: makes `shard` the attached participant for a write
+    /// (joining it to the transaction, or sending the router-answered BEGIN), settled
+    /// and marked as a writer. The inner error is the client's (the transaction failed,
+    /// or the shard could not join); the outer one ends the session.
+    async fn attach_writer(
+        &mut self,
+        shard: ShardId,
+    ) -> Result<Result<(), SessionError>, SessionError> {
+        if self.attached.as_ref().is_none_or(|a| a.shard != shard) {
+            let joined = if self.attached.is_none() {
+                // BEGIN answered by the router so far: it goes out now.
+                self.attach(shard, false).await
+            } else {
+                self.join_shard(shard).await
+            };
+            if let Err(e) = joined {
+                return Ok(Err(e));
+            }
+            self.drain_attached().await?;
+        }
+        let Some(a) = self.attached.as_mut() else {
+            return Err(SessionError::LostBackend { shard });
+        };
+        if a.conn.status == b'E' {
+            return Ok(Err(SessionError::InFailedTransaction));
+        }
+        a.wrote = true;
+        a.executed = true;
+        Ok(Ok(()))
+    }
+
     /// A multi-shard UPDATE/DELETE or reference-table write inside a transaction block:
     /// every target shard joins the transaction and runs it there; the writes commit
     /// with the transaction (two-phase commit at COMMIT). An error on a shard fails the
@@ -519,29 +534,13 @@ where
         }
         let mut replies = Vec::new();
         for (i, &shard) in w.shards.iter().enumerate() {
-            let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
-            if !on_it {
-                let joined = if self.attached.is_none() {
-                    // BEGIN answered by the router so far: it goes out now.
-                    self.attach(shard, false).await
-                } else {
-                    self.join_shard(shard).await
-                };
-                if let Err(e) = joined {
-                    self.fail_simple(e);
-                    return Ok(());
-                }
-                self.drain_attached().await?;
+            if let Err(e) = self.attach_writer(shard).await? {
+                self.fail_simple(e);
+                return Ok(());
             }
             let Some(a) = self.attached.as_mut() else {
                 return Err(SessionError::LostBackend { shard });
             };
-            if a.conn.status == b'E' {
-                self.fail_simple(SessionError::InFailedTransaction);
-                return Ok(());
-            }
-            a.wrote = true;
-            a.executed = true;
             match exec_write(&mut a.conn, shard, w.sql_for(i)).await {
                 Ok(r) => replies.push(r),
                 Err(e) => {
