@@ -206,3 +206,57 @@ async fn extended_protocol_fanout_answers_like_postgres() -> anyhow::Result<()> 
     assert_eq!(n, 291);
     Ok(())
 }
+
+/// Execute with a row limit on a multi-shard portal (portal suspension, what JDBC's
+/// fetch size sends): batches of the merged, ordered answer across Syncs, the last one
+/// short, then nothing; also for an aggregate finished by the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_limited_execute_of_a_multi_shard_portal() -> anyhow::Result<()> {
+    let cluster =
+        pgshard_tests::two_shards(vec![pgshard_tests::distributed("rl", "id", "bigint")]).await?;
+    let router = pgshard_tests::TestRouter::start(&cluster).await?;
+    let mut c = router.connect().await?;
+    c.batch_execute("CREATE TABLE rl (id bigint PRIMARY KEY, v int)")
+        .await?;
+    for id in 1..=25i64 {
+        c.execute("INSERT INTO rl VALUES ($1, $2)", &[&id, &((id % 3) as i32)])
+            .await?;
+    }
+    let tx = c.transaction().await?;
+    let stmt = tx
+        .prepare("SELECT id, v FROM rl WHERE id > $1 ORDER BY id")
+        .await?;
+    let portal = tx.bind(&stmt, &[&0i64]).await?;
+    let mut seen = Vec::new();
+    let mut sizes = Vec::new();
+    loop {
+        let batch = tx.query_portal(&portal, 10).await?;
+        sizes.push(batch.len());
+        if batch.is_empty() {
+            break;
+        }
+        for r in batch {
+            let (id, v): (i64, i32) = (r.get(0), r.get(1));
+            assert_eq!(v, (id % 3) as i32);
+            seen.push(id);
+        }
+    }
+    assert_eq!(seen, (1..=25).collect::<Vec<i64>>());
+    assert_eq!(sizes, vec![10, 10, 5, 0]);
+
+    // Finished by the router (GROUP BY over shards), two groups at a time.
+    let stmt = tx
+        .prepare("SELECT v, count(*) FROM rl GROUP BY v ORDER BY v")
+        .await?;
+    let portal = tx.bind(&stmt, &[]).await?;
+    let first = tx.query_portal(&portal, 2).await?;
+    let rest = tx.query_portal(&portal, 2).await?;
+    let groups: Vec<(i32, i64)> = first
+        .iter()
+        .chain(rest.iter())
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(groups, vec![(0, 8), (1, 9), (2, 8)]);
+    tx.commit().await?;
+    Ok(())
+}

@@ -430,6 +430,11 @@ where
                     self.emit_empty(b'n');
                     return Ok(());
                 }
+                Some((_, PortalAt::Buffered(rows))) => {
+                    let rows = rows.clone();
+                    self.describe_buffered(&rows);
+                    return Ok(());
+                }
                 Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
                     // Answered with the Execute that follows.
                     self.described_fanout = Some(name.to_string());
@@ -528,11 +533,17 @@ where
                 }
                 return Ok(());
             }
+            PortalAt::Buffered(rows) => {
+                self.emit_batch(&rows, usize::try_from(max_rows).unwrap_or(0));
+                return Ok(());
+            }
             PortalAt::Fanout(fp) => {
-                if max_rows != 0 {
-                    self.fail_extended(SessionError::Unsupported(
-                        "Execute with a row limit of a multi-shard query (fetch all rows, or use a cursor on one shard)".into(),
-                    ));
+                if max_rows > 0 {
+                    self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
+                        .await?;
+                    if self.deferred.is_none() {
+                        self.described_fanout = None;
+                    }
                     return Ok(());
                 }
                 let describe = self.described_fanout.as_deref() == Some(portal);
@@ -692,6 +703,10 @@ where
             }
             None => {
                 let s = self.client_status();
+                if s == b'I' {
+                    // The implicit transaction ended: so did its portals.
+                    self.portals.clear();
+                }
                 self.emit_ready(s);
             }
         }

@@ -267,7 +267,11 @@ where
             })
             .collect();
         let describe = ext.is_none_or(|(_, d)| d);
-        let result = fanout::execute_with(plan, streams, &mut self.writer, describe).await;
+        let result = match self.capture.as_mut() {
+            // A row-limited Execute: the answer is kept (see `suspend`).
+            Some(capture) => fanout::execute_with(plan, streams, capture, describe).await,
+            None => fanout::execute_with(plan, streams, &mut self.writer, describe).await,
+        };
         let _ = self.writer.flush().await;
         // Bound on the rows a shard still sends after the merge stopped reading it:
         // LIMIT n OFFSET m is pushed down as LIMIT n+m.
@@ -672,7 +676,10 @@ where
                 b'1' | b'2' => {}
                 _ => {
                     buf.extend_from_slice(f.raw());
-                    if buf.len() >= FLUSH_AT {
+                    if let Some(capture) = self.capture.as_mut() {
+                        capture.push(&buf);
+                        buf.clear();
+                    } else if buf.len() >= FLUSH_AT {
                         if self.writer.write_all(&buf).await.is_err() {
                             self.closing = true;
                             p.conn.broken = true;

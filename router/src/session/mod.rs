@@ -32,6 +32,7 @@ mod relay;
 mod simple;
 mod split;
 pub mod startup;
+mod suspend;
 mod txn;
 pub mod vars;
 
@@ -95,6 +96,9 @@ pub(crate) enum PortalAt {
     Copy,
     /// Nowhere yet: a multi-shard write the router runs at Execute (see [`txn`]).
     FanoutWrite(Arc<FanoutWritePortal>),
+    /// A multi-shard read run by a row-limited Execute: its remaining rows, handed out
+    /// by the next Executes (see [`suspend`]).
+    Buffered(suspend::SharedRows),
 }
 
 /// A bound multi-shard write (extended protocol): UPDATE/DELETE without the shard key,
@@ -222,6 +226,8 @@ pub struct Session<R, W> {
     /// A multi-shard portal described (Describe P) and not yet executed: its
     /// RowDescription goes out with the Execute.
     pub(crate) described_fanout: Option<String>,
+    /// Set while a fan-out's answer is captured for a row-limited Execute.
+    pub(crate) capture: Option<suspend::Capture>,
     /// Transaction participants lent to a running fan-out (see `fanout`).
     pub(crate) lent: Vec<fanout::Lent>,
     pub(crate) lent_parts: Vec<fanout::Part>,
@@ -295,6 +301,7 @@ where
             stmts: FxHashMap::default(),
             portals: FxHashMap::default(),
             described_fanout: None,
+            capture: None,
             fanout_columns: FxHashMap::default(),
             lent: Vec::new(),
             lent_parts: Vec::new(),
