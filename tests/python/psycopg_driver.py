@@ -3,7 +3,8 @@
 Usage: psycopg_driver.py PORT
 Exercises what a Python application does: server-side parameter binding (extended
 protocol), prepared statements (prepare=True), binary results, transactions with
-rollback, errors with their SQLSTATE, pipelined executemany, and metadata queries. Every check
+rollback, multi-shard writes with parameters, errors with their SQLSTATE, pipelined
+executemany, and metadata queries. Every check
 raises on a mismatch; the script prints OK at the end.
 """
 
@@ -65,6 +66,15 @@ def main(port: int) -> None:
         except errors.UndefinedTable:
             pass
 
+        # Multi-shard writes with bound parameters (no shard key in the WHERE clause):
+        # on every shard, committed atomically at the statement's Sync.
+        cur = conn.execute("UPDATE py_users SET score = score + %s WHERE active = %s", (1, True))
+        assert cur.rowcount == 25, cur.rowcount
+        got = conn.execute(
+            "SELECT count(*) FROM py_users WHERE active AND score = id * 1.5 + %s", (1,)
+        ).fetchone()
+        assert got == (25,), got
+
         # Metadata queries drivers and ORMs run.
         cols = conn.execute(
             "SELECT column_name FROM information_schema.columns "
@@ -80,6 +90,12 @@ def main(port: int) -> None:
         assert got == ("user 3",), got
         conn.execute("UPDATE py_users SET name = 'committed' WHERE id = %s", (3,))
         conn.commit()
+        # A multi-shard write inside a transaction, rolled back on every shard.
+        cur = conn.execute("UPDATE py_users SET name = name || %s", ("!",))
+        assert cur.rowcount == 50, cur.rowcount
+        conn.rollback()
+        got = conn.execute("SELECT count(*) FROM py_users WHERE name LIKE %s", ("%!",)).fetchone()
+        assert got == (0,), got
         got = conn.execute("SELECT name FROM py_users WHERE id = %s", (3,)).fetchone()
         assert got == ("committed",), got
         conn.commit()
