@@ -186,6 +186,8 @@ pub struct RouterConfig {
     pub tls_key: Option<PathBuf>,
     /// How often to re-check the catalog version, in milliseconds (besides NOTIFY).
     pub catalog_poll_ms: u64,
+    /// `host:port` for Prometheus metrics (`GET /metrics`); none by default.
+    pub metrics_listen: Option<String>,
     /// Threads serving client sessions, each with its own event loop; 0 (the default)
     /// means one per two CPU cores, at least one.
     pub workers: u32,
@@ -206,6 +208,7 @@ impl Default for RouterConfig {
             tls_cert: None,
             tls_key: None,
             catalog_poll_ms: 1000,
+            metrics_listen: None,
             workers: 0,
         }
     }

@@ -13,7 +13,8 @@
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
 //! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
 //! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows);
-//! - [`admin`]: the `pgshard` admin console, and [`stats`] behind its `SHOW STATS`;
+//! - [`admin`]: the `pgshard` admin console, and [`stats`] behind its `SHOW STATS` and
+//!   the Prometheus endpoint ([`metrics`]);
 //! - [`tls`]: the rustls acceptor for clients that ask for TLS (SSLRequest);
 //! - [`twopc`]: the two-phase commit coordinator for multi-shard transactions;
 //! - `refcheck`: column defaults in writes to reference tables (refused unless constant).
@@ -28,6 +29,7 @@ pub mod catalog_watch;
 pub mod copy;
 pub mod distribute;
 pub mod fanout;
+pub mod metrics;
 pub mod protocol;
 mod refcheck;
 pub mod registry;

@@ -141,6 +141,21 @@ impl RouterCtx {
 pub struct Router {
     ctx: Arc<RouterCtx>,
     listener: TcpListener,
+    /// `router.metrics_listen`, bound with the client port.
+    metrics: Option<TcpListener>,
+}
+
+/// Binds `router.metrics_listen` if set; the error names the key.
+async fn bind_metrics(config: &RouterConfig) -> std::io::Result<Option<TcpListener>> {
+    let Some(addr) = &config.metrics_listen else {
+        return Ok(None);
+    };
+    TcpListener::bind(addr).await.map(Some).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("router.metrics_listen: cannot listen on {addr}: {e}"),
+        )
+    })
 }
 
 impl Router {
@@ -150,11 +165,13 @@ impl Router {
     pub async fn bind(config: RouterConfig, catalog: CatalogHandle) -> std::io::Result<Router> {
         let tls = TlsMode::from_config(&config).map_err(invalid_input)?;
         let listener = TcpListener::bind(&config.listen).await?;
+        let metrics = bind_metrics(&config).await?;
         let mut ctx = RouterCtx::new(config, catalog);
         ctx.tls = tls;
         Ok(Router {
             ctx: Arc::new(ctx),
             listener,
+            metrics,
         })
     }
 
@@ -168,17 +185,24 @@ impl Router {
         let tls = TlsMode::from_config(&config).map_err(invalid_input)?;
         let twopc = TwoPc::new(catalog_conninfo).map_err(invalid_input)?;
         let listener = TcpListener::bind(&config.listen).await?;
+        let metrics = bind_metrics(&config).await?;
         let mut ctx = RouterCtx::new(config, catalog);
         ctx.tls = tls;
         ctx.twopc = Some(twopc);
         Ok(Router {
             ctx: Arc::new(ctx),
             listener,
+            metrics,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the metrics endpoint, when `router.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn ctx(&self) -> Arc<RouterCtx> {
@@ -187,7 +211,14 @@ impl Router {
 
     /// Serves until `shutdown`, then waits (at most [`SESSIONS_WAIT`]) for sessions to
     /// end.
-    pub async fn serve(self, shutdown: CancellationToken) {
+    pub async fn serve(mut self, shutdown: CancellationToken) {
+        if let Some(listener) = self.metrics.take() {
+            tokio::spawn(crate::metrics::serve(
+                self.ctx.clone(),
+                listener,
+                shutdown.clone(),
+            ));
+        }
         let limit = Arc::new(Semaphore::new(self.ctx.config.max_clients.max(1) as usize));
         let tracker = TaskTracker::new();
         let workers = match Workers::start(self.ctx.config.workers as usize) {

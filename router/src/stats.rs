@@ -46,6 +46,10 @@ pub fn bump(counter: &AtomicU64) {
 }
 
 impl Stats {
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// `(name, value)` pairs in display order.
     pub fn rows(&self) -> Vec<(&'static str, u64)> {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);

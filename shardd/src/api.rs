@@ -4,7 +4,9 @@
 //!   observed state (see [`crate::probe::NodeStatus`]);
 //! - `GET /v1/transactions`: distributed transactions left in doubt on the shards, as
 //!   the last 2PC recovery round saw them (see [`crate::recovery::TransactionsStatus`]);
-//! - `POST /v1/shutdown`: stop the cluster and exit, as SIGTERM does.
+//! - `POST /v1/shutdown`: stop the cluster and exit, as SIGTERM does;
+//! - `GET /metrics`: Prometheus text format: readiness, catalog version, each node's
+//!   state, failed probes in a row and replica lag, transactions in doubt.
 //!
 //! The server is up from the start of `run`, so the CLI can show bootstrap progress
 //! (`ready: false`) before the cluster serves.
@@ -34,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/transactions", get(transactions))
         .route("/v1/shutdown", post(shutdown))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -53,6 +56,96 @@ async fn transactions(State(state): State<ApiState>) -> Json<TransactionsStatus>
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     Json(snapshot)
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl axum::response::IntoResponse {
+    let status = state
+        .status
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let in_doubt = state
+        .transactions
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .in_doubt
+        .len();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render_metrics(&status, in_doubt),
+    )
+}
+
+/// The Prometheus exposition of a status snapshot.
+pub fn render_metrics(status: &ClusterStatus, in_doubt: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, i64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "pgshard_shardd_ready",
+        "1 once the cluster is bootstrapped and serving.",
+        vec![(String::new(), i64::from(status.ready))],
+    );
+    family(
+        "pgshard_shardd_catalog_version",
+        "The catalog version after the last probe round.",
+        vec![(String::new(), status.version.unwrap_or(0))],
+    );
+    let labels = |n: &crate::probe::NodeStatus| {
+        format!(
+            "{{node=\"{}\",shard=\"{}\",role=\"{}\"}}",
+            n.name,
+            n.shard.map(|s| s.to_string()).unwrap_or_default(),
+            n.role
+        )
+    };
+    family(
+        "pgshard_shardd_node_up",
+        "1 if the node answered its last probes (healthy), else 0.",
+        status
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    labels(n),
+                    i64::from(n.state == pgshard_catalog::NodeState::Healthy),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_node_probe_failures",
+        "Failed probes in a row.",
+        status
+            .nodes
+            .iter()
+            .map(|n| (labels(n), i64::from(n.failures)))
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_replica_lag_bytes",
+        "Replicas: replay lag behind the primary in bytes.",
+        status
+            .nodes
+            .iter()
+            .filter_map(|n| Some((labels(n), n.lag_bytes?)))
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_transactions_in_doubt",
+        "Prepared transactions with a pgshard GID left on the shards (last recovery round).",
+        vec![(String::new(), in_doubt as i64)],
+    );
+    out
 }
 
 async fn shutdown(State(state): State<ApiState>) -> (StatusCode, Json<serde_json::Value>) {

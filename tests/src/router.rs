@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// A running router.
 pub struct TestRouter {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     catalog: CatalogHandle,
     shutdown: CancellationToken,
 }
@@ -35,6 +36,7 @@ impl TestRouter {
         let handle = CatalogHandle::new(catalog);
         let router = Router::bind_with_catalog(config.clone(), handle.clone(), &conninfo).await?;
         let addr = router.local_addr()?;
+        let metrics_addr = router.metrics_addr();
         let shutdown = CancellationToken::new();
         tokio::spawn(catalog_watch::follow(
             handle.clone(),
@@ -45,6 +47,7 @@ impl TestRouter {
         tokio::spawn(router.serve(shutdown.clone()));
         Ok(TestRouter {
             addr,
+            metrics_addr,
             catalog: handle,
             shutdown,
         })
@@ -52,6 +55,11 @@ impl TestRouter {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The Prometheus endpoint, when started with `metrics_listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn port(&self) -> u16 {

@@ -1,7 +1,8 @@
-//! The admin console's `SHOW BUCKETS` and `SHOW STATS` (SPEC §12) on a 2-shard cluster:
-//! the bucket runs cover every bucket once and agree with `SHOW SHARDS`; the counters
-//! move with what the session did (single-shard statements, a fan-out read, a
-//! multi-shard write, a two-phase commit, a rollback, a refusal).
+//! The admin console's `SHOW BUCKETS` and `SHOW STATS`, and the Prometheus endpoint
+//! (SPEC §12) on a 2-shard cluster: the bucket runs cover every bucket once and agree
+//! with `SHOW SHARDS`; the counters move with what the session did (single-shard
+//! statements, a fan-out read, a multi-shard write, a two-phase commit, a rollback, a
+//! refusal), and `GET /metrics` reports the same values and the pools.
 
 use pgshard_tests::{distributed, two_shards, TestRouter};
 use std::collections::HashMap;
@@ -40,7 +41,14 @@ async fn stats(admin: &Client) -> anyhow::Result<HashMap<String, u64>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_buckets_and_show_stats() -> anyhow::Result<()> {
     let cluster = two_shards(vec![distributed("st", "id", "bigint")]).await?;
-    let router = TestRouter::start(&cluster).await?;
+    let router = TestRouter::start_with(
+        &cluster,
+        pgshard_catalog::config::RouterConfig {
+            metrics_listen: Some("127.0.0.1:0".into()),
+            ..cluster.config().router.clone()
+        },
+    )
+    .await?;
     let admin = router.connect_admin().await?;
 
     // Bucket runs: contiguous from 0, no gap or overlap, counts per shard as SHOW SHARDS.
@@ -111,5 +119,42 @@ async fn show_buckets_and_show_stats() -> anyhow::Result<()> {
     assert_eq!(grew("statements_unsupported"), 1, "{after:?}");
     assert!(after["client_connections_total"] >= 2, "{after:?}");
     assert!(after["clients_connected"] >= 2, "{after:?}");
+
+    // Prometheus: the same counters (nothing ran since SHOW STATS), and the pools.
+    let addr = router.metrics_addr().expect("metrics_listen set");
+    let resp = reqwest::get(format!("http://{addr}/metrics")).await?;
+    assert!(resp.status().is_success());
+    let text = resp.text().await?;
+    let sample = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    assert_eq!(
+        sample("pgshard_router_statements_total{route=\"fanout_read\"}"),
+        Some(after["statements_fanout_read"]),
+        "{text}"
+    );
+    assert_eq!(
+        sample("pgshard_router_statements_unsupported_total"),
+        Some(after["statements_unsupported"]),
+        "{text}"
+    );
+    assert_eq!(
+        sample("pgshard_router_spanning_transactions_total{outcome=\"two_phase_commit\"}"),
+        Some(after["transactions_spanning_two_phase_commit"]),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE pgshard_router_statements_total counter"),
+        "{text}"
+    );
+    let in_use = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("pgshard_router_pool_connections{") && l.contains("state=\"in_use\"")
+        })
+        .count();
+    assert_eq!(in_use, 2, "one pool per shard primary:\n{text}");
     Ok(())
 }

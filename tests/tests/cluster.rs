@@ -417,6 +417,30 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     ] {
         assert_eq!(node(&status, name)["state"], "healthy", "{status}");
     }
+    // The same, for Prometheus.
+    let metrics = http
+        .get(format!("http://{}/metrics", state.api))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(metrics.contains("\npgshard_shardd_ready 1\n"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "pgshard_shardd_node_up{node=\"shard1-primary\",shard=\"1\",role=\"primary\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("pgshard_shardd_node_up{"))
+            .count(),
+        4,
+        "{metrics}"
+    );
     for name in ["catalog-replica1", "shard1-replica1"] {
         let n = node(&status, name);
         assert_eq!(n["replication_state"], "streaming", "{n}");

@@ -1,0 +1,166 @@
+//! Prometheus metrics (SPEC §12) on `router.metrics_listen`: `GET /metrics` in the text
+//! exposition format. The same counters as the admin console's `SHOW STATS`, the pools
+//! of `SHOW POOLS`, connected clients and the catalog version; read when scraped, so
+//! serving them costs the statement path nothing beyond its counters.
+
+use crate::server::RouterCtx;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `GET /metrics` on `listener` until `shutdown`.
+pub async fn serve(ctx: Arc<RouterCtx>, listener: TcpListener, shutdown: CancellationToken) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let ctx = ctx.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    render(&ctx),
+                )
+            }
+        }),
+    );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The whole exposition.
+pub fn render(ctx: &RouterCtx) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let s = &ctx.stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    family(
+        "pgshard_router_uptime_seconds",
+        "gauge",
+        "Seconds since the router started.",
+        &[(String::new(), s.uptime().as_secs())],
+    );
+    family(
+        "pgshard_router_connections_total",
+        "counter",
+        "Client connections accepted.",
+        &[(String::new(), get(&s.connections))],
+    );
+    family(
+        "pgshard_router_clients",
+        "gauge",
+        "Clients connected now.",
+        &[(String::new(), ctx.clients.list().len() as u64)],
+    );
+    let routes = [
+        ("single_shard", &s.single_shard),
+        ("fanout_read", &s.fanout_reads),
+        ("multi_shard_write", &s.multi_shard_writes),
+        ("all_shards", &s.all_shards),
+        ("copy", &s.copies),
+    ];
+    family(
+        "pgshard_router_statements_total",
+        "counter",
+        "Statements by where they ran.",
+        &routes
+            .iter()
+            .map(|(r, c)| (format!("{{route=\"{r}\"}}"), get(c)))
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "pgshard_router_statements_unsupported_total",
+        "counter",
+        "Statements refused with SQLSTATE 0A000.",
+        &[(String::new(), get(&s.unsupported))],
+    );
+    if let Some(t) = &ctx.twopc {
+        let c = &t.coord.stats;
+        family(
+            "pgshard_router_spanning_transactions_total",
+            "counter",
+            "Transactions that spanned shards, by how they ended.",
+            &[
+                (
+                    "{outcome=\"one_phase_commit\"}".to_string(),
+                    get(&c.one_phase),
+                ),
+                (
+                    "{outcome=\"two_phase_commit\"}".to_string(),
+                    get(&c.two_phase),
+                ),
+                ("{outcome=\"rolled_back\"}".to_string(), get(&c.rolled_back)),
+            ],
+        );
+    }
+    let catalog = ctx.catalog.current();
+    family(
+        "pgshard_router_catalog_version",
+        "gauge",
+        "The catalog version the router routes with.",
+        &[(String::new(), catalog.version.0.max(0) as u64)],
+    );
+    let pools = ctx.pools.stats();
+    let pool_labels = |p: &crate::backend::pool::PoolStats| {
+        let name = catalog
+            .nodes
+            .iter()
+            .find(|n| n.id == p.key.node)
+            .map_or_else(|| p.key.node.to_string(), |n| n.name.clone());
+        format!(
+            "node=\"{}\",user=\"{}\",database=\"{}\"",
+            label(&name),
+            label(&p.key.user),
+            label(&p.key.database)
+        )
+    };
+    let mut conns = Vec::new();
+    let mut waiting = Vec::new();
+    let mut size = Vec::new();
+    for p in &pools {
+        let l = pool_labels(p);
+        conns.push((format!("{{{l},state=\"idle\"}}"), p.idle as u64));
+        conns.push((format!("{{{l},state=\"in_use\"}}"), p.in_use as u64));
+        waiting.push((format!("{{{l}}}"), p.waiting as u64));
+        size.push((format!("{{{l}}}"), p.size as u64));
+    }
+    family(
+        "pgshard_router_pool_connections",
+        "gauge",
+        "Backend connections by pool and state.",
+        &conns,
+    );
+    family(
+        "pgshard_router_pool_waiting",
+        "gauge",
+        "Sessions waiting for a backend connection.",
+        &waiting,
+    );
+    family(
+        "pgshard_router_pool_size",
+        "gauge",
+        "Configured pool size (router.pool_size).",
+        &size,
+    );
+    out
+}
