@@ -184,6 +184,9 @@ pub struct RouterConfig {
     /// to start if either cannot be used (the message names the key and the path).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// With TLS configured: refuse clients that do not use it (FATAL 28000, as
+    /// PostgreSQL's `hostssl`-only pg_hba.conf does). Off by default.
+    pub tls_required: bool,
     /// How often to re-check the catalog version, in milliseconds (besides NOTIFY).
     pub catalog_poll_ms: u64,
     /// `host:port` for Prometheus metrics (`GET /metrics`); none by default.
@@ -207,6 +210,7 @@ impl Default for RouterConfig {
             users: Vec::new(),
             tls_cert: None,
             tls_key: None,
+            tls_required: false,
             catalog_poll_ms: 1000,
             metrics_listen: None,
             workers: 0,
@@ -464,6 +468,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "router.tls_key",
                 "tls_cert and tls_key must be set together",
+            ));
+        }
+        if r.tls_required && r.tls_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "router.tls_required",
+                "needs router.tls_cert and router.tls_key",
             ));
         }
         if self.shardd.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -389,3 +389,47 @@ async fn router_without_tls_declines_and_bad_files_stop_startup() -> anyhow::Res
     assert!(text.contains("router.tls_cert"), "{text}");
     Ok(())
 }
+
+/// `router.tls_required`: a client that does not negotiate TLS is refused with FATAL
+/// 28000 naming the setting (as PostgreSQL's hostssl-only pg_hba.conf refuses it);
+/// TLS clients are served; a CancelRequest in the clear still works (libpq sends it
+/// so). Without a certificate the setting is a config error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_required_refuses_plain_clients() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(one_shard()).await?;
+    let cert = make_cert()?;
+    let router = TestRouter::start_with(
+        &cluster,
+        RouterConfig {
+            tls_required: true,
+            ..tls_config(&cluster, &cert)
+        },
+    )
+    .await?;
+    let (ok, text) = psql(&router, "disable", &cert.cert, "SELECT 1").await?;
+    assert!(
+        !ok && text.contains("TLS is required") && text.contains("router.tls_required"),
+        "psql sslmode=disable:\n{text}"
+    );
+    let (ok, text) = psql(&router, "require", &cert.cert, "\\conninfo").await?;
+    assert!(
+        ok && text.contains("SSL connection"),
+        "psql require:\n{text}"
+    );
+    let mut s = TcpStream::connect(router.addr()).await?;
+    s.write_all(&startup_message()).await?;
+    let got = read_to_close(&mut s).await?;
+    assert_eq!(sqlstate(&got).as_deref(), Some("28000"), "{got:?}");
+    let client = connect_tls(&router, SslMode::Require, connector(&cert)?).await?;
+    let row = client.query_one("SELECT 'tls'::text", &[]).await?;
+    assert_eq!(row.get::<_, String>(0), "tls");
+
+    let mut config = cluster.config().clone();
+    config.router.tls_required = true;
+    let text = toml::to_string(&config)?;
+    let err = pgshard_catalog::Config::parse(&text)
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("tls_required without a certificate accepted"))?;
+    assert!(err.to_string().contains("router.tls_required"), "{err}");
+    Ok(())
+}

@@ -46,6 +46,9 @@ pub enum SessionError {
     AuthFailed(String),
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
+    /// `router.tls_required` and the client did not negotiate TLS.
+    #[error("TLS is required for user \"{user}\", database \"{database}\" (router.tls_required): connect with sslmode=require")]
+    TlsRequired { user: String, database: String },
     #[error("sorry, too many clients already")]
     TooManyClients,
     /// A distributed COMMIT that did not (or is not known to have) committed; `code` is
@@ -88,6 +91,7 @@ impl SessionError {
             SessionError::LostBackend { .. } => "08006",
             SessionError::AuthFailed(_) => "28P01",
             SessionError::NoUser => "28000",
+            SessionError::TlsRequired { .. } => "28000",
             SessionError::TooManyClients => "53300",
             SessionError::Commit { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
@@ -114,6 +118,7 @@ impl SessionError {
                 | SessionError::LostBackend { .. }
                 | SessionError::AuthFailed(_)
                 | SessionError::NoUser
+                | SessionError::TlsRequired { .. }
                 | SessionError::TooManyClients
         )
     }

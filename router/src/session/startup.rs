@@ -127,6 +127,9 @@ where
     let database = get("database")
         .filter(|d| !d.is_empty())
         .unwrap_or_else(|| user.clone());
+    if ctx.config.tls_required && !encrypted {
+        return Err(SessionError::TlsRequired { user, database });
+    }
     let unrecognised: Vec<&str> = params
         .iter()
         .filter(|(n, _)| n.starts_with("_pq_."))
