@@ -3,7 +3,7 @@
 
 use super::attach::Ensure;
 use super::error::SessionError;
-use super::lex::{classify, split_statements, SessionCommand};
+use super::lex::{begin_tag, classify, split_statements, SessionCommand};
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
 use crate::backend::StmtKey;
 use crate::protocol::backend::{
@@ -94,7 +94,7 @@ where
                         None,
                     );
                     self.emit_local(&b);
-                    return self.answer("BEGIN");
+                    return self.answer(begin_tag(stmts[0]));
                 }
                 _ if failed => {
                     self.fail_simple(SessionError::InFailedTransaction);
@@ -129,7 +129,7 @@ where
                     begin_sql: sql.to_string(),
                     failed: false,
                 });
-                return self.answer("BEGIN");
+                return self.answer(begin_tag(stmts[0]));
             }
             SessionCommand::DiscardAll => {
                 if in_txn {
