@@ -209,7 +209,9 @@ pub fn type_name(oid: u32) -> Option<&'static str> {
         1184 => "timestamptz",
         1186 => "interval",
         1266 => "timetz",
-        1560 => "bit",
+        // Quoted: unquoted `bit` means `bit(1)` in PostgreSQL's grammar, and would cut
+        // `1111` to `1`; `"bit"` is the type without a length.
+        1560 => "\"bit\"",
         1562 => "varbit",
         1700 => "numeric",
         2950 => "uuid",
