@@ -1030,6 +1030,11 @@ fn finish_aggregate(
             Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_) => {
                 return Err("ROLLUP, CUBE or GROUPING SETS in a multi-shard query".to_owned())
             }
+            // The empty grouping set: a grouping column `()` is not a valid select-list
+            // item for the shards.
+            Expr::Tuple(es) if es.is_empty() => {
+                return Err("GROUP BY () in a multi-shard query".to_owned())
+            }
             e if number(e).is_some() => {
                 let (_, e) = resolve_output(e, items)?;
                 e.clone()
