@@ -266,7 +266,9 @@ where
             })
             .collect();
         let describe = ext.is_none_or(|(_, d)| d);
-        let result = fanout::execute_with(plan, streams, &mut self.writer, describe).await;
+        let rounded_floats = self.vars.floats_print_rounded();
+        let result =
+            fanout::execute_with(plan, streams, &mut self.writer, describe, rounded_floats).await;
         let _ = self.writer.flush().await;
         // Bound on the rows a shard still sends after the merge stopped reading it:
         // LIMIT n OFFSET m is pushed down as LIMIT n+m.
