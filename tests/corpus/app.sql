@@ -575,6 +575,119 @@ SELECT bit_or(bits), bit_and(bits), min(ch), max(ch) FROM measures;
 SELECT id, n FROM measures WHERE n > 0 ORDER BY n DESC LIMIT 2;
 SELECT id, d, ts FROM measures ORDER BY d DESC NULLS LAST, ts, id LIMIT 4;
 
+-- Literals and operators as multi-shard statements: the shards run the router's
+-- rendering of the statement (sqlparser's), which must mean what the client wrote.
+SELECT id, 'a\b' AS s1, E'tab\there' AS s2, E'\x41\101\u00e9' AS s3, U&'d\0061t\+000061' AS s4, $$it's$$ AS s5, $q$a$$b$q$ AS s6, 'it''s' AS s7, N'nat' AS s8 FROM customers ORDER BY id LIMIT 2;
+SELECT id, 1e3 AS a, .5 AS b, 5. AS c, 0.1e-2 AS d, 123456789012345678901234567890 AS e, -2 ^ 2 AS f, 2 ^ 3 ^ 2 AS g, 7 % 3 AS h, 7 / 2 AS i, -7 / 2 AS j FROM customers ORDER BY id LIMIT 1;
+SELECT id, B'0101' AS a, X'1F' AS b, B'1' || B'0' AS c, ~B'0101' AS d FROM customers ORDER BY id LIMIT 1;
+SELECT id, interval '1' day AS a, interval '2 hours 30 minutes' AS b, INTERVAL '1 day' HOUR TO SECOND AS c, '1 day'::interval * 2 AS d, time '10:00' + interval '90 minutes' AS e, date '2024-02-28' + 2 AS f, timestamptz '2024-01-01 00:00:00+02' AS g FROM customers ORDER BY id LIMIT 1;
+SELECT id, last_seen AT TIME ZONE 'Europe/Berlin' AS a, (signup, signup + 10) OVERLAPS (date '2023-05-01', date '2023-05-20') AS b FROM customers ORDER BY id;
+SELECT id FROM customers WHERE name LIKE 'a%' ESCAPE '!' OR name ILIKE ANY (ARRAY['%e', 'z%']) OR name ~* '^c' OR name SIMILAR TO '(m|n)%' ORDER BY id;
+SELECT id FROM customers WHERE name NOT LIKE '%a%' AND name !~~ '%o%' AND email IS DISTINCT FROM NULL ORDER BY id;
+SELECT id, vip IS UNKNOWN AS a, vip IS NOT TRUE AS b, tier BETWEEN SYMMETRIC 3 AND 1 AS c, tier NOT BETWEEN 1 AND 2 AS d FROM customers ORDER BY id;
+SELECT id, substring(name FROM 2 FOR 3) AS a, position('a' IN name) AS b, trim(BOTH 'x' FROM 'xxaxx') AS c, overlay(name PLACING 'ZZ' FROM 1 FOR 1) AS d, trim(LEADING FROM '  a') AS e FROM customers ORDER BY id LIMIT 5;
+SELECT id, CAST(name AS varchar(3)) AS a, name::char(2) AS b, '{1,2,3}'::int[] AS c, ARRAY[1, 2] || 3 AS d, (ARRAY[10, 20, 30])[2:3] AS e, ARRAY[]::text[] AS f, tier::"char" AS g FROM customers ORDER BY id LIMIT 3;
+SELECT id, tier = ANY (ARRAY[1, 2]) AS a, tier <> ALL ('{1,2}'::int[]) AS b, tier IN (SELECT 1) AS c, ROW(tier, name) IS NULL AS d FROM customers ORDER BY id;
+SELECT id, CASE tier WHEN 1 THEN 'one' WHEN 2 THEN 'two' END AS a, coalesce(tier, -1) AS b, nullif(name, '') AS c, greatest(tier, 1, NULL) AS d, NOT vip = true AS e FROM customers ORDER BY id;
+SELECT id, prefs - 'theme' AS a, prefs #> '{list}' AS b, prefs #- '{list,0}' AS c, prefs ?| ARRAY['n', 'x'] AS d, prefs ?& ARRAY['n', 'theme'] AS e, prefs || '{"z": 1}' AS f, prefs->'list'->-1 AS g, prefs @? '$.n' AS h FROM customers WHERE jsonb_typeof(prefs) = 'object' ORDER BY id;
+SELECT id, name COLLATE "C" < 'b' AS a, extract(EPOCH FROM interval '1 day') AS b, EXTRACT(dow FROM signup) AS c, date_trunc('week', last_seen) AS d, to_char(balance, 'FM9990.00') AS e FROM customers ORDER BY id;
+SELECT id, 3 OPERATOR(pg_catalog.+) 4 AS a, |/ 16 AS b, @ -5 AS c, 5 ! = 5 AS d FROM customers ORDER BY id LIMIT 1;
+SELECT id, "name" AS "Name", name AS "select", tier AS "order" FROM "customers" AS "C" ORDER BY "C"."id" LIMIT 3;
+SELECT * FROM ONLY customers ORDER BY id LIMIT 2;
+TABLE countries;
+SELECT customer_id, pid, sum(amount) OVER (PARTITION BY customer_id ORDER BY pid ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS a, count(*) OVER (PARTITION BY customer_id ORDER BY at RANGE BETWEEN INTERVAL '7 days' PRECEDING AND CURRENT ROW) AS b, sum(pid) OVER (PARTITION BY customer_id ORDER BY pid GROUPS BETWEEN CURRENT ROW AND 1 FOLLOWING EXCLUDE CURRENT ROW) AS c FROM purchases ORDER BY 1, 2;
+SELECT id FROM customers ORDER BY id OFFSET 2 ROWS FETCH FIRST 3 ROWS ONLY;
+SELECT id FROM customers ORDER BY id FETCH FIRST ROW ONLY;
+SELECT id FROM customers ORDER BY id LIMIT NULL;
+SELECT sum(CASE WHEN vip THEN 1 ELSE 0 END) AS a, string_agg(E'x\ty', ',') AS b, count(*) FILTER (WHERE name LIKE E'%\\%') AS c, max(name || E'\n') AS d, min(- -tier) AS e FROM customers;
+SELECT tier, sum(- -1) AS n, max(- tier) AS m FROM customers GROUP BY tier ORDER BY tier;
+SELECT array_agg(x ORDER BY x) FROM (SELECT - -id AS x FROM customers WHERE id < 5) s;
+UPDATE customers SET email = E'back\\slash' || id WHERE tier = 0 AND email IS NULL RETURNING id, email;
+UPDATE customers SET balance = balance - -1 WHERE tier = 3 RETURNING id, balance;
+SELECT id, email, balance FROM customers WHERE tier IN (0, 3) ORDER BY id;
+SELECT count(*) FROM customers WHERE name = 'a\b' OR email LIKE E'%\\\\%';
+
+-- More aggregate shapes across shards.
+SELECT count(*), sum(balance) FROM customers WHERE id IN (1, 2, 3, 1000, -42);
+SELECT avg(DISTINCT tier), sum(DISTINCT balance), count(DISTINCT name) FILTER (WHERE vip), array_agg(DISTINCT tier ORDER BY tier NULLS FIRST) FROM customers;
+SELECT tier AS t, count(*) FROM customers GROUP BY t ORDER BY t NULLS FIRST;
+SELECT count(*), tier FROM customers GROUP BY 2 HAVING tier > 0 ORDER BY 2;
+SELECT count(*) FROM customers HAVING min(tier) >= 0;
+SELECT sum(balance) / count(*) AS mean, count(*) * 2 + 1 AS odd, coalesce(max(tier), 0) AS top, CASE WHEN count(*) > 5 THEN 'many' END AS size FROM customers;
+SELECT tier FROM customers GROUP BY tier ORDER BY max(balance) DESC NULLS LAST, tier NULLS FIRST;
+SELECT DISTINCT tier, count(*) FROM customers GROUP BY tier ORDER BY 1 NULLS FIRST;
+SELECT count(*) FROM customers GROUP BY ();
+SELECT 1 AS one FROM customers GROUP BY tier;
+SELECT tier, vip, count(*) FROM customers GROUP BY tier, vip HAVING bool_or(vip) IS NOT NULL ORDER BY 1, 2;
+SELECT every(tier > 0), sum(score), avg(score), max(score), min(score) FROM customers;
+SELECT json_agg(name ORDER BY id), jsonb_object_agg(id, name ORDER BY id), string_agg(DISTINCT name, ',' ORDER BY name) FROM customers WHERE id < 10;
+SELECT count(*) FROM customers c JOIN purchases p ON p.customer_id = c.id WHERE c.id IN (1, 2, 3, 16);
+SELECT c.tier, count(DISTINCT c.id), count(p.pid) FROM customers c LEFT JOIN purchases p ON p.customer_id = c.id GROUP BY c.tier ORDER BY 1 NULLS FIRST;
+SELECT count(*) FROM (SELECT DISTINCT customer_id FROM purchases) s;
+SELECT count(*) FROM (SELECT customer_id, count(*) FROM purchases GROUP BY customer_id) s;
+SELECT s.customer_id, s.n FROM (SELECT customer_id, count(*) AS n FROM purchases GROUP BY customer_id) s WHERE s.n > 1 ORDER BY 2 DESC, 1;
+
+-- Multi-shard writes of ORM shapes.
+UPDATE customers SET country = (SELECT code FROM countries WHERE cname = 'France') WHERE tier = 3 RETURNING id, country;
+UPDATE customers AS c SET tier = v.t FROM (VALUES (1::bigint, 11), (2, 12), (1000, 13)) AS v(id, t) WHERE c.id = v.id RETURNING c.id, c.tier;
+DELETE FROM purchases p WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = p.customer_id AND c.vip IS NOT NULL) AND p.amount < 20 RETURNING customer_id, pid;
+-- (pid 99: pgshard refuses this shape, so it must not change PostgreSQL's rows either)
+DELETE FROM purchases WHERE customer_id IN (SELECT id FROM customers WHERE name = 'walter') AND pid = 99;
+DELETE FROM purchases WHERE customer_id IN (1, 123456789012) AND pid = 2;
+SELECT id, tier, country FROM customers ORDER BY id;
+SELECT customer_id, pid FROM purchases ORDER BY 1, 2;
+
+-- More SQL PREPARE / EXECUTE.
+PREPARE upd_tier (int, bigint) AS UPDATE customers SET tier = $1 WHERE id = $2 RETURNING id, tier;
+EXECUTE upd_tier(4, 5);
+EXECUTE upd_tier(4, 1000);
+PREPARE get_c2 (bigint) AS SELECT id, name FROM customers WHERE id = $1;
+EXECUTE get_c2('3');
+EXECUTE get_c2(1 + 2);
+EXECUTE get_c2(3.0);
+EXECUTE get_c2(99999);
+DEALLOCATE PREPARE get_c2;
+DEALLOCATE upd_tier;
+
+-- A statement inside a transaction sees the transaction's earlier writes, wherever
+-- it runs.
+BEGIN;
+UPDATE customers SET tier = 42 WHERE id = 1;
+SELECT count(*) FROM customers WHERE tier = 42;
+SELECT id FROM customers WHERE tier = 42 ORDER BY id;
+SELECT tier, count(*) FROM customers GROUP BY tier ORDER BY tier NULLS FIRST;
+ROLLBACK;
+SELECT count(*) FROM customers WHERE tier = 42;
+BEGIN;
+INSERT INTO customers (id, name, tier) VALUES (800, 'in txn', 42);
+SELECT count(*) FROM customers WHERE tier = 42;
+SELECT c.id, count(p.pid) FROM customers c LEFT JOIN purchases p ON p.customer_id = c.id WHERE c.tier = 42 GROUP BY c.id;
+COMMIT;
+SELECT count(*) FROM customers WHERE tier = 42;
+
+-- Output settings under which values print with less precision than they have: the
+-- merge must still order by the values.
+SET extra_float_digits = -14;
+SELECT id, 1 + id * 1e-12::float8 AS x FROM customers WHERE id BETWEEN 1 AND 16 ORDER BY x DESC;
+SELECT id, (1 + id * 1e-12::float8)::real AS x FROM customers WHERE id BETWEEN 1 AND 16 ORDER BY x DESC, id;
+RESET extra_float_digits;
+SET DateStyle = 'German';
+SELECT id, signup FROM customers ORDER BY signup, id;
+RESET DateStyle;
+SET TimeZone = 'America/New_York';
+SELECT id, last_seen FROM customers ORDER BY last_seen, id;
+SELECT id, last_seen::date FROM customers ORDER BY 2, id;
+SET TimeZone = 'UTC';
+-- A column declared with a collation that does not order by bytes: multi-shard
+-- merges compare text by bytes (or under the shards' C.UTF-8 default), so declared
+-- tables may not have one (0A000); undone on PostgreSQL.
+ALTER TABLE scratch ADD COLUMN lab text COLLATE "und-x-icu";
+-- @plain: ALTER TABLE scratch DROP COLUMN lab;
+CREATE TABLE coll_ref (c text COLLATE "und-x-icu");
+SELECT k FROM scratch ORDER BY k COLLATE "und-x-icu";
+SELECT k FROM scratch ORDER BY k COLLATE "C" DESC;
+SELECT min(k COLLATE "und-x-icu") FROM scratch;
+
 -- Final state of every table.
 SELECT * FROM customers ORDER BY id;
 SELECT * FROM purchases ORDER BY customer_id, pid;

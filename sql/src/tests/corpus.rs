@@ -89,3 +89,48 @@ fn finishing_casts_keep_bit_lengths() {
     assert_eq!(crate::fanout::type_name(18), Some("\"char\""));
     assert_eq!(crate::fanout::type_name(1042), Some("bpchar"));
 }
+
+/// `GROUP BY ()` became a select-list item `()` of the shard query: a syntax error on
+/// the shards where PostgreSQL answers the grand total.
+#[test]
+fn empty_grouping_set_is_refused() {
+    for sql in [
+        "SELECT count(*) FROM users GROUP BY ()",
+        "SELECT x, count(*) FROM users GROUP BY (), x",
+    ] {
+        match p(sql).route {
+            Route::Unsupported(m) => assert!(m.contains("GROUP BY ()"), "{m}"),
+            other => panic!("{sql}: expected 0A000, got {other:?}"),
+        }
+    }
+}
+
+/// A text column declared with a non-byte-order collation came back in byte order
+/// from multi-shard ORDER BY, min/max and DISTINCT: such columns are refused in
+/// declared tables (the planner does not see column collations at query time).
+#[test]
+fn non_bytewise_column_collations_are_refused_in_declared_tables() {
+    for sql in [
+        "CREATE TABLE users (id int, name text COLLATE \"und-x-icu\")",
+        "CREATE TABLE branches (bid int, name text COLLATE \"en_US\")",
+        "ALTER TABLE users ADD COLUMN lab text COLLATE \"de-x-icu\"",
+        "ALTER TABLE accounts ADD COLUMN lab varchar(5) COLLATE pg_catalog.\"fr_FR\"",
+    ] {
+        match p(sql).route {
+            Route::Unsupported(m) => assert!(m.contains("collation"), "{m}"),
+            other => panic!("{sql}: expected 0A000, got {other:?}"),
+        }
+    }
+    for sql in [
+        "CREATE TABLE users (id int, name text COLLATE \"C\")",
+        "ALTER TABLE users ADD COLUMN lab text COLLATE \"C.UTF-8\"",
+        "ALTER TABLE users ADD COLUMN lab text",
+    ] {
+        assert_eq!(p(sql).route, Route::AllShards, "{sql}");
+    }
+    // Local tables may use any collation.
+    assert!(matches!(
+        p("CREATE TABLE mine (name text COLLATE \"und-x-icu\")").route,
+        Route::Shard(_)
+    ));
+}
