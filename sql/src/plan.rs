@@ -901,6 +901,10 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
                 } else {
                     local
                 }
+            } else if let Some(msg) =
+                crate::constraints::unenforceable(catalog, &ct.name, &ct.columns, &ct.constraints)
+            {
+                Route::Unsupported(msg)
             } else if class.is_declared() {
                 match ct.columns.iter().find_map(non_bytewise_collation) {
                     Some(msg) => Route::Unsupported(format!("{msg} in declared table {name}")),
@@ -910,12 +914,21 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
                 local
             }
         }
-        Statement::CreateIndex(ci) => tables_route(
-            "CREATE INDEX",
-            &[name_parts(&ci.table_name)],
-            false,
-            catalog,
-        ),
+        Statement::CreateIndex(ci) => {
+            let refused = ci
+                .unique
+                .then(|| crate::constraints::unique_index(catalog, &ci.table_name, &ci.columns))
+                .flatten();
+            match refused {
+                Some(msg) => Route::Unsupported(msg),
+                None => tables_route(
+                    "CREATE INDEX",
+                    &[name_parts(&ci.table_name)],
+                    false,
+                    catalog,
+                ),
+            }
+        }
         Statement::AlterTable {
             name, operations, ..
         } => alter_table(name, operations, catalog),
@@ -1036,6 +1049,28 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
 }
 
 fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog) -> Route {
+    for op in ops {
+        let refused = match op {
+            AlterTableOperation::AddConstraint { constraint, .. } => {
+                crate::constraints::unenforceable(
+                    catalog,
+                    name,
+                    &[],
+                    std::slice::from_ref(constraint),
+                )
+            }
+            AlterTableOperation::AddColumn { column_def, .. } => crate::constraints::unenforceable(
+                catalog,
+                name,
+                std::slice::from_ref(column_def),
+                &[],
+            ),
+            _ => None,
+        };
+        if let Some(msg) = refused {
+            return Route::Unsupported(msg);
+        }
+    }
     let parts = name_parts(name);
     let (class, table) = classify_table(catalog, &parts);
     let key = match class {
