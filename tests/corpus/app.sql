@@ -688,6 +688,42 @@ SELECT k FROM scratch ORDER BY k COLLATE "und-x-icu";
 SELECT k FROM scratch ORDER BY k COLLATE "C" DESC;
 SELECT min(k COLLATE "und-x-icu") FROM scratch;
 
+-- Uniqueness that does not include the shard key: each shard could enforce it only on
+-- its own rows, so pgshard refuses it (0A000); undone on PostgreSQL.
+CREATE UNIQUE INDEX customers_email_key ON customers (email);
+-- @plain: DROP INDEX customers_email_key;
+INSERT INTO customers (id, name, email) VALUES (900, 'dup mail a', 'same@example.com');
+INSERT INTO customers (id, name, email) VALUES (901, 'dup mail b', 'same@example.com');
+INSERT INTO customers (id, name, email) VALUES (902, 'dup mail c', 'same@example.com');
+SELECT count(*) FROM customers WHERE email = 'same@example.com';
+ALTER TABLE purchases ADD CONSTRAINT purchases_pid_status UNIQUE (pid, status);
+-- @plain: ALTER TABLE purchases DROP CONSTRAINT IF EXISTS purchases_pid_status;
+CREATE UNIQUE INDEX customers_id_email ON customers (id, email);
+CREATE INDEX customers_name ON customers (name);
+CREATE UNIQUE INDEX countries_cname ON countries (cname);
+-- Foreign keys: to a reference table, co-located on the key, or across groups.
+ALTER TABLE customers ADD CONSTRAINT customers_country_fk FOREIGN KEY (country) REFERENCES countries (code);
+ALTER TABLE events ADD CONSTRAINT events_customer_fk FOREIGN KEY (customer_id) REFERENCES customers (id);
+-- @plain: ALTER TABLE events DROP CONSTRAINT IF EXISTS events_customer_fk;
+CREATE TABLE local_notes (id int PRIMARY KEY, customer_id bigint REFERENCES customers (id));
+CREATE TABLE local_tags (id int PRIMARY KEY, country text REFERENCES countries (code));
+-- @plain: DROP TABLE IF EXISTS local_notes;
+INSERT INTO events (id, customer_id, kind) VALUES (20, 3, 'fk'), (21, 4, 'fk'), (22, 1000, 'fk');
+SELECT id, customer_id FROM events WHERE kind = 'fk' ORDER BY id;
+-- CTE shapes.
+WITH t AS (SELECT * FROM purchases) SELECT count(*) FROM t a JOIN t b ON a.customer_id = b.customer_id;
+WITH w AS (SELECT customer_id, pid, row_number() OVER (PARTITION BY customer_id ORDER BY pid DESC) AS rn FROM purchases) SELECT customer_id, pid FROM w WHERE rn = 1 ORDER BY 1;
+SELECT id, generate_series(1, tier) AS g FROM customers WHERE tier BETWEEN 1 AND 3 ORDER BY 1, 2;
+SELECT count(*) FROM customers, generate_series(1, 3);
+SELECT id FROM customers WHERE id IN (SELECT unnest(ARRAY[1, 2, 3]::bigint[])) ORDER BY id;
+SELECT id FROM customers WHERE id = (SELECT 3);
+SELECT id FROM customers WHERE id = (SELECT id FROM customers WHERE name = 'carol again!');
+SELECT c FROM customers c WHERE id = 2;
+SELECT count(c) FROM customers c;
+SELECT co.cname, count(*) FROM customers c JOIN countries co ON co.code = c.country GROUP BY co.cname HAVING count(*) > 1 ORDER BY 1;
+SELECT c.*, p.* FROM customers c JOIN purchases p ON p.customer_id = c.id WHERE c.id = 16 ORDER BY p.pid;
+INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (email) DO NOTHING;
+
 -- Final state of every table.
 SELECT * FROM customers ORDER BY id;
 SELECT * FROM purchases ORDER BY customer_id, pid;

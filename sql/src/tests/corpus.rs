@@ -134,3 +134,52 @@ fn non_bytewise_column_collations_are_refused_in_declared_tables() {
         Route::Shard(_)
     ));
 }
+
+/// A unique index on customers(email) of a distributed table was created on every
+/// shard, and two rows with the same email on different shards were both accepted
+/// where PostgreSQL says 23505. Foreign keys whose referenced row may be on another
+/// shard failed (or, with cascades, would act) per shard.
+#[test]
+fn constraints_the_shards_cannot_enforce_are_refused() {
+    for sql in [
+        "CREATE UNIQUE INDEX users_x ON users (x)",
+        "CREATE UNIQUE INDEX users_lx ON users (lower(x))",
+        "ALTER TABLE events ADD CONSTRAINT u UNIQUE (x, y)",
+        "ALTER TABLE events ADD PRIMARY KEY (x)",
+        "CREATE TABLE users (id int, email text UNIQUE)",
+        "CREATE TABLE users (id int, email text PRIMARY KEY)",
+        "CREATE TABLE users (id int, email text, UNIQUE (email))",
+        "ALTER TABLE users ADD COLUMN email text UNIQUE",
+        // Across colocation groups, or not key to key.
+        "ALTER TABLE accounts ADD FOREIGN KEY (uid) REFERENCES users (id)",
+        "ALTER TABLE events ADD FOREIGN KEY (x) REFERENCES users (id)",
+        "CREATE TABLE events (user_id int, x int REFERENCES users (id))",
+        // To or from a table on one shard.
+        "ALTER TABLE users ADD FOREIGN KEY (x) REFERENCES mine (id)",
+        "CREATE TABLE mine (id int, uid int REFERENCES users (id))",
+        "ALTER TABLE branches ADD FOREIGN KEY (x) REFERENCES accounts (aid)",
+    ] {
+        match p(sql).route {
+            Route::Unsupported(m) => assert!(m.contains("shard"), "{sql}: {m}"),
+            other => panic!("{sql}: expected 0A000, got {other:?}"),
+        }
+    }
+    for sql in [
+        "CREATE UNIQUE INDEX users_ix ON users (x, id)",
+        "CREATE INDEX users_x ON users (x)",
+        "ALTER TABLE events ADD CONSTRAINT u UNIQUE (user_id, y)",
+        "CREATE TABLE users (id int PRIMARY KEY, email text)",
+        "CREATE TABLE branches (bid int PRIMARY KEY, name text UNIQUE)",
+        // Co-located, key to key; to a reference table.
+        "ALTER TABLE events ADD FOREIGN KEY (user_id) REFERENCES users (id)",
+        "ALTER TABLE events ADD FOREIGN KEY (user_id) REFERENCES users",
+        "ALTER TABLE events ADD FOREIGN KEY (y, user_id) REFERENCES users (z, id)",
+        "CREATE TABLE events (user_id int, bid int REFERENCES branches (bid))",
+    ] {
+        assert_eq!(p(sql).route, Route::AllShards, "{sql}");
+    }
+    assert!(matches!(
+        p("CREATE TABLE mine (id int, bid int REFERENCES branches, u text UNIQUE)").route,
+        Route::Shard(_)
+    ));
+}
