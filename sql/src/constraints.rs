@@ -6,6 +6,10 @@
 //! would create one is refused with 0A000, as `create_distributed_table` refuses such
 //! a table (`router::distribute`).
 //!
+//! A column that is not the shard key of a distributed table may not take its values
+//! from a sequence (serial, identity, `DEFAULT nextval(…)`): each shard has its own
+//! sequence, so the values would repeat across shards where PostgreSQL's are unique.
+//!
 //! A foreign key can be enforced shard by shard when it references a reference table
 //! (a full copy on every shard), or when a distributed table references a co-located
 //! one by the shard key: the referencing key column matches the referenced key.
@@ -14,7 +18,7 @@ use crate::classify::{classify_table, TableClass};
 use crate::parse::{fold_ident, name_parts};
 use pgshard_catalog::{Catalog, TableKind};
 use sqlparser::ast::{
-    ColumnDef, ColumnOption, Expr, Ident, IndexColumn, ObjectName, TableConstraint,
+    ColumnDef, ColumnOption, DataType, Expr, Ident, IndexColumn, ObjectName, TableConstraint,
 };
 
 /// The first constraint of `columns` and `constraints` (a CREATE TABLE, or the pieces
@@ -28,6 +32,9 @@ pub(crate) fn unenforceable(
     let parts = name_parts(table);
     let (class, name) = classify_table(catalog, &parts);
     for col in columns {
+        if let Some(msg) = sequence_column(&class, &name, col) {
+            return Some(msg);
+        }
         for o in &col.options {
             let found = match &o.option {
                 ColumnOption::Unique { is_primary, .. } => unique(
@@ -77,6 +84,60 @@ pub(crate) fn unenforceable(
         ),
         _ => None,
     })
+}
+
+/// `ALTER TABLE table ALTER COLUMN column SET DEFAULT value` or `ADD GENERATED … AS
+/// IDENTITY` (`value` None) that would make a non-key column of a distributed table
+/// take its values from a per-shard sequence.
+pub(crate) fn sequence_default(
+    catalog: &Catalog,
+    table: &ObjectName,
+    column: &Ident,
+    value: Option<&Expr>,
+) -> Option<String> {
+    let (class, name) = classify_table(catalog, &name_parts(table));
+    let TableClass::Distributed { key, .. } = class else {
+        return None;
+    };
+    let col = fold_ident(column);
+    (col != key && value.is_none_or(calls_nextval)).then(|| sequence_message(&name, &col))
+}
+
+fn sequence_column(class: &TableClass<'_>, name: &str, col: &ColumnDef) -> Option<String> {
+    let TableClass::Distributed { key, .. } = class else {
+        return None;
+    };
+    let column = fold_ident(&col.name);
+    if column == *key {
+        // A sequence-backed key: an INSERT that leaves it to the default has no key
+        // to route by and is refused at planning.
+        return None;
+    }
+    let serial = matches!(&col.data_type, DataType::Custom(n, _) if matches!(
+        name_parts(n).last().map(String::as_str),
+        Some("serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8")
+    ));
+    let from_sequence = serial
+        || col.options.iter().any(|o| match &o.option {
+            ColumnOption::Generated {
+                generation_expr: None,
+                ..
+            }
+            | ColumnOption::Identity(_) => true,
+            ColumnOption::Default(e) => calls_nextval(e),
+            _ => false,
+        });
+    from_sequence.then(|| sequence_message(name, &column))
+}
+
+fn calls_nextval(e: &Expr) -> bool {
+    e.to_string().to_ascii_lowercase().contains("nextval")
+}
+
+fn sequence_message(table: &str, column: &str) -> String {
+    format!(
+        "column {column} of distributed table {table} takes its values from a sequence (serial, identity or nextval default): each shard has its own sequence, so values would repeat across shards"
+    )
 }
 
 /// A CREATE UNIQUE INDEX on `table` whose shards could not enforce it.

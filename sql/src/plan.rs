@@ -1065,6 +1065,14 @@ fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog
                 std::slice::from_ref(column_def),
                 &[],
             ),
+            AlterTableOperation::AlterColumn {
+                column_name,
+                op: AlterColumnOperation::SetDefault { value },
+            } => crate::constraints::sequence_default(catalog, name, column_name, Some(value)),
+            AlterTableOperation::AlterColumn {
+                column_name,
+                op: AlterColumnOperation::AddGenerated { .. },
+            } => crate::constraints::sequence_default(catalog, name, column_name, None),
             _ => None,
         };
         if let Some(msg) = refused {
