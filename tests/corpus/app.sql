@@ -787,6 +787,39 @@ SET search_path = public;
 SELECT count(*) FROM customers;
 RESET search_path;
 
+-- Subquery links to the shard key in other spellings.
+SELECT id FROM customers WHERE id IN (SELECT customer_id FROM purchases GROUP BY customer_id HAVING sum(amount) > 500) ORDER BY id;
+SELECT id FROM customers c WHERE (SELECT count(*) FROM purchases p WHERE p.customer_id = c.id) > 1 ORDER BY id;
+SELECT c.id, (SELECT string_agg(status, ',' ORDER BY pid) FROM purchases p WHERE p.customer_id = c.id) AS statuses FROM customers c ORDER BY 1;
+SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM purchases p WHERE p.customer_id = c.id ORDER BY amount LIMIT 1) ORDER BY 1;
+SELECT id FROM customers WHERE id = ANY (SELECT customer_id FROM purchases WHERE amount > 300) ORDER BY id;
+SELECT id FROM customers WHERE id <> ALL (SELECT customer_id FROM purchases) ORDER BY id;
+SELECT id FROM customers WHERE id IN (SELECT customer_id FROM purchases UNION SELECT id FROM events) ORDER BY id;
+SELECT id FROM customers WHERE (id, tier) IN (SELECT customer_id, qty FROM purchases) ORDER BY id;
+SELECT id FROM customers WHERE (tier, id) IN (SELECT customer_id, qty FROM purchases) ORDER BY id;
+SELECT id FROM customers WHERE (tier::bigint, id) IN (SELECT qty, customer_id FROM purchases) ORDER BY id;
+SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM countries co JOIN purchases p ON p.customer_id = c.id WHERE co.code = c.country) ORDER BY 1;
+SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM (SELECT * FROM purchases p WHERE p.customer_id = c.id) s WHERE s.amount > 100) ORDER BY 1;
+SELECT c.id FROM customers c WHERE EXISTS (SELECT 1 FROM purchases p WHERE p.customer_id IS NOT DISTINCT FROM c.id) ORDER BY 1;
+SELECT c.id FROM customers c WHERE c.id IN (SELECT p.customer_id FROM purchases p WHERE p.customer_id = c.id + 1) ORDER BY 1;
+SELECT c.id FROM customers c WHERE c.tier IN (SELECT p.qty FROM purchases p WHERE p.customer_id = c.id) ORDER BY 1;
+SELECT c.id FROM customers c WHERE c.id IN (SELECT p.customer_id FROM purchases p JOIN customers d ON d.id = p.customer_id WHERE d.vip) ORDER BY 1;
+SELECT c.id FROM customers c WHERE c.id IN (SELECT d.id FROM customers d WHERE d.tier = c.tier) ORDER BY 1;
+SELECT c.id, x.n FROM customers c JOIN LATERAL (SELECT count(*) AS n FROM purchases p WHERE p.customer_id = c.id) x ON true ORDER BY 1;
+SELECT c.id, x.n FROM customers c LEFT JOIN LATERAL (SELECT p.pid AS n FROM purchases p WHERE p.customer_id = c.id ORDER BY p.pid DESC LIMIT 1) x ON true ORDER BY 1;
+SELECT c.id, x.n FROM customers c CROSS JOIN LATERAL (SELECT count(*) AS n FROM purchases p WHERE p.amount > c.balance) x ORDER BY 1;
+-- Reference-table writes (every shard) with RETURNING.
+INSERT INTO countries (code, cname, eu) VALUES ('NL', 'Netherlands', true) RETURNING code, cname, eu;
+UPDATE countries SET cname = upper(cname) WHERE code IN ('NL', 'ZZ') RETURNING code, cname;
+DELETE FROM countries WHERE code = 'ZZ' RETURNING *;
+-- (refused: each shard would count only its own rows; written to change nothing on PostgreSQL)
+UPDATE countries SET cname = cname || CASE WHEN (SELECT count(*) FROM customers) < 0 THEN 'x' ELSE '' END WHERE code = 'NL';
+UPDATE countries SET eu = NOT eu WHERE code = 'NL' AND EXISTS (SELECT 1 FROM customers WHERE country = 'NL');
+SELECT * FROM countries ORDER BY code;
+SELECT jsonb_agg(prefs ORDER BY id) FROM customers WHERE id < 8;
+SELECT DISTINCT prefs FROM customers WHERE prefs IS NOT NULL ORDER BY 1;
+SELECT prefs->>'theme' AS theme, jsonb_agg(DISTINCT prefs->'n') FROM customers GROUP BY 1 ORDER BY 1 NULLS FIRST;
+
 -- Final state of every table.
 SELECT * FROM customers ORDER BY id;
 SELECT * FROM purchases ORDER BY customer_id, pid;
