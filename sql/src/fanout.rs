@@ -209,7 +209,9 @@ pub fn type_name(oid: u32) -> Option<&'static str> {
         1184 => "timestamptz",
         1186 => "interval",
         1266 => "timetz",
-        1560 => "bit",
+        // Quoted: unquoted `bit` means `bit(1)` in PostgreSQL's grammar, and would cut
+        // `1111` to `1`; `"bit"` is the type without a length.
+        1560 => "\"bit\"",
         1562 => "varbit",
         1700 => "numeric",
         2950 => "uuid",
@@ -1027,6 +1029,11 @@ fn finish_aggregate(
         let g = match g {
             Expr::Rollup(_) | Expr::Cube(_) | Expr::GroupingSets(_) => {
                 return Err("ROLLUP, CUBE or GROUPING SETS in a multi-shard query".to_owned())
+            }
+            // The empty grouping set: a grouping column `()` is not a valid select-list
+            // item for the shards.
+            Expr::Tuple(es) if es.is_empty() => {
+                return Err("GROUP BY () in a multi-shard query".to_owned())
             }
             e if number(e).is_some() => {
                 let (_, e) = resolve_output(e, items)?;

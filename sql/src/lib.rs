@@ -14,6 +14,8 @@
 //! - `route`: walks a parsed query or DML statement, finds every table it touches and
 //!   which shard-key values pin each distributed table, and turns that into a route;
 //! - `copy`: the options of a COPY statement, read from its tokens;
+//! - `constraints`: uniqueness and foreign keys a declared table's shards could not
+//!   enforce alone (refused in DDL);
 //! - `split`: multi-row INSERTs split by shard key, and INSERTs without a column list
 //!   planned once the router has looked up the table's columns;
 //! - `replicated`: what a write to reference tables may compute (each shard evaluates
@@ -29,6 +31,7 @@
 //! `Unsupported` with a message naming the construct.
 
 mod classify;
+mod constraints;
 pub mod copy;
 pub mod fanout;
 mod parse;

@@ -10,9 +10,12 @@
 //! used once per statement for the statements whose structure matters (queries, DML,
 //! most DDL).
 
-use sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Statement};
+use sqlparser::ast::{
+    Expr, Ident, ObjectName, ObjectNamePart, Statement, UnaryOperator, Value, VisitMut, VisitorMut,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
 
 /// One lexical token of PostgreSQL SQL, borrowing from the statement text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,8 +496,48 @@ pub(crate) fn tokens(sql: &str) -> Vec<Token<'_>> {
 }
 
 /// Parse one statement with sqlparser's PostgreSQL dialect.
+///
+/// The statements are made safe to print: the router sends sqlparser's rendering of
+/// them to shards (fan-out, split INSERTs, finishing queries), and sqlparser prints
+/// `- -3` as `--3`, which PostgreSQL reads as the start of a comment, silently
+/// dropping the rest of the line (`SELECT 5 - -1 AS x, id FROM t` would become
+/// `SELECT 5 --1 AS x, id FROM t`). A negated negative operand is parenthesised.
 pub(crate) fn parse_statement(sql: &str) -> Result<Vec<Statement>, String> {
-    Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| e.to_string())?;
+    if sql.contains('-') {
+        let _ = stmts.visit(&mut NoDoubleMinus);
+    }
+    Ok(stmts)
+}
+
+/// Wraps the operand of a unary minus in parentheses when its text would start with
+/// `-` (see [`parse_statement`]).
+struct NoDoubleMinus;
+
+impl VisitorMut for NoDoubleMinus {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        if let Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr,
+        } = e
+        {
+            let negative = match &**expr {
+                Expr::UnaryOp {
+                    op: UnaryOperator::Minus,
+                    ..
+                } => true,
+                Expr::Value(v) => v.to_string().starts_with('-'),
+                _ => false,
+            };
+            if negative {
+                let inner = std::mem::replace(&mut **expr, Expr::value(Value::Null));
+                **expr = Expr::Nested(Box::new(inner));
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// An identifier folded as PostgreSQL does: unquoted to lowercase, quoted kept.

@@ -43,9 +43,9 @@ use crate::{
 };
 use pgshard_catalog::{Catalog, KeyValue, ShardId};
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTableOperation, CommentObject, Expr, FunctionArg, FunctionArgExpr,
-    FunctionArguments, GrantObjects, ObjectName, ObjectType, Query, SelectItem, SetExpr, Statement,
-    Value,
+    AlterColumnOperation, AlterTableOperation, ColumnDef, ColumnOption, CommentObject, Expr,
+    FunctionArg, FunctionArgExpr, FunctionArguments, GrantObjects, ObjectName, ObjectType, Query,
+    SelectItem, SetExpr, Statement, Value,
 };
 use std::ops::ControlFlow;
 
@@ -901,18 +901,34 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
                 } else {
                     local
                 }
+            } else if let Some(msg) =
+                crate::constraints::unenforceable(catalog, &ct.name, &ct.columns, &ct.constraints)
+            {
+                Route::Unsupported(msg)
             } else if class.is_declared() {
-                Route::AllShards
+                match ct.columns.iter().find_map(non_bytewise_collation) {
+                    Some(msg) => Route::Unsupported(format!("{msg} in declared table {name}")),
+                    None => Route::AllShards,
+                }
             } else {
                 local
             }
         }
-        Statement::CreateIndex(ci) => tables_route(
-            "CREATE INDEX",
-            &[name_parts(&ci.table_name)],
-            false,
-            catalog,
-        ),
+        Statement::CreateIndex(ci) => {
+            let refused = ci
+                .unique
+                .then(|| crate::constraints::unique_index(catalog, &ci.table_name, &ci.columns))
+                .flatten();
+            match refused {
+                Some(msg) => Route::Unsupported(msg),
+                None => tables_route(
+                    "CREATE INDEX",
+                    &[name_parts(&ci.table_name)],
+                    false,
+                    catalog,
+                ),
+            }
+        }
         Statement::AlterTable {
             name, operations, ..
         } => alter_table(name, operations, catalog),
@@ -1033,6 +1049,36 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
 }
 
 fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog) -> Route {
+    for op in ops {
+        let refused = match op {
+            AlterTableOperation::AddConstraint { constraint, .. } => {
+                crate::constraints::unenforceable(
+                    catalog,
+                    name,
+                    &[],
+                    std::slice::from_ref(constraint),
+                )
+            }
+            AlterTableOperation::AddColumn { column_def, .. } => crate::constraints::unenforceable(
+                catalog,
+                name,
+                std::slice::from_ref(column_def),
+                &[],
+            ),
+            AlterTableOperation::AlterColumn {
+                column_name,
+                op: AlterColumnOperation::SetDefault { value },
+            } => crate::constraints::sequence_default(catalog, name, column_name, Some(value)),
+            AlterTableOperation::AlterColumn {
+                column_name,
+                op: AlterColumnOperation::AddGenerated { .. },
+            } => crate::constraints::sequence_default(catalog, name, column_name, None),
+            _ => None,
+        };
+        if let Some(msg) = refused {
+            return Route::Unsupported(msg);
+        }
+    }
     let parts = name_parts(name);
     let (class, table) = classify_table(catalog, &parts);
     let key = match class {
@@ -1064,6 +1110,9 @@ fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog
                     "dropping the shard key column of distributed table {table}"
                 ))
             }
+            AlterTableOperation::AddColumn { column_def, .. } => {
+                non_bytewise_collation(column_def).map(|m| format!("{m} in declared table {table}"))
+            }
             _ => None,
         };
         if let Some(msg) = refused {
@@ -1071,6 +1120,24 @@ fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog
         }
     }
     Route::AllShards
+}
+
+/// A column declared with a collation under which text does not order by its bytes.
+/// Multi-shard merges (ORDER BY, min/max, DISTINCT, GROUP BY in a finishing query)
+/// compare text by bytes or under the default collation (the shards' `C.UTF-8`), so
+/// such a column in a declared table would come back in the wrong order.
+fn non_bytewise_collation(col: &ColumnDef) -> Option<String> {
+    col.options.iter().find_map(|o| match &o.option {
+        ColumnOption::Collation(n) => {
+            let last = name_parts(n).last().cloned().unwrap_or_default();
+            let bytewise = matches!(
+                last.as_str(),
+                "default" | "C" | "POSIX" | "C.UTF-8" | "C.utf8" | "ucs_basic"
+            );
+            (!bytewise).then(|| format!("column {} with collation {n}", col.name))
+        }
+        _ => None,
+    })
 }
 
 /// `SELECT create_distributed_table(…)` / `SELECT create_reference_table(…)` alone.

@@ -95,6 +95,10 @@ pub(crate) struct Occ {
     /// Restricted by a key equality with an occurrence of an enclosing query
     /// (correlation), so everything it contributes sits on that occurrence's shard.
     pub correlated: bool,
+    /// On the nullable side of an outer join: its key is NULL in the NULL-extended
+    /// rows, which every shard produces, so grouping, DISTINCT or partitioning by
+    /// its key does not keep a group on one shard.
+    pub nullable: bool,
 }
 
 /// What the walk learnt about the top-level SELECT, for fan-out planning.
@@ -538,7 +542,7 @@ impl<'c> Analysis<'c> {
     /// whose merge the router plans.
     fn check_select(&mut self, s: &Select, start: usize) {
         let shape = crate::fanout::select_shape(s);
-        let by_key = |a: &Self, es: &[Expr]| es.iter().any(|e| a.key_ref(e).is_some());
+        let by_key = |a: &Self, es: &[Expr]| es.iter().any(|e| a.group_key_ref(e).is_some());
         let grouped_by_key = match &s.group_by {
             sqlparser::ast::GroupByExpr::Expressions(es, mods) => {
                 mods.is_empty() && by_key(self, es)
@@ -551,7 +555,7 @@ impl<'c> Analysis<'c> {
             Some(sqlparser::ast::Distinct::On(es)) => by_key(self, es),
             Some(sqlparser::ast::Distinct::Distinct) => s.projection.iter().any(|i| match i {
                 SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                    self.key_ref(e).is_some()
+                    self.group_key_ref(e).is_some()
                 }
                 _ => false,
             }),
@@ -751,6 +755,15 @@ impl<'c> Analysis<'c> {
                 }
                 _ => {}
             }
+            let nullable: Vec<usize> = match &join.join_operator {
+                JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => right.clone(),
+                JoinOperator::Right(_) | JoinOperator::RightOuter(_) => left.clone(),
+                JoinOperator::FullOuter(_) => left.iter().chain(&right).copied().collect(),
+                _ => Vec::new(),
+            };
+            for o in nullable {
+                self.occs[o].nullable = true;
+            }
             let outer = match &join.join_operator {
                 JoinOperator::Left(_) | JoinOperator::LeftOuter(_) => {
                     left.is_empty() && !right.is_empty()
@@ -889,6 +902,7 @@ impl<'c> Analysis<'c> {
                     depth: self.depth,
                     from_tree: false,
                     correlated: false,
+                    nullable: false,
                 });
                 Some(self.occs.len() - 1)
             }
@@ -1016,6 +1030,13 @@ impl<'c> Analysis<'c> {
     }
 
     /// The distributed occurrence whose shard key `e` names, if any.
+    /// A shard-key reference that keeps each group of a GROUP BY, DISTINCT or window
+    /// PARTITION BY on one shard: not the key of an outer join's nullable side, whose
+    /// NULL-extended rows come from every shard.
+    fn group_key_ref(&self, e: &Expr) -> Option<usize> {
+        self.key_ref(e).filter(|&o| !self.occs[o].nullable)
+    }
+
     fn key_ref(&self, e: &Expr) -> Option<usize> {
         match e {
             Expr::Nested(inner) => self.key_ref(inner),

@@ -141,3 +141,33 @@ async fn insert_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
+    let report = run_corpus(
+        "app.sql",
+        vec![
+            distributed("customers", "id", "bigint"),
+            TableConfig {
+                colocate_with: Some("customers".into()),
+                ..distributed("purchases", "customer_id", "bigint")
+            },
+            distributed("events", "id", "integer"),
+            distributed("scratch", "k", "text"),
+            distributed("measures", "id", "bigint"),
+            reference("countries"),
+        ],
+    )
+    .await?;
+    assert!(
+        report.wrong.is_empty(),
+        "wrong answers:\n{}",
+        report.summary()
+    );
+    assert!(
+        report.same > 150,
+        "too few statements compared: {}",
+        report.summary()
+    );
+    Ok(())
+}

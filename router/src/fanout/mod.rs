@@ -236,16 +236,19 @@ pub async fn execute<S: ShardStream, W: AsyncWrite + Unpin>(
     streams: Vec<S>,
     out: &mut W,
 ) -> Result<Outcome, FanoutError> {
-    execute_with(plan, streams, out, true).await
+    execute_with(plan, streams, out, true, false).await
 }
 
 /// [`execute`]; `describe` false leaves the RowDescription out of a streamed answer
-/// (an extended-protocol Execute whose portal was not described).
+/// (an extended-protocol Execute whose portal was not described); `rounded_floats`
+/// says the client's `extra_float_digits` is below 1, so float text is rounded and a
+/// float sort key cannot be merged by it.
 pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
     plan: &FanoutPlan,
     streams: Vec<S>,
     out: &mut W,
     describe: bool,
+    rounded_floats: bool,
 ) -> Result<Outcome, FanoutError> {
     let mut shards: Vec<Shard<S>> = streams
         .into_iter()
@@ -287,7 +290,9 @@ pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
     }
     let cols = desc.unwrap_or_default();
     match &plan.merge {
-        MergePlan::Stream(m) => stream(m, &mut shards, &cols, buf, out, describe).await,
+        MergePlan::Stream(m) => {
+            stream(m, &mut shards, &cols, buf, out, describe, rounded_floats).await
+        }
         MergePlan::Finish(f) => {
             let mut types = Vec::with_capacity(cols.len());
             for c in &cols {
@@ -435,6 +440,7 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
     mut buf: BytesMut,
     out: &mut W,
     describe: bool,
+    rounded_floats: bool,
 ) -> Result<Outcome, FanoutError> {
     let visible = cols
         .len()
@@ -467,6 +473,11 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
                 c.type_oid
             ))
         })?;
+        if kind == Kind::Float && rounded_floats {
+            return Err(FanoutError::Unsupported(
+                "ORDER BY on a float value in a multi-shard query while extra_float_digits is below 1 (floats print rounded, so the merge cannot order them)".into(),
+            ));
+        }
         keys.push(Key {
             column,
             kind,

@@ -626,7 +626,7 @@ where
             self.txn_begin = Some(stmt.key.sql.clone());
             self.txn_savepoints.clear();
         }
-        encode_command_complete(&mut b, "BEGIN");
+        encode_command_complete(&mut b, super::lex::begin_tag(&stmt.key.sql));
         self.emit_local(&b);
         Ok(())
     }

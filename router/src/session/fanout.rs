@@ -267,10 +267,16 @@ where
             })
             .collect();
         let describe = ext.is_none_or(|(_, d)| d);
+        let rounded_floats = self.vars.floats_print_rounded();
         let result = match self.capture.as_mut() {
             // A row-limited Execute: the answer is kept (see `suspend`).
-            Some(capture) => fanout::execute_with(plan, streams, capture, describe).await,
-            None => fanout::execute_with(plan, streams, &mut self.writer, describe).await,
+            Some(capture) => {
+                fanout::execute_with(plan, streams, capture, describe, rounded_floats).await
+            }
+            None => {
+                fanout::execute_with(plan, streams, &mut self.writer, describe, rounded_floats)
+                    .await
+            }
         };
         let _ = self.writer.flush().await;
         // Bound on the rows a shard still sends after the merge stopped reading it:

@@ -225,6 +225,16 @@ fn words(sql: &str, max: usize) -> Vec<(String, usize, usize)> {
     out
 }
 
+/// The command tag PostgreSQL answers a transaction start with: `START TRANSACTION`
+/// for `START TRANSACTION …`, `BEGIN` for `BEGIN [WORK | TRANSACTION] …`.
+pub fn begin_tag(stmt: &str) -> &'static str {
+    if first_word(stmt).eq_ignore_ascii_case("start") {
+        "START TRANSACTION"
+    } else {
+        "BEGIN"
+    }
+}
+
 /// Classifies one statement (no trailing semicolon).
 pub fn classify(stmt: &str) -> SessionCommand {
     // Most statements are none of these: one word tells (this runs on every query).
@@ -354,6 +364,11 @@ mod tests {
     #[test]
     fn classifies_session_commands() {
         assert_eq!(classify("BEGIN"), SessionCommand::Begin);
+        assert_eq!(begin_tag("BEGIN ISOLATION LEVEL SERIALIZABLE"), "BEGIN");
+        assert_eq!(
+            begin_tag("/* c */ start transaction read only"),
+            "START TRANSACTION"
+        );
         assert_eq!(
             classify("start transaction isolation level serializable"),
             SessionCommand::Begin

@@ -3,7 +3,7 @@
 
 use super::attach::Ensure;
 use super::error::SessionError;
-use super::lex::{classify, split_statements, SessionCommand};
+use super::lex::{begin_tag, classify, split_statements, SessionCommand};
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
 use crate::backend::StmtKey;
 use crate::protocol::backend::{
@@ -94,7 +94,7 @@ where
                         None,
                     );
                     self.emit_local(&b);
-                    return self.answer("BEGIN");
+                    return self.answer(begin_tag(stmts[0]));
                 }
                 _ if failed => {
                     self.fail_simple(SessionError::InFailedTransaction);
@@ -129,7 +129,7 @@ where
                     begin_sql: sql.to_string(),
                     failed: false,
                 });
-                return self.answer("BEGIN");
+                return self.answer(begin_tag(stmts[0]));
             }
             SessionCommand::DiscardAll => {
                 if in_txn {
@@ -293,7 +293,7 @@ where
                     };
                     return self.run_fanout_write_in_txn(&all).await;
                 }
-                return self.run_on_all(sql, &shards).await;
+                return self.run_on_all(sql, &shards, stmts.len() == 1).await;
             }
         };
         // In an explicit transaction on another shard: that shard joins it (SPEC §7).
@@ -469,14 +469,47 @@ where
     }
 
     /// Runs a statement on every shard, one after the other, and answers once with the
-    /// first shard's reply. Not atomic: a failure leaves earlier shards changed (atomic
-    /// DDL needs two-phase commit, a later step); the error says which shards ran it.
-    async fn run_on_all(&mut self, sql: &str, shards: &[ShardId]) -> Result<(), SessionError> {
+    /// first shard's reply.
+    ///
+    /// One statement runs inside a transaction on every shard, committed on all of them
+    /// only once it succeeded on all (SPEC §5 rule 5, "atomically where PostgreSQL
+    /// allows"): a statement that fails on one shard only (a CHECK or unique index
+    /// that some shard's rows violate, an object that exists on one shard) leaves no
+    /// shard changed. The commits are one-phase: a crash between them can still leave
+    /// shards apart. Statements PostgreSQL refuses in a transaction block (SQLSTATE
+    /// 25001: VACUUM, CREATE INDEX CONCURRENTLY…) and several statements in one Query
+    /// run as before, each shard on its own; a failure then leaves earlier shards
+    /// changed, and a WARNING says which.
+    async fn run_on_all(
+        &mut self,
+        sql: &str,
+        shards: &[ShardId],
+        one_statement: bool,
+    ) -> Result<(), SessionError> {
         crate::stats::bump(&self.ctx.stats.all_shards);
+        if one_statement {
+            match self.run_on_all_once(sql, shards, true).await? {
+                AllShards::Answered => return Ok(()),
+                AllShards::NotInTransaction => {}
+            }
+        }
+        self.run_on_all_once(sql, shards, false).await?;
+        Ok(())
+    }
+
+    async fn run_on_all_once(
+        &mut self,
+        sql: &str,
+        shards: &[ShardId],
+        atomic: bool,
+    ) -> Result<AllShards, SessionError> {
         let catalog = self.ctx.catalog.current();
         let mut first_reply: Option<Vec<Frame>> = None;
         let mut done: Vec<ShardId> = Vec::new();
         let mut failure: Option<(ShardId, SessionError)> = None;
+        // In atomic mode, every connection that began a transaction, to end it.
+        let mut open = Vec::new();
+        let mut not_in_txn = false;
         for &shard in shards {
             let Some(node) = catalog.primary(shard) else {
                 failure = Some((shard, SessionError::NoPrimary(shard)));
@@ -499,9 +532,17 @@ where
                 }
                 conn.state_fp = fp;
             }
+            if atomic {
+                if let Err(e) = conn.run_silent("BEGIN").await {
+                    conn.broken = true;
+                    failure = Some((shard, SessionError::from_backend(shard, e)));
+                    break;
+                }
+            }
             encode_query(&mut conn.out, sql);
             conn.unnamed = None;
             if let Err(e) = conn.flush().await {
+                conn.broken = true;
                 failure = Some((shard, SessionError::from_backend(shard, e)));
                 break;
             }
@@ -520,6 +561,7 @@ where
                     },
                     Err(e) => {
                         error = None;
+                        conn.broken = true;
                         failure = Some((shard, SessionError::from_backend(shard, e)));
                         break;
                     }
@@ -529,15 +571,56 @@ where
                 break;
             }
             if let Some(f) = error {
+                not_in_txn = atomic
+                    && done.is_empty()
+                    && crate::protocol::backend::error_summary(&f).0 == "25001";
                 failure = Some((
                     shard,
                     SessionError::from_backend(shard, conn.server_error(f)),
                 ));
+                if atomic {
+                    open.push((shard, conn));
+                }
                 break;
             }
             done.push(shard);
             if first_reply.is_none() {
                 first_reply = Some(frames);
+            }
+            if atomic {
+                open.push((shard, conn));
+            }
+        }
+        if atomic {
+            let end = if failure.is_none() {
+                "COMMIT"
+            } else {
+                "ROLLBACK"
+            };
+            let mut committed: Vec<ShardId> = Vec::new();
+            for (shard, conn) in open.iter_mut() {
+                if conn.broken {
+                    continue;
+                }
+                match conn.run_silent(end).await {
+                    Ok(_) => committed.push(*shard),
+                    Err(e) => {
+                        conn.broken = true;
+                        if failure.is_none() {
+                            failure = Some((*shard, SessionError::from_backend(*shard, e)));
+                        }
+                    }
+                }
+            }
+            if end == "ROLLBACK" {
+                done.clear();
+            } else {
+                // A COMMIT failed: the shards that committed before it keep the change.
+                done = committed;
+            }
+            drop(open);
+            if not_in_txn {
+                return Ok(AllShards::NotInTransaction);
             }
         }
         match failure {
@@ -559,7 +642,7 @@ where
                             "statement failed on shard {shard} after it succeeded on shard(s) {}",
                             list.join(", ")
                         ),
-                        Some("Statements on every shard are not atomic yet; the shards that succeeded keep the change."),
+                        Some("Statements that cannot run in a transaction block, or several statements in one query, are not atomic across shards; the shards that succeeded keep the change."),
                         None,
                     );
                     self.out.extend_from_slice(&b);
@@ -568,6 +651,15 @@ where
             }
         }
         encode_ready(&mut self.out, b'I');
-        Ok(())
+        Ok(AllShards::Answered)
     }
+}
+
+/// How a run on every shard ended.
+enum AllShards {
+    /// The client has its answer (success or error) and ReadyForQuery.
+    Answered,
+    /// The statement cannot run in a transaction block: nothing was changed and nothing
+    /// answered; run it again without one.
+    NotInTransaction,
 }

@@ -101,6 +101,28 @@ impl SessionVars {
         sql
     }
 
+    /// True if the session's `extra_float_digits` may be below 1: float values then
+    /// print rounded (`%.{15+n}g`), so distinct values can have the same text and a
+    /// merge cannot order them by it. Unknown forms count as below 1. (`SET LOCAL` and
+    /// `set_config` are not tracked here.)
+    pub fn floats_print_rounded(&self) -> bool {
+        let Some(sql) = self.sets.get("extra_float_digits") else {
+            return false;
+        };
+        let lower = sql.to_ascii_lowercase();
+        let value = match (lower.rfind('='), lower.rfind(" to ")) {
+            (Some(e), Some(t)) => &lower[(e + 1).max(t + 4)..],
+            (Some(e), None) => &lower[e + 1..],
+            (None, Some(t)) => &lower[t + 4..],
+            (None, None) => return true,
+        };
+        let value = value.trim().trim_end_matches(';').trim().trim_matches('\'');
+        if value == "default" {
+            return false;
+        }
+        value.parse::<i32>().map_or(true, |n| n < 1)
+    }
+
     /// The value a client set for `name` at startup or with SET … TO 'literal', if simple.
     pub fn startup_value(&self, name: &str) -> Option<String> {
         let sql = self.sets.get(&name.to_ascii_lowercase())?;
@@ -173,5 +195,24 @@ mod tests {
         assert_eq!(v.startup_value("application_name").as_deref(), Some("psql"));
         assert_ne!(v.fingerprint(), 0);
         assert_eq!(SessionVars::default().fingerprint(), 0);
+    }
+
+    #[test]
+    fn rounded_floats() {
+        let set = |sql: &str| {
+            let mut v = SessionVars::default();
+            v.apply(&crate::session::lex::classify(sql));
+            v.floats_print_rounded()
+        };
+        assert!(!SessionVars::default().floats_print_rounded());
+        assert!(set("SET extra_float_digits = -14"));
+        assert!(set("SET extra_float_digits TO 0"));
+        assert!(set("set session extra_float_digits to '-3'"));
+        assert!(!set("SET extra_float_digits = 3"));
+        assert!(!set("SET extra_float_digits TO DEFAULT"));
+        let v = SessionVars::from_startup(&[("extra_float_digits".into(), "2".into())]);
+        assert!(!v.floats_print_rounded());
+        let v = SessionVars::from_startup(&[("extra_float_digits".into(), "0".into())]);
+        assert!(v.floats_print_rounded());
     }
 }

@@ -2,6 +2,7 @@
 //! placed round-robin, and a fixed set of declared tables. Expectations about shards are
 //! written in terms of `catalog.shard_of(key)`, so they hold whatever the hash.
 
+mod corpus;
 mod dml;
 mod fuzz;
 mod psql;
