@@ -944,9 +944,12 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
             }
             // Index names do not say whose they are; distributed tables' indexes exist
             // on every shard.
-            ObjectType::Index | ObjectType::Schema | ObjectType::Role | ObjectType::User => {
-                Route::AllShards
-            }
+            // Types: a distributed table's columns may use them (see below).
+            ObjectType::Index
+            | ObjectType::Schema
+            | ObjectType::Role
+            | ObjectType::User
+            | ObjectType::Type => Route::AllShards,
             _ => local,
         },
         Statement::Truncate { table_names, .. } => {
@@ -1021,6 +1024,13 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         | Statement::DropExtension { .. }
         | Statement::CreateRole { .. }
         | Statement::AlterRole { .. } => Route::AllShards,
+        // Types and domains hold no data, and a distributed or reference table's
+        // columns may use them: on every shard (as Citus propagates them), so its
+        // CREATE TABLE does not fail on the shards that lack them.
+        Statement::CreateType { .. }
+        | Statement::AlterType(_)
+        | Statement::CreateDomain(_)
+        | Statement::DropDomain(_) => Route::AllShards,
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
         | Statement::Rollback { .. }
@@ -1029,8 +1039,9 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         | Statement::Set(_)
         | Statement::ShowVariable { .. }
         | Statement::Discard { .. } => Route::AnyShard,
-        // Functions, types, sequences, domains… are local objects (SPEC §4: undeclared
-        // things live on the local shard).
+        // Functions, sequences… are local objects (SPEC §4: undeclared things live on the
+        // local shard). Functions stay there because a SQL function's body is checked
+        // against the tables it names, which may be local.
         _ => local,
     };
     (route, None)
@@ -1382,7 +1393,8 @@ fn fallback(
                     _ => None,
                 })
                 .unwrap_or_default();
-            let objectless = ["SCHEMA", "EXTENSION", "ROLE", "USER"].contains(&object.as_str());
+            let objectless = ["SCHEMA", "EXTENSION", "ROLE", "USER", "TYPE", "DOMAIN"]
+                .contains(&object.as_str());
             if objectless || distributed.is_some() || reference.is_some() {
                 Route::AllShards
             } else {
