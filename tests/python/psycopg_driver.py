@@ -4,7 +4,7 @@ Usage: psycopg_driver.py PORT
 Exercises what a Python application does: server-side parameter binding (extended
 protocol), prepared statements (prepare=True), binary results, transactions with
 rollback, multi-shard writes with parameters, errors with their SQLSTATE, pipelined
-executemany, and metadata queries. Every check
+executemany (on one shard, and across shards: atomic), and metadata queries. Every check
 raises on a mismatch; the script prints OK at the end.
 """
 
@@ -23,6 +23,7 @@ def main(port: int) -> None:
             "CREATE TABLE py_users (id bigint PRIMARY KEY, name text, score numeric(8,2), "
             "tag uuid, active boolean)"
         )
+        conn.execute("CREATE TABLE py_batch (id bigint PRIMARY KEY, name text)")
         rows = [(i, f"user {i}", i * 1.5, uuid.uuid4(), i % 2 == 0) for i in range(1, 51)]
         # One statement per Sync. (psycopg's executemany pipelines every row into one
         # implicit transaction, which spans shards: that needs two-phase commit.)
@@ -34,6 +35,30 @@ def main(port: int) -> None:
         # executemany whose rows all live on one shard is one single-shard transaction.
         with conn.cursor() as cur:
             cur.executemany("UPDATE py_users SET active = active WHERE id = %s", [(1,), (1,), (1,)])
+        # executemany pipelines every row into one implicit transaction (one Sync): rows
+        # on several shards commit together (two-phase commit at the Sync)…
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO py_batch (id, name) VALUES (%s, %s)",
+                [(1000 + i, f"batch {i}") for i in range(20)],
+            )
+        got = conn.execute("SELECT count(*) FROM py_batch WHERE id >= 1000").fetchone()
+        assert got == (20,), got
+        # …or not at all: a duplicate key anywhere in the batch leaves none of its rows.
+        try:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO py_batch (id, name) VALUES (%s, %s)",
+                    [(2000 + i, "x") for i in range(10)] + [(1005, "dup")],
+                )
+            raise AssertionError("duplicate key accepted in a batch")
+        except errors.UniqueViolation:
+            pass
+        got = conn.execute("SELECT count(*) FROM py_batch WHERE id >= 2000").fetchone()
+        assert got == (0,), got
+        # The session goes on, in and out of batches.
+        got = conn.execute("SELECT count(*) FROM py_batch").fetchone()
+        assert got == (20,), got
         for i, name, score, tag, active in rows:
             got = conn.execute(
                 "SELECT name, score, tag, active FROM py_users WHERE id = %s", (i,)

@@ -10,13 +10,16 @@ async fn psycopg_through_the_router() -> anyhow::Result<()> {
     let cluster = TestCluster::start(TestClusterOptions {
         shards: 2,
         replicas: 0,
-        tables: vec![TableConfig {
-            name: "py_users".into(),
-            shard_key: Some("id".into()),
-            key_type: Some("bigint".into()),
-            kind: None,
-            colocate_with: None,
-        }],
+        tables: vec![
+            TableConfig {
+                name: "py_users".into(),
+                shard_key: Some("id".into()),
+                key_type: Some("bigint".into()),
+                kind: None,
+                colocate_with: None,
+            },
+            pgshard_tests::distributed("py_batch", "id", "bigint"),
+        ],
         ..Default::default()
     })
     .await?;

@@ -2,11 +2,16 @@
 //! out of its pool, brought to the session's state, with a deferred BEGIN replayed.
 
 use super::error::SessionError;
-use super::{Attached, Session};
+use super::{Attached, Expect, Session};
+use crate::protocol::frontend::{encode_bind_with_results, encode_execute, encode_parse};
 use crate::protocol::Frame;
 use pgshard_catalog::ShardId;
 use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The portal of the router's BEGIN that turns a batch's implicit transaction into one
+/// other shards can join (named, so the client's unnamed portal is left alone).
+const IMPLICIT_BEGIN_PORTAL: &str = "pgshard_begin";
 
 pub(crate) enum Ensure {
     /// A backend on the shard is attached.
@@ -37,10 +42,29 @@ where
             }
             let explicit = a.conn.status != b'I';
             if a.executed && !explicit {
-                return Err(SessionError::CrossShard {
-                    from: a.shard,
-                    to: shard,
-                });
+                if self.ctx.twopc.is_none() || self.shard_override.is_some() {
+                    return Err(SessionError::CrossShard {
+                        from: a.shard,
+                        to: shard,
+                    });
+                }
+                // An extended-protocol batch (no BEGIN) that executed on this shard and
+                // now needs another (JDBC's executeBatch, psycopg's executemany): its
+                // implicit transaction is made explicit here — a BEGIN inside an
+                // implicit block does that in PostgreSQL — so the other shard can join
+                // it; it commits at the client's Sync (`end_implicit_spanning`).
+                let out = &mut a.conn.out;
+                encode_parse(out, "", "BEGIN", &[]);
+                encode_bind_with_results(out, IMPLICIT_BEGIN_PORTAL, "", &[0, 0, 0, 0], &[]);
+                encode_execute(out, IMPLICIT_BEGIN_PORTAL);
+                a.conn.unnamed = None;
+                a.expects.push_back(Expect::Swallow(b'1'));
+                a.expects.push_back(Expect::Swallow(b'2'));
+                a.expects.push_back(Expect::Swallow(b'C'));
+                a.conn.unsynced = true;
+                self.implicit_spanning = true;
+                self.txn_begin = Some("BEGIN".into());
+                self.txn_savepoints.clear();
             }
             a.sync_silent();
             if !a.expects.is_empty() {

@@ -665,7 +665,7 @@ where
             // Something before it failed: PostgreSQL would skip to Sync too.
             return Ok(());
         }
-        self.end_spanning(commit, false).await
+        self.end_spanning(commit, super::txn::EndAnswer::Tag).await
     }
 
     pub(crate) fn on_close(&mut self, frame: &Frame, kind: u8, name: &str) {

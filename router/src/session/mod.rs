@@ -157,6 +157,8 @@ pub(crate) enum Expect {
     },
     /// Bytes made by the router, sent when they reach the front.
     Local(Bytes),
+    /// A reply to a message of the router's own with this tag, not forwarded.
+    Swallow(u8),
 }
 
 pub(crate) struct Attached {
@@ -250,6 +252,10 @@ pub struct Session<R, W> {
     /// The statement whose ParseComplete rides on its (deferred) prepare.
     pub(crate) parse_ack: Option<String>,
     pub(crate) virtual_txn: Option<VirtualTxn>,
+    /// An extended-protocol batch's implicit transaction turned into one spanning shards
+    /// (see [`attach`]): it ends at the client's Sync, committed (two-phase) unless
+    /// something in it failed, and the client sees only ReadyForQuery, as for any batch.
+    pub(crate) implicit_spanning: bool,
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
@@ -315,6 +321,7 @@ where
             skip_until_sync: false,
             parse_ack: None,
             virtual_txn: None,
+            implicit_spanning: false,
             shard_override: None,
             closing: false,
             shutdown,
@@ -663,6 +670,7 @@ where
                 self.on_close(&frame, kind, &name);
                 Ok(())
             }
+            M::Sync if self.implicit_spanning => self.end_implicit_spanning().await,
             M::Sync => {
                 self.on_sync(&frame);
                 Ok(())

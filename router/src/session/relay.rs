@@ -28,6 +28,13 @@ where
             }
             return Ok(());
         }
+        if let Some(Expect::Swallow(t)) = a.expects.front() {
+            if *t == tag {
+                a.expects.pop_front();
+                self.flush_locals();
+                return Ok(());
+            }
+        }
         match tag {
             b'1' => {
                 let forward = match a.expects.pop_front() {

@@ -117,8 +117,16 @@ where
         }
         if self.spans_shards() {
             match cmd {
-                SessionCommand::Commit => return self.end_spanning(true, true).await,
-                SessionCommand::Rollback => return self.end_spanning(false, true).await,
+                SessionCommand::Commit => {
+                    return self
+                        .end_spanning(true, super::txn::EndAnswer::TagAndReady)
+                        .await
+                }
+                SessionCommand::Rollback => {
+                    return self
+                        .end_spanning(false, super::txn::EndAnswer::TagAndReady)
+                        .await
+                }
                 _ => {}
             }
         }

@@ -182,13 +182,38 @@ where
         }
     }
 
+    /// The client's Sync ending an extended-protocol batch whose implicit transaction
+    /// spans shards: what the attached backend owes is settled, then every participant
+    /// commits (two-phase commit when several wrote) — or rolls back if anything in the
+    /// batch failed, as PostgreSQL rolls back a failed implicit transaction — and the
+    /// client gets ReadyForQuery (after the commit's error, if it failed).
+    pub(crate) async fn end_implicit_spanning(&mut self) -> Result<(), SessionError> {
+        self.skip_until_sync = false;
+        self.parse_ack = None;
+        if self.described_fanout.take().is_some() {
+            self.emit_error(&SessionError::Unsupported(
+                "Describe of a multi-shard portal that is not executed before Sync".into(),
+            ));
+        }
+        if let Some(a) = self.attached.as_mut() {
+            a.sync_silent();
+        }
+        self.drain_attached().await?;
+        // An error in what was drained skips to *this* Sync, which is being answered.
+        self.skip_until_sync = false;
+        let commit = !self.any_participant_failed();
+        self.end_spanning(commit, EndAnswer::Ready).await
+    }
+
     /// COMMIT (`commit`) or ROLLBACK of a transaction spanning shards, answered by the
     /// router once every participant has ended. Call with nothing outstanding.
     pub(crate) async fn end_spanning(
         &mut self,
         commit: bool,
-        ready: bool,
+        answer: EndAnswer,
     ) -> Result<(), SessionError> {
+        self.implicit_spanning = false;
+        let tag = !matches!(answer, EndAnswer::Ready);
         let Some(twopc) = self.ctx.twopc.as_ref() else {
             return Err(SessionError::Unsupported(
                 "transaction spanning shards without a catalog connection".into(),
@@ -226,13 +251,18 @@ where
         let pending = std::mem::take(&mut self.txn_vars);
         let mut b = BytesMut::new();
         match result {
-            None => encode_command_complete(&mut b, "ROLLBACK"),
-            Some(Ok(Outcome::RolledBack)) => encode_command_complete(&mut b, "ROLLBACK"),
+            None | Some(Ok(Outcome::RolledBack)) => {
+                if tag {
+                    encode_command_complete(&mut b, "ROLLBACK");
+                }
+            }
             Some(Ok(Outcome::Committed { gid, unfinished })) => {
                 for c in &pending {
                     self.vars.apply(c);
                 }
-                encode_command_complete(&mut b, "COMMIT");
+                if tag {
+                    encode_command_complete(&mut b, "COMMIT");
+                }
                 if let (Some(gid), true) = (gid, unfinished.is_empty()) {
                     // Best effort: recovery deletes the record anyway.
                     if let Err(error) = log.forget(&gid).await {
@@ -245,13 +275,25 @@ where
             }
             Some(Err(e)) => commit_error(&e).encode(&mut b),
         }
-        if ready {
+        if !matches!(answer, EndAnswer::Tag) {
             encode_ready(&mut b, b'I');
         }
         self.out.extend_from_slice(&b);
         self.entry.set_activity("idle", None, None);
         Ok(())
     }
+}
+
+/// How the client is answered when a transaction spanning shards ends.
+pub(crate) enum EndAnswer {
+    /// COMMIT's or ROLLBACK's command tag (extended protocol: ReadyForQuery follows at
+    /// the client's Sync).
+    Tag,
+    /// The tag and ReadyForQuery (simple protocol).
+    TagAndReady,
+    /// ReadyForQuery only: the end, at its Sync, of an extended-protocol batch's
+    /// implicit transaction that spanned shards (see `end_implicit_spanning`).
+    Ready,
 }
 
 /// What one shard answered to a multi-shard write.
