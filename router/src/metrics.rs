@@ -1,7 +1,8 @@
 //! Prometheus metrics (SPEC §12) on `router.metrics_listen`: `GET /metrics` in the text
 //! exposition format. The same counters as the admin console's `SHOW STATS`, the pools
-//! of `SHOW POOLS`, connected clients and the catalog version; read when scraped, so
-//! serving them costs the statement path nothing beyond its counters.
+//! of `SHOW POOLS`, connected clients, the catalog version and a histogram of request
+//! durations; read when scraped, so serving them costs the statement path nothing
+//! beyond its counters.
 
 use crate::server::RouterCtx;
 use std::fmt::Write;
@@ -162,5 +163,22 @@ pub fn render(ctx: &RouterCtx) -> String {
         "Configured pool size (router.pool_size).",
         &size,
     );
+    let (cumulative, count, sum) = s.latency.snapshot();
+    let name = "pgshard_router_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Requests (a simple Query, or an extended-protocol batch up to Sync) from their first message to their ReadyForQuery written."
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (bound, n) in crate::stats::LATENCY_BUCKETS.iter().zip(&cumulative) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}",
+        cumulative.last().copied().unwrap_or(0)
+    );
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
     out
 }

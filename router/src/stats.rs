@@ -4,7 +4,56 @@
 //! ([`crate::twopc::CommitStats`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Upper bounds of the request-duration histogram's buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// A histogram of request durations: a simple Query or an extended-protocol batch,
+/// from its first message to the ReadyForQuery that ends it being written.
+#[derive(Default)]
+pub struct Latency {
+    /// Per bucket (not cumulative), the last one for anything above the largest bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            d.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Cumulative counts per bound (then +Inf), the count and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (
+            cumulative,
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
 
 pub struct Stats {
     started: Instant,
@@ -23,6 +72,7 @@ pub struct Stats {
     pub copies: AtomicU64,
     /// Statements refused with SQLSTATE 0A000.
     pub unsupported: AtomicU64,
+    pub latency: Latency,
 }
 
 impl Default for Stats {
@@ -36,6 +86,7 @@ impl Default for Stats {
             all_shards: AtomicU64::new(0),
             copies: AtomicU64::new(0),
             unsupported: AtomicU64::new(0),
+            latency: Latency::default(),
         }
     }
 }
@@ -66,5 +117,28 @@ impl Stats {
             ("copies", get(&self.copies)),
             ("statements_unsupported", get(&self.unsupported)),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative_with_everything_under_inf() {
+        let l = Latency::default();
+        for us in [50u64, 300, 300, 2_000, 60_000_000] {
+            l.observe(Duration::from_micros(us));
+        }
+        let (cumulative, count, sum) = l.snapshot();
+        assert_eq!(count, 5);
+        assert_eq!(cumulative.len(), LATENCY_BUCKETS.len() + 1);
+        // ≤ 0.1 ms: 1; ≤ 0.5 ms: 3; ≤ 2.5 ms: 4; 60 s only under +Inf.
+        assert_eq!(cumulative[0], 1);
+        assert_eq!(cumulative[2], 3);
+        assert_eq!(cumulative[4], 4);
+        assert_eq!(cumulative[LATENCY_BUCKETS.len() - 1], 4);
+        assert_eq!(cumulative[LATENCY_BUCKETS.len()], 5);
+        assert!((sum - 60.00265).abs() < 1e-9, "{sum}");
     }
 }

@@ -156,5 +156,14 @@ async fn show_buckets_and_show_stats() -> anyhow::Result<()> {
         })
         .count();
     assert_eq!(in_use, 2, "one pool per shard primary:\n{text}");
+    // Every answered request is in the latency histogram (one count per Query or
+    // batch; +Inf holds them all).
+    let count = sample("pgshard_router_request_duration_seconds_count").unwrap_or(0);
+    assert!(count >= 15, "{text}");
+    assert_eq!(
+        sample("pgshard_router_request_duration_seconds_bucket{le=\"+Inf\"}"),
+        Some(count),
+        "{text}"
+    );
     Ok(())
 }

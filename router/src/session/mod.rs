@@ -260,6 +260,9 @@ pub struct Session<R, W> {
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
     pub(crate) closing: bool,
+    /// When the request now being served (a Query, or a batch up to Sync) started;
+    /// observed into the latency histogram when its ReadyForQuery is written.
+    request_start: Option<std::time::Instant>,
     shutdown: CancellationToken,
     /// Set when the router shuts down while this session is inside a transaction:
     /// the transaction may finish until then, and the session ends at the first point
@@ -324,6 +327,7 @@ where
             implicit_spanning: false,
             shard_override: None,
             closing: false,
+            request_start: None,
             shutdown,
             shutdown_deadline: None,
         }
@@ -501,7 +505,12 @@ where
                 tracing::warn!(error = %e, "{lost}");
                 return Err(lost);
             }
-            Event::Client(Ok(Some(frame))) => self.on_client_frame(frame).await?,
+            Event::Client(Ok(Some(frame))) => {
+                if self.request_start.is_none() {
+                    self.request_start = Some(std::time::Instant::now());
+                }
+                self.on_client_frame(frame).await?
+            }
             Event::Client(Ok(None)) => return Ok(true),
             Event::Client(Err(ProtocolError::Io(_))) => return Ok(true),
             Event::Client(Err(e)) => return Err(SessionError::Protocol(e)),
@@ -511,7 +520,15 @@ where
                 }
             }
             Event::BackendWrote(_) => return Err(self.lose_backend()),
-            Event::ClientWrote(Ok(n)) if n > 0 => self.out.advance(n),
+            Event::ClientWrote(Ok(n)) if n > 0 => {
+                // All written and it ends with ReadyForQuery: the request is answered.
+                if n == self.out.len() && ends_with_ready(&self.out) {
+                    if let Some(start) = self.request_start.take() {
+                        self.ctx.stats.latency.observe(start.elapsed());
+                    }
+                }
+                self.out.advance(n)
+            }
             Event::ClientWrote(_) => return Ok(true),
         }
         Ok(false)
@@ -734,4 +751,9 @@ where
             self.entry.set_activity("idle", None, None);
         }
     }
+}
+
+/// True if `out` ends with a whole ReadyForQuery message (`Z`, length 5, status).
+fn ends_with_ready(out: &[u8]) -> bool {
+    matches!(out, [.., b'Z', 0, 0, 0, 5, b'I' | b'T' | b'E'])
 }
