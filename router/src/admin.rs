@@ -10,7 +10,7 @@
 
 use crate::protocol::backend::{
     encode_backend_key, encode_command_complete, encode_data_row, encode_empty, encode_error,
-    encode_parameter_status, encode_ready, encode_row_description_text,
+    encode_parameter_status, encode_ready, encode_row_description_text, encode_shutdown_fatal,
 };
 use crate::protocol::frontend::FrontendMessage;
 use crate::protocol::FrameReader;
@@ -69,15 +69,7 @@ pub async fn serve<R, W>(
         }
         let frame = tokio::select! {
             _ = shutdown.cancelled() => {
-                encode_error(
-                    &mut out,
-                    b'E',
-                    "FATAL",
-                    "57P01",
-                    "terminating connection due to administrator command",
-                    None,
-                    None,
-                );
+                encode_shutdown_fatal(&mut out);
                 let _ = tokio::time::timeout(
                     std::time::Duration::from_secs(1),
                     w.write_all(&out),

@@ -44,6 +44,13 @@ pub use catalog_watch::{CatalogHandle, CatalogSource};
 pub use server::{Router, RouterCtx};
 
 use pgshard_catalog::config::RouterConfig;
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks a mutex held only for short, panic-free updates: a poisoned one is used as is
+/// (no update can be left half done).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 

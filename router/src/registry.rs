@@ -3,16 +3,13 @@
 //! BackendKeyData and maps it to the backend connections currently serving that client.
 
 use crate::backend::CancelTarget;
+use crate::lock;
 use pgshard_catalog::ShardId;
 use rand::Rng;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What a client is doing, as `SHOW CLIENTS` reports it.
 #[derive(Debug, Clone, Default)]

@@ -642,23 +642,9 @@ async fn runtime_kill_promote_and_detached_lifecycle() {
     assert!(!replica.dir.exists());
 
     // Detached: pg_ctl owns the postmaster; kill it on the way out whatever happens.
-    struct KillOnDrop(std::path::PathBuf);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if let Some(pid) = std::fs::read_to_string(&self.0)
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
     let detached = LocalProcess::new(opts(ProcessLifecycle::Detached)).expect("runtime");
     let d = spec("d", NodeRole::Primary, None);
-    let _guard = KillOnDrop(d.data_dir().join("postmaster.pid"));
+    let _guard = pgshard_tests::dirs::KillOnDrop(d.data_dir().join("postmaster.pid"));
     detached.init_primary(&d).await.expect("initdb");
     detached.start(&d).await.expect("pg_ctl start");
     detached.start(&d).await.expect("second start is a no-op");

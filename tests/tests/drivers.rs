@@ -2,7 +2,6 @@
 //! cluster through `tests/python/psycopg_driver.py`. `.ci/run` installs psycopg; a
 //! missing psycopg is a failure here, not a skip.
 
-use pgshard_catalog::config::TableConfig;
 use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -11,13 +10,7 @@ async fn psycopg_through_the_router() -> anyhow::Result<()> {
         shards: 2,
         replicas: 0,
         tables: vec![
-            TableConfig {
-                name: "py_users".into(),
-                shard_key: Some("id".into()),
-                key_type: Some("bigint".into()),
-                kind: None,
-                colocate_with: None,
-            },
+            pgshard_tests::distributed("py_users", "id", "bigint"),
             pgshard_tests::distributed("py_batch", "id", "bigint"),
         ],
         ..Default::default()

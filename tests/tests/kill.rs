@@ -105,27 +105,12 @@ async fn busy_sessions(spec: &NodeSpec) -> (Vec<Client>, tokio::task::JoinHandle
     (idle, sleeper)
 }
 
-/// Kill the postmaster found in `postmaster.pid` when dropped, so a failing test
-/// leaves no detached server behind.
-struct KillOnDrop(std::path::PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = std::fs::read_to_string(&self.0)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
 async fn kill_and_restart(lifecycle: ProcessLifecycle) {
     pgshard_tests::init_tracing();
     let dir = pgshard_tests::dirs::temp_dir("kill").expect("temp dir");
     let rt = runtime(lifecycle);
     let node = spec(dir.path(), "k");
-    let _guard = KillOnDrop(node.data_dir().join("postmaster.pid"));
+    let _guard = pgshard_tests::dirs::KillOnDrop(node.data_dir().join("postmaster.pid"));
     rt.init_primary(&node).await.expect("initdb");
     start_ready(&rt, &node, 0).await;
     for round in 1..=ROUNDS {

@@ -55,15 +55,19 @@ fn tls_config(cluster: &TestCluster, cert: &Cert) -> RouterConfig {
 /// A rustls connector for tokio-postgres that trusts exactly `cert` (the hostname is
 /// checked too: the certificate names 127.0.0.1).
 fn connector(cert: &Cert) -> anyhow::Result<MakeRustlsConnect> {
+    Ok(MakeRustlsConnect::new(client_config(cert)?))
+}
+
+/// A rustls client configuration that trusts exactly `cert`.
+fn client_config(cert: &Cert) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der.clone())?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    .with_no_client_auth())
 }
 
 async fn connect_tls(
@@ -193,14 +197,7 @@ async fn read_until_ready<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> anyhow:
 /// fills up and rustls holds the rest), then reads again: it must get all of it,
 /// ReadyForQuery included, without sending anything more.
 async fn slow_reader_gets_everything(router: &TestRouter, cert: &Cert) -> anyhow::Result<()> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der.clone())?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = client_config(cert)?;
     let mut tcp = TcpStream::connect(router.addr()).await?;
     tcp.write_all(&SSL_REQUEST).await?;
     assert_eq!(tcp.read_u8().await?, b'S');

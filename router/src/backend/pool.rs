@@ -18,11 +18,12 @@
 //! operation holding a capped one on another shard).
 
 use super::conn::{BackendConn, BackendError};
+use crate::lock;
 use pgshard_catalog::{Node, NodeId};
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -70,11 +71,6 @@ pub struct Pool {
     waiting: AtomicUsize,
     /// ParameterStatus of the first connection, for client startups.
     server_params: Mutex<Option<ServerParams>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding these short locks cannot leave the data inconsistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct WaitGuard<'a>(&'a AtomicUsize);

@@ -180,6 +180,19 @@ pub fn encode_negotiate_protocol(out: &mut BytesMut, minor: i32, unrecognised: &
 }
 
 /// An ErrorResponse (`tag = b'E'`) or NoticeResponse (`b'N'`).
+/// FATAL 57P01, what PostgreSQL sends to its sessions when it is shut down.
+pub fn encode_shutdown_fatal(out: &mut BytesMut) {
+    encode_error(
+        out,
+        b'E',
+        "FATAL",
+        "57P01",
+        "terminating connection due to administrator command",
+        None,
+        None,
+    );
+}
+
 pub fn encode_error(
     out: &mut BytesMut,
     tag: u8,

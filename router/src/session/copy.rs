@@ -363,13 +363,7 @@ where
         let Some(stmt) = self.stmts.get(bind.statement).cloned() else {
             return Ok(());
         };
-        if self.parse_ack.as_deref() == Some(bind.statement) {
-            self.parse_ack = None;
-            self.emit_empty(b'1');
-        }
-        self.emit_empty(b'2');
-        self.portals
-            .insert(bind.portal.to_string(), (stmt, super::PortalAt::Copy));
+        self.bind_locally(bind, stmt, super::PortalAt::Copy);
         Ok(())
     }
 

@@ -236,11 +236,6 @@ where
         plan: &pgshard_sql::FanoutPlan,
     ) -> Result<(), SessionError> {
         let (params, results) = bind.split_results()?;
-        if self.parse_ack.as_deref() == Some(bind.statement) {
-            self.parse_ack = None;
-            self.emit_empty(b'1');
-        }
-        self.emit_empty(b'2');
         let portal = FanoutPortal {
             plan: plan.clone(),
             param_types: stmt.key.param_types.clone(),
@@ -248,11 +243,19 @@ where
             results,
             digest: stmt.digest,
         };
-        self.portals.insert(
-            bind.portal.to_string(),
-            (stmt.clone(), PortalAt::Fanout(Arc::new(portal))),
-        );
+        self.bind_locally(bind, stmt.clone(), PortalAt::Fanout(Arc::new(portal)));
         Ok(())
+    }
+
+    /// Answers a Bind the router keeps to itself (its ParseComplete first when that
+    /// rides on it, then BindComplete) and records where the portal lives.
+    pub(crate) fn bind_locally(&mut self, bind: &Bind<'_>, stmt: Arc<Stmt>, at: PortalAt) {
+        if self.parse_ack.as_deref() == Some(bind.statement) {
+            self.parse_ack = None;
+            self.emit_empty(b'1');
+        }
+        self.emit_empty(b'2');
+        self.portals.insert(bind.portal.to_string(), (stmt, at));
     }
 
     /// Binds a multi-shard write: the router answers BindComplete and runs it at
@@ -273,21 +276,13 @@ where
             return Ok(());
         }
         let (params, results) = bind.split_results()?;
-        if self.parse_ack.as_deref() == Some(bind.statement) {
-            self.parse_ack = None;
-            self.emit_empty(b'1');
-        }
-        self.emit_empty(b'2');
         let portal = FanoutWritePortal {
             write: w.clone(),
             param_types: stmt.key.param_types.clone(),
             params: bytes::Bytes::copy_from_slice(params),
             results,
         };
-        self.portals.insert(
-            bind.portal.to_string(),
-            (stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal))),
-        );
+        self.bind_locally(bind, stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal)));
         Ok(())
     }
 
@@ -360,14 +355,7 @@ where
             && self.shard_override.is_none()
         {
             // Answered at Execute (see `on_execute`).
-            let forward_ack = self.parse_ack.as_deref() == Some(bind.statement);
-            if forward_ack {
-                self.parse_ack = None;
-                self.emit_empty(b'1');
-            }
-            self.emit_empty(b'2');
-            self.portals
-                .insert(bind.portal.to_string(), (stmt, PortalAt::Begin));
+            self.bind_locally(bind, stmt, PortalAt::Begin);
             return Ok(());
         }
         if let Route::Fanout(plan) = &stmt.plan.route {

@@ -564,17 +564,7 @@ where
     /// nor the backend, flushes `out` and ends the session, and the backend (if still
     /// busy) is cancelled and closed, never pooled.
     fn terminate_for_shutdown(&mut self) {
-        let mut b = BytesMut::new();
-        crate::protocol::backend::encode_error(
-            &mut b,
-            b'E',
-            "FATAL",
-            "57P01",
-            "terminating connection due to administrator command",
-            None,
-            None,
-        );
-        self.out.extend_from_slice(&b);
+        crate::protocol::backend::encode_shutdown_fatal(&mut self.out);
         self.closing = true;
     }
 

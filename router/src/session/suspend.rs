@@ -10,13 +10,14 @@
 
 use super::error::SessionError;
 use super::{FanoutPortal, PortalAt, Session};
+use crate::lock;
 use crate::protocol::backend::{encode_command_complete, encode_empty};
 use crate::protocol::frame::try_split_frame;
 use crate::protocol::Frame;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -79,10 +80,6 @@ pub(crate) struct BufferedRows {
 }
 
 pub(crate) type SharedRows = Arc<Mutex<BufferedRows>>;
-
-fn lock(rows: &SharedRows) -> MutexGuard<'_, BufferedRows> {
-    rows.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl<R, W> Session<R, W>
 where
