@@ -543,13 +543,9 @@ impl DockerRuntime {
     /// Copy the configuration generated from `spec` into the instance's PGDATA (works
     /// on stopped containers; takes effect at the next start or reload).
     async fn write_config(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
+        // A replica without an upstream is a standby cut off from every primary
+        // (fencing a primary that cannot be stopped).
         let inner = self.in_container(spec);
-        if inner.role == NodeRole::Replica && inner.upstream.is_none() {
-            return Err(RuntimeError::Spec {
-                node: spec.name.clone(),
-                message: "a replica needs an upstream primary".into(),
-            });
-        }
         let conf = pgconf::render_postgresql_conf(&inner);
         let hba = Self::hba();
         let role = match spec.role {

@@ -143,15 +143,9 @@ pub fn write(spec: &NodeSpec, data_dir: &Path) -> Result<(), RuntimeError> {
     write_file("pg_hba.conf", &render_pg_hba_conf())?;
     let signal = data_dir.join("standby.signal");
     match spec.role {
-        NodeRole::Replica => {
-            if spec.upstream.is_none() {
-                return Err(RuntimeError::Spec {
-                    node: spec.name.clone(),
-                    message: "a replica needs an upstream primary".into(),
-                });
-            }
-            write_file("standby.signal", "")?;
-        }
+        // A replica without an upstream is a standby cut off from every primary
+        // (fencing a primary that cannot be stopped): it replays what it has and waits.
+        NodeRole::Replica => write_file("standby.signal", "")?,
         NodeRole::Primary | NodeRole::Catalog => {
             if signal.exists() {
                 std::fs::remove_file(&signal).map_err(|e| {
