@@ -42,6 +42,10 @@ pub struct RunOptions {
     /// Tests: the step of a change of primary at which the reconciler stops, as if
     /// shardd crashed there (see [`ReconcileOptions::fault`]).
     pub fault: Option<String>,
+    /// Run the instances with this runtime instead of one made from the config (tests:
+    /// a runtime that outlives one shardd, as the machine's processes outlive a crashed
+    /// shardd).
+    pub runtime: Option<Arc<dyn NodeRuntime>>,
 }
 
 impl Default for RunOptions {
@@ -51,6 +55,7 @@ impl Default for RunOptions {
             fast_init: false,
             router_binary: None,
             fault: None,
+            runtime: None,
         }
     }
 }
@@ -114,6 +119,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let runtime: Arc<dyn NodeRuntime> = match config.cluster.backend {
+        _ if opts.runtime.is_some() => opts.runtime.clone().context("no runtime")?,
         Backend::Local => {
             let mut local = LocalOptions::from_config(&config.cluster, opts.lifecycle);
             local.fast_init = opts.fast_init;
