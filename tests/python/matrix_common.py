@@ -145,6 +145,7 @@ class Matrix:
         self.failed = []
         self.passed = 0
         self.gated = []
+        self.on_failure = None
 
     def check(self, name, fn, gated=None):
         """Run `fn`; `gated` names the router limitation a check waits for (it then runs
@@ -162,6 +163,8 @@ class Matrix:
             print(f"FAIL  {self.driver}: {name}: {type(e).__name__}: {e}", flush=True)
             if os.environ.get("PGSHARD_DRIVER_TRACE"):
                 traceback.print_exc()
+            if self.on_failure is not None:
+                self.on_failure()
 
     def finish(self):
         print(
