@@ -180,3 +180,34 @@ class Matrix:
 def expect_equal(what, got, want):
     if got != want:
         raise AssertionError(f"{what}: router gave {got!r}, plain PostgreSQL {want!r}")
+
+
+# Reads of READS that run on more than one shard.
+FANOUT_READS = {name for name, _sql, _params in READS[3:]}
+
+
+class SimpleVerifier:
+    """Compares a query's answer through the router with plain PostgreSQL's over the
+    simple query protocol (psycopg's ClientCursor): an independent witness of what a
+    driver wrote, for drivers whose own multi-shard reads are gated."""
+
+    def __init__(self, router_port, plain_port):
+        import psycopg
+
+        self.conns = [
+            psycopg.connect(
+                f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
+                autocommit=True,
+                cursor_factory=psycopg.ClientCursor,
+            )
+            for port in (router_port, plain_port)
+        ]
+
+    def same(self, sql):
+        got = [norm(c.execute(sql).fetchall()) for c in self.conns]
+        expect_equal(sql, got[0], got[1])
+        return got[0]
+
+    def close(self):
+        for c in self.conns:
+            c.close()

@@ -29,7 +29,7 @@ fn tests_dir() -> PathBuf {
 /// A router on a fresh 2-shard cluster (no table declared: the drivers create and
 /// distribute their own) and a plain PostgreSQL to compare with.
 struct Rig {
-    _cluster: TestCluster,
+    cluster: TestCluster,
     router: TestRouter,
     plain: Standalone,
 }
@@ -45,7 +45,7 @@ impl Rig {
         let router = TestRouter::start(&cluster).await?;
         let plain = Standalone::start().await?;
         Ok(Rig {
-            _cluster: cluster,
+            cluster,
             router,
             plain,
         })
@@ -53,6 +53,27 @@ impl Rig {
 
     fn ports(&self) -> [String; 2] {
         [self.router.port().to_string(), self.plain.port().to_string()]
+    }
+
+    /// The driver's rows of `table` really were spread: some on each shard, and as
+    /// many in all as on the plain PostgreSQL.
+    async fn assert_spread(&self, table: &str) -> anyhow::Result<()> {
+        let sql = format!("SELECT count(*) FROM {table}");
+        let mut total = 0;
+        for name in ["shard1-primary", "shard2-primary"] {
+            let n: i64 = self
+                .cluster
+                .connect_node(name)
+                .await?
+                .query_one(&sql, &[])
+                .await?
+                .get(0);
+            assert!(n > 0, "no row of {table} on {name}");
+            total += n;
+        }
+        let plain: i64 = self.plain.connect().await?.query_one(&sql, &[]).await?.get(0);
+        assert_eq!(total, plain, "{table}: rows on the shards vs plain PostgreSQL");
+        Ok(())
     }
 }
 
@@ -97,7 +118,8 @@ async fn psycopg_matrix() -> anyhow::Result<()> {
     let rig = Rig::start().await?;
     let [r, p] = rig.ports();
     let dir = tests_dir().join("python");
-    run_driver("psycopg", "python3", &["psycopg_matrix.py", &r, &p], &[], &dir).await
+    run_driver("psycopg", "python3", &["psycopg_matrix.py", &r, &p], &[], &dir).await?;
+    rig.assert_spread("accounts").await
 }
 
 /// asyncpg: prepared statements, executemany, cursors in transactions,
@@ -107,7 +129,8 @@ async fn asyncpg_matrix() -> anyhow::Result<()> {
     let rig = Rig::start().await?;
     let [r, p] = rig.ports();
     let dir = tests_dir().join("python");
-    run_driver("asyncpg", "python3", &["asyncpg_matrix.py", &r, &p], &[], &dir).await
+    run_driver("asyncpg", "python3", &["asyncpg_matrix.py", &r, &p], &[], &dir).await?;
+    rig.assert_spread("accounts").await
 }
 
 /// pgjdbc (Debian's libpostgresql-jdbc-java), compiled at test time: PreparedStatement,
