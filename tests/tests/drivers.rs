@@ -151,7 +151,8 @@ async fn jdbc_matrix() -> anyhow::Result<()> {
         &[],
         &tests_dir(),
     )
-    .await
+    .await?;
+    rig.assert_spread("accounts").await
 }
 
 async fn run_javac(source: &Path, out_dir: &str) -> anyhow::Result<()> {
