@@ -166,6 +166,10 @@ class Matrix:
             if self.on_failure is not None:
                 self.on_failure()
 
+    def failed_named(self, prefix):
+        """Whether a check whose name starts with `prefix` failed."""
+        return any(name.startswith(prefix) for name, _e in self.failed)
+
     def finish(self):
         print(
             f"{self.driver}: {self.passed} passed, {len(self.failed)} failed, "
@@ -181,6 +185,16 @@ def expect_equal(what, got, want):
     if got != want:
         raise AssertionError(f"{what}: router gave {got!r}, plain PostgreSQL {want!r}")
 
+
+# Router refusals that gate checks (the error each gated check meets today).
+ONLY_SIMPLE_DISTRIBUTE = (
+    "0A000 create_distributed_table() and create_reference_table() are supported through "
+    "the simple query protocol only"
+)
+EVERY_SHARD = (
+    "0A000 statements that run on every shard are supported through the simple query "
+    "protocol only, for now"
+)
 
 # Reads of READS that run on more than one shard.
 FANOUT_READS = {name for name, _sql, _params in READS[3:]}
