@@ -52,7 +52,10 @@ impl Rig {
     }
 
     fn ports(&self) -> [String; 2] {
-        [self.router.port().to_string(), self.plain.port().to_string()]
+        [
+            self.router.port().to_string(),
+            self.plain.port().to_string(),
+        ]
     }
 
     /// The driver's rows of `table` really were spread: some on each shard, and as
@@ -71,8 +74,17 @@ impl Rig {
             assert!(n > 0, "no row of {table} on {name}");
             total += n;
         }
-        let plain: i64 = self.plain.connect().await?.query_one(&sql, &[]).await?.get(0);
-        assert_eq!(total, plain, "{table}: rows on the shards vs plain PostgreSQL");
+        let plain: i64 = self
+            .plain
+            .connect()
+            .await?
+            .query_one(&sql, &[])
+            .await?
+            .get(0);
+        assert_eq!(
+            total, plain,
+            "{table}: rows on the shards vs plain PostgreSQL"
+        );
         Ok(())
     }
 }
@@ -118,7 +130,14 @@ async fn psycopg_matrix() -> anyhow::Result<()> {
     let rig = Rig::start().await?;
     let [r, p] = rig.ports();
     let dir = tests_dir().join("python");
-    run_driver("psycopg", "python3", &["psycopg_matrix.py", &r, &p], &[], &dir).await?;
+    run_driver(
+        "psycopg",
+        "python3",
+        &["psycopg_matrix.py", &r, &p],
+        &[],
+        &dir,
+    )
+    .await?;
     rig.assert_spread("accounts").await
 }
 
@@ -129,7 +148,14 @@ async fn asyncpg_matrix() -> anyhow::Result<()> {
     let rig = Rig::start().await?;
     let [r, p] = rig.ports();
     let dir = tests_dir().join("python");
-    run_driver("asyncpg", "python3", &["asyncpg_matrix.py", &r, &p], &[], &dir).await?;
+    run_driver(
+        "asyncpg",
+        "python3",
+        &["asyncpg_matrix.py", &r, &p],
+        &[],
+        &dir,
+    )
+    .await?;
     rig.assert_spread("accounts").await
 }
 
@@ -196,7 +222,46 @@ async fn migration_through_a_driver() -> anyhow::Result<()> {
     let rig = Rig::start().await?;
     let [r, p] = rig.ports();
     let dir = tests_dir().join("python");
-    run_driver("migration", "python3", &["migration.py", &r, &p], &[], &dir).await
+    run_driver("migration", "python3", &["migration.py", &r, &p], &[], &dir).await?;
+    // Every shard holds the whole migrated schema, exactly as the plain server does.
+    let plain = rig.plain.connect().await?;
+    for sql in SCHEMA_QUERIES {
+        let want = text_rows(&plain, sql).await?;
+        assert!(!want.is_empty(), "{sql}: nothing on the plain server");
+        for name in ["shard1-primary", "shard2-primary"] {
+            let got = text_rows(&rig.cluster.connect_node(name).await?, sql).await?;
+            assert_eq!(got, want, "{name}: {sql}");
+        }
+    }
+    rig.assert_spread("order_lines").await
+}
+
+/// A migrated schema as PostgreSQL's catalogs describe it.
+const SCHEMA_QUERIES: [&str; 3] = [
+    "SELECT table_name, column_name, data_type, is_nullable, column_default \
+     FROM information_schema.columns WHERE table_schema = 'public' \
+     ORDER BY table_name, ordinal_position",
+    "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2",
+    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint \
+     WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
+];
+
+/// Every row of a simple-protocol query, as text.
+async fn text_rows(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> anyhow::Result<Vec<Vec<Option<String>>>> {
+    let mut out = Vec::new();
+    for m in c.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(row) = m {
+            out.push(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
 }
 
 /// The first driver test: psycopg on tables declared in the cluster's configuration.
