@@ -214,6 +214,70 @@ async fn node_pg_matrix() -> anyhow::Result<()> {
     .await
 }
 
+/// psql: the same script (tests/psql/matrix.sql: bulk load with COPY, DDL, `\d`, point
+/// and fan-out reads, PREPARE/EXECUTE, transactions, errors) through the router and
+/// against plain PostgreSQL, the two outputs identical line for line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_matrix() -> anyhow::Result<()> {
+    let rig = Rig::start().await?;
+    let schema = "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, \
+                  balance numeric(12,2) NOT NULL CHECK (balance >= 0), region int NOT NULL, created date);
+                  CREATE TABLE events (account_id bigint NOT NULL, seq int NOT NULL, kind text, \
+                  amount int, PRIMARY KEY (account_id, seq));";
+    rig.plain.connect().await?.batch_execute(schema).await?;
+    let router = rig.router.connect().await?;
+    router.batch_execute(schema).await?;
+    for sql in [
+        "SELECT create_distributed_table('accounts', 'id')",
+        "SELECT create_distributed_table('events', 'account_id', colocate_with => 'accounts')",
+    ] {
+        router.simple_query(sql).await?;
+    }
+    let script = tests_dir().join("psql/matrix.sql");
+    let started = Instant::now();
+    let mut outputs = Vec::new();
+    for port in [rig.router.port(), rig.plain.port()] {
+        outputs.push(psql_output(port, &script).await?);
+    }
+    println!("{}\npsql: {:.1?}", outputs[0], started.elapsed());
+    assert!(
+        outputs[0].contains("events with a note: 486"),
+        "{}",
+        outputs[0]
+    );
+    let (router, plain) = (outputs[0].lines(), outputs[1].lines());
+    for (n, (got, want)) in router.zip(plain).enumerate() {
+        assert_eq!(got, want, "line {} of psql's output differs", n + 1);
+    }
+    assert_eq!(outputs[0].lines().count(), outputs[1].lines().count());
+    rig.assert_spread("accounts").await
+}
+
+/// psql's output of `script` (stdout and stderr on one pipe, so in order).
+async fn psql_output(port: u16, script: &Path) -> anyhow::Result<String> {
+    let psql = pgshard_shardd::runtime::local::find_pg_bin_dir(
+        std::env::var_os("PGSHARD_PG_BIN_DIR")
+            .map(PathBuf::from)
+            .as_deref(),
+    )?
+    .join("psql");
+    let cmd = format!(
+        "exec '{}' -X -h 127.0.0.1 -p {port} -U postgres -d postgres -f '{}' 2>&1",
+        psql.display(),
+        script.display()
+    );
+    let out = tokio::time::timeout(
+        DRIVER_TIMEOUT,
+        tokio::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("psql still running after {DRIVER_TIMEOUT:?}"))??;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A schema migration through a driver on the extended protocol: several tables,
 /// distributed and co-located, a reference table, indexes and constraints, then the
 /// schema compared with the plain PostgreSQL's and the constraints exercised.
