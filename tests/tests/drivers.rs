@@ -7,8 +7,8 @@
 //!
 //! Checks that wait for a router limitation to be lifted run only with
 //! `PGSHARD_DRIVER_STRICT=1` (the variable reaches the scripts through the environment).
-//! psql, pgbench (all three modes) and tokio-postgres are the clients of the other
-//! end-to-end tests (`fanout.rs`, `copy.rs`, `pgbench.rs`, `differential.rs`, …).
+//! psql and tokio-postgres are in the matrix too (driven from here); pgbench in all
+//! three query modes is `pgbench.rs`.
 
 use pgshard_tests::{Standalone, TestCluster, TestClusterOptions, TestRouter};
 use std::path::{Path, PathBuf};
@@ -212,6 +212,414 @@ async fn node_pg_matrix() -> anyhow::Result<()> {
         &tests_dir().join("node"),
     )
     .await
+}
+
+/// One value exactly as the server sent it (tokio-postgres asks for binary results), so
+/// rows from the router and from plain PostgreSQL compare byte for byte whatever the type.
+#[derive(Debug, PartialEq)]
+struct Raw(Option<Vec<u8>>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Raw {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(Some(raw.to_vec())))
+    }
+
+    fn from_sql_null(
+        _: &tokio_postgres::types::Type,
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(None))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
+/// Owned query parameters.
+type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+/// Rows as (column name, type) headers and raw values.
+type RawRows = (Vec<(String, u32)>, Vec<Vec<Raw>>);
+
+fn raw_rows(rows: &[tokio_postgres::Row]) -> anyhow::Result<RawRows> {
+    let header = rows
+        .first()
+        .map(|r| {
+            r.columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_().oid()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let values = rows
+        .iter()
+        .map(|r| (0..r.len()).map(|i| r.try_get::<_, Raw>(i)).collect())
+        .collect::<Result<_, _>>()?;
+    Ok((header, values))
+}
+
+/// The outcome of each check of a Rust-driven matrix entry (the scripts keep their own).
+struct Checks {
+    driver: &'static str,
+    strict: bool,
+    passed: usize,
+    failed: Vec<String>,
+    gated: Vec<String>,
+}
+
+impl Checks {
+    fn new(driver: &'static str) -> Checks {
+        Checks {
+            driver,
+            strict: std::env::var("PGSHARD_DRIVER_STRICT").as_deref() == Ok("1"),
+            passed: 0,
+            failed: Vec::new(),
+            gated: Vec::new(),
+        }
+    }
+
+    /// Whether to run check `name`; `gate` names the router limitation it waits for.
+    fn runs(&mut self, name: &str, gate: Option<&str>) -> bool {
+        match gate {
+            Some(why) if !self.strict => {
+                println!("gated {}: {name} ({why})", self.driver);
+                self.gated.push(name.to_owned());
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// Record a check's result; true when it failed.
+    fn record(&mut self, name: &str, result: anyhow::Result<()>) -> bool {
+        match result {
+            Ok(()) => {
+                println!("ok    {}: {name}", self.driver);
+                self.passed += 1;
+                false
+            }
+            Err(e) => {
+                println!("FAIL  {}: {name}: {e:#}", self.driver);
+                self.failed.push(name.to_owned());
+                true
+            }
+        }
+    }
+
+    fn finish(self) {
+        println!(
+            "{}: {} passed, {} failed, {} gated (PGSHARD_DRIVER_STRICT=1 runs them)",
+            self.driver,
+            self.passed,
+            self.failed.len(),
+            self.gated.len()
+        );
+        assert!(
+            self.failed.is_empty(),
+            "{}: failed {:?}",
+            self.driver,
+            self.failed
+        );
+    }
+}
+
+fn expect_same<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        got == want,
+        "{what}: router gave {got:?}, plain PostgreSQL {want:?}"
+    );
+    Ok(())
+}
+
+/// tokio-postgres: every query a named prepared statement (Parse and Describe, then
+/// Bind and Execute), binary results compared byte for byte, transactions, portals
+/// read in batches, errors with their SQLSTATEs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_matrix() -> anyhow::Result<()> {
+    use tokio_postgres::types::ToSql;
+    let started = Instant::now();
+    let rig = Rig::start().await?;
+    let mut r = rig.router.connect().await?;
+    let mut p = rig.plain.connect().await?;
+    let mut checks = Checks::new("tokio-postgres");
+    let schema = "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, \
+                  balance numeric(12,2) NOT NULL CHECK (balance >= 0), region int NOT NULL, created date);
+                  CREATE TABLE events (account_id bigint NOT NULL, seq int NOT NULL, kind text, \
+                  amount int, PRIMARY KEY (account_id, seq));";
+    r.batch_execute(schema).await?;
+    p.batch_execute(schema).await?;
+    let distribute = [
+        "SELECT create_distributed_table('accounts', 'id')",
+        "SELECT create_distributed_table('events', 'account_id', colocate_with => 'accounts')",
+    ];
+    let name = "create_distributed_table (prepared: extended protocol)";
+    let mut distributed = false;
+    if checks.runs(
+        name,
+        Some("0A000 create_distributed_table() and create_reference_table() are supported through the simple query protocol only"),
+    ) {
+        let result = async {
+            for sql in distribute {
+                r.query(sql, &[]).await?;
+            }
+            Ok(())
+        }
+        .await;
+        distributed = !checks.record(name, result);
+    }
+    if !distributed {
+        let result = async {
+            for sql in distribute {
+                r.simple_query(sql).await?;
+            }
+            Ok(())
+        }
+        .await;
+        checks.record("create_distributed_table (simple protocol)", result);
+    }
+
+    let name = "load: prepared INSERTs in one multi-shard transaction";
+    let result = async {
+        for c in [&mut r, &mut p] {
+            let t = c.transaction().await?;
+            let acc = t
+                .prepare(
+                    "INSERT INTO accounts (id, owner, balance, region, created) \
+                          VALUES ($1, $2, $3::text::numeric, $4, $5::text::date)",
+                )
+                .await?;
+            let ev = t
+                .prepare(
+                    "INSERT INTO events (account_id, seq, kind, amount) VALUES ($1, $2, $3, $4)",
+                )
+                .await?;
+            for i in 1..=200i64 {
+                let balance = format!("{}.50", i * 37 % 1000);
+                let created = format!("2024-01-{:02}", 1 + i % 30);
+                let region = (i % 5) as i32;
+                t.execute(
+                    &acc,
+                    &[&i, &format!("owner {i}"), &balance, &region, &created],
+                )
+                .await?;
+                for s in 1..=3i32 {
+                    let kind = ["deposit", "fee", "transfer"][((i + i64::from(s)) % 3) as usize];
+                    let amount = ((i * i64::from(s)) % 50 - 10) as i32;
+                    t.execute(&ev, &[&i, &s, &kind, &amount]).await?;
+                }
+            }
+            t.commit().await?;
+        }
+        Ok(())
+    }
+    .await;
+    checks.record(name, result);
+
+    let reads: [(&str, &str, Params); 10] = [
+        (
+            "point read",
+            "SELECT id, owner, balance, region, created FROM accounts WHERE id = $1",
+            vec![Box::new(17i64)],
+        ),
+        (
+            "point read, other shard",
+            "SELECT owner, balance FROM accounts WHERE id = $1",
+            vec![Box::new(123i64)],
+        ),
+        (
+            "co-located point join",
+            "SELECT a.owner, e.seq, e.kind, e.amount FROM accounts a JOIN events e \
+            ON e.account_id = a.id WHERE a.id = $1 ORDER BY e.seq",
+            vec![Box::new(42i64)],
+        ),
+        ("fan-out count", "SELECT count(*) FROM accounts", vec![]),
+        (
+            "fan-out aggregates",
+            "SELECT count(*), sum(balance), min(balance), max(owner), avg(region) FROM accounts",
+            vec![],
+        ),
+        (
+            "fan-out sum with parameter",
+            "SELECT sum(amount) FROM events WHERE amount > $1",
+            vec![Box::new(0i32)],
+        ),
+        (
+            "fan-out ORDER BY LIMIT",
+            "SELECT id, owner, balance FROM accounts WHERE region = $1 \
+            ORDER BY balance DESC, id LIMIT 7",
+            vec![Box::new(3i32)],
+        ),
+        (
+            "fan-out GROUP BY ORDER BY",
+            "SELECT region, count(*), sum(balance), avg(balance) FROM accounts \
+            GROUP BY region ORDER BY region",
+            vec![],
+        ),
+        (
+            "fan-out co-located join GROUP BY",
+            "SELECT a.region, count(*), sum(e.amount) FROM accounts a \
+            JOIN events e ON e.account_id = a.id GROUP BY a.region ORDER BY a.region",
+            vec![],
+        ),
+        (
+            "key IN list",
+            "SELECT id, region FROM accounts WHERE id IN (1, 2, 3, 150, 199) ORDER BY id",
+            vec![],
+        ),
+    ];
+    for (name, sql, params) in &reads {
+        let name = format!("query: {name}");
+        if !checks.runs(&name, None) {
+            continue;
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let result = async {
+            let got = raw_rows(&r.query(*sql, &params).await?)?;
+            anyhow::ensure!(!got.1.is_empty(), "{sql}: no rows");
+            expect_same(sql, got, raw_rows(&p.query(*sql, &params).await?)?)
+        }
+        .await;
+        if checks.record(&name, result) {
+            r = rig.router.connect().await?;
+        }
+    }
+
+    for (name, sql) in [
+        (
+            "portal read in batches, one shard",
+            "SELECT seq, kind FROM events WHERE account_id = 9 ORDER BY seq",
+        ),
+        (
+            "portal read in batches, every shard",
+            "SELECT id, owner FROM accounts WHERE region = 4 ORDER BY id",
+        ),
+    ] {
+        if !checks.runs(name, None) {
+            continue;
+        }
+        let result = async {
+            let mut all = Vec::new();
+            for c in [&mut r, &mut p] {
+                let t = c.transaction().await?;
+                let portal = t.bind(sql, &[]).await?;
+                let mut rows = Vec::new();
+                loop {
+                    let batch = t.query_portal(&portal, 2).await?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    rows.extend(batch);
+                }
+                t.commit().await?;
+                all.push(raw_rows(&rows)?);
+            }
+            anyhow::ensure!(!all[0].1.is_empty(), "{sql}: no rows");
+            let plain = all.pop();
+            expect_same(sql, all.pop(), plain)
+        }
+        .await;
+        if checks.record(name, result) {
+            r = rig.router.connect().await?;
+        }
+    }
+
+    let name = "multi-shard transaction: commit and rollback";
+    let result = async {
+        for c in [&mut r, &mut p] {
+            let t = c.transaction().await?;
+            t.execute(
+                "UPDATE accounts SET region = $1 WHERE id = $2",
+                &[&9i32, &1i64],
+            )
+            .await?;
+            t.execute(
+                "UPDATE accounts SET region = $1 WHERE id = $2",
+                &[&9i32, &2i64],
+            )
+            .await?;
+            t.execute(
+                "UPDATE accounts SET region = $1 WHERE id = $2",
+                &[&9i32, &3i64],
+            )
+            .await?;
+            t.commit().await?;
+            let t = c.transaction().await?;
+            t.execute("DELETE FROM accounts WHERE id = $1", &[&4i64])
+                .await?;
+            t.execute("DELETE FROM accounts WHERE id = $1", &[&5i64])
+                .await?;
+            t.rollback().await?;
+        }
+        let sql = "SELECT id, region FROM accounts WHERE id = $1";
+        for id in 1..=5i64 {
+            expect_same(
+                sql,
+                raw_rows(&r.query(sql, &[&id]).await?)?,
+                raw_rows(&p.query(sql, &[&id]).await?)?,
+            )?;
+        }
+        Ok(())
+    }
+    .await;
+    checks.record(name, result);
+
+    for (sql, params, want) in [
+        (
+            "INSERT INTO accounts (id, owner, balance, region) VALUES ($1, 'x', 1, 0)",
+            Some(5i64),
+            "23505",
+        ),
+        (
+            "UPDATE accounts SET balance = -1 WHERE id = $1",
+            Some(6i64),
+            "23514",
+        ),
+        (
+            "SELECT * FROM no_such_table WHERE id = $1",
+            Some(1i64),
+            "42P01",
+        ),
+        ("SELECT no_such_column FROM accounts", None, "42703"),
+        (
+            "SELECT sum(1 / (region - region)) FROM accounts",
+            None,
+            "22012",
+        ),
+        ("SELEC 1", None, "42601"),
+    ] {
+        let name = format!("error {want}: {sql}");
+        if !checks.runs(&name, None) {
+            continue;
+        }
+        let params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let result = async {
+            let mut codes = Vec::new();
+            for c in [&r, &p] {
+                codes.push(
+                    c.query(sql, &params)
+                        .await
+                        .err()
+                        .and_then(|e| e.code().map(|c| c.code().to_owned())),
+                );
+            }
+            expect_same(sql, &codes[0], &codes[1])?;
+            expect_same(sql, codes[0].as_deref(), Some(want))
+        }
+        .await;
+        if checks.record(&name, result) {
+            r = rig.router.connect().await?;
+        }
+    }
+    println!("tokio-postgres: {:.1?}", started.elapsed());
+    checks.finish();
+    rig.assert_spread("accounts").await
 }
 
 /// psql: the same script (tests/psql/matrix.sql: bulk load with COPY, DDL, `\d`, point
