@@ -381,6 +381,9 @@ public class JdbcMatrix {
                         try (ResultSet rs = pp.executeQuery()) {
                             expectEqual(name + " #" + n, got, rows(rs));
                         }
+                        if (got.isEmpty()) {
+                            throw new AssertionError(name + ": no rows");
+                        }
                     }
                 }
             });
@@ -411,6 +414,9 @@ public class JdbcMatrix {
                         ps.setObject(1, cur[1].contains("account_id") ? (Object) Long.valueOf(cur[2]) : (Object) Integer.valueOf(cur[2]));
                         try (ResultSet rs = ps.executeQuery()) {
                             List<List<String>> rowsOf = rows(rs);
+                            if (rowsOf.isEmpty()) {
+                                throw new AssertionError(cur[1] + ": no rows");
+                            }
                             if (got == null) {
                                 got = rowsOf;
                             } else {

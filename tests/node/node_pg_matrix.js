@@ -147,6 +147,9 @@ async function rows(c, text, values, name) {
 async function same(text, values, name) {
   const got = await rows(r, text, values, name);
   expectEqual(text, got, await rows(p, text, values, name));
+  if (got.rows.length === 0) {
+    throw new Error(`${text}: no rows on either server`);
+  }
   return got;
 }
 

@@ -26,6 +26,7 @@ from matrix_common import (
     account_rows,
     event_rows,
     expect_equal,
+    expect_rows,
     norm,
 )
 
@@ -159,7 +160,7 @@ def main(router_port, plain_port):
                     with c.cursor(binary=binary) as cur:
                         cur.execute(pg(sql), params, prepare=prepare)
                         got.append(norm(cur.fetchall()))
-                expect_equal(name, got[0], got[1])
+                expect_rows(name, got[0], got[1])
 
         return run
 
@@ -182,7 +183,7 @@ def main(router_port, plain_port):
                     for cur in curs:
                         out.append(norm(cur.fetchall()))
                 got.append(out)
-            expect_equal("pipelined reads", got[0], got[1])
+            expect_rows("pipelined reads", got[0], got[1])
 
         return run
 
@@ -236,7 +237,7 @@ def main(router_port, plain_port):
                                 break
                             out.extend(rows)
                 got.append(norm(out))
-            expect_equal(sql, got[0], got[1])
+            expect_rows(sql, got[0], got[1])
 
         return run
 
