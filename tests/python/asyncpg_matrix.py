@@ -281,11 +281,11 @@ async def main(router_port, plain_port):
             for c in (r(), p()):
                 try:
                     await c.fetch(sql, *params)
-                    states.append(None)
+                    states.append((None, ""))
                 except asyncpg.PostgresError as e:
-                    states.append(e.sqlstate)
-            expect_equal(sql, states[0], states[1])
-            expect_equal(sql, states[0], want)
+                    states.append((e.sqlstate, str(e)))
+            expect_equal(f"{sql} (router: {states[0]})", states[0][0], states[1][0])
+            expect_equal(sql, states[0][0], want)
 
         return run
 
