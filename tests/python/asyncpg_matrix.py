@@ -31,8 +31,33 @@ from matrix_common import (
 )
 
 
+PORTAL = '34000 portal "" does not exist (a multi-shard statement prepared before its Bind)'
+
+
+class Servers:
+    """Connections to the router and to the plain PostgreSQL."""
+
+    def __init__(self, router_port, plain_port):
+        self.ports = (router_port, plain_port)
+        self.r = self.p = None
+
+    async def connect(self):
+        for c in (self.r, self.p):
+            if c is not None:
+                await c.close()
+        self.r, self.p = [
+            await asyncpg.connect(host="127.0.0.1", port=port, user="postgres")
+            for port in self.ports
+        ]
+
+
 class AsyncMatrix(Matrix):
-    """Matrix for coroutines: a failed check reconnects both servers."""
+    """Matrix for coroutines: a failed check reconnects both servers, so one failure
+    does not hide the next check's result."""
+
+    def __init__(self, driver, servers):
+        super().__init__(driver)
+        self.servers = servers
 
     async def acheck(self, name, coro_fn, gated=None):
         if gated and not STRICT:
@@ -50,22 +75,7 @@ class AsyncMatrix(Matrix):
 
         self.check(name, report)
         if error is not None:
-            await reconnect()
-
-
-CONNS = {}
-
-
-async def reconnect():
-    for c in CONNS.values():
-        await c.close()
-    CONNS["r"] = await asyncpg.connect(host="127.0.0.1", port=CONNS_PORTS[0], user="postgres")
-    CONNS["p"] = await asyncpg.connect(host="127.0.0.1", port=CONNS_PORTS[1], user="postgres")
-
-
-CONNS_PORTS = [0, 0]
-VERIFY = []
-PORTAL = '34000 portal "" does not exist (a multi-shard statement prepared before its Bind)'
+            await self.servers.connect()
 
 
 def rows_of(records):
@@ -73,16 +83,16 @@ def rows_of(records):
 
 
 async def main(router_port, plain_port):
-    CONNS_PORTS[:] = [router_port, plain_port]
-    await reconnect()
-    VERIFY.append(SimpleVerifier(router_port, plain_port))
-    m = AsyncMatrix("asyncpg")
+    servers = Servers(router_port, plain_port)
+    await servers.connect()
+    verify = SimpleVerifier(router_port, plain_port)
+    m = AsyncMatrix("asyncpg", servers)
 
     def r():
-        return CONNS["r"]
+        return servers.r
 
     def p():
-        return CONNS["p"]
+        return servers.p
 
     async def schema():
         for c in (r(), p()):
@@ -119,7 +129,7 @@ async def main(router_port, plain_port):
                 records=account_rows(),
                 columns=["id", "owner", "balance", "region", "created"],
             )
-        VERIFY[0].same("SELECT count(*), sum(balance) FROM accounts")
+        verify.same("SELECT count(*), sum(balance) FROM accounts")
 
     await m.acheck("bulk load: copy_records_to_table across shards", copy_accounts)
 
@@ -129,7 +139,7 @@ async def main(router_port, plain_port):
                 "INSERT INTO events (account_id, seq, kind, amount) VALUES ($1, $2, $3, $4)",
                 event_rows(),
             )
-        VERIFY[0].same("SELECT count(*), sum(amount) FROM events")
+        verify.same("SELECT count(*), sum(amount) FROM events")
 
     await m.acheck("bulk load: executemany INSERT across shards", executemany_events)
 
@@ -232,7 +242,7 @@ async def main(router_port, plain_port):
                 "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
                 [(i % 3, i) for i in range(1, 61)],
             )
-        VERIFY[0].same("SELECT sum(balance) FROM accounts")
+        verify.same("SELECT sum(balance) FROM accounts")
 
     await m.acheck("executemany UPDATE across shards", executemany_update)
 
@@ -248,8 +258,8 @@ async def main(router_port, plain_port):
                 await c.execute(
                     "INSERT INTO events (account_id, seq, kind, amount) VALUES ($1, 9, 'tx', 1)", 5
                 )
-        VERIFY[0].same("SELECT id, balance FROM accounts WHERE id <= 5 ORDER BY id")
-        got = VERIFY[0].same("SELECT account_id FROM events WHERE seq = 9 ORDER BY 1")
+        verify.same("SELECT id, balance FROM accounts WHERE id <= 5 ORDER BY id")
+        got = verify.same("SELECT account_id FROM events WHERE seq = 9 ORDER BY 1")
         expect_equal("tx events", got, [("4",), ("5",)])
 
     await m.acheck("multi-shard transaction, committed", txn_commit)
@@ -259,7 +269,7 @@ async def main(router_port, plain_port):
 
     async def txn_rollback():
         c = r()
-        before = VERIFY[0].same("SELECT sum(balance), count(*) FROM accounts")
+        before = verify.same("SELECT sum(balance), count(*) FROM accounts")
         try:
             async with c.transaction():
                 await c.execute("UPDATE accounts SET balance = balance + $1", 1)
@@ -270,7 +280,7 @@ async def main(router_port, plain_port):
                 raise Rollback()
         except Rollback:
             pass
-        after = VERIFY[0].same("SELECT sum(balance), count(*) FROM accounts")
+        after = verify.same("SELECT sum(balance), count(*) FROM accounts")
         expect_equal("after rollback", after, before)
 
     await m.acheck("multi-shard transaction, rolled back", txn_rollback)
@@ -327,13 +337,13 @@ async def main(router_port, plain_port):
                 records=[(i, 20, "copy", i) for i in range(1, 201, 3)],
                 columns=["account_id", "seq", "kind", "amount"],
             )
-        VERIFY[0].same("SELECT kind, count(*), sum(amount) FROM events GROUP BY kind ORDER BY kind")
+        verify.same("SELECT kind, count(*), sum(amount) FROM events GROUP BY kind ORDER BY kind")
 
     await m.acheck("copy_records_to_table into a co-located table", copy_spanning)
 
-    for c in CONNS.values():
-        await c.close()
-    VERIFY[0].close()
+    await servers.r.close()
+    await servers.p.close()
+    verify.close()
     m.finish()
 
 
