@@ -1,7 +1,7 @@
 //! The driver matrix (SPEC §14, issue 14): real client libraries of several languages
 //! drive a router on a 2-shard cluster, and every read is compared with the same
 //! workload on a plain PostgreSQL. Each driver's checks live in a script or program
-//! beside this file (`tests/python`, `tests/java`, `tests/node`) that takes the router's
+//! beside this file (`tests/python`, `tests/java`, `tests/node`, `tests/psql`) that takes the router's
 //! and the plain server's ports, prints one line per check and `OK` at the end;
 //! `.ci/run` installs every driver, and a missing one is a failure here, not a skip.
 //!
