@@ -338,6 +338,24 @@ public class JdbcMatrix {
             });
         }
 
+        check("PreparedStatement INSERT without a column list", null, () -> {
+            for (Connection c : new Connection[] {r, p}) {
+                try (PreparedStatement ps = c.prepareStatement("INSERT INTO accounts VALUES (?, ?, ?, ?, ?)")) {
+                    for (long id = 1001; id <= 1004; id++) {
+                        ps.setLong(1, id);
+                        ps.setString(2, "no columns");
+                        ps.setBigDecimal(3, BigDecimal.ONE);
+                        ps.setInt(4, 1);
+                        ps.setNull(5, java.sql.Types.DATE);
+                        expectEqual("rows", ps.executeUpdate(), 1);
+                    }
+                }
+            }
+            same("SELECT id, owner FROM accounts WHERE id > ? ORDER BY id", 1000L);
+            execute(r, "DELETE FROM accounts WHERE id > 1000");
+            execute(p, "DELETE FROM accounts WHERE id > 1000");
+        });
+
         check("DDL on distributed tables: CREATE INDEX, ALTER TABLE", EVERY_SHARD, () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (Statement s = c.createStatement()) {
