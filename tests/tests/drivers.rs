@@ -63,7 +63,7 @@ impl Rig {
     async fn assert_spread(&self, table: &str) -> anyhow::Result<()> {
         let sql = format!("SELECT count(*) FROM {table}");
         let mut total = 0;
-        for name in ["shard1-primary", "shard2-primary"] {
+        for name in ["shard1-node1", "shard2-node1"] {
             let n: i64 = self
                 .cluster
                 .connect_node(name)
@@ -700,7 +700,7 @@ async fn migration_through_a_driver() -> anyhow::Result<()> {
     for sql in SCHEMA_QUERIES {
         let want = text_rows(&plain, sql).await?;
         assert!(!want.is_empty(), "{sql}: nothing on the plain server");
-        for name in ["shard1-primary", "shard2-primary"] {
+        for name in ["shard1-node1", "shard2-node1"] {
             let got = text_rows(&rig.cluster.connect_node(name).await?, sql).await?;
             assert_eq!(got, want, "{name}: {sql}");
         }
