@@ -110,6 +110,20 @@ pub fn plan(
             .replicas(shard.id)
             .filter(|n| !out_of_service(n.state))
             .collect();
+        // A crashed replica in service is started again (always safe; a failover may
+        // need it to answer).
+        for n in &in_service {
+            if opts.auto_failover
+                && !shard.failover_paused
+                && !busy.contains(&n.id)
+                && obs(n.id).is_some_and(|o| o.failures >= opts.threshold.max(1))
+            {
+                actions.push(Action::Restart {
+                    shard: shard.id,
+                    node: n.id,
+                });
+            }
+        }
         let failed = obs(primary.id).is_some_and(|o| o.failures >= opts.threshold.max(1));
         if failed {
             let answered: Vec<&NodeStatus> = in_service
@@ -157,15 +171,6 @@ pub fn plan(
         for n in catalog.replicas(shard.id) {
             if out_of_service(n.state) && !busy.contains(&n.id) {
                 actions.push(Action::Rebuild {
-                    shard: shard.id,
-                    node: n.id,
-                });
-            } else if !out_of_service(n.state)
-                && opts.auto_failover
-                && !busy.contains(&n.id)
-                && obs(n.id).is_some_and(|o| o.failures >= opts.threshold.max(1))
-            {
-                actions.push(Action::Restart {
                     shard: shard.id,
                     node: n.id,
                 });
@@ -1036,9 +1041,22 @@ mod tests {
         // A replica still streams from it: shardd's own network problem.
         let obs = [seen(1, 5, None), seen(2, 0, Some("streaming")), seen(3, 0, None)];
         assert!(plan(&three(), &obs, &opts(), &HashSet::new()).is_empty());
-        // No replica answers: nothing confirms it, nothing could be promoted.
+        // No replica answers: nothing confirms it, nothing could be promoted; the
+        // replicas are started again (if their processes are gone).
         let obs = [seen(1, 5, None), seen(2, 5, None), seen(3, 5, None)];
-        assert!(plan(&three(), &obs, &opts(), &HashSet::new()).is_empty());
+        assert_eq!(
+            plan(&three(), &obs, &opts(), &HashSet::new()),
+            [
+                Action::Restart {
+                    shard: ShardId(1),
+                    node: NodeId(2)
+                },
+                Action::Restart {
+                    shard: ShardId(1),
+                    node: NodeId(3)
+                }
+            ]
+        );
     }
 
     #[test]
@@ -1046,7 +1064,10 @@ mod tests {
         let obs = [seen(1, 3, None), seen(2, 0, None), seen(3, 4, None)];
         let actions = plan(&three(), &obs, &opts(), &HashSet::new());
         assert!(
-            matches!(&actions[..], [Action::Refuse { reason, .. }] if reason.contains("shard1-node3")),
+            matches!(&actions[..], [
+                Action::Restart { node: NodeId(3), .. },
+                Action::Refuse { reason, .. }
+            ] if reason.contains("shard1-node3")),
             "{actions:?}"
         );
     }

@@ -48,8 +48,14 @@ impl TestDaemon {
         let data_dir = dir.path().join("data");
         let mut config = opts.config(&data_dir);
         config.shardd.listen = "127.0.0.1:0".into();
-        config.shardd.probe_interval_ms = 200;
-        config.shardd.probe_timeout_ms = 500;
+        // Faster than the defaults (1 s) so that tests run quickly; benchmarks set
+        // PGSHARD_PROBE_MS=1000 to measure with the defaults.
+        let probe_ms = std::env::var("PGSHARD_PROBE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        config.shardd.probe_interval_ms = probe_ms;
+        config.shardd.probe_timeout_ms = probe_ms.clamp(200, 1000);
         config.shardd.failure_threshold = 3;
         tweak(&mut config);
         let runtime = Arc::new(LocalProcess::new(LocalOptions {

@@ -98,6 +98,8 @@ struct Load {
 #[derive(Debug, Default)]
 struct LoadReport {
     acked: Vec<i64>,
+    /// When each acknowledged insert was acknowledged (same order as `acked`).
+    acked_at: Vec<Instant>,
     errors: Vec<String>,
     transfers: u64,
 }
@@ -150,7 +152,10 @@ impl Load {
                     let Some(c) = client.as_ref() else { continue };
                     next += 1;
                     match c.execute("INSERT INTO acked (id) VALUES ($1)", &[&next]).await {
-                        Ok(1) => report.acked.push(next),
+                        Ok(1) => {
+                            report.acked.push(next);
+                            report.acked_at.push(Instant::now());
+                        }
                         Ok(n) => report.errors.push(format!("insert {next}: {n} rows")),
                         Err(e) => report.errors.push(format!("insert {next}: {e}")),
                     }
@@ -210,6 +215,7 @@ impl Load {
         for t in self.tasks {
             if let Ok(r) = t.await {
                 all.acked.extend(r.acked);
+                all.acked_at.extend(r.acked_at);
                 all.errors.extend(r.errors);
                 all.transfers += r.transfers;
             }
@@ -248,6 +254,7 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
     Load::prepare(&router).await?;
     let load = Load::start(&router, 4);
     let mut pauses = Vec::new();
+    let mut kill_times = Vec::new();
     for k in 0..kills {
         let shard = (k % 2) as u32 + 1;
         // Let some writes happen on this topology first.
@@ -256,6 +263,9 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         let term = d.catalog().await?.shard(ShardId(shard)).map(|s| s.term);
         let killed = Instant::now();
         d.kill_node(&old).await?;
+        // Unavailability counts from when the primary is gone (kill returns once no
+        // process of it is left).
+        kill_times.push((shard, Instant::now()));
         d.wait_catalog(&format!("kill {k}: shard {shard} fails over from {old}"), FAILOVER, |c| {
             c.shard(ShardId(shard))
                 .is_some_and(|s| Some(s.term) > term && s.status != ShardStatus::FailingOver)
@@ -276,6 +286,32 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
     );
     for e in report.errors.iter().take(20) {
         eprintln!("  client error: {e}");
+    }
+    // Write unavailability per kill: from the kill to the first insert acknowledged on
+    // that shard afterwards (what a client sees; not asserted, reported).
+    let catalog = d.catalog().await?;
+    let mut unavailable: Vec<Duration> = kill_times
+        .iter()
+        .filter_map(|(shard, at)| {
+            report
+                .acked
+                .iter()
+                .zip(&report.acked_at)
+                .filter(|(id, t)| {
+                    *t > at
+                        && catalog.shard_of(&pgshard_catalog::KeyValue::Int(**id))
+                            == Some(ShardId(*shard))
+                })
+                .map(|(_, t)| t.duration_since(*at))
+                .min()
+        })
+        .collect();
+    unavailable.sort();
+    if let (Some(p50), Some(max)) = (unavailable.get(unavailable.len() / 2), unavailable.last()) {
+        eprintln!(
+            "write unavailability after a primary kill over {} kills: p50 {p50:?}, max {max:?}",
+            unavailable.len()
+        );
     }
     assert!(report.acked.len() > 100, "the load did not run");
 
@@ -401,7 +437,12 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
         .expect("replica")
         .name
         .clone();
+    // The replica's machine is gone: killed, and its data out of reach (shardd would
+    // otherwise just start it again).
     d.kill_node(&replica).await?;
+    let data = d.spec(&replica)?.data_dir();
+    let away = data.with_extension("away");
+    std::fs::rename(&data, &away)?;
     d.kill_node(&old).await?;
     let refused = d
         .wait_catalog("shard 1 refused", FAILOVER, |c| {
@@ -437,8 +478,9 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
     let status = d.status().await?;
     assert!(status["shards"].to_string().contains("refused"), "{status}");
 
-    // The replica is back: its WAL can be compared, the failover proceeds.
-    d.start_node(&replica).await?;
+    // The replica's data is back: shardd starts it, its WAL can be compared, the
+    // failover proceeds.
+    std::fs::rename(&away, &data)?;
     d.wait_catalog("shard 1 failed over once the replica answered", FAILOVER, |c| {
         c.shard(ShardId(1)).is_some_and(|s| s.term == 2)
     })
