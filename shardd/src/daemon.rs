@@ -141,11 +141,13 @@ pub async fn run_with(
         .with_context(|| format!("binding the API on {}", config.shardd.listen))?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, "API listening");
+    let router_status = crate::router_proc::RouterHandle::default();
     let server = {
         let app = api::router(ApiState {
             status: status.clone(),
             transactions: transactions.clone(),
             shutdown: stop.clone(),
+            router: router_status.clone(),
         });
         let done = stop.clone();
         tokio::spawn(async move {
@@ -209,6 +211,7 @@ pub async fn run_with(
             &config,
             &data_dir,
             conninfo,
+            router_status,
             stop.clone(),
         )
         .await
