@@ -255,6 +255,27 @@ fn ignored_flags(config: &Config, file: Option<&Path>, overrides: &Overrides) ->
     ignored
 }
 
+/// The warning for `up` flags that an existing cluster in `data_dir` does not take
+/// (`None` for a new cluster, or when every flag agrees with it).
+pub fn ignored_flags_warning(
+    data_dir: &Path,
+    file: Option<&Path>,
+    overrides: &Overrides,
+) -> Option<String> {
+    let config = stored_config(data_dir).ok().flatten()?;
+    let ignored = ignored_flags(&config, file, overrides);
+    if ignored.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "pgshard: warning: {} holds an existing cluster, which starts as it was created; \
+         ignored: {}. To create a different cluster, use a new --data-dir (or `destroy` \
+         this one first)",
+        data_dir.display(),
+        ignored.join(", ")
+    ))
+}
+
 /// The router address with `--router-port` applied.
 fn with_router_port(listen: &str, port: u16) -> String {
     let host = listen
@@ -282,16 +303,6 @@ pub fn effective_config(
     let stored = data_dir.join(CONFIG_FILE);
     if stored.exists() {
         let mut config = Config::load(Some(&stored))?;
-        let ignored = ignored_flags(&config, file, &overrides);
-        if !ignored.is_empty() {
-            eprintln!(
-                "pgshard: warning: {} holds an existing cluster, which restarts as it was \
-                 created; ignored: {}. To create a different cluster, use a new --data-dir \
-                 (or `destroy` this one first)",
-                data_dir.display(),
-                ignored.join(", ")
-            );
-        }
         if let Some(p) = overrides.router_port {
             let listen = with_router_port(&config.router.listen, p);
             if listen != config.router.listen {

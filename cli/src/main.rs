@@ -312,6 +312,9 @@ async fn ensure_image(config: &pgshard_catalog::Config, force: bool) -> Result<I
 async fn up(args: UpArgs) -> Result<ExitCode> {
     let data_dir = &args.dir.data_dir;
     daemon::ClusterDir::check_new(data_dir)?;
+    if let Some(warning) = daemon::ignored_flags_warning(data_dir, args.config.as_deref(), &overrides(&args)) {
+        eprintln!("{warning}");
+    }
     if let Ok(cluster) = daemon::ClusterDir::open(data_dir) {
         if let Some(state) = daemon::running(&cluster).await {
             println!(
@@ -329,22 +332,19 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
             );
         }
     }
-    let config = daemon::effective_config(
-        data_dir,
-        args.config.as_deref(),
-        daemon::Overrides {
-            shards: args.shards,
-            replicas: args.replicas,
-            router_port: args.router_port,
-            backend: args.backend.clone(),
-        },
-    )?;
-    daemon::check_backend(&config)?;
-    daemon::check_ports(data_dir, &config)?;
-    if config.cluster.backend == pgshard_catalog::config::Backend::Docker {
-        // Here rather than inside shardd: a first build takes minutes, and shows progress.
-        ensure_image(&config, false).await?;
-    }
+    // A refused `up` on a new directory leaves nothing behind.
+    let fresh = std::fs::read_dir(data_dir).map_or(true, |mut e| e.next().is_none());
+    let prepared = prepare(&args).await;
+    let config = match prepared {
+        Ok(c) => c,
+        Err(e) => {
+            if fresh {
+                let _ = std::fs::remove_file(data_dir.join("pgshard.toml"));
+                let _ = std::fs::remove_dir(data_dir);
+            }
+            return Err(e);
+        }
+    };
     let started = std::time::Instant::now();
     let state = daemon::start(data_dir, std::time::Duration::from_secs(args.timeout)).await?;
     let cluster = daemon::ClusterDir::open(data_dir)?;
@@ -365,6 +365,29 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
     );
     print_connect_hint(&state, data_dir);
     Ok(ExitCode::SUCCESS)
+}
+
+fn overrides(args: &UpArgs) -> daemon::Overrides {
+    daemon::Overrides {
+        shards: args.shards,
+        replicas: args.replicas,
+        router_port: args.router_port,
+        backend: args.backend.clone(),
+    }
+}
+
+/// Everything `up` checks and prepares before it starts shardd: the effective config
+/// (stored for a new cluster), the backend, free ports, the Docker image.
+async fn prepare(args: &UpArgs) -> Result<pgshard_catalog::Config> {
+    let config =
+        daemon::effective_config(&args.dir.data_dir, args.config.as_deref(), overrides(args))?;
+    daemon::check_backend(&config)?;
+    daemon::check_ports(&args.dir.data_dir, &config)?;
+    if config.cluster.backend == pgshard_catalog::config::Backend::Docker {
+        // Here rather than inside shardd: a first build takes minutes, and shows progress.
+        ensure_image(&config, false).await?;
+    }
+    Ok(config)
 }
 
 fn print_connect_hint(state: &daemon::DaemonState, data_dir: &std::path::Path) {

@@ -222,7 +222,8 @@ fn last_words(log: &Path, offset: u64) -> Option<String> {
     file.read_to_end(&mut bytes).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?;
-    Some(strip_ansi(line.trim()))
+    let line = strip_ansi(line.trim());
+    Some(line.strip_prefix("error: ").unwrap_or(&line).to_string())
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -371,10 +372,16 @@ pub async fn supervise(
         loop {
             tokio::select! {
                 status = child.wait() => {
-                    let why = last_words(&log_path, offset).unwrap_or_else(|| match &status {
+                    let mut why = last_words(&log_path, offset).unwrap_or_else(|| match &status {
                         Ok(s) => format!("exited ({s})"),
                         Err(e) => format!("could not be waited for: {e}"),
                     });
+                    // Name what holds the port, when that is why.
+                    if why.contains("already in use") {
+                        if let Some(taken) = crate::ownership::port_taken(listen) {
+                            why = format!("{why}; {taken}");
+                        }
+                    }
                     tracing::error!(?status, last_error = %why, restart_in = ?backoff, "router exited; restarting it");
                     task_handle.update(|s| {
                         s.state = RouterState::Restarting;
