@@ -816,13 +816,14 @@ mod tests {
             "{msg}"
         );
         let missing = dir.path().join("missing.toml");
-        let msg = Config::load(Some(&missing)).expect_err("missing").to_string();
-        assert_eq!(
-            msg.matches("No such file").count(),
-            1,
-            "said once: {msg}"
+        let msg = Config::load(Some(&missing))
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(msg.matches("No such file").count(), 1, "said once: {msg}");
+        assert!(
+            std::error::Error::source(&Config::load(Some(&missing)).expect_err("missing"))
+                .is_none()
         );
-        assert!(std::error::Error::source(&Config::load(Some(&missing)).expect_err("missing")).is_none());
     }
 
     #[test]

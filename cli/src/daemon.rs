@@ -111,8 +111,8 @@ impl ClusterDir {
         if !is_cluster_dir(dir) {
             return Err(not_a_cluster(dir));
         }
-        let path = std::fs::canonicalize(dir)
-            .with_context(|| format!("resolving {}", dir.display()))?;
+        let path =
+            std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
         let layout = Layout::load(&path.join(LAYOUT_FILE))?;
         Ok(ClusterDir {
             given: dir.to_path_buf(),
@@ -130,9 +130,8 @@ impl ClusterDir {
                 if entries.next().is_none() || is_cluster_dir(dir) {
                     Ok(())
                 } else {
-                    Err(not_a_cluster(dir)).context(
-                        "a new cluster needs an empty or new directory (--data-dir)",
-                    )
+                    Err(not_a_cluster(dir))
+                        .context("a new cluster needs an empty or new directory (--data-dir)")
                 }
             }
         }
@@ -192,11 +191,7 @@ fn read_state(data_dir: &Path) -> Option<DaemonState> {
         let addr: SocketAddr = r.as_str()?.parse().ok()?;
         Some((addr.ip().to_string(), addr.port()))
     });
-    Some(DaemonState {
-        pid,
-        api,
-        router,
-    })
+    Some(DaemonState { pid, api, router })
 }
 
 fn http() -> reqwest::Client {

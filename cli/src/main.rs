@@ -191,7 +191,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             // Nothing there is nothing to remove (`destroy` twice is harmless); any
             // other directory that is not a cluster is refused.
             if !dir.data_dir.exists() {
-                println!("pgshard: no cluster in {}; nothing to remove", dir.data_dir.display());
+                println!(
+                    "pgshard: no cluster in {}; nothing to remove",
+                    dir.data_dir.display()
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let cluster = daemon::ClusterDir::open(&dir.data_dir)?;
@@ -312,7 +315,9 @@ async fn ensure_image(config: &pgshard_catalog::Config, force: bool) -> Result<I
 async fn up(args: UpArgs) -> Result<ExitCode> {
     let data_dir = &args.dir.data_dir;
     daemon::ClusterDir::check_new(data_dir)?;
-    if let Some(warning) = daemon::ignored_flags_warning(data_dir, args.config.as_deref(), &overrides(&args)) {
+    if let Some(warning) =
+        daemon::ignored_flags_warning(data_dir, args.config.as_deref(), &overrides(&args))
+    {
         eprintln!("{warning}");
     }
     if let Ok(cluster) = daemon::ClusterDir::open(data_dir) {

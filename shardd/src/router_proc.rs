@@ -190,9 +190,7 @@ async fn answers(addr: SocketAddr) -> bool {
     };
     match tokio::time::timeout(Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => true,
-        Ok(Err(e)) => e
-            .code()
-            .is_some_and(|c| c.code().starts_with("28")),
+        Ok(Err(e)) => e.code().is_some_and(|c| c.code().starts_with("28")),
         Err(_) => false,
     }
 }
@@ -272,7 +270,9 @@ async fn wait_ours(
                 .map(crate::ownership::describe)
                 .collect();
             if others.is_empty() {
-                anyhow::bail!("the router (pid {pid}) is not answering on {addr} after {timeout:?}");
+                anyhow::bail!(
+                    "the router (pid {pid}) is not answering on {addr} after {timeout:?}"
+                );
             }
             anyhow::bail!(
                 "the router (pid {pid}) is not answering on {addr} after {timeout:?}; \

@@ -313,7 +313,10 @@ async fn commands_refuse_directories_that_are_not_a_cluster() -> anyhow::Result<
 
     let foreign: [(&Path, &str); 4] = [
         (root.path(), "is not a pgshard cluster"),
-        (&unrelated.spec().data_dir(), "it is a PostgreSQL data directory"),
+        (
+            &unrelated.spec().data_dir(),
+            "it is a PostgreSQL data directory",
+        ),
         (&unrelated.spec().dir, "is not a pgshard cluster"),
         (&empty, "the directory is empty"),
     ];
@@ -322,14 +325,30 @@ async fn commands_refuse_directories_that_are_not_a_cluster() -> anyhow::Result<
             let out = pgshard(&[cmd], dir)?;
             let t = text(&out);
             assert!(!out.status.success(), "{cmd} on {}: {t}", dir.display());
-            assert!(t.contains(why), "{cmd} on {} must say why: {t}", dir.display());
-            assert!(t.contains("refusing") || cmd == "status" || why.contains("empty"), "{t}");
+            assert!(
+                t.contains(why),
+                "{cmd} on {} must say why: {t}",
+                dir.display()
+            );
+            assert!(
+                t.contains("refusing") || cmd == "status" || why.contains("empty"),
+                "{t}"
+            );
         }
         // `up` will not make a cluster inside someone else's directory.
         if dir != empty.as_path() {
             let out = pgshard(&["up"], dir)?;
-            assert!(!out.status.success(), "up on {}: {}", dir.display(), text(&out));
-            assert!(!dir.join("pgshard.toml").exists(), "up wrote into {}", dir.display());
+            assert!(
+                !out.status.success(),
+                "up on {}: {}",
+                dir.display(),
+                text(&out)
+            );
+            assert!(
+                !dir.join("pgshard.toml").exists(),
+                "up wrote into {}",
+                dir.display()
+            );
         }
     }
     // The parent's refusal points at the cluster inside it.
@@ -342,7 +361,10 @@ async fn commands_refuse_directories_that_are_not_a_cluster() -> anyhow::Result<
     assert!(left.is_empty(), "cluster instances stopped: {left:?}");
     let out = pgshard(&["status"], &data_dir)?;
     assert!(out.status.success(), "cluster unhealthy: {}", text(&out));
-    assert!(answers(router_port).await, "the cluster's router stopped serving");
+    assert!(
+        answers(router_port).await,
+        "the cluster's router stopped serving"
+    );
 
     // A cluster's own `down` leaves an unrelated PostgreSQL alone as well.
     let out = pgshard(&["down"], &data_dir)?;
@@ -373,12 +395,21 @@ async fn taken_ports_fail_up_and_the_router_is_in_status() -> anyhow::Result<()>
     let port = router_port.to_string();
     let out = pgshard(&["up", "--router-port", &port], &second)?;
     let t = text(&out);
-    assert!(!out.status.success(), "second up on a taken port succeeded: {t}");
-    assert!(t.contains(&format!("127.0.0.1:{router_port}")), "names the address: {t}");
+    assert!(
+        !out.status.success(),
+        "second up on a taken port succeeded: {t}"
+    );
+    assert!(
+        t.contains(&format!("127.0.0.1:{router_port}")),
+        "names the address: {t}"
+    );
     assert!(t.contains("already in use by pid"), "names the holder: {t}");
     assert!(t.contains("pgshard-router"), "{t}");
     assert!(!second.exists(), "a refused up leaves no directory behind");
-    assert!(answers(router_port).await, "the first cluster stopped serving");
+    assert!(
+        answers(router_port).await,
+        "the first cluster stopped serving"
+    );
 
     // status shows the router, serving.
     let out = pgshard(&["status"], &first)?;
@@ -414,7 +445,10 @@ async fn taken_ports_fail_up_and_the_router_is_in_status() -> anyhow::Result<()>
         if !out.status.success() && t.contains("NOT SERVING") && t.contains("in use") {
             break t;
         }
-        anyhow::ensure!(Instant::now() < deadline, "status never showed the router down: {t}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "status never showed the router down: {t}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(
@@ -473,7 +507,10 @@ async fn taken_ports_fail_up_and_the_router_is_in_status() -> anyhow::Result<()>
     assert!(!out.status.success(), "up with a node port taken: {t}");
     assert!(t.contains("shard1-primary"), "{t}");
     assert!(t.contains(&format!("127.0.0.1:{node_port}")), "{t}");
-    assert!(t.contains(&format!("pid {}", std::process::id())), "names the holder: {t}");
+    assert!(
+        t.contains(&format!("pid {}", std::process::id())),
+        "names the holder: {t}"
+    );
     drop(squatter);
     Ok(())
 }
@@ -488,10 +525,18 @@ async fn trust_beyond_loopback_is_refused_unless_allowed() -> anyhow::Result<()>
     let config = root.path().join("open.toml");
     std::fs::write(&config, format!("[router]\nlisten = \"0.0.0.0:{port}\"\n"))?;
     let data_dir = root.path().join("data");
-    let out = pgshard(&["up", "--config", config.to_str().context("utf8")?], &data_dir)?;
+    let out = pgshard(
+        &["up", "--config", config.to_str().context("utf8")?],
+        &data_dir,
+    )?;
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
-    for needle in ["router.auth", "router.listen", "router.allow_remote_trust", "is not supported"] {
+    for needle in [
+        "router.auth",
+        "router.listen",
+        "router.allow_remote_trust",
+        "is not supported",
+    ] {
         assert!(t.contains(needle), "missing {needle}: {t}");
     }
     assert!(!data_dir.exists(), "nothing created");
@@ -501,7 +546,10 @@ async fn trust_beyond_loopback_is_refused_unless_allowed() -> anyhow::Result<()>
         Ok(Command::new(bin("pgshard-router")?)
             .args(extra)
             .args(["--listen", &format!("0.0.0.0:{port}")])
-            .args(["--catalog", "host=127.0.0.1 port=1 user=postgres connect_timeout=1"])
+            .args([
+                "--catalog",
+                "host=127.0.0.1 port=1 user=postgres connect_timeout=1",
+            ])
             .env("NO_COLOR", "1")
             .output()?)
     };
@@ -514,7 +562,10 @@ async fn trust_beyond_loopback_is_refused_unless_allowed() -> anyhow::Result<()>
     let out = router(&["--config", allowed.to_str().context("utf8")?])?;
     let t = text(&out);
     assert!(!out.status.success(), "no catalog to load: {t}");
-    assert!(!t.contains("allow_remote_trust"), "allowed, so it fails later: {t}");
+    assert!(
+        !t.contains("allow_remote_trust"),
+        "allowed, so it fails later: {t}"
+    );
     Ok(())
 }
 
@@ -532,7 +583,10 @@ fn config_errors_name_file_line_and_column_once() -> anyhow::Result<()> {
     let t = text(&out);
     assert!(!out.status.success());
     assert!(
-        t.contains(&format!("config file {}, line 3, column 10", config.display())),
+        t.contains(&format!(
+            "config file {}, line 3, column 10",
+            config.display()
+        )),
         "{t}"
     );
     let missing = root.path().join("missing.toml");
