@@ -54,6 +54,13 @@ pub struct ClusterDir {
     pub layout: Option<Layout>,
 }
 
+/// An instance's `postmaster.pid`: which node, its data directory, the pid it names.
+struct Postmaster {
+    node: String,
+    data: PathBuf,
+    pid: u32,
+}
+
 /// What a directory that is not a cluster is, for the refusal.
 fn not_a_cluster(dir: &Path) -> anyhow::Error {
     let shown = dir.display();
@@ -155,7 +162,7 @@ impl ClusterDir {
     /// The postmasters of this cluster's local instances that are running: each
     /// instance's `postmaster.pid`, kept only if that pid is a postgres on that very
     /// data directory. Pids that fail the check are returned apart, to be reported.
-    fn postmasters(&self) -> (Vec<(String, PathBuf, u32)>, Vec<(String, u32)>) {
+    fn postmasters(&self) -> (Vec<Postmaster>, Vec<Postmaster>) {
         let mut ours = Vec::new();
         let mut foreign = Vec::new();
         for node in self.layout.iter().flat_map(|l| l.nodes.iter()) {
@@ -166,10 +173,15 @@ impl ClusterDir {
             else {
                 continue;
             };
-            if ownership::is_postgres_on(pid, &data) {
-                ours.push((node.name.clone(), data, pid));
+            let found = Postmaster {
+                node: node.name.clone(),
+                data,
+                pid,
+            };
+            if ownership::is_postgres_on(pid, &found.data) {
+                ours.push(found);
             } else if pid_alive(pid as i32) {
-                foreign.push((node.name.clone(), pid));
+                foreign.push(found);
             }
         }
         (ours, foreign)
@@ -368,6 +380,33 @@ pub fn check_ports(data_dir: &Path, config: &Config) -> Result<()> {
         return Ok(());
     }
     let Some(layout) = Layout::load(&data_dir.join(LAYOUT_FILE))? else {
+        // A new cluster: with `cluster.base_port` its instances take the ports from
+        // there up, one each; without it shardd picks free ports.
+        let c = &config.cluster;
+        if c.base_port != 0 {
+            let count = 1 + c.catalog_replicas + c.shards * (1 + c.replicas);
+            for i in 0..count {
+                let Some(port) = u16::try_from(i)
+                    .ok()
+                    .and_then(|i| c.base_port.checked_add(i))
+                else {
+                    bail!(
+                        "cluster.base_port {} leaves no room for {count} instances",
+                        c.base_port
+                    );
+                };
+                let Ok(ip) = c.host.parse::<std::net::IpAddr>() else {
+                    break;
+                };
+                if let Some(taken) = ownership::port_taken(SocketAddr::new(ip, port)) {
+                    bail!(
+                        "cannot start the cluster: instance port {port} (cluster.base_port {} \
+                         and up, one per instance) {taken}. Choose another cluster.base_port",
+                        c.base_port
+                    );
+                }
+            }
+        }
         return Ok(());
     };
     for node in &layout.nodes {
@@ -675,14 +714,14 @@ pub async fn down(dir: &ClusterDir) -> Result<()> {
         }
     }
     let (ours, foreign) = dir.postmasters();
-    for (node, pid) in foreign {
+    for Postmaster { node, pid, .. } in foreign {
         eprintln!(
             "pgshard: warning: the postmaster.pid of instance {node} names {}, which is \
              not a PostgreSQL on that instance's data directory; left alone",
             ownership::describe(pid)
         );
     }
-    for (node, data, pid) in ours {
+    for Postmaster { node, data, pid } in ours {
         eprintln!(
             "pgshard: stopping instance {node} (PostgreSQL pid {pid} on {})",
             data.display()

@@ -366,12 +366,49 @@ async fn commands_refuse_directories_that_are_not_a_cluster() -> anyhow::Result<
         "the cluster's router stopped serving"
     );
 
-    // A cluster's own `down` leaves an unrelated PostgreSQL alone as well.
+    // shardd dies (SIGKILL), leaving its router and instances running: `down` stops
+    // those (each proved this cluster's), and leaves an unrelated PostgreSQL alone.
+    let v: serde_json::Value =
+        serde_json::from_slice(&pgshard(&["status", "--json"], &data_dir)?.stdout)?;
+    let router_pid = v["router"]["pid"].as_u64().context("router pid")? as i32;
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("shardd.json"))?)?;
+    let shardd_pid = state["pid"].as_u64().context("shardd pid")? as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shardd_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while running(shardd_pid) {
+        anyhow::ensure!(Instant::now() < deadline, "shardd survived SIGKILL");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(running(router_pid), "the router outlives shardd");
+    assert!(pids.iter().all(|p| running(*p)), "instances outlive shardd");
     let out = pgshard(&["down"], &data_dir)?;
     assert!(out.status.success(), "down: {}", text(&out));
-    assert!(pids.iter().all(|p| !alive(*p)), "down stops the cluster");
+    assert!(!running(router_pid), "down stops the router left running");
+    let left: Vec<i32> = pids.iter().copied().filter(|p| running(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "down stops the instances left running: {left:?}"
+    );
+    assert!(
+        running(unrelated_pid),
+        "the unrelated PostgreSQL was stopped"
+    );
     unrelated.connect().await?.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+/// Alive and not a zombie (a process whose parent is gone may wait a moment to be
+/// reaped).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
 }
 
 /// A second cluster on the router port of a running one: `up` fails before starting
