@@ -690,7 +690,8 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
 /// that died left running: its router, and the postmasters of its instances (fast
 /// shutdown). Only processes proved to be this cluster's are signalled.
 pub async fn down(dir: &ClusterDir) -> Result<()> {
-    if let Some(pid) = dir.shardd() {
+    let shardd = dir.shardd();
+    if let Some(pid) = shardd {
         let via_api = match read_state(&dir.path) {
             Some(state) if u32::try_from(state.pid).ok() == Some(pid) => {
                 let url = format!("http://{}/v1/shutdown", state.api);
@@ -711,6 +712,14 @@ pub async fn down(dir: &ClusterDir) -> Result<()> {
         signal(pid, nix::sys::signal::Signal::SIGTERM);
         if !wait_pid_exit(pid as i32, Duration::from_secs(30)).await {
             signal(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    // shardd stops its containers itself; without it, they are stopped by name.
+    if let (None, Some(config)) = (shardd, stored_config(&dir.path)?) {
+        if config.cluster.backend == Backend::Docker {
+            pgshard_shardd::tools::stop_docker_instances(&config)
+                .await
+                .context("stopping the cluster's containers")?;
         }
     }
     let (ours, foreign) = dir.postmasters();
