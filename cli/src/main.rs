@@ -354,7 +354,7 @@ async fn up(args: UpArgs) -> Result<ExitCode> {
     let state = daemon::start(data_dir, std::time::Duration::from_secs(args.timeout)).await?;
     let cluster = daemon::ClusterDir::open(data_dir)?;
     if let Err(e) = daemon::verify_ours(&cluster, &state).await {
-        eprintln!("pgshard: {e:#}; stopping the cluster");
+        eprintln!("pgshard: the readiness check failed; stopping the cluster");
         daemon::down(&cluster).await?;
         return Err(e.context("the cluster did not prove it is serving on its own addresses"));
     }
