@@ -546,3 +546,27 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         ExitCode::from(1)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_rendered_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(io).context("could not read x.toml: No such file or directory");
+        assert_eq!(
+            render_error(&e),
+            "could not read x.toml: No such file or directory"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render_error(&e), "outer: inner");
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(plural(1, "replica", "replicas"), "1 replica");
+        assert_eq!(plural(2, "shard", "shards"), "2 shards");
+        assert_eq!(plural(0, "replica", "replicas"), "0 replicas");
+    }
+}
