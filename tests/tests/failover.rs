@@ -28,10 +28,8 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let term = before.shard(ShardId(1)).map(|s| s.term);
     assert_eq!(term, Some(1));
     let c = d.connect_node(&old).await?;
-    c.batch_execute(
-        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
-    )
-    .await?;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+        .await?;
     drop(c);
 
     let killed = Instant::now();
@@ -39,8 +37,7 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let after = d
         .wait_catalog("shard 1 has a new primary", FAILOVER, |c| {
             c.primary(ShardId(1)).is_some_and(|p| p.name != old)
-                && c.shard(ShardId(1))
-                    .is_some_and(|s| s.status != ShardStatus::FailingOver)
+                && c.shard(ShardId(1)).is_some_and(|s| s.status != ShardStatus::FailingOver)
         })
         .await?;
     let took = killed.elapsed();
