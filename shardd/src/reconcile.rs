@@ -44,6 +44,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
+/// The file (in the data dir) where a fault point that was reached writes its name.
+pub const FAULT_MARKER: &str = "fault-reached";
+
 /// What the reconciler decides to do, one shard at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -324,6 +327,8 @@ impl Reconciler {
     async fn fault(&self, step: &str) {
         if self.opts.fault.as_deref() == Some(step) {
             tracing::error!(step, "fault injection: shardd stops here");
+            let marker = self.cluster.data_dir().join(FAULT_MARKER);
+            let _ = std::fs::write(marker, step);
             std::future::pending::<()>().await;
         }
     }
@@ -804,10 +809,18 @@ pub async fn run_control_loop(
                 reconciler.plan_options(),
                 reconciler.busy(),
             );
+            let acted = !actions.is_empty();
             for action in actions {
                 tracing::debug!(?action, "reconcile");
                 if let Err(error) = reconciler.act(action.clone()).await {
                     tracing::warn!(?action, %error, "reconcile step failed; retrying next round");
+                }
+            }
+            if acted {
+                // Show what the actions changed without waiting for the next round.
+                if let Some(c) = read_catalog(&reconciler.cluster, &mut catalog_client).await {
+                    publish(&shared, &prober, Some(&c), None);
+                    last = Some(c);
                 }
             }
         };

@@ -256,6 +256,9 @@ pub struct Session<R, W> {
     /// (see [`attach`]): it ends at the client's Sync, committed (two-phase) unless
     /// something in it failed, and the client sees only ReadyForQuery, as for any batch.
     pub(crate) implicit_spanning: bool,
+    /// A COMMIT was forwarded to the attached backend and not answered yet: losing the
+    /// backend now leaves the transaction's outcome unknown (08007).
+    pub(crate) commit_in_flight: bool,
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
@@ -325,6 +328,7 @@ where
             parse_ack: None,
             virtual_txn: None,
             implicit_spanning: false,
+            commit_in_flight: false,
             shard_override: None,
             closing: false,
             request_start: None,
@@ -544,6 +548,9 @@ where
             }
             None => ShardId(0),
         };
+        if self.commit_in_flight {
+            return SessionError::CommitUnknown { shard };
+        }
         SessionError::LostBackend { shard }
     }
 

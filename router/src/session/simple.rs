@@ -130,6 +130,7 @@ where
                 _ => {}
             }
         }
+        self.commit_in_flight = cmd == SessionCommand::Commit && in_txn;
         let catalog = self.ctx.catalog.current();
         match &cmd {
             SessionCommand::Begin if self.attached.is_none() && self.virtual_txn.is_none() => {
