@@ -667,3 +667,53 @@ fn wrapper_honours_cargo_target_dir() -> anyhow::Result<()> {
     assert!(!t.contains("No such file"), "{t}");
     Ok(())
 }
+
+/// shardd itself refuses to start a router on a taken port (the CLI's check can be
+/// raced, or shardd run by hand): it exits with an error naming the address and its
+/// holder, after stopping the instances it started, instead of restarting the router
+/// in a loop.
+#[tokio::test]
+async fn shardd_refuses_a_taken_router_port() -> anyhow::Result<()> {
+    let root = temp_dir("cli-shardd-port")?;
+    let data_dir = root.path().join("data");
+    std::fs::create_dir(&data_dir)?;
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = squatter.local_addr()?.port();
+    let config = root.path().join("pgshard.toml");
+    std::fs::write(
+        &config,
+        format!("[router]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )?;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        tokio::process::Command::new(bin("shardd")?)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("shardd did not exit")??;
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "127.0.0.1:{port} is already in use by pid {}",
+            std::process::id()
+        )),
+        "{t}"
+    );
+    assert!(
+        !t.contains("\u{1b}["),
+        "no colour codes off a terminal: {t}"
+    );
+    let left: Vec<i32> = postmaster_pids(&data_dir)
+        .into_iter()
+        .filter(|p| running(*p))
+        .collect();
+    assert!(left.is_empty(), "instances left running: {left:?}");
+    drop(squatter);
+    Ok(())
+}
