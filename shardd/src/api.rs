@@ -11,7 +11,8 @@
 //! - `POST /v1/failover/pause` and `/v1/failover/resume` `{"shard": N}`: pause or resume
 //!   automatic failover of a shard;
 //! - `GET /metrics`: Prometheus text format: readiness, catalog version, each node's
-//!   state, failed probes in a row and replica lag, transactions in doubt.
+//!   state, failed probes in a row and replica lag, transactions in doubt, and the
+//!   supervised router's state and restarts.
 //!
 //! The server is up from the start of `run`, so the CLI can show bootstrap progress
 //! (`ready: false`) before the cluster serves.
@@ -97,7 +98,12 @@ async fn metrics(State(state): State<ApiState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&status, in_doubt),
+        render_metrics(&status, in_doubt)
+            + &state
+                .router
+                .status()
+                .map(|r| crate::router_proc::render_metrics(&r))
+                .unwrap_or_default(),
     )
 }
 

@@ -437,9 +437,52 @@ pub async fn supervise(
     Ok((handle, task))
 }
 
+/// The supervised router in Prometheus text format (appended to shardd's `/metrics`).
+pub fn render_metrics(status: &RouterStatus) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let labels = format!("{{listen=\"{}\"}}", status.listen);
+    let _ = writeln!(
+        out,
+        "# HELP pgshard_shardd_router_serving 1 while the supervised router holds its \
+         address and answers, else 0."
+    );
+    let _ = writeln!(out, "# TYPE pgshard_shardd_router_serving gauge");
+    let _ = writeln!(
+        out,
+        "pgshard_shardd_router_serving{labels} {}",
+        i64::from(status.state == RouterState::Serving)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP pgshard_shardd_router_restarts_total Times the router exited and was started again."
+    );
+    let _ = writeln!(out, "# TYPE pgshard_shardd_router_restarts_total counter");
+    let _ = writeln!(
+        out,
+        "pgshard_shardd_router_restarts_total{labels} {}",
+        status.restarts
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_say_whether_the_router_serves() {
+        let status = RouterStatus {
+            listen: "127.0.0.1:6432".into(),
+            state: RouterState::Restarting,
+            pid: None,
+            restarts: 3,
+            last_error: Some("in use".into()),
+        };
+        let text = render_metrics(&status);
+        assert!(text.contains("pgshard_shardd_router_serving{listen=\"127.0.0.1:6432\"} 0"));
+        assert!(text.contains("pgshard_shardd_router_restarts_total{listen=\"127.0.0.1:6432\"} 3"));
+    }
 
     #[test]
     fn ansi_codes_are_stripped() {
