@@ -62,6 +62,10 @@ pub enum Action {
     Refuse { shard: ShardId, reason: String },
     /// Rebuild a fenced node as a replica of its shard's primary.
     Rebuild { shard: ShardId, node: NodeId },
+    /// Start a replica in service that probes see down, if its process is gone (a
+    /// crashed replica comes back on its own data; in `sync` mode with one replica
+    /// the primary's commits wait for it).
+    Restart { shard: ShardId, node: NodeId },
     /// The shard serves; its status (`ok`, `degraded`) should say how well.
     SetStatus {
         shard: ShardId,
@@ -153,6 +157,15 @@ pub fn plan(
         for n in catalog.replicas(shard.id) {
             if out_of_service(n.state) && !busy.contains(&n.id) {
                 actions.push(Action::Rebuild {
+                    shard: shard.id,
+                    node: n.id,
+                });
+            } else if !out_of_service(n.state)
+                && opts.auto_failover
+                && !busy.contains(&n.id)
+                && obs(n.id).is_some_and(|o| o.failures >= opts.threshold.max(1))
+            {
+                actions.push(Action::Restart {
                     shard: shard.id,
                     node: n.id,
                 });
@@ -305,6 +318,17 @@ impl Reconciler {
             }
             Action::Rebuild { shard, node } => {
                 self.start_rebuild(shard, node);
+                Ok(())
+            }
+            Action::Restart { shard, node } => {
+                let client = self.catalog_client().await?;
+                let catalog = store::load(&client).await?;
+                let name = name_of(&catalog, node)?;
+                let spec = spec_of(&self.cluster, &self.cluster.layout(), &name)?;
+                if !self.cluster.runtime().is_running(&spec).await? {
+                    tracing::warn!(%shard, node = %name, "replica is not running; starting it");
+                    self.cluster.runtime().start(&spec).await?;
+                }
                 Ok(())
             }
             Action::SetStatus {

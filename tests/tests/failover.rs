@@ -57,6 +57,19 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
 
     // Rebuilt and back in service, streaming from the new primary; the shard is ok.
     let back = d.wait_redundant(REBUILD).await?;
+    let metrics = d.get_text("/metrics").await?;
+    for line in [
+        "pgshard_shardd_shard_term{shard=\"1\"} 2",
+        "pgshard_shardd_failovers_total{shard=\"1\"} 1",
+        "pgshard_shardd_failovers_total{shard=\"2\"} 0",
+        "pgshard_shardd_shard_status{shard=\"1\",status=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    let status = d.status().await?;
+    let shard1 = &status["shards"][0];
+    assert_eq!(shard1["primary"], new.as_str(), "{status}");
+    assert_eq!(shard1["term"], 2, "{status}");
     let oldnode = back.nodes.iter().find(|n| n.name == old).expect("old node");
     assert_eq!(oldnode.state, NodeState::Healthy);
     assert_eq!(oldnode.role, pgshard_catalog::NodeRole::Replica);
@@ -492,5 +505,47 @@ async fn switchover_under_load_has_no_client_error() -> anyhow::Result<()> {
         .await?
         .get(0);
     assert_eq!(total, ACCOUNTS * START_BALANCE);
+    Ok(())
+}
+
+/// `failover pause`: a dead primary is left alone (the shard's statements wait, then
+/// fail naming it); `failover resume`: the failover happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_failover_waits_for_resume() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(1), |_| {}).await?;
+    let (code, answer) = d
+        .post("/v1/failover/pause", serde_json::json!({ "shard": 2 }))
+        .await?;
+    assert_eq!(code, 200, "{answer}");
+    let paused = d.catalog().await?;
+    assert!(paused.shard(ShardId(2)).is_some_and(|s| s.failover_paused));
+    let old = d.primary_of(2).await?;
+    d.kill_node(&old).await?;
+    // Seen down by the probes for several rounds, and still the primary.
+    let started = Instant::now();
+    loop {
+        let status = d.status().await?;
+        let failures = status["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == old.as_str()))
+            .and_then(|n| n["failures"].as_u64())
+            .unwrap_or(0);
+        if failures >= 6 {
+            break;
+        }
+        assert!(started.elapsed() < FAILOVER, "probes never saw {old} down: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = d.catalog().await?;
+    assert_eq!(c.primary(ShardId(2)).map(|n| n.name.clone()), Some(old.clone()));
+    assert_eq!(c.shard(ShardId(2)).map(|s| s.term), Some(1));
+    let (code, _) = d
+        .post("/v1/failover/resume", serde_json::json!({ "shard": 2 }))
+        .await?;
+    assert_eq!(code, 200);
+    d.wait_catalog("failover after resume", FAILOVER, |c| {
+        c.shard(ShardId(2)).is_some_and(|s| s.term == 2 && !s.failover_paused)
+    })
+    .await?;
     Ok(())
 }
