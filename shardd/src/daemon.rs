@@ -152,12 +152,14 @@ pub async fn run_with(
         .with_context(|| format!("binding the API on {}", config.shardd.listen))?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, "API listening");
+    let router_status = crate::router_proc::RouterHandle::default();
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let server = {
         let app = api::router(ApiState {
             status: status.clone(),
             transactions: transactions.clone(),
             shutdown: stop.clone(),
+            router: router_status.clone(),
             commands: commands_tx,
         });
         let done = stop.clone();
@@ -225,6 +227,7 @@ pub async fn run_with(
             &config,
             &data_dir,
             conninfo,
+            router_status,
             stop.clone(),
         )
         .await
