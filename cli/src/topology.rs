@@ -78,7 +78,13 @@ pub async fn set_paused(data_dir: &Path, shard: u32, paused: bool) -> Result<Exi
     } else {
         "/v1/failover/resume"
     };
-    post(&state, path, json!({ "shard": shard }), Duration::from_secs(30)).await?;
+    post(
+        &state,
+        path,
+        json!({ "shard": shard }),
+        Duration::from_secs(30),
+    )
+    .await?;
     if paused {
         println!("pgshard: automatic failover of shard {shard} paused (`./pgshard failover resume --shard {shard}` resumes it)");
     } else {
@@ -118,7 +124,9 @@ pub fn shards_table(status: &Value) -> (String, bool) {
         let last = match s.get("last_failover_at").and_then(Value::as_str) {
             Some(at) => format!(
                 "{at}, {} ms ({} in all)",
-                s.get("last_failover_ms").and_then(Value::as_i64).unwrap_or(0),
+                s.get("last_failover_ms")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
                 s.get("failovers").and_then(Value::as_i64).unwrap_or(0)
             ),
             None => "-".into(),

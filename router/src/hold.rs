@@ -82,7 +82,10 @@ pub async fn checkout_primary(
                         // A stale catalog's primary that is a standby now (demoted and
                         // rebuilt after a switchover): a write would get 25006.
                         conn.broken = true;
-                        format!("its primary {} in this router's catalog is a standby now", node.name)
+                        format!(
+                            "its primary {} in this router's catalog is a standby now",
+                            node.name
+                        )
                     }
                     Ok(conn) => {
                         if started.elapsed() > RETRY {

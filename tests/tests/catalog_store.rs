@@ -136,7 +136,10 @@ async fn catalog_round_trip_versions_and_notify() -> anyhow::Result<()> {
     );
     let cat = store::load(&client).await?;
     assert_eq!(
-        cat.nodes.iter().find(|n| n.id == NodeId(5)).map(|n| n.state),
+        cat.nodes
+            .iter()
+            .find(|n| n.id == NodeId(5))
+            .map(|n| n.state),
         Some(NodeState::Down)
     );
     store::record_probe(&client, NodeId(5), NodeState::Healthy, Some(128)).await?;

@@ -28,8 +28,10 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let term = before.shard(ShardId(1)).map(|s| s.term);
     assert_eq!(term, Some(1));
     let c = d.connect_node(&old).await?;
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
-        .await?;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await?;
     drop(c);
 
     let killed = Instant::now();
@@ -37,7 +39,8 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let after = d
         .wait_catalog("shard 1 has a new primary", FAILOVER, |c| {
             c.primary(ShardId(1)).is_some_and(|p| p.name != old)
-                && c.shard(ShardId(1)).is_some_and(|s| s.status != ShardStatus::FailingOver)
+                && c.shard(ShardId(1))
+                    .is_some_and(|s| s.status != ShardStatus::FailingOver)
         })
         .await?;
     let took = killed.elapsed();
@@ -137,21 +140,25 @@ impl Load {
                 let mut next = (w as i64) * 10_000_000;
                 while !stop.is_cancelled() {
                     if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
-                            Ok((c, conn)) => {
-                                tokio::spawn(conn);
-                                Some(c)
-                            }
-                            Err(e) => {
-                                report.errors.push(format!("connect: {e}"));
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        };
+                        client =
+                            match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
+                                Ok((c, conn)) => {
+                                    tokio::spawn(conn);
+                                    Some(c)
+                                }
+                                Err(e) => {
+                                    report.errors.push(format!("connect: {e}"));
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    continue;
+                                }
+                            };
                     }
                     let Some(c) = client.as_ref() else { continue };
                     next += 1;
-                    match c.execute("INSERT INTO acked (id) VALUES ($1)", &[&next]).await {
+                    match c
+                        .execute("INSERT INTO acked (id) VALUES ($1)", &[&next])
+                        .await
+                    {
                         Ok(1) => {
                             report.acked.push(next);
                             report.acked_at.push(Instant::now());
@@ -192,10 +199,16 @@ impl Load {
                 }
                 let r = async {
                     let tx = c.transaction().await?;
-                    tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = $1", &[&from])
-                        .await?;
-                    tx.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", &[&to])
-                        .await?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance - 1 WHERE id = $1",
+                        &[&from],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                        &[&to],
+                    )
+                    .await?;
                     tx.commit().await
                 }
                 .await;
@@ -246,11 +259,9 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         |_| {},
     )
     .await?;
-    let router = pgshard_tests::TestRouter::start_on(
-        &d.catalog_conninfo()?,
-        d.config().router.clone(),
-    )
-    .await?;
+    let router =
+        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
+            .await?;
     Load::prepare(&router).await?;
     let load = Load::start(&router, 4);
     let mut pauses = Vec::new();
@@ -266,10 +277,14 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         // Unavailability counts from when the primary is gone (kill returns once no
         // process of it is left).
         kill_times.push((shard, Instant::now()));
-        d.wait_catalog(&format!("kill {k}: shard {shard} fails over from {old}"), FAILOVER, |c| {
-            c.shard(ShardId(shard))
-                .is_some_and(|s| Some(s.term) > term && s.status != ShardStatus::FailingOver)
-        })
+        d.wait_catalog(
+            &format!("kill {k}: shard {shard} fails over from {old}"),
+            FAILOVER,
+            |c| {
+                c.shard(ShardId(shard))
+                    .is_some_and(|s| Some(s.term) > term && s.status != ShardStatus::FailingOver)
+            },
+        )
         .await?;
         pauses.push(killed.elapsed());
         d.wait_redundant(REBUILD).await?;
@@ -319,7 +334,11 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
     let c = router.connect().await?;
     let rows = c.query("SELECT id FROM acked", &[]).await?;
     let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<&i64> = report.acked.iter().filter(|id| !present.contains(id)).collect();
+    let lost: Vec<&i64> = report
+        .acked
+        .iter()
+        .filter(|id| !present.contains(id))
+        .collect();
     assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
     // No prepared transaction left, once recovery has run on the new primaries.
     let started = Instant::now();
@@ -365,7 +384,12 @@ async fn shardd_killed_at_each_failover_step_finishes_it_after_restart() -> anyh
         let _ = std::fs::remove_file(&marker);
         d.restart_with_fault(step).await?;
         let old = d.primary_of(1).await?;
-        let term = d.catalog().await?.shard(ShardId(1)).map(|s| s.term).unwrap_or(0);
+        let term = d
+            .catalog()
+            .await?
+            .shard(ShardId(1))
+            .map(|s| s.term)
+            .unwrap_or(0);
         let c = d.connect_node(&old).await?;
         c.batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS k (step int PRIMARY KEY); INSERT INTO k VALUES ({i})"
@@ -375,18 +399,29 @@ async fn shardd_killed_at_each_failover_step_finishes_it_after_restart() -> anyh
         d.kill_node(&old).await?;
         let started = Instant::now();
         while !marker.exists() {
-            assert!(started.elapsed() < FAILOVER, "fault point {step} never reached");
+            assert!(
+                started.elapsed() < FAILOVER,
+                "fault point {step} never reached"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // shardd dies here; a new one takes over.
         d.restart(None).await?;
         let after = d
-            .wait_catalog(&format!("failover resumed after a crash at {step}"), FAILOVER, |c| {
-                c.shard(ShardId(1))
-                    .is_some_and(|s| s.term > term && s.status != ShardStatus::FailingOver)
-            })
+            .wait_catalog(
+                &format!("failover resumed after a crash at {step}"),
+                FAILOVER,
+                |c| {
+                    c.shard(ShardId(1))
+                        .is_some_and(|s| s.term > term && s.status != ShardStatus::FailingOver)
+                },
+            )
             .await?;
-        assert_eq!(after.shard(ShardId(1)).map(|s| s.term), Some(term + 1), "{step}");
+        assert_eq!(
+            after.shard(ShardId(1)).map(|s| s.term),
+            Some(term + 1),
+            "{step}"
+        );
         let new = after.primary(ShardId(1)).expect("primary").name.clone();
         assert_ne!(new, old, "{step}");
         let back = d.wait_redundant(REBUILD).await?;
@@ -399,7 +434,11 @@ async fn shardd_killed_at_each_failover_step_finishes_it_after_restart() -> anyh
                 writable.push(n.name.clone());
             }
         }
-        assert_eq!(writable, [new.clone()], "after a crash at {step}");
+        assert_eq!(
+            writable,
+            std::slice::from_ref(&new),
+            "after a crash at {step}"
+        );
         let c = d.connect_node(&new).await?;
         let n: i64 = c.query_one("SELECT count(*) FROM k", &[]).await?.get(0);
         assert_eq!(n, i as i64 + 1, "after a crash at {step}");
@@ -455,7 +494,10 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
         .and_then(|s| s.status_reason.clone())
         .unwrap_or_default();
     assert!(reason.contains(&replica), "{reason}");
-    assert_eq!(refused.primary(ShardId(1)).map(|p| p.name.clone()), Some(old.clone()));
+    assert_eq!(
+        refused.primary(ShardId(1)).map(|p| p.name.clone()),
+        Some(old.clone())
+    );
     assert_eq!(refused.shard(ShardId(1)).map(|s| s.term), Some(1));
     // The router says so at once, with the shard named; shard 2 serves.
     let key_on = |shard: u32| {
@@ -472,7 +514,10 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
     let db = e.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "57P03", "{db:?}");
     assert!(db.message().contains("shard 1"), "{db:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "refusal must not be held");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusal must not be held"
+    );
     c.query("SELECT * FROM acked WHERE id = $1", &[&key_on(2)])
         .await?;
     let status = d.status().await?;
@@ -481,9 +526,11 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
     // The replica's data is back: shardd starts it, its WAL can be compared, the
     // failover proceeds.
     std::fs::rename(&away, &data)?;
-    d.wait_catalog("shard 1 failed over once the replica answered", FAILOVER, |c| {
-        c.shard(ShardId(1)).is_some_and(|s| s.term == 2)
-    })
+    d.wait_catalog(
+        "shard 1 failed over once the replica answered",
+        FAILOVER,
+        |c| c.shard(ShardId(1)).is_some_and(|s| s.term == 2),
+    )
     .await?;
     d.wait_redundant(REBUILD).await?;
     Ok(())
@@ -529,7 +576,10 @@ async fn switchover_under_load_has_no_client_error() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(code, 409, "{answer}");
-    assert!(answer["error"].to_string().contains("no-such-node"), "{answer}");
+    assert!(
+        answer["error"].to_string().contains("no-such-node"),
+        "{answer}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = load.finish().await;
     eprintln!(
@@ -575,18 +625,25 @@ async fn paused_failover_waits_for_resume() -> anyhow::Result<()> {
         if failures >= 6 {
             break;
         }
-        assert!(started.elapsed() < FAILOVER, "probes never saw {old} down: {status}");
+        assert!(
+            started.elapsed() < FAILOVER,
+            "probes never saw {old} down: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = d.catalog().await?;
-    assert_eq!(c.primary(ShardId(2)).map(|n| n.name.clone()), Some(old.clone()));
+    assert_eq!(
+        c.primary(ShardId(2)).map(|n| n.name.clone()),
+        Some(old.clone())
+    );
     assert_eq!(c.shard(ShardId(2)).map(|s| s.term), Some(1));
     let (code, _) = d
         .post("/v1/failover/resume", serde_json::json!({ "shard": 2 }))
         .await?;
     assert_eq!(code, 200);
     d.wait_catalog("failover after resume", FAILOVER, |c| {
-        c.shard(ShardId(2)).is_some_and(|s| s.term == 2 && !s.failover_paused)
+        c.shard(ShardId(2))
+            .is_some_and(|s| s.term == 2 && !s.failover_paused)
     })
     .await?;
     Ok(())

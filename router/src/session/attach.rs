@@ -100,8 +100,9 @@ where
                 use pgshard_catalog::ShardStatus;
                 let catalog = self.ctx.catalog.current();
                 let local = catalog.local_shard;
-                let serving =
-                    |s: &pgshard_catalog::Shard| matches!(s.status, ShardStatus::Ok | ShardStatus::Degraded);
+                let serving = |s: &pgshard_catalog::Shard| {
+                    matches!(s.status, ShardStatus::Ok | ShardStatus::Degraded)
+                };
                 if catalog.shard(local).is_none_or(serving) {
                     return local;
                 }

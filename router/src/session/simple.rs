@@ -519,13 +519,8 @@ where
         let mut open = Vec::new();
         let mut not_in_txn = false;
         for &shard in shards {
-            let checkout = crate::hold::checkout_primary(
-                &self.ctx,
-                shard,
-                &self.user,
-                &self.database,
-                false,
-            );
+            let checkout =
+                crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false);
             let mut conn = match checkout.await {
                 Ok(c) => c,
                 Err(e) => {
