@@ -29,7 +29,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(240);
 pub struct TestDaemon {
     config: Config,
     data_dir: PathBuf,
-    runtime: Arc<LocalProcess>,
+    runtime: Arc<dyn NodeRuntime>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     state: SharddState,
@@ -60,13 +60,20 @@ impl TestDaemon {
         config.shardd.probe_timeout_ms = probe_ms.clamp(200, 1000);
         config.shardd.failure_threshold = 3;
         tweak(&mut config);
-        let runtime = Arc::new(LocalProcess::new(LocalOptions {
-            pg_bin_dir: std::env::var_os("PGSHARD_PG_BIN_DIR").map(Into::into),
-            pg_user: "postgres".into(),
-            lifecycle: ProcessLifecycle::Owned,
-            fast_init: true,
-            ctl_timeout: Duration::from_secs(60),
-        })?);
+        let runtime: Arc<dyn NodeRuntime> = match config.cluster.backend {
+            pgshard_catalog::config::Backend::Local => Arc::new(LocalProcess::new(LocalOptions {
+                pg_bin_dir: std::env::var_os("PGSHARD_PG_BIN_DIR").map(Into::into),
+                pg_user: "postgres".into(),
+                lifecycle: ProcessLifecycle::Owned,
+                fast_init: true,
+                ctl_timeout: Duration::from_secs(60),
+            })?),
+            pgshard_catalog::config::Backend::Docker => {
+                let mut o = pgshard_shardd::runtime::docker::DockerOptions::from_config(&config);
+                o.fast_init = true;
+                Arc::new(pgshard_shardd::runtime::docker::DockerRuntime::with_options(o).await?)
+            }
+        };
         let mut d = TestDaemon {
             config,
             data_dir,
@@ -92,7 +99,7 @@ impl TestDaemon {
         // A stale state file from the run before must not count as ready.
         let _ = std::fs::remove_file(self.data_dir.join(pgshard_shardd::STATE_FILE));
         self.shutdown = CancellationToken::new();
-        let rt: Arc<dyn NodeRuntime> = self.runtime.clone();
+        let rt = self.runtime.clone();
         let task = tokio::spawn(run_with(
             self.config.clone(),
             RunOptions {
