@@ -216,11 +216,10 @@ pub async fn run_with(
     }
     let mut router = None;
     if let Some(binary) = &opts.router_binary {
-        let layout = cluster.layout();
-        let conninfo = layout
-            .catalog()
-            .map(|n| layout.spec(n, &config))
-            .map(|s| s.connstr(pgshard_catalog::store::CATALOG_DB))
+        // Every catalog node, so the router finds the catalog after its failover.
+        let conninfo = cluster
+            .layout()
+            .catalog_conninfo()
             .context("the layout has no catalog node")?;
         match crate::router_proc::supervise(
             binary.clone(),

@@ -172,11 +172,10 @@ impl TestDaemon {
         Ok(layout.spec(node, &self.config))
     }
 
-    /// The catalog database's connection string.
+    /// The catalog database's connection string: every catalog node, read-write
+    /// wanted, as shardd gives its router (it finds the catalog after its failover).
     pub fn catalog_conninfo(&self) -> anyhow::Result<String> {
-        let layout = self.layout()?;
-        let node = layout.catalog().context("no catalog node")?;
-        Ok(layout.spec(node, &self.config).connstr(store::CATALOG_DB))
+        self.layout()?.catalog_conninfo().context("no catalog node")
     }
 
     /// The catalog as stored now.

@@ -107,6 +107,14 @@ struct LoadReport {
     transfers: u64,
 }
 
+/// An error as a client sees it: SQLSTATE and message, or why the connection ended.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
 const ACCOUNTS: i64 = 20;
 const START_BALANCE: i64 = 1000;
 
@@ -164,7 +172,9 @@ impl Load {
                             report.acked_at.push(Instant::now());
                         }
                         Ok(n) => report.errors.push(format!("insert {next}: {n} rows")),
-                        Err(e) => report.errors.push(format!("insert {next}: {e}")),
+                        Err(e) => report
+                            .errors
+                            .push(format!("insert {next}: {}", describe(&e))),
                     }
                 }
                 report
@@ -214,7 +224,7 @@ impl Load {
                 .await;
                 match r {
                     Ok(()) => report.transfers += 1,
-                    Err(e) => report.errors.push(format!("transfer: {e}")),
+                    Err(e) => report.errors.push(format!("transfer: {}", describe(&e))),
                 }
             }
             report
@@ -329,6 +339,17 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         );
     }
     assert!(report.acked.len() > 100, "the load did not run");
+    // Statements that arrived during a failover were held, never failed: the only
+    // errors are those of statements running on the killed primary (08006, 08007).
+    let held_too_long: Vec<&String> = report
+        .errors
+        .iter()
+        .filter(|e| e.contains("57P03"))
+        .collect();
+    assert!(
+        held_too_long.is_empty(),
+        "statements failed while held: {held_too_long:?}"
+    );
 
     // Every acknowledged insert is there.
     let c = router.connect().await?;
@@ -749,5 +770,77 @@ async fn pgbench_tpcb_survives_a_primary_kill() -> anyhow::Result<()> {
         sums.iter().all(|s| *s == sums[0]),
         "balances disagree: {sums:?}"
     );
+    Ok(())
+}
+
+/// The catalog node fails over too: killed, its replica is promoted (recorded in the
+/// layout, since the catalog is what failed), routers keep serving with their last
+/// catalog meanwhile and follow the new one; a shard failover afterwards works through
+/// the new catalog, and the old catalog node is rebuilt as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_node_fails_over_and_routers_follow() -> anyhow::Result<()> {
+    let d = TestDaemon::start(
+        TestClusterOptions {
+            tables: vec![pgshard_tests::distributed("acked", "id", "bigint")],
+            ..opts(1)
+        },
+        |_| {},
+    )
+    .await?;
+    let router =
+        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
+            .await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await?;
+    for id in 1..=20i64 {
+        c.execute("INSERT INTO acked VALUES ($1)", &[&id]).await?;
+    }
+    let old = d.layout()?.catalog().expect("catalog node").name.clone();
+    d.kill_node(&old).await?;
+    // Single-shard work goes on with the router's last catalog.
+    for id in 21..=30i64 {
+        c.execute("INSERT INTO acked VALUES ($1)", &[&id]).await?;
+    }
+    let started = Instant::now();
+    let new = loop {
+        if let Some(n) = d.layout()?.catalog().filter(|n| n.name != old) {
+            break n.name.clone();
+        }
+        assert!(
+            started.elapsed() < FAILOVER,
+            "the catalog never failed over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "catalog failed over from {old} to {new} in {:?}",
+        started.elapsed()
+    );
+    let catalog = d
+        .wait_catalog("the new catalog records its failover", FAILOVER, |c| {
+            c.nodes
+                .iter()
+                .any(|n| n.name == new && n.role == pgshard_catalog::NodeRole::Catalog)
+        })
+        .await?;
+    assert!(catalog
+        .nodes
+        .iter()
+        .any(|n| n.name == old && n.role == pgshard_catalog::NodeRole::Replica));
+    // A shard failover now goes through the new catalog, and the router follows it.
+    let primary = d.primary_of(1).await?;
+    d.kill_node(&primary).await?;
+    d.wait_catalog("shard 1 fails over after the catalog did", FAILOVER, |c| {
+        c.shard(ShardId(1))
+            .is_some_and(|s| s.term == 2 && s.status != ShardStatus::FailingOver)
+    })
+    .await?;
+    for id in 31..=60i64 {
+        c.execute("INSERT INTO acked VALUES ($1)", &[&id]).await?;
+    }
+    let n: i64 = c.query_one("SELECT count(*) FROM acked", &[]).await?.get(0);
+    assert_eq!(n, 60);
+    d.wait_redundant(REBUILD).await?;
     Ok(())
 }
