@@ -76,14 +76,21 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let oldnode = back.nodes.iter().find(|n| n.name == old).expect("old node");
     assert_eq!(oldnode.state, NodeState::Healthy);
     assert_eq!(oldnode.role, pgshard_catalog::NodeRole::Replica);
-    let standbys: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            &[],
-        )
-        .await?
-        .get(0);
-    assert_eq!(standbys, 2);
+    let started = Instant::now();
+    loop {
+        let standbys: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if standbys == 2 {
+            break;
+        }
+        assert!(started.elapsed() < REBUILD, "{standbys} standbys streaming");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let o = d.connect_node(&old).await?;
     let n: i64 = o.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
     assert!(n >= 100);
