@@ -13,6 +13,7 @@
 use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
+use super::local::{LocalKind, LocalPortal};
 use super::simple::Target;
 use super::simple::POISON_SQL;
 use super::{Expect, FanoutPortal, FanoutWritePortal, PortalAt, Session, Stmt, VirtualTxn};
@@ -26,7 +27,7 @@ use crate::protocol::frontend::{
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{Route, StatementKind};
+use pgshard_sql::{Route, RouterCommand, StatementKind};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -92,7 +93,11 @@ where
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
         // may still send Unsupported statements to a shard.)
         let planned = self.with_override(plan.route.clone());
-        if let Route::Unsupported(_) | Route::Router(_) = &planned {
+        let refused_router = matches!(
+            &planned,
+            Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. })
+        );
+        if matches!(planned, Route::Unsupported(_)) || refused_router {
             if let Err(e) = self.resolve(&planned, &catalog) {
                 self.fail_extended(e);
                 return Ok(());
@@ -112,6 +117,11 @@ where
             command,
         });
         self.stmts.insert(name.clone(), stmt.clone());
+        if matches!(planned, Route::Router(_)) {
+            // Run by the router (see `super::local`): no shard knows the function.
+            self.emit_empty(b'1');
+            return Ok(());
+        }
         if self.next_uses_statement(&name) {
             self.parse_ack = Some(name);
             return Ok(());
@@ -286,6 +296,20 @@ where
         Ok(())
     }
 
+    /// What the router runs itself at Execute for this statement, if it is one of
+    /// those (see [`super::local`]).
+    fn local_kind(&self, stmt: &Stmt) -> Option<LocalKind> {
+        match self.with_override(stmt.plan.route.clone()) {
+            Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }) => None,
+            Route::Router(cmd) => Some(LocalKind::Router(cmd)),
+            r @ Route::AllShards => match self.resolve(&r, &self.ctx.catalog.current()) {
+                Ok(Target::All(shards)) => Some(LocalKind::AllShards(shards)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
@@ -358,6 +382,16 @@ where
             self.bind_locally(bind, stmt, PortalAt::Begin);
             return Ok(());
         }
+        if let Some(kind) = self.local_kind(&stmt) {
+            let (params, results) = bind.split_results()?;
+            let portal = LocalPortal {
+                kind,
+                params: bytes::Bytes::copy_from_slice(params),
+                results,
+            };
+            self.bind_locally(bind, stmt, PortalAt::Local(Arc::new(portal)));
+            return Ok(());
+        }
         if let Route::Fanout(plan) = &stmt.plan.route {
             if plan.shards.len() > 1 && self.shard_override.is_none() {
                 return self.bind_fanout(bind, &stmt, plan);
@@ -428,6 +462,12 @@ where
                     self.described_fanout = Some(name.to_string());
                     return Ok(());
                 }
+                Some((_, PortalAt::Local(p))) => {
+                    let mut b = BytesMut::new();
+                    super::local::encode_local_description(&mut b, &p.kind, &p.results);
+                    self.emit_local(&b);
+                    return Ok(());
+                }
                 Some((_, PortalAt::Shard(shard))) => Some(*shard),
                 None => None,
             };
@@ -455,6 +495,16 @@ where
             self.fail_extended(SessionError::UnknownStatement(name.to_string()));
             return Ok(());
         };
+        if let Route::Router(cmd) = self.with_override(stmt.plan.route.clone()) {
+            if self.parse_ack.as_deref() == Some(name) {
+                self.parse_ack = None;
+                self.emit_empty(b'1');
+            }
+            let mut b = BytesMut::new();
+            super::local::encode_router_statement_description(&mut b, &cmd);
+            self.emit_local(&b);
+            return Ok(());
+        }
         let shard = match (&self.attached, &stmt.plan.route) {
             (Some(a), _) => a.shard,
             (None, Route::Shard(s)) => *s,
@@ -525,6 +575,7 @@ where
                 self.emit_batch(&rows, usize::try_from(max_rows).unwrap_or(0));
                 return Ok(());
             }
+            PortalAt::Local(p) => return self.execute_local(frame, &stmt.key.sql, &p).await,
             PortalAt::Fanout(fp) => {
                 if max_rows > 0 {
                     self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)

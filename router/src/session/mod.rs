@@ -28,6 +28,7 @@ pub mod error;
 mod extended;
 mod fanout;
 pub mod lex;
+mod local;
 mod relay;
 mod simple;
 mod split;
@@ -99,6 +100,8 @@ pub(crate) enum PortalAt {
     /// A multi-shard read run by a row-limited Execute: its remaining rows, handed out
     /// by the next Executes (see [`suspend`]).
     Buffered(suspend::SharedRows),
+    /// Nowhere: a statement the router runs itself at Execute (see [`local`]).
+    Local(Arc<local::LocalPortal>),
 }
 
 /// A bound multi-shard write (extended protocol): UPDATE/DELETE without the shard key,

@@ -4,12 +4,10 @@
 use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{begin_tag, classify, split_statements, SessionCommand};
+use super::local::Answer;
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
 use crate::backend::StmtKey;
-use crate::protocol::backend::{
-    encode_command_complete, encode_data_row, encode_error, encode_ready,
-    encode_row_description_text,
-};
+use crate::protocol::backend::{encode_command_complete, encode_error, encode_ready};
 use crate::protocol::frontend::encode_query;
 use crate::protocol::Frame;
 use bytes::BytesMut;
@@ -194,53 +192,8 @@ where
                     }
                     Some(p) => pgshard_sql::route_execute(&p.plan, args, &catalog),
                 },
-                RouterCommand::Deallocate { name: None } => {
-                    self.sql_prepared.clear();
-                    return self.answer("DEALLOCATE ALL");
-                }
-                RouterCommand::Deallocate { name: Some(n) } => {
-                    if self.sql_prepared.remove(n).is_none() {
-                        self.fail_simple(SessionError::UnknownStatement(n.clone()));
-                        return Ok(());
-                    }
-                    return self.answer("DEALLOCATE");
-                }
-                RouterCommand::SetShard { shard, local } => {
-                    if *local && !in_txn {
-                        let mut b = BytesMut::new();
-                        encode_error(
-                            &mut b,
-                            b'N',
-                            "WARNING",
-                            "25P01",
-                            "SET LOCAL can only be used in transaction blocks",
-                            None,
-                            None,
-                        );
-                        self.emit_local(&b);
-                    } else {
-                        self.shard_override = Some((*shard, *local));
-                    }
-                    return self.answer("SET");
-                }
-                RouterCommand::ResetShard => {
-                    self.shard_override = None;
-                    return self.answer("RESET");
-                }
-                RouterCommand::ShowShard => {
-                    let value = match self.shard_override {
-                        Some((s, _)) => s.to_string(),
-                        None => "none".to_string(),
-                    };
-                    let mut b = BytesMut::new();
-                    encode_row_description_text(&mut b, &["pgshard.shard"]);
-                    encode_data_row(&mut b, &[Some(value)]);
-                    self.emit_local(&b);
-                    return self.answer("SHOW");
-                }
-                RouterCommand::CreateDistributedTable { .. }
-                | RouterCommand::CreateReferenceTable { .. } => {
-                    self.run_create_table(rc, in_txn).await;
+                _ => {
+                    self.run_router_command(rc, in_txn, Answer::Simple).await;
                     return Ok(());
                 }
             },
@@ -301,7 +254,9 @@ where
                     };
                     return self.run_fanout_write_in_txn(&all).await;
                 }
-                return self.run_on_all(sql, &shards, stmts.len() == 1).await;
+                let (reply, error) = self.run_on_all(sql, &shards, stmts.len() == 1).await?;
+                self.deliver(Answer::Simple, reply, error);
+                return Ok(());
             }
         };
         // In an explicit transaction on another shard: that shard joins it (SPEC §7).
@@ -488,21 +443,23 @@ where
     /// 25001: VACUUM, CREATE INDEX CONCURRENTLY…) and several statements in one Query
     /// run as before, each shard on its own; a failure then leaves earlier shards
     /// changed, and a WARNING says which.
-    async fn run_on_all(
+    pub(crate) async fn run_on_all(
         &mut self,
         sql: &str,
         shards: &[ShardId],
         one_statement: bool,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(BytesMut, Option<SessionError>), SessionError> {
         crate::stats::bump(&self.ctx.stats.all_shards);
         if one_statement {
             match self.run_on_all_once(sql, shards, true).await? {
-                AllShards::Answered => return Ok(()),
+                AllShards::Answered(reply, error) => return Ok((reply, error)),
                 AllShards::NotInTransaction => {}
             }
         }
-        self.run_on_all_once(sql, shards, false).await?;
-        Ok(())
+        match self.run_on_all_once(sql, shards, false).await? {
+            AllShards::Answered(reply, error) => Ok((reply, error)),
+            AllShards::NotInTransaction => Ok((BytesMut::new(), None)),
+        }
     }
 
     async fn run_on_all_once(
@@ -631,16 +588,17 @@ where
                 return Ok(AllShards::NotInTransaction);
             }
         }
-        match failure {
+        let mut b = BytesMut::new();
+        let error = match failure {
             None => {
                 for f in first_reply.unwrap_or_default() {
-                    self.out.extend_from_slice(f.raw());
+                    b.extend_from_slice(f.raw());
                 }
+                None
             }
             Some((shard, e)) => {
                 if !done.is_empty() {
                     let list: Vec<String> = done.iter().map(|s| s.to_string()).collect();
-                    let mut b = BytesMut::new();
                     encode_error(
                         &mut b,
                         b'N',
@@ -653,20 +611,18 @@ where
                         Some("Statements that cannot run in a transaction block, or several statements in one query, are not atomic across shards; the shards that succeeded keep the change."),
                         None,
                     );
-                    self.out.extend_from_slice(&b);
                 }
-                e.encode(&mut self.out);
+                Some(e)
             }
-        }
-        encode_ready(&mut self.out, b'I');
-        Ok(AllShards::Answered)
+        };
+        Ok(AllShards::Answered(b, error))
     }
 }
 
 /// How a run on every shard ended.
 enum AllShards {
-    /// The client has its answer (success or error) and ReadyForQuery.
-    Answered,
+    /// The answer (notices, the first shard's reply), and the error if it failed.
+    Answered(BytesMut, Option<SessionError>),
     /// The statement cannot run in a transaction block: nothing was changed and nothing
     /// answered; run it again without one.
     NotInTransaction,

@@ -1,0 +1,118 @@
+//! Extended-protocol parity (SPEC §6): what the router does for a simple Query it does
+//! for Parse/Bind/Execute too, as drivers send it (tokio-postgres: Parse/Describe/Sync
+//! then Bind/Execute/Sync, binary results), on a 2-shard cluster: the table-placement
+//! functions, statements on every shard (DDL, TRUNCATE) in and out of a transaction
+//! block, `pgshard.shard`, with the same errors as PostgreSQL.
+
+use pgshard_tests::{two_shards, TestCluster, TestRouter};
+
+const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+
+async fn per_shard(cluster: &TestCluster, sql: &str) -> anyhow::Result<Vec<i64>> {
+    cluster.value_on_each(&PRIMARIES, sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_functions_and_every_shard_statements() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.execute("CREATE TABLE p1 (id bigint PRIMARY KEY, v int)", &[])
+        .await?;
+    for id in 1..=20i64 {
+        c.execute("INSERT INTO p1 (id, v) VALUES ($1, $2)", &[&id, &1i32])
+            .await?;
+    }
+    // pgjdbc's stmt.execute("SELECT create_distributed_table(…)"): one void row.
+    let n = c
+        .execute("SELECT create_distributed_table('p1', 'id')", &[])
+        .await?;
+    assert_eq!(n, 1);
+    let rows = per_shard(&cluster, "SELECT count(*) FROM p1").await?;
+    assert_eq!(rows.iter().sum::<i64>(), 20);
+    assert!(rows.iter().all(|&n| n > 0), "{rows:?}");
+    let e = c
+        .execute("SELECT create_distributed_table('p1', 'id')", &[])
+        .await
+        .expect_err("already distributed");
+    assert!(e.code().is_some(), "{e}");
+
+    // DDL on every shard.
+    c.execute("CREATE INDEX p1_v ON p1 (v)", &[]).await?;
+    let idx = per_shard(
+        &cluster,
+        "SELECT count(*) FROM pg_indexes WHERE indexname = 'p1_v'",
+    )
+    .await?;
+    assert_eq!(idx, vec![1, 1]);
+    let e = c
+        .execute("CREATE INDEX p1_v ON p1 (v)", &[])
+        .await
+        .expect_err("exists");
+    assert_eq!(e.code().map(|c| c.code()), Some("42P07"), "{e}");
+    // The session goes on; a parameterized read after the error.
+    let v: i32 = c
+        .query_one("SELECT v FROM p1 WHERE id = $1", &[&3i64])
+        .await?
+        .get(0);
+    assert_eq!(v, 1);
+
+    // In a transaction block: every shard joins, the rollback undoes it everywhere.
+    c.batch_execute("BEGIN").await?;
+    c.execute("ALTER TABLE p1 ADD COLUMN x int", &[]).await?;
+    c.execute("UPDATE p1 SET x = $1 WHERE id = $2", &[&5i32, &4i64])
+        .await?;
+    c.batch_execute("ROLLBACK").await?;
+    let cols = per_shard(
+        &cluster,
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'p1' AND column_name = 'x'",
+    )
+    .await?;
+    assert_eq!(cols, vec![0, 0]);
+    c.batch_execute("BEGIN").await?;
+    c.execute("ALTER TABLE p1 ADD COLUMN w int", &[]).await?;
+    c.batch_execute("COMMIT").await?;
+    let cols = per_shard(
+        &cluster,
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'p1' AND column_name = 'w'",
+    )
+    .await?;
+    assert_eq!(cols, vec![1, 1]);
+
+    // TRUNCATE on every shard.
+    c.execute("TRUNCATE p1", &[]).await?;
+    assert_eq!(
+        per_shard(&cluster, "SELECT count(*) FROM p1").await?,
+        vec![0, 0]
+    );
+
+    // pgshard.shard: set, shown (text row in binary format), reset.
+    let shown: String = c.query_one("SHOW pgshard.shard", &[]).await?.get(0);
+    assert_eq!(shown, "none");
+    c.execute("SET pgshard.shard = 2", &[]).await?;
+    let shown: String = c.query_one("SHOW pgshard.shard", &[]).await?.get(0);
+    assert_eq!(shown, "2");
+    c.execute("RESET pgshard.shard", &[]).await?;
+    let shown: String = c.query_one("SHOW pgshard.shard", &[]).await?.get(0);
+    assert_eq!(shown, "none");
+
+    // A reference table through the function, then DROP on every shard.
+    c.execute("CREATE TABLE r1 (k int PRIMARY KEY)", &[])
+        .await?;
+    c.execute("SELECT create_reference_table('r1')", &[])
+        .await?;
+    c.execute("INSERT INTO r1 (k) VALUES ($1)", &[&7i32])
+        .await?;
+    assert_eq!(
+        per_shard(&cluster, "SELECT count(*) FROM r1").await?,
+        vec![1, 1]
+    );
+    c.execute("DROP TABLE r1", &[]).await?;
+    let left = per_shard(
+        &cluster,
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'r1'",
+    )
+    .await?;
+    assert_eq!(left, vec![0, 0]);
+    Ok(())
+}
