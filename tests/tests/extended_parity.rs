@@ -116,3 +116,117 @@ async fn router_functions_and_every_shard_statements() -> anyhow::Result<()> {
     assert_eq!(left, vec![0, 0]);
     Ok(())
 }
+
+/// node-postgres' `INSERT … VALUES ($1, $2, 1), ($3, $4, 1)` and psycopg's
+/// `INSERT INTO t VALUES (%s, %s)` on a distributed table: rows routed by their
+/// parameters, split across shards in one distributed transaction, RETURNING rows in
+/// binary; constant keys with parameter values split too; a NULL key refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_routed_by_parameters() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![pgshard_tests::distributed("pi", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE pi (id bigint PRIMARY KEY, v text, n int NOT NULL)")
+        .await?;
+    // Many rows: both shards get some.
+    let mut sql = String::from("INSERT INTO pi (id, v, n) VALUES ");
+    let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync>> = Vec::new();
+    for i in 0..20i64 {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, 1)", 2 * i + 1, 2 * i + 2));
+        params.push(Box::new(i + 1));
+        params.push(Box::new(format!("v{}", i + 1)));
+    }
+    sql.push_str(" RETURNING id, v");
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+        params.iter().map(|p| p.as_ref() as _).collect();
+    let rows = c.query(&sql, &refs).await?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort();
+    assert_eq!(ids, (1..=20).collect::<Vec<_>>());
+    assert!(rows
+        .iter()
+        .all(|r| r.get::<_, String>(1) == format!("v{}", r.get::<_, i64>(0))));
+    let per = per_shard(&cluster, "SELECT count(*) FROM pi").await?;
+    assert_eq!(per.iter().sum::<i64>(), 20);
+    assert!(per.iter().all(|&n| n > 0), "{per:?}");
+
+    // All rows on one shard: sent there as written.
+    let n = c
+        .execute(
+            "INSERT INTO pi (id, v, n) VALUES ($1, $2, 1), ($1 + 1000, $2, 2)",
+            &[&100i64, &"x"],
+        )
+        .await;
+    // `$1 + 1000` is no constant or parameter: refused with 0A000, as before.
+    assert_eq!(
+        n.expect_err("expression key").code().map(|c| c.code()),
+        Some("0A000")
+    );
+    let n = c
+        .execute(
+            "INSERT INTO pi (id, v, n) VALUES ($1, $2, 1), ($1, $2, 2) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+            &[&100i64, &"x"],
+        )
+        .await;
+    // PostgreSQL's own error (a row affected twice) from the one shard.
+    assert_eq!(
+        n.expect_err("twice").code().map(|c| c.code()),
+        Some("21000")
+    );
+
+    // Constant keys, parameter values, on several shards.
+    let n = c
+        .execute(
+            "INSERT INTO pi (id, v, n) VALUES (101, $1, 1), (102, $2, 1), (103, $3, 1), (104, $4, 1)",
+            &[&"a", &"b", &"c", &"d"],
+        )
+        .await?;
+    assert_eq!(n, 4);
+    let got: String = c
+        .query_one("SELECT v FROM pi WHERE id = $1", &[&103i64])
+        .await?
+        .get(0);
+    assert_eq!(got, "c");
+
+    // A NULL key: 23502, nothing written; a failing row: nothing written anywhere.
+    let e = c
+        .execute(
+            "INSERT INTO pi (id, v, n) VALUES ($1, 'a', 1), ($2, 'b', 1)",
+            &[&200i64, &None::<i64>],
+        )
+        .await
+        .expect_err("null key");
+    assert_eq!(e.code().map(|c| c.code()), Some("23502"), "{e}");
+    let e = c
+        .execute(
+            "INSERT INTO pi (id, v, n) VALUES ($1, 'a', 1), ($2, 'b', 1), ($3, 'c', $4)",
+            &[&300i64, &301i64, &302i64, &None::<i32>],
+        )
+        .await
+        .expect_err("not null");
+    assert_eq!(e.code().map(|c| c.code()), Some("23502"), "{e}");
+    let total: i64 = c.query_one("SELECT count(*) FROM pi", &[]).await?.get(0);
+    assert_eq!(total, 24);
+
+    // Without a column list (psycopg's `INSERT INTO t VALUES (%s, %s, %s)`).
+    for id in 400..410i64 {
+        c.execute("INSERT INTO pi VALUES ($1, $2, $3)", &[&id, &"z", &7i32])
+            .await?;
+    }
+    let n = c
+        .execute(
+            "INSERT INTO pi VALUES ($1, $2, $3), ($4, $5, $6)",
+            &[&500i64, &"p", &1i32, &501i64, &"q", &2i32],
+        )
+        .await?;
+    assert_eq!(n, 2);
+    let total: i64 = c
+        .query_one("SELECT count(*) FROM pi WHERE id >= $1", &[&400i64])
+        .await?
+        .get(0);
+    assert_eq!(total, 12);
+    Ok(())
+}

@@ -270,30 +270,124 @@ where
 
     /// Binds a multi-shard write: the router answers BindComplete and runs it at
     /// Execute on every target shard with the client's parameters (see
-    /// `run_fanout_write_extended`).
+    /// `run_fanout_write_extended`). A statement the planner split by shard (a
+    /// multi-row INSERT with constant keys) has each part's parameters renumbered, and
+    /// each shard gets only the values its part uses.
     fn bind_fanout_write(
         &mut self,
         bind: &Bind<'_>,
         stmt: &Arc<Stmt>,
         w: &pgshard_sql::FanoutWrite,
     ) -> Result<(), SessionError> {
-        if !w.shard_sql.is_empty() {
-            // Its rows were split by key at Parse; with parameters the split would
-            // have to renumber them.
-            self.fail_extended(SessionError::Unsupported(
-                "a multi-row INSERT whose rows go to several shards, through the extended protocol (send it as a simple Query, or one row per statement)".into(),
-            ));
-            return Ok(());
-        }
         let (params, results) = bind.split_results()?;
+        let mut write = w.clone();
+        let mut shard_params = Vec::new();
+        if !w.shard_sql.is_empty() && has_params(params) {
+            for part in write.shard_sql.iter_mut() {
+                let Some((sql, picks)) = pgshard_sql::renumber_params(part) else {
+                    self.fail_extended(SessionError::Unsupported(
+                        "a multi-row INSERT whose rows go to several shards, with parameters the router cannot renumber".into(),
+                    ));
+                    return Ok(());
+                };
+                *part = sql;
+                shard_params.push(self.shard_part_params(stmt, params, &picks)?);
+            }
+        }
         let portal = FanoutWritePortal {
-            write: w.clone(),
+            write,
             param_types: stmt.key.param_types.clone(),
             params: bytes::Bytes::copy_from_slice(params),
             results,
+            shard_params,
         };
         self.bind_locally(bind, stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal)));
         Ok(())
+    }
+
+    /// One shard's parameters (values and declared types) for a part of a split
+    /// statement that uses parameters `picks` of the client's (1-based).
+    fn shard_part_params(
+        &self,
+        stmt: &Stmt,
+        params: &[u8],
+        picks: &[usize],
+    ) -> Result<(bytes::Bytes, Vec<u32>), SessionError> {
+        let values = crate::protocol::frontend::subset_params(params, picks)?;
+        let types = picks
+            .iter()
+            .map(|n| {
+                stmt.key
+                    .param_types
+                    .get(n.saturating_sub(1))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok((values.freeze(), types))
+    }
+
+    /// Binds a multi-row INSERT whose shard keys are parameters: each row goes to the
+    /// shard of its key. All on one shard: `Some(shard)`, and the statement goes there
+    /// as written. Else the rows are split into one INSERT per shard, bound as a
+    /// multi-shard write (one distributed transaction), and `None` is returned.
+    fn bind_param_insert(
+        &mut self,
+        bind: &Bind<'_>,
+        stmt: &Arc<Stmt>,
+        pi: &pgshard_sql::ParamInsert,
+    ) -> Result<Option<ShardId>, SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let mut groups: std::collections::BTreeMap<ShardId, Vec<usize>> = Default::default();
+        for (row, key) in pi.keys.iter().enumerate() {
+            let value = match key {
+                pgshard_sql::RowKey::Value(v) => v.clone(),
+                pgshard_sql::RowKey::Param(n) => self
+                    .param_key(stmt, bind, *n, pi.key_type)?
+                    .ok_or_else(|| {
+                        SessionError::Plan(pgshard_sql::PlanError::NullShardKey {
+                            table: pi.table.clone(),
+                            column: pi.column.clone(),
+                        })
+                    })?,
+            };
+            let shard = catalog.shard_of(&value).ok_or_else(|| {
+                SessionError::Unsupported(format!(
+                    "no shard owns the bucket of a key of distributed table {}",
+                    pi.table
+                ))
+            })?;
+            groups.entry(shard).or_default().push(row);
+        }
+        if groups.len() == 1 {
+            return Ok(groups.into_keys().next());
+        }
+        let rows: Vec<Vec<usize>> = groups.values().cloned().collect();
+        let parts = pgshard_sql::split_insert_rows(&pi.sql, &rows)
+            .ok_or_else(|| SessionError::Unsupported(pi.refusal.clone()))?;
+        let (params, results) = bind.split_results()?;
+        let mut shard_sql = Vec::with_capacity(parts.len());
+        let mut shard_params = Vec::with_capacity(parts.len());
+        for (sql, picks) in parts {
+            shard_params.push(self.shard_part_params(stmt, params, &picks)?);
+            shard_sql.push(sql);
+        }
+        let portal = FanoutWritePortal {
+            write: pgshard_sql::FanoutWrite {
+                tables: vec![pi.table.clone()],
+                shards: groups.into_keys().collect(),
+                sql: pi.sql.clone(),
+                replicated: false,
+                defaults: Vec::new(),
+                shard_sql,
+            },
+            param_types: stmt.key.param_types.clone(),
+            params: bytes::Bytes::copy_from_slice(params),
+            results,
+            shard_params,
+        };
+        self.bind_locally(bind, stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal)));
+        Ok(None)
     }
 
     /// What the router runs itself at Execute for this statement, if it is one of
@@ -310,49 +404,53 @@ where
         }
     }
 
+    /// The shard-key value bound to parameter `$param` (1-based), `None` for NULL.
+    fn param_key(
+        &self,
+        stmt: &Stmt,
+        bind: &Bind<'_>,
+        param: usize,
+        key_type: pgshard_catalog::KeyType,
+    ) -> Result<Option<pgshard_catalog::KeyValue>, SessionError> {
+        let p = bind
+            .param(param.saturating_sub(1))?
+            .ok_or(SessionError::MissingKeyParam(param))?;
+        let declared = stmt
+            .key
+            .param_types
+            .get(param.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let Some(value) = p.value else {
+            return Ok(None);
+        };
+        let key = pgshard_catalog::hash::key_from_param(value, p.format == 1, declared, key_type);
+        if pgshard_catalog::hash::param_key_type(declared, key_type).is_none() {
+            return Err(SessionError::Unsupported(format!(
+                "shard key parameter ${param} declared with type oid {declared}, \
+                 which does not compare like the {} shard key",
+                key_type.sql_name()
+            )));
+        }
+        Ok(Some(key.ok_or_else(|| SessionError::InvalidKey {
+            key_type: key_type.sql_name().to_string(),
+            value: if p.format == 1 {
+                format!(
+                    "\\x{}",
+                    value.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )
+            } else {
+                String::from_utf8_lossy(value).into_owned()
+            },
+        })?))
+    }
+
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
         let route = match &stmt.plan.route {
             Route::ShardByParam { param, key_type } if self.shard_override.is_none() => {
-                let p = bind
-                    .param(param.saturating_sub(1))?
-                    .ok_or(SessionError::MissingKeyParam(*param))?;
-                let declared = stmt
-                    .key
-                    .param_types
-                    .get(param.saturating_sub(1))
-                    .copied()
-                    .unwrap_or(0);
-                let key = match p.value {
-                    None => None,
-                    Some(value) => {
-                        let key = pgshard_catalog::hash::key_from_param(
-                            value,
-                            p.format == 1,
-                            declared,
-                            *key_type,
-                        );
-                        if pgshard_catalog::hash::param_key_type(declared, *key_type).is_none() {
-                            return Err(SessionError::Unsupported(format!(
-                                "shard key parameter ${param} declared with type oid {declared}, \
-                                 which does not compare like the {} shard key",
-                                key_type.sql_name()
-                            )));
-                        }
-                        Some(key.ok_or_else(|| SessionError::InvalidKey {
-                            key_type: key_type.sql_name().to_string(),
-                            value: if p.format == 1 {
-                                format!(
-                                    "\\x{}",
-                                    value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                                )
-                            } else {
-                                String::from_utf8_lossy(value).into_owned()
-                            },
-                        })?)
-                    }
-                };
+                let key = self.param_key(stmt, bind, *param, *key_type)?;
                 pgshard_sql::route_for_key(&stmt.plan, key.as_ref(), &catalog)
             }
             r => self.with_override(r.clone()),
@@ -402,7 +500,20 @@ where
                 return self.bind_fanout_write(bind, &stmt, w);
             }
         }
-        let shard = match self.bind_shard(&stmt, bind) {
+        let rows_at = match &stmt.plan.route {
+            Route::InsertByParams(pi) if self.shard_override.is_none() => {
+                match self.bind_param_insert(bind, &stmt, pi) {
+                    Ok(Some(shard)) => Some(shard),
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                }
+            }
+            _ => None,
+        };
+        let shard = match rows_at.map_or_else(|| self.bind_shard(&stmt, bind), Ok) {
             Ok(s) => s,
             Err(e) => {
                 self.fail_extended(e);
@@ -770,4 +881,13 @@ where
         }
         self.skip_until_sync = true;
     }
+}
+
+/// True when a Bind's parameter part (formats and values) holds any value.
+fn has_params(params: &[u8]) -> bool {
+    let mut r = BodyReader::new(params, "Bind");
+    r.count16()
+        .and_then(|n| r.bytes(n * 2))
+        .and_then(|_| r.count16())
+        .is_ok_and(|n| n > 0)
 }

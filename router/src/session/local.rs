@@ -231,6 +231,7 @@ where
                     param_types: Vec::new(),
                     params: p.params.clone(),
                     results: p.results.clone(),
+                    shard_params: Vec::new(),
                 };
                 return self.run_fanout_write_extended(frame, &write, false).await;
             }

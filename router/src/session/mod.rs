@@ -113,6 +113,20 @@ pub(crate) struct FanoutWritePortal {
     pub params: Bytes,
     /// The client's result format codes (for RETURNING rows).
     pub results: Vec<i16>,
+    /// For a statement split by the router (`write.shard_sql`), each shard's part of
+    /// the parameters and their types (its text numbers them from `$1`); empty when
+    /// every shard takes `params`.
+    pub shard_params: Vec<(Bytes, Vec<u32>)>,
+}
+
+impl FanoutWritePortal {
+    /// The parameters and their types for the `i`-th target shard.
+    pub(crate) fn params_for(&self, i: usize) -> (&[u8], &[u32]) {
+        match self.shard_params.get(i) {
+            Some((p, t)) => (p, t),
+            None => (&self.params, &self.param_types),
+        }
+    }
 }
 
 /// A bound multi-shard read (extended protocol).

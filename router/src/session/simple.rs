@@ -365,6 +365,9 @@ where
                 "query on several shards through the extended query protocol (supported through the simple query protocol only, for now)"
                     .into(),
             )),
+            // Rows routed by their Bind parameters (the extended protocol routes them
+            // before resolving; an SQL-level EXECUTE cannot).
+            Route::InsertByParams(pi) => Err(SessionError::Unsupported(pi.refusal.clone())),
             Route::Copy(_) => Err(SessionError::Unsupported(
                 "COPY into or out of a sharded table is supported on its own, through the simple query protocol or Bind/Execute".into(),
             )),

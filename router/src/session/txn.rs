@@ -411,7 +411,7 @@ where
         }
         let mut replies = Vec::new();
         if in_txn {
-            for &shard in &w.shards {
+            for (i, &shard) in w.shards.iter().enumerate() {
                 if let Err(e) = self.attach_writer(shard).await? {
                     self.fail_extended(e);
                     return Ok(());
@@ -419,7 +419,7 @@ where
                 let Some(a) = self.attached.as_mut() else {
                     return Err(SessionError::LostBackend { shard });
                 };
-                match exec_write_extended(&mut a.conn, shard, &w.sql, p, describe, false).await {
+                match exec_write_extended(&mut a.conn, shard, i, p, describe, false).await {
                     Ok(r) => replies.push(r),
                     Err(e) => {
                         if a.conn.broken {
@@ -441,7 +441,7 @@ where
         // Holding a backend already (the batch's Parse went to one): no waiting for
         // pool capacity then (see `crate::backend::pool`).
         let holding = self.attached.is_some();
-        for &shard in &w.shards {
+        for (i, &shard) in w.shards.iter().enumerate() {
             let mut conn = match self
                 .checkout_primary(&catalog, shard, holding || !conns.is_empty())
                 .await
@@ -452,7 +452,7 @@ where
                     break;
                 }
             };
-            let r = exec_write_extended(&mut conn, shard, &w.sql, p, describe, true).await;
+            let r = exec_write_extended(&mut conn, shard, i, p, describe, true).await;
             conns.push((shard, conn));
             match r {
                 Ok(reply) => replies.push(reply),
@@ -741,7 +741,7 @@ async fn exec_write(
 async fn exec_write_extended(
     conn: &mut BackendConn,
     shard: ShardId,
-    sql: &str,
+    index: usize,
     p: &FanoutWritePortal,
     describe: bool,
     begin: bool,
@@ -749,8 +749,9 @@ async fn exec_write_extended(
     if begin {
         encode_query(&mut conn.out, "BEGIN");
     }
-    encode_parse(&mut conn.out, "", sql, &p.param_types);
-    encode_bind_with_results(&mut conn.out, "", "", &p.params, &p.results);
+    let (params, types) = p.params_for(index);
+    encode_parse(&mut conn.out, "", p.write.sql_for(index), types);
+    encode_bind_with_results(&mut conn.out, "", "", params, &p.results);
     if describe {
         encode_describe(&mut conn.out, b'P', "");
     }
