@@ -228,5 +228,39 @@ async fn inserts_routed_by_parameters() -> anyhow::Result<()> {
         .await?
         .get(0);
     assert_eq!(total, 12);
+
+    // SQL-level PREPARE / EXECUTE / DEALLOCATE as Parse/Bind/Execute (JDBC's
+    // stmt.execute("EXECUTE …")), rows in binary.
+    c.execute(
+        "PREPARE getv (bigint) AS SELECT v FROM pi WHERE id = $1",
+        &[],
+    )
+    .await?;
+    let v: String = c.query_one("EXECUTE getv(103)", &[]).await?.get(0);
+    assert_eq!(v, "c");
+    let v: String = c.query_one("EXECUTE getv(400)", &[]).await?.get(0);
+    assert_eq!(v, "z");
+    let e = c
+        .execute("PREPARE getv AS SELECT 1", &[])
+        .await
+        .expect_err("duplicate");
+    assert_eq!(e.code().map(|c| c.code()), Some("42P05"), "{e}");
+    c.execute("DEALLOCATE getv", &[]).await?;
+    let e = c
+        .query("EXECUTE getv(103)", &[])
+        .await
+        .expect_err("deallocated");
+    assert_eq!(e.code().map(|c| c.code()), Some("26000"), "{e}");
+    // A PREPARE the shard refuses is not recorded.
+    let e = c
+        .execute("PREPARE bad AS SELECT nosuch FROM pi WHERE id = 1", &[])
+        .await
+        .expect_err("bad column");
+    assert_eq!(e.code().map(|c| c.code()), Some("42703"), "{e}");
+    let e = c
+        .execute("DEALLOCATE bad", &[])
+        .await
+        .expect_err("never prepared");
+    assert_eq!(e.code().map(|c| c.code()), Some("26000"), "{e}");
     Ok(())
 }

@@ -93,11 +93,12 @@ where
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
         // may still send Unsupported statements to a shard.)
         let planned = self.with_override(plan.route.clone());
+        // PREPARE and EXECUTE go to a shard (see `sql_level_route`).
         let refused_router = matches!(
             &planned,
             Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. })
         );
-        if matches!(planned, Route::Unsupported(_)) || refused_router {
+        if matches!(planned, Route::Unsupported(_)) {
             if let Err(e) = self.resolve(&planned, &catalog) {
                 self.fail_extended(e);
                 return Ok(());
@@ -108,8 +109,15 @@ where
             _ => None,
         };
         let key = Arc::new(StmtKey { sql, param_types });
+        let epoch = self
+            .ctx
+            .ddl_epoch
+            .load(std::sync::atomic::Ordering::Relaxed);
         let stmt = Arc::new(Stmt {
-            digest: digest.unwrap_or_else(|| key.digest()),
+            digest: digest.unwrap_or_else(|| {
+                key.digest()
+                    .wrapping_add(epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            }),
             key,
             unnamed: name.is_empty(),
             plan,
@@ -117,7 +125,7 @@ where
             command,
         });
         self.stmts.insert(name.clone(), stmt.clone());
-        if matches!(planned, Route::Router(_)) {
+        if matches!(&planned, Route::Router(_)) && !refused_router {
             // Run by the router (see `super::local`): no shard knows the function.
             self.emit_empty(b'1');
             return Ok(());
@@ -445,6 +453,28 @@ where
         })?))
     }
 
+    /// Where an SQL-level PREPARE or EXECUTE runs, as with the simple protocol: the
+    /// prepared statement's route (for EXECUTE, with its arguments).
+    fn sql_level_route(
+        &self,
+        cmd: &RouterCommand,
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Result<Route, SessionError> {
+        match cmd {
+            RouterCommand::Prepare { name, plan, .. } => {
+                if self.sql_prepared.contains_key(name) {
+                    return Err(SessionError::DuplicateStatement(name.clone()));
+                }
+                Ok(plan.route.clone())
+            }
+            RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
+                None => Err(SessionError::UnknownStatement(name.clone())),
+                Some(p) => Ok(pgshard_sql::route_execute(&p.plan, args, catalog)),
+            },
+            other => Ok(Route::Router(other.clone())),
+        }
+    }
+
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
@@ -453,6 +483,9 @@ where
                 let key = self.param_key(stmt, bind, *param, *key_type)?;
                 pgshard_sql::route_for_key(&stmt.plan, key.as_ref(), &catalog)
             }
+            Route::Router(
+                cmd @ (RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }),
+            ) => self.with_override(self.sql_level_route(cmd, &catalog)?),
             r => self.with_override(r.clone()),
         };
         match self.resolve(&route, &catalog)? {
@@ -527,6 +560,9 @@ where
                 self.fail_extended(e);
                 return Ok(());
             }
+        }
+        if let Route::Router(RouterCommand::Execute { name, .. }) = &stmt.plan.route {
+            self.ensure_sql_prepared(name, true);
         }
         let forward_ack = self.parse_ack.as_deref() == Some(bind.statement);
         if forward_ack {
@@ -606,7 +642,12 @@ where
             self.fail_extended(SessionError::UnknownStatement(name.to_string()));
             return Ok(());
         };
-        if let Route::Router(cmd) = self.with_override(stmt.plan.route.clone()) {
+        let execute = match &stmt.plan.route {
+            Route::Router(RouterCommand::Execute { name, .. }) => Some(name.clone()),
+            _ => None,
+        };
+        if let (Route::Router(cmd), None) = (self.with_override(stmt.plan.route.clone()), &execute)
+        {
             if self.parse_ack.as_deref() == Some(name) {
                 self.parse_ack = None;
                 self.emit_empty(b'1');
@@ -628,6 +669,10 @@ where
                 self.fail_extended(e);
                 return Ok(());
             }
+        }
+        if let Some(prepared) = &execute {
+            // Described by the backend, which must hold the SQL-level statement.
+            self.ensure_sql_prepared(prepared, true);
         }
         let forward_ack = self.parse_ack.as_deref() == Some(name);
         if forward_ack {
@@ -658,6 +703,11 @@ where
             // (Unknown, so it may write: it takes part in two-phase commit.)
             return self.execute_on_attached(frame, portal, None, true);
         };
+        if stmt.plan.kind == StatementKind::Ddl {
+            self.ctx
+                .ddl_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let shard = match at {
             PortalAt::Shard(s) => s,
             PortalAt::Begin => return self.execute_virtual_begin(&stmt),
@@ -742,7 +792,15 @@ where
                 return Ok(());
             }
         }
-        let command = Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
+        let mut command =
+            Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
+        if let Route::Router(RouterCommand::Prepare { name, .. }) = &stmt.plan.route {
+            self.drop_backend_sql_prepared(name, true);
+            command = Some(SessionCommand::Prepare {
+                name: name.clone(),
+                body: stmt.key.sql.clone(),
+            });
+        }
         let writes = super::txn::may_write(&stmt.plan);
         crate::stats::bump(&self.ctx.stats.single_shard);
         self.execute_on_attached(frame, portal, command, writes)

@@ -204,6 +204,21 @@ impl Attached {
         }
     }
 
+    /// Runs a statement of the router's own on this backend through the extended
+    /// protocol (the unnamed statement and portal), inside whatever batch is open; its
+    /// replies are not forwarded (an error is, and fails the batch).
+    pub(crate) fn run_silent_extended(&mut self, sql: &str) {
+        let out = &mut self.conn.out;
+        crate::protocol::frontend::encode_parse(out, "", sql, &[]);
+        crate::protocol::frontend::encode_bind_with_results(out, "", "", &[0, 0, 0, 0], &[]);
+        crate::protocol::frontend::encode_execute(out, "");
+        self.conn.unnamed = None;
+        self.conn.unsynced = true;
+        self.expects.push_back(Expect::Swallow(b'1'));
+        self.expects.push_back(Expect::Swallow(b'2'));
+        self.expects.push_back(Expect::Swallow(b'C'));
+    }
+
     /// Sends a Query of the router's own on this backend; its reply is not forwarded
     /// to the client (errors too, when `swallow_errors`).
     pub(crate) fn send_silent(&mut self, sql: &str, swallow_errors: bool) {

@@ -215,6 +215,33 @@ where
                 }
             }
             SessionCommand::Rollback => self.txn_vars.clear(),
+            SessionCommand::Prepare { name, body } => {
+                // A PREPARE run through the extended protocol: recorded once it
+                // succeeded (PREPARE is not transactional).
+                let key = crate::backend::StmtKey {
+                    sql: body.clone(),
+                    param_types: Vec::new(),
+                };
+                let digest = key.digest();
+                let plan = match pgshard_sql::plan(&body, &self.ctx.catalog.current()).route {
+                    pgshard_sql::Route::Router(pgshard_sql::RouterCommand::Prepare {
+                        plan,
+                        ..
+                    }) => *plan,
+                    _ => return,
+                };
+                if let Some(a) = self.attached.as_mut() {
+                    a.conn.sql_prepared.insert(name.clone(), digest);
+                }
+                self.sql_prepared.insert(
+                    name,
+                    std::sync::Arc::new(super::SqlPrepared {
+                        text: body,
+                        digest,
+                        plan,
+                    }),
+                );
+            }
             _ => {}
         }
     }

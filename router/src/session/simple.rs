@@ -155,6 +155,12 @@ where
         let plan = self
             .complete_insert_columns(sql, plan, &catalog, false)
             .await;
+        if plan.kind == pgshard_sql::StatementKind::Ddl {
+            // Statements prepared from now on are parsed afresh (see `ddl_epoch`).
+            self.ctx
+                .ddl_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
                 if stmts.len() != 1 || plan.kind != pgshard_sql::StatementKind::Savepoint {
@@ -280,10 +286,10 @@ where
         crate::stats::bump(&self.ctx.stats.single_shard);
         let mut prepared_name = None;
         if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
-            self.ensure_sql_prepared(name);
+            self.ensure_sql_prepared(name, false);
         }
         if let Some((name, inner)) = prepare {
-            self.drop_backend_sql_prepared(&name);
+            self.drop_backend_sql_prepared(&name, false);
             let key = StmtKey {
                 sql: stmts[0].to_string(),
                 param_types: Vec::new(),
@@ -403,8 +409,10 @@ where
         self.emit_ready(status);
     }
 
-    /// Prepares a SQL-level statement on the attached backend if it lacks it.
-    fn ensure_sql_prepared(&mut self, name: &str) {
+    /// Prepares a SQL-level statement on the attached backend if it lacks it (through
+    /// the extended protocol when `extended`, so a batch's implicit transaction stays
+    /// open).
+    pub(crate) fn ensure_sql_prepared(&mut self, name: &str, extended: bool) {
         let Some(p) = self.sql_prepared.get(name).cloned() else {
             return;
         };
@@ -414,23 +422,35 @@ where
         if a.conn.sql_prepared.get(name) == Some(&p.digest) {
             return;
         }
-        let mut sql = String::new();
-        if a.conn.sql_prepared.contains_key(name) {
-            sql.push_str(&format!("DEALLOCATE {name}; "));
+        if extended {
+            if a.conn.sql_prepared.contains_key(name) {
+                a.run_silent_extended(&format!("DEALLOCATE {name}"));
+            }
+            a.run_silent_extended(&p.text);
+        } else {
+            let mut sql = String::new();
+            if a.conn.sql_prepared.contains_key(name) {
+                sql.push_str(&format!("DEALLOCATE {name}; "));
+            }
+            sql.push_str(&p.text);
+            a.send_silent(&sql, false);
         }
-        sql.push_str(&p.text);
-        a.send_silent(&sql, false);
         a.conn.sql_prepared.insert(name.to_string(), p.digest);
     }
 
     /// Removes a SQL-level statement of that name from the attached backend, before the
     /// client's PREPARE creates it.
-    fn drop_backend_sql_prepared(&mut self, name: &str) {
+    pub(crate) fn drop_backend_sql_prepared(&mut self, name: &str, extended: bool) {
         let Some(a) = self.attached.as_mut() else {
             return;
         };
         if a.conn.sql_prepared.remove(name).is_some() {
-            a.send_silent(&format!("DEALLOCATE {name}"), true);
+            let sql = format!("DEALLOCATE {name}");
+            if extended {
+                a.run_silent_extended(&sql);
+            } else {
+                a.send_silent(&sql, true);
+            }
         }
     }
 
