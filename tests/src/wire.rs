@@ -220,6 +220,27 @@ impl WireClient {
         }
     }
 
+    /// Reads what the server sends up to ReadyForQuery after raw messages (see
+    /// [`WireClient::send_raw`] and [`message`]): one outcome per statement.
+    pub async fn read_outcomes(
+        &mut self,
+        binary: bool,
+    ) -> Result<(Vec<Outcome>, Vec<ServerMessage>), WireError> {
+        let mut out = Collected::default();
+        self.read_until_ready(&mut out, binary).await?;
+        Ok((out.outcomes, out.notices))
+    }
+
+    /// Reads `n` messages and returns their tags (after a Flush, which ends with no
+    /// ReadyForQuery).
+    pub async fn read_tags(&mut self, n: usize) -> Result<Vec<u8>, WireError> {
+        let mut tags = Vec::with_capacity(n);
+        for _ in 0..n {
+            tags.push(self.read_message().await?.0);
+        }
+        Ok(tags)
+    }
+
     /// Reads messages up to ReadyForQuery into `out` (`binary`: values as hex).
     async fn read_until_ready(
         &mut self,
@@ -255,9 +276,15 @@ impl WireClient {
                     let v = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                     self.parameters.insert(k, v);
                 }
+                // A row-limited Execute that left rows: its rows so far, tagged so.
+                b's' => out.outcomes.push(Outcome::Done {
+                    columns: std::mem::take(&mut out.columns),
+                    rows: std::mem::take(&mut out.rows),
+                    tag: "(portal suspended)".into(),
+                }),
                 // ParseComplete, BindComplete, CloseComplete, NoData, ParameterDescription,
-                // PortalSuspended, NotificationResponse.
-                b'1' | b'2' | b'3' | b'n' | b't' | b's' | b'A' => {}
+                // NotificationResponse.
+                b'1' | b'2' | b'3' | b'n' | b't' | b'A' => {}
                 b'G' | b'H' => {
                     return Err(WireError::Protocol(
                         "COPY is not supported by the test client".into(),
@@ -298,6 +325,14 @@ struct Collected {
     notices: Vec<ServerMessage>,
     columns: Vec<Column>,
     rows: Vec<Vec<Option<String>>>,
+}
+
+/// A frontend message `tag` whose body is `parts` concatenated, for
+/// [`WireClient::send_raw`].
+pub fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut m = Vec::new();
+    put_msg(&mut m, tag, parts);
+    m
 }
 
 /// Appends a message `tag` whose body is `parts` concatenated.

@@ -264,3 +264,91 @@ async fn inserts_routed_by_parameters() -> anyhow::Result<()> {
     assert_eq!(e.code().map(|c| c.code()), Some("26000"), "{e}");
     Ok(())
 }
+
+/// The failures drivers reported, through the drivers: `tests/python/parity.py` runs
+/// psycopg 3 in binary mode and asyncpg against the router (a missing module fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_binary_and_asyncpg() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![pgshard_tests::distributed(
+        "par_items",
+        "id",
+        "bigint",
+    )])
+    .await?;
+    let router = TestRouter::start(&cluster).await?;
+    let script = format!("{}/python/parity.py", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(router.port().to_string())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("OK"),
+        "parity script failed:\n{text}"
+    );
+    let per = per_shard(&cluster, "SELECT count(*) FROM par_items").await?;
+    assert!(per.iter().all(|&n| n > 0), "{per:?}");
+    assert_eq!(per.iter().sum::<i64>(), 34);
+    Ok(())
+}
+
+/// asyncpg's and node-postgres' message flows on a multi-shard aggregate with a
+/// parameter: the statement prepared with Parse/Describe/Flush (a backend answers and
+/// stays attached, unsynced), then Bind, Describe of the portal, Execute (with a row
+/// limit, as asyncpg's fetchval) and Sync. The portal the router holds survives the
+/// Sync of its own that settles the backend first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_shard_portal_after_a_flushed_prepare() -> anyhow::Result<()> {
+    use pgshard_tests::wire::{message, Outcome, WireClient};
+    let cluster = two_shards(vec![pgshard_tests::distributed("fl", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE fl (id bigint PRIMARY KEY, qty int)")
+        .await?;
+    for id in 1..=30i64 {
+        c.execute(
+            "INSERT INTO fl (id, qty) VALUES ($1, $2)",
+            &[&id, &((id % 3) as i32)],
+        )
+        .await?;
+    }
+    let mut w =
+        WireClient::connect("127.0.0.1", router.port(), "postgres", "postgres", None).await?;
+    let sql = b"SELECT qty, count(*) FROM fl WHERE id <= $1 GROUP BY qty ORDER BY qty";
+    for (limit, stmt) in [(0u32, &b"s1\0"[..]), (1, b"s2\0")] {
+        let mut m = message(b'P', &[stmt, sql, b"\0\x00\x01\x00\x00\x00\x17"]);
+        m.extend(message(b'D', &[b"S", stmt]));
+        m.extend(message(b'H', &[]));
+        w.send_raw(&m).await?;
+        assert_eq!(w.read_tags(3).await?, b"1tT".to_vec());
+        // Bind: parameter 1 = '30' (text), results text.
+        let mut m = message(
+            b'B',
+            &[b"\0", stmt, b"\x00\x00\x00\x01\x00\x00\x00\x0230\x00\x00"],
+        );
+        m.extend(message(b'D', &[b"P\0"]));
+        m.extend(message(b'E', &[b"\0", &limit.to_be_bytes()]));
+        m.extend(message(b'S', &[]));
+        w.send_raw(&m).await?;
+        let (out, _) = w.read_outcomes(false).await?;
+        let rows = match out.as_slice() {
+            [Outcome::Done { rows, .. }] => rows.clone(),
+            other => panic!("limit {limit}: {other:?}"),
+        };
+        let want: Vec<Vec<Option<String>>> = if limit == 1 {
+            vec![vec![Some("0".into()), Some("10".into())]]
+        } else {
+            (0..3)
+                .map(|q| vec![Some(q.to_string()), Some("10".into())])
+                .collect()
+        };
+        assert_eq!(rows, want, "limit {limit}");
+    }
+    Ok(())
+}

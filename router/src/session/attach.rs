@@ -83,7 +83,7 @@ where
                 return Ok(Ensure::Ready);
             }
             self.attached = None;
-            self.portals.clear();
+            self.drop_backend_portals();
         }
         self.attach(shard, false).await?;
         Ok(Ensure::Ready)

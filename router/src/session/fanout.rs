@@ -154,7 +154,7 @@ where
         if let Some(a) = self.attached.take() {
             if shards.contains(&a.shard) && a.expects.is_empty() && a.conn.is_clean() {
                 reused = Some((a.shard, a.conn));
-                self.portals.clear();
+                self.drop_backend_portals();
             } else {
                 self.attached = Some(a);
             }

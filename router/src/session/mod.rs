@@ -757,6 +757,13 @@ where
     }
 
     /// Gives the attached backend back once it is idle (transaction pooling).
+    /// Forgets the portals that lived on the attached backend (it ended them or is
+    /// going); those the router holds itself live until the client's Sync.
+    pub(crate) fn drop_backend_portals(&mut self) {
+        self.portals
+            .retain(|_, (_, at)| !matches!(at, PortalAt::Shard(_)));
+    }
+
     pub(crate) fn maybe_release(&mut self) {
         let release = match &self.attached {
             Some(a) => {
@@ -769,7 +776,7 @@ where
         };
         if release {
             self.attached = None;
-            self.portals.clear();
+            self.drop_backend_portals();
             self.entry.set_activity("idle", None, None);
         }
     }

@@ -130,7 +130,7 @@ where
                 if forward {
                     self.out.extend_from_slice(frame.raw());
                 }
-                self.after_ready(status, prepare, failed);
+                self.after_ready(status, prepare, failed, forward);
                 self.flush_locals();
                 self.maybe_release();
                 if self.attached.is_some() {
@@ -247,7 +247,7 @@ where
     }
 
     /// Session state and transaction bookkeeping at a ReadyForQuery.
-    fn after_ready(&mut self, status: u8, prepare: Option<String>, failed: bool) {
+    fn after_ready(&mut self, status: u8, prepare: Option<String>, failed: bool, forward: bool) {
         if let (Some(name), true) = (prepare, failed) {
             self.sql_prepared.remove(&name);
             if let Some(a) = self.attached.as_mut() {
@@ -262,7 +262,13 @@ where
                     self.vars.apply(c);
                 }
             }
-            self.portals.clear();
+            if forward {
+                self.portals.clear();
+            } else {
+                // The router's own Sync (before a statement it runs itself, or a
+                // move to another shard) ends the backend's portals only.
+                self.drop_backend_portals();
+            }
             if self.shard_override.is_some_and(|(_, local)| local) {
                 self.shard_override = None;
             }
