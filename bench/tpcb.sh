@@ -52,7 +52,7 @@ node_port() { # data-dir node-name
     $PGSHARD status --data-dir "$1" --json |
         python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$2"
 }
-PG_PORT=$(node_port "$ONE" shard1-primary)
+PG_PORT=$(node_port "$ONE" shard1-node1)
 CATALOG2_PORT=$(node_port "$TWO" catalog)
 ROUTER1_PID=$(router_pid "$ONE")
 ROUTER2_PID=$(router_pid "$TWO")
@@ -70,11 +70,11 @@ fi
 
 # The load, through the router and over the shards directly.
 q2() { psql -X -qAt -h 127.0.0.1 -p "$1" -U postgres postgres -c "$2"; }
-SHARD_PORTS="$(node_port "$TWO" shard1-primary) $(node_port "$TWO" shard2-primary)"
+SHARD_PORTS="$(node_port "$TWO" shard1-node1) $(node_port "$TWO" shard2-node1)"
 direct_count=0
 for p in $SHARD_PORTS; do direct_count=$((direct_count + $(q2 "$p" 'SELECT count(*) FROM pgbench_accounts'))); done
 direct_top=$(for p in $SHARD_PORTS; do q2 "$p" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3'; done | sort -rn | head -3 | tr '\n' ' ')
-LOAD_CHECK="accounts through the router $(q2 "$ROUTER2_PORT" 'SELECT count(*) FROM pgbench_accounts'), over the shards $direct_count (shard 1: $(q2 "$(node_port "$TWO" shard1-primary)" 'SELECT count(*) FROM pgbench_accounts'), shard 2: $(q2 "$(node_port "$TWO" shard2-primary)" 'SELECT count(*) FROM pgbench_accounts')); sum(abalance) $(q2 "$ROUTER2_PORT" 'SELECT sum(abalance) FROM pgbench_accounts'); top aids through the router: $(q2 "$ROUTER2_PORT" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3' | tr '\n' ' ')/ over the shards: $direct_top"
+LOAD_CHECK="accounts through the router $(q2 "$ROUTER2_PORT" 'SELECT count(*) FROM pgbench_accounts'), over the shards $direct_count (shard 1: $(q2 "$(node_port "$TWO" shard1-node1)" 'SELECT count(*) FROM pgbench_accounts'), shard 2: $(q2 "$(node_port "$TWO" shard2-node1)" 'SELECT count(*) FROM pgbench_accounts')); sum(abalance) $(q2 "$ROUTER2_PORT" 'SELECT sum(abalance) FROM pgbench_accounts'); top aids through the router: $(q2 "$ROUTER2_PORT" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3' | tr '\n' ' ')/ over the shards: $direct_top"
 
 start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
 

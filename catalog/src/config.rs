@@ -99,6 +99,11 @@ pub struct ClusterConfig {
     pub pg_user: String,
     /// Extra `postgresql.conf` settings for every instance.
     pub postgres: BTreeMap<String, String>,
+    /// `sync` durability while a shard has no streaming replica left (after a failover,
+    /// until its replica is rebuilt): `false` (the default) keeps taking writes on the
+    /// primary alone and reports the shard `degraded`, as Patroni's non-strict mode
+    /// does; `true` makes commits wait until a replica confirms them again.
+    pub strict_sync: bool,
 }
 
 impl Default for ClusterConfig {
@@ -117,6 +122,7 @@ impl Default for ClusterConfig {
             pg_bin_dir: None,
             pg_user: "postgres".into(),
             postgres: BTreeMap::new(),
+            strict_sync: false,
         }
     }
 }
@@ -194,6 +200,9 @@ pub struct RouterConfig {
     /// Threads serving client sessions, each with its own event loop; 0 (the default)
     /// means one per two CPU cores, at least one.
     pub workers: u32,
+    /// How long a statement for a shard whose primary is being replaced (failover,
+    /// switchover) waits for the new primary before failing, in milliseconds.
+    pub failover_hold_ms: u64,
 }
 
 impl Default for RouterConfig {
@@ -214,6 +223,7 @@ impl Default for RouterConfig {
             catalog_poll_ms: 1000,
             metrics_listen: None,
             workers: 0,
+            failover_hold_ms: 10_000,
         }
     }
 }
@@ -227,6 +237,14 @@ pub struct SharddConfig {
     pub probe_interval_ms: u64,
     /// Failed probes in a row before a node counts as down.
     pub failure_threshold: u32,
+    /// How long one probe may take, in milliseconds.
+    pub probe_timeout_ms: u64,
+    /// Fail over a shard whose primary failed (per shard it can also be paused with
+    /// `pgshard failover pause --shard N`).
+    pub auto_failover: bool,
+    /// How long a promoted replica may take to replay what it received, in
+    /// milliseconds, before the failover is given up and reported.
+    pub replay_timeout_ms: u64,
 }
 
 impl Default for SharddConfig {
@@ -235,6 +253,9 @@ impl Default for SharddConfig {
             listen: "127.0.0.1:0".into(),
             probe_interval_ms: 1000,
             failure_threshold: 3,
+            probe_timeout_ms: 1000,
+            auto_failover: true,
+            replay_timeout_ms: 60_000,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod hash;
 pub mod placement;
 pub mod store;
+pub mod topology;
 pub mod twopc;
 pub mod types;
 

@@ -23,6 +23,7 @@ pub const NOTIFY_CHANNEL: &str = "pgshard_catalog";
 pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../schema/0001_init.sql")),
     (2, include_str!("../schema/0002_twopc.sql")),
+    (3, include_str!("../schema/0003_topology.sql")),
 ];
 
 /// Serialises concurrent `migrate` calls (an arbitrary, fixed advisory lock key).
@@ -40,6 +41,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid catalog change: {0}")]
     Invalid(String),
+    /// A topology change was refused because the catalog moved on (another term, another
+    /// primary): the caller re-reads the catalog and decides again.
+    #[error("topology changed meanwhile: {0}")]
+    Conflict(String),
     /// Recording a distributed transaction's decision failed (see
     /// [`add_table_at_commit`]).
     #[error(transparent)]
@@ -177,7 +182,7 @@ pub async fn init_cluster(
     Ok(v)
 }
 
-async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<CatalogVersion, StoreError> {
+pub(crate) async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<CatalogVersion, StoreError> {
     let v: i64 = tx
         .query_one("SELECT pgshard.bump_version()", &[])
         .await?
@@ -303,7 +308,8 @@ pub async fn remove_table(client: &mut Client, name: &str) -> Result<CatalogVers
     Ok(v)
 }
 
-/// Record a probe result; the version moves only when the node's state changes.
+/// Record a probe result as observed health (`pgshard.node_health`); never bumps the
+/// version: observed health is not topology.
 pub async fn record_probe(
     client: &Client,
     node: NodeId,
@@ -340,6 +346,24 @@ struct MetaRow {
 struct ShardRow {
     id: i64,
     state: String,
+    #[serde(default)]
+    term: Option<i64>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    status_reason: Option<String>,
+    #[serde(default)]
+    failover_paused: Option<bool>,
+    #[serde(default)]
+    failover_from: Option<i64>,
+    #[serde(default)]
+    failover_to: Option<i64>,
+    #[serde(default)]
+    last_failover_at: Option<String>,
+    #[serde(default)]
+    last_failover_ms: Option<i64>,
+    #[serde(default)]
+    failovers: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -376,8 +400,12 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
                                               FROM pgshard.meta) m),
                (SELECT coalesce(json_agg(s ORDER BY s.id), '[]') FROM pgshard.shards s),
                (SELECT coalesce(json_agg(n ORDER BY n.id), '[]')
-                  FROM (SELECT id, shard_id, role, name, host, port, state, lag_bytes
-                          FROM pgshard.nodes) n),
+                  FROM (SELECT n.id, n.shard_id, n.role, n.name, n.host, n.port,
+                               CASE WHEN n.state = 'healthy' AND h.up IS FALSE
+                                    THEN 'down' ELSE n.state END AS state,
+                               h.lag_bytes
+                          FROM pgshard.nodes n
+                          LEFT JOIN pgshard.node_health h ON h.node_id = n.id) n),
                (SELECT coalesce(json_agg(t ORDER BY t.name), '[]') FROM pgshard.tables t),
                (SELECT coalesce(array_agg(shard_id ORDER BY bucket), '{}')
                   FROM pgshard.buckets)",
@@ -409,9 +437,23 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
     let shards = shards
         .into_iter()
         .map(|s| {
+            let node = |v: Option<i64>| v.map(|n| u32_of(n, "node id").map(NodeId)).transpose();
             Ok(Shard {
                 id: ShardId(u32_of(s.id, "shard id")?),
                 state: s.state,
+                term: s.term.unwrap_or(1),
+                status: match s.status.as_deref() {
+                    None => ShardStatus::Ok,
+                    Some(v) => ShardStatus::parse(v)
+                        .ok_or_else(|| StoreError::Corrupt(format!("shard status `{v}`")))?,
+                },
+                failover_paused: s.failover_paused.unwrap_or(false),
+                status_reason: s.status_reason,
+                failover_from: node(s.failover_from)?,
+                failover_to: node(s.failover_to)?,
+                last_failover_at: s.last_failover_at,
+                last_failover_ms: s.last_failover_ms,
+                failovers: s.failovers.unwrap_or(0),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

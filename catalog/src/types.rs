@@ -88,6 +88,11 @@ pub enum NodeState {
     Down,
     /// Deliberately stopped.
     Stopped,
+    /// A former primary taken out of service by a failover: it must never serve again
+    /// until it is rebuilt as a replica of the new primary.
+    Fenced,
+    /// Being rebuilt as a replica (base backup or pg_rewind from its shard's primary).
+    Rebuilding,
 }
 
 impl NodeState {
@@ -97,6 +102,8 @@ impl NodeState {
             NodeState::Healthy => "healthy",
             NodeState::Down => "down",
             NodeState::Stopped => "stopped",
+            NodeState::Fenced => "fenced",
+            NodeState::Rebuilding => "rebuilding",
         }
     }
 
@@ -106,6 +113,8 @@ impl NodeState {
             "healthy" => Some(NodeState::Healthy),
             "down" => Some(NodeState::Down),
             "stopped" => Some(NodeState::Stopped),
+            "fenced" => Some(NodeState::Fenced),
+            "rebuilding" => Some(NodeState::Rebuilding),
             _ => None,
         }
     }
@@ -206,12 +215,105 @@ pub struct TableDef {
     pub kind: TableKind,
 }
 
+/// Where a shard stands in a change of its primary (SPEC §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardStatus {
+    /// Its primary serves; routers send it statements.
+    #[default]
+    Ok,
+    /// Its primary is being replaced (failover or switchover): routers *hold* new
+    /// statements for it until the catalog names the new primary (`router.failover_hold`).
+    FailingOver,
+    /// Serving, but with fewer streaming replicas than configured (or none).
+    Degraded,
+    /// Its primary failed and no replica could be promoted without risking an
+    /// acknowledged commit: a person must act (the reason is in `status_reason`).
+    Refused,
+}
+
+impl ShardStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShardStatus::Ok => "ok",
+            ShardStatus::FailingOver => "failing_over",
+            ShardStatus::Degraded => "degraded",
+            ShardStatus::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ok" => Some(ShardStatus::Ok),
+            "failing_over" => Some(ShardStatus::FailingOver),
+            "degraded" => Some(ShardStatus::Degraded),
+            "refused" => Some(ShardStatus::Refused),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ShardStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A shard: a replication group owning buckets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {
     pub id: ShardId,
     /// `active`, `draining` (being removed) or `provisioning` (being added).
     pub state: String,
+    /// Grows by one at every change of the shard's primary; a router that routes with
+    /// an older term than the catalog's is about to learn of a new primary.
+    #[serde(default = "first_term")]
+    pub term: i64,
+    #[serde(default)]
+    pub status: ShardStatus,
+    /// Automatic failover paused by a person (`pgshard failover pause`).
+    #[serde(default)]
+    pub failover_paused: bool,
+    /// Why the shard is `refused` or `degraded`.
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    /// While failing over: the primary being replaced, and (once chosen) the replica
+    /// being promoted.
+    #[serde(default)]
+    pub failover_from: Option<NodeId>,
+    #[serde(default)]
+    pub failover_to: Option<NodeId>,
+    /// The last completed change of primary: when (RFC 3339) and how long it took.
+    #[serde(default)]
+    pub last_failover_at: Option<String>,
+    #[serde(default)]
+    pub last_failover_ms: Option<i64>,
+    /// Completed changes of primary since the cluster was created.
+    #[serde(default)]
+    pub failovers: i64,
+}
+
+fn first_term() -> i64 {
+    1
+}
+
+impl Shard {
+    /// An active shard at its first term, serving.
+    pub fn active(id: ShardId) -> Shard {
+        Shard {
+            id,
+            state: "active".to_owned(),
+            term: first_term(),
+            status: ShardStatus::Ok,
+            failover_paused: false,
+            status_reason: None,
+            failover_from: None,
+            failover_to: None,
+            last_failover_at: None,
+            last_failover_ms: None,
+            failovers: 0,
+        }
+    }
 }
 
 /// One PostgreSQL instance.
@@ -221,11 +323,15 @@ pub struct Node {
     /// `None` for the catalog node and its replicas.
     pub shard: Option<ShardId>,
     pub role: NodeRole,
-    /// A stable name, e.g. `shard1-primary`, `shard1-replica1`, `catalog`; also the
-    /// replica's `application_name` and replication slot name (with `-` as `_`).
+    /// A stable name that says nothing of the node's role, which changes at failovers
+    /// (`shard1-node1`, `catalog-node1`); also its `application_name` and replication
+    /// slot name as a replica (with `-` as `_`).
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// In the topology: `healthy` (in service), `fenced`, `rebuilding`, …; shown as
+    /// `down` while probes fail ([`store::load`](crate::store::load) overlays the
+    /// observed health, which is kept apart and never bumps the version).
     pub state: NodeState,
     /// Replay lag behind its primary in bytes, for replicas, as last probed.
     pub lag_bytes: Option<i64>,
@@ -288,6 +394,11 @@ impl Catalog {
         self.nodes
             .iter()
             .filter(move |n| n.shard == Some(shard) && n.role == NodeRole::Replica)
+    }
+
+    /// A shard by id.
+    pub fn shard(&self, id: ShardId) -> Option<&Shard> {
+        self.shards.iter().find(|s| s.id == id)
     }
 
     /// Shard ids in ascending order.

@@ -56,7 +56,7 @@ enum Command {
     /// Print an instance's server log (the log file of a local instance, the
     /// container's output with Docker).
     Logs {
-        /// The node: catalog, shard1-primary, shard1-replica1, …
+        /// The node: catalog, shard1-node1, shard1-node2, …
         node: String,
         #[command(flatten)]
         dir: DataDirArg,

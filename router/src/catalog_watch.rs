@@ -26,16 +26,20 @@ pub enum CatalogSource {
 }
 
 /// The shared, swappable catalog snapshot. Readers take an `Arc` and never hold the lock
-/// beyond that clone.
+/// beyond that clone. Statements held during a failover ([`crate::hold`]) wait on
+/// [`CatalogHandle::subscribe`] for the next snapshot.
 #[derive(Clone)]
 pub struct CatalogHandle {
     inner: Arc<RwLock<Arc<Catalog>>>,
+    version: Arc<tokio::sync::watch::Sender<pgshard_catalog::CatalogVersion>>,
 }
 
 impl CatalogHandle {
     pub fn new(catalog: Catalog) -> Self {
+        let (version, _) = tokio::sync::watch::channel(catalog.version);
         CatalogHandle {
             inner: Arc::new(RwLock::new(Arc::new(catalog))),
+            version: Arc::new(version),
         }
     }
 
@@ -44,7 +48,14 @@ impl CatalogHandle {
     }
 
     pub fn replace(&self, catalog: Catalog) {
+        let v = catalog.version;
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        self.version.send_replace(v);
+    }
+
+    /// Wakes on every new snapshot.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<pgshard_catalog::CatalogVersion> {
+        self.version.subscribe()
     }
 }
 

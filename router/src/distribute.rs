@@ -468,14 +468,10 @@ where
         catalog: &Catalog,
         shard: ShardId,
     ) -> Result<PooledConn, SessionError> {
-        let node = catalog
-            .primary(shard)
-            .ok_or(SessionError::NoPrimary(shard))?;
-        let pool = self.ctx.pools.get(node, &self.user, &self.database);
-        let mut conn = pool
-            .checkout()
-            .await
-            .map_err(|e| SessionError::from_backend(shard, e))?;
+        let _ = catalog;
+        let mut conn =
+            crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false)
+                .await?;
         let fp = self.vars.fingerprint();
         if conn.state_fp != fp {
             if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {

@@ -29,6 +29,7 @@ pub mod catalog_watch;
 pub mod copy;
 pub mod distribute;
 pub mod fanout;
+pub mod hold;
 pub mod metrics;
 pub mod protocol;
 mod refcheck;

@@ -95,6 +95,24 @@ pub fn render(ctx: &RouterCtx) -> String {
         "Statements refused with SQLSTATE 0A000.",
         &[(String::new(), get(&s.unsupported))],
     );
+    family(
+        "pgshard_router_failover_held_statements_total",
+        "counter",
+        "Statements held while their shard changed primary.",
+        &[(String::new(), get(&s.held))],
+    );
+    family(
+        "pgshard_router_failover_held_milliseconds_total",
+        "counter",
+        "Time statements spent held while their shard changed primary.",
+        &[(String::new(), get(&s.held_micros) / 1000)],
+    );
+    family(
+        "pgshard_router_failover_hold_timeouts_total",
+        "counter",
+        "Statements that waited router.failover_hold_ms for a new primary and failed.",
+        &[(String::new(), get(&s.hold_timeouts))],
+    );
     if let Some(t) = &ctx.twopc {
         let c = &t.coord.stats;
         family(

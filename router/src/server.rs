@@ -442,10 +442,15 @@ async fn server_params(
     if let Some(p) = pool.server_params() {
         return Ok(p);
     }
-    let conn = pool
-        .checkout()
-        .await
-        .map_err(|e| SessionError::from_backend(shard, e))?;
+    // Held through a change of primary, like any statement.
+    let conn = crate::hold::checkout_primary(ctx, shard, user, database, false).await?;
     drop(conn);
-    pool.server_params().ok_or(SessionError::NoPrimary(shard))
+    let catalog = ctx.catalog.current();
+    let node = catalog
+        .primary(shard)
+        .ok_or(SessionError::NoPrimary(shard))?;
+    ctx.pools
+        .get(node, user, database)
+        .server_params()
+        .ok_or(SessionError::NoPrimary(shard))
 }

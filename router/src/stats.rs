@@ -72,6 +72,12 @@ pub struct Stats {
     pub copies: AtomicU64,
     /// Statements refused with SQLSTATE 0A000.
     pub unsupported: AtomicU64,
+    /// Statements held while their shard changed primary ([`crate::hold`]), and the
+    /// time they waited in total (microseconds).
+    pub held: AtomicU64,
+    pub held_micros: AtomicU64,
+    /// Statements that waited out `router.failover_hold_ms` and failed.
+    pub hold_timeouts: AtomicU64,
     pub latency: Latency,
 }
 
@@ -86,6 +92,9 @@ impl Default for Stats {
             all_shards: AtomicU64::new(0),
             copies: AtomicU64::new(0),
             unsupported: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            held_micros: AtomicU64::new(0),
+            hold_timeouts: AtomicU64::new(0),
             latency: Latency::default(),
         }
     }
@@ -99,6 +108,13 @@ pub fn bump(counter: &AtomicU64) {
 impl Stats {
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// A statement waited `d` for a change of primary.
+    pub fn note_held(&self, d: Duration) {
+        bump(&self.held);
+        self.held_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// `(name, value)` pairs in display order.
@@ -116,6 +132,9 @@ impl Stats {
             ("statements_all_shards", get(&self.all_shards)),
             ("copies", get(&self.copies)),
             ("statements_unsupported", get(&self.unsupported)),
+            ("statements_held_failover", get(&self.held)),
+            ("held_failover_micros", get(&self.held_micros)),
+            ("hold_timeouts", get(&self.hold_timeouts)),
         ]
     }
 }

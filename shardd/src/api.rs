@@ -5,6 +5,10 @@
 //! - `GET /v1/transactions`: distributed transactions left in doubt on the shards, as
 //!   the last 2PC recovery round saw them (see [`crate::recovery::TransactionsStatus`]);
 //! - `POST /v1/shutdown`: stop the cluster and exit, as SIGTERM does;
+//! - `POST /v1/switchover` `{"shard": N, "to": "NODE"?}`: move shard N's primary role
+//!   with writes held (SPEC §9); answers with the write pause in milliseconds;
+//! - `POST /v1/failover/pause` and `/v1/failover/resume` `{"shard": N}`: pause or resume
+//!   automatic failover of a shard;
 //! - `GET /metrics`: Prometheus text format: readiness, catalog version, each node's
 //!   state, failed probes in a row and replica lag, transactions in doubt.
 //!
@@ -12,6 +16,9 @@
 //! (`ready: false`) before the cluster serves.
 
 use crate::probe::ClusterStatus;
+use crate::reconcile::Command;
+use pgshard_catalog::ShardId;
+use serde::Deserialize;
 use crate::recovery::TransactionsStatus;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -28,6 +35,8 @@ pub struct ApiState {
     pub transactions: Arc<RwLock<TransactionsStatus>>,
     /// Cancelled by `POST /v1/shutdown`.
     pub shutdown: CancellationToken,
+    /// Topology changes, carried out by the control loop.
+    pub commands: tokio::sync::mpsc::Sender<Command>,
 }
 
 /// The API's routes.
@@ -36,6 +45,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/transactions", get(transactions))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/switchover", post(switchover))
+        .route("/v1/failover/pause", post(pause_failover))
+        .route("/v1/failover/resume", post(resume_failover))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -152,4 +164,70 @@ async fn shutdown(State(state): State<ApiState>) -> (StatusCode, Json<serde_json
     tracing::info!("shutdown requested over the API");
     state.shutdown.cancel();
     (StatusCode::ACCEPTED, Json(json!({ "shutting_down": true })))
+}
+
+#[derive(Debug, Deserialize)]
+struct SwitchoverRequest {
+    shard: u32,
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ShardRequest {
+    shard: u32,
+}
+
+type Answer = (StatusCode, Json<serde_json::Value>);
+
+fn failed(status: StatusCode, error: impl std::fmt::Display) -> Answer {
+    (status, Json(json!({ "error": error.to_string() })))
+}
+
+async fn switchover(State(state): State<ApiState>, Json(req): Json<SwitchoverRequest>) -> Answer {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let cmd = Command::Switchover {
+        shard: ShardId(req.shard),
+        to: req.to,
+        reply,
+    };
+    if state.commands.send(cmd).await.is_err() {
+        return failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is not serving");
+    }
+    match answer.await {
+        Ok(Ok(pause)) => (
+            StatusCode::OK,
+            Json(json!({ "shard": req.shard, "pause_ms": pause.as_millis() as u64 })),
+        ),
+        Ok(Err(error)) => failed(StatusCode::CONFLICT, error),
+        Err(_) => failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is stopping"),
+    }
+}
+
+async fn pause_failover(State(state): State<ApiState>, Json(req): Json<ShardRequest>) -> Answer {
+    set_paused(state, req.shard, true).await
+}
+
+async fn resume_failover(State(state): State<ApiState>, Json(req): Json<ShardRequest>) -> Answer {
+    set_paused(state, req.shard, false).await
+}
+
+async fn set_paused(state: ApiState, shard: u32, paused: bool) -> Answer {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let cmd = Command::PauseFailover {
+        shard: ShardId(shard),
+        paused,
+        reply,
+    };
+    if state.commands.send(cmd).await.is_err() {
+        return failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is not serving");
+    }
+    match answer.await {
+        Ok(Ok(())) => (
+            StatusCode::OK,
+            Json(json!({ "shard": shard, "failover_paused": paused })),
+        ),
+        Ok(Err(error)) => failed(StatusCode::CONFLICT, error),
+        Err(_) => failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is stopping"),
+    }
 }

@@ -11,16 +11,22 @@
 //! - a bootstrap interrupted before the catalog existed held no user data, and is wiped
 //!   and redone.
 //!
-//! Names: `catalog`, `catalog-replica1`, `shard1-primary`, `shard1-replica1`, … Shard ids
-//! start at 1. Node ids: the catalog node is 1, then its replicas, then each shard's
-//! primary and replicas in order.
+//! Names say where a node belongs, never its role, which changes at failovers:
+//! `catalog-node1`, `catalog-node2`, `shard1-node1`, `shard1-node2`, … (node 1 of each
+//! group starts as its primary). Shard ids start at 1. Node ids: the catalog node is 1,
+//! then its replicas, then each shard's nodes in order.
+//!
+//! The catalog holds the topology (SPEC §8): which node is each shard's primary, which
+//! are fenced or being rebuilt. The layout's roles and upstreams are a cache of it,
+//! refreshed by [`Cluster::apply_topology`] whenever shardd reads a new catalog, so a
+//! restart starts each node in the role the catalog last gave it.
 
 use crate::runtime::docker;
 use crate::runtime::{ready, slot_name, NodeRuntime, NodeSpec, Readiness, RuntimeError, Upstream};
 use futures::future::try_join_all;
 use pgshard_catalog::config::{Backend, ConfigError, DockerAddressing, Durability};
 use pgshard_catalog::store::{self, ClusterInit, StoreError, CATALOG_DB};
-use pgshard_catalog::{Catalog, Config, Node, NodeId, NodeRole, NodeState, ShardId};
+use pgshard_catalog::{Catalog, Config, Node, NodeId, NodeRole, NodeState, ShardId, ShardStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
+/// The name of the catalog node of a new cluster.
+pub const CATALOG_NODE: &str = "catalog-node1";
 /// The layout file's name inside the data dir.
 pub const LAYOUT_FILE: &str = "cluster.json";
 /// The layout file format this code writes.
@@ -104,6 +112,10 @@ pub struct LayoutNode {
     pub dir: PathBuf,
     /// For replicas: the name of the node they stream from.
     pub upstream: Option<String>,
+    /// Fenced or being rebuilt (the catalog's topology says so): never started as it
+    /// is; the reconciler rebuilds it as a replica of its shard's primary.
+    #[serde(default)]
+    pub out_of_service: bool,
 }
 
 /// The instances of a cluster on this machine, as persisted in `cluster.json`.
@@ -159,24 +171,25 @@ impl Layout {
                 host,
                 port,
                 upstream,
+                out_of_service: false,
             });
             Ok(())
         };
-        add("catalog".into(), NodeRole::Catalog, None, None)?;
+        add(CATALOG_NODE.into(), NodeRole::Catalog, None, None)?;
         for r in 1..=c.catalog_replicas {
             add(
-                format!("catalog-replica{r}"),
+                format!("catalog-node{}", r + 1),
                 NodeRole::Replica,
                 None,
-                Some("catalog".into()),
+                Some(CATALOG_NODE.into()),
             )?;
         }
         for s in 1..=c.shards {
-            let primary = format!("shard{s}-primary");
+            let primary = format!("shard{s}-node1");
             add(primary.clone(), NodeRole::Primary, Some(ShardId(s)), None)?;
             for r in 1..=c.replicas {
                 add(
-                    format!("shard{s}-replica{r}"),
+                    format!("shard{s}-node{}", r + 1),
                     NodeRole::Replica,
                     Some(ShardId(s)),
                     Some(primary.clone()),
@@ -260,8 +273,36 @@ impl Layout {
         self.nodes.iter().filter(|n| n.role != NodeRole::Replica)
     }
 
+    /// Replicas in service.
     pub fn replicas(&self) -> impl Iterator<Item = &LayoutNode> {
-        self.nodes.iter().filter(|n| n.role == NodeRole::Replica)
+        self.nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Replica && !n.out_of_service)
+    }
+
+    /// Make `new` the primary of `shard` and `old` an out-of-service replica; the other
+    /// nodes of the shard stream from `new` (the layout a change of primary leads to).
+    pub fn set_primary(&mut self, shard: ShardId, new: &str, old: &str) {
+        for n in self.nodes.iter_mut().filter(|n| n.shard == Some(shard)) {
+            if n.name == new {
+                n.role = NodeRole::Primary;
+                n.upstream = None;
+                n.out_of_service = false;
+            } else {
+                n.role = NodeRole::Replica;
+                n.upstream = Some(new.to_string());
+                if n.name == old {
+                    n.out_of_service = true;
+                }
+            }
+        }
+    }
+
+    /// The primary of `shard`.
+    pub fn primary_of(&self, shard: ShardId) -> Option<&LayoutNode> {
+        self.nodes
+            .iter()
+            .find(|n| n.shard == Some(shard) && n.role == NodeRole::Primary)
     }
 
     /// The catalog's view of the nodes, for `init_cluster`.
@@ -281,20 +322,47 @@ impl Layout {
             .collect()
     }
 
+    /// `synchronous_standby_names` for primary `node`: in `sync` mode any one of its
+    /// replicas in service. With none in service (after a failover, until a replica is
+    /// rebuilt) commits go on without one unless `cluster.strict_sync`, in which case they
+    /// wait for any replica of the shard (SPEC §8, "degraded").
+    pub fn sync_standby_names(&self, node: &LayoutNode, config: &Config) -> String {
+        if config.cluster.durability() != Durability::Sync {
+            return String::new();
+        }
+        let quoted = |r: &LayoutNode| format!("\"{}\"", slot_name(&r.name));
+        let mut standbys: Vec<String> = self
+            .replicas_of(&node.name)
+            .filter(|r| !r.out_of_service)
+            .map(quoted)
+            .collect();
+        if standbys.is_empty() && config.cluster.strict_sync {
+            standbys = self
+                .group_of(node)
+                .filter(|r| r.name != node.name)
+                .map(quoted)
+                .collect();
+        }
+        if standbys.is_empty() {
+            String::new()
+        } else {
+            format!("ANY 1 ({})", standbys.join(", "))
+        }
+    }
+
+    /// The nodes of `node`'s replication group (its shard, or the catalog group).
+    pub fn group_of<'a>(&'a self, node: &'a LayoutNode) -> impl Iterator<Item = &'a LayoutNode> {
+        self.nodes.iter().filter(move |n| n.shard == node.shard)
+    }
+
     /// The runtime spec of `node` under `config` (durability, extra settings).
     pub fn spec(&self, node: &LayoutNode, config: &Config) -> NodeSpec {
         let mut settings: BTreeMap<String, String> = config.cluster.postgres.clone();
         if node.role != NodeRole::Replica {
-            let standbys: Vec<String> = self
-                .replicas_of(&node.name)
-                .map(|r| format!("\"{}\"", slot_name(&r.name)))
-                .collect();
-            let value = if config.cluster.durability() == Durability::Sync && !standbys.is_empty() {
-                format!("ANY 1 ({})", standbys.join(", "))
-            } else {
-                String::new()
-            };
-            settings.insert("synchronous_standby_names".into(), value);
+            settings.insert(
+                "synchronous_standby_names".into(),
+                self.sync_standby_names(node, config),
+            );
         }
         let upstream = node
             .upstream
@@ -345,7 +413,9 @@ pub fn default_ports(host: String, base_port: u16) -> impl FnMut() -> std::io::R
 pub struct Cluster {
     config: Config,
     data_dir: PathBuf,
-    layout: Layout,
+    /// Changes with the topology ([`Cluster::apply_topology`]); read it whole with
+    /// [`Cluster::layout`], never across an `.await`.
+    layout: std::sync::RwLock<Layout>,
     runtime: Arc<dyn NodeRuntime>,
 }
 
@@ -377,7 +447,7 @@ impl Cluster {
                 let cluster = Cluster {
                     config,
                     data_dir,
-                    layout,
+                    layout: std::sync::RwLock::new(layout),
                     runtime,
                 };
                 cluster.restart().await?;
@@ -390,7 +460,7 @@ impl Cluster {
                     let stale = Cluster {
                         config: config.clone(),
                         data_dir: data_dir.clone(),
-                        layout,
+                        layout: std::sync::RwLock::new(layout),
                         runtime: runtime.clone(),
                     };
                     stale.remove_instances().await?;
@@ -400,7 +470,7 @@ impl Cluster {
                 let mut cluster = Cluster {
                     config,
                     data_dir,
-                    layout,
+                    layout: std::sync::RwLock::new(layout),
                     runtime,
                 };
                 cluster.bootstrap().await?;
@@ -420,7 +490,7 @@ impl Cluster {
             Layout::load(&data_dir.join(LAYOUT_FILE))?.map(|layout| Cluster {
                 config,
                 data_dir,
-                layout,
+                layout: std::sync::RwLock::new(layout),
                 runtime,
             }),
         )
@@ -430,8 +500,59 @@ impl Cluster {
         &self.config
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+    /// The layout now (a copy: the topology may change right after).
+    pub fn layout(&self) -> Layout {
+        self.lay().clone()
+    }
+
+    /// The specs of the primaries (the catalog node included).
+    fn primary_specs(&self) -> Vec<NodeSpec> {
+        let layout = self.lay();
+        layout.primaries().map(|n| layout.spec(n, &self.config)).collect()
+    }
+
+    /// The specs of the replicas in service.
+    fn replica_specs(&self) -> Vec<NodeSpec> {
+        let layout = self.lay();
+        layout.replicas().map(|n| layout.spec(n, &self.config)).collect()
+    }
+
+    fn lay(&self) -> std::sync::RwLockReadGuard<'_, Layout> {
+        self.layout.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lay_mut(&self) -> std::sync::RwLockWriteGuard<'_, Layout> {
+        self.layout.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Make the layout's roles, upstreams and out-of-service marks those of the
+    /// catalog's topology, and save it if anything changed (returns whether it did).
+    /// Only shard nodes follow the catalog; the catalog group is the layout's own.
+    pub fn apply_topology(&self, catalog: &Catalog) -> Result<bool, ClusterError> {
+        let mut layout = self.lay_mut();
+        let mut changed = false;
+        for node in layout.nodes.iter_mut() {
+            let Some(shard) = node.shard else { continue };
+            let Some(c) = catalog.nodes.iter().find(|n| n.id == node.id) else {
+                continue;
+            };
+            let upstream = match c.role {
+                NodeRole::Replica => catalog.primary(shard).map(|p| p.name.clone()),
+                _ => None,
+            };
+            let out = matches!(c.state, NodeState::Fenced | NodeState::Rebuilding);
+            if node.role != c.role || node.upstream != upstream || node.out_of_service != out {
+                tracing::info!(node = %node.name, role = %c.role, upstream = ?upstream, out_of_service = out, "topology changed");
+                node.role = c.role;
+                node.upstream = upstream;
+                node.out_of_service = out;
+                changed = true;
+            }
+        }
+        if changed {
+            layout.save(&self.data_dir.join(LAYOUT_FILE))?;
+        }
+        Ok(changed)
     }
 
     /// The absolute data dir.
@@ -445,18 +566,18 @@ impl Cluster {
 
     /// The runtime spec of every instance.
     pub fn specs(&self) -> Vec<NodeSpec> {
-        self.layout
+        let layout = self.lay();
+        layout
             .nodes
             .iter()
-            .map(|n| self.layout.spec(n, &self.config))
+            .map(|n| layout.spec(n, &self.config))
             .collect()
     }
 
     /// The runtime spec of one instance.
     pub fn spec(&self, name: &str) -> Option<NodeSpec> {
-        self.layout
-            .node(name)
-            .map(|n| self.layout.spec(n, &self.config))
+        let layout = self.lay();
+        layout.node(name).map(|n| layout.spec(n, &self.config))
     }
 
     fn sync(&self) -> bool {
@@ -477,25 +598,22 @@ impl Cluster {
                 if self.runtime.exists(&spec).await? {
                     return Err(ClusterError::Occupied {
                         node: spec.name,
-                        cluster: self.layout.cluster.clone(),
+                        cluster: self.lay().cluster.clone(),
                         runtime: self.runtime.kind(),
                     });
                 }
             }
         }
-        self.layout.save(&self.layout_path())?;
+        let layout = self.layout();
+        layout.save(&self.layout_path())?;
         tracing::info!(
-            cluster = %self.layout.cluster,
-            nodes = self.layout.nodes.len(),
+            cluster = %layout.cluster,
+            nodes = layout.nodes.len(),
             data_dir = %self.data_dir.display(),
             "bootstrapping cluster"
         );
         // Primaries first (initdb in parallel), then every replica from its primary.
-        let primaries: Vec<NodeSpec> = self
-            .layout
-            .primaries()
-            .map(|n| self.layout.spec(n, &self.config))
-            .collect();
+        let primaries: Vec<NodeSpec> = self.primary_specs();
         let rt = &self.runtime;
         let adopt = adopting(&self.config);
         try_join_all(primaries.iter().map(|spec| async move {
@@ -510,11 +628,7 @@ impl Cluster {
         }))
         .await?;
         tracing::info!(elapsed = ?started.elapsed(), "primaries ready");
-        let replicas: Vec<NodeSpec> = self
-            .layout
-            .replicas()
-            .map(|n| self.layout.spec(n, &self.config))
-            .collect();
+        let replicas: Vec<NodeSpec> = self.replica_specs();
         let sync = self.sync();
         let this = &*self;
         try_join_all(replicas.iter().map(|spec| async move {
@@ -533,8 +647,8 @@ impl Cluster {
         tracing::info!(elapsed = ?started.elapsed(), "replicas streaming");
         // The catalog last: in sync mode its writes wait for a streaming replica.
         let version = self.init_catalog().await?;
-        self.layout.initialized = true;
-        self.layout.save(&self.layout_path())?;
+        self.lay_mut().initialized = true;
+        self.lay().save(&self.layout_path())?;
         tracing::info!(elapsed = ?started.elapsed(), %version, "cluster bootstrapped");
         Ok(())
     }
@@ -565,36 +679,61 @@ impl Cluster {
             return Ok(store::version(&client).await?);
         }
         let tables = store::tables_from_config(&self.config)?;
+        let layout = self.layout();
         let init = ClusterInit {
-            buckets: self.layout.buckets,
-            shards: self.layout.shards.clone(),
-            bucket_map: pgshard_catalog::placement::initial(
-                self.layout.buckets,
-                &self.layout.shards,
-            ),
+            buckets: layout.buckets,
+            shards: layout.shards.clone(),
+            bucket_map: pgshard_catalog::placement::initial(layout.buckets, &layout.shards),
             // Every node has just passed its readiness check.
-            nodes: self.layout.catalog_nodes(NodeState::Healthy),
+            nodes: layout.catalog_nodes(NodeState::Healthy),
             tables,
-            local_shard: self.layout.shards.first().copied().unwrap_or(ShardId(1)),
+            local_shard: layout.shards.first().copied().unwrap_or(ShardId(1)),
         };
         Ok(store::init_cluster(&mut client, &init).await?)
     }
 
     /// Start every instance of an existing cluster and wait until all serve.
+    ///
+    /// The catalog group first: the catalog's topology says which shard node is the
+    /// primary now (failovers change it) and which nodes are fenced; the layout is
+    /// brought in line with it before any shard node starts, so a fenced old primary is
+    /// never started as a primary. A shard whose failover was interrupted gets its
+    /// replicas started (the reconciler finishes the failover) but not its failed
+    /// primary.
     async fn restart(&self) -> Result<(), ClusterError> {
         let started = Instant::now();
-        if self.layout.cluster != self.config.cluster.name {
-            tracing::warn!(layout = %self.layout.cluster, config = %self.config.cluster.name, "cluster name in the config differs from the data dir's; using the data dir");
+        {
+            let layout = self.lay();
+            if layout.cluster != self.config.cluster.name {
+                tracing::warn!(layout = %layout.cluster, config = %self.config.cluster.name, "cluster name in the config differs from the data dir's; using the data dir");
+            }
+            tracing::info!(cluster = %layout.cluster, nodes = layout.nodes.len(), "restarting cluster");
         }
-        tracing::info!(cluster = %self.layout.cluster, nodes = self.layout.nodes.len(), "restarting cluster");
-        // Primaries first: a replica started before its primary listens waits
-        // wal_retrieve_retry_interval before trying again.
         let sync = self.sync();
         let rt = &self.runtime;
+        // Primaries first: a replica started before its primary listens waits
+        // wal_retrieve_retry_interval before trying again.
+        let catalog_spec = self.catalog_spec()?;
+        rt.start(&catalog_spec).await?;
+        rt.wait_ready(&catalog_spec, Readiness::Accepting, READY_TIMEOUT)
+            .await?;
+        let mut client = self.connect(&catalog_spec, CATALOG_DB).await?;
+        store::migrate(&mut client).await?;
+        let catalog = store::load(&client).await?;
+        drop(client);
+        self.apply_topology(&catalog)?;
+        // Shards whose primary is being replaced: not started, replicas not awaited.
+        let failing: Vec<ShardId> = catalog
+            .shards
+            .iter()
+            .filter(|s| s.status == ShardStatus::FailingOver)
+            .map(|s| s.id)
+            .collect();
+        let in_failover = |spec: &NodeSpec| spec.shard.is_some_and(|s| failing.contains(&s));
         let primaries: Vec<NodeSpec> = self
-            .layout
-            .primaries()
-            .map(|n| self.layout.spec(n, &self.config))
+            .primary_specs()
+            .into_iter()
+            .filter(|s| s.name != catalog_spec.name && !in_failover(s))
             .collect();
         try_join_all(primaries.iter().map(|spec| async move {
             rt.start(spec).await?;
@@ -602,21 +741,17 @@ impl Cluster {
                 .await
         }))
         .await?;
-        let replicas: Vec<NodeSpec> = self
-            .layout
-            .replicas()
-            .map(|n| self.layout.spec(n, &self.config))
-            .collect();
+        let replicas: Vec<NodeSpec> = self.replica_specs();
         try_join_all(replicas.iter().map(|spec| async move {
             rt.start(spec).await?;
-            rt.wait_ready(spec, Readiness::Streaming { sync }, READY_TIMEOUT)
-                .await
+            let want = if in_failover(spec) {
+                Readiness::Accepting
+            } else {
+                Readiness::Streaming { sync }
+            };
+            rt.wait_ready(spec, want, READY_TIMEOUT).await
         }))
         .await?;
-        // Apply any newer catalog migrations.
-        let catalog = self.catalog_spec()?;
-        let mut client = self.connect(&catalog, CATALOG_DB).await?;
-        store::migrate(&mut client).await?;
         tracing::info!(elapsed = ?started.elapsed(), "cluster restarted");
         Ok(())
     }
@@ -625,15 +760,12 @@ impl Cluster {
     /// the shutdown checkpoint, then replicas.
     pub async fn stop(&self) -> Result<(), ClusterError> {
         let started = Instant::now();
-        let primaries: Vec<NodeSpec> = self
-            .layout
-            .primaries()
-            .map(|n| self.layout.spec(n, &self.config))
-            .collect();
+        let primaries: Vec<NodeSpec> = self.primary_specs();
+        // Every other node, out-of-service ones included (a fenced node may still run).
         let replicas: Vec<NodeSpec> = self
-            .layout
-            .replicas()
-            .map(|n| self.layout.spec(n, &self.config))
+            .specs()
+            .into_iter()
+            .filter(|s| !primaries.iter().any(|p| p.name == s.name))
             .collect();
         try_join_all(primaries.iter().map(|s| self.runtime.stop(s))).await?;
         try_join_all(replicas.iter().map(|s| self.runtime.stop(s))).await?;
@@ -694,9 +826,10 @@ impl Cluster {
     }
 
     fn catalog_spec(&self) -> Result<NodeSpec, ClusterError> {
-        self.layout
+        let layout = self.layout();
+        layout
             .catalog()
-            .map(|n| self.layout.spec(n, &self.config))
+            .map(|n| layout.spec(n, &self.config))
             .ok_or_else(|| ClusterError::Layout {
                 path: self.layout_path(),
                 message: "no catalog node".into(),
@@ -788,11 +921,11 @@ mod tests {
         assert_eq!(
             names,
             [
-                "catalog",
-                "shard1-primary",
-                "shard1-replica1",
-                "shard2-primary",
-                "shard2-replica1"
+                "catalog-node1",
+                "shard1-node1",
+                "shard1-node2",
+                "shard2-node1",
+                "shard2-node2"
             ]
         );
         let l = plan("[cluster]\ncatalog_replicas = 1\n");
@@ -800,25 +933,24 @@ mod tests {
         assert_eq!(
             names,
             [
-                "catalog",
-                "catalog-replica1",
-                "shard1-primary",
-                "shard1-replica1",
-                "shard2-primary",
-                "shard2-replica1"
+                "catalog-node1",
+                "catalog-node2",
+                "shard1-node1",
+                "shard1-node2",
+                "shard2-node1",
+                "shard2-node2"
             ]
         );
         let ids: Vec<u32> = l.nodes.iter().map(|n| n.id.0).collect();
         assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
         assert_eq!(l.shards, [ShardId(1), ShardId(2)]);
         assert_eq!(
-            l.node("shard2-replica1")
-                .and_then(|n| n.upstream.as_deref()),
-            Some("shard2-primary")
+            l.node("shard2-node2").and_then(|n| n.upstream.as_deref()),
+            Some("shard2-node1")
         );
         assert_eq!(
-            l.node("catalog").map(|n| n.dir.clone()),
-            Some("/d/nodes/catalog".into())
+            l.node("catalog-node1").map(|n| n.dir.clone()),
+            Some("/d/nodes/catalog-node1".into())
         );
         let ports: Vec<u16> = l.nodes.iter().map(|n| n.port).collect();
         assert_eq!(ports, [7001, 7002, 7003, 7004, 7005, 7006]);
@@ -828,17 +960,45 @@ mod tests {
     fn sync_primary_waits_for_any_replica() {
         let config = Config::parse("[cluster]\nreplicas = 2\n").expect("config");
         let l = plan("[cluster]\nreplicas = 2\n");
-        let primary = l.node("shard1-primary").expect("primary");
+        let primary = l.node("shard1-node1").expect("primary");
         let spec = l.spec(primary, &config);
         assert_eq!(
             spec.settings
                 .get("synchronous_standby_names")
                 .map(String::as_str),
-            Some("ANY 1 (\"shard1_replica1\", \"shard1_replica2\")")
+            Some("ANY 1 (\"shard1_node2\", \"shard1_node3\")")
         );
-        let replica = l.spec(l.node("shard1-replica2").expect("replica"), &config);
+        let replica = l.spec(l.node("shard1-node3").expect("replica"), &config);
         assert!(!replica.settings.contains_key("synchronous_standby_names"));
         assert_eq!(replica.upstream.map(|u| u.port), Some(primary.port));
+        // After a failover to node 2: node 3 follows it, node 1 is out of service and
+        // not in the synchronous set.
+        let mut after = l.clone();
+        after.set_primary(ShardId(1), "shard1-node2", "shard1-node1");
+        let new = after.spec(after.node("shard1-node2").expect("node"), &config);
+        assert_eq!(
+            new.settings
+                .get("synchronous_standby_names")
+                .map(String::as_str),
+            Some("ANY 1 (\"shard1_node3\")")
+        );
+        let follower = after.spec(after.node("shard1-node3").expect("node"), &config);
+        assert_eq!(follower.upstream.map(|u| u.name), Some("shard1-node2".into()));
+        // With no replica left: non-strict keeps writing alone, strict waits for any.
+        after.set_primary(ShardId(1), "shard1-node3", "shard1-node2");
+        after.nodes.iter_mut().for_each(|n| {
+            if n.name == "shard1-node1" {
+                n.out_of_service = true;
+            }
+        });
+        let last = after.node("shard1-node3").expect("node");
+        assert_eq!(after.sync_standby_names(last, &config), "");
+        let mut strict = config.clone();
+        strict.cluster.strict_sync = true;
+        assert_eq!(
+            after.sync_standby_names(last, &strict),
+            "ANY 1 (\"shard1_node1\", \"shard1_node2\")"
+        );
     }
 
     #[test]
@@ -846,7 +1006,7 @@ mod tests {
         let text = "[cluster]\ndurability = \"async\"\n";
         let config = Config::parse(text).expect("config");
         let l = plan(text);
-        let spec = l.spec(l.node("catalog").expect("catalog"), &config);
+        let spec = l.spec(l.node("catalog-node1").expect("catalog"), &config);
         assert_eq!(
             spec.settings
                 .get("synchronous_standby_names")
@@ -862,12 +1022,12 @@ mod tests {
         let config = Config::parse(text).expect("config");
         let l = plan(text);
         let hosts: Vec<(&str, u16)> = l.nodes.iter().map(|n| (n.host.as_str(), n.port)).collect();
-        assert_eq!(hosts[0], ("c1-catalog", 5432));
-        assert_eq!(hosts[2], ("c1-shard1-replica1", 5432));
-        let replica = l.spec(l.node("shard1-replica1").expect("replica"), &config);
+        assert_eq!(hosts[0], ("c1-catalog-node1", 5432));
+        assert_eq!(hosts[2], ("c1-shard1-node2", 5432));
+        let replica = l.spec(l.node("shard1-node2").expect("replica"), &config);
         assert_eq!(
             replica.upstream.map(|u| (u.host, u.port)),
-            Some(("c1-shard1-primary".to_string(), 5432))
+            Some(("c1-shard1-node1".to_string(), 5432))
         );
         // Published addressing (the default) allocates host ports as for processes.
         let l = plan("[cluster]\nbackend = \"docker\"\n");

@@ -8,8 +8,9 @@
 
 use crate::api::{self, ApiState};
 use crate::cluster::Cluster;
-use crate::probe::{run_probes, ClusterStatus, NodeStatus, Prober};
-use crate::recovery::{run_recovery, Recovery, RecoveryOptions, TransactionsStatus};
+use crate::probe::{ClusterStatus, NodeStatus, Prober};
+use crate::reconcile::{run_control_loop, PlanOptions, ReconcileOptions, Reconciler};
+use crate::recovery::{run_recovery_with, Recovery, RecoveryOptions, TransactionsStatus};
 use crate::runtime::docker::{DockerOptions, DockerRuntime};
 use crate::runtime::{LocalOptions, LocalProcess, NodeRuntime, ProcessLifecycle};
 use crate::STATE_FILE;
@@ -38,6 +39,13 @@ pub struct RunOptions {
     /// The `pgshard-router` binary to run and supervise once the cluster is ready;
     /// `None` runs no router (tests run their router in-process).
     pub router_binary: Option<PathBuf>,
+    /// Tests: the step of a change of primary at which the reconciler stops, as if
+    /// shardd crashed there (see [`ReconcileOptions::fault`]).
+    pub fault: Option<String>,
+    /// Run the instances with this runtime instead of one made from the config (tests:
+    /// a runtime that outlives one shardd, as the machine's processes outlive a crashed
+    /// shardd).
+    pub runtime: Option<Arc<dyn NodeRuntime>>,
 }
 
 impl Default for RunOptions {
@@ -46,6 +54,8 @@ impl Default for RunOptions {
             lifecycle: ProcessLifecycle::Detached,
             fast_init: false,
             router_binary: None,
+            fault: None,
+            runtime: None,
         }
     }
 }
@@ -109,6 +119,7 @@ pub async fn run_with(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let runtime: Arc<dyn NodeRuntime> = match config.cluster.backend {
+        _ if opts.runtime.is_some() => opts.runtime.clone().context("no runtime")?,
         Backend::Local => {
             let mut local = LocalOptions::from_config(&config.cluster, opts.lifecycle);
             local.fast_init = opts.fast_init;
@@ -141,11 +152,13 @@ pub async fn run_with(
         .with_context(|| format!("binding the API on {}", config.shardd.listen))?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, "API listening");
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let server = {
         let app = api::router(ApiState {
             status: status.clone(),
             transactions: transactions.clone(),
             shutdown: stop.clone(),
+            commands: commands_tx,
         });
         let done = stop.clone();
         tokio::spawn(async move {
@@ -180,7 +193,8 @@ pub async fn run_with(
 
     // One probe round before reporting ready, so the first `status` already shows
     // replication state and lag rather than a placeholder.
-    let mut prober = Prober::new(&cluster);
+    let cluster = Arc::new(cluster);
+    let mut prober = Prober::new(cluster.clone());
     let first = prober.probe_once().await;
     {
         let mut s = status.write().unwrap_or_else(|p| p.into_inner());
@@ -200,8 +214,10 @@ pub async fn run_with(
     }
     let mut router = None;
     if let Some(binary) = &opts.router_binary {
-        let conninfo = cluster
-            .spec("catalog")
+        let layout = cluster.layout();
+        let conninfo = layout
+            .catalog()
+            .map(|n| layout.spec(n, &config))
             .map(|s| s.connstr(pgshard_catalog::store::CATALOG_DB))
             .context("the layout has no catalog node")?;
         match crate::router_proc::supervise(
@@ -235,15 +251,38 @@ pub async fn run_with(
     };
     state.write(&data_dir)?;
 
-    let probes = tokio::spawn(run_probes(
+    let recovery_now = Arc::new(tokio::sync::Notify::new());
+    let reconciler = Reconciler::new(
+        cluster.clone(),
+        ReconcileOptions {
+            plan: PlanOptions {
+                threshold: config.shardd.failure_threshold.max(1),
+                auto_failover: config.shardd.auto_failover,
+                replicas_wanted: config.cluster.replicas,
+            },
+            replay_timeout: Duration::from_millis(config.shardd.replay_timeout_ms),
+            timeout: Duration::from_millis(config.shardd.probe_timeout_ms.max(1000) * 5),
+            fault: opts.fault.clone(),
+        },
+        recovery_now.clone(),
+    );
+    let probes = tokio::spawn(run_control_loop(
         prober,
+        reconciler,
         Duration::from_millis(config.shardd.probe_interval_ms),
         status.clone(),
+        commands_rx,
         stop.clone(),
     ));
-    // 2PC recovery: a round now (after any crash) and then periodically.
-    let recovery = match Recovery::new(&cluster, RecoveryOptions::default()) {
-        Ok(r) => Some(tokio::spawn(run_recovery(r, transactions, stop.clone()))),
+    // 2PC recovery: a round now (after any crash), then periodically, and at once
+    // after a change of primary.
+    let recovery = match Recovery::following(cluster.clone(), RecoveryOptions::default()) {
+        Ok(r) => Some(tokio::spawn(run_recovery_with(
+            r,
+            transactions,
+            stop.clone(),
+            recovery_now,
+        ))),
         Err(error) => {
             tracing::error!(%error, "no 2PC recovery");
             None

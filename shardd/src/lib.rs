@@ -13,13 +13,14 @@
 //! - [`tools`]: what the CLI does without a running shardd (destroy a cluster's Docker
 //!   resources, read an instance's log, build the image).
 //!
-//! Failover, replica rebuild and shard moves will come as a reconciler over these
-//! pieces; today shardd only observes.
+//! - [`reconcile`]: the reconciler: compares the catalog's topology (intent) with what
+//!   the probes observe and acts: failover, switchover, replica rebuild, shard status.
 
 pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod probe;
+pub mod reconcile;
 pub mod recovery;
 pub mod router_proc;
 pub mod runtime;

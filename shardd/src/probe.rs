@@ -1,15 +1,18 @@
 //! Health probes (SPEC §8): every `shardd.probe_interval_ms`, connect to each instance
-//! (short timeout, connections kept between rounds), ask it whether it is in recovery,
-//! and ask each primary for its standbys in `pg_stat_replication`. The result is the
-//! *observed* state: served by the HTTP API and recorded in the catalog with
-//! `record_probe`, which bumps the catalog version only when a node's state changes.
+//! (`shardd.probe_timeout_ms`, connections kept between rounds), ask it whether it is in
+//! recovery, where its WAL is, and — for a replica — whether its WAL receiver streams;
+//! ask each primary for its standbys in `pg_stat_replication`. The result is the
+//! *observed* state: served by the HTTP API, fed to the reconciler
+//! ([`crate::reconcile`]), and recorded in the catalog's `node_health` (never a version
+//! bump: observed health is not topology).
+//!
+//! The targets are the cluster's layout *now*, re-read every round: after a failover
+//! the promoted node is probed as the primary and the old one as out of service.
 //!
 //! A node turns `down` after `shardd.failure_threshold` failed probes in a row and
 //! `healthy` again at its first good one. A replica counts as good when it answers, is
 //! in recovery, and its primary lists it as streaming (or its primary cannot be
 //! reached, since then the replica's own health is all we can know).
-//!
-//! Probes only observe; acting on what they see (failover) is the reconciler's job.
 
 use crate::cluster::{Cluster, LayoutNode};
 use crate::runtime::{ready, slot_name, NodeSpec};
@@ -18,10 +21,9 @@ use pgshard_catalog::store;
 use pgshard_catalog::{CatalogVersion, NodeId, NodeRole, NodeState, ShardId};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
-use tokio_util::sync::CancellationToken;
 
 /// What shardd last observed about one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,9 +31,12 @@ pub struct NodeStatus {
     pub id: NodeId,
     pub name: String,
     pub shard: Option<ShardId>,
+    /// Its role in the topology now.
     pub role: NodeRole,
     pub host: String,
     pub port: u16,
+    /// `healthy`/`down` as probed; `fenced`/`rebuilding` for a node out of service
+    /// (not probed).
     pub state: NodeState,
     /// Replicas: replay lag behind the primary in bytes, from the primary's
     /// `pg_stat_replication`.
@@ -45,6 +50,14 @@ pub struct NodeStatus {
     pub failures: u32,
     /// Why the last probe failed, if it did.
     pub last_error: Option<String>,
+    /// `pg_is_in_recovery()` at the last good probe.
+    pub in_recovery: Option<bool>,
+    /// Replicas: the status of its WAL receiver (`streaming`, …), `None` when it has
+    /// none: it lost (or never had) its primary's stream.
+    pub wal_receiver: Option<String>,
+    /// Replicas: WAL received and replayed (bytes since 0/0); primaries: current WAL.
+    pub receive_lsn: Option<i64>,
+    pub replay_lsn: Option<i64>,
 }
 
 impl NodeStatus {
@@ -63,7 +76,16 @@ impl NodeStatus {
             sync_state: None,
             failures: 0,
             last_error: None,
+            in_recovery: None,
+            wal_receiver: None,
+            receive_lsn: None,
+            replay_lsn: None,
         }
+    }
+
+    /// True when the last probe reached it.
+    pub fn answered(&self) -> bool {
+        self.failures == 0 && self.in_recovery.is_some()
     }
 }
 
@@ -80,19 +102,18 @@ struct Standby {
 struct Observation {
     error: Option<String>,
     in_recovery: bool,
+    wal_receiver: Option<String>,
+    receive_lsn: Option<i64>,
+    replay_lsn: Option<i64>,
     /// For primaries: standbys by application name.
     standbys: HashMap<String, Standby>,
 }
 
-struct Target {
-    spec: NodeSpec,
-    client: Option<Client>,
-}
-
 /// Probes every instance of a cluster and records what it sees.
 pub struct Prober {
-    targets: Vec<Target>,
-    catalog_spec: Option<NodeSpec>,
+    cluster: Arc<Cluster>,
+    /// Connections kept between rounds, by node name.
+    clients: HashMap<String, Client>,
     catalog: Option<Client>,
     status: Vec<NodeStatus>,
     threshold: u32,
@@ -100,20 +121,12 @@ pub struct Prober {
 }
 
 impl Prober {
-    pub fn new(cluster: &Cluster) -> Prober {
+    pub fn new(cluster: Arc<Cluster>) -> Prober {
         let layout = cluster.layout();
-        let interval = Duration::from_millis(cluster.config().shardd.probe_interval_ms);
+        let config = cluster.config();
+        let threshold = config.shardd.failure_threshold.max(1);
+        let timeout = Duration::from_millis(config.shardd.probe_timeout_ms.max(50));
         Prober {
-            targets: layout
-                .nodes
-                .iter()
-                .map(|n| Target {
-                    spec: layout.spec(n, cluster.config()),
-                    client: None,
-                })
-                .collect(),
-            catalog_spec: layout.catalog().map(|n| layout.spec(n, cluster.config())),
-            catalog: None,
             // Bootstrap and restart only return once every node passed its readiness
             // check.
             status: layout
@@ -121,8 +134,11 @@ impl Prober {
                 .iter()
                 .map(|n| NodeStatus::initial(n, NodeState::Healthy))
                 .collect(),
-            threshold: cluster.config().shardd.failure_threshold.max(1),
-            timeout: interval.clamp(Duration::from_millis(200), Duration::from_secs(2)),
+            cluster,
+            clients: HashMap::new(),
+            catalog: None,
+            threshold,
+            timeout,
         }
     }
 
@@ -135,89 +151,148 @@ impl Prober {
     /// the catalog. Returns the catalog version after recording, if the catalog could
     /// be reached.
     pub async fn probe_once(&mut self) -> Option<CatalogVersion> {
-        let timeout = self.timeout;
-        let observations: Vec<Observation> =
-            join_all(self.targets.iter_mut().map(|t| probe_node(t, timeout))).await;
-        let by_name: HashMap<&str, &Observation> = self
-            .targets
+        let layout = self.cluster.layout();
+        let config = self.cluster.config();
+        let specs: Vec<(NodeSpec, bool)> = layout
+            .nodes
             .iter()
-            .zip(&observations)
-            .map(|(t, o)| (t.spec.name.as_str(), o))
+            .map(|n| (layout.spec(n, config), n.out_of_service))
             .collect();
-        for ((target, obs), status) in self
-            .targets
+        let timeout = self.timeout;
+        let mut clients = std::mem::take(&mut self.clients);
+        let jobs = specs.iter().map(|(spec, out)| {
+            let client = clients.remove(&spec.name);
+            let out = *out;
+            async move {
+                if out {
+                    return (None, Observation::default());
+                }
+                probe_node(spec, client, timeout).await
+            }
+        });
+        let results: Vec<(Option<Client>, Observation)> = join_all(jobs).await;
+        let mut observations = Vec::with_capacity(results.len());
+        for ((spec, _), (client, obs)) in specs.iter().zip(results) {
+            if let Some(c) = client {
+                self.clients.insert(spec.name.clone(), c);
+            }
+            observations.push(obs);
+        }
+        let by_name: HashMap<&str, &Observation> = specs
             .iter()
             .zip(&observations)
-            .zip(self.status.iter_mut())
-        {
-            let spec = &target.spec;
-            let mut error = obs.error.clone();
-            status.lag_bytes = None;
-            status.replication_state = None;
-            status.sync_state = None;
-            match spec.role {
-                NodeRole::Primary | NodeRole::Catalog => {
-                    if error.is_none() && obs.in_recovery {
-                        error = Some("primary is in recovery".into());
-                    }
-                }
-                NodeRole::Replica => {
-                    let upstream = spec
-                        .upstream
-                        .as_ref()
-                        .and_then(|u| by_name.get(u.name.as_str()));
-                    let seen = upstream
-                        .filter(|u| u.error.is_none())
-                        .map(|u| u.standbys.get(&slot_name(&spec.name)));
-                    if let Some(Some(s)) = seen {
-                        status.lag_bytes = s.lag_bytes;
-                        status.replication_state = Some(s.state.clone());
-                        status.sync_state = Some(s.sync_state.clone());
-                    }
-                    if error.is_none() {
-                        if !obs.in_recovery {
-                            error = Some("replica is not in recovery".into());
-                        } else {
-                            match seen {
-                                Some(None) => {
-                                    error = Some("not in its primary's pg_stat_replication".into())
-                                }
-                                Some(Some(s)) if s.state != "streaming" => {
-                                    error = Some(format!("replication state is {}", s.state))
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                }
+            .map(|((s, _), o)| (s.name.as_str(), o))
+            .collect();
+        let previous: HashMap<NodeId, NodeStatus> =
+            self.status.drain(..).map(|s| (s.id, s)).collect();
+        for ((node, (spec, out)), obs) in layout.nodes.iter().zip(&specs).zip(&observations) {
+            let mut status = previous
+                .get(&node.id)
+                .cloned()
+                .unwrap_or_else(|| NodeStatus::initial(node, NodeState::Healthy));
+            status.role = node.role;
+            if *out {
+                status.state = NodeState::Fenced;
+                status.failures = 0;
+                status.last_error = None;
+                status.in_recovery = None;
+                status.wal_receiver = None;
+                self.status.push(status);
+                continue;
             }
-            match error {
-                None => {
-                    if status.state != NodeState::Healthy {
-                        tracing::info!(node = %spec.name, previous = %status.state, "node healthy");
-                    }
-                    status.state = NodeState::Healthy;
-                    status.failures = 0;
-                    status.last_error = None;
-                }
-                Some(e) => {
-                    status.failures = status.failures.saturating_add(1);
-                    if status.failures >= self.threshold && status.state != NodeState::Down {
-                        tracing::warn!(node = %spec.name, failures = status.failures, error = %e, "node down");
-                        status.state = NodeState::Down;
-                    } else {
-                        tracing::debug!(node = %spec.name, failures = status.failures, error = %e, "probe failed");
-                    }
-                    status.last_error = Some(e);
-                }
-            }
+            self.observe(&mut status, spec, obs, &by_name);
+            self.status.push(status);
         }
         self.record().await
     }
 
-    /// Record every node's state in the catalog (pipelined on one connection).
+    /// Fold one observation into a node's status.
+    fn observe(
+        &self,
+        status: &mut NodeStatus,
+        spec: &NodeSpec,
+        obs: &Observation,
+        by_name: &HashMap<&str, &Observation>,
+    ) {
+        let mut error = obs.error.clone();
+        status.lag_bytes = None;
+        status.replication_state = None;
+        status.sync_state = None;
+        if error.is_none() {
+            status.in_recovery = Some(obs.in_recovery);
+            status.wal_receiver = obs.wal_receiver.clone();
+            status.receive_lsn = obs.receive_lsn;
+            status.replay_lsn = obs.replay_lsn;
+        } else {
+            status.in_recovery = None;
+            status.wal_receiver = None;
+        }
+        match spec.role {
+            NodeRole::Primary | NodeRole::Catalog => {
+                if error.is_none() && obs.in_recovery {
+                    error = Some("primary is in recovery".into());
+                }
+            }
+            NodeRole::Replica => {
+                let upstream = spec
+                    .upstream
+                    .as_ref()
+                    .and_then(|u| by_name.get(u.name.as_str()));
+                let seen = upstream
+                    .filter(|u| u.error.is_none())
+                    .map(|u| u.standbys.get(&slot_name(&spec.name)));
+                if let Some(Some(s)) = seen {
+                    status.lag_bytes = s.lag_bytes;
+                    status.replication_state = Some(s.state.clone());
+                    status.sync_state = Some(s.sync_state.clone());
+                }
+                if error.is_none() {
+                    if !obs.in_recovery {
+                        error = Some("replica is not in recovery".into());
+                    } else {
+                        match seen {
+                            Some(None) => {
+                                error = Some("not in its primary's pg_stat_replication".into())
+                            }
+                            Some(Some(s)) if s.state != "streaming" => {
+                                error = Some(format!("replication state is {}", s.state))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        match error {
+            None => {
+                if status.state != NodeState::Healthy {
+                    tracing::info!(node = %spec.name, previous = %status.state, "node healthy");
+                }
+                status.state = NodeState::Healthy;
+                status.failures = 0;
+                status.last_error = None;
+            }
+            Some(e) => {
+                status.failures = status.failures.saturating_add(1);
+                if status.failures >= self.threshold && status.state != NodeState::Down {
+                    tracing::warn!(node = %spec.name, failures = status.failures, error = %e, "node down");
+                    status.state = NodeState::Down;
+                } else {
+                    tracing::debug!(node = %spec.name, failures = status.failures, error = %e, "probe failed");
+                }
+                status.last_error = Some(e);
+            }
+        }
+    }
+
+    /// Record every node's observed health in the catalog (pipelined on one
+    /// connection).
     async fn record(&mut self) -> Option<CatalogVersion> {
-        let spec = self.catalog_spec.as_ref()?;
+        let spec = self
+            .cluster
+            .layout()
+            .catalog()
+            .map(|n| self.cluster.layout().spec(n, self.cluster.config()))?;
         if self.catalog.as_ref().is_none_or(|c| c.is_closed()) {
             match ready::connect(
                 &spec.pg_config(store::CATALOG_DB, self.timeout),
@@ -236,6 +311,7 @@ impl Prober {
         let writes = join_all(
             self.status
                 .iter()
+                .filter(|s| matches!(s.state, NodeState::Healthy | NodeState::Down))
                 .map(|s| store::record_probe(client, s.id, s.state, s.lag_bytes)),
         );
         // In sync mode a commit waits for the catalog's replica: bound the wait.
@@ -265,44 +341,56 @@ impl Prober {
     }
 }
 
-/// Probe one instance, reconnecting if needed.
-async fn probe_node(target: &mut Target, timeout: Duration) -> Observation {
-    match tokio::time::timeout(timeout, probe_inner(target, timeout)).await {
-        Ok(Ok(obs)) => obs,
-        Ok(Err(e)) => {
-            target.client = None;
-            Observation {
-                error: Some(e),
-                ..Default::default()
-            }
-        }
-        Err(_) => {
-            target.client = None;
-            Observation {
-                error: Some(format!("probe timed out after {timeout:?}")),
-                ..Default::default()
-            }
-        }
+/// Probe one instance with the connection kept from the last round (or a new one);
+/// returns the connection to keep, if it still works.
+async fn probe_node(
+    spec: &NodeSpec,
+    client: Option<Client>,
+    timeout: Duration,
+) -> (Option<Client>, Observation) {
+    let failed = |error: String| Observation {
+        error: Some(error),
+        ..Default::default()
+    };
+    match tokio::time::timeout(timeout, probe_inner(spec, client, timeout)).await {
+        Ok(Ok((client, obs))) => (Some(client), obs),
+        Ok(Err(e)) => (None, failed(e)),
+        Err(_) => (None, failed(format!("probe timed out after {timeout:?}"))),
     }
 }
 
-async fn probe_inner(target: &mut Target, timeout: Duration) -> Result<Observation, String> {
-    if target.client.as_ref().is_none_or(|c| c.is_closed()) {
-        let client = ready::connect(&target.spec.pg_config("postgres", timeout), timeout)
+async fn probe_inner(
+    spec: &NodeSpec,
+    client: Option<Client>,
+    timeout: Duration,
+) -> Result<(Client, Observation), String> {
+    let client = match client.filter(|c| !c.is_closed()) {
+        Some(c) => c,
+        None => ready::connect(&spec.pg_config("postgres", timeout), timeout)
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        target.client = Some(client);
-    }
-    let client = target
-        .client
-        .as_ref()
-        .ok_or_else(|| "no connection".to_string())?;
-    let in_recovery: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
+            .map_err(|e| format!("cannot connect: {e}"))?,
+    };
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(),
+                    (SELECT status FROM pg_stat_wal_receiver LIMIT 1),
+                    CASE WHEN pg_is_in_recovery()
+                         THEN (coalesce(pg_last_wal_receive_lsn(), '0/0') - '0/0'::pg_lsn)::int8
+                         ELSE (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8 END,
+                    (coalesce(pg_last_wal_replay_lsn(), '0/0') - '0/0'::pg_lsn)::int8",
+            &[],
+        )
         .await
-        .map_err(|e| format!("probe query failed: {e}"))?
-        .get(0);
-    let mut standbys = HashMap::new();
+        .map_err(|e| format!("probe query failed: {e}"))?;
+    let in_recovery: bool = row.get(0);
+    let mut obs = Observation {
+        error: None,
+        in_recovery,
+        wal_receiver: row.get(1),
+        receive_lsn: row.get(2),
+        replay_lsn: if in_recovery { row.get(3) } else { None },
+        standbys: HashMap::new(),
+    };
     if !in_recovery {
         let rows = client
             .query(
@@ -314,7 +402,7 @@ async fn probe_inner(target: &mut Target, timeout: Duration) -> Result<Observati
             .await
             .map_err(|e| format!("pg_stat_replication failed: {e}"))?;
         for r in rows {
-            standbys.insert(
+            obs.standbys.insert(
                 r.get::<_, String>(0),
                 Standby {
                     state: r.get(1),
@@ -324,11 +412,7 @@ async fn probe_inner(target: &mut Target, timeout: Duration) -> Result<Observati
             );
         }
     }
-    Ok(Observation {
-        error: None,
-        in_recovery,
-        standbys,
-    })
+    Ok((client, obs))
 }
 
 /// The observed cluster, shared with the HTTP API.
@@ -340,31 +424,7 @@ pub struct ClusterStatus {
     /// True once the cluster is bootstrapped (or restarted) and serving.
     pub ready: bool,
     pub nodes: Vec<NodeStatus>,
-}
-
-/// Probe every `interval` until `shutdown`, publishing each round into `shared`.
-pub async fn run_probes(
-    mut prober: Prober,
-    interval: Duration,
-    shared: Arc<RwLock<ClusterStatus>>,
-    shutdown: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let version = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            v = prober.probe_once() => v,
-        };
-        let mut s = shared.write().unwrap_or_else(|p| p.into_inner());
-        s.nodes = prober.status().to_vec();
-        if let Some(v) = version {
-            s.version = Some(v.0);
-        }
-    }
-    tracing::debug!("probe loop stopped");
+    /// Each shard: its primary, term, status (and why), paused failover, the last
+    /// change of primary.
+    pub shards: Vec<crate::reconcile::ShardView>,
 }

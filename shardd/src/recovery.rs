@@ -150,6 +150,9 @@ pub struct Recovery {
     opts: RecoveryOptions,
     catalog: NodeSpec,
     shards: Vec<ShardTarget>,
+    /// When set, the shard primaries are re-read from its layout at every round, so a
+    /// failover's new primary is the one recovered.
+    cluster: Option<Arc<Cluster>>,
     catalog_client: Option<Client>,
     /// By (node name, database).
     conns: HashMap<(String, String), Client>,
@@ -173,23 +176,25 @@ pub enum RecoveryError {
 }
 
 impl Recovery {
-    /// Recovery over a cluster's catalog node and shard primaries.
+    /// Recovery over a cluster's catalog node and shard primaries as they are now.
     pub fn new(cluster: &Cluster, opts: RecoveryOptions) -> Result<Recovery, RecoveryError> {
         let layout = cluster.layout();
         let catalog = layout
             .catalog()
             .map(|n| layout.spec(n, cluster.config()))
             .ok_or(RecoveryError::NoCatalog)?;
-        let shards = layout
-            .primaries()
-            .filter_map(|n| {
-                n.shard.map(|shard| ShardTarget {
-                    shard,
-                    spec: layout.spec(n, cluster.config()),
-                })
-            })
-            .collect();
-        Ok(Recovery::with_targets(catalog, shards, opts))
+        Ok(Recovery::with_targets(catalog, shard_targets(cluster), opts))
+    }
+
+    /// Recovery that follows the cluster's topology: every round recovers the shard
+    /// primaries of the layout at that moment.
+    pub fn following(
+        cluster: Arc<Cluster>,
+        opts: RecoveryOptions,
+    ) -> Result<Recovery, RecoveryError> {
+        let mut r = Recovery::new(&cluster, opts)?;
+        r.cluster = Some(cluster);
+        Ok(r)
     }
 
     /// Recovery over explicit instances.
@@ -202,6 +207,7 @@ impl Recovery {
             opts,
             catalog,
             shards,
+            cluster: None,
             catalog_client: None,
             conns: HashMap::new(),
         }
@@ -320,6 +326,9 @@ impl Recovery {
 
     /// One recovery round (see the module doc).
     pub async fn run_once(&mut self) -> Result<RoundReport, RecoveryError> {
+        if let Some(cluster) = &self.cluster {
+            self.shards = shard_targets(cluster);
+        }
         let timeout = self.opts.timeout;
         let mut report = RoundReport::default();
         // Read before listing: a record seen now was written after every PREPARE of
@@ -477,12 +486,43 @@ enum StepError {
     Other(String),
 }
 
+/// The shard primaries of a cluster's layout now.
+fn shard_targets(cluster: &Cluster) -> Vec<ShardTarget> {
+    let layout = cluster.layout();
+    layout
+        .primaries()
+        .filter_map(|n| {
+            n.shard.map(|shard| ShardTarget {
+                shard,
+                spec: layout.spec(n, cluster.config()),
+            })
+        })
+        .collect()
+}
+
 /// Run a round at once and then every `interval` until `shutdown`, publishing what
 /// stays in doubt into `shared`.
 pub async fn run_recovery(
+    recovery: Recovery,
+    shared: Arc<RwLock<TransactionsStatus>>,
+    shutdown: CancellationToken,
+) {
+    run_recovery_with(
+        recovery,
+        shared,
+        shutdown,
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .await
+}
+
+/// [`run_recovery`], also running a round as soon as `now` is notified (after a
+/// failover: the new primary's prepared transactions are finished at once).
+pub async fn run_recovery_with(
     mut recovery: Recovery,
     shared: Arc<RwLock<TransactionsStatus>>,
     shutdown: CancellationToken,
+    now: Arc<tokio::sync::Notify>,
 ) {
     let mut ticker = tokio::time::interval(recovery.opts.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -490,6 +530,7 @@ pub async fn run_recovery(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            _ = now.notified() => {}
         }
         let round = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -162,7 +162,7 @@ impl TestCluster {
         self.cluster.data_dir()
     }
 
-    /// Instance names in layout order (`catalog`, `catalog-replica1`, `shard1-primary`…).
+    /// Instance names in layout order (`catalog`, `catalog-node2`, `shard1-node1`…).
     pub fn node_names(&self) -> Vec<String> {
         self.cluster
             .layout()
@@ -210,6 +210,34 @@ impl TestCluster {
             out.push(c.query_one(sql, &[]).await?.get(0));
         }
         Ok(out)
+    }
+
+    /// The catalog node's spec.
+    pub fn catalog_spec(&self) -> anyhow::Result<NodeSpec> {
+        let layout = self.cluster.layout();
+        layout
+            .catalog()
+            .map(|n| layout.spec(n, self.cluster.config()))
+            .context("the layout has no catalog node")
+    }
+
+    /// The name of `shard`'s primary now (node names do not say it).
+    pub fn primary_name(&self, shard: u32) -> anyhow::Result<String> {
+        self.cluster
+            .layout()
+            .primary_of(pgshard_catalog::ShardId(shard))
+            .map(|n| n.name.clone())
+            .with_context(|| format!("shard {shard} has no primary"))
+    }
+
+    /// The names of `shard`'s replicas now.
+    pub fn replica_names(&self, shard: u32) -> Vec<String> {
+        self.cluster
+            .layout()
+            .replicas()
+            .filter(|n| n.shard == Some(pgshard_catalog::ShardId(shard)))
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     /// A client connected to the catalog database.

@@ -19,6 +19,7 @@
 //! after a panic or a SIGKILL. Dropping a harness value stops its instances.
 
 pub mod cluster;
+pub mod daemon;
 pub mod diff;
 pub mod dirs;
 pub mod ports;
@@ -28,6 +29,7 @@ pub mod standalone;
 pub mod wire;
 
 pub use cluster::{TestCluster, TestClusterOptions};
+pub use daemon::TestDaemon;
 use pgshard_catalog::config::TableConfig;
 pub use router::TestRouter;
 pub use router_process::RouterProcess;

@@ -28,10 +28,17 @@ impl TestRouter {
     /// free port).
     pub async fn start_with(
         cluster: &TestCluster,
-        mut config: RouterConfig,
+        config: RouterConfig,
     ) -> anyhow::Result<TestRouter> {
+        let conninfo = cluster.catalog_spec()?.connstr(store::CATALOG_DB);
+        Self::start_on(&conninfo, config).await
+    }
+
+    /// Start a router following the catalog at `conninfo` (a libpq connection string
+    /// to the catalog database), on a free port.
+    pub async fn start_on(conninfo: &str, mut config: RouterConfig) -> anyhow::Result<TestRouter> {
         config.listen = "127.0.0.1:0".into();
-        let conninfo = cluster.spec("catalog")?.connstr(store::CATALOG_DB);
+        let conninfo = conninfo.to_string();
         let catalog = catalog_watch::load_once(&conninfo).await?;
         let handle = CatalogHandle::new(catalog);
         let router = Router::bind_with_catalog(config.clone(), handle.clone(), &conninfo).await?;

@@ -60,7 +60,7 @@ impl RouterProcess {
     /// Start `pgshard-router` for `cluster` (default router settings) with extra
     /// environment variables (e.g. `PGSHARD_FAULT`), and wait until it answers queries.
     pub async fn start(cluster: &TestCluster, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let catalog = cluster.spec("catalog")?.connstr(store::CATALOG_DB);
+        let catalog = cluster.catalog_spec()?.connstr(store::CATALOG_DB);
         let mut last = None;
         for attempt in 1..=PORT_ATTEMPTS {
             let mut router = Self::spawn(&catalog, env)?;

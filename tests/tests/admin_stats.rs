@@ -64,7 +64,7 @@ async fn show_buckets_and_show_stats() -> anyhow::Result<()> {
         );
         assert_eq!(first, next, "{runs:?}");
         assert_eq!(last - first + 1, n, "{r:?}");
-        assert!(r["primary"].ends_with("-primary"), "{r:?}");
+        assert!(r["primary"].ends_with("-node1"), "{r:?}");
         *per_shard.entry(r["shard"].clone()).or_default() += n;
         next = last + 1;
     }

@@ -30,9 +30,9 @@ fn init() -> ClusterInit {
         shards,
         nodes: vec![
             node(1, None, NodeRole::Catalog, "catalog", 5000),
-            node(2, Some(1), NodeRole::Primary, "shard1-primary", 5001),
-            node(3, Some(1), NodeRole::Replica, "shard1-replica1", 5002),
-            node(4, Some(2), NodeRole::Primary, "shard2-primary", 5003),
+            node(2, Some(1), NodeRole::Primary, "shard1-node1", 5001),
+            node(3, Some(1), NodeRole::Replica, "shard1-node2", 5002),
+            node(4, Some(2), NodeRole::Primary, "shard2-node1", 5003),
         ],
         tables: vec![
             TableDef {
@@ -103,7 +103,7 @@ async fn catalog_round_trip_versions_and_notify() -> anyhow::Result<()> {
         .batch_execute(&format!("LISTEN {}", store::NOTIFY_CHANNEL))
         .await?;
 
-    let mut replica2 = node(5, Some(2), NodeRole::Replica, "shard2-replica1", 5004);
+    let mut replica2 = node(5, Some(2), NodeRole::Replica, "shard2-node2", 5004);
     let v2 = store::upsert_node(&mut client, &replica2).await?;
     assert_eq!(v2.0, v1.0 + 1);
     let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), rx.recv())

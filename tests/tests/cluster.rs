@@ -105,12 +105,12 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
     assert_eq!(
         tc.node_names(),
         [
-            "catalog",
-            "catalog-replica1",
-            "shard1-primary",
-            "shard1-replica1",
-            "shard2-primary",
-            "shard2-replica1"
+            "catalog-node1",
+            "catalog-node2",
+            "shard1-node1",
+            "shard1-node2",
+            "shard2-node1",
+            "shard2-node2"
         ]
     );
 
@@ -122,7 +122,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
     assert_eq!(catalog.nodes.len(), 6);
     for shard in catalog.shard_ids() {
         let primary = catalog.primary(shard).expect("shard has a primary");
-        assert_eq!(primary.name, format!("shard{shard}-primary"));
+        assert_eq!(primary.name, format!("shard{shard}-node1"));
         assert_eq!(catalog.replicas(shard).count(), 1);
         assert_eq!(
             catalog.bucket_map.iter().filter(|s| **s == shard).count(),
@@ -140,9 +140,9 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
 
     // Every replica streams, synchronously, from its primary.
     for (primary, replica) in [
-        ("catalog", "catalog_replica1"),
-        ("shard1-primary", "shard1_replica1"),
-        ("shard2-primary", "shard2_replica1"),
+        ("catalog-node1", "catalog_node2"),
+        ("shard1-node1", "shard1_node2"),
+        ("shard2-node1", "shard2_node2"),
     ] {
         let client = tc.connect_node(primary).await.expect("connect primary");
         let rows = standbys(&client).await;
@@ -163,7 +163,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
     // A write on each primary shows up on its replica.
     for s in 1..=2 {
         let primary = tc
-            .connect_node(&format!("shard{s}-primary"))
+            .connect_node(&format!("shard{s}-node1"))
             .await
             .expect("primary");
         primary
@@ -174,7 +174,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
             .await
             .expect("write");
         let replica = tc
-            .connect_node(&format!("shard{s}-replica1"))
+            .connect_node(&format!("shard{s}-node2"))
             .await
             .expect("replica");
         wait_for_value(
@@ -208,7 +208,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
     assert_eq!(tc.catalog().bucket_map, catalog.bucket_map);
     for s in 1..=2 {
         let primary = tc
-            .connect_node(&format!("shard{s}-primary"))
+            .connect_node(&format!("shard{s}-node1"))
             .await
             .expect("primary");
         let n: i64 = primary
@@ -225,7 +225,7 @@ async fn sync_cluster_streams_replicates_and_restarts_with_its_data() {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].1, "streaming");
         let replica = tc
-            .connect_node(&format!("shard{s}-replica1"))
+            .connect_node(&format!("shard{s}-node2"))
             .await
             .expect("replica");
         wait_for_value(
@@ -286,8 +286,8 @@ async fn async_cluster_has_no_synchronous_standbys() {
         Some(&TableKind::Reference)
     );
     for (primary, replica) in [
-        ("catalog", "catalog_replica1"),
-        ("shard1-primary", "shard1_replica1"),
+        ("catalog-node1", "catalog_node2"),
+        ("shard1-node1", "shard1_node2"),
     ] {
         let client = tc.connect_node(primary).await.expect("connect");
         assert_eq!(setting(&client, "synchronous_standby_names").await, "");
@@ -336,7 +336,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
         RunOptions {
             lifecycle: ProcessLifecycle::Owned,
             fast_init: true,
-            router_binary: None,
+            ..Default::default()
         },
         shutdown.clone(),
     ));
@@ -364,7 +364,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
         RunOptions {
             lifecycle: ProcessLifecycle::Owned,
             fast_init: true,
-            router_binary: None,
+            ..Default::default()
         },
         CancellationToken::new(),
     )
@@ -393,7 +393,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         let s = get_status().await;
-        let streaming = ["catalog-replica1", "shard1-replica1"]
+        let streaming = ["catalog-node2", "shard1-node2"]
             .iter()
             .all(|r| node(&s, r)["replication_state"] == "streaming");
         if streaming || Instant::now() > deadline {
@@ -410,10 +410,10 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     );
     assert!(status["version"].as_i64().is_some(), "{status}");
     for name in [
-        "catalog",
-        "catalog-replica1",
-        "shard1-primary",
-        "shard1-replica1",
+        "catalog-node1",
+        "catalog-node2",
+        "shard1-node1",
+        "shard1-node2",
     ] {
         assert_eq!(node(&status, name)["state"], "healthy", "{status}");
     }
@@ -429,7 +429,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     assert!(metrics.contains("\npgshard_shardd_ready 1\n"), "{metrics}");
     assert!(
         metrics.contains(
-            "pgshard_shardd_node_up{node=\"shard1-primary\",shard=\"1\",role=\"primary\"} 1"
+            "pgshard_shardd_node_up{node=\"shard1-node1\",shard=\"1\",role=\"primary\"} 1"
         ),
         "{metrics}"
     );
@@ -441,7 +441,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
         4,
         "{metrics}"
     );
-    for name in ["catalog-replica1", "shard1-replica1"] {
+    for name in ["catalog-node2", "shard1-node2"] {
         let n = node(&status, name);
         assert_eq!(n["replication_state"], "streaming", "{n}");
         assert!(
@@ -453,10 +453,10 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
 
     // Every postmaster, from the pid files.
     let pids: Vec<(String, u32)> = [
-        "catalog",
-        "catalog-replica1",
-        "shard1-primary",
-        "shard1-replica1",
+        "catalog-node1",
+        "catalog-node2",
+        "shard1-node1",
+        "shard1-node2",
     ]
     .iter()
     .map(|name| {
@@ -486,7 +486,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = get_status().await;
-        if node(&s, "shard1-replica1")["state"] == "down" {
+        if node(&s, "shard1-node2")["state"] == "down" {
             break;
         }
         assert!(Instant::now() < deadline, "replica never marked down: {s}");
@@ -513,7 +513,7 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     loop {
         let state: String = catalog
             .query_one(
-                "SELECT state FROM pgshard.nodes WHERE name = 'shard1-replica1'",
+                "SELECT state FROM pgshard.nodes WHERE name = 'shard1-node2'",
                 &[],
             )
             .await

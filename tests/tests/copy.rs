@@ -17,7 +17,7 @@ use tokio_postgres::binary_copy::{BinaryCopyInWriter, BinaryCopyOutStream};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn distributed(name: &str, key: &str) -> TableConfig {

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-const SHARDS: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const SHARDS: [&str; 2] = ["shard1-node1", "shard2-node1"];
 /// Rows each transaction writes: enough keys to land on both shards.
 const ROWS: i64 = 20;
 /// What the fault hook logs when the coordinator stops.

@@ -11,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 fn node(shard: ShardId) -> String {
-    format!("shard{shard}-primary")
+    format!("shard{shard}-node1")
 }
 
 async fn scalar(c: &Client, sql: &str) -> anyhow::Result<i64> {

@@ -7,7 +7,7 @@ use pgshard_catalog::config::TableConfig;
 use pgshard_tests::{two_shards, TestCluster, TestRouter};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 
 fn distributed(name: &str) -> TableConfig {
     pgshard_tests::distributed(name, "id", "bigint")

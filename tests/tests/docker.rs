@@ -244,14 +244,14 @@ async fn docker_primary_replica_lifecycle() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let primary = spec(
-        "shard1-primary",
+        "shard1-node1",
         NodeRole::Primary,
         free_port().expect("port"),
         dir.path(),
         None,
     );
     let replica = spec(
-        "shard1-replica1",
+        "shard1-node2",
         NodeRole::Replica,
         free_port().expect("port"),
         dir.path(),
@@ -309,7 +309,7 @@ async fn docker_primary_replica_lifecycle() {
     assert_eq!(l.get("pgshard.shard").map(String::as_str), Some("1"));
     assert_eq!(
         l.get("pgshard.node").map(String::as_str),
-        Some("shard1-primary")
+        Some("shard1-node1")
     );
 
     // --- a streaming replica ----------------------------------------------------------
@@ -546,14 +546,14 @@ async fn docker_vs_local_start_times() {
     ] {
         let base = dir.path().join(label);
         let primary = spec(
-            "shard1-primary",
+            "shard1-node1",
             NodeRole::Primary,
             free_port().expect("port"),
             &base,
             None,
         );
         let replica = spec(
-            "shard1-replica1",
+            "shard1-node2",
             NodeRole::Replica,
             free_port().expect("port"),
             &base,
@@ -812,7 +812,7 @@ shard_key = "k"
     let (ok, nodes) = status(&data_dir);
     assert!(ok, "status after up: {nodes:?}");
     assert_eq!(nodes.len(), 5, "{nodes:?}");
-    for r in ["shard1-replica1", "shard2-replica1"] {
+    for r in ["shard1-node2", "shard2-node2"] {
         assert_eq!(nodes[r]["replication_state"], "streaming", "{nodes:?}");
     }
 
@@ -830,11 +830,11 @@ shard_key = "k"
     assert_eq!(
         rows,
         [
-            format!("{cluster}-catalog catalog catalog shard="),
-            format!("{cluster}-shard1-primary shard1-primary primary shard=1"),
-            format!("{cluster}-shard1-replica1 shard1-replica1 replica shard=1"),
-            format!("{cluster}-shard2-primary shard2-primary primary shard=2"),
-            format!("{cluster}-shard2-replica1 shard2-replica1 replica shard=2"),
+            format!("{cluster}-catalog-node1 catalog-node1 catalog shard="),
+            format!("{cluster}-shard1-node1 shard1-node1 primary shard=1"),
+            format!("{cluster}-shard1-node2 shard1-node2 replica shard=1"),
+            format!("{cluster}-shard2-node1 shard2-node1 primary shard=2"),
+            format!("{cluster}-shard2-node2 shard2-node2 replica shard=2"),
         ],
         "docker ps:\n{ps}"
     );
@@ -861,16 +861,16 @@ shard_key = "k"
     assert_eq!(row.get::<_, String>(0), "v17");
     let mut total = 0;
     for shard in [1, 2] {
-        let primary = &nodes[&format!("shard{shard}-primary")];
-        let replica = &nodes[&format!("shard{shard}-replica1")];
+        let primary = &nodes[&format!("shard{shard}-node1")];
+        let replica = &nodes[&format!("shard{shard}-node2")];
         let on_primary = count_in_container(
-            &format!("{cluster}-shard{shard}-primary"),
+            &format!("{cluster}-shard{shard}-node1"),
             primary["port"].as_u64().unwrap_or_default(),
         )
         .expect("count on the primary");
         assert!(on_primary > 0, "shard {shard} holds rows");
         total += on_primary;
-        let replica_container = format!("{cluster}-shard{shard}-replica1");
+        let replica_container = format!("{cluster}-shard{shard}-node2");
         let replica_port = replica["port"].as_u64().unwrap_or_default();
         eventually(
             &format!("shard {shard}'s replica holds its rows"),
@@ -902,36 +902,36 @@ shard_key = "k"
     assert_eq!(total, 40, "every row on exactly one shard");
     drop(router);
 
-    let out = pgshard(&["logs", "shard1-replica1"], Some(&data_dir));
+    let out = pgshard(&["logs", "shard1-node2"], Some(&data_dir));
     assert!(out.status.success(), "logs: {}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("started streaming WAL"),
         "{}",
         text(&out)
     );
-    let out = pgshard(&["logs", "shard9-primary"], Some(&data_dir));
+    let out = pgshard(&["logs", "shard9-node1"], Some(&data_dir));
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("shard1-primary"),
+        text(&out).contains("shard1-node1"),
         "names the nodes: {}",
         text(&out)
     );
 
     // --- cut shard 1's primary off the network, then reconnect it ------------------------
     let network = format!("{cluster}-net");
-    let primary1 = format!("{cluster}-shard1-primary");
+    let primary1 = format!("{cluster}-shard1-node1");
     let out = Command::new("docker")
         .args(["network", "disconnect", &network, &primary1])
         .output()
         .expect("docker network disconnect");
     assert!(out.status.success(), "{}", text(&out));
-    reported_down(&data_dir, "shard1-primary").await;
+    reported_down(&data_dir, "shard1-node1").await;
     let out = Command::new("docker")
         .args([
             "network",
             "connect",
             "--alias",
-            "shard1-primary",
+            "shard1-node1",
             &network,
             &primary1,
         ])
@@ -970,7 +970,7 @@ shard_key = "k"
     drop(router);
 
     // --- kill a replica container, then a primary container ------------------------------
-    for node in ["shard2-replica1", "shard2-primary"] {
+    for node in ["shard2-node2", "shard2-node1"] {
         let container = format!("{cluster}-{node}");
         let out = Command::new("docker")
             .args(["kill", &container])
@@ -982,7 +982,7 @@ shard_key = "k"
     let out = pgshard(&["status"], Some(&data_dir));
     assert!(!out.status.success(), "status must fail: {}", text(&out));
     let report = text(&out);
-    for node in ["shard2-replica1", "shard2-primary"] {
+    for node in ["shard2-node2", "shard2-node1"] {
         assert!(
             report
                 .lines()
@@ -993,7 +993,7 @@ shard_key = "k"
     assert!(
         report
             .lines()
-            .any(|l| l.starts_with("shard1-primary") && l.contains(" healthy ")),
+            .any(|l| l.starts_with("shard1-node1") && l.contains(" healthy ")),
         "{report}"
     );
 

@@ -35,7 +35,7 @@ async fn psycopg_through_the_router() -> anyhow::Result<()> {
     );
     // The rows went to both shards.
     let mut total = 0;
-    for name in ["shard1-primary", "shard2-primary"] {
+    for name in ["shard1-node1", "shard2-node1"] {
         let n: i64 = cluster
             .connect_node(name)
             .await?

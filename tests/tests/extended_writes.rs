@@ -8,7 +8,7 @@
 
 use pgshard_tests::{distributed, reference, two_shards, TestCluster, TestRouter};
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 
 /// One bigint straight from each primary, and no prepared transaction left there.
 async fn per_shard(cluster: &TestCluster, sql: &str) -> anyhow::Result<Vec<i64>> {

@@ -79,7 +79,7 @@ async fn fanout_reads_errors_and_pools() -> anyhow::Result<()> {
         .await?;
     }
     // Both shards hold rows, so every answer below is a merge.
-    for name in ["shard1-primary", "shard2-primary"] {
+    for name in ["shard1-node1", "shard2-node1"] {
         let n: i64 = cluster
             .connect_node(name)
             .await?
@@ -225,7 +225,7 @@ async fn fanout_streams_large_answers_in_bounded_memory() -> anyhow::Result<()> 
     // 600k rows of ~210 bytes (~130 MB of answer), loaded on the shards directly: a
     // plain or sorted fan-out returns every row wherever it sits.
     const N: i64 = 300_000;
-    for (i, name) in ["shard1-primary", "shard2-primary"].iter().enumerate() {
+    for (i, name) in ["shard1-node1", "shard2-node1"].iter().enumerate() {
         let base = i as i64 * N;
         cluster
             .connect_node(name)

@@ -14,7 +14,7 @@ use pgshard_tests::{TestCluster, TestClusterOptions, TestRouter};
 use std::path::PathBuf;
 use std::process::Command;
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 const SCALE: i64 = 1;
 
 /// The `[[table]]` entries of bench/pgbench.toml.

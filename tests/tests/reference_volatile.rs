@@ -8,7 +8,7 @@ use pgshard_tests::{reference, TestCluster, TestClusterOptions, TestRouter};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 
 /// The refusal's SQLSTATE and message.
 async fn refused(c: &Client, sql: &str) -> (Option<SqlState>, String) {

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 /// Crash cases are repeated this many times inside each test, to catch flakes.
 const LOOPS: usize = 5;
 const DEADLINE: Duration = Duration::from_secs(30);
-const SHARDS: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const SHARDS: [&str; 2] = ["shard1-node1", "shard2-node1"];
 
 static NEXT_ID: AtomicI32 = AtomicI32::new(1);
 
@@ -432,7 +432,7 @@ impl Fx {
     fn catalog_log(&self) -> CatalogLog {
         let conninfo = self
             .tc
-            .spec("catalog")
+            .catalog_spec()
             .expect("catalog spec")
             .connstr(store::CATALOG_DB);
         CatalogLog::new(&conninfo, router()).expect("catalog log")

@@ -5,7 +5,7 @@
 
 use pgshard_tests::{distributed, two_shards, TestRouter};
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enums_and_domains_on_a_distributed_table() -> anyhow::Result<()> {

@@ -27,10 +27,7 @@ fn catalog() -> Catalog {
         bucket_map: (0..16).map(|b| shards[b % 2]).collect(),
         shards: shards
             .iter()
-            .map(|&id| Shard {
-                id,
-                state: "active".to_owned(),
-            })
+            .map(|&id| Shard::active(id))
             .collect(),
         nodes: Vec::new(),
         tables: vec![TableDef {

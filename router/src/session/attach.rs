@@ -113,15 +113,11 @@ where
     /// backends on other shards for the same transaction (no waiting for pool
     /// capacity, see [`crate::backend::pool`]).
     pub(crate) async fn attach(&mut self, shard: ShardId, more: bool) -> Result<(), SessionError> {
-        let catalog = self.ctx.catalog.current();
-        let node = catalog
-            .primary(shard)
-            .ok_or(SessionError::NoPrimary(shard))?;
-        let pool = self.ctx.pools.get(node, &self.user, &self.database);
         self.entry.set_activity("waiting", Some(shard), None);
         tracing::trace!(%shard, "checking out a backend");
-        let checkout = pool.checkout_for(more).await;
-        let mut conn = checkout.map_err(|e| SessionError::from_backend(shard, e))?;
+        let checkout =
+            crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, more);
+        let mut conn = checkout.await?;
         let fp = self.vars.fingerprint();
         tracing::trace!(%shard, replay = conn.state_fp != fp, "backend checked out");
         if conn.state_fp != fp {

@@ -15,6 +15,10 @@ pub enum SessionError {
     CrossShard { from: ShardId, to: ShardId },
     #[error("no primary known for shard {0}")]
     NoPrimary(ShardId),
+    /// The shard's primary is being replaced and none took over within
+    /// `router.failover_hold_ms`, or shardd refused its failover.
+    #[error("shard {shard} is not available: {reason}")]
+    ShardUnavailable { shard: ShardId, reason: String },
     #[error("pool timeout: no connection to shard {shard} became free in time")]
     PoolTimeout { shard: ShardId },
     #[error("could not reach shard {shard}: {source}")]
@@ -77,6 +81,7 @@ impl SessionError {
             SessionError::Unsupported(_) => "0A000",
             SessionError::CrossShard { .. } => "0A000",
             SessionError::NoPrimary(_) => "08006",
+            SessionError::ShardUnavailable { .. } => "57P03",
             SessionError::PoolTimeout { .. } => "53300",
             SessionError::Backend { .. } => "08006",
             SessionError::UnknownStatement(_) => "26000",

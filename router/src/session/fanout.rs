@@ -536,7 +536,6 @@ where
         shards: &[ShardId],
         mut reused: Option<(ShardId, PooledConn)>,
     ) -> Result<Vec<Part>, (SessionError, Option<(ShardId, PooledConn)>)> {
-        let catalog = self.ctx.catalog.current();
         let fp = self.vars.fingerprint();
         let mut parts = Vec::with_capacity(shards.len());
         for &shard in shards {
@@ -544,16 +543,18 @@ where
                 Some((s, c)) if s == shard => c,
                 other => {
                     reused = other;
-                    let Some(node) = catalog.primary(shard) else {
-                        return Err((SessionError::NoPrimary(shard), reused));
-                    };
-                    let pool = self.ctx.pools.get(node, &self.user, &self.database);
                     // Only the first backend waits for capacity (see backend::pool).
                     let more = !parts.is_empty() || reused.is_some();
-                    let checkout = pool.checkout_for(more).await;
-                    match checkout {
+                    let checkout = crate::hold::checkout_primary(
+                        &self.ctx,
+                        shard,
+                        &self.user,
+                        &self.database,
+                        more,
+                    );
+                    match checkout.await {
                         Ok(c) => c,
-                        Err(e) => return Err((SessionError::from_backend(shard, e), reused)),
+                        Err(e) => return Err((e, reused)),
                     }
                 }
             };

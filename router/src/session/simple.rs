@@ -491,7 +491,6 @@ where
         shards: &[ShardId],
         atomic: bool,
     ) -> Result<AllShards, SessionError> {
-        let catalog = self.ctx.catalog.current();
         let mut first_reply: Option<Vec<Frame>> = None;
         let mut done: Vec<ShardId> = Vec::new();
         let mut failure: Option<(ShardId, SessionError)> = None;
@@ -499,15 +498,17 @@ where
         let mut open = Vec::new();
         let mut not_in_txn = false;
         for &shard in shards {
-            let Some(node) = catalog.primary(shard) else {
-                failure = Some((shard, SessionError::NoPrimary(shard)));
-                break;
-            };
-            let pool = self.ctx.pools.get(node, &self.user, &self.database);
-            let mut conn = match pool.checkout().await {
+            let checkout = crate::hold::checkout_primary(
+                &self.ctx,
+                shard,
+                &self.user,
+                &self.database,
+                false,
+            );
+            let mut conn = match checkout.await {
                 Ok(c) => c,
                 Err(e) => {
-                    failure = Some((shard, SessionError::from_backend(shard, e)));
+                    failure = Some((shard, e));
                     break;
                 }
             };

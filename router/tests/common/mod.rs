@@ -45,10 +45,7 @@ pub fn catalog_for(shards: &[Standalone]) -> Catalog {
         buckets: BUCKETS,
         bucket_map: (0..BUCKETS).map(|b| ShardId(b % n + 1)).collect(),
         shards: (1..=n)
-            .map(|i| Shard {
-                id: ShardId(i),
-                state: "active".into(),
-            })
+            .map(|i| Shard::active(ShardId(i)))
             .collect(),
         nodes: shards
             .iter()

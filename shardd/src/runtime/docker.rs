@@ -543,13 +543,9 @@ impl DockerRuntime {
     /// Copy the configuration generated from `spec` into the instance's PGDATA (works
     /// on stopped containers; takes effect at the next start or reload).
     async fn write_config(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
+        // A replica without an upstream is a standby cut off from every primary
+        // (fencing a primary that cannot be stopped).
         let inner = self.in_container(spec);
-        if inner.role == NodeRole::Replica && inner.upstream.is_none() {
-            return Err(RuntimeError::Spec {
-                node: spec.name.clone(),
-                message: "a replica needs an upstream primary".into(),
-            });
-        }
         let conf = pgconf::render_postgresql_conf(&inner);
         let hba = Self::hba();
         let role = match spec.role {
@@ -1265,7 +1261,7 @@ mod tests {
 
     fn spec(role: NodeRole) -> NodeSpec {
         NodeSpec {
-            name: "shard1-replica1".into(),
+            name: "shard1-node2".into(),
             role,
             shard: Some(ShardId(1)),
             host: "127.0.0.1".into(),
@@ -1273,7 +1269,7 @@ mod tests {
             dir: "/tmp/x".into(),
             settings: BTreeMap::new(),
             upstream: Some(Upstream {
-                name: "shard1-primary".into(),
+                name: "shard1-node1".into(),
                 host: "127.0.0.1".into(),
                 port: 6000,
             }),
@@ -1295,13 +1291,13 @@ mod tests {
         let mut inner = spec(NodeRole::Replica);
         inner.host = "*".into();
         if let Some(up) = inner.upstream.as_mut() {
-            up.host = "c-shard1-primary".into();
+            up.host = "c-shard1-node1".into();
         }
         let text = pgconf::render_postgresql_conf(&inner);
         assert!(text.contains("listen_addresses = '*'"), "{text}");
         assert!(text.contains("port = '6001'"), "{text}");
         assert!(
-            text.contains("primary_conninfo = 'host=c-shard1-primary port=6000 user=postgres application_name=shard1_replica1'"),
+            text.contains("primary_conninfo = 'host=c-shard1-node1 port=6000 user=postgres application_name=shard1_node2'"),
             "{text}"
         );
         let hba = DockerRuntime::hba();

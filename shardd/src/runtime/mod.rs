@@ -45,7 +45,7 @@ pub struct Upstream {
 /// Everything a runtime needs to know about one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
-    /// Stable name, e.g. `shard1-replica1`; also `cluster_name`, and (with `-` as `_`)
+    /// Stable name, e.g. `shard1-node2`; also `cluster_name`, and (with `-` as `_`)
     /// the replica's `application_name` and replication slot.
     pub name: String,
     pub role: NodeRole,

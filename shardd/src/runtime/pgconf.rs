@@ -143,15 +143,9 @@ pub fn write(spec: &NodeSpec, data_dir: &Path) -> Result<(), RuntimeError> {
     write_file("pg_hba.conf", &render_pg_hba_conf())?;
     let signal = data_dir.join("standby.signal");
     match spec.role {
-        NodeRole::Replica => {
-            if spec.upstream.is_none() {
-                return Err(RuntimeError::Spec {
-                    node: spec.name.clone(),
-                    message: "a replica needs an upstream primary".into(),
-                });
-            }
-            write_file("standby.signal", "")?;
-        }
+        // A replica without an upstream is a standby cut off from every primary
+        // (fencing a primary that cannot be stopped): it replays what it has and waits.
+        NodeRole::Replica => write_file("standby.signal", "")?,
         NodeRole::Primary | NodeRole::Catalog => {
             if signal.exists() {
                 std::fs::remove_file(&signal).map_err(|e| {
@@ -170,7 +164,7 @@ mod tests {
 
     fn spec(role: NodeRole) -> NodeSpec {
         NodeSpec {
-            name: "shard1-replica1".into(),
+            name: "shard1-node2".into(),
             role,
             shard: None,
             host: "127.0.0.1".into(),
@@ -182,7 +176,7 @@ mod tests {
                 ("Work_Mem".into(), "8MB".into()),
             ]),
             upstream: Some(Upstream {
-                name: "shard1-primary".into(),
+                name: "shard1-node1".into(),
                 host: "127.0.0.1".into(),
                 port: 5998,
             }),
@@ -193,9 +187,9 @@ mod tests {
     fn replica_conf_points_at_primary_with_its_slot() {
         let text = render_postgresql_conf(&spec(NodeRole::Replica));
         assert!(text.contains(
-            "primary_conninfo = 'host=127.0.0.1 port=5998 user=postgres application_name=shard1_replica1'"
+            "primary_conninfo = 'host=127.0.0.1 port=5998 user=postgres application_name=shard1_node2'"
         ), "{text}");
-        assert!(text.contains("primary_slot_name = 'shard1_replica1'"));
+        assert!(text.contains("primary_slot_name = 'shard1_node2'"));
         assert!(text.contains("port = '5999'"), "reserved keys win: {text}");
         assert!(text.contains("work_mem = '8MB'"));
         assert!(text.contains("synchronous_standby_names = 'ANY 1 (\"a_b\")'"));

@@ -159,7 +159,7 @@ pub async fn wait_ready<R: NodeRuntime + ?Sized>(
 /// Create the physical replication slot `spec` (a replica) will stream from on its
 /// upstream primary. Idempotent: a previous attempt may have created it already. Shared
 /// by every runtime, since the slot lives in PostgreSQL, not in the runtime.
-pub(crate) async fn ensure_replication_slot(
+pub async fn ensure_replication_slot(
     spec: &super::NodeSpec,
 ) -> Result<(), super::RuntimeError> {
     use super::RuntimeError;
@@ -181,7 +181,7 @@ pub(crate) async fn ensure_replication_slot(
         })?;
     primary
         .execute(
-            "SELECT pg_create_physical_replication_slot($1) \
+            "SELECT pg_create_physical_replication_slot($1, true) \
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
             &[&spec.slot_name()],
         )

@@ -44,10 +44,7 @@ pub(crate) fn catalog() -> Catalog {
         bucket_map: (0..1024).map(|b| shards[b % shards.len()]).collect(),
         shards: shards
             .iter()
-            .map(|&id| Shard {
-                id,
-                state: "active".to_owned(),
-            })
+            .map(|&id| Shard::active(id))
             .collect(),
         nodes: Vec::new(),
         tables: vec![

@@ -1,0 +1,105 @@
+//! Holding statements for a shard whose primary is being replaced (SPEC §8): while the
+//! catalog says the shard is `failing_over`, or while its primary cannot be reached
+//! (killed, not yet declared failed by shardd), a statement that needs a backend on the
+//! shard *waits* for the next catalog snapshot instead of failing, up to
+//! `router.failover_hold_ms` (default 10 s). When the catalog names the new primary the
+//! statement goes there; past the bound the client gets SQLSTATE 57P03 naming the
+//! shard. A shard whose failover shardd refused fails at once with its reason.
+//!
+//! Only the checkout of a backend waits, before anything of the statement was sent:
+//! holding never re-sends work whose outcome is unknown. The idle connections of a
+//! pool are checked before reuse (a killed primary's sockets read as closed), so a
+//! statement after a failover never lands on a dead connection.
+
+use crate::backend::{BackendError, PooledConn};
+use crate::server::RouterCtx;
+use crate::session::error::SessionError;
+use pgshard_catalog::{ShardId, ShardStatus};
+use std::time::{Duration, Instant};
+
+/// How often an unreachable primary is tried again while no new catalog arrives (it
+/// may only be restarting).
+const RETRY: Duration = Duration::from_millis(100);
+
+/// True for errors that mean "the primary is not there now", which a failover cures.
+fn unreachable(e: &BackendError) -> bool {
+    match e {
+        BackendError::Connect { .. }
+        | BackendError::ConnectTimeout(_)
+        | BackendError::Io { .. }
+        | BackendError::Closed { .. } => true,
+        // cannot_connect_now (starting up, shutting down, in recovery), admin shutdown.
+        BackendError::Server { code, .. } => code == "57P03" || code == "57P01",
+        BackendError::Protocol { .. }
+        | BackendError::Auth { .. }
+        | BackendError::PoolTimeout(_) => false,
+    }
+}
+
+/// A pooled connection to `shard`'s primary, held through a change of primary (see the
+/// module doc). `more`: the caller holds backends on other shards (no waiting for pool
+/// capacity, see [`crate::backend::pool`]).
+pub async fn checkout_primary(
+    ctx: &RouterCtx,
+    shard: ShardId,
+    user: &str,
+    database: &str,
+    more: bool,
+) -> Result<PooledConn, SessionError> {
+    let hold = Duration::from_millis(ctx.config.failover_hold_ms);
+    let started = Instant::now();
+    let mut changes = ctx.catalog.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let catalog = ctx.catalog.current();
+        let why = match catalog.shard(shard) {
+            Some(s) if s.status == ShardStatus::FailingOver => {
+                format!("shard {shard} is failing over")
+            }
+            Some(s) if s.status == ShardStatus::Refused => {
+                return Err(SessionError::ShardUnavailable {
+                    shard,
+                    reason: s
+                        .status_reason
+                        .clone()
+                        .unwrap_or_else(|| "its failover was refused".into()),
+                });
+            }
+            _ => {
+                let node = catalog
+                    .primary(shard)
+                    .ok_or(SessionError::NoPrimary(shard))?;
+                let pool = ctx.pools.get(node, user, database);
+                match pool.checkout_for(more).await {
+                    Ok(conn) => {
+                        if started.elapsed() > RETRY {
+                            tracing::info!(%shard, node = %node.name, held = ?started.elapsed(), "statement held through a change of primary");
+                            ctx.stats.note_held(started.elapsed());
+                        }
+                        return Ok(conn);
+                    }
+                    Err(e) if unreachable(&e) && hold > Duration::ZERO => {
+                        format!("its primary {} is unreachable: {e}", node.name)
+                    }
+                    Err(e) => return Err(SessionError::from_backend(shard, e)),
+                }
+            }
+        };
+        let waited = started.elapsed();
+        if waited >= hold {
+            crate::stats::bump(&ctx.stats.hold_timeouts);
+            return Err(SessionError::ShardUnavailable {
+                shard,
+                reason: format!(
+                    "{why}; no primary took over within {hold:?} (router.failover_hold_ms)"
+                ),
+            });
+        }
+        tracing::debug!(%shard, reason = %why, "holding a statement");
+        let left = hold - waited;
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(RETRY.min(left)) => {}
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! shardd itself, running in the test process ([`pgshard_shardd::run_with`]) with its
+//! control loop (probes, reconciler, 2PC recovery) over a cluster in a temporary
+//! directory, for failover and switchover tests.
+//!
+//! The instances run under a runtime owned by this harness (Owned lifecycle), not by the
+//! daemon: [`TestDaemon::crash`] drops the daemon mid-step as a SIGKILLed shardd would
+//! stop, and the instances keep running, as a real machine's processes outlive a
+//! crashed shardd; [`TestDaemon::restart`] starts a new shardd on the same data
+//! directory. Dropping the harness stops every instance.
+
+use crate::cluster::TestClusterOptions;
+use anyhow::{bail, Context};
+use pgshard_catalog::{store, Catalog, Config, ShardId};
+use pgshard_shardd::cluster::Layout;
+use pgshard_shardd::runtime::{LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle};
+use pgshard_shardd::{run_with, RunOptions, SharddState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// How long bootstrap may take.
+const START_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// A running shardd and its cluster.
+pub struct TestDaemon {
+    config: Config,
+    data_dir: PathBuf,
+    runtime: Arc<LocalProcess>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    state: SharddState,
+    http: reqwest::Client,
+    // Last: the directory outlives the instances.
+    _dir: TempDir,
+}
+
+impl TestDaemon {
+    /// Bootstrap a cluster of `opts` under shardd, with probes every `probe_ms`, and
+    /// `tweak` applied to the config.
+    pub async fn start(
+        opts: TestClusterOptions,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<TestDaemon> {
+        crate::init_tracing();
+        let dir = crate::dirs::temp_dir("shardd").context("temp dir")?;
+        let data_dir = dir.path().join("data");
+        let mut config = opts.config(&data_dir);
+        config.shardd.listen = "127.0.0.1:0".into();
+        config.shardd.probe_interval_ms = 200;
+        config.shardd.probe_timeout_ms = 500;
+        config.shardd.failure_threshold = 3;
+        tweak(&mut config);
+        let runtime = Arc::new(LocalProcess::new(LocalOptions {
+            pg_bin_dir: std::env::var_os("PGSHARD_PG_BIN_DIR").map(Into::into),
+            pg_user: "postgres".into(),
+            lifecycle: ProcessLifecycle::Owned,
+            fast_init: true,
+            ctl_timeout: Duration::from_secs(60),
+        })?);
+        let mut d = TestDaemon {
+            config,
+            data_dir,
+            runtime,
+            shutdown: CancellationToken::new(),
+            task: None,
+            state: SharddState {
+                pid: 0,
+                api: "127.0.0.1:1".parse()?,
+                cluster: String::new(),
+                data_dir: PathBuf::new(),
+                router: None,
+                router_pid: None,
+            },
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        d.launch(None).await?;
+        Ok(d)
+    }
+
+    async fn launch(&mut self, fault: Option<String>) -> anyhow::Result<()> {
+        // A stale state file from the run before must not count as ready.
+        let _ = std::fs::remove_file(self.data_dir.join(pgshard_shardd::STATE_FILE));
+        self.shutdown = CancellationToken::new();
+        let rt: Arc<dyn NodeRuntime> = self.runtime.clone();
+        let task = tokio::spawn(run_with(
+            self.config.clone(),
+            RunOptions {
+                lifecycle: ProcessLifecycle::Owned,
+                fast_init: true,
+                router_binary: None,
+                fault,
+                runtime: Some(rt),
+            },
+            self.shutdown.clone(),
+        ));
+        let started = Instant::now();
+        self.state = loop {
+            if task.is_finished() {
+                let r = task.await.context("shardd task")?;
+                bail!("shardd exited while starting: {r:?}");
+            }
+            if let Some(s) = SharddState::read(&self.data_dir)? {
+                break s;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!("shardd not ready after {START_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.task = Some(task);
+        Ok(())
+    }
+
+    /// Stop shardd where it is, as a crash would (no clean-up runs; instances keep
+    /// running), then start a new one on the same data directory with `fault`.
+    pub async fn restart(&mut self, fault: Option<String>) -> anyhow::Result<()> {
+        self.crash().await;
+        self.launch(fault).await
+    }
+
+    /// Stop shardd where it is, as a crash would.
+    pub async fn crash(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Start a fresh shardd whose reconciler stops at `fault` (see
+    /// `ReconcileOptions::fault`), replacing this one.
+    pub async fn restart_with_fault(&mut self, fault: &str) -> anyhow::Result<()> {
+        self.restart(Some(fault.to_string())).await
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The layout as shardd last saved it.
+    pub fn layout(&self) -> anyhow::Result<Layout> {
+        Layout::load(&self.data_dir.join(pgshard_shardd::cluster::LAYOUT_FILE))?
+            .context("no cluster.json")
+    }
+
+    pub fn spec(&self, name: &str) -> anyhow::Result<NodeSpec> {
+        let layout = self.layout()?;
+        let node = layout
+            .node(name)
+            .with_context(|| format!("no node named {name}"))?;
+        Ok(layout.spec(node, &self.config))
+    }
+
+    /// The catalog database's connection string.
+    pub fn catalog_conninfo(&self) -> anyhow::Result<String> {
+        let layout = self.layout()?;
+        let node = layout.catalog().context("no catalog node")?;
+        Ok(layout.spec(node, &self.config).connstr(store::CATALOG_DB))
+    }
+
+    /// The catalog as stored now.
+    pub async fn catalog(&self) -> anyhow::Result<Catalog> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.catalog_conninfo()?, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(store::load(&client).await?)
+    }
+
+    /// The name of `shard`'s primary in the catalog now.
+    pub async fn primary_of(&self, shard: u32) -> anyhow::Result<String> {
+        let catalog = self.catalog().await?;
+        catalog
+            .primary(ShardId(shard))
+            .map(|n| n.name.clone())
+            .with_context(|| format!("shard {shard} has no primary"))
+    }
+
+    /// A client on instance `name`'s `postgres` database.
+    pub async fn connect_node(&self, name: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let (client, conn) =
+            tokio_postgres::connect(&self.spec(name)?.connstr("postgres"), tokio_postgres::NoTls)
+                .await
+                .with_context(|| format!("connecting to {name}"))?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
+    /// SIGKILL instance `name` and its backends.
+    pub async fn kill_node(&self, name: &str) -> anyhow::Result<()> {
+        let spec = self.spec(name)?;
+        self.runtime
+            .kill(&spec)
+            .await
+            .with_context(|| format!("killing {name}"))
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(self
+            .http
+            .get(format!("http://{}/v1/status", self.state.api))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    /// `GET` of any API path, as text.
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        Ok(self
+            .http
+            .get(format!("http://{}{path}", self.state.api))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// `POST` a JSON body to an API path: the status code and the JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<(u16, serde_json::Value)> {
+        let r = self
+            .http
+            .post(format!("http://{}{path}", self.state.api))
+            .json(&body)
+            .send()
+            .await?;
+        let code = r.status().as_u16();
+        Ok((code, r.json().await?))
+    }
+
+    /// Poll the catalog until `done` holds for it, or fail after `timeout` saying
+    /// `what`.
+    pub async fn wait_catalog(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Catalog) -> bool,
+    ) -> anyhow::Result<Catalog> {
+        let started = Instant::now();
+        loop {
+            if let Ok(c) = self.catalog().await {
+                if done(&c) {
+                    return Ok(c);
+                }
+            }
+            if started.elapsed() > timeout {
+                let status = self.status().await.unwrap_or_default();
+                bail!("{what}: not after {timeout:?}; status: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every shard has its primary and all its replicas in service and
+    /// streaming (after a failover: the fenced node rebuilt).
+    pub async fn wait_redundant(&self, timeout: Duration) -> anyhow::Result<Catalog> {
+        let started = Instant::now();
+        loop {
+            let status = self.status().await?;
+            let healthy = status["nodes"].as_array().is_some_and(|nodes| {
+                nodes.iter().all(|n| n["state"] == "healthy")
+            });
+            let ok = status["shards"].as_array().is_some_and(|shards| {
+                !shards.is_empty() && shards.iter().all(|s| s["status"] == "ok")
+            });
+            if healthy && ok {
+                return self.catalog().await;
+            }
+            if started.elapsed() > timeout {
+                bail!("cluster not back to full redundancy after {timeout:?}: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Automatic failover and planned switchover (SPEC §8; issue: high availability), on
+//! real clusters under shardd's control loop, with real kills.
+
+use pgshard_catalog::{NodeState, ShardId, ShardStatus};
+use pgshard_tests::{TestClusterOptions, TestDaemon};
+use std::time::{Duration, Instant};
+
+const FAILOVER: Duration = Duration::from_secs(60);
+const REBUILD: Duration = Duration::from_secs(120);
+
+fn opts(replicas: u32) -> TestClusterOptions {
+    TestClusterOptions {
+        shards: 2,
+        replicas,
+        buckets: 64,
+        ..Default::default()
+    }
+}
+
+/// Kill shard 1's primary: the most advanced replica is promoted, the term grows, every
+/// committed row is on the new primary, the old primary is fenced then rebuilt as a
+/// replica of the new one, and the shard is back to two replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(2), |_| {}).await?;
+    let before = d.catalog().await?;
+    let old = d.primary_of(1).await?;
+    let term = before.shard(ShardId(1)).map(|s| s.term);
+    assert_eq!(term, Some(1));
+    let c = d.connect_node(&old).await?;
+    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
+        .await?;
+    drop(c);
+
+    let killed = Instant::now();
+    d.kill_node(&old).await?;
+    let after = d
+        .wait_catalog("shard 1 has a new primary", FAILOVER, |c| {
+            c.primary(ShardId(1)).is_some_and(|p| p.name != old)
+                && c.shard(ShardId(1)).is_some_and(|s| s.status != ShardStatus::FailingOver)
+        })
+        .await?;
+    let took = killed.elapsed();
+    let s1 = after.shard(ShardId(1)).expect("shard 1");
+    assert_eq!(s1.term, 2, "{s1:?}");
+    assert_eq!(s1.failovers, 1);
+    assert!(s1.last_failover_ms.is_some());
+    let new = after.primary(ShardId(1)).expect("primary").name.clone();
+    eprintln!("failover of {old} to {new} in {took:?}");
+    // Shard 2 untouched.
+    assert_eq!(after.shard(ShardId(2)).map(|s| s.term), Some(1));
+
+    let c = d.connect_node(&new).await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert_eq!(n, 100);
+    c.execute("INSERT INTO t VALUES (101)", &[]).await?;
+
+    // Rebuilt and back in service, streaming from the new primary; the shard is ok.
+    let back = d.wait_redundant(REBUILD).await?;
+    let oldnode = back.nodes.iter().find(|n| n.name == old).expect("old node");
+    assert_eq!(oldnode.state, NodeState::Healthy);
+    assert_eq!(oldnode.role, pgshard_catalog::NodeRole::Replica);
+    let standbys: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(standbys, 2);
+    let o = d.connect_node(&old).await?;
+    let n: i64 = o.query_one("SELECT count(*) FROM t", &[]).await?.get(0);
+    assert!(n >= 100);
+    Ok(())
+}
+
+/// The workload of the kill loops: autocommit single-row inserts whose acknowledged
+/// ids are recorded, and transfers between accounts on different shards (one
+/// transaction, two-phase commit), through the router.
+struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<LoadReport>>,
+}
+
+#[derive(Debug, Default)]
+struct LoadReport {
+    acked: Vec<i64>,
+    errors: Vec<String>,
+    transfers: u64,
+}
+
+const ACCOUNTS: i64 = 20;
+const START_BALANCE: i64 = 1000;
+
+impl Load {
+    async fn prepare(router: &pgshard_tests::TestRouter) -> anyhow::Result<()> {
+        let c = router.connect().await?;
+        c.batch_execute(
+            "CREATE TABLE acked (id bigint PRIMARY KEY, at timestamptz DEFAULT now());
+             CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)",
+        )
+        .await?;
+        for id in 1..=ACCOUNTS {
+            c.execute(
+                "INSERT INTO accounts VALUES ($1, $2)",
+                &[&id, &START_BALANCE],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn start(router: &pgshard_tests::TestRouter, writers: usize) -> Load {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let stop = stop.clone();
+            let connstr = router.connstr();
+            tasks.push(tokio::spawn(async move {
+                let mut report = LoadReport::default();
+                let mut client: Option<tokio_postgres::Client> = None;
+                let mut next = (w as i64) * 10_000_000;
+                while !stop.is_cancelled() {
+                    if client.as_ref().is_none_or(|c| c.is_closed()) {
+                        client = match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
+                            Ok((c, conn)) => {
+                                tokio::spawn(conn);
+                                Some(c)
+                            }
+                            Err(e) => {
+                                report.errors.push(format!("connect: {e}"));
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                continue;
+                            }
+                        };
+                    }
+                    let Some(c) = client.as_ref() else { continue };
+                    next += 1;
+                    match c.execute("INSERT INTO acked (id) VALUES ($1)", &[&next]).await {
+                        Ok(1) => report.acked.push(next),
+                        Ok(n) => report.errors.push(format!("insert {next}: {n} rows")),
+                        Err(e) => report.errors.push(format!("insert {next}: {e}")),
+                    }
+                }
+                report
+            }));
+        }
+        // One task moving money between accounts on both shards.
+        let stop2 = stop.clone();
+        let connstr = router.connstr();
+        tasks.push(tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut i: i64 = 0;
+            while !stop2.is_cancelled() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            Some(c)
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                }
+                let Some(c) = client.as_mut() else { continue };
+                i += 1;
+                let from = i % ACCOUNTS + 1;
+                let to = (i * 7 + 3) % ACCOUNTS + 1;
+                if from == to {
+                    continue;
+                }
+                let r = async {
+                    let tx = c.transaction().await?;
+                    tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = $1", &[&from])
+                        .await?;
+                    tx.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", &[&to])
+                        .await?;
+                    tx.commit().await
+                }
+                .await;
+                match r {
+                    Ok(()) => report.transfers += 1,
+                    Err(e) => report.errors.push(format!("transfer: {e}")),
+                }
+            }
+            report
+        }));
+        Load { stop, tasks }
+    }
+
+    async fn finish(self) -> LoadReport {
+        self.stop.cancel();
+        let mut all = LoadReport::default();
+        for t in self.tasks {
+            if let Ok(r) = t.await {
+                all.acked.extend(r.acked);
+                all.errors.extend(r.errors);
+                all.transfers += r.transfers;
+            }
+        }
+        all
+    }
+}
+
+/// No acknowledged write lost: 2 shards × (primary + 2 replicas) under concurrent
+/// inserts and cross-shard transfers through the router; the primary of a shard is
+/// SIGKILLed, shardd fails over and rebuilds, again and again (each time on whichever
+/// node is primary then, alternating shards). Afterwards every acknowledged row is
+/// there, the money is all there, and no prepared transaction is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Result<()> {
+    let kills: usize = std::env::var("PGSHARD_FAILOVER_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let d = TestDaemon::start(
+        TestClusterOptions {
+            tables: vec![
+                pgshard_tests::distributed("acked", "id", "bigint"),
+                pgshard_tests::distributed("accounts", "id", "bigint"),
+            ],
+            ..opts(2)
+        },
+        |_| {},
+    )
+    .await?;
+    let router = pgshard_tests::TestRouter::start_on(
+        &d.catalog_conninfo()?,
+        d.config().router.clone(),
+    )
+    .await?;
+    Load::prepare(&router).await?;
+    let load = Load::start(&router, 4);
+    let mut pauses = Vec::new();
+    for k in 0..kills {
+        let shard = (k % 2) as u32 + 1;
+        // Let some writes happen on this topology first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = d.primary_of(shard).await?;
+        let term = d.catalog().await?.shard(ShardId(shard)).map(|s| s.term);
+        let killed = Instant::now();
+        d.kill_node(&old).await?;
+        d.wait_catalog(&format!("kill {k}: shard {shard} fails over from {old}"), FAILOVER, |c| {
+            c.shard(ShardId(shard))
+                .is_some_and(|s| Some(s.term) > term && s.status != ShardStatus::FailingOver)
+        })
+        .await?;
+        pauses.push(killed.elapsed());
+        d.wait_redundant(REBUILD).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish().await;
+    eprintln!(
+        "{kills} kills: {} inserts acknowledged, {} transfers committed, {} client errors; \
+         catalog switched {:?} after each kill",
+        report.acked.len(),
+        report.transfers,
+        report.errors.len(),
+        pauses
+    );
+    for e in report.errors.iter().take(20) {
+        eprintln!("  client error: {e}");
+    }
+    assert!(report.acked.len() > 100, "the load did not run");
+
+    // Every acknowledged insert is there.
+    let c = router.connect().await?;
+    let rows = c.query("SELECT id FROM acked", &[]).await?;
+    let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let lost: Vec<&i64> = report.acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+    // No prepared transaction left, once recovery has run on the new primaries.
+    let started = Instant::now();
+    loop {
+        let catalog = d.catalog().await?;
+        let mut prepared = 0i64;
+        for s in catalog.shard_ids() {
+            let p = catalog.primary(s).expect("primary").name.clone();
+            prepared += d
+                .connect_node(&p)
+                .await?
+                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                .await?
+                .get::<_, i64>(0);
+        }
+        if prepared == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{prepared} prepared transactions left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let total: i64 = c
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(total, ACCOUNTS * START_BALANCE, "transfers were not atomic");
+    Ok(())
+}
