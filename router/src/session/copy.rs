@@ -393,7 +393,7 @@ where
             self.deferred = Some(frame.clone());
             return Ok(());
         }
-        let in_txn = self.virtual_txn.is_some()
+        let in_txn = self.txn.virtual_txn.is_some()
             || self
                 .attached
                 .as_ref()
@@ -411,7 +411,7 @@ where
     ) -> Result<(), SessionError> {
         for &shard in shards {
             let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
-            let parked = self.parked.iter().any(|a| a.shard == shard);
+            let parked = self.txn.parked.iter().any(|a| a.shard == shard);
             if on_it || parked {
                 continue;
             }
@@ -432,7 +432,7 @@ where
             return Ok(());
         }
         let mut all: Vec<Attached> = self.attached.take().into_iter().collect();
-        all.append(&mut self.parked);
+        all.append(&mut self.txn.parked);
         let result = {
             let mut parts: Vec<Part<'_>> = all
                 .iter_mut()
@@ -451,7 +451,7 @@ where
         }
         let lost = all.iter().find(|a| a.conn.broken).map(|a| a.shard);
         self.attached = all.pop();
-        self.parked = all;
+        self.txn.parked = all;
         if let Some(shard) = lost {
             return Err(SessionError::LostBackend { shard });
         }
@@ -498,7 +498,7 @@ where
 
     /// After the ErrorResponse: ReadyForQuery (simple protocol) or skip to Sync.
     fn copy_ended_badly(&mut self, mode: CopyMode) {
-        if let Some(vt) = self.virtual_txn.as_mut() {
+        if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
         match mode {

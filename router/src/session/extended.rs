@@ -775,11 +775,11 @@ where
                 return self.savepoint_everywhere(&stmt.key.sql, true).await;
             }
             StatementKind::Savepoint => {
-                super::txn::track_savepoint(&mut self.txn_savepoints, &stmt.key.sql)
+                super::txn::track_savepoint(&mut self.txn.savepoints, &stmt.key.sql)
             }
             StatementKind::Begin if self.client_status() == b'I' => {
-                self.txn_begin = Some(stmt.key.sql.clone());
-                self.txn_savepoints.clear();
+                self.txn.begin = Some(stmt.key.sql.clone());
+                self.txn.savepoints.clear();
             }
             _ => {}
         }
@@ -816,7 +816,7 @@ where
             return Ok(());
         }
         let mut b = BytesMut::new();
-        if self.virtual_txn.is_some() {
+        if self.txn.virtual_txn.is_some() {
             encode_error(
                 &mut b,
                 b'N',
@@ -827,12 +827,12 @@ where
                 None,
             );
         } else {
-            self.virtual_txn = Some(VirtualTxn {
+            self.txn.virtual_txn = Some(VirtualTxn {
                 begin_sql: stmt.key.sql.clone(),
                 failed: false,
             });
-            self.txn_begin = Some(stmt.key.sql.clone());
-            self.txn_savepoints.clear();
+            self.txn.begin = Some(stmt.key.sql.clone());
+            self.txn.savepoints.clear();
         }
         encode_command_complete(&mut b, super::lex::begin_tag(&stmt.key.sql));
         self.emit_local(&b);
@@ -927,7 +927,7 @@ where
         if self.parse_ack.take().is_some() {
             self.emit_empty(b'1');
         }
-        if let Some(vt) = self.virtual_txn.as_mut() {
+        if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
         self.emit_error(&e);

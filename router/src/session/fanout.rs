@@ -161,7 +161,7 @@ where
         }
         let reused_shard = reused.as_ref().map(|(s, _)| *s);
         let backends = if in_txn {
-            Ok(std::mem::take(&mut self.lent_parts))
+            Ok(std::mem::take(&mut self.txn.lent_parts))
         } else {
             self.fanout_backends(&shards, reused).await
         };
@@ -462,12 +462,12 @@ where
                 "multi-shard read inside a transaction block without a catalog connection".into(),
             ));
         }
-        if self.any_participant_failed() || self.virtual_txn.as_ref().is_some_and(|v| v.failed) {
+        if self.any_participant_failed() || self.txn.virtual_txn.as_ref().is_some_and(|v| v.failed) {
             return Err(SessionError::InFailedTransaction);
         }
         for &shard in shards {
             let present = self.attached.as_ref().is_some_and(|a| a.shard == shard)
-                || self.parked.iter().any(|p| p.shard == shard);
+                || self.txn.parked.iter().any(|p| p.shard == shard);
             if present {
                 continue;
             }
@@ -480,7 +480,7 @@ where
             self.drain_attached().await?;
         }
         let mut all: Vec<Attached> = self.attached.take().into_iter().collect();
-        all.append(&mut self.parked);
+        all.append(&mut self.txn.parked);
         for a in all {
             if shards.contains(&a.shard) {
                 let Attached {
@@ -491,24 +491,24 @@ where
                     failed_since_sync,
                     wrote,
                 } = a;
-                self.lent.push(Lent {
+                self.txn.lent.push(Lent {
                     shard,
                     expects,
                     executed,
                     failed_since_sync,
                     wrote,
                 });
-                self.lent_parts.push(Part {
+                self.txn.lent_parts.push(Part {
                     shard,
                     conn,
                     cancelled: false,
                 });
             } else {
-                self.parked.push(a);
+                self.txn.parked.push(a);
             }
         }
-        self.lent_parts.sort_by_key(|p| p.shard);
-        self.lending = true;
+        self.txn.lent_parts.sort_by_key(|p| p.shard);
+        self.txn.lending = true;
         Ok(())
     }
 
@@ -585,8 +585,8 @@ where
         cancel: bool,
     ) {
         // Inside a transaction a cancel would abort it: read everything instead.
-        let cancel_now = (cancel || budget.is_none()) && !self.lending;
-        let budget = if self.lending { None } else { budget };
+        let cancel_now = (cancel || budget.is_none()) && !self.txn.lending;
+        let budget = if self.txn.lending { None } else { budget };
         for &i in unfinished {
             if let Some(p) = parts.get_mut(i) {
                 if cancel_now && !p.conn.broken {
@@ -617,7 +617,7 @@ where
                     }
                     b'D' => {
                         rows += 1;
-                        if !p.cancelled && !self.lending && budget.is_some_and(|b| rows > b) {
+                        if !p.cancelled && !self.txn.lending && budget.is_some_and(|b| rows > b) {
                             let _ = p.conn.cancel_target().cancel().await;
                             p.cancelled = true;
                         }
@@ -717,15 +717,15 @@ where
         parts: Vec<Part>,
         reused_shard: Option<ShardId>,
     ) -> Option<(ShardId, PooledConn)> {
-        if self.lending {
+        if self.txn.lending {
             // Transaction participants go back to the transaction, broken or not (a
             // broken one fails its COMMIT, so nothing commits partially).
             for p in parts {
-                let Some(i) = self.lent.iter().position(|l| l.shard == p.shard) else {
+                let Some(i) = self.txn.lent.iter().position(|l| l.shard == p.shard) else {
                     continue;
                 };
-                let l = self.lent.swap_remove(i);
-                self.parked.push(Attached {
+                let l = self.txn.lent.swap_remove(i);
+                self.txn.parked.push(Attached {
                     conn: p.conn,
                     shard: l.shard,
                     expects: l.expects,
@@ -748,10 +748,10 @@ where
 
     /// Re-attaches the backend the fan-out borrowed, if it is still usable.
     fn restore_attached(&mut self, back: Option<(ShardId, PooledConn)>) {
-        if self.lending {
-            self.lending = false;
+        if self.txn.lending {
+            self.txn.lending = false;
             if self.attached.is_none() {
-                self.attached = self.parked.pop();
+                self.attached = self.txn.parked.pop();
             }
             return;
         }

@@ -239,7 +239,7 @@ where
         // Outside a transaction block the statement runs on its own, as a simple Query
         // would run it: what the batch executed before it is settled (committed) first.
         if let Some(a) = self.attached.as_mut() {
-            if a.executed && self.implicit_spanning {
+            if a.executed && self.txn.implicit_spanning {
                 self.fail_extended(SessionError::Unsupported(
                     "a statement the router runs itself after statements on several shards in one extended-protocol batch (send Sync before it)".into(),
                 ));

@@ -35,6 +35,7 @@ mod split;
 pub mod startup;
 mod suspend;
 mod txn;
+mod txn_state;
 pub mod vars;
 
 use crate::backend::{PooledConn, StmtKey};
@@ -54,6 +55,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use vars::SessionVars;
+pub(crate) use txn_state::{TxnState, VirtualTxn};
 
 /// Output buffered beyond this is written before more is read (back-pressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -235,11 +237,6 @@ impl Attached {
     }
 }
 
-/// BEGIN answered by the router before any statement chose a shard.
-pub(crate) struct VirtualTxn {
-    pub begin_sql: String,
-    pub failed: bool,
-}
 
 pub struct Session<R, W> {
     pub(crate) ctx: Arc<RouterCtx>,
@@ -251,9 +248,6 @@ pub struct Session<R, W> {
     /// Bytes for the client.
     pub(crate) out: BytesMut,
     pub(crate) vars: SessionVars,
-    /// SET/RESETs that completed inside an open (explicit or implicit) transaction:
-    /// kept if it commits, dropped if it rolls back.
-    pub(crate) txn_vars: Vec<SessionCommand>,
     pub(crate) stmts: FxHashMap<String, Arc<Stmt>>,
     /// Bound portals: the statement and where the portal lives.
     pub(crate) portals: FxHashMap<String, (Arc<Stmt>, PortalAt)>,
@@ -262,32 +256,17 @@ pub struct Session<R, W> {
     pub(crate) described_fanout: Option<String>,
     /// Set while a fan-out's answer is captured for a row-limited Execute.
     pub(crate) capture: Option<suspend::Capture>,
-    /// Transaction participants lent to a running fan-out (see `fanout`).
-    pub(crate) lent: Vec<fanout::Lent>,
-    pub(crate) lent_parts: Vec<fanout::Part>,
-    pub(crate) lending: bool,
     /// Column counts of multi-shard statements' shard queries, by statement digest.
     pub(crate) fanout_columns: FxHashMap<u64, usize>,
     pub(crate) sql_prepared: FxHashMap<String, Arc<SqlPrepared>>,
     pub(crate) attached: Option<Attached>,
-    /// The other participants of a transaction spanning shards (see [`txn`]): idle
-    /// backends, each inside the transaction, nothing outstanding.
-    pub(crate) parked: Vec<Attached>,
-    /// The BEGIN that opened the current transaction, replayed on shards that join it.
-    pub(crate) txn_begin: Option<String>,
-    /// The savepoints active in the current transaction, oldest first, as written
-    /// (replayed on shards that join it; see [`txn`]).
-    pub(crate) txn_savepoints: Vec<String>,
+    /// The client's transaction: participants, savepoints, virtual and implicit blocks.
+    pub(crate) txn: TxnState,
     /// A client message waiting until the attached backend has answered everything.
     pub(crate) deferred: Option<Frame>,
     pub(crate) skip_until_sync: bool,
     /// The statement whose ParseComplete rides on its (deferred) prepare.
     pub(crate) parse_ack: Option<String>,
-    pub(crate) virtual_txn: Option<VirtualTxn>,
-    /// An extended-protocol batch's implicit transaction turned into one spanning shards
-    /// (see [`attach`]): it ends at the client's Sync, committed (two-phase) unless
-    /// something in it failed, and the client sees only ReadyForQuery, as for any batch.
-    pub(crate) implicit_spanning: bool,
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
@@ -338,25 +317,17 @@ where
             writer,
             out,
             vars,
-            txn_vars: Vec::new(),
             stmts: FxHashMap::default(),
             portals: FxHashMap::default(),
             described_fanout: None,
             capture: None,
             fanout_columns: FxHashMap::default(),
-            lent: Vec::new(),
-            lent_parts: Vec::new(),
-            lending: false,
             sql_prepared: FxHashMap::default(),
             attached: None,
-            parked: Vec::new(),
-            txn_begin: None,
-            txn_savepoints: Vec::new(),
+            txn: TxnState::default(),
             deferred: None,
             skip_until_sync: false,
             parse_ack: None,
-            virtual_txn: None,
-            implicit_spanning: false,
             shard_override: None,
             closing: false,
             request_start: None,
@@ -582,8 +553,8 @@ where
     /// True when no transaction is open and nothing is outstanding: the session can end
     /// without losing anything the client started.
     fn between_transactions(&self) -> bool {
-        self.parked.is_empty()
-            && self.virtual_txn.is_none()
+        self.txn.parked.is_empty()
+            && self.txn.virtual_txn.is_none()
             && self.deferred.is_none()
             && self
                 .attached
@@ -605,7 +576,7 @@ where
     async fn detach_backend(&mut self) {
         // Parked participants are idle inside their transaction: closing them rolls it
         // back (the pool discards a connection that is not clean).
-        self.parked.clear();
+        self.txn.parked.clear();
         let Some(a) = self.attached.take() else {
             return;
         };
@@ -657,7 +628,7 @@ where
 
     /// The transaction status to report when the router answers by itself.
     pub(crate) fn client_status(&self) -> u8 {
-        if let Some(vt) = &self.virtual_txn {
+        if let Some(vt) = &self.txn.virtual_txn {
             return if vt.failed { b'E' } else { b'T' };
         }
         match &self.attached {
@@ -709,7 +680,7 @@ where
                 self.on_close(&frame, kind, &name);
                 Ok(())
             }
-            M::Sync if self.implicit_spanning => self.end_implicit_spanning().await,
+            M::Sync if self.txn.implicit_spanning => self.end_implicit_spanning().await,
             M::Sync => {
                 self.on_sync(&frame);
                 Ok(())
@@ -770,7 +741,7 @@ where
                 a.expects.is_empty()
                     && a.conn.is_clean()
                     && self.ctx.config.pool_mode == PoolMode::Transaction
-                    && self.virtual_txn.is_none()
+                    && self.txn.virtual_txn.is_none()
             }
             None => false,
         };

@@ -202,19 +202,19 @@ where
             SessionCommand::Set { .. }
             | SessionCommand::Reset { .. }
             | SessionCommand::ResetAll => {
-                self.txn_vars.push(cmd);
+                self.txn.vars.push(cmd);
             }
             SessionCommand::Commit => {
                 // COMMIT of a failed transaction reports ROLLBACK.
                 let committed = decode_command_tag(frame).is_ok_and(|t| t.starts_with("COMMIT"));
-                let pending = std::mem::take(&mut self.txn_vars);
+                let pending = std::mem::take(&mut self.txn.vars);
                 if committed {
                     for c in &pending {
                         self.vars.apply(c);
                     }
                 }
             }
-            SessionCommand::Rollback => self.txn_vars.clear(),
+            SessionCommand::Rollback => self.txn.vars.clear(),
             SessionCommand::Prepare { name, body } => {
                 // A PREPARE run through the extended protocol: recorded once it
                 // succeeded (PREPARE is not transactional).
@@ -256,7 +256,7 @@ where
         }
         if status == b'I' {
             // The implicit transaction ended: committed unless it failed.
-            let pending = std::mem::take(&mut self.txn_vars);
+            let pending = std::mem::take(&mut self.txn.vars);
             if !failed {
                 for c in &pending {
                     self.vars.apply(c);
@@ -275,7 +275,7 @@ where
         }
         // The backend now carries the session's state plus what is pending on it.
         if let Some(a) = self.attached.as_mut() {
-            a.conn.state_fp = if self.txn_vars.is_empty() {
+            a.conn.state_fp = if self.txn.vars.is_empty() {
                 self.vars.fingerprint()
             } else {
                 u64::MAX

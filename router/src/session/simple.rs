@@ -69,15 +69,15 @@ where
         } else {
             SessionCommand::Other
         };
-        if let Some(vt) = &self.virtual_txn {
+        if let Some(vt) = &self.txn.virtual_txn {
             let failed = vt.failed;
             match cmd {
                 SessionCommand::Commit => {
-                    self.virtual_txn = None;
+                    self.txn.virtual_txn = None;
                     return self.answer(if failed { "ROLLBACK" } else { "COMMIT" });
                 }
                 SessionCommand::Rollback => {
-                    self.virtual_txn = None;
+                    self.txn.virtual_txn = None;
                     return self.answer("ROLLBACK");
                 }
                 SessionCommand::Begin if !failed => {
@@ -101,16 +101,16 @@ where
                 _ => {}
             }
         }
-        let in_txn = self.virtual_txn.is_some()
+        let in_txn = self.txn.virtual_txn.is_some()
             || self
                 .attached
                 .as_ref()
                 .is_some_and(|a| a.conn.status != b'I');
         if !in_txn {
-            self.txn_begin = None;
-            self.txn_savepoints.clear();
+            self.txn.begin = None;
+            self.txn.savepoints.clear();
             if cmd == SessionCommand::Begin {
-                self.txn_begin = Some(sql.to_string());
+                self.txn.begin = Some(sql.to_string());
             }
         }
         if self.spans_shards() {
@@ -130,8 +130,8 @@ where
         }
         let catalog = self.ctx.catalog.current();
         match &cmd {
-            SessionCommand::Begin if self.attached.is_none() && self.virtual_txn.is_none() => {
-                self.virtual_txn = Some(VirtualTxn {
+            SessionCommand::Begin if self.attached.is_none() && self.txn.virtual_txn.is_none() => {
+                self.txn.virtual_txn = Some(VirtualTxn {
                     begin_sql: sql.to_string(),
                     failed: false,
                 });
@@ -267,7 +267,7 @@ where
         };
         // In an explicit transaction on another shard: that shard joins it (SPEC §7).
         let joins = self.attached.as_ref().is_some_and(|a| {
-            a.shard != shard && a.conn.status != b'I' && self.virtual_txn.is_none()
+            a.shard != shard && a.conn.status != b'I' && self.txn.virtual_txn.is_none()
         });
         if joins && self.ctx.twopc.is_some() {
             if let Err(e) = self.join_shard(shard).await {
@@ -312,7 +312,7 @@ where
         let statements = stmts.iter().map(|s| classify(s)).collect();
         if super::txn::has_savepoint(&plan) {
             for st in &stmts {
-                super::txn::track_savepoint(&mut self.txn_savepoints, st);
+                super::txn::track_savepoint(&mut self.txn.savepoints, st);
             }
         }
         if let Some(a) = self.attached.as_mut() {
@@ -395,7 +395,7 @@ where
     /// An error the router raises for a simple Query: ErrorResponse, the backend's
     /// transaction aborted to match, ReadyForQuery.
     pub(crate) fn fail_simple(&mut self, e: SessionError) {
-        if let Some(vt) = self.virtual_txn.as_mut() {
+        if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
         let mut status = self.client_status();

@@ -123,14 +123,14 @@ where
 {
     /// True while a second shard has joined the transaction.
     pub(crate) fn spans_shards(&self) -> bool {
-        !self.parked.is_empty()
+        !self.txn.parked.is_empty()
     }
 
     /// True if the transaction failed on any participant.
     pub(crate) fn any_participant_failed(&self) -> bool {
         self.attached
             .iter()
-            .chain(self.parked.iter())
+            .chain(self.txn.parked.iter())
             .any(|a| a.conn.status == b'E')
     }
 
@@ -145,10 +145,10 @@ where
         if self.any_participant_failed() {
             return Err(SessionError::InFailedTransaction);
         }
-        if let Some(i) = self.parked.iter().position(|p| p.shard == shard) {
-            let next = self.parked.swap_remove(i);
+        if let Some(i) = self.txn.parked.iter().position(|p| p.shard == shard) {
+            let next = self.txn.parked.swap_remove(i);
             if let Some(cur) = self.attached.replace(next) {
-                self.parked.push(cur);
+                self.txn.parked.push(cur);
             }
             self.publish_activity();
             return Ok(());
@@ -158,21 +158,21 @@ where
         };
         // The transaction's BEGIN, then its active savepoints: a later ROLLBACK TO one
         // of them undoes on this shard everything it did (all of it came after).
-        let mut begin_sql = self.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
-        for sp in &self.txn_savepoints {
+        let mut begin_sql = self.txn.begin.clone().unwrap_or_else(|| "BEGIN".into());
+        for sp in &self.txn.savepoints {
             begin_sql.push_str("; SAVEPOINT ");
             begin_sql.push_str(sp);
         }
-        self.virtual_txn = Some(VirtualTxn {
+        self.txn.virtual_txn = Some(VirtualTxn {
             begin_sql,
             failed: false,
         });
         let joined = self.attach(shard, true).await;
-        self.virtual_txn = None;
+        self.txn.virtual_txn = None;
         match joined {
             Ok(()) => {
-                tracing::debug!(%shard, participants = self.parked.len() + 2, "shard joined the transaction");
-                self.parked.push(cur);
+                tracing::debug!(%shard, participants = self.txn.parked.len() + 2, "shard joined the transaction");
+                self.txn.parked.push(cur);
                 Ok(())
             }
             Err(e) => {
@@ -212,7 +212,7 @@ where
         commit: bool,
         answer: EndAnswer,
     ) -> Result<(), SessionError> {
-        self.implicit_spanning = false;
+        self.txn.implicit_spanning = false;
         let tag = !matches!(answer, EndAnswer::Ready);
         let Some(twopc) = self.ctx.twopc.as_ref() else {
             return Err(SessionError::Unsupported(
@@ -221,7 +221,7 @@ where
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
-        parts.append(&mut self.parked);
+        parts.append(&mut self.txn.parked);
         self.entry.set_activity("active", None, None);
         let result = {
             let mut members: Vec<Member<'_, BackendError>> = parts
@@ -242,13 +242,13 @@ where
         // Every participant is now outside a transaction (or broken, and then the pool
         // discards it on drop).
         drop(parts);
-        self.txn_begin = None;
-        self.txn_savepoints.clear();
+        self.txn.begin = None;
+        self.txn.savepoints.clear();
         self.portals.clear();
         if self.shard_override.is_some_and(|(_, local)| local) {
             self.shard_override = None;
         }
-        let pending = std::mem::take(&mut self.txn_vars);
+        let pending = std::mem::take(&mut self.txn.vars);
         let mut b = BytesMut::new();
         match result {
             None | Some(Ok(Outcome::RolledBack)) => {
@@ -614,7 +614,7 @@ where
         extended: bool,
     ) -> Result<(), SessionError> {
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
-        parts.append(&mut self.parked);
+        parts.append(&mut self.txn.parked);
         parts.sort_by_key(|a| a.shard);
         let mut reply: Option<Result<ShardReply, SessionError>> = None;
         let mut lost = None;
@@ -632,14 +632,14 @@ where
         // Back as they were: the first one attached, the others parked.
         let mut parts = parts.into_iter();
         self.attached = parts.next();
-        self.parked = parts.collect();
+        self.txn.parked = parts.collect();
         if let Some(shard) = lost {
             return Err(SessionError::LostBackend { shard });
         }
         let mut b = BytesMut::new();
         match reply {
             Some(Ok(r)) => {
-                track_savepoint(&mut self.txn_savepoints, sql);
+                track_savepoint(&mut self.txn.savepoints, sql);
                 encode_command_complete(&mut b, &r.tag);
             }
             Some(Err(e)) => {
