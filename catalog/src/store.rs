@@ -182,7 +182,9 @@ pub async fn init_cluster(
     Ok(v)
 }
 
-pub(crate) async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<CatalogVersion, StoreError> {
+pub(crate) async fn bump(
+    tx: &tokio_postgres::Transaction<'_>,
+) -> Result<CatalogVersion, StoreError> {
     let v: i64 = tx
         .query_one("SELECT pgshard.bump_version()", &[])
         .await?

@@ -133,11 +133,7 @@ pub async fn begin(
 
 /// Record `to` as the replica to promote, unless one is recorded already: returns the
 /// recorded one, which the caller must promote (never another).
-pub async fn choose(
-    client: &mut Client,
-    shard: ShardId,
-    to: NodeId,
-) -> Result<NodeId, StoreError> {
+pub async fn choose(client: &mut Client, shard: ShardId, to: NodeId) -> Result<NodeId, StoreError> {
     let tx = client.transaction().await?;
     let s = lock_shard(&tx, shard).await?;
     if s.status != ShardStatus::FailingOver.as_str() {

@@ -17,13 +17,13 @@
 
 use crate::probe::ClusterStatus;
 use crate::reconcile::Command;
-use pgshard_catalog::ShardId;
-use serde::Deserialize;
 use crate::recovery::TransactionsStatus;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use pgshard_catalog::ShardId;
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;

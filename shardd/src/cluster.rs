@@ -508,13 +508,19 @@ impl Cluster {
     /// The specs of the primaries (the catalog node included).
     fn primary_specs(&self) -> Vec<NodeSpec> {
         let layout = self.lay();
-        layout.primaries().map(|n| layout.spec(n, &self.config)).collect()
+        layout
+            .primaries()
+            .map(|n| layout.spec(n, &self.config))
+            .collect()
     }
 
     /// The specs of the replicas in service.
     fn replica_specs(&self) -> Vec<NodeSpec> {
         let layout = self.lay();
-        layout.replicas().map(|n| layout.spec(n, &self.config)).collect()
+        layout
+            .replicas()
+            .map(|n| layout.spec(n, &self.config))
+            .collect()
     }
 
     fn lay(&self) -> std::sync::RwLockReadGuard<'_, Layout> {
@@ -983,7 +989,10 @@ mod tests {
             Some("ANY 1 (\"shard1_node3\")")
         );
         let follower = after.spec(after.node("shard1-node3").expect("node"), &config);
-        assert_eq!(follower.upstream.map(|u| u.name), Some("shard1-node2".into()));
+        assert_eq!(
+            follower.upstream.map(|u| u.name),
+            Some("shard1-node2".into())
+        );
         // With no replica left: non-strict keeps writing alone, strict waits for any.
         after.set_primary(ShardId(1), "shard1-node3", "shard1-node2");
         after.nodes.iter_mut().for_each(|n| {

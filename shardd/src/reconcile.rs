@@ -367,7 +367,14 @@ impl Reconciler {
             )));
         }
         let to_id = to.and_then(|name| replicas.iter().find(|n| n.name == name).map(|n| n.id));
-        topology::begin(&mut client, shard, primary.id, s.term, ChangeKind::Switchover).await?;
+        topology::begin(
+            &mut client,
+            shard,
+            primary.id,
+            s.term,
+            ChangeKind::Switchover,
+        )
+        .await?;
         if let Some(id) = to_id {
             topology::choose(&mut client, shard, id).await?;
         }
@@ -380,7 +387,9 @@ impl Reconciler {
     async fn resume(&mut self, shard: ShardId) -> Result<(), ReconcileError> {
         let mut client = self.catalog_client().await?;
         let catalog = store::load(&client).await?;
-        let Some(s) = catalog.shard(shard).filter(|s| s.status == ShardStatus::FailingOver)
+        let Some(s) = catalog
+            .shard(shard)
+            .filter(|s| s.status == ShardStatus::FailingOver)
         else {
             return Ok(());
         };
@@ -415,13 +424,8 @@ impl Reconciler {
                     Ok(best) => best,
                     Err(ReconcileError::Refused(reason)) => {
                         tracing::error!(%shard, %reason, "failover refused");
-                        topology::abandon(
-                            &mut client,
-                            shard,
-                            ShardStatus::Refused,
-                            Some(&reason),
-                        )
-                        .await?;
+                        topology::abandon(&mut client, shard, ShardStatus::Refused, Some(&reason))
+                            .await?;
                         return Err(ReconcileError::Refused(reason));
                     }
                     Err(e) => return Err(e),
@@ -997,7 +1001,11 @@ mod tests {
         let obs = [seen(1, 2, None), seen(2, 0, None), seen(3, 0, None)];
         assert!(plan(&three(), &obs, &opts(), &HashSet::new()).is_empty());
         // A replica still streams from it: shardd's own network problem.
-        let obs = [seen(1, 5, None), seen(2, 0, Some("streaming")), seen(3, 0, None)];
+        let obs = [
+            seen(1, 5, None),
+            seen(2, 0, Some("streaming")),
+            seen(3, 0, None),
+        ];
         assert!(plan(&three(), &obs, &opts(), &HashSet::new()).is_empty());
         // No replica answers: nothing confirms it, nothing could be promoted.
         let obs = [seen(1, 5, None), seen(2, 5, None), seen(3, 5, None)];

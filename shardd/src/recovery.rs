@@ -183,7 +183,11 @@ impl Recovery {
             .catalog()
             .map(|n| layout.spec(n, cluster.config()))
             .ok_or(RecoveryError::NoCatalog)?;
-        Ok(Recovery::with_targets(catalog, shard_targets(cluster), opts))
+        Ok(Recovery::with_targets(
+            catalog,
+            shard_targets(cluster),
+            opts,
+        ))
     }
 
     /// Recovery that follows the cluster's topology: every round recovers the shard

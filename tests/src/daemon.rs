@@ -12,7 +12,9 @@ use crate::cluster::TestClusterOptions;
 use anyhow::{bail, Context};
 use pgshard_catalog::{store, Catalog, Config, ShardId};
 use pgshard_shardd::cluster::Layout;
-use pgshard_shardd::runtime::{LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle};
+use pgshard_shardd::runtime::{
+    LocalOptions, LocalProcess, NodeRuntime, NodeSpec, ProcessLifecycle,
+};
 use pgshard_shardd::{run_with, RunOptions, SharddState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -267,9 +269,9 @@ impl TestDaemon {
         let started = Instant::now();
         loop {
             let status = self.status().await?;
-            let healthy = status["nodes"].as_array().is_some_and(|nodes| {
-                nodes.iter().all(|n| n["state"] == "healthy")
-            });
+            let healthy = status["nodes"]
+                .as_array()
+                .is_some_and(|nodes| nodes.iter().all(|n| n["state"] == "healthy"));
             let ok = status["shards"].as_array().is_some_and(|shards| {
                 !shards.is_empty() && shards.iter().all(|s| s["status"] == "ok")
             });

@@ -6,7 +6,7 @@
 
 use pgshard_tests::{two_shards, TestCluster, TestRouter};
 
-const PRIMARIES: [&str; 2] = ["shard1-primary", "shard2-primary"];
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
 
 async fn per_shard(cluster: &TestCluster, sql: &str) -> anyhow::Result<Vec<i64>> {
     cluster.value_on_each(&PRIMARIES, sql).await

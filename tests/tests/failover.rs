@@ -28,8 +28,10 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let term = before.shard(ShardId(1)).map(|s| s.term);
     assert_eq!(term, Some(1));
     let c = d.connect_node(&old).await?;
-    c.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
-        .await?;
+    c.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)",
+    )
+    .await?;
     drop(c);
 
     let killed = Instant::now();
@@ -37,7 +39,8 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
     let after = d
         .wait_catalog("shard 1 has a new primary", FAILOVER, |c| {
             c.primary(ShardId(1)).is_some_and(|p| p.name != old)
-                && c.shard(ShardId(1)).is_some_and(|s| s.status != ShardStatus::FailingOver)
+                && c.shard(ShardId(1))
+                    .is_some_and(|s| s.status != ShardStatus::FailingOver)
         })
         .await?;
     let took = killed.elapsed();
@@ -122,21 +125,25 @@ impl Load {
                 let mut next = (w as i64) * 10_000_000;
                 while !stop.is_cancelled() {
                     if client.as_ref().is_none_or(|c| c.is_closed()) {
-                        client = match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
-                            Ok((c, conn)) => {
-                                tokio::spawn(conn);
-                                Some(c)
-                            }
-                            Err(e) => {
-                                report.errors.push(format!("connect: {e}"));
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                continue;
-                            }
-                        };
+                        client =
+                            match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
+                                Ok((c, conn)) => {
+                                    tokio::spawn(conn);
+                                    Some(c)
+                                }
+                                Err(e) => {
+                                    report.errors.push(format!("connect: {e}"));
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    continue;
+                                }
+                            };
                     }
                     let Some(c) = client.as_ref() else { continue };
                     next += 1;
-                    match c.execute("INSERT INTO acked (id) VALUES ($1)", &[&next]).await {
+                    match c
+                        .execute("INSERT INTO acked (id) VALUES ($1)", &[&next])
+                        .await
+                    {
                         Ok(1) => report.acked.push(next),
                         Ok(n) => report.errors.push(format!("insert {next}: {n} rows")),
                         Err(e) => report.errors.push(format!("insert {next}: {e}")),
@@ -174,10 +181,16 @@ impl Load {
                 }
                 let r = async {
                     let tx = c.transaction().await?;
-                    tx.execute("UPDATE accounts SET balance = balance - 1 WHERE id = $1", &[&from])
-                        .await?;
-                    tx.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", &[&to])
-                        .await?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance - 1 WHERE id = $1",
+                        &[&from],
+                    )
+                    .await?;
+                    tx.execute(
+                        "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                        &[&to],
+                    )
+                    .await?;
                     tx.commit().await
                 }
                 .await;
@@ -227,11 +240,9 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         |_| {},
     )
     .await?;
-    let router = pgshard_tests::TestRouter::start_on(
-        &d.catalog_conninfo()?,
-        d.config().router.clone(),
-    )
-    .await?;
+    let router =
+        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
+            .await?;
     Load::prepare(&router).await?;
     let load = Load::start(&router, 4);
     let mut pauses = Vec::new();
@@ -243,10 +254,14 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         let term = d.catalog().await?.shard(ShardId(shard)).map(|s| s.term);
         let killed = Instant::now();
         d.kill_node(&old).await?;
-        d.wait_catalog(&format!("kill {k}: shard {shard} fails over from {old}"), FAILOVER, |c| {
-            c.shard(ShardId(shard))
-                .is_some_and(|s| Some(s.term) > term && s.status != ShardStatus::FailingOver)
-        })
+        d.wait_catalog(
+            &format!("kill {k}: shard {shard} fails over from {old}"),
+            FAILOVER,
+            |c| {
+                c.shard(ShardId(shard))
+                    .is_some_and(|s| Some(s.term) > term && s.status != ShardStatus::FailingOver)
+            },
+        )
         .await?;
         pauses.push(killed.elapsed());
         d.wait_redundant(REBUILD).await?;
@@ -270,7 +285,11 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
     let c = router.connect().await?;
     let rows = c.query("SELECT id FROM acked", &[]).await?;
     let present: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let lost: Vec<&i64> = report.acked.iter().filter(|id| !present.contains(id)).collect();
+    let lost: Vec<&i64> = report
+        .acked
+        .iter()
+        .filter(|id| !present.contains(id))
+        .collect();
     assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
     // No prepared transaction left, once recovery has run on the new primaries.
     let started = Instant::now();

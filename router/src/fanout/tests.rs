@@ -25,10 +25,7 @@ fn catalog() -> Catalog {
         version: CatalogVersion(1),
         buckets: 16,
         bucket_map: (0..16).map(|b| shards[b % 2]).collect(),
-        shards: shards
-            .iter()
-            .map(|&id| Shard::active(id))
-            .collect(),
+        shards: shards.iter().map(|&id| Shard::active(id)).collect(),
         nodes: Vec::new(),
         tables: vec![TableDef {
             name: "items".to_owned(),

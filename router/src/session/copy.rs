@@ -30,6 +30,7 @@
 //! client left) is never pooled in COPY state; rollback or the pool closes it.
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::{Attached, Session};
 use crate::backend::{BackendConn, PooledConn};
 use crate::copy::{key_value, KeySpec, Piece, Splitter, BINARY_SIGNATURE, BINARY_TRAILER};
@@ -254,10 +255,7 @@ where
         if plan.direction == CopyDirection::In && self.ctx.twopc.is_none() {
             self.copy_failed(
                 mode,
-                SessionError::Unsupported(
-                    "COPY into a sharded table without a catalog connection (no two-phase commit)"
-                        .into(),
-                ),
+                Refusal::NoCommitLog("COPY into a sharded table").into(),
             );
             return Ok(());
         }
@@ -489,7 +487,7 @@ where
 
     /// A router error for the COPY.
     fn copy_failed(&mut self, mode: CopyMode, e: SessionError) {
-        if matches!(e, SessionError::Unsupported(_)) {
+        if matches!(e, SessionError::Unsupported(_) | SessionError::Refused(_)) {
             crate::stats::bump(&self.ctx.stats.unsupported);
         }
         e.encode(&mut self.out);

@@ -14,6 +14,7 @@ use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
 use super::local::{LocalKind, LocalPortal};
+use super::refusal::Refusal;
 use super::simple::Target;
 use super::simple::POISON_SQL;
 use super::{Expect, FanoutPortal, FanoutWritePortal, PortalAt, Session, Stmt, VirtualTxn};
@@ -70,9 +71,7 @@ where
                     _ => SessionCommand::Other,
                 };
                 if command == SessionCommand::DiscardAll {
-                    self.fail_extended(SessionError::Unsupported(
-                        "DISCARD ALL is supported through the simple query protocol only".into(),
-                    ));
+                    self.fail_extended(SessionError::from(Refusal::DiscardAllExtended));
                     return Ok(());
                 }
                 let plan = pgshard_sql::plan(&sql, &catalog);
@@ -293,9 +292,7 @@ where
         if !w.shard_sql.is_empty() && has_params(params) {
             for part in write.shard_sql.iter_mut() {
                 let Some((sql, picks)) = pgshard_sql::renumber_params(part) else {
-                    self.fail_extended(SessionError::Unsupported(
-                        "a multi-row INSERT whose rows go to several shards, with parameters the router cannot renumber".into(),
-                    ));
+                    self.fail_extended(SessionError::from(Refusal::SplitParams));
                     return Ok(());
                 };
                 *part = sql;
@@ -359,12 +356,9 @@ where
                         })
                     })?,
             };
-            let shard = catalog.shard_of(&value).ok_or_else(|| {
-                SessionError::Unsupported(format!(
-                    "no shard owns the bucket of a key of distributed table {}",
-                    pi.table
-                ))
-            })?;
+            let shard = catalog
+                .shard_of(&value)
+                .ok_or_else(|| Refusal::NoOwner(pi.table.clone()))?;
             groups.entry(shard).or_default().push(row);
         }
         if groups.len() == 1 {
@@ -490,9 +484,7 @@ where
         };
         match self.resolve(&route, &catalog)? {
             Target::One(s) => Ok(s),
-            Target::All(_) => Err(SessionError::Unsupported(
-                "statements that run on every shard are supported through the simple query protocol only, for now".into(),
-            )),
+            Target::All(_) => Err(Refusal::EveryShardExecute.into()),
         }
     }
 
@@ -713,16 +705,12 @@ where
             PortalAt::Begin => return self.execute_virtual_begin(&stmt),
             // Run by the dispatcher (`execute_copy`) before this is reached.
             PortalAt::Copy => {
-                self.fail_extended(SessionError::Unsupported(
-                    "COPY portal executed out of turn".into(),
-                ));
+                self.fail_extended(Refusal::CopyOutOfTurn.into());
                 return Ok(());
             }
             PortalAt::FanoutWrite(p) => {
                 if max_rows != 0 {
-                    self.fail_extended(SessionError::Unsupported(
-                        "Execute with a row limit of a multi-shard write".into(),
-                    ));
+                    self.fail_extended(SessionError::from(Refusal::RowLimitedWrite));
                     return Ok(());
                 }
                 let describe = self.described_fanout.as_deref() == Some(portal);
@@ -810,9 +798,7 @@ where
     /// on the first backend a later statement needs (as with the simple protocol).
     fn execute_virtual_begin(&mut self, stmt: &Stmt) -> Result<(), SessionError> {
         if self.attached.is_some() {
-            self.fail_extended(SessionError::Unsupported(
-                "a BEGIN portal executed after another statement of its batch chose a shard".into(),
-            ));
+            self.fail_extended(SessionError::from(Refusal::BeginAfterShard));
             return Ok(());
         }
         let mut b = BytesMut::new();
@@ -898,9 +884,7 @@ where
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
-            self.emit_error(&SessionError::Unsupported(
-                "Describe of a multi-shard portal that is not executed before Sync".into(),
-            ));
+            self.emit_error(&SessionError::from(Refusal::DescribedNotExecuted));
         }
         match self.attached.as_mut() {
             Some(a) => {

@@ -15,6 +15,7 @@
 //! cancel still in flight could otherwise hit the next query run on it.
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::{Attached, Expect, FanoutPortal, Session};
 use crate::backend::{BackendConn, PooledConn};
 use crate::fanout::{self, FanoutError, Outcome, ShardStream};
@@ -458,11 +459,12 @@ where
     /// in `lent`; [`Self::release_parts`] puts them back together).
     async fn lend_participants(&mut self, shards: &[ShardId]) -> Result<(), SessionError> {
         if self.ctx.twopc.is_none() {
-            return Err(SessionError::Unsupported(
-                "multi-shard read inside a transaction block without a catalog connection".into(),
-            ));
+            return Err(SessionError::from(Refusal::NoCommitLog(
+                "multi-shard read inside a transaction block",
+            )));
         }
-        if self.any_participant_failed() || self.txn.virtual_txn.as_ref().is_some_and(|v| v.failed) {
+        if self.any_participant_failed() || self.txn.virtual_txn.as_ref().is_some_and(|v| v.failed)
+        {
             return Err(SessionError::InFailedTransaction);
         }
         for &shard in shards {

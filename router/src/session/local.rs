@@ -13,6 +13,7 @@
 //! encodings are the same bytes, so any result format the client binds is honoured.
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::Session;
 use crate::protocol::backend::{
     encode_command_complete, encode_data_row, encode_error, encode_row_description_text,
@@ -199,9 +200,9 @@ where
                 encode_command_complete(&mut b, "SHOW");
                 Ok(())
             }
-            RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } => Err(
-                SessionError::Unsupported(super::simple::router_command_unsupported(cmd)),
-            ),
+            RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } => {
+                Err(super::refusal::Refusal::router_command(cmd).into())
+            }
         };
         self.deliver(answer, b, result.err());
     }
@@ -240,9 +241,7 @@ where
         // would run it: what the batch executed before it is settled (committed) first.
         if let Some(a) = self.attached.as_mut() {
             if a.executed && self.txn.implicit_spanning {
-                self.fail_extended(SessionError::Unsupported(
-                    "a statement the router runs itself after statements on several shards in one extended-protocol batch (send Sync before it)".into(),
-                ));
+                self.fail_extended(SessionError::from(Refusal::LocalAfterSpanningBatch));
                 return Ok(());
             }
             a.sync_silent();

@@ -29,6 +29,7 @@ mod extended;
 mod fanout;
 pub mod lex;
 mod local;
+pub mod refusal;
 mod relay;
 mod simple;
 mod split;
@@ -49,13 +50,14 @@ use lex::SessionCommand;
 use pgshard_catalog::config::PoolMode;
 use pgshard_catalog::ShardId;
 use pgshard_sql::Plan;
+use refusal::Refusal;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use vars::SessionVars;
 pub(crate) use txn_state::{TxnState, VirtualTxn};
+use vars::SessionVars;
 
 /// Output buffered beyond this is written before more is read (back-pressure).
 const HIGH_WATER: usize = 256 * 1024;
@@ -236,7 +238,6 @@ impl Attached {
         });
     }
 }
-
 
 pub struct Session<R, W> {
     pub(crate) ctx: Arc<RouterCtx>,
@@ -618,7 +619,7 @@ where
     }
 
     pub(crate) fn emit_error(&mut self, e: &SessionError) {
-        if matches!(e, SessionError::Unsupported(_)) {
+        if matches!(e, SessionError::Unsupported(_) | SessionError::Refused(_)) {
             crate::stats::bump(&self.ctx.stats.unsupported);
         }
         let mut b = BytesMut::new();
@@ -697,9 +698,7 @@ where
                 Ok(())
             }
             M::FunctionCall => {
-                self.emit_error(&SessionError::Unsupported(
-                    "the fast-path function call protocol is not supported".into(),
-                ));
+                self.emit_error(&SessionError::from(Refusal::FunctionCall));
                 let s = self.client_status();
                 self.emit_ready(s);
                 Ok(())

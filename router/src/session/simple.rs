@@ -5,6 +5,7 @@ use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{begin_tag, classify, split_statements, SessionCommand};
 use super::local::Answer;
+use super::refusal::Refusal;
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
 use crate::backend::StmtKey;
 use crate::protocol::backend::{encode_command_complete, encode_error, encode_ready};
@@ -13,27 +14,13 @@ use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
 use pgshard_sql::{Plan, Route, RouterCommand};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// SQL that fails on purpose, to abort a backend's transaction when the router refuses
 /// a statement inside it (so the client's transaction state stays consistent).
 pub(crate) const POISON_SQL: &str = "pgshard: statement refused by the router";
-
-/// Why a router command cannot run where it was sent.
-pub(crate) fn router_command_unsupported(cmd: &RouterCommand) -> String {
-    match cmd {
-        RouterCommand::CreateDistributedTable { .. } | RouterCommand::CreateReferenceTable { .. } => {
-            "create_distributed_table() and create_reference_table() are supported through the simple query protocol only".into()
-        }
-        RouterCommand::SetShard { .. } | RouterCommand::ResetShard | RouterCommand::ShowShard => {
-            "pgshard.shard can be set, reset and shown through the simple query protocol only".into()
-        }
-        RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } | RouterCommand::Deallocate { .. } => {
-            "PREPARE, EXECUTE and DEALLOCATE are supported through the simple query protocol only".into()
-        }
-    }
-}
 
 /// Where a statement goes, once the route is resolved against the session.
 pub(crate) enum Target {
@@ -46,6 +33,8 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    /// A simple Query: transaction and session commands the router answers, then the
+    /// statement planned and run where its plan says (SPEC §5).
     pub(crate) async fn on_query(&mut self, frame: &Frame, sql: &str) -> Result<(), SessionError> {
         // One query at a time: the router answers some statements itself and needs the
         // backend's transaction status to do so.
@@ -69,16 +58,61 @@ where
         } else {
             SessionCommand::Other
         };
+        if self
+            .query_transaction_command(&cmd, &stmts, sql)
+            .await?
+            .is_break()
+        {
+            return Ok(());
+        }
+        let in_txn = self.in_transaction();
+        let ControlFlow::Continue(plan) = self.plan_query(sql, &stmts).await? else {
+            return Ok(());
+        };
+        let ControlFlow::Continue((route, prepare)) = self.query_route(&plan, in_txn).await else {
+            return Ok(());
+        };
+        if self
+            .run_query_on_several(frame, sql, &stmts, &plan, &route, in_txn)
+            .await?
+            .is_break()
+        {
+            return Ok(());
+        }
+        self.forward_query(frame, &stmts, &plan, &route, prepare)
+            .await
+    }
+
+    /// True inside a transaction block (virtual, or open on the attached backend).
+    fn in_transaction(&self) -> bool {
+        self.txn.virtual_txn.is_some()
+            || self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.conn.status != b'I')
+    }
+
+    /// Transaction control and session commands the router answers itself (a BEGIN
+    /// before any shard is chosen and what follows it, COMMIT/ROLLBACK of a transaction
+    /// spanning shards, DISCARD ALL): `Break` once answered.
+    async fn query_transaction_command(
+        &mut self,
+        cmd: &SessionCommand,
+        stmts: &[&str],
+        sql: &str,
+    ) -> Result<ControlFlow<()>, SessionError> {
         if let Some(vt) = &self.txn.virtual_txn {
             let failed = vt.failed;
             match cmd {
                 SessionCommand::Commit => {
                     self.txn.virtual_txn = None;
-                    return self.answer(if failed { "ROLLBACK" } else { "COMMIT" });
+                    self.answer(if failed { "ROLLBACK" } else { "COMMIT" })?;
+                    return Ok(ControlFlow::Break(()));
                 }
                 SessionCommand::Rollback => {
                     self.txn.virtual_txn = None;
-                    return self.answer("ROLLBACK");
+                    self.answer("ROLLBACK")?;
+                    return Ok(ControlFlow::Break(()));
                 }
                 SessionCommand::Begin if !failed => {
                     let mut b = BytesMut::new();
@@ -92,65 +126,71 @@ where
                         None,
                     );
                     self.emit_local(&b);
-                    return self.answer(begin_tag(stmts[0]));
+                    self.answer(begin_tag(stmts[0]))?;
+                    return Ok(ControlFlow::Break(()));
                 }
                 _ if failed => {
                     self.fail_simple(SessionError::InFailedTransaction);
-                    return Ok(());
+                    return Ok(ControlFlow::Break(()));
                 }
                 _ => {}
             }
         }
-        let in_txn = self.txn.virtual_txn.is_some()
-            || self
-                .attached
-                .as_ref()
-                .is_some_and(|a| a.conn.status != b'I');
+        let in_txn = self.in_transaction();
         if !in_txn {
             self.txn.begin = None;
             self.txn.savepoints.clear();
-            if cmd == SessionCommand::Begin {
+            if *cmd == SessionCommand::Begin {
                 self.txn.begin = Some(sql.to_string());
             }
         }
         if self.spans_shards() {
-            match cmd {
-                SessionCommand::Commit => {
-                    return self
-                        .end_spanning(true, super::txn::EndAnswer::TagAndReady)
-                        .await
-                }
-                SessionCommand::Rollback => {
-                    return self
-                        .end_spanning(false, super::txn::EndAnswer::TagAndReady)
-                        .await
-                }
-                _ => {}
+            let commit = match cmd {
+                SessionCommand::Commit => Some(true),
+                SessionCommand::Rollback => Some(false),
+                _ => None,
+            };
+            if let Some(commit) = commit {
+                self.end_spanning(commit, super::txn::EndAnswer::TagAndReady)
+                    .await?;
+                return Ok(ControlFlow::Break(()));
             }
         }
-        let catalog = self.ctx.catalog.current();
-        match &cmd {
+        match cmd {
             SessionCommand::Begin if self.attached.is_none() && self.txn.virtual_txn.is_none() => {
                 self.txn.virtual_txn = Some(VirtualTxn {
                     begin_sql: sql.to_string(),
                     failed: false,
                 });
-                return self.answer(begin_tag(stmts[0]));
+                self.answer(begin_tag(stmts[0]))?;
+                return Ok(ControlFlow::Break(()));
             }
             SessionCommand::DiscardAll => {
                 if in_txn {
                     self.fail_simple(SessionError::DiscardInTransaction);
-                    return Ok(());
+                    return Ok(ControlFlow::Break(()));
                 }
-                self.vars.apply(&cmd);
+                self.vars.apply(cmd);
                 self.stmts.clear();
                 self.sql_prepared.clear();
                 self.shard_override = None;
-                return self.answer("DISCARD ALL");
+                self.answer("DISCARD ALL")?;
+                return Ok(ControlFlow::Break(()));
             }
             SessionCommand::ResetAll => self.shard_override = None,
             _ => {}
         }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The Query's plan; in a transaction spanning shards, its savepoint commands run
+    /// on every participant here (`Break`), and a failed transaction refuses the rest.
+    async fn plan_query(
+        &mut self,
+        sql: &str,
+        stmts: &[&str],
+    ) -> Result<ControlFlow<(), Plan>, SessionError> {
+        let catalog = self.ctx.catalog.current();
         let plan = pgshard_sql::plan(sql, &catalog);
         let plan = self
             .complete_insert_columns(sql, plan, &catalog, false)
@@ -164,108 +204,147 @@ where
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
                 if stmts.len() != 1 || plan.kind != pgshard_sql::StatementKind::Savepoint {
-                    self.fail_simple(SessionError::Unsupported(
-                        "a savepoint command together with other statements in one query, in a transaction spanning shards".into(),
-                    ));
-                    return Ok(());
+                    self.fail_simple(SessionError::from(Refusal::SavepointWithOthers));
+                    return Ok(ControlFlow::Break(()));
                 }
                 // On every participant, so they all roll back or release alike (also
                 // in a failed transaction: ROLLBACK TO is how it recovers).
-                return self.savepoint_everywhere(sql, false).await;
+                self.savepoint_everywhere(sql, false).await?;
+                return Ok(ControlFlow::Break(()));
             }
             if self.any_participant_failed() {
                 self.fail_simple(SessionError::InFailedTransaction);
-                return Ok(());
+                return Ok(ControlFlow::Break(()));
             }
         }
+        Ok(ControlFlow::Continue(plan))
+    }
+
+    /// Where the Query goes: router commands run here (`Break`); PREPARE goes where its
+    /// statement would (and is recorded: the returned name and plan), EXECUTE where
+    /// the prepared statement goes with its arguments; `SET pgshard.shard` applied.
+    async fn query_route(
+        &mut self,
+        plan: &Plan,
+        in_txn: bool,
+    ) -> ControlFlow<(), (Route, Option<(String, Plan)>)> {
         let mut prepare: Option<(String, Plan)> = None;
         let route = match &plan.route {
-            Route::Router(rc) => match rc {
-                RouterCommand::Prepare {
-                    name, plan: inner, ..
-                } => {
-                    if self.sql_prepared.contains_key(name) {
-                        self.fail_simple(SessionError::DuplicateStatement(name.clone()));
-                        return Ok(());
-                    }
-                    prepare = Some((name.clone(), (**inner).clone()));
-                    inner.route.clone()
+            Route::Router(RouterCommand::Prepare {
+                name, plan: inner, ..
+            }) => {
+                if self.sql_prepared.contains_key(name) {
+                    self.fail_simple(SessionError::DuplicateStatement(name.clone()));
+                    return ControlFlow::Break(());
                 }
-                RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
+                prepare = Some((name.clone(), (**inner).clone()));
+                inner.route.clone()
+            }
+            Route::Router(RouterCommand::Execute { name, args }) => {
+                match self.sql_prepared.get(name) {
                     None => {
                         self.fail_simple(SessionError::UnknownStatement(name.clone()));
-                        return Ok(());
+                        return ControlFlow::Break(());
                     }
-                    Some(p) => pgshard_sql::route_execute(&p.plan, args, &catalog),
-                },
-                _ => {
-                    self.run_router_command(rc, in_txn, Answer::Simple).await;
-                    return Ok(());
+                    Some(p) => {
+                        pgshard_sql::route_execute(&p.plan, args, &self.ctx.catalog.current())
+                    }
                 }
-            },
+            }
+            Route::Router(rc) => {
+                self.run_router_command(rc, in_txn, Answer::Simple).await;
+                return ControlFlow::Break(());
+            }
             r => r.clone(),
         };
-        let route = self.with_override(route);
-        // A multi-shard read planned for this very statement (not the body of PREPARE
-        // or EXECUTE, whose text is not `shard_sql`).
-        if let (Route::Fanout(f), Route::Fanout(_)) = (&route, &plan.route) {
-            if f.shards.len() > 1 {
-                return self.run_fanout(frame, f, in_txn, None).await;
+        ControlFlow::Continue((self.with_override(route), prepare))
+    }
+
+    /// Statements the router runs on several shards itself (`Break` once answered): a
+    /// multi-shard read or write, COPY, a statement on every shard; refusals too.
+    async fn run_query_on_several(
+        &mut self,
+        frame: &Frame,
+        sql: &str,
+        stmts: &[&str],
+        plan: &Plan,
+        route: &Route,
+        in_txn: bool,
+    ) -> Result<ControlFlow<()>, SessionError> {
+        // Only a route planned for this very statement (not the body of PREPARE or
+        // EXECUTE, whose text is not `shard_sql`).
+        match (route, &plan.route) {
+            (Route::Fanout(f), Route::Fanout(_)) if f.shards.len() > 1 => {
+                self.run_fanout(frame, f, in_txn, None).await?;
+                return Ok(ControlFlow::Break(()));
             }
-        }
-        // A multi-shard UPDATE/DELETE on its own, outside a transaction block: atomic
-        // on every shard through two-phase commit.
-        if let (Route::FanoutWrite(w), Route::FanoutWrite(_)) = (&route, &plan.route) {
-            if stmts.len() == 1 && self.ctx.twopc.is_some() {
-                return if in_txn {
-                    self.run_fanout_write_in_txn(w).await
+            // A multi-shard UPDATE/DELETE on its own: atomic on every shard through
+            // two-phase commit, or joined to the transaction block.
+            (Route::FanoutWrite(w), Route::FanoutWrite(_))
+                if stmts.len() == 1 && self.ctx.twopc.is_some() =>
+            {
+                if in_txn {
+                    self.run_fanout_write_in_txn(w).await?;
                 } else {
-                    self.run_fanout_write(w).await
-                };
+                    self.run_fanout_write(w).await?;
+                }
+                return Ok(ControlFlow::Break(()));
             }
+            // COPY into or out of a sharded table: split or concatenated by the router.
+            (Route::Copy(c), Route::Copy(_)) => {
+                self.run_copy(c, in_txn, super::copy::CopyMode::Simple)
+                    .await?;
+                return Ok(ControlFlow::Break(()));
+            }
+            _ => {}
         }
-        // COPY into or out of a sharded table: split or concatenated by the router.
-        if let (Route::Copy(c), Route::Copy(_)) = (&route, &plan.route) {
-            return self
-                .run_copy(c, in_txn, super::copy::CopyMode::Simple)
-                .await;
-        }
-        let target = match self.resolve(&route, &catalog) {
-            Ok(t) => t,
+        let shards = match self.resolve(route, &self.ctx.catalog.current()) {
+            Ok(Target::One(_)) => return Ok(ControlFlow::Continue(())),
+            Ok(Target::All(shards)) => shards,
             Err(e) => {
                 self.fail_simple(e);
-                return Ok(());
+                return Ok(ControlFlow::Break(()));
             }
         };
-        let shard = match target {
-            Target::One(s) => s,
-            Target::All(shards) => {
-                if in_txn {
-                    if self.ctx.twopc.is_none() || stmts.len() != 1 {
-                        self.fail_simple(SessionError::Unsupported(
-                            "statements that run on every shard inside a transaction block need the catalog's commit log and one statement per query".into(),
-                        ));
-                        return Ok(());
-                    }
-                    // DDL, TRUNCATE…: every shard joins the transaction and runs it; it
-                    // commits (two-phase) with the transaction.
-                    let all = pgshard_sql::FanoutWrite {
-                        tables: Vec::new(),
-                        shards,
-                        sql: sql.to_string(),
-                        replicated: true,
-                        // DDL and TRUNCATE write no column values.
-                        defaults: Vec::new(),
-                        shard_sql: Vec::new(),
-                    };
-                    return self.run_fanout_write_in_txn(&all).await;
-                }
-                let (reply, error) = self.run_on_all(sql, &shards, stmts.len() == 1).await?;
-                self.deliver(Answer::Simple, reply, error);
-                return Ok(());
-            }
+        if !in_txn {
+            let (reply, error) = self.run_on_all(sql, &shards, stmts.len() == 1).await?;
+            self.deliver(Answer::Simple, reply, error);
+            return Ok(ControlFlow::Break(()));
+        }
+        if self.ctx.twopc.is_none() || stmts.len() != 1 {
+            self.fail_simple(SessionError::from(Refusal::EveryShardInTransaction));
+            return Ok(ControlFlow::Break(()));
+        }
+        // DDL, TRUNCATE…: every shard joins the transaction and runs it; it commits
+        // (two-phase) with the transaction.
+        let all = pgshard_sql::FanoutWrite {
+            tables: Vec::new(),
+            shards,
+            sql: sql.to_string(),
+            replicated: true,
+            // DDL and TRUNCATE write no column values.
+            defaults: Vec::new(),
+            shard_sql: Vec::new(),
         };
-        // In an explicit transaction on another shard: that shard joins it (SPEC §7).
+        self.run_fanout_write_in_txn(&all).await?;
+        Ok(ControlFlow::Break(()))
+    }
+
+    /// Sends the Query, byte for byte, to the one shard its route resolves to (which
+    /// joins an explicit transaction open on another shard, SPEC §7).
+    async fn forward_query(
+        &mut self,
+        frame: &Frame,
+        stmts: &[&str],
+        plan: &Plan,
+        route: &Route,
+        prepare: Option<(String, Plan)>,
+    ) -> Result<(), SessionError> {
+        let shard = match self.resolve(route, &self.ctx.catalog.current()) {
+            Ok(Target::One(s)) => s,
+            // Resolved before (`run_query_on_several`).
+            Ok(Target::All(_)) | Err(_) => return Ok(()),
+        };
         let joins = self.attached.as_ref().is_some_and(|a| {
             a.shard != shard && a.conn.status != b'I' && self.txn.virtual_txn.is_none()
         });
@@ -284,39 +363,19 @@ where
             }
         }
         crate::stats::bump(&self.ctx.stats.single_shard);
-        let mut prepared_name = None;
         if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
             self.ensure_sql_prepared(name, false);
         }
-        if let Some((name, inner)) = prepare {
-            self.drop_backend_sql_prepared(&name, false);
-            let key = StmtKey {
-                sql: stmts[0].to_string(),
-                param_types: Vec::new(),
-            };
-            let digest = key.digest();
-            // Recorded now; removed again if the PREPARE fails (see `after_ready`).
-            self.sql_prepared.insert(
-                name.clone(),
-                Arc::new(SqlPrepared {
-                    text: stmts[0].to_string(),
-                    digest,
-                    plan: inner,
-                }),
-            );
-            if let Some(a) = self.attached.as_mut() {
-                a.conn.sql_prepared.insert(name.clone(), digest);
-            }
-            prepared_name = Some(name);
-        }
+        let prepared_name =
+            prepare.map(|(name, inner)| self.record_sql_prepare(name, stmts[0], inner));
         let statements = stmts.iter().map(|s| classify(s)).collect();
-        if super::txn::has_savepoint(&plan) {
-            for st in &stmts {
+        if super::txn::has_savepoint(plan) {
+            for st in stmts {
                 super::txn::track_savepoint(&mut self.txn.savepoints, st);
             }
         }
         if let Some(a) = self.attached.as_mut() {
-            a.wrote |= super::txn::may_write(&plan);
+            a.wrote |= super::txn::may_write(plan);
             a.conn.out.extend_from_slice(frame.raw());
             a.conn.unnamed = None;
             a.conn.pending_syncs += 1;
@@ -331,6 +390,29 @@ where
         }
         self.publish_activity();
         Ok(())
+    }
+
+    /// Records a PREPARE sent with a simple Query before it runs (removed again if it
+    /// fails, see `after_ready`); returns its name.
+    fn record_sql_prepare(&mut self, name: String, text: &str, inner: Plan) -> String {
+        self.drop_backend_sql_prepared(&name, false);
+        let key = StmtKey {
+            sql: text.to_string(),
+            param_types: Vec::new(),
+        };
+        let digest = key.digest();
+        self.sql_prepared.insert(
+            name.clone(),
+            Arc::new(SqlPrepared {
+                text: text.to_string(),
+                digest,
+                plan: inner,
+            }),
+        );
+        if let Some(a) = self.attached.as_mut() {
+            a.conn.sql_prepared.insert(name.clone(), digest);
+        }
+        name
     }
 
     /// `SET pgshard.shard` wins over the planner, except for router commands and
@@ -359,7 +441,7 @@ where
                     _ => Ok(Target::All(ids)),
                 }
             }
-            Route::Router(cmd) => Err(SessionError::Unsupported(router_command_unsupported(cmd))),
+            Route::Router(cmd) => Err(Refusal::router_command(cmd).into()),
             Route::Unsupported(msg) => Err(SessionError::Unsupported(msg.clone())),
             Route::Error(e) => Err(SessionError::Plan(e.clone())),
             // One shard holds every row the statement can see: the statement itself
@@ -367,19 +449,12 @@ where
             Route::Fanout(f) if f.shards.len() == 1 => Ok(Target::One(f.shards[0])),
             // The simple protocol runs fan-outs before resolving (`run_fanout`); the
             // extended protocol does not execute them yet: refuse, never guess.
-            Route::Fanout(_) => Err(SessionError::Unsupported(
-                "query on several shards through the extended query protocol (supported through the simple query protocol only, for now)"
-                    .into(),
-            )),
+            Route::Fanout(_) => Err(SessionError::from(Refusal::MultiShardExecute)),
             // Rows routed by their Bind parameters (the extended protocol routes them
             // before resolving; an SQL-level EXECUTE cannot).
             Route::InsertByParams(pi) => Err(SessionError::Unsupported(pi.refusal.clone())),
-            Route::Copy(_) => Err(SessionError::Unsupported(
-                "COPY into or out of a sharded table is supported on its own, through the simple query protocol or Bind/Execute".into(),
-            )),
-            Route::FanoutWrite(_) => Err(SessionError::Unsupported(
-                "write on several shards inside a transaction block, through the extended query protocol or without a catalog connection (not supported yet)".into(),
-            )),
+            Route::Copy(_) => Err(SessionError::from(Refusal::CopyNotAlone)),
+            Route::FanoutWrite(_) => Err(SessionError::from(Refusal::FanoutWriteHere)),
         }
     }
 
@@ -498,13 +573,8 @@ where
         let mut open = Vec::new();
         let mut not_in_txn = false;
         for &shard in shards {
-            let checkout = crate::hold::checkout_primary(
-                &self.ctx,
-                shard,
-                &self.user,
-                &self.database,
-                false,
-            );
+            let checkout =
+                crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false);
             let mut conn = match checkout.await {
                 Ok(c) => c,
                 Err(e) => {

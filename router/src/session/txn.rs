@@ -25,6 +25,7 @@
 //! commit).
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::{Attached, FanoutWritePortal, Session, VirtualTxn};
 use crate::backend::{BackendConn, BackendError, PooledConn};
 use crate::protocol::backend::{
@@ -191,9 +192,7 @@ where
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
-            self.emit_error(&SessionError::Unsupported(
-                "Describe of a multi-shard portal that is not executed before Sync".into(),
-            ));
+            self.emit_error(&SessionError::from(Refusal::DescribedNotExecuted));
         }
         if let Some(a) = self.attached.as_mut() {
             a.sync_silent();
@@ -215,9 +214,7 @@ where
         self.txn.implicit_spanning = false;
         let tag = !matches!(answer, EndAnswer::Ready);
         let Some(twopc) = self.ctx.twopc.as_ref() else {
-            return Err(SessionError::Unsupported(
-                "transaction spanning shards without a catalog connection".into(),
-            ));
+            return Err(Refusal::NoCommitLog("transaction spanning shards").into());
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
@@ -316,9 +313,9 @@ where
     pub(crate) async fn run_fanout_write(&mut self, w: &FanoutWrite) -> Result<(), SessionError> {
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
         if self.ctx.twopc.is_none() {
-            self.fail_simple(SessionError::Unsupported(
-                "write on several shards without a catalog connection (no two-phase commit)".into(),
-            ));
+            self.fail_simple(SessionError::from(Refusal::NoCommitLog(
+                "write on several shards",
+            )));
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
@@ -375,17 +372,15 @@ where
         describe: bool,
     ) -> Result<(), SessionError> {
         if self.ctx.twopc.is_none() {
-            self.fail_extended(SessionError::Unsupported(
-                "write on several shards without a catalog connection (no two-phase commit)".into(),
-            ));
+            self.fail_extended(SessionError::from(Refusal::NoCommitLog(
+                "write on several shards",
+            )));
             return Ok(());
         }
         let in_txn = self.client_status() != b'I';
         if let Some(a) = self.attached.as_mut() {
             if a.executed && !in_txn {
-                self.fail_extended(SessionError::Unsupported(
-                    "a multi-shard write after other statements of the same extended-protocol batch (send Sync before it)".into(),
-                ));
+                self.fail_extended(SessionError::from(Refusal::WriteAfterBatch));
                 return Ok(());
             }
             // Earlier messages of the batch (a Parse on that backend…) are settled
@@ -397,9 +392,7 @@ where
             }
         }
         if !in_txn && !matches!(self.client.peek_frame(), Some((b'S', _))) {
-            self.fail_extended(SessionError::Unsupported(
-                "a multi-shard write followed by more messages before Sync in one extended-protocol batch (it commits at Sync: send Sync right after its Execute)".into(),
-            ));
+            self.fail_extended(SessionError::from(Refusal::WriteBeforeMore));
             return Ok(());
         }
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
@@ -486,10 +479,7 @@ where
         b: &mut BytesMut,
     ) -> bool {
         let Some(twopc) = self.ctx.twopc.as_ref() else {
-            SessionError::Unsupported(
-                "write on several shards without a catalog connection (no two-phase commit)".into(),
-            )
-            .encode(b);
+            SessionError::from(Refusal::NoCommitLog("write on several shards")).encode(b);
             return false;
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());

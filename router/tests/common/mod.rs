@@ -44,9 +44,7 @@ pub fn catalog_for(shards: &[Standalone]) -> Catalog {
         version: CatalogVersion(1),
         buckets: BUCKETS,
         bucket_map: (0..BUCKETS).map(|b| ShardId(b % n + 1)).collect(),
-        shards: (1..=n)
-            .map(|i| Shard::active(ShardId(i)))
-            .collect(),
+        shards: (1..=n).map(|i| Shard::active(ShardId(i))).collect(),
         nodes: shards
             .iter()
             .enumerate()

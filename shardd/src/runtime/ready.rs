@@ -159,9 +159,7 @@ pub async fn wait_ready<R: NodeRuntime + ?Sized>(
 /// Create the physical replication slot `spec` (a replica) will stream from on its
 /// upstream primary. Idempotent: a previous attempt may have created it already. Shared
 /// by every runtime, since the slot lives in PostgreSQL, not in the runtime.
-pub async fn ensure_replication_slot(
-    spec: &super::NodeSpec,
-) -> Result<(), super::RuntimeError> {
+pub async fn ensure_replication_slot(spec: &super::NodeSpec) -> Result<(), super::RuntimeError> {
     use super::RuntimeError;
     let up = spec.upstream.as_ref().ok_or_else(|| RuntimeError::Spec {
         node: spec.name.clone(),

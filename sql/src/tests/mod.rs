@@ -42,10 +42,7 @@ pub(crate) fn catalog() -> Catalog {
         version: CatalogVersion(1),
         buckets: 1024,
         bucket_map: (0..1024).map(|b| shards[b % shards.len()]).collect(),
-        shards: shards
-            .iter()
-            .map(|&id| Shard::active(id))
-            .collect(),
+        shards: shards.iter().map(|&id| Shard::active(id)).collect(),
         nodes: Vec::new(),
         tables: vec![
             distributed("accounts", "aid", KeyType::Int8, "g1"),
