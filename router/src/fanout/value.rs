@@ -428,9 +428,15 @@ mod tests {
             numeric_text(&num(&[1, 0xFFFE, 0, 6, 100])).expect("decodes"),
             "0.00000100"
         );
-        assert_eq!(numeric_text(&num(&[1, 0, 0x4000, 0, 5])).expect("decodes"), "-5");
+        assert_eq!(
+            numeric_text(&num(&[1, 0, 0x4000, 0, 5])).expect("decodes"),
+            "-5"
+        );
         assert_eq!(numeric_text(&num(&[0, 0, 0, 0])).expect("decodes"), "0");
-        assert_eq!(numeric_text(&num(&[0, 0, 0xC000, 0])).expect("decodes"), "NaN");
+        assert_eq!(
+            numeric_text(&num(&[0, 0, 0xC000, 0])).expect("decodes"),
+            "NaN"
+        );
         let c = |oid, k, a: &[u8], b: &[u8]| compare_binary(oid, k, a, b).expect("decodes");
         assert_eq!(
             c(23, Kind::Int, &(-1i32).to_be_bytes(), &2i32.to_be_bytes()),

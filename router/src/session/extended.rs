@@ -49,44 +49,10 @@ where
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
-        // Drivers re-Parse the unnamed statement with the same text over and over
-        // (pgbench -M extended): reuse its plan and classification while the catalog is
-        // unchanged. The backend still re-parses it, as PostgreSQL would.
-        let reused = self
-            .stmts
-            .get(&name)
-            .filter(|prev| {
-                prev.unnamed
-                    && prev.catalog_version == catalog.version
-                    && prev.key.sql == sql
-                    && prev.key.param_types == param_types
-                    && !prev.plan.column_order
-            })
-            .cloned();
-        let (plan, command, digest) = match reused {
-            Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),
-            None => {
-                let command = match split_statements(&sql).as_slice() {
-                    [one] => classify(one),
-                    _ => SessionCommand::Other,
-                };
-                if command == SessionCommand::DiscardAll {
-                    self.fail_extended(SessionError::from(Refusal::DiscardAllExtended));
-                    return Ok(());
-                }
-                let plan = pgshard_sql::plan(&sql, &catalog);
-                let plan = self
-                    .complete_insert_columns(&sql, plan, &catalog, true)
-                    .await;
-                // Only session commands are kept (recorded when they complete).
-                let command = match command {
-                    c @ (SessionCommand::Set { .. }
-                    | SessionCommand::Reset { .. }
-                    | SessionCommand::ResetAll) => c,
-                    _ => SessionCommand::Other,
-                };
-                (plan, command, None)
-            }
+        let Some((plan, command, digest)) =
+            self.plan_parse(&name, &sql, &param_types, &catalog).await
+        else {
+            return Ok(());
         };
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
@@ -129,6 +95,68 @@ where
             self.emit_empty(b'1');
             return Ok(());
         }
+        self.parse_on_backend(frame, name, &stmt, planned_shard)
+            .await
+    }
+
+    /// The plan, session command and (when reused) digest of a Parse; `None` once
+    /// refused.
+    async fn plan_parse(
+        &mut self,
+        name: &str,
+        sql: &str,
+        param_types: &[u32],
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Option<(pgshard_sql::Plan, SessionCommand, Option<u64>)> {
+        // Drivers re-Parse the unnamed statement with the same text over and over
+        // (pgbench -M extended): reuse its plan and classification while the catalog is
+        // unchanged. The backend still re-parses it, as PostgreSQL would.
+        let reused = self
+            .stmts
+            .get(name)
+            .filter(|prev| {
+                prev.unnamed
+                    && prev.catalog_version == catalog.version
+                    && prev.key.sql == sql
+                    && prev.key.param_types == param_types
+                    && !prev.plan.column_order
+            })
+            .cloned();
+        let (plan, command, digest) = match reused {
+            Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),
+            None => {
+                let command = match split_statements(sql).as_slice() {
+                    [one] => classify(one),
+                    _ => SessionCommand::Other,
+                };
+                if command == SessionCommand::DiscardAll {
+                    self.fail_extended(SessionError::from(Refusal::DiscardAllExtended));
+                    return None;
+                }
+                let plan = pgshard_sql::plan(sql, catalog);
+                let plan = self.complete_insert_columns(sql, plan, catalog, true).await;
+                // Only session commands are kept (recorded when they complete).
+                let command = match command {
+                    c @ (SessionCommand::Set { .. }
+                    | SessionCommand::Reset { .. }
+                    | SessionCommand::ResetAll) => c,
+                    _ => SessionCommand::Other,
+                };
+                (plan, command, None)
+            }
+        };
+        Some((plan, command, digest))
+    }
+
+    /// Answers a Parse through a backend: lazily when the next message uses the
+    /// statement, else now on the attached (or planned, or any) shard.
+    async fn parse_on_backend(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        stmt: &Arc<Stmt>,
+        planned_shard: Option<ShardId>,
+    ) -> Result<(), SessionError> {
         if self.next_uses_statement(&name) {
             self.parse_ack = Some(name);
             return Ok(());
@@ -162,7 +190,7 @@ where
                 return Ok(());
             }
         }
-        self.prepare_on_attached(&stmt, true);
+        self.prepare_on_attached(stmt, true);
         Ok(())
     }
 
@@ -700,24 +728,31 @@ where
                 .ddl_epoch
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let shard = match at {
-            PortalAt::Shard(s) => s,
-            PortalAt::Begin => return self.execute_virtual_begin(&stmt),
+        match at {
+            PortalAt::Shard(shard) => self.execute_on_shard(frame, portal, &stmt, shard).await,
+            at => {
+                self.execute_router_portal(frame, portal, &stmt, at, max_rows)
+                    .await
+            }
+        }
+    }
+
+    /// Executes a portal the router holds itself (see [`PortalAt`]).
+    async fn execute_router_portal(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+        stmt: &Stmt,
+        at: PortalAt,
+        max_rows: i32,
+    ) -> Result<(), SessionError> {
+        let describe = self.described_fanout.as_deref() == Some(portal);
+        match at {
+            PortalAt::Shard(_) => return Ok(()),
+            PortalAt::Begin => return self.execute_virtual_begin(stmt),
             // Run by the dispatcher (`execute_copy`) before this is reached.
             PortalAt::Copy => {
                 self.fail_extended(Refusal::CopyOutOfTurn.into());
-                return Ok(());
-            }
-            PortalAt::FanoutWrite(p) => {
-                if max_rows != 0 {
-                    self.fail_extended(SessionError::from(Refusal::RowLimitedWrite));
-                    return Ok(());
-                }
-                let describe = self.described_fanout.as_deref() == Some(portal);
-                self.run_fanout_write_extended(frame, &p, describe).await?;
-                if self.deferred.is_none() {
-                    self.described_fanout = None;
-                }
                 return Ok(());
             }
             PortalAt::Buffered(rows) => {
@@ -725,25 +760,41 @@ where
                 return Ok(());
             }
             PortalAt::Local(p) => return self.execute_local(frame, &stmt.key.sql, &p).await,
+            PortalAt::FanoutWrite(_) if max_rows != 0 => {
+                self.fail_extended(SessionError::from(Refusal::RowLimitedWrite));
+                return Ok(());
+            }
+            PortalAt::FanoutWrite(p) => {
+                self.run_fanout_write_extended(frame, &p, describe).await?;
+            }
+            PortalAt::Fanout(fp) if max_rows > 0 => {
+                self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
+                    .await?;
+            }
             PortalAt::Fanout(fp) => {
-                if max_rows > 0 {
-                    self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
-                        .await?;
-                    if self.deferred.is_none() {
-                        self.described_fanout = None;
-                    }
-                    return Ok(());
-                }
-                let describe = self.described_fanout.as_deref() == Some(portal);
                 let in_txn = self.client_status() != b'I';
                 self.run_fanout(frame, &fp.plan, in_txn, Some((&fp, describe)))
                     .await?;
-                if self.deferred.is_none() {
-                    self.described_fanout = None;
-                }
-                return Ok(());
             }
-        };
+        }
+        // Described and executed (unless put aside until the attached backend
+        // answered; it runs again then).
+        if self.deferred.is_none() {
+            self.described_fanout = None;
+        }
+        Ok(())
+    }
+
+    /// Executes a portal bound on `shard`'s backend: transaction control the router
+    /// tracks (COMMIT/ROLLBACK and savepoints of a transaction spanning shards run on
+    /// every participant), then the Execute forwarded as is.
+    async fn execute_on_shard(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+        stmt: &Stmt,
+        shard: ShardId,
+    ) -> Result<(), SessionError> {
         match stmt.plan.kind {
             StatementKind::Commit | StatementKind::Rollback if self.spans_shards() => {
                 return self
