@@ -4,6 +4,7 @@
 //! shardd writes `shardd.json` (pid and API address) once the cluster is ready.
 
 mod daemon;
+mod topology;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -56,7 +57,7 @@ enum Command {
     /// Print an instance's server log (the log file of a local instance, the
     /// container's output with Docker).
     Logs {
-        /// The node: catalog, shard1-node1, shard1-node2, …
+        /// The node: catalog-node1, shard1-node1, shard1-node2, … (`status` lists them)
         node: String,
         #[command(flatten)]
         dir: DataDirArg,
@@ -67,6 +68,39 @@ enum Command {
     /// The PostgreSQL image of the Docker backend.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Move a shard's primary role to one of its replicas, with writes held for the
+    /// switch (a planned failover).
+    Switchover {
+        /// The shard.
+        #[arg(long)]
+        shard: u32,
+        /// The replica to promote (default: the most advanced one).
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Pause or resume automatic failover of a shard.
+    #[command(subcommand)]
+    Failover(FailoverCommand),
+}
+
+#[derive(Subcommand)]
+enum FailoverCommand {
+    /// Stop failing the shard over automatically (status shows it paused).
+    Pause {
+        #[arg(long)]
+        shard: u32,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Fail the shard over automatically again.
+    Resume {
+        #[arg(long)]
+        shard: u32,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +203,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             image,
             config,
         }) => image_build(force, image, config.as_deref()).await,
+        Command::Switchover { shard, to, dir } => {
+            topology::switchover(&dir.data_dir, shard, to).await
+        }
+        Command::Failover(FailoverCommand::Pause { shard, dir }) => {
+            topology::set_paused(&dir.data_dir, shard, true).await
+        }
+        Command::Failover(FailoverCommand::Resume { shard, dir }) => {
+            topology::set_paused(&dir.data_dir, shard, false).await
+        }
     }
 }
 
@@ -408,6 +451,11 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     }
     if nodes.is_empty() {
         healthy = false;
+    }
+    if !json {
+        let (table, shards_ok) = topology::shards_table(&body);
+        out.push_str(&table);
+        healthy &= shards_ok;
     }
     if !healthy && !json {
         out.push_str("pgshard: cluster is not fully healthy\n");

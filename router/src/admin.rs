@@ -189,11 +189,8 @@ fn shards(ctx: &RouterCtx) -> Table {
         .shard_ids()
         .into_iter()
         .map(|id| {
-            let state = c
-                .shards
-                .iter()
-                .find(|x| x.id == id)
-                .map(|x| x.state.clone());
+            let shard = c.shard(id);
+            let state = shard.map(|x| x.state.clone());
             let buckets = c.bucket_map.iter().filter(|b| **b == id).count();
             let primary = c.primary(id).map(|n| format!("{}:{}", n.host, n.port));
             let replicas = c.replicas(id).count();
@@ -204,11 +201,32 @@ fn shards(ctx: &RouterCtx) -> Table {
                 primary,
                 s(replicas),
                 s(id == c.local_shard),
+                shard.map(|x| x.term.to_string()),
+                shard.map(|x| x.status.to_string()),
+                shard.and_then(|x| x.status_reason.clone()),
+                shard.map(|x| x.failover_paused.to_string()),
+                shard.map(|x| x.failovers.to_string()),
+                shard.and_then(|x| x.last_failover_at.clone()),
+                shard.and_then(|x| x.last_failover_ms.map(|m| m.to_string())),
             ]
         })
         .collect();
     Table {
-        columns: vec!["shard", "state", "buckets", "primary", "replicas", "local"],
+        columns: vec![
+            "shard",
+            "state",
+            "buckets",
+            "primary",
+            "replicas",
+            "local",
+            "term",
+            "status",
+            "status_reason",
+            "failover_paused",
+            "failovers",
+            "last_failover_at",
+            "last_failover_ms",
+        ],
         rows,
     }
 }

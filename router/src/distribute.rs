@@ -628,7 +628,7 @@ impl TableDefinition {
         let rows = conn
             .query_text(&format!(
                 "SELECT pg_catalog.pg_get_indexdef(i.indexrelid), i.indisunique::text, \
-                        i.indkey::int2[]::text \
+                        array_to_string(i.indkey::int2[], ' ') \
                    FROM pg_catalog.pg_index i \
                   WHERE i.indrelid = {oid} AND NOT EXISTS ( \
                         SELECT 1 FROM pg_catalog.pg_constraint c \
@@ -887,6 +887,9 @@ fn quote_name(folded: &str) -> String {
 }
 
 /// `{1,2,3}` as numbers.
+/// The numbers of a PostgreSQL array or vector as text (`{1,2}`, `1 2`). An int2vector
+/// cast to int2[] prints with explicit bounds (`[0:1]={1,2}`), so indkey is read with
+/// array_to_string.
 fn int_array(s: &str) -> Vec<i64> {
     s.trim_matches(['{', '}'])
         .split([',', ' '])

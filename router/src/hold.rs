@@ -36,6 +36,13 @@ fn unreachable(e: &BackendError) -> bool {
     }
 }
 
+/// PostgreSQL (14+) reports `in_hot_standby` at startup: `on` for a standby.
+fn in_hot_standby(conn: &PooledConn) -> bool {
+    conn.params
+        .iter()
+        .any(|(k, v)| k == "in_hot_standby" && v == "on")
+}
+
 /// A pooled connection to `shard`'s primary, held through a change of primary (see the
 /// module doc). `more`: the caller holds backends on other shards (no waiting for pool
 /// capacity, see [`crate::backend::pool`]).
@@ -71,6 +78,15 @@ pub async fn checkout_primary(
                     .ok_or(SessionError::NoPrimary(shard))?;
                 let pool = ctx.pools.get(node, user, database);
                 match pool.checkout_for(more).await {
+                    Ok(mut conn) if in_hot_standby(&conn) => {
+                        // A stale catalog's primary that is a standby now (demoted and
+                        // rebuilt after a switchover): a write would get 25006.
+                        conn.broken = true;
+                        format!(
+                            "its primary {} in this router's catalog is a standby now",
+                            node.name
+                        )
+                    }
                     Ok(conn) => {
                         if started.elapsed() > RETRY {
                             tracing::info!(%shard, node = %node.name, held = ?started.elapsed(), "statement held through a change of primary");

@@ -10,7 +10,8 @@
 //! - `POST /v1/failover/pause` and `/v1/failover/resume` `{"shard": N}`: pause or resume
 //!   automatic failover of a shard;
 //! - `GET /metrics`: Prometheus text format: readiness, catalog version, each node's
-//!   state, failed probes in a row and replica lag, transactions in doubt.
+//!   state, failed probes in a row and replica lag, each shard's term, status, paused
+//!   failover, failovers and the last one's duration, transactions in doubt.
 //!
 //! The server is up from the start of `run`, so the CLI can show bootstrap progress
 //! (`ready: false`) before the cluster serves.
@@ -150,6 +151,57 @@ pub fn render_metrics(status: &ClusterStatus, in_doubt: usize) -> String {
             .nodes
             .iter()
             .filter_map(|n| Some((labels(n), n.lag_bytes?)))
+            .collect(),
+    );
+    let shard = |v: &crate::reconcile::ShardView| format!("{{shard=\"{}\"}}", v.shard.id);
+    family(
+        "pgshard_shardd_shard_term",
+        "The shard's term: grows at every change of primary.",
+        status
+            .shards
+            .iter()
+            .map(|v| (shard(v), v.shard.term))
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_failovers_total",
+        "Completed changes of primary (failovers and switchovers) of the shard.",
+        status
+            .shards
+            .iter()
+            .map(|v| (shard(v), v.shard.failovers))
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_last_failover_milliseconds",
+        "How long the shard's last change of primary took, from its start to the new primary in the catalog.",
+        status
+            .shards
+            .iter()
+            .filter_map(|v| Some((shard(v), v.shard.last_failover_ms?)))
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_shard_status",
+        "1 for the shard's current status (ok, failing_over, degraded, refused).",
+        status
+            .shards
+            .iter()
+            .map(|v| {
+                (
+                    format!("{{shard=\"{}\",status=\"{}\"}}", v.shard.id, v.shard.status),
+                    1,
+                )
+            })
+            .collect(),
+    );
+    family(
+        "pgshard_shardd_failover_paused",
+        "1 if automatic failover of the shard is paused.",
+        status
+            .shards
+            .iter()
+            .map(|v| (shard(v), i64::from(v.shard.failover_paused)))
             .collect(),
     );
     family(

@@ -161,7 +161,7 @@ pub async fn run_with(
             commands: commands_tx,
         });
         let done = stop.clone();
-        tokio::spawn(async move {
+        Owned::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(done.cancelled_owned())
                 .await
@@ -266,7 +266,7 @@ pub async fn run_with(
         },
         recovery_now.clone(),
     );
-    let probes = tokio::spawn(run_control_loop(
+    let probes = Owned::spawn(run_control_loop(
         prober,
         reconciler,
         Duration::from_millis(config.shardd.probe_interval_ms),
@@ -277,7 +277,7 @@ pub async fn run_with(
     // 2PC recovery: a round now (after any crash), then periodically, and at once
     // after a change of primary.
     let recovery = match Recovery::following(cluster.clone(), RecoveryOptions::default()) {
-        Ok(r) => Some(tokio::spawn(run_recovery_with(
+        Ok(r) => Some(Owned::spawn(run_recovery_with(
             r,
             transactions,
             stop.clone(),
@@ -310,6 +310,39 @@ pub async fn run_with(
     stopped.context("stopping the cluster")?;
     tracing::info!("shardd stopped");
     Ok(())
+}
+
+/// A task that lives no longer than the `run_with` call that spawned it: if that call
+/// is dropped mid-way (a test simulating a crash of shardd), its control loop and
+/// recovery stop with it, as they would with the process.
+struct Owned<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T: Send + 'static> Owned<T> {
+    fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Owned<T> {
+        Owned(Some(tokio::spawn(f)))
+    }
+}
+
+impl<T> std::future::Future for Owned<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.0.as_mut() {
+            Some(h) => std::pin::Pin::new(h).poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
 }
 
 /// Stop whatever instances a failed or interrupted start left running.

@@ -44,6 +44,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
+/// The file (in the data dir) where a fault point that was reached writes its name.
+pub const FAULT_MARKER: &str = "fault-reached";
+
 /// What the reconciler decides to do, one shard at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -59,6 +62,10 @@ pub enum Action {
     Refuse { shard: ShardId, reason: String },
     /// Rebuild a fenced node as a replica of its shard's primary.
     Rebuild { shard: ShardId, node: NodeId },
+    /// Start a replica in service that probes see down, if its process is gone (a
+    /// crashed replica comes back on its own data; in `sync` mode with one replica
+    /// the primary's commits wait for it).
+    Restart { shard: ShardId, node: NodeId },
     /// The shard serves; its status (`ok`, `degraded`) should say how well.
     SetStatus {
         shard: ShardId,
@@ -150,6 +157,15 @@ pub fn plan(
         for n in catalog.replicas(shard.id) {
             if out_of_service(n.state) && !busy.contains(&n.id) {
                 actions.push(Action::Rebuild {
+                    shard: shard.id,
+                    node: n.id,
+                });
+            } else if !out_of_service(n.state)
+                && opts.auto_failover
+                && !busy.contains(&n.id)
+                && obs(n.id).is_some_and(|o| o.failures >= opts.threshold.max(1))
+            {
+                actions.push(Action::Restart {
                     shard: shard.id,
                     node: n.id,
                 });
@@ -304,6 +320,17 @@ impl Reconciler {
                 self.start_rebuild(shard, node);
                 Ok(())
             }
+            Action::Restart { shard, node } => {
+                let client = self.catalog_client().await?;
+                let catalog = store::load(&client).await?;
+                let name = name_of(&catalog, node)?;
+                let spec = spec_of(&self.cluster, &self.cluster.layout(), &name)?;
+                if !self.cluster.runtime().is_running(&spec).await? {
+                    tracing::warn!(%shard, node = %name, "replica is not running; starting it");
+                    self.cluster.runtime().start(&spec).await?;
+                }
+                Ok(())
+            }
             Action::SetStatus {
                 shard,
                 status,
@@ -324,6 +351,8 @@ impl Reconciler {
     async fn fault(&self, step: &str) {
         if self.opts.fault.as_deref() == Some(step) {
             tracing::error!(step, "fault injection: shardd stops here");
+            let marker = self.cluster.data_dir().join(FAULT_MARKER);
+            let _ = std::fs::write(marker, step);
             std::future::pending::<()>().await;
         }
     }
@@ -808,10 +837,18 @@ pub async fn run_control_loop(
                 reconciler.plan_options(),
                 reconciler.busy(),
             );
+            let acted = !actions.is_empty();
             for action in actions {
                 tracing::debug!(?action, "reconcile");
                 if let Err(error) = reconciler.act(action.clone()).await {
                     tracing::warn!(?action, %error, "reconcile step failed; retrying next round");
+                }
+            }
+            if acted {
+                // Show what the actions changed without waiting for the next round.
+                if let Some(c) = read_catalog(&reconciler.cluster, &mut catalog_client).await {
+                    publish(&shared, &prober, Some(&c), None);
+                    last = Some(c);
                 }
             }
         };

@@ -202,6 +202,15 @@ impl TestDaemon {
             .with_context(|| format!("killing {name}"))
     }
 
+    /// Start instance `name` again after a kill.
+    pub async fn start_node(&self, name: &str) -> anyhow::Result<()> {
+        let spec = self.spec(name)?;
+        self.runtime
+            .start(&spec)
+            .await
+            .with_context(|| format!("starting {name}"))
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
         Ok(self

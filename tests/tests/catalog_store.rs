@@ -113,18 +113,36 @@ async fn catalog_round_trip_versions_and_notify() -> anyhow::Result<()> {
     assert_eq!(payload, v2.0.to_string());
     assert_eq!(store::version(&client).await?, v2);
 
-    // Probes: a changed state bumps the version, a repeated one does not.
+    // Probes record observed health apart from the topology: never a version bump.
     let v3 = store::record_probe(&client, NodeId(5), NodeState::Healthy, Some(0)).await?;
-    assert_eq!(v3.0, v2.0 + 1);
+    assert_eq!(v3, v2);
     let v4 = store::record_probe(&client, NodeId(5), NodeState::Healthy, Some(128)).await?;
-    assert_eq!(v4, v3);
+    assert_eq!(v4, v2);
     let cat = store::load(&client).await?;
-    replica2.state = NodeState::Healthy;
     replica2.lag_bytes = Some(128);
     assert_eq!(
         cat.nodes.iter().find(|n| n.id == NodeId(5)),
         Some(&replica2)
     );
+    // Its place in the topology is shardd's to change (a version bump); a node in
+    // service that probes see down reads as down.
+    let v5 = pgshard_catalog::topology::set_node_state(&mut client, NodeId(5), NodeState::Healthy)
+        .await?
+        .expect("a change");
+    assert_eq!(v5.0, v2.0 + 1);
+    assert_eq!(
+        store::record_probe(&client, NodeId(5), NodeState::Down, None).await?,
+        v5
+    );
+    let cat = store::load(&client).await?;
+    assert_eq!(
+        cat.nodes
+            .iter()
+            .find(|n| n.id == NodeId(5))
+            .map(|n| n.state),
+        Some(NodeState::Down)
+    );
+    store::record_probe(&client, NodeId(5), NodeState::Healthy, Some(128)).await?;
 
     // Table declarations: add, reject duplicates, remove.
     let users = TableDef {

@@ -330,6 +330,8 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     config.shardd.listen = "127.0.0.1:0".into();
     config.shardd.probe_interval_ms = 100;
     config.shardd.failure_threshold = 2;
+    // Observing only: no failover, no restart of the replica this test kills.
+    config.shardd.auto_failover = false;
     let shutdown = CancellationToken::new();
     let daemon = tokio::spawn(run_with(
         config,
@@ -511,15 +513,18 @@ async fn shardd_serves_status_observes_failures_and_shuts_down() {
     tokio::spawn(conn);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let state: String = catalog
+        // Observed health is kept apart from the topology (no version bump).
+        let up: Option<bool> = catalog
             .query_one(
-                "SELECT state FROM pgshard.nodes WHERE name = 'shard1-node2'",
+                "SELECT h.up FROM pgshard.nodes n
+                   LEFT JOIN pgshard.node_health h ON h.node_id = n.id
+                  WHERE n.name = 'shard1-node2'",
                 &[],
             )
             .await
-            .expect("node state")
+            .expect("node health")
             .get(0);
-        if state == "down" {
+        if up == Some(false) {
             break;
         }
         assert!(

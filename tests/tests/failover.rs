@@ -60,6 +60,19 @@ async fn killed_primary_is_replaced_and_rebuilt() -> anyhow::Result<()> {
 
     // Rebuilt and back in service, streaming from the new primary; the shard is ok.
     let back = d.wait_redundant(REBUILD).await?;
+    let metrics = d.get_text("/metrics").await?;
+    for line in [
+        "pgshard_shardd_shard_term{shard=\"1\"} 2",
+        "pgshard_shardd_failovers_total{shard=\"1\"} 1",
+        "pgshard_shardd_failovers_total{shard=\"2\"} 0",
+        "pgshard_shardd_shard_status{shard=\"1\",status=\"ok\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    let status = d.status().await?;
+    let shard1 = &status["shards"][0];
+    assert_eq!(shard1["primary"], new.as_str(), "{status}");
+    assert_eq!(shard1["term"], 2, "{status}");
     let oldnode = back.nodes.iter().find(|n| n.name == old).expect("old node");
     assert_eq!(oldnode.state, NodeState::Healthy);
     assert_eq!(oldnode.role, pgshard_catalog::NodeRole::Replica);
@@ -319,5 +332,273 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         .await?
         .get(0);
     assert_eq!(total, ACCOUNTS * START_BALANCE, "transfers were not atomic");
+    Ok(())
+}
+
+/// shardd killed at each step of a failover, then restarted: the failover completes
+/// from what the catalog recorded, never with two primaries, and the shard is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shardd_killed_at_each_failover_step_finishes_it_after_restart() -> anyhow::Result<()> {
+    let mut d = TestDaemon::start(opts(2), |_| {}).await?;
+    let marker = d.data_dir().join(pgshard_shardd::reconcile::FAULT_MARKER);
+    for (i, step) in ["begin", "fence", "choose", "promote", "repoint", "complete"]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = std::fs::remove_file(&marker);
+        d.restart_with_fault(step).await?;
+        let old = d.primary_of(1).await?;
+        let term = d
+            .catalog()
+            .await?
+            .shard(ShardId(1))
+            .map(|s| s.term)
+            .unwrap_or(0);
+        let c = d.connect_node(&old).await?;
+        c.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS k (step int PRIMARY KEY); INSERT INTO k VALUES ({i})"
+        ))
+        .await?;
+        drop(c);
+        d.kill_node(&old).await?;
+        let started = Instant::now();
+        while !marker.exists() {
+            assert!(
+                started.elapsed() < FAILOVER,
+                "fault point {step} never reached"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // shardd dies here; a new one takes over.
+        d.restart(None).await?;
+        let after = d
+            .wait_catalog(
+                &format!("failover resumed after a crash at {step}"),
+                FAILOVER,
+                |c| {
+                    c.shard(ShardId(1))
+                        .is_some_and(|s| s.term > term && s.status != ShardStatus::FailingOver)
+                },
+            )
+            .await?;
+        assert_eq!(
+            after.shard(ShardId(1)).map(|s| s.term),
+            Some(term + 1),
+            "{step}"
+        );
+        let new = after.primary(ShardId(1)).expect("primary").name.clone();
+        assert_ne!(new, old, "{step}");
+        let back = d.wait_redundant(REBUILD).await?;
+        // Exactly one node of the shard takes writes; every step's row is there.
+        let mut writable = Vec::new();
+        for n in back.nodes.iter().filter(|n| n.shard == Some(ShardId(1))) {
+            let c = d.connect_node(&n.name).await?;
+            let standby: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await?.get(0);
+            if !standby {
+                writable.push(n.name.clone());
+            }
+        }
+        assert_eq!(writable, [new.clone()], "after a crash at {step}");
+        let c = d.connect_node(&new).await?;
+        let n: i64 = c.query_one("SELECT count(*) FROM k", &[]).await?.get(0);
+        assert_eq!(n, i as i64 + 1, "after a crash at {step}");
+    }
+    Ok(())
+}
+
+/// A primary killed together with one of its two replicas: the other replica may lack
+/// commits only the dead one acknowledged, so nothing is promoted and the shard is
+/// reported `refused` with the reason; statements fail at once naming the shard. When
+/// the replica comes back, the failover goes ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Result<()> {
+    let d = TestDaemon::start(
+        TestClusterOptions {
+            tables: vec![pgshard_tests::distributed("acked", "id", "bigint")],
+            ..opts(2)
+        },
+        |_| {},
+    )
+    .await?;
+    let router =
+        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
+            .await?;
+    router
+        .connect()
+        .await?
+        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await?;
+    let catalog = d.catalog().await?;
+    let old = d.primary_of(1).await?;
+    let replica = catalog
+        .replicas(ShardId(1))
+        .next()
+        .expect("replica")
+        .name
+        .clone();
+    d.kill_node(&replica).await?;
+    d.kill_node(&old).await?;
+    let refused = d
+        .wait_catalog("shard 1 refused", FAILOVER, |c| {
+            c.shard(ShardId(1))
+                .is_some_and(|s| s.status == ShardStatus::Refused)
+        })
+        .await?;
+    let reason = refused
+        .shard(ShardId(1))
+        .and_then(|s| s.status_reason.clone())
+        .unwrap_or_default();
+    assert!(reason.contains(&replica), "{reason}");
+    assert_eq!(
+        refused.primary(ShardId(1)).map(|p| p.name.clone()),
+        Some(old.clone())
+    );
+    assert_eq!(refused.shard(ShardId(1)).map(|s| s.term), Some(1));
+    // The router says so at once, with the shard named; shard 2 serves.
+    let key_on = |shard: u32| {
+        (1..1000i64)
+            .find(|k| refused.shard_of(&pgshard_catalog::KeyValue::Int(*k)) == Some(ShardId(shard)))
+            .expect("a key")
+    };
+    let started = Instant::now();
+    let c = router.connect().await?;
+    let e = c
+        .query("SELECT * FROM acked WHERE id = $1", &[&key_on(1)])
+        .await
+        .expect_err("shard 1 cannot answer");
+    let db = e.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "57P03", "{db:?}");
+    assert!(db.message().contains("shard 1"), "{db:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refusal must not be held"
+    );
+    c.query("SELECT * FROM acked WHERE id = $1", &[&key_on(2)])
+        .await?;
+    let status = d.status().await?;
+    assert!(status["shards"].to_string().contains("refused"), "{status}");
+
+    // The replica is back: its WAL can be compared, the failover proceeds.
+    d.start_node(&replica).await?;
+    d.wait_catalog(
+        "shard 1 failed over once the replica answered",
+        FAILOVER,
+        |c| c.shard(ShardId(1)).is_some_and(|s| s.term == 2),
+    )
+    .await?;
+    d.wait_redundant(REBUILD).await?;
+    Ok(())
+}
+
+/// A planned switchover under load through the router: writes are held for the switch,
+/// no client sees an error, and the old primary comes back as a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switchover_under_load_has_no_client_error() -> anyhow::Result<()> {
+    let d = TestDaemon::start(
+        TestClusterOptions {
+            tables: vec![
+                pgshard_tests::distributed("acked", "id", "bigint"),
+                pgshard_tests::distributed("accounts", "id", "bigint"),
+            ],
+            ..opts(1)
+        },
+        |_| {},
+    )
+    .await?;
+    let router =
+        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
+            .await?;
+    Load::prepare(&router).await?;
+    let load = Load::start(&router, 4);
+    let mut pauses = Vec::new();
+    for shard in [1u32, 2, 1, 2] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let old = d.primary_of(shard).await?;
+        let (code, answer) = d
+            .post("/v1/switchover", serde_json::json!({ "shard": shard }))
+            .await?;
+        assert_eq!(code, 200, "{answer}");
+        pauses.push(answer["pause_ms"].as_u64().unwrap_or(0));
+        assert_ne!(d.primary_of(shard).await?, old);
+        d.wait_redundant(REBUILD).await?;
+    }
+    // Asking for a node that is not a replica is refused, naming it.
+    let (code, answer) = d
+        .post(
+            "/v1/switchover",
+            serde_json::json!({ "shard": 1, "to": "no-such-node" }),
+        )
+        .await?;
+    assert_eq!(code, 409, "{answer}");
+    assert!(
+        answer["error"].to_string().contains("no-such-node"),
+        "{answer}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish().await;
+    eprintln!(
+        "4 switchovers, write pauses {pauses:?} ms: {} inserts, {} transfers, errors {:?}",
+        report.acked.len(),
+        report.transfers,
+        report.errors
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let c = router.connect().await?;
+    let n: i64 = c.query_one("SELECT count(*) FROM acked", &[]).await?.get(0);
+    assert_eq!(n as usize, report.acked.len());
+    let total: i64 = c
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(total, ACCOUNTS * START_BALANCE);
+    Ok(())
+}
+
+/// `failover pause`: a dead primary is left alone (the shard's statements wait, then
+/// fail naming it); `failover resume`: the failover happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_failover_waits_for_resume() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(1), |_| {}).await?;
+    let (code, answer) = d
+        .post("/v1/failover/pause", serde_json::json!({ "shard": 2 }))
+        .await?;
+    assert_eq!(code, 200, "{answer}");
+    let paused = d.catalog().await?;
+    assert!(paused.shard(ShardId(2)).is_some_and(|s| s.failover_paused));
+    let old = d.primary_of(2).await?;
+    d.kill_node(&old).await?;
+    // Seen down by the probes for several rounds, and still the primary.
+    let started = Instant::now();
+    loop {
+        let status = d.status().await?;
+        let failures = status["nodes"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["name"] == old.as_str()))
+            .and_then(|n| n["failures"].as_u64())
+            .unwrap_or(0);
+        if failures >= 6 {
+            break;
+        }
+        assert!(
+            started.elapsed() < FAILOVER,
+            "probes never saw {old} down: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = d.catalog().await?;
+    assert_eq!(
+        c.primary(ShardId(2)).map(|n| n.name.clone()),
+        Some(old.clone())
+    );
+    assert_eq!(c.shard(ShardId(2)).map(|s| s.term), Some(1));
+    let (code, _) = d
+        .post("/v1/failover/resume", serde_json::json!({ "shard": 2 }))
+        .await?;
+    assert_eq!(code, 200);
+    d.wait_catalog("failover after resume", FAILOVER, |c| {
+        c.shard(ShardId(2))
+            .is_some_and(|s| s.term == 2 && !s.failover_paused)
+    })
+    .await?;
     Ok(())
 }

@@ -91,10 +91,27 @@ where
 
     /// The shard for statements any shard can answer: the attached one, else the
     /// catalog's local shard.
+    /// While the local shard changes primary (or its failover was refused), another
+    /// serving shard answers, so describing a statement does not wait on it.
     pub(crate) fn any_shard(&self) -> ShardId {
         match &self.attached {
             Some(a) => a.shard,
-            None => self.ctx.catalog.current().local_shard,
+            None => {
+                use pgshard_catalog::ShardStatus;
+                let catalog = self.ctx.catalog.current();
+                let local = catalog.local_shard;
+                let serving = |s: &pgshard_catalog::Shard| {
+                    matches!(s.status, ShardStatus::Ok | ShardStatus::Degraded)
+                };
+                if catalog.shard(local).is_none_or(serving) {
+                    return local;
+                }
+                catalog
+                    .shards
+                    .iter()
+                    .find(|s| serving(s))
+                    .map_or(local, |s| s.id)
+            }
         }
     }
 

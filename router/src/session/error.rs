@@ -49,6 +49,10 @@ pub enum SessionError {
     Protocol(#[from] ProtocolError),
     #[error("lost the connection to shard {shard}")]
     LostBackend { shard: ShardId },
+    /// The connection to the shard was lost while its COMMIT was in flight (its
+    /// primary failed): the transaction may or may not have committed.
+    #[error("lost the connection to shard {shard} during COMMIT: the transaction may or may not have committed")]
+    CommitUnknown { shard: ShardId },
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
     #[error("no PostgreSQL user name specified in startup packet")]
@@ -98,6 +102,7 @@ impl SessionError {
             SessionError::DiscardInTransaction => "25001",
             SessionError::Protocol(_) => "08P01",
             SessionError::LostBackend { .. } => "08006",
+            SessionError::CommitUnknown { .. } => "08007",
             SessionError::AuthFailed(_) => "28P01",
             SessionError::NoUser => "28000",
             SessionError::TlsRequired { .. } => "28000",
@@ -125,6 +130,7 @@ impl SessionError {
             self,
             SessionError::Protocol(_)
                 | SessionError::LostBackend { .. }
+                | SessionError::CommitUnknown { .. }
                 | SessionError::AuthFailed(_)
                 | SessionError::NoUser
                 | SessionError::TlsRequired { .. }

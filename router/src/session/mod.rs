@@ -548,6 +548,9 @@ where
             }
             None => ShardId(0),
         };
+        if self.txn.commit_in_flight {
+            return SessionError::CommitUnknown { shard };
+        }
         SessionError::LostBackend { shard }
     }
 

@@ -111,6 +111,7 @@ where
                 })?;
                 a.conn.status = status;
                 a.conn.pending_syncs = a.conn.pending_syncs.saturating_sub(1);
+                self.txn.commit_in_flight = false;
                 a.executed = false;
                 let (forward, prepare, failed) = match a.expects.pop_front() {
                     Some(Expect::Sync { forward }) => {

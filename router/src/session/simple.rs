@@ -156,6 +156,7 @@ where
                 return Ok(ControlFlow::Break(()));
             }
         }
+        self.txn.commit_in_flight = *cmd == SessionCommand::Commit && in_txn;
         match cmd {
             SessionCommand::Begin if self.attached.is_none() && self.txn.virtual_txn.is_none() => {
                 self.txn.virtual_txn = Some(VirtualTxn {

@@ -31,6 +31,9 @@ pub(crate) struct TxnState {
     /// (see `attach`): it ends at the client's Sync, committed (two-phase) unless
     /// something in it failed, and the client sees only ReadyForQuery, as for any batch.
     pub implicit_spanning: bool,
+    /// A COMMIT was forwarded to the attached backend and not answered yet: losing the
+    /// backend now leaves the transaction's outcome unknown (08007).
+    pub commit_in_flight: bool,
     /// SET/RESETs that completed inside an open (explicit or implicit) transaction:
     /// kept if it commits, dropped if it rolls back.
     pub vars: Vec<SessionCommand>,
