@@ -16,11 +16,16 @@
 //! of session state are the router's own and are swallowed). Router-made replies that
 //! must be ordered after pending backend replies are queued as [`Expect::Local`].
 //!
-//! Files: [`startup`] (handshake and auth), [`simple`] (Query), [`extended`]
-//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`copy`]
-//! (COPY split by shard key or fanned out, which reads the client itself), [`txn`]
-//! (transactions spanning shards), [`relay`] (backend replies), [`lex`] and
-//! [`vars`] (session commands and state), [`error`].
+//! Layers. The wire state machine: [`startup`] (handshake and auth), [`simple`]
+//! (Query), [`extended`] (Parse/Bind/Describe/Execute/Close/Sync, portals, Sync and
+//! error recovery), [`relay`] (backend replies). The transaction state, one type:
+//! [`txn_state`]. Execution, each path written once for both protocols and framed by
+//! the protocol that asked ([`local::Answer`]): [`local`] (router functions,
+//! statements on every shard), [`fanout`] and [`suspend`] (multi-shard reads), [`txn`]
+//! (multi-shard writes, transactions spanning shards), [`copy`] (COPY split by shard
+//! key or fanned out, which reads the client itself), [`split`] (INSERT column look-up).
+//! Also [`lex`] and [`vars`] (session commands and state), [`error`] and [`refusal`]
+//! (the session's own 0A000 reasons, worded once).
 
 mod attach;
 mod copy;

@@ -7,7 +7,7 @@ use super::lex::{begin_tag, classify, split_statements, SessionCommand};
 use super::local::Answer;
 use super::refusal::Refusal;
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
-use crate::backend::StmtKey;
+use crate::backend::{PooledConn, StmtKey};
 use crate::protocol::backend::{encode_command_complete, encode_error, encode_ready};
 use crate::protocol::frontend::encode_query;
 use crate::protocol::Frame;
@@ -574,110 +574,33 @@ where
         let mut open = Vec::new();
         let mut not_in_txn = false;
         for &shard in shards {
-            let checkout =
-                crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false);
-            let mut conn = match checkout.await {
-                Ok(c) => c,
-                Err(e) => {
+            match self.run_statement_on(shard, sql, atomic).await {
+                ShardRun::Lost(e) => {
                     failure = Some((shard, e));
                     break;
                 }
-            };
-            let fp = self.vars.fingerprint();
-            if conn.state_fp != fp {
-                if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
-                    conn.broken = true;
-                    failure = Some((shard, SessionError::from_backend(shard, e)));
+                ShardRun::Failed(conn, f) => {
+                    not_in_txn = atomic
+                        && done.is_empty()
+                        && crate::protocol::backend::error_summary(&f).0 == "25001";
+                    let e = SessionError::from_backend(shard, conn.server_error(f));
+                    failure = Some((shard, e));
+                    if atomic {
+                        open.push((shard, conn));
+                    }
                     break;
                 }
-                conn.state_fp = fp;
-            }
-            if atomic {
-                if let Err(e) = conn.run_silent("BEGIN").await {
-                    conn.broken = true;
-                    failure = Some((shard, SessionError::from_backend(shard, e)));
-                    break;
-                }
-            }
-            encode_query(&mut conn.out, sql);
-            conn.unnamed = None;
-            if let Err(e) = conn.flush().await {
-                conn.broken = true;
-                failure = Some((shard, SessionError::from_backend(shard, e)));
-                break;
-            }
-            let mut frames = Vec::new();
-            let mut error = None;
-            loop {
-                match conn.read().await {
-                    Ok(f) => match f.tag() {
-                        b'Z' => {
-                            conn.status =
-                                crate::protocol::backend::decode_ready_status(&f).unwrap_or(b'E');
-                            break;
-                        }
-                        b'E' => error = Some(f),
-                        _ => frames.push(f),
-                    },
-                    Err(e) => {
-                        error = None;
-                        conn.broken = true;
-                        failure = Some((shard, SessionError::from_backend(shard, e)));
-                        break;
+                ShardRun::Done(conn, frames) => {
+                    done.push(shard);
+                    first_reply.get_or_insert(frames);
+                    if atomic {
+                        open.push((shard, conn));
                     }
                 }
-            }
-            if failure.is_some() {
-                break;
-            }
-            if let Some(f) = error {
-                not_in_txn = atomic
-                    && done.is_empty()
-                    && crate::protocol::backend::error_summary(&f).0 == "25001";
-                failure = Some((
-                    shard,
-                    SessionError::from_backend(shard, conn.server_error(f)),
-                ));
-                if atomic {
-                    open.push((shard, conn));
-                }
-                break;
-            }
-            done.push(shard);
-            if first_reply.is_none() {
-                first_reply = Some(frames);
-            }
-            if atomic {
-                open.push((shard, conn));
             }
         }
         if atomic {
-            let end = if failure.is_none() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            let mut committed: Vec<ShardId> = Vec::new();
-            for (shard, conn) in open.iter_mut() {
-                if conn.broken {
-                    continue;
-                }
-                match conn.run_silent(end).await {
-                    Ok(_) => committed.push(*shard),
-                    Err(e) => {
-                        conn.broken = true;
-                        if failure.is_none() {
-                            failure = Some((*shard, SessionError::from_backend(*shard, e)));
-                        }
-                    }
-                }
-            }
-            if end == "ROLLBACK" {
-                done.clear();
-            } else {
-                // A COMMIT failed: the shards that committed before it keep the change.
-                done = committed;
-            }
+            done = end_each(&mut open, &mut failure).await;
             drop(open);
             if not_in_txn {
                 return Ok(AllShards::NotInTransaction);
@@ -712,6 +635,101 @@ where
         };
         Ok(AllShards::Answered(b, error))
     }
+
+    /// Runs `sql` as a Query on a backend of `shard`'s primary brought to the session's
+    /// state (inside a transaction when `atomic`).
+    async fn run_statement_on(&self, shard: ShardId, sql: &str, atomic: bool) -> ShardRun {
+        let checkout =
+            crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false);
+        let mut conn = match checkout.await {
+            Ok(c) => c,
+            Err(e) => return ShardRun::Lost(e),
+        };
+        let fp = self.vars.fingerprint();
+        let lost = |conn: &mut PooledConn, e| {
+            conn.broken = true;
+            ShardRun::Lost(SessionError::from_backend(shard, e))
+        };
+        if conn.state_fp != fp {
+            if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
+                return lost(&mut conn, e);
+            }
+            conn.state_fp = fp;
+        }
+        if atomic {
+            if let Err(e) = conn.run_silent("BEGIN").await {
+                return lost(&mut conn, e);
+            }
+        }
+        encode_query(&mut conn.out, sql);
+        conn.unnamed = None;
+        if let Err(e) = conn.flush().await {
+            return lost(&mut conn, e);
+        }
+        let mut frames = Vec::new();
+        let mut error = None;
+        loop {
+            match conn.read().await {
+                Ok(f) => match f.tag() {
+                    b'Z' => {
+                        conn.status =
+                            crate::protocol::backend::decode_ready_status(&f).unwrap_or(b'E');
+                        break;
+                    }
+                    b'E' => error = Some(f),
+                    _ => frames.push(f),
+                },
+                Err(e) => return lost(&mut conn, e),
+            }
+        }
+        match error {
+            Some(f) => ShardRun::Failed(conn, f),
+            None => ShardRun::Done(conn, frames),
+        }
+    }
+}
+
+/// One shard's part of a statement run on every shard.
+enum ShardRun {
+    /// It ran: the reply (without ReadyForQuery).
+    Done(PooledConn, Vec<Frame>),
+    /// The shard's error; the connection is still usable.
+    Failed(PooledConn, Frame),
+    /// No connection, or it broke.
+    Lost(SessionError),
+}
+
+/// Ends the transaction on each of `open`: COMMIT if nothing failed, else ROLLBACK.
+/// Returns the shards that keep the change (those that committed before a COMMIT
+/// failed; none after a ROLLBACK).
+async fn end_each(
+    open: &mut [(ShardId, PooledConn)],
+    failure: &mut Option<(ShardId, SessionError)>,
+) -> Vec<ShardId> {
+    let end = if failure.is_none() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let mut committed: Vec<ShardId> = Vec::new();
+    for (shard, conn) in open.iter_mut() {
+        if conn.broken {
+            continue;
+        }
+        match conn.run_silent(end).await {
+            Ok(_) => committed.push(*shard),
+            Err(e) => {
+                conn.broken = true;
+                if failure.is_none() {
+                    *failure = Some((*shard, SessionError::from_backend(*shard, e)));
+                }
+            }
+        }
+    }
+    if end == "ROLLBACK" {
+        committed.clear();
+    }
+    committed
 }
 
 /// How a run on every shard ended.
