@@ -95,6 +95,18 @@ async fn router_functions_and_every_shard_statements() -> anyhow::Result<()> {
     c.execute("RESET pgshard.shard", &[]).await?;
     let shown: String = c.query_one("SHOW pgshard.shard", &[]).await?.get(0);
     assert_eq!(shown, "none");
+    // DISCARD ALL resets it too; refused inside a transaction block, as PostgreSQL does.
+    c.execute("SET pgshard.shard = 2", &[]).await?;
+    c.execute("DISCARD ALL", &[]).await?;
+    let shown: String = c.query_one("SHOW pgshard.shard", &[]).await?.get(0);
+    assert_eq!(shown, "none");
+    c.batch_execute("BEGIN").await?;
+    let e = c
+        .execute("DISCARD ALL", &[])
+        .await
+        .expect_err("in a transaction");
+    assert_eq!(e.code().map(|c| c.code()), Some("25001"), "{e}");
+    c.batch_execute("ROLLBACK").await?;
 
     // A reference table through the function, then DROP on every shard.
     c.execute("CREATE TABLE r1 (k int PRIMARY KEY)", &[])

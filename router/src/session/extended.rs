@@ -129,17 +129,14 @@ where
                     [one] => classify(one),
                     _ => SessionCommand::Other,
                 };
-                if command == SessionCommand::DiscardAll {
-                    self.fail_extended(SessionError::from(Refusal::DiscardAllExtended));
-                    return None;
-                }
                 let plan = pgshard_sql::plan(sql, catalog);
                 let plan = self.complete_insert_columns(sql, plan, catalog, true).await;
                 // Only session commands are kept (recorded when they complete).
                 let command = match command {
                     c @ (SessionCommand::Set { .. }
                     | SessionCommand::Reset { .. }
-                    | SessionCommand::ResetAll) => c,
+                    | SessionCommand::ResetAll
+                    | SessionCommand::DiscardAll) => c,
                     _ => SessionCommand::Other,
                 };
                 (plan, command, None)
@@ -423,6 +420,9 @@ where
     /// What the router runs itself at Execute for this statement, if it is one of
     /// those (see [`super::local`]).
     fn local_kind(&self, stmt: &Stmt) -> Option<LocalKind> {
+        if stmt.command == SessionCommand::DiscardAll {
+            return Some(LocalKind::DiscardAll);
+        }
         match self.with_override(stmt.plan.route.clone()) {
             Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }) => None,
             Route::Router(cmd) => Some(LocalKind::Router(cmd)),

@@ -1,6 +1,6 @@
 //! Statements the router runs itself instead of forwarding them to one shard: the
 //! table-placement functions (`create_distributed_table`, `create_reference_table`),
-//! `pgshard.shard`, SQL-level `DEALLOCATE`, and statements that run on every shard
+//! `pgshard.shard`, SQL-level `DEALLOCATE`, `DISCARD ALL`, and statements that run on every shard
 //! (DDL, TRUNCATE… SPEC §5 rule 5). Each has one execution path for both protocols
 //! (SPEC §6): it produces its answer — notices, a RowDescription and DataRows in text
 //! format, CommandComplete — or an error, and [`Answer`] frames it for the protocol that
@@ -49,6 +49,8 @@ pub(crate) enum LocalKind {
     Router(RouterCommand),
     /// The statement's text, on each of these shards.
     AllShards(Vec<ShardId>),
+    /// DISCARD ALL: the session's state the router keeps, reset.
+    DiscardAll,
 }
 
 /// The columns a router command answers with: `Some((name, is_void))`, or `None`
@@ -70,7 +72,7 @@ fn router_columns(cmd: &RouterCommand) -> Option<(&'static str, bool)> {
 pub(crate) fn encode_local_description(out: &mut BytesMut, kind: &LocalKind, results: &[i16]) {
     let columns = match kind {
         LocalKind::Router(cmd) => router_columns(cmd),
-        LocalKind::AllShards(_) => None,
+        LocalKind::AllShards(_) | LocalKind::DiscardAll => None,
     };
     match columns {
         None => crate::protocol::backend::encode_empty(out, b'n'),
@@ -207,6 +209,21 @@ where
         self.deliver(answer, b, result.err());
     }
 
+    /// DISCARD ALL outside a transaction block: session settings reset (replayed on the
+    /// next backend), every prepared statement and `pgshard.shard` forgotten.
+    pub(crate) fn discard_all(&mut self, in_txn: bool) -> (BytesMut, Option<SessionError>) {
+        let mut b = BytesMut::new();
+        if in_txn {
+            return (b, Some(SessionError::DiscardInTransaction));
+        }
+        self.vars.apply(&super::lex::SessionCommand::DiscardAll);
+        self.stmts.clear();
+        self.sql_prepared.clear();
+        self.shard_override = None;
+        encode_command_complete(&mut b, "DISCARD ALL");
+        (b, None)
+    }
+
     /// Executes a portal the router runs itself (see the module doc).
     pub(crate) async fn execute_local(
         &mut self,
@@ -254,6 +271,10 @@ where
             LocalKind::Router(cmd) => self.run_router_command(cmd, in_txn, Answer::Extended).await,
             LocalKind::AllShards(shards) => {
                 let (reply, error) = self.run_on_all(sql, shards, true).await?;
+                self.deliver(Answer::Extended, reply, error);
+            }
+            LocalKind::DiscardAll => {
+                let (reply, error) = self.discard_all(in_txn || self.spans_shards());
                 self.deliver(Answer::Extended, reply, error);
             }
         }

@@ -37,8 +37,6 @@ pub enum Refusal {
     SplitParams,
     #[error("no shard owns the bucket of a key of distributed table {0}")]
     NoOwner(String),
-    #[error("DISCARD ALL is supported through the simple query protocol only")]
-    DiscardAllExtended,
     #[error("the fast-path function call protocol is not supported")]
     FunctionCall,
     #[error("a statement that runs on every shard, through SQL-level EXECUTE")]

@@ -167,15 +167,8 @@ where
                 return Ok(ControlFlow::Break(()));
             }
             SessionCommand::DiscardAll => {
-                if in_txn {
-                    self.fail_simple(SessionError::DiscardInTransaction);
-                    return Ok(ControlFlow::Break(()));
-                }
-                self.vars.apply(cmd);
-                self.stmts.clear();
-                self.sql_prepared.clear();
-                self.shard_override = None;
-                self.answer("DISCARD ALL")?;
+                let (reply, error) = self.discard_all(in_txn);
+                self.deliver(Answer::Simple, reply, error);
                 return Ok(ControlFlow::Break(()));
             }
             SessionCommand::ResetAll => self.shard_override = None,
