@@ -423,6 +423,10 @@ where
         if stmt.command == SessionCommand::DiscardAll {
             return Some(LocalKind::DiscardAll);
         }
+        // The hot path (a statement for one shard) decides without cloning its route.
+        if !matches!(stmt.plan.route, Route::Router(_) | Route::AllShards) {
+            return None;
+        }
         match self.with_override(stmt.plan.route.clone()) {
             Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }) => None,
             Route::Router(cmd) => Some(LocalKind::Router(cmd)),
@@ -666,14 +670,14 @@ where
             Route::Router(RouterCommand::Execute { name, .. }) => Some(name.clone()),
             _ => None,
         };
-        if let (Route::Router(cmd), None) = (self.with_override(stmt.plan.route.clone()), &execute)
-        {
+        // (`SET pgshard.shard` leaves router commands alone: no override to apply.)
+        if let (Route::Router(cmd), None) = (&stmt.plan.route, &execute) {
             if self.parse_ack.as_deref() == Some(name) {
                 self.parse_ack = None;
                 self.emit_empty(b'1');
             }
             let mut b = BytesMut::new();
-            super::local::encode_router_statement_description(&mut b, &cmd);
+            super::local::encode_router_statement_description(&mut b, cmd);
             self.emit_local(&b);
             return Ok(());
         }
