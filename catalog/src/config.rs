@@ -12,13 +12,61 @@ use std::path::{Path, PathBuf};
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("could not read config file {path}: {source}")]
+    // `error`, not `source`: the message already carries it, and a source would be
+    // printed a second time by every error-chain printer.
+    #[error("could not read config file {}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("invalid config at key `{key}`: {message}")]
     Invalid { key: String, message: String },
+    /// A problem at a known place in the TOML text: a syntax error (no key), or a
+    /// value or unknown key the parser placed.
+    #[error("line {line}, column {column}: {}", located(key.as_deref(), message))]
+    Located {
+        line: usize,
+        column: usize,
+        key: Option<String>,
+        message: String,
+    },
+    /// A problem in a config file, naming the file.
+    #[error("{}", in_file(path, error))]
+    InFile {
+        path: PathBuf,
+        error: Box<ConfigError>,
+    },
+}
+
+fn located(key: Option<&str>, message: &str) -> String {
+    match key {
+        Some(key) => format!("invalid config at key `{key}`: {message}"),
+        None => format!("invalid TOML: {message}"),
+    }
+}
+
+fn in_file(path: &Path, error: &ConfigError) -> String {
+    match error {
+        ConfigError::Located { .. } => format!("config file {}, {error}", path.display()),
+        _ => format!("config file {}: {error}", path.display()),
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, l)| l)
+        .chars()
+        .count()
+        + 1;
+    (line, column)
 }
 
 impl ConfigError {
@@ -33,6 +81,8 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Located { key, .. } => key.as_deref(),
+            ConfigError::InFile { error, .. } => error.key(),
             ConfigError::Read { .. } => None,
         }
     }
@@ -183,6 +233,10 @@ pub struct RouterConfig {
     /// `trust` (no password, the default for the embedded loopback cluster),
     /// `md5` or `scram-sha-256`.
     pub auth: String,
+    /// Accept `auth = "trust"` on a `listen` address that is not loopback. Off by
+    /// default: trust beyond this machine lets anyone who reaches the port in as any
+    /// user, the superuser included, on every shard (SPEC §13).
+    pub allow_remote_trust: bool,
     pub users: Vec<UserConfig>,
     /// PEM certificate (chain) and private key (PKCS#8, PKCS#1 or SEC1): when both are
     /// set, the router answers SSLRequest with `S` and serves that client over TLS;
@@ -205,6 +259,32 @@ pub struct RouterConfig {
     pub failover_hold_ms: u64,
 }
 
+impl RouterConfig {
+    /// No open door beyond this machine: `trust` on a non-loopback `listen` address is
+    /// refused unless `allow_remote_trust` says it is meant. The router checks this
+    /// again after a `--listen` override.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let Ok(addr) = self.listen.parse::<std::net::SocketAddr>() else {
+            return Ok(());
+        };
+        if self.auth == "trust" && !addr.ip().is_loopback() && !self.allow_remote_trust {
+            return Err(ConfigError::invalid(
+                "router.auth",
+                format!(
+                    "router.auth = \"trust\" on router.listen = \"{}\" (not a loopback \
+                     address) is not supported by default: anyone who can reach that port \
+                     would get in as any user, the superuser included, on every shard, with \
+                     no password. Use router.auth = \"scram-sha-256\" with [[router.users]] \
+                     (and TLS), listen on 127.0.0.1, or set router.allow_remote_trust = true \
+                     if the network is trusted",
+                    self.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
@@ -216,6 +296,7 @@ impl Default for RouterConfig {
             max_message_bytes: 64 * 1024 * 1024,
             read_routing: ReadRouting::Primary,
             auth: "trust".into(),
+            allow_remote_trust: false,
             users: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -359,13 +440,27 @@ pub struct TableConfig {
 
 impl Config {
     /// Parse and validate a config from TOML text.
+    /// Errors the parser can place name the line and column (syntax errors, unknown
+    /// keys, values of the wrong type).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let message = inner.message().to_string();
-            ConfigError::invalid(if key == "." { String::new() } else { key }, message)
+            let message = inner.message().trim().to_string();
+            let key = (key != "." && !key.is_empty()).then_some(key);
+            match inner.span() {
+                Some(span) => {
+                    let (line, column) = line_column(text, span.start);
+                    ConfigError::Located {
+                        line,
+                        column,
+                        key,
+                        message,
+                    }
+                }
+                None => ConfigError::invalid(key.unwrap_or_default(), message),
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -380,11 +475,14 @@ impl Config {
                 Ok(c)
             }
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(p).map_err(|error| ConfigError::Read {
                     path: p.to_path_buf(),
-                    source,
+                    error,
                 })?;
-                Config::parse(&text)
+                Config::parse(&text).map_err(|e| ConfigError::InFile {
+                    path: p.to_path_buf(),
+                    error: Box::new(e),
+                })
             }
         }
     }
@@ -476,6 +574,7 @@ impl Config {
                 ),
             ));
         }
+        r.check_exposure()?;
         if r.auth != "trust" && r.users.is_empty() {
             return Err(ConfigError::invalid(
                 "router.users",
@@ -607,7 +706,10 @@ mod tests {
 
     fn key_of(text: &str) -> String {
         match Config::parse(text) {
-            Err(ConfigError::Invalid { key, .. }) => key,
+            Err(e) => e
+                .key()
+                .unwrap_or_else(|| panic!("expected an error naming a key, got {e:?}"))
+                .to_string(),
             other => panic!("expected an invalid-config error, got {other:?}"),
         }
     }
@@ -693,6 +795,56 @@ mod tests {
         assert_eq!(key_of("[docker]\nimages = \"x\"\n"), "docker.images");
         let e = Config::parse("[docker]\nimage = \"A/b\"\n").expect_err("invalid");
         assert!(e.to_string().contains("docker.image"), "{e}");
+    }
+
+    #[test]
+    fn trust_beyond_loopback_needs_saying_so() {
+        for listen in ["0.0.0.0:6432", "192.0.2.1:6432", "[::]:6432"] {
+            let text = format!("[router]\nlisten = \"{listen}\"\n");
+            let e = Config::parse(&text).expect_err("trust on a public address");
+            assert_eq!(e.key(), Some("router.auth"), "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("router.listen"), "{msg}");
+            assert!(msg.contains("router.allow_remote_trust"), "{msg}");
+            assert!(msg.contains("is not supported"), "{msg}");
+            let ok = format!("{text}allow_remote_trust = true\n");
+            assert!(Config::parse(&ok).is_ok(), "{listen} with the allowance");
+        }
+        for listen in ["127.0.0.1:6432", "[::1]:6432", "127.0.0.2:7000"] {
+            let text = format!("[router]\nlisten = \"{listen}\"\n");
+            assert!(Config::parse(&text).is_ok(), "{listen}: trust on loopback");
+        }
+        let scram = "[router]\nlisten = \"0.0.0.0:6432\"\nauth = \"scram-sha-256\"\n\
+                     [[router.users]]\nname = \"app\"\npassword = \"secret\"\n";
+        assert!(Config::parse(scram).is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_column() {
+        let e = Config::parse("[cluster]\nshards = 2\nreplicas 1\n").expect_err("bad TOML");
+        let msg = e.to_string();
+        assert!(msg.starts_with("line 3, column 10: invalid TOML:"), "{msg}");
+        let e = Config::parse("[cluster]\n\nreplicaz = 1\n").expect_err("unknown key");
+        let msg = e.to_string();
+        assert!(msg.starts_with("line 3, column 1:"), "{msg}");
+        assert!(msg.contains("cluster.replicaz"), "{msg}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[router\n").expect("write");
+        let msg = Config::load(Some(&path)).expect_err("bad").to_string();
+        assert!(
+            msg.starts_with(&format!("config file {}, line 1, column", path.display())),
+            "{msg}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let msg = Config::load(Some(&missing))
+            .expect_err("missing")
+            .to_string();
+        assert_eq!(msg.matches("No such file").count(), 1, "said once: {msg}");
+        assert!(
+            std::error::Error::source(&Config::load(Some(&missing)).expect_err("missing"))
+                .is_none()
+        );
     }
 
     #[test]

@@ -295,3 +295,47 @@ pub async fn set_failover_paused(
     tx.commit().await?;
     Ok(v)
 }
+
+/// Record a failover of the catalog node itself in the (new) catalog: `to` is the
+/// catalog node, `from` a fenced replica to rebuild. The layout already says so (the
+/// catalog could not be written while it was down); this makes the catalog agree.
+pub async fn catalog_failed_over(
+    client: &mut Client,
+    from: &str,
+    to: &str,
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE pgshard.nodes SET role = 'replica', state = 'fenced'
+          WHERE name = $1 AND shard_id IS NULL",
+        &[&from],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE pgshard.nodes SET role = 'catalog', state = 'healthy'
+          WHERE name = $1 AND shard_id IS NULL",
+        &[&to],
+    )
+    .await?;
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// Set a catalog-group node's state by name (its rebuild done).
+pub async fn set_node_state_by_name(
+    client: &mut Client,
+    name: &str,
+    state: NodeState,
+) -> Result<Option<CatalogVersion>, StoreError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE pgshard.nodes SET state = $2 WHERE name = $1 AND state <> $2",
+            &[&name, &state.as_str()],
+        )
+        .await?;
+    let v = if n == 1 { Some(bump(&tx).await?) } else { None };
+    tx.commit().await?;
+    Ok(v)
+}

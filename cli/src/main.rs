@@ -24,10 +24,13 @@ struct Cli {
     command: Command,
 }
 
+const DEFAULT_DATA_DIR: &str = "./pgshard-data";
+
 #[derive(Args, Clone)]
 struct DataDirArg {
-    /// The cluster's data directory.
-    #[arg(long, default_value = "./pgshard-data", env = "PGSHARD_DATA_DIR")]
+    /// The cluster's data directory (commands refuse a directory that does not hold a
+    /// pgshard cluster).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "PGSHARD_DATA_DIR")]
     data_dir: PathBuf,
 }
 
@@ -160,10 +163,52 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text the message
+/// before it already carries (`could not read X: No such file…` over the I/O error
+/// itself) is not repeated.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// How the user invoked the CLI, for the commands it suggests: `./pgshard` through the
+/// repository's wrapper (which says so in `PGSHARD_INVOKED_AS`), else `pgshard`.
+fn invoked_as() -> String {
+    std::env::var("PGSHARD_INVOKED_AS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "pgshard".into())
+}
+
+/// A suggested command line for this data directory: `--data-dir` only when it is not
+/// the default.
+fn suggest(command: &str, data_dir: &std::path::Path) -> String {
+    let me = invoked_as();
+    if data_dir == std::path::Path::new(DEFAULT_DATA_DIR) {
+        format!("{me} {command}")
+    } else {
+        format!("{me} {command} --data-dir {}", data_dir.display())
+    }
+}
+
+fn plural(n: u32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -171,26 +216,39 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Up(args) => up(args).await,
         Command::Status { dir, json } => status(&dir.data_dir, json).await,
         Command::Down { dir } => {
-            daemon::down(&dir.data_dir).await?;
+            let cluster = daemon::ClusterDir::open(&dir.data_dir)?;
+            daemon::down(&cluster).await?;
             println!("pgshard: cluster in {} stopped", dir.data_dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Destroy { dir } => {
-            daemon::down(&dir.data_dir).await?;
-            if let Some(config) = daemon::stored_config(&dir.data_dir)? {
+            // Nothing there is nothing to remove (`destroy` twice is harmless); any
+            // other directory that is not a cluster is refused.
+            if !dir.data_dir.exists() {
+                println!(
+                    "pgshard: no cluster in {}; nothing to remove",
+                    dir.data_dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let cluster = daemon::ClusterDir::open(&dir.data_dir)?;
+            daemon::down(&cluster).await?;
+            if let Some(config) = daemon::stored_config(&cluster.path)? {
                 pgshard_shardd::tools::destroy_data(&config)
                     .await
                     .context("removing the cluster's containers, volumes and network")?;
             }
-            daemon::destroy(&dir.data_dir).await?;
+            daemon::destroy(&cluster).await?;
             println!("pgshard: cluster in {} removed", dir.data_dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Logs { node, dir, lines } => {
-            let config = daemon::stored_config(&dir.data_dir)?.ok_or_else(|| {
+            let cluster = daemon::ClusterDir::open(&dir.data_dir)?;
+            let config = daemon::stored_config(&cluster.path)?.ok_or_else(|| {
                 anyhow::anyhow!(
-                    "no cluster in {} (create one with `pgshard up`)",
-                    dir.data_dir.display()
+                    "no cluster config in {} (create a cluster with `{}`)",
+                    dir.data_dir.display(),
+                    suggest("up", &dir.data_dir)
                 )
             })?;
             let text = pgshard_shardd::tools::node_logs(&config, &node, lines).await?;
@@ -299,67 +357,109 @@ async fn ensure_image(config: &pgshard_catalog::Config, force: bool) -> Result<I
 
 async fn up(args: UpArgs) -> Result<ExitCode> {
     let data_dir = &args.dir.data_dir;
-    if let Some(state) = daemon::running(data_dir).await {
-        println!(
-            "pgshard: cluster in {} is already running",
-            data_dir.display()
-        );
-        print_connect_hint(&state);
-        return Ok(ExitCode::SUCCESS);
+    daemon::ClusterDir::check_new(data_dir)?;
+    if let Some(warning) =
+        daemon::ignored_flags_warning(data_dir, args.config.as_deref(), &overrides(&args))
+    {
+        eprintln!("{warning}");
     }
-    let config = daemon::effective_config(
-        data_dir,
-        args.config.as_deref(),
-        daemon::Overrides {
-            shards: args.shards,
-            replicas: args.replicas,
-            router_port: args.router_port,
-            backend: args.backend.clone(),
-        },
-    )?;
-    daemon::check_backend(&config)?;
-    if config.cluster.backend == pgshard_catalog::config::Backend::Docker {
-        // Here rather than inside shardd: a first build takes minutes, and shows progress.
-        ensure_image(&config, false).await?;
+    if let Ok(cluster) = daemon::ClusterDir::open(data_dir) {
+        if let Some(state) = daemon::running(&cluster).await {
+            println!(
+                "pgshard: cluster in {} is already running",
+                data_dir.display()
+            );
+            print_connect_hint(&state, data_dir);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(pid) = cluster.shardd() {
+            anyhow::bail!(
+                "the cluster in {} is starting or stopping (shardd pid {pid}); see `{}`",
+                data_dir.display(),
+                suggest("status", data_dir)
+            );
+        }
     }
+    // A refused `up` on a new directory leaves nothing behind.
+    let fresh = std::fs::read_dir(data_dir).map_or(true, |mut e| e.next().is_none());
+    let prepared = prepare(&args).await;
+    let config = match prepared {
+        Ok(c) => c,
+        Err(e) => {
+            if fresh {
+                let _ = std::fs::remove_file(data_dir.join("pgshard.toml"));
+                let _ = std::fs::remove_dir(data_dir);
+            }
+            return Err(e);
+        }
+    };
     let started = std::time::Instant::now();
     let state = daemon::start(data_dir, std::time::Duration::from_secs(args.timeout)).await?;
+    let cluster = daemon::ClusterDir::open(data_dir)?;
+    if let Err(e) = daemon::verify_ours(&cluster, &state).await {
+        eprintln!("pgshard: the readiness check failed; stopping the cluster");
+        daemon::down(&cluster).await?;
+        return Err(e.context("the cluster did not prove it is serving on its own addresses"));
+    }
     println!(
-        "pgshard: cluster ready in {:.1}s ({} shards, {} replicas each, {} backend)",
+        "pgshard: cluster ready in {:.1}s ({}, {} each, {} backend)",
         started.elapsed().as_secs_f64(),
-        config.cluster.shards,
-        config.cluster.replicas,
+        plural(config.cluster.shards, "shard", "shards"),
+        plural(config.cluster.replicas, "replica", "replicas"),
         match config.cluster.backend {
             pgshard_catalog::config::Backend::Local => "local",
             pgshard_catalog::config::Backend::Docker => "docker",
         }
     );
-    print_connect_hint(&state);
+    print_connect_hint(&state, data_dir);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_connect_hint(state: &daemon::DaemonState) {
+fn overrides(args: &UpArgs) -> daemon::Overrides {
+    daemon::Overrides {
+        shards: args.shards,
+        replicas: args.replicas,
+        router_port: args.router_port,
+        backend: args.backend.clone(),
+    }
+}
+
+/// Everything `up` checks and prepares before it starts shardd: the effective config
+/// (stored for a new cluster), the backend, free ports, the Docker image.
+async fn prepare(args: &UpArgs) -> Result<pgshard_catalog::Config> {
+    let config =
+        daemon::effective_config(&args.dir.data_dir, args.config.as_deref(), overrides(args))?;
+    daemon::check_backend(&config)?;
+    daemon::check_ports(&args.dir.data_dir, &config)?;
+    if config.cluster.backend == pgshard_catalog::config::Backend::Docker {
+        // Here rather than inside shardd: a first build takes minutes, and shows progress.
+        ensure_image(&config, false).await?;
+    }
+    Ok(config)
+}
+
+fn print_connect_hint(state: &daemon::DaemonState, data_dir: &std::path::Path) {
     if let Some(router) = &state.router {
         println!(
             "connect:   psql -h {} -p {} -U postgres postgres",
             router.0, router.1
         );
     }
-    println!(
-        "status:    pgshard status --data-dir {}",
-        state.data_dir.display()
-    );
-    println!(
-        "stop:      pgshard down --data-dir {}",
-        state.data_dir.display()
-    );
+    println!("status:    {}", suggest("status", data_dir));
+    println!("stop:      {}", suggest("down", data_dir));
 }
 
 async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
-    let Some(state) = daemon::running(data_dir).await else {
+    let cluster = daemon::ClusterDir::open(data_dir)?;
+    let Some(state) = daemon::running(&cluster).await else {
+        let why = match cluster.shardd() {
+            Some(pid) => format!("shardd (pid {pid}) is starting or stopping"),
+            None => "shardd is not running".into(),
+        };
         eprintln!(
-            "pgshard: no running cluster in {} (shardd is not running; start it with `pgshard up`)",
-            data_dir.display()
+            "pgshard: no running cluster in {} ({why}; start it with `{}`)",
+            data_dir.display(),
+            suggest("up", data_dir)
         );
         return Ok(ExitCode::from(2));
     };
@@ -452,6 +552,32 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     if nodes.is_empty() {
         healthy = false;
     }
+    if let Some(router) = body.get("router").filter(|r| !r.is_null()) {
+        let s = |k: &str| router.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+        let serving = s("state") == "serving";
+        if !serving {
+            healthy = false;
+        }
+        if !json {
+            let pid = router
+                .get("pid")
+                .and_then(|v| v.as_u64())
+                .map_or("-".into(), |p| p.to_string());
+            let restarts = router.get("restarts").and_then(|v| v.as_u64()).unwrap_or(0);
+            out.push_str(&format!(
+                "router {} pid {pid} {} (restarts: {restarts})\n",
+                s("listen"),
+                if serving {
+                    "serving".to_string()
+                } else {
+                    format!("NOT SERVING: {}", s("state"))
+                },
+            ));
+            if let Some(e) = router.get("last_error").and_then(|v| v.as_str()) {
+                out.push_str(&format!("router last error: {e}\n"));
+            }
+        }
+    }
     if !json {
         let (table, shards_ok) = topology::shards_table(&body);
         out.push_str(&table);
@@ -467,4 +593,28 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_rendered_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(io).context("could not read x.toml: No such file or directory");
+        assert_eq!(
+            render_error(&e),
+            "could not read x.toml: No such file or directory"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render_error(&e), "outer: inner");
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(plural(1, "replica", "replicas"), "1 replica");
+        assert_eq!(plural(2, "shard", "shards"), "2 shards");
+        assert_eq!(plural(0, "replica", "replicas"), "0 replicas");
+    }
 }

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 async fn running(data_dir: &Path) -> Result<DaemonState> {
-    daemon::running(data_dir).await.ok_or_else(|| {
+    // Only a directory proved to be a cluster, and only its own shardd (SPEC §13).
+    let cluster = daemon::ClusterDir::open(data_dir)?;
+    daemon::running(&cluster).await.ok_or_else(|| {
         anyhow!(
             "no running cluster in {} (shardd is not running; start it with `./pgshard up`)",
             data_dir.display()

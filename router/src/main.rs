@@ -29,20 +29,51 @@ struct Args {
     catalog: String,
 }
 
-// Sessions run on their own threads (`router.workers`); this runtime only accepts
-// connections and follows the catalog.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+// Sessions run on their own threads (`router.workers`); the main runtime (one thread)
+// only accepts connections and follows the catalog.
+fn main() -> std::process::ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Colour codes only for a terminal: shardd sends this output to router.log.
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, each cause once: shardd reports the router's last line.
+            let mut text = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !text.contains(&c) {
+                    if !text.is_empty() {
+                        text.push_str(": ");
+                    }
+                    text.push_str(&c);
+                }
+            }
+            eprintln!("error: {text}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?.router;
     if let Some(l) = args.listen {
         config.listen = l;
+        // The exposure check again, for the address actually used.
+        config.check_exposure()?;
     }
     let shutdown = CancellationToken::new();
     let signal = shutdown.clone();

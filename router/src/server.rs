@@ -151,6 +151,16 @@ pub struct Router {
     metrics: Option<TcpListener>,
 }
 
+/// Binds `router.listen`; the error names the key and the address.
+async fn bind_listen(config: &RouterConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(&config.listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("router.listen: cannot listen on {}: {e}", config.listen),
+        )
+    })
+}
+
 /// Binds `router.metrics_listen` if set; the error names the key.
 async fn bind_metrics(config: &RouterConfig) -> std::io::Result<Option<TcpListener>> {
     let Some(addr) = &config.metrics_listen else {
@@ -170,7 +180,7 @@ impl Router {
     /// cannot be used fails here, with the config key and path in the message.
     pub async fn bind(config: RouterConfig, catalog: CatalogHandle) -> std::io::Result<Router> {
         let tls = TlsMode::from_config(&config).map_err(invalid_input)?;
-        let listener = TcpListener::bind(&config.listen).await?;
+        let listener = bind_listen(&config).await?;
         let metrics = bind_metrics(&config).await?;
         let mut ctx = RouterCtx::new(config, catalog);
         ctx.tls = tls;
@@ -190,7 +200,7 @@ impl Router {
     ) -> std::io::Result<Router> {
         let tls = TlsMode::from_config(&config).map_err(invalid_input)?;
         let twopc = TwoPc::new(catalog_conninfo).map_err(invalid_input)?;
-        let listener = TcpListener::bind(&config.listen).await?;
+        let listener = bind_listen(&config).await?;
         let metrics = bind_metrics(&config).await?;
         let mut ctx = RouterCtx::new(config, catalog);
         ctx.tls = tls;

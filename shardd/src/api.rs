@@ -1,7 +1,8 @@
 //! shardd's HTTP JSON API (SPEC §12), used by the `pgshard` CLI:
 //!
-//! - `GET /v1/status`: cluster name, catalog version, ready flag, and every node's
-//!   observed state (see [`crate::probe::NodeStatus`]);
+//! - `GET /v1/status`: cluster name, catalog version, ready flag, every node's
+//!   observed state (see [`crate::probe::NodeStatus`]) and, when shardd runs one, the
+//!   router (`router`: see [`crate::router_proc::RouterStatus`]);
 //! - `GET /v1/transactions`: distributed transactions left in doubt on the shards, as
 //!   the last 2PC recovery round saw them (see [`crate::recovery::TransactionsStatus`]);
 //! - `POST /v1/shutdown`: stop the cluster and exit, as SIGTERM does;
@@ -11,7 +12,8 @@
 //!   automatic failover of a shard;
 //! - `GET /metrics`: Prometheus text format: readiness, catalog version, each node's
 //!   state, failed probes in a row and replica lag, each shard's term, status, paused
-//!   failover, failovers and the last one's duration, transactions in doubt.
+//!   failover, failovers and the last one's duration, transactions in doubt, and the
+//!   supervised router's state and restarts.
 //!
 //! The server is up from the start of `run`, so the CLI can show bootstrap progress
 //! (`ready: false`) before the cluster serves.
@@ -36,6 +38,8 @@ pub struct ApiState {
     pub transactions: Arc<RwLock<TransactionsStatus>>,
     /// Cancelled by `POST /v1/shutdown`.
     pub shutdown: CancellationToken,
+    /// The supervised router (no status while shardd runs none).
+    pub router: crate::router_proc::RouterHandle,
     /// Topology changes, carried out by the control loop.
     pub commands: tokio::sync::mpsc::Sender<Command>,
 }
@@ -53,13 +57,20 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn status(State(state): State<ApiState>) -> Json<ClusterStatus> {
+async fn status(State(state): State<ApiState>) -> Json<serde_json::Value> {
     let snapshot = state
         .status
         .read()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    Json(snapshot)
+    let mut body = serde_json::to_value(snapshot).unwrap_or_else(|_| json!({}));
+    if let (Some(router), Some(obj)) = (state.router.status(), body.as_object_mut()) {
+        obj.insert(
+            "router".into(),
+            serde_json::to_value(router).unwrap_or_default(),
+        );
+    }
+    Json(body)
 }
 
 async fn transactions(State(state): State<ApiState>) -> Json<TransactionsStatus> {
@@ -88,7 +99,12 @@ async fn metrics(State(state): State<ApiState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render_metrics(&status, in_doubt),
+        render_metrics(&status, in_doubt)
+            + &state
+                .router
+                .status()
+                .map(|r| crate::router_proc::render_metrics(&r))
+                .unwrap_or_default(),
     )
 }
 

@@ -298,6 +298,47 @@ impl Layout {
         }
     }
 
+    /// Make `new` the catalog group's primary and `old` an out-of-service replica of it
+    /// (the catalog's own failover: recorded in the layout, since the catalog database
+    /// is what failed).
+    pub fn set_catalog_primary(&mut self, new: &str, old: &str) {
+        for n in self.nodes.iter_mut().filter(|n| n.shard.is_none()) {
+            if n.name == new {
+                n.role = NodeRole::Catalog;
+                n.upstream = None;
+                n.out_of_service = false;
+            } else {
+                n.role = NodeRole::Replica;
+                n.upstream = Some(new.to_string());
+                if n.name == old {
+                    n.out_of_service = true;
+                }
+            }
+        }
+    }
+
+    /// A libpq connection string for the catalog database naming every node of the
+    /// catalog group, the primary first, with `target_session_attrs=read-write`: a
+    /// router given it finds the catalog again after a catalog failover.
+    pub fn catalog_conninfo(&self) -> Option<String> {
+        let primary = self.catalog()?;
+        let mut group: Vec<&LayoutNode> = vec![primary];
+        group.extend(
+            self.nodes
+                .iter()
+                .filter(|n| n.shard.is_none() && n.name != primary.name),
+        );
+        let hosts: Vec<&str> = group.iter().map(|n| n.host.as_str()).collect();
+        let ports: Vec<String> = group.iter().map(|n| n.port.to_string()).collect();
+        Some(format!(
+            "host={} port={} user={} dbname={} target_session_attrs=read-write",
+            hosts.join(","),
+            ports.join(","),
+            crate::runtime::SUPERUSER,
+            CATALOG_DB
+        ))
+    }
+
     /// The primary of `shard`.
     pub fn primary_of(&self, shard: ShardId) -> Option<&LayoutNode> {
         self.nodes
@@ -531,6 +572,14 @@ impl Cluster {
         self.layout.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Change the layout with `f` and save it (the catalog group's own changes, which
+    /// the layout records since the catalog database is what changes).
+    pub fn update_layout(&self, f: impl FnOnce(&mut Layout)) -> Result<(), ClusterError> {
+        let mut layout = self.lay_mut();
+        f(&mut layout);
+        layout.save(&self.data_dir.join(LAYOUT_FILE))
+    }
+
     /// Make the layout's roles, upstreams and out-of-service marks those of the
     /// catalog's topology, and save it if anything changed (returns whether it did).
     /// Only shard nodes follow the catalog; the catalog group is the layout's own.
@@ -717,6 +766,25 @@ impl Cluster {
         }
         let sync = self.sync();
         let rt = &self.runtime;
+        // A catalog failover that chose its replica before shardd stopped: the chosen
+        // one is the catalog primary from now on, never the old one.
+        if let Some((from, to)) = crate::reconcile::recorded_catalog_failover(&self.data_dir) {
+            tracing::warn!(%from, %to, "finishing a recorded catalog failover");
+            self.update_layout(|l| l.set_catalog_primary(&to, &from))?;
+            let spec = self.catalog_spec()?;
+            rt.start(&spec).await?;
+            rt.wait_ready(&spec, Readiness::Accepting, READY_TIMEOUT)
+                .await?;
+            let client = self.connect(&spec, "postgres").await?;
+            let standby: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await
+                .map_err(|e| self.catalog_err(&spec, "could not ask whether it is a standby", e))?
+                .get(0);
+            if standby {
+                rt.promote(&spec).await?;
+            }
+        }
         // Primaries first: a replica started before its primary listens waits
         // wal_retrieve_retry_interval before trying again.
         let catalog_spec = self.catalog_spec()?;

@@ -152,12 +152,14 @@ pub async fn run_with(
         .with_context(|| format!("binding the API on {}", config.shardd.listen))?;
     let api_addr = listener.local_addr()?;
     tracing::info!(addr = %api_addr, "API listening");
+    let router_status = crate::router_proc::RouterHandle::default();
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let server = {
         let app = api::router(ApiState {
             status: status.clone(),
             transactions: transactions.clone(),
             shutdown: stop.clone(),
+            router: router_status.clone(),
             commands: commands_tx,
         });
         let done = stop.clone();
@@ -214,17 +216,17 @@ pub async fn run_with(
     }
     let mut router = None;
     if let Some(binary) = &opts.router_binary {
-        let layout = cluster.layout();
-        let conninfo = layout
-            .catalog()
-            .map(|n| layout.spec(n, &config))
-            .map(|s| s.connstr(pgshard_catalog::store::CATALOG_DB))
+        // Every catalog node, so the router finds the catalog after its failover.
+        let conninfo = cluster
+            .layout()
+            .catalog_conninfo()
             .context("the layout has no catalog node")?;
         match crate::router_proc::supervise(
             binary.clone(),
             &config,
             &data_dir,
             conninfo,
+            router_status,
             stop.clone(),
         )
         .await

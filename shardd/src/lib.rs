@@ -10,6 +10,8 @@
 //! - [`router_proc`]: the embedded cluster's router process, started and supervised.
 //! - [`daemon`]: [`run`], the shardd process itself: bootstrap-or-restart, probe, serve,
 //!   stop cleanly.
+//! - [`ownership`]: proving a pid is this cluster's shardd, router or postmaster, and who
+//!   holds a port, before anything is signalled or reported ready.
 //! - [`tools`]: what the CLI does without a running shardd (destroy a cluster's Docker
 //!   resources, read an instance's log, build the image).
 //!
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod cluster;
 pub mod daemon;
+pub mod ownership;
 pub mod probe;
 pub mod reconcile;
 pub mod recovery;

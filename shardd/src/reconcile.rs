@@ -44,6 +44,86 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
+/// The file (in the data dir) recording a catalog failover's chosen replica before it
+/// is promoted: `{"from": …, "to": …}` (the catalog itself cannot record it).
+pub const CATALOG_FAILOVER_FILE: &str = "catalog-failover.json";
+
+/// A catalog failover recorded and not finished: `(from, to)`.
+pub fn recorded_catalog_failover(data_dir: &std::path::Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(data_dir.join(CATALOG_FAILOVER_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((
+        v["from"].as_str()?.to_string(),
+        v["to"].as_str()?.to_string(),
+    ))
+}
+
+/// What to do about the catalog group (its primary holds the catalog database, so its
+/// failover is decided from the layout and the probes alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogAction {
+    Failover { from: String },
+    Refuse { reason: String },
+    Rebuild { node: NodeId, name: String },
+}
+
+/// The catalog group's counterpart of [`plan`]: the same rules (confirmed by every
+/// replica, refused if one is silent).
+pub fn plan_catalog(
+    layout: &Layout,
+    observed: &[NodeStatus],
+    opts: &PlanOptions,
+    busy: &HashSet<NodeId>,
+) -> Option<CatalogAction> {
+    let obs = |id: NodeId| observed.iter().find(|o| o.id == id);
+    let primary = layout.catalog()?;
+    let replicas: Vec<_> = layout
+        .nodes
+        .iter()
+        .filter(|n| n.shard.is_none() && n.role == NodeRole::Replica)
+        .collect();
+    let in_service: Vec<_> = replicas.iter().filter(|n| !n.out_of_service).collect();
+    let failed = obs(primary.id).is_some_and(|o| o.failures >= opts.threshold.max(1));
+    if failed {
+        if !opts.auto_failover || in_service.is_empty() {
+            return None;
+        }
+        let answered: Vec<&NodeStatus> = in_service
+            .iter()
+            .filter_map(|n| obs(n.id))
+            .filter(|o| o.answered())
+            .collect();
+        if answered.is_empty()
+            || answered
+                .iter()
+                .any(|o| o.wal_receiver.as_deref() == Some("streaming"))
+        {
+            return None;
+        }
+        if let Some(missing) = in_service
+            .iter()
+            .find(|n| !answered.iter().any(|o| o.id == n.id))
+        {
+            return Some(CatalogAction::Refuse {
+                reason: format!(
+                    "catalog node {} failed and replica {} does not answer",
+                    primary.name, missing.name
+                ),
+            });
+        }
+        return Some(CatalogAction::Failover {
+            from: primary.name.clone(),
+        });
+    }
+    replicas
+        .iter()
+        .find(|n| n.out_of_service && !busy.contains(&n.id))
+        .map(|n| CatalogAction::Rebuild {
+            node: n.id,
+            name: n.name.clone(),
+        })
+}
+
 /// The file (in the data dir) where a fault point that was reached writes its name.
 pub const FAULT_MARKER: &str = "fault-reached";
 
@@ -110,6 +190,20 @@ pub fn plan(
             .replicas(shard.id)
             .filter(|n| !out_of_service(n.state))
             .collect();
+        // A crashed replica in service is started again (always safe; a failover may
+        // need it to answer).
+        for n in &in_service {
+            if opts.auto_failover
+                && !shard.failover_paused
+                && !busy.contains(&n.id)
+                && obs(n.id).is_some_and(|o| o.failures >= opts.threshold.max(1))
+            {
+                actions.push(Action::Restart {
+                    shard: shard.id,
+                    node: n.id,
+                });
+            }
+        }
         let failed = obs(primary.id).is_some_and(|o| o.failures >= opts.threshold.max(1));
         if failed {
             let answered: Vec<&NodeStatus> = in_service
@@ -157,15 +251,6 @@ pub fn plan(
         for n in catalog.replicas(shard.id) {
             if out_of_service(n.state) && !busy.contains(&n.id) {
                 actions.push(Action::Rebuild {
-                    shard: shard.id,
-                    node: n.id,
-                });
-            } else if !out_of_service(n.state)
-                && opts.auto_failover
-                && !busy.contains(&n.id)
-                && obs(n.id).is_some_and(|o| o.failures >= opts.threshold.max(1))
-            {
-                actions.push(Action::Restart {
                     shard: shard.id,
                     node: n.id,
                 });
@@ -355,6 +440,93 @@ impl Reconciler {
             let _ = std::fs::write(marker, step);
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Carry out a [`CatalogAction`].
+    pub async fn act_catalog(&mut self, action: CatalogAction) -> Result<(), ReconcileError> {
+        match action {
+            CatalogAction::Refuse { reason } => {
+                tracing::error!(%reason, "catalog failover refused");
+                Ok(())
+            }
+            CatalogAction::Rebuild { node, name } => {
+                if self.busy.insert(node) {
+                    let cluster = self.cluster.clone();
+                    let timeout = self.opts.timeout;
+                    self.rebuilds.spawn(async move {
+                        let r = rebuild_catalog_node(cluster, name, timeout).await;
+                        (node, r)
+                    });
+                }
+                Ok(())
+            }
+            CatalogAction::Failover { from } => self.catalog_failover(&from).await,
+        }
+    }
+
+    /// Fail the catalog node over to its most advanced replica: fence, choose (recorded
+    /// in [`CATALOG_FAILOVER_FILE`] before promoting), promote, re-point the others,
+    /// record it in the layout, then in the new catalog.
+    async fn catalog_failover(&mut self, from: &str) -> Result<(), ReconcileError> {
+        tracing::warn!(node = %from, "catalog node failed; failing over");
+        let layout = self.cluster.layout();
+        let from_spec = spec_of(&self.cluster, &layout, from)?;
+        if let Err(error) = self.cluster.runtime().kill(&from_spec).await {
+            tracing::error!(node = %from, %error, "could not stop the old catalog node");
+        }
+        let mut best: Option<(i64, String)> = None;
+        for n in layout
+            .nodes
+            .iter()
+            .filter(|n| n.shard.is_none() && n.role == NodeRole::Replica && !n.out_of_service)
+        {
+            let spec = layout.spec(n, self.cluster.config());
+            let pos = self.position(&spec).await.map_err(|e| {
+                ReconcileError::Refused(format!(
+                    "catalog replica {} does not answer ({e}); no catalog failover",
+                    n.name
+                ))
+            })?;
+            let received = pos.received.max(pos.replayed);
+            if best.as_ref().is_none_or(|(b, _)| received > *b) {
+                best = Some((received, n.name.clone()));
+            }
+        }
+        let Some((_, to)) = best else {
+            return Err(ReconcileError::Refused("the catalog has no replica".into()));
+        };
+        let record = serde_json::json!({ "from": from, "to": to }).to_string();
+        std::fs::write(self.cluster.data_dir().join(CATALOG_FAILOVER_FILE), record)
+            .map_err(|e| node_err(&to, format!("could not record the catalog failover: {e}")))?;
+        let to_spec = spec_of(&self.cluster, &layout, &to)?;
+        let pos = self.wait_replayed(&to_spec).await?;
+        if pos.in_recovery {
+            self.cluster.runtime().promote(&to_spec).await?;
+        }
+        let mut future = layout.clone();
+        future.set_catalog_primary(&to, from);
+        let config = self.cluster.config();
+        for r in future
+            .nodes
+            .iter()
+            .filter(|n| n.shard.is_none() && n.role == NodeRole::Replica && !n.out_of_service)
+        {
+            let spec = future.spec(r, config);
+            ready::ensure_replication_slot(&spec).await?;
+            self.cluster.runtime().configure(&spec).await?;
+            self.reload(&spec).await?;
+        }
+        let new_spec = spec_of(&self.cluster, &future, &to)?;
+        self.cluster.runtime().configure(&new_spec).await?;
+        self.reload(&new_spec).await?;
+        self.cluster
+            .update_layout(|l| l.set_catalog_primary(&to, from))?;
+        let mut client = self.catalog_client().await?;
+        let v = topology::catalog_failed_over(&mut client, from, &to).await?;
+        let _ = std::fs::remove_file(self.cluster.data_dir().join(CATALOG_FAILOVER_FILE));
+        tracing::warn!(new = %to, old = %from, version = %v, "catalog failed over");
+        self.recovery_now.notify_one();
+        Ok(())
     }
 
     /// Planned switchover of `shard` to `to` (or the most advanced replica): writes are
@@ -830,6 +1002,22 @@ pub async fn run_control_loop(
             }
             let version = prober.probe_once().await;
             publish(&shared, &prober, last.as_ref(), version);
+            let layout = reconciler.cluster.layout();
+            if let Some(action) = plan_catalog(
+                &layout,
+                prober.status(),
+                reconciler.plan_options(),
+                reconciler.busy(),
+            ) {
+                let failover = matches!(action, CatalogAction::Failover { .. });
+                if let Err(error) = reconciler.act_catalog(action.clone()).await {
+                    tracing::warn!(?action, %error, "catalog reconcile step failed; retrying next round");
+                }
+                if failover {
+                    catalog_client = None;
+                    return;
+                }
+            }
             let Some(catalog) = catalog else { return };
             let actions = plan(
                 &catalog,
@@ -938,6 +1126,52 @@ fn publish(
     }
 }
 
+/// Rebuild a fenced catalog node as a replica of the catalog primary (see [`rebuild`]).
+async fn rebuild_catalog_node(
+    cluster: Arc<Cluster>,
+    name: String,
+    timeout: Duration,
+) -> Result<(), ReconcileError> {
+    let started = Instant::now();
+    let layout = cluster.layout();
+    let mut spec = spec_of(&cluster, &layout, &name)?;
+    spec.role = NodeRole::Replica;
+    if spec.upstream.is_none() {
+        return Err(node_err(
+            &name,
+            "the catalog has no primary to rebuild from",
+        ));
+    }
+    tracing::info!(node = %name, "rebuilding catalog replica");
+    let rt = cluster.runtime();
+    rt.kill(&spec).await?;
+    rt.remove(&spec).await?;
+    rt.create_replica(&spec).await?;
+    rt.start(&spec).await?;
+    rt.wait_ready(&spec, Readiness::Streaming { sync: false }, timeout * 60)
+        .await?;
+    cluster.update_layout(|l| {
+        if let Some(n) = l.nodes.iter_mut().find(|n| n.name == name) {
+            n.out_of_service = false;
+        }
+    })?;
+    let layout = cluster.layout();
+    if let Some(primary) = layout.catalog() {
+        let pspec = layout.spec(primary, cluster.config());
+        rt.configure(&pspec).await?;
+        let c = ready::connect(&pspec.pg_config("postgres", timeout), timeout)
+            .await
+            .map_err(|e| node_err(&pspec.name, e))?;
+        c.execute("SELECT pg_reload_conf()", &[])
+            .await
+            .map_err(|e| node_err(&pspec.name, e))?;
+    }
+    let mut client = cluster.connect_catalog().await?;
+    topology::set_node_state_by_name(&mut client, &name, NodeState::Healthy).await?;
+    tracing::info!(node = %name, elapsed = ?started.elapsed(), "catalog replica rebuilt");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1044,9 +1278,22 @@ mod tests {
             seen(3, 0, None),
         ];
         assert!(plan(&three(), &obs, &opts(), &HashSet::new()).is_empty());
-        // No replica answers: nothing confirms it, nothing could be promoted.
+        // No replica answers: nothing confirms it, nothing could be promoted; the
+        // replicas are started again (if their processes are gone).
         let obs = [seen(1, 5, None), seen(2, 5, None), seen(3, 5, None)];
-        assert!(plan(&three(), &obs, &opts(), &HashSet::new()).is_empty());
+        assert_eq!(
+            plan(&three(), &obs, &opts(), &HashSet::new()),
+            [
+                Action::Restart {
+                    shard: ShardId(1),
+                    node: NodeId(2)
+                },
+                Action::Restart {
+                    shard: ShardId(1),
+                    node: NodeId(3)
+                }
+            ]
+        );
     }
 
     #[test]
@@ -1054,7 +1301,10 @@ mod tests {
         let obs = [seen(1, 3, None), seen(2, 0, None), seen(3, 4, None)];
         let actions = plan(&three(), &obs, &opts(), &HashSet::new());
         assert!(
-            matches!(&actions[..], [Action::Refuse { reason, .. }] if reason.contains("shard1-node3")),
+            matches!(&actions[..], [
+                Action::Restart { node: NodeId(3), .. },
+                Action::Refuse { reason, .. }
+            ] if reason.contains("shard1-node3")),
             "{actions:?}"
         );
     }

@@ -332,6 +332,14 @@ impl Recovery {
     pub async fn run_once(&mut self) -> Result<RoundReport, RecoveryError> {
         if let Some(cluster) = &self.cluster {
             self.shards = shard_targets(cluster);
+            let layout = cluster.layout();
+            if let Some(spec) = layout.catalog().map(|n| layout.spec(n, cluster.config())) {
+                if spec.name != self.catalog.name {
+                    // The catalog failed over: its new node from now on.
+                    self.catalog = spec;
+                    self.catalog_client = None;
+                }
+            }
         }
         let timeout = self.opts.timeout;
         let mut report = RoundReport::default();

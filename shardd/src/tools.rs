@@ -1,5 +1,6 @@
 //! Cluster operations the `pgshard` CLI runs itself, with no shardd to ask (SPEC §2,
 //! §11): removing what a cluster keeps outside its data directory (`pgshard destroy`),
+//! stopping its containers when its shardd is gone (`pgshard down`),
 //! reading an instance's server log (`pgshard logs`), and building the PostgreSQL image
 //! (`pgshard image build`).
 //!
@@ -47,6 +48,24 @@ pub async fn destroy_data(config: &Config) -> Result<(), ToolError> {
             if let Some(cluster) = Cluster::open(config.clone(), runtime.clone())? {
                 cluster.destroy().await?;
                 runtime.purge().await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Stop the Docker containers of the cluster of `config` (its layout's instances, by
+/// their names) when its shardd is gone and cannot. Local instances are stopped by the
+/// CLI itself, each postmaster proved first (see [`crate::ownership`]); nothing is done
+/// for them here. Nothing is touched when the data directory holds no layout.
+pub async fn stop_docker_instances(config: &Config) -> Result<(), ToolError> {
+    match config.cluster.backend {
+        Backend::Local => Ok(()),
+        Backend::Docker => {
+            let runtime =
+                Arc::new(DockerRuntime::with_options(DockerOptions::from_config(config)).await?);
+            if let Some(cluster) = Cluster::open(config.clone(), runtime)? {
+                cluster.stop().await?;
             }
             Ok(())
         }

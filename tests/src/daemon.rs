@@ -29,7 +29,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(240);
 pub struct TestDaemon {
     config: Config,
     data_dir: PathBuf,
-    runtime: Arc<LocalProcess>,
+    runtime: Arc<dyn NodeRuntime>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     state: SharddState,
@@ -50,17 +50,30 @@ impl TestDaemon {
         let data_dir = dir.path().join("data");
         let mut config = opts.config(&data_dir);
         config.shardd.listen = "127.0.0.1:0".into();
-        config.shardd.probe_interval_ms = 200;
-        config.shardd.probe_timeout_ms = 500;
+        // Faster than the defaults (1 s) so that tests run quickly; benchmarks set
+        // PGSHARD_PROBE_MS=1000 to measure with the defaults.
+        let probe_ms = std::env::var("PGSHARD_PROBE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        config.shardd.probe_interval_ms = probe_ms;
+        config.shardd.probe_timeout_ms = probe_ms.clamp(200, 1000);
         config.shardd.failure_threshold = 3;
         tweak(&mut config);
-        let runtime = Arc::new(LocalProcess::new(LocalOptions {
-            pg_bin_dir: std::env::var_os("PGSHARD_PG_BIN_DIR").map(Into::into),
-            pg_user: "postgres".into(),
-            lifecycle: ProcessLifecycle::Owned,
-            fast_init: true,
-            ctl_timeout: Duration::from_secs(60),
-        })?);
+        let runtime: Arc<dyn NodeRuntime> = match config.cluster.backend {
+            pgshard_catalog::config::Backend::Local => Arc::new(LocalProcess::new(LocalOptions {
+                pg_bin_dir: std::env::var_os("PGSHARD_PG_BIN_DIR").map(Into::into),
+                pg_user: "postgres".into(),
+                lifecycle: ProcessLifecycle::Owned,
+                fast_init: true,
+                ctl_timeout: Duration::from_secs(60),
+            })?),
+            pgshard_catalog::config::Backend::Docker => {
+                let mut o = pgshard_shardd::runtime::docker::DockerOptions::from_config(&config);
+                o.fast_init = true;
+                Arc::new(pgshard_shardd::runtime::docker::DockerRuntime::with_options(o).await?)
+            }
+        };
         let mut d = TestDaemon {
             config,
             data_dir,
@@ -86,7 +99,7 @@ impl TestDaemon {
         // A stale state file from the run before must not count as ready.
         let _ = std::fs::remove_file(self.data_dir.join(pgshard_shardd::STATE_FILE));
         self.shutdown = CancellationToken::new();
-        let rt: Arc<dyn NodeRuntime> = self.runtime.clone();
+        let rt = self.runtime.clone();
         let task = tokio::spawn(run_with(
             self.config.clone(),
             RunOptions {
@@ -159,11 +172,10 @@ impl TestDaemon {
         Ok(layout.spec(node, &self.config))
     }
 
-    /// The catalog database's connection string.
+    /// The catalog database's connection string: every catalog node, read-write
+    /// wanted, as shardd gives its router (it finds the catalog after its failover).
     pub fn catalog_conninfo(&self) -> anyhow::Result<String> {
-        let layout = self.layout()?;
-        let node = layout.catalog().context("no catalog node")?;
-        Ok(layout.spec(node, &self.config).connstr(store::CATALOG_DB))
+        self.layout()?.catalog_conninfo().context("no catalog node")
     }
 
     /// The catalog as stored now.

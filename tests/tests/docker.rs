@@ -917,7 +917,7 @@ shard_key = "k"
         text(&out)
     );
 
-    // --- cut shard 1's primary off the network, then reconnect it ------------------------
+    // --- cut shard 1's primary off the network: shardd fails over to its replica -------
     let network = format!("{cluster}-net");
     let primary1 = format!("{cluster}-shard1-node1");
     let out = Command::new("docker")
@@ -925,30 +925,47 @@ shard_key = "k"
         .output()
         .expect("docker network disconnect");
     assert!(out.status.success(), "{}", text(&out));
-    reported_down(&data_dir, "shard1-node1").await;
-    let out = Command::new("docker")
-        .args([
-            "network",
-            "connect",
-            "--alias",
-            "shard1-node1",
-            &network,
-            &primary1,
-        ])
-        .output()
-        .expect("docker network connect");
-    assert!(out.status.success(), "{}", text(&out));
     let t = Instant::now();
-    reported_healthy(&data_dir).await;
+    eventually("shard 1 failed over to shard1-node2", READY, || async {
+        let out = pgshard(&["status", "--json"], Some(&data_dir));
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let s1 = v["shards"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == 1))
+            .cloned()
+            .unwrap_or_default();
+        if s1["primary"] == "shard1-node2" && s1["term"] == 2 && s1["status"] != "failing_over" {
+            Ok(())
+        } else {
+            Err(format!("{s1}"))
+        }
+    })
+    .await;
     eprintln!(
-        "healthy again {:.1}s after the reconnect",
+        "shard 1 failed over {:.1}s after its primary was cut off",
         t.elapsed().as_secs_f64()
     );
+    // The fenced container is rebuilt as a replica of the new primary.
+    reported_healthy(&data_dir).await;
+    let out = pgshard(&["status"], Some(&data_dir));
+    assert!(
+        out.status.success(),
+        "status after the failover: {}",
+        text(&out)
+    );
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.starts_with("shard1-node1") && l.contains(" replica ")),
+        "{}",
+        text(&out)
+    );
     let router = connect_port(router_port).await.expect("router");
-    // Single-key statements (some keys land on the healed shard 1).
+    // Single-key statements (some keys land on shard 1's new primary).
     for k in 41..=50i64 {
         eventually(
-            &format!("insert {k} through the router after the partition"),
+            &format!("insert {k} through the router after the failover"),
             READY,
             || async {
                 router
@@ -967,8 +984,17 @@ shard_key = "k"
             .expect("read through the router");
         assert_eq!(row.get::<_, String>(0), "after");
     }
+    let n: i64 = router
+        .query_one("SELECT count(*) FROM kv", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 50, "every row survived the failover");
     drop(router);
 
+    // --- with shard 2's failover paused, kill its replica, then its primary -------------
+    let out = pgshard(&["failover", "pause", "--shard", "2"], Some(&data_dir));
+    assert!(out.status.success(), "pause: {}", text(&out));
     // --- kill a replica container, then a primary container ------------------------------
     for node in ["shard2-node2", "shard2-node1"] {
         let container = format!("{cluster}-{node}");
@@ -995,6 +1021,23 @@ shard_key = "k"
             .lines()
             .any(|l| l.starts_with("shard1-node1") && l.contains(" healthy ")),
         "{report}"
+    );
+
+    assert!(
+        report.lines().any(|l| l.contains("paused")),
+        "status shows the paused failover:\n{report}"
+    );
+    let out = pgshard(&["failover", "resume", "--shard", "2"], Some(&data_dir));
+    assert!(out.status.success(), "resume: {}", text(&out));
+    // The replica is started again, confirms the primary is gone, and is promoted.
+    reported_healthy(&data_dir).await;
+    let out = pgshard(&["status"], Some(&data_dir));
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.trim_start().starts_with("2 ") && l.contains("shard2-node2")),
+        "{}",
+        text(&out)
     );
 
     // --- destroy: nothing left -----------------------------------------------------------
@@ -1028,4 +1071,164 @@ shard_key = "k"
         let found = docker_cli(&args);
         assert!(found.is_empty(), "docker {} finds {found}", args[0]);
     }
+}
+
+/// Failover on the Docker runtime (SPEC §8, §11), under inserts through the router:
+/// shard primaries' containers killed (`docker kill`) five times and cut off the
+/// cluster network (`docker network disconnect`) five times, alternating shards, each
+/// time on whichever node is primary then. Every failover completes (term + 1), the
+/// fenced container is rebuilt, and no acknowledged insert is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_failover_on_kill_and_partition() {
+    use pgshard_catalog::ShardStatus;
+    if engine("docker_failover_on_kill_and_partition")
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let cluster = unique_cluster("failover");
+    let _cleanup = Cleanup {
+        cluster: cluster.clone(),
+    };
+    let name = cluster.clone();
+    let d = pgshard_tests::TestDaemon::start(
+        pgshard_tests::TestClusterOptions {
+            shards: 2,
+            replicas: 1,
+            buckets: 64,
+            tables: vec![pgshard_tests::distributed("acked", "id", "bigint")],
+            // A replica notices a cut connection in seconds, not the default minute.
+            postgres: [("wal_receiver_timeout", "2s"), ("wal_sender_timeout", "2s")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        },
+        move |c| {
+            c.cluster.name = name;
+            c.cluster.backend = pgshard_catalog::config::Backend::Docker;
+        },
+    )
+    .await
+    .expect("docker cluster under shardd");
+    let router = pgshard_tests::TestRouter::start_on(
+        &d.catalog_conninfo().expect("conninfo"),
+        d.config().router.clone(),
+    )
+    .await
+    .expect("router");
+    router
+        .connect()
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await
+        .expect("create");
+    // Writers: a statement that hangs on a cut-off container is given up after 15 s.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for w in 0..3i64 {
+        let stop = stop.clone();
+        let connstr = router.connstr();
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut errors = 0usize;
+            let mut client: Option<Client> = None;
+            let mut next = w * 10_000_000;
+            while !stop.is_cancelled() {
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    match tokio_postgres::connect(&connstr, tokio_postgres::NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            client = Some(c);
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(c) = client.as_ref() else { continue };
+                next += 1;
+                let r = tokio::time::timeout(
+                    Duration::from_secs(15),
+                    c.execute("INSERT INTO acked VALUES ($1)", &[&next]),
+                )
+                .await;
+                match r {
+                    Ok(Ok(1)) => acked.push(next),
+                    Ok(_) => errors += 1,
+                    Err(_) => {
+                        errors += 1;
+                        client = None;
+                    }
+                }
+            }
+            (acked, errors)
+        }));
+    }
+    let network = format!("{cluster}-net");
+    let mut took = Vec::new();
+    for round in 0..10usize {
+        let shard = (round % 2) as u32 + 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let old = d.primary_of(shard).await.expect("primary");
+        let term = d
+            .catalog()
+            .await
+            .expect("catalog")
+            .shard(ShardId(shard))
+            .map(|s| s.term)
+            .unwrap_or(0);
+        let container = format!("{cluster}-{old}");
+        let how = if round < 5 { "kill" } else { "partition" };
+        let out = if round < 5 {
+            Command::new("docker").args(["kill", &container]).output()
+        } else {
+            Command::new("docker")
+                .args(["network", "disconnect", &network, &container])
+                .output()
+        }
+        .expect("docker");
+        assert!(out.status.success(), "{how} {container}: {}", text(&out));
+        let t = Instant::now();
+        d.wait_catalog(
+            &format!("{how} of {old}: shard {shard} fails over"),
+            Duration::from_secs(90),
+            |c| {
+                c.shard(ShardId(shard))
+                    .is_some_and(|s| s.term > term && s.status != ShardStatus::FailingOver)
+            },
+        )
+        .await
+        .expect("failover");
+        took.push((how, t.elapsed()));
+        d.wait_redundant(Duration::from_secs(180))
+            .await
+            .expect("rebuilt");
+    }
+    stop.cancel();
+    let mut acked = Vec::new();
+    let mut errors = 0;
+    for w in writers {
+        let (a, e) = w.await.expect("writer");
+        acked.extend(a);
+        errors += e;
+    }
+    eprintln!(
+        "docker failovers (kill ×5, partition ×5): {took:?}; {} inserts acknowledged, {errors} failed",
+        acked.len()
+    );
+    let c = router.connect().await.expect("connect");
+    let present: std::collections::HashSet<i64> = c
+        .query("SELECT id FROM acked", &[])
+        .await
+        .expect("read")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !present.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
+    assert!(acked.len() > 50, "the load did not run");
 }
