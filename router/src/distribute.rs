@@ -148,7 +148,13 @@ where
             return Err(DistributeError::InTransaction(function).into());
         }
         self.entry.set_activity("active", None, None);
-        let r = self.declare(function, table, &placement).await;
+        let mover = Mover {
+            ctx: &self.ctx,
+            user: &self.user,
+            database: &self.database,
+            vars: &self.vars,
+        };
+        let r = mover.declare(function, table, &placement).await;
         self.entry.set_activity("idle", None, None);
         r?;
         encode_row_description_void(b, function);
@@ -156,9 +162,21 @@ where
         encode_command_complete(b, "SELECT 1");
         Ok(())
     }
+}
 
+/// The table-distribution mover: what `create_distributed_table` and
+/// `create_reference_table` do (see the module doc), apart from the session, which
+/// lends it the router's context and its user, database and settings.
+struct Mover<'a> {
+    ctx: &'a crate::server::RouterCtx,
+    user: &'a str,
+    database: &'a str,
+    vars: &'a crate::session::vars::SessionVars,
+}
+
+impl Mover<'_> {
     async fn declare(
-        &mut self,
+        &self,
         function: &'static str,
         table: &str,
         placement: &Placement,
@@ -249,7 +267,7 @@ where
     /// its transaction, with the table created and the rows moved. Returns the
     /// declaration to record.
     async fn prepare_move(
-        &mut self,
+        &self,
         catalog: &Catalog,
         table: &str,
         placement: &Placement,
@@ -470,8 +488,7 @@ where
     ) -> Result<PooledConn, SessionError> {
         let _ = catalog;
         let mut conn =
-            crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false)
-                .await?;
+            crate::hold::checkout_primary(self.ctx, shard, self.user, self.database, false).await?;
         let fp = self.vars.fingerprint();
         if conn.state_fp != fp {
             if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
