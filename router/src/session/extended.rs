@@ -618,50 +618,63 @@ where
         name: &str,
     ) -> Result<(), SessionError> {
         if kind == b'P' {
-            let shard = match self.portals.get(name) {
-                Some((_, PortalAt::Begin | PortalAt::Copy)) => {
-                    self.emit_empty(b'n');
-                    return Ok(());
-                }
-                Some((_, PortalAt::Buffered(rows))) => {
-                    let rows = rows.clone();
-                    self.describe_buffered(&rows);
-                    return Ok(());
-                }
-                Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
-                    // Answered with the Execute that follows.
-                    self.described_fanout = Some(name.to_string());
-                    return Ok(());
-                }
-                Some((_, PortalAt::Local(p))) => {
-                    let mut b = BytesMut::new();
-                    super::local::encode_local_description(&mut b, &p.kind, &p.results);
-                    self.emit_local(&b);
-                    return Ok(());
-                }
-                Some((_, PortalAt::Shard(shard))) => Some(*shard),
-                None => None,
-            };
-            if let Some(shard) = shard {
-                match self.ensure_backend(shard, frame).await {
-                    Ok(Ensure::Ready) => {}
-                    Ok(Ensure::Deferred) => return Ok(()),
-                    Err(e) => {
-                        self.fail_extended(e);
-                        return Ok(());
-                    }
-                }
-            }
-            match self.attached.as_mut() {
-                Some(a) => {
-                    a.conn.out.extend_from_slice(frame.raw());
-                    a.conn.unsynced = true;
-                    a.expects.push_back(Expect::Describe);
-                }
-                None => self.fail_extended(SessionError::UnknownPortal(name.to_string())),
-            }
-            return Ok(());
+            return self.describe_portal(frame, name).await;
         }
+        self.describe_statement(frame, name).await
+    }
+
+    /// Describe of a portal: answered by the router for the portals it holds, else by
+    /// the backend that bound it.
+    async fn describe_portal(&mut self, frame: &Frame, name: &str) -> Result<(), SessionError> {
+        let shard = match self.portals.get(name) {
+            Some((_, PortalAt::Begin | PortalAt::Copy)) => {
+                self.emit_empty(b'n');
+                return Ok(());
+            }
+            Some((_, PortalAt::Buffered(rows))) => {
+                let rows = rows.clone();
+                self.describe_buffered(&rows);
+                return Ok(());
+            }
+            Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
+                // Answered with the Execute that follows.
+                self.described_fanout = Some(name.to_string());
+                return Ok(());
+            }
+            Some((_, PortalAt::Local(p))) => {
+                let mut b = BytesMut::new();
+                super::local::encode_local_description(&mut b, &p.kind, &p.results);
+                self.emit_local(&b);
+                return Ok(());
+            }
+            Some((_, PortalAt::Shard(shard))) => Some(*shard),
+            None => None,
+        };
+        if let Some(shard) = shard {
+            match self.ensure_backend(shard, frame).await {
+                Ok(Ensure::Ready) => {}
+                Ok(Ensure::Deferred) => return Ok(()),
+                Err(e) => {
+                    self.fail_extended(e);
+                    return Ok(());
+                }
+            }
+        }
+        match self.attached.as_mut() {
+            Some(a) => {
+                a.conn.out.extend_from_slice(frame.raw());
+                a.conn.unsynced = true;
+                a.expects.push_back(Expect::Describe);
+            }
+            None => self.fail_extended(SessionError::UnknownPortal(name.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Describe of a statement: router commands the router describes; anything else
+    /// a backend, with the statement prepared there (an SQL-level EXECUTE's prepared
+    /// statement too).
+    async fn describe_statement(&mut self, frame: &Frame, name: &str) -> Result<(), SessionError> {
         let Some(stmt) = self.stmts.get(name).cloned() else {
             self.fail_extended(SessionError::UnknownStatement(name.to_string()));
             return Ok(());
