@@ -54,3 +54,13 @@ BEGIN
     RETURN (SELECT version FROM pgshard.meta);
 END
 $$;
+
+-- Routers say which catalog version they route with (their follower writes it after
+-- every reload and on every poll): a planned switchover waits until every live router
+-- has seen the shard turn `failing_over` — and so holds new statements for it — before
+-- it drains and stops the old primary.
+CREATE TABLE pgshard.routers (
+    id      text PRIMARY KEY,
+    version bigint NOT NULL,
+    seen_at timestamptz NOT NULL DEFAULT now()
+);

@@ -339,3 +339,38 @@ pub async fn set_node_state_by_name(
     tx.commit().await?;
     Ok(v)
 }
+
+/// A router routes with catalog `version` now (its follower's heartbeat).
+pub async fn router_seen(
+    client: &Client,
+    router: &str,
+    version: CatalogVersion,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO pgshard.routers (id, version) VALUES ($1, $2)
+             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, seen_at = now()",
+            &[&router, &version.0],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Routers heard from within `live_secs` that still route with a version older than
+/// `version`.
+pub async fn routers_behind(
+    client: &Client,
+    version: CatalogVersion,
+    live_secs: f64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT id FROM pgshard.routers
+              WHERE seen_at > now() - make_interval(secs => $2) AND version < $1",
+            &[&version.0, &live_secs],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

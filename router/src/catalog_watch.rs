@@ -89,8 +89,10 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    // This router's name in `pgshard.routers` (one per follower, i.e. per process).
+    let me = pgshard_catalog::twopc::RouterId::generate().to_string();
     loop {
-        match follow_once(&handle, &conninfo, poll, &shutdown).await {
+        match follow_once(&handle, &conninfo, poll, &shutdown, &me).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "catalog follower disconnected; serving the last catalog");
@@ -109,6 +111,7 @@ async fn follow_once(
     conninfo: &str,
     poll: Duration,
     shutdown: &CancellationToken,
+    me: &str,
 ) -> Result<(), WatchError> {
     let (client, mut connection) = tokio_postgres::connect(conninfo, NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -141,6 +144,7 @@ async fn follow_once(
         .await?;
     // Catch up on whatever changed while we were away.
     refresh(handle, &client, true).await?;
+    seen(&client, me, handle).await;
     let mut tick = tokio::time::interval(poll.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -151,9 +155,23 @@ async fn follow_once(
                     return Err(WatchError::Closed);
                 }
                 refresh(handle, &client, true).await?;
+                seen(&client, me, handle).await;
             }
-            _ = tick.tick() => refresh(handle, &client, false).await?,
+            _ = tick.tick() => {
+                refresh(handle, &client, false).await?;
+                seen(&client, me, handle).await;
+            }
         }
+    }
+}
+
+/// Tells the catalog which version this router routes with (`pgshard.routers`): a
+/// switchover waits for every live router to have seen it start. A failure is only
+/// logged: the catalog may be a standby for a moment.
+async fn seen(client: &tokio_postgres::Client, me: &str, handle: &CatalogHandle) {
+    let v = handle.current().version;
+    if let Err(error) = pgshard_catalog::topology::router_seen(client, me, v).await {
+        tracing::debug!(%error, "could not record the catalog version this router routes with");
     }
 }
 

@@ -310,7 +310,9 @@ pub struct ReconcileOptions {
     /// Bound on connecting to a node and on one statement.
     pub timeout: Duration,
     /// Tests: stop (hang) at this step of a change of primary, as if shardd crashed
-    /// there: `begin`, `fence`, `choose`, `promote`, `repoint`, `complete`.
+    /// there: `begin`, `fence`, `choose`, `promote`, `repoint`, `complete`; or
+    /// `kill-fails`: the old primary cannot be stopped (fencing by cutting its
+    /// replicas off) and is not rebuilt.
     pub fault: Option<String>,
 }
 
@@ -402,7 +404,9 @@ impl Reconciler {
                 Ok(())
             }
             Action::Rebuild { shard, node } => {
-                self.start_rebuild(shard, node);
+                if !self.unkillable() {
+                    self.start_rebuild(shard, node);
+                }
                 Ok(())
             }
             Action::Restart { shard, node } => {
@@ -431,6 +435,12 @@ impl Reconciler {
                 Ok(())
             }
         }
+    }
+
+    /// Tests: the runtime cannot stop the old primary (a machine cut off from shardd),
+    /// so fencing must cut its replicas off instead, and it is not rebuilt.
+    fn unkillable(&self) -> bool {
+        self.opts.fault.as_deref() == Some("kill-fails")
     }
 
     async fn fault(&self, step: &str) {
@@ -604,8 +614,14 @@ impl Reconciler {
 
         // Fence.
         let fenced = if switchover {
+            self.routers_caught_up(&client, catalog.version).await;
             self.drain(&from_spec).await;
             self.cluster.runtime().stop(&from_spec).await
+        } else if self.unkillable() {
+            Err(crate::runtime::RuntimeError::Spec {
+                node: from.clone(),
+                message: "fault injection: the runtime cannot reach it".into(),
+            })
         } else {
             self.cluster.runtime().kill(&from_spec).await
         };
@@ -681,6 +697,31 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Wait (bounded) until every router heard from lately routes with catalog
+    /// `version` or newer, i.e. holds new statements for the shard: only then can the
+    /// old primary's open transactions be counted on to be the last.
+    async fn routers_caught_up(&self, client: &Client, version: pgshard_catalog::CatalogVersion) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match topology::routers_behind(client, version, 10.0).await {
+                Ok(behind) if behind.is_empty() => return,
+                Ok(behind) if Instant::now() > deadline => {
+                    tracing::warn!(
+                        ?behind,
+                        "routers have not seen the switchover start; going on"
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not ask which routers saw the switchover");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Wait (bounded) until the old primary has no client transaction open: routers
     /// hold new ones, so the open ones end in milliseconds.
     async fn drain(&self, spec: &NodeSpec) {
@@ -688,6 +729,9 @@ impl Reconciler {
             return;
         };
         let deadline = Instant::now() + Duration::from_secs(5);
+        // Idle twice in a row, 50 ms apart: a statement checked out just before its
+        // router saw the switchover has reached the server by then.
+        let mut idle = 0;
         while Instant::now() < deadline {
             let open: i64 = match client
                 .query_one(
@@ -702,8 +746,14 @@ impl Reconciler {
                 Err(_) => return,
             };
             if open == 0 {
-                return;
+                idle += 1;
+                if idle == 2 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
             }
+            idle = 0;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::warn!(node = %spec.name, "transactions still open on the old primary; stopping it anyway");

@@ -844,3 +844,102 @@ async fn catalog_node_fails_over_and_routers_follow() -> anyhow::Result<()> {
     d.wait_redundant(REBUILD).await?;
     Ok(())
 }
+
+/// A primary that shardd cannot stop (frozen here with SIGSTOP, as a machine cut off
+/// from shardd; the runtime's kill is made to fail): its replicas are cut off from it
+/// before one is promoted, so when it wakes up it cannot get a single commit
+/// confirmed: a commit on it never returns, and the router sends nothing to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_primary_that_cannot_be_stopped_acknowledges_no_commit() -> anyhow::Result<()> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut d = TestDaemon::start(
+        TestClusterOptions {
+            tables: vec![pgshard_tests::distributed("acked", "id", "bigint")],
+            postgres: [("wal_receiver_timeout", "2s"), ("wal_sender_timeout", "2s")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..opts(2)
+        },
+        |_| {},
+    )
+    .await?;
+    d.restart_with_fault("kill-fails").await?;
+    let router =
+        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
+            .await?;
+    router
+        .connect()
+        .await?
+        .batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+        .await?;
+    let old = d.primary_of(1).await?;
+    let direct = d.connect_node(&old).await?;
+    // Every process of the instance: the postmaster and its children.
+    let data = d.spec(&old)?.data_dir();
+    let postmaster: i32 = std::fs::read_to_string(data.join("postmaster.pid"))?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .parse()?;
+    let mut pids = vec![postmaster];
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(postmaster) {
+            pids.push(pid);
+        }
+    }
+    for &p in &pids {
+        kill(Pid::from_raw(p), Signal::SIGSTOP)?;
+    }
+    let after = d
+        .wait_catalog("shard 1 fails over from a frozen primary", FAILOVER, |c| {
+            c.shard(ShardId(1))
+                .is_some_and(|s| s.term == 2 && s.status != ShardStatus::FailingOver)
+        })
+        .await;
+    for &p in &pids {
+        let _ = kill(Pid::from_raw(p), Signal::SIGCONT);
+    }
+    let after = after?;
+    let new = after.primary(ShardId(1)).expect("primary").name.clone();
+    assert_ne!(new, old);
+    // The old primary is awake and still thinks it is one; a commit on it waits for a
+    // synchronous standby that will never confirm again.
+    let commit = tokio::time::timeout(
+        Duration::from_secs(5),
+        direct.execute("INSERT INTO acked VALUES (-1)", &[]),
+    )
+    .await;
+    assert!(
+        commit.is_err(),
+        "the fenced primary acknowledged a commit: {commit:?}"
+    );
+    // Its replicas follow the new primary; writes through the router go there.
+    let c = router.connect().await?;
+    for id in 1..=20i64 {
+        c.execute("INSERT INTO acked VALUES ($1)", &[&id]).await?;
+    }
+    let standbys: Vec<String> = d
+        .connect_node(&new)
+        .await?
+        .query("SELECT application_name FROM pg_stat_replication", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(standbys.len(), 1, "{standbys:?}");
+    assert_ne!(standbys[0], old.replace('-', "_"));
+    d.kill_node(&old).await?;
+    Ok(())
+}
