@@ -30,7 +30,7 @@
 use crate::backend::{BackendConn, PooledConn};
 use crate::protocol::backend::{
     decode_command_tag, decode_ready_status, encode_command_complete, encode_data_row,
-    encode_ready, encode_row_description_void,
+    encode_row_description_void,
 };
 use crate::protocol::frontend::{encode_copy_done, encode_copy_fail, encode_query};
 use crate::session::error::SessionError;
@@ -113,9 +113,14 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    /// Runs `create_distributed_table` / `create_reference_table` (`cmd`) and answers
-    /// the client; `in_txn` refuses it inside a transaction block.
-    pub(crate) async fn run_create_table(&mut self, cmd: &RouterCommand, in_txn: bool) {
+    /// Runs `create_distributed_table` / `create_reference_table` (`cmd`); its answer
+    /// (one `void` row) goes into `b`. `in_txn` refuses it inside a transaction block.
+    pub(crate) async fn run_create_table(
+        &mut self,
+        cmd: &RouterCommand,
+        in_txn: bool,
+        b: &mut BytesMut,
+    ) -> Result<(), SessionError> {
         let (function, table, placement) = match cmd {
             RouterCommand::CreateDistributedTable {
                 table,
@@ -132,37 +137,46 @@ where
             RouterCommand::CreateReferenceTable { table } => {
                 ("create_reference_table", table, Placement::Reference)
             }
+            // Not reached: the caller passes these two commands only.
             _ => {
-                // Not reached: the caller passes these two commands only.
-                self.fail_simple(SessionError::Unsupported(
+                return Err(SessionError::Unsupported(
                     "not a table placement command".into(),
-                ));
-                return;
+                ))
             }
         };
-        let result = if in_txn {
-            Err(DistributeError::InTransaction(function).into())
-        } else {
-            self.entry.set_activity("active", None, None);
-            let r = self.declare(function, table, &placement).await;
-            self.entry.set_activity("idle", None, None);
-            r
-        };
-        match result {
-            Ok(()) => {
-                let mut b = BytesMut::new();
-                encode_row_description_void(&mut b, function);
-                encode_data_row(&mut b, &[Some("")]);
-                encode_command_complete(&mut b, "SELECT 1");
-                encode_ready(&mut b, b'I');
-                self.emit_local(&b);
-            }
-            Err(e) => self.fail_simple(e),
+        if in_txn {
+            return Err(DistributeError::InTransaction(function).into());
         }
+        self.entry.set_activity("active", None, None);
+        let mover = Mover {
+            ctx: &self.ctx,
+            user: &self.user,
+            database: &self.database,
+            vars: &self.vars,
+        };
+        let r = mover.declare(function, table, &placement).await;
+        self.entry.set_activity("idle", None, None);
+        r?;
+        encode_row_description_void(b, function);
+        encode_data_row(b, &[Some("")]);
+        encode_command_complete(b, "SELECT 1");
+        Ok(())
     }
+}
 
+/// The table-distribution mover: what `create_distributed_table` and
+/// `create_reference_table` do (see the module doc), apart from the session, which
+/// lends it the router's context and its user, database and settings.
+struct Mover<'a> {
+    ctx: &'a crate::server::RouterCtx,
+    user: &'a str,
+    database: &'a str,
+    vars: &'a crate::session::vars::SessionVars,
+}
+
+impl Mover<'_> {
     async fn declare(
-        &mut self,
+        &self,
         function: &'static str,
         table: &str,
         placement: &Placement,
@@ -253,7 +267,7 @@ where
     /// its transaction, with the table created and the rows moved. Returns the
     /// declaration to record.
     async fn prepare_move(
-        &mut self,
+        &self,
         catalog: &Catalog,
         table: &str,
         placement: &Placement,
@@ -474,8 +488,7 @@ where
     ) -> Result<PooledConn, SessionError> {
         let _ = catalog;
         let mut conn =
-            crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false)
-                .await?;
+            crate::hold::checkout_primary(self.ctx, shard, self.user, self.database, false).await?;
         let fp = self.vars.fingerprint();
         if conn.state_fp != fp {
             if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {

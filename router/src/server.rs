@@ -85,6 +85,11 @@ pub struct RouterCtx {
     pub twopc: Option<TwoPc>,
     /// Counters for `SHOW STATS`.
     pub stats: crate::stats::Stats,
+    /// Grows at every DDL statement a session of this router runs. It is part of the
+    /// name under which a client statement is prepared on backends, so a statement
+    /// prepared again after an ALTER TABLE is parsed afresh instead of reusing a
+    /// backend's cached plan (PostgreSQL: "cached plan must not change result type").
+    pub ddl_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// The coordinator and the catalog commit log, shared by every session.
@@ -131,6 +136,7 @@ impl RouterCtx {
             tls: TlsMode::Disabled,
             twopc: None,
             stats: crate::stats::Stats::default(),
+            ddl_epoch: std::sync::atomic::AtomicU64::new(0),
             catalog,
             config,
         }

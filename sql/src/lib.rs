@@ -50,7 +50,7 @@ pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
-pub use split::{columns_needed, plan_with_columns};
+pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
 
 /// What the router does with one Query string (one statement, or several separated by
 /// semicolons in the simple protocol).
@@ -109,6 +109,10 @@ pub enum Route {
     /// the same statement on each shard, in one distributed transaction (see
     /// [`fanout::MULTI_SHARD_WRITES`]).
     FanoutWrite(FanoutWrite),
+    /// A multi-row `INSERT … VALUES` into a distributed table whose shard keys are
+    /// parameters (and constants): each row's shard is known at Bind, where rows on one
+    /// shard go there as written and rows on several are split ([`split_insert_rows`]).
+    InsertByParams(ParamInsert),
     /// `COPY … FROM STDIN` into a distributed or reference table (rows split by shard
     /// key, or copied to every shard) or `COPY … TO STDOUT` from several shards (their
     /// streams concatenated): see [`CopyPlan`].
@@ -120,6 +124,31 @@ pub enum Route {
     /// Refused with the error's SQLSTATE ([`PlanError::sqlstate`]), without contacting a
     /// shard (e.g. a NULL shard key on INSERT).
     Error(PlanError),
+}
+
+/// See [`Route::InsertByParams`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamInsert {
+    pub table: String,
+    /// The shard key column (named in a NULL-key error).
+    pub column: String,
+    pub key_type: KeyType,
+    /// Each row's shard key, in order.
+    pub keys: Vec<RowKey>,
+    /// The statement as planned (with its column list), which [`split_insert_rows`]
+    /// splits.
+    pub sql: String,
+    /// The 0A000 message where rows cannot be split by parameter values (an SQL-level
+    /// EXECUTE of the statement).
+    pub refusal: String,
+}
+
+/// One row's shard key in a [`ParamInsert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowKey {
+    Value(KeyValue),
+    /// Parameter `$n` (1-based).
+    Param(usize),
 }
 
 /// Statements the router answers or acts on itself.

@@ -174,6 +174,9 @@ fn combine(plans: Vec<Plan>) -> Plan {
                     Route::Unsupported("parameters in a multi-statement query".to_owned())
                 });
             }
+            Route::InsertByParams(pi) => {
+                refused.get_or_insert_with(|| Route::Unsupported(pi.refusal.clone()));
+            }
             Route::Copy(_) => {
                 refused.get_or_insert_with(|| {
                     Route::Unsupported(

@@ -1197,10 +1197,24 @@ impl<'c> Analysis<'c> {
             if let (true, Some(st), "query") = (fan, st, self.verb) {
                 return self.fanout(st, None);
             }
-            return Route::Unsupported(format!(
+            let refusal = format!(
                 "shard key of distributed table {} compared with several parameters (multi-shard routing at Bind is not yet supported)",
                 self.occs[i].table
-            ));
+            );
+            if let (Some(o), Some(st)) = (self.insert_target, st) {
+                if self.occs.len() == 1 && crate::fanout::MULTI_SHARD_WRITES {
+                    // A multi-row INSERT … VALUES: its rows are routed at Bind.
+                    let occ = &self.occs[o];
+                    return crate::split::param_insert(
+                        st,
+                        &occ.table,
+                        &occ.key,
+                        occ.key_type,
+                        refusal,
+                    );
+                }
+            }
+            return Route::Unsupported(refusal);
         }
         match (shards.len(), params.len()) {
             (0, 0) => Route::AnyShard,
@@ -1251,9 +1265,21 @@ impl<'c> Analysis<'c> {
                     .map_or(KeyType::Int8, |o| o.key_type);
                 Route::ShardByParam { param, key_type }
             }
-            _ => Route::Unsupported(format!(
-                "shard keys of distributed table {first} compared with different parameters or with both constants and parameters (not yet supported)"
-            )),
+            _ => {
+                let refusal = format!(
+                    "shard keys of distributed table {first} compared with different parameters or with both constants and parameters (not yet supported)"
+                );
+                match (self.insert_target, st) {
+                    // A multi-row INSERT … VALUES: its rows are routed at Bind.
+                    (Some(o), Some(st))
+                        if self.occs.len() == 1 && crate::fanout::MULTI_SHARD_WRITES =>
+                    {
+                        let occ = &self.occs[o];
+                        crate::split::param_insert(st, &occ.table, &occ.key, occ.key_type, refusal)
+                    }
+                    _ => Route::Unsupported(refusal),
+                }
+            }
         }
     }
 

@@ -15,10 +15,11 @@
 
 use crate::parse::{fold_ident, name_parts, parse_statement, split_statements};
 use crate::route::{const_value, Const};
-use crate::{shard_of, FanoutWrite, Plan, Route};
+use crate::{shard_of, FanoutWrite, ParamInsert, Plan, Route, RowKey};
 use pgshard_catalog::{Catalog, KeyType, ShardId};
-use sqlparser::ast::{Expr, Ident, SetExpr, Statement, TableObject};
+use sqlparser::ast::{visit_expressions_mut, Expr, Ident, SetExpr, Statement, TableObject, Value};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 /// One INSERT per shard for a multi-row `INSERT … VALUES` into distributed table `table`
 /// (key column `key`) whose constant keys span several shards; `refusal` if the
@@ -71,6 +72,102 @@ pub(crate) fn split_insert(
         defaults: Vec::new(),
         shard_sql,
     })
+}
+
+/// A multi-row `INSERT … VALUES` into distributed table `table` whose shard keys are
+/// parameters or constants, routed row by row at Bind ([`Route::InsertByParams`]);
+/// `refusal` (0A000) if a row's key is anything else.
+pub(crate) fn param_insert(
+    st: &Statement,
+    table: &str,
+    key: &str,
+    key_type: KeyType,
+    refusal: String,
+) -> Route {
+    let Statement::Insert(ins) = st else {
+        return Route::Unsupported(refusal);
+    };
+    let Some(idx) = ins.columns.iter().position(|c| fold_ident(c) == key) else {
+        return Route::Unsupported(refusal);
+    };
+    let Some(SetExpr::Values(values)) = ins.source.as_ref().map(|s| &*s.body) else {
+        return Route::Unsupported(refusal);
+    };
+    let mut keys = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
+        match row.get(idx).and_then(|e| const_value(e, key_type)) {
+            Some(Const::Value(v)) => keys.push(RowKey::Value(v)),
+            Some(Const::Param(n)) => keys.push(RowKey::Param(n)),
+            _ => return Route::Unsupported(refusal),
+        }
+    }
+    Route::InsertByParams(ParamInsert {
+        table: table.to_owned(),
+        column: key.to_owned(),
+        key_type,
+        keys,
+        sql: st.to_string(),
+        refusal,
+    })
+}
+
+/// Splits the multi-row INSERT `sql` ([`ParamInsert::sql`]) into one INSERT per group
+/// of rows (`groups` holds row indices, in order), each with its parameters renumbered
+/// from `$1` ([`renumber_params`]). `None` if `sql` is not such an INSERT.
+pub fn split_insert_rows(sql: &str, groups: &[Vec<usize>]) -> Option<Vec<(String, Vec<usize>)>> {
+    let ins = single_insert(sql)?;
+    let Some(SetExpr::Values(values)) = ins.source.as_ref().map(|s| &*s.body) else {
+        return None;
+    };
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let rows = group
+            .iter()
+            .map(|&i| values.rows.get(i).cloned())
+            .collect::<Option<Vec<_>>>()?;
+        let mut part = ins.clone();
+        if let Some(source) = part.source.as_mut() {
+            if let SetExpr::Values(v) = &mut *source.body {
+                v.rows = rows;
+            }
+        }
+        out.push(renumber_statement(Statement::Insert(part)));
+    }
+    Some(out)
+}
+
+/// Renumbers the parameters of one statement `$1, $2…` in order of first appearance,
+/// and returns the new text with, for each new parameter, the old number (1-based): a
+/// shard's part of a split statement then takes only the values it uses. `None` if
+/// `sql` is not one statement sqlparser parses.
+pub fn renumber_params(sql: &str) -> Option<(String, Vec<usize>)> {
+    let mut parsed = parse_statement(sql).ok()?;
+    match (parsed.pop(), parsed.is_empty()) {
+        (Some(st), true) => Some(renumber_statement(st)),
+        _ => None,
+    }
+}
+
+fn renumber_statement(mut st: Statement) -> (String, Vec<usize>) {
+    let mut old: Vec<usize> = Vec::new();
+    let _ = visit_expressions_mut(&mut st, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &mut v.value {
+                if let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                    let new = match old.iter().position(|&o| o == n) {
+                        Some(i) => i + 1,
+                        None => {
+                            old.push(n);
+                            old.len()
+                        }
+                    };
+                    *p = format!("${new}");
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    (st.to_string(), old)
 }
 
 /// For a Query string holding one `INSERT INTO t VALUES …` (no column list) into a

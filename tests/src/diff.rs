@@ -11,7 +11,7 @@
 //! since PostgreSQL itself promises no order then.
 //! A LIMIT without any ORDER BY promises only how many rows: only the count is compared.
 
-use crate::wire::{Outcome, WireClient, WireError};
+use crate::wire::{Mode, Outcome, WireClient, WireError};
 
 /// Where a corpus statement runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,11 +238,28 @@ pub async fn run(
     router: &mut WireClient,
     entries: &[Entry],
 ) -> Result<Report, WireError> {
+    run_mode(plain, router, entries, Mode::Simple).await
+}
+
+/// [`run`] with every statement sent as `mode` says. An entry holding several
+/// statements goes as a simple Query in every mode (drivers can send those no other
+/// way).
+pub async fn run_mode(
+    plain: &mut WireClient,
+    router: &mut WireClient,
+    entries: &[Entry],
+    mode: Mode,
+) -> Result<Report, WireError> {
     let mut report = Report::default();
     for e in entries {
+        let mode = if pgshard_router::session::lex::split_statements(&e.sql).len() > 1 {
+            Mode::Simple
+        } else {
+            mode
+        };
         match e.target {
             Target::RouterOnly => {
-                let (out, _) = router.query(&e.sql).await?;
+                let (out, _) = router.run(&e.sql, mode).await?;
                 if let Some(Outcome::Error(err)) =
                     out.iter().find(|o| matches!(o, Outcome::Error(_)))
                 {
@@ -252,7 +269,7 @@ pub async fn run(
                 }
             }
             Target::PlainOnly => {
-                let (out, _) = plain.query(&e.sql).await?;
+                let (out, _) = plain.run(&e.sql, mode).await?;
                 if let Some(Outcome::Error(err)) =
                     out.iter().find(|o| matches!(o, Outcome::Error(_)))
                 {
@@ -262,8 +279,8 @@ pub async fn run(
                 }
             }
             Target::Both => {
-                let (p, _) = plain.query(&e.sql).await?;
-                let (r, _) = router.query(&e.sql).await?;
+                let (p, _) = plain.run(&e.sql, mode).await?;
+                let (r, _) = router.run(&e.sql, mode).await?;
                 match compare(&e.sql, &p, &r) {
                     Verdict::Same => report.same += 1,
                     Verdict::Unsupported(m) => report.unsupported.push((e.clone(), m)),

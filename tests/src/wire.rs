@@ -163,40 +163,128 @@ impl WireClient {
         m.extend_from_slice(sql.as_bytes());
         m.push(0);
         self.stream.get_mut().write_all(&m).await?;
-        let mut outcomes = Vec::new();
-        let mut notices = Vec::new();
-        let mut columns = Vec::new();
-        let mut rows = Vec::new();
+        let mut out = Collected::default();
+        self.read_until_ready(&mut out, false).await?;
+        Ok((out.outcomes, out.notices))
+    }
+
+    /// Run one statement as `mode` says (see [`Mode`]).
+    pub async fn run(
+        &mut self,
+        sql: &str,
+        mode: Mode,
+    ) -> Result<(Vec<Outcome>, Vec<ServerMessage>), WireError> {
+        match mode {
+            Mode::Simple => self.query(sql).await,
+            Mode::ExtendedBinary => {
+                let mut m = Vec::new();
+                put_msg(&mut m, b'P', &[b"\0", sql.as_bytes(), b"\0\0\0"]);
+                // Unnamed portal, no parameters, every result column binary.
+                put_msg(&mut m, b'B', &[b"\0\0\0\0\0\0\0\x01\0\x01"]);
+                put_msg(&mut m, b'D', &[b"P\0"]);
+                put_msg(&mut m, b'E', &[b"\0\0\0\0\0"]);
+                put_msg(&mut m, b'S', &[]);
+                self.stream.get_mut().write_all(&m).await?;
+                let mut out = Collected::default();
+                self.read_until_ready(&mut out, true).await?;
+                Ok((out.outcomes, out.notices))
+            }
+            Mode::Prepared => {
+                // Prepared and described first (as JDBC and pgx do), executed with
+                // text results, then closed.
+                let mut m = Vec::new();
+                put_msg(&mut m, b'P', &[b"pgs_diff\0", sql.as_bytes(), b"\0\0\0"]);
+                put_msg(&mut m, b'D', &[b"Spgs_diff\0"]);
+                put_msg(&mut m, b'S', &[]);
+                self.stream.get_mut().write_all(&m).await?;
+                let mut out = Collected::default();
+                self.read_until_ready(&mut out, false).await?;
+                if out.outcomes.is_empty() {
+                    let mut m = Vec::new();
+                    put_msg(&mut m, b'B', &[b"\0pgs_diff\0\0\0\0\0\0\0"]);
+                    put_msg(&mut m, b'E', &[b"\0\0\0\0\0"]);
+                    put_msg(&mut m, b'S', &[]);
+                    self.stream.get_mut().write_all(&m).await?;
+                    self.read_until_ready(&mut out, false).await?;
+                }
+                // Closing a statement that does not exist is no error.
+                let mut m = Vec::new();
+                put_msg(&mut m, b'C', &[b"Spgs_diff\0"]);
+                put_msg(&mut m, b'S', &[]);
+                self.stream.get_mut().write_all(&m).await?;
+                let (outcomes, notices) = (out.outcomes, out.notices);
+                let mut closed = Collected::default();
+                self.read_until_ready(&mut closed, false).await?;
+                Ok((outcomes, notices))
+            }
+        }
+    }
+
+    /// Reads what the server sends up to ReadyForQuery after raw messages (see
+    /// [`WireClient::send_raw`] and [`message`]): one outcome per statement.
+    pub async fn read_outcomes(
+        &mut self,
+        binary: bool,
+    ) -> Result<(Vec<Outcome>, Vec<ServerMessage>), WireError> {
+        let mut out = Collected::default();
+        self.read_until_ready(&mut out, binary).await?;
+        Ok((out.outcomes, out.notices))
+    }
+
+    /// Reads `n` messages and returns their tags (after a Flush, which ends with no
+    /// ReadyForQuery).
+    pub async fn read_tags(&mut self, n: usize) -> Result<Vec<u8>, WireError> {
+        let mut tags = Vec::with_capacity(n);
+        for _ in 0..n {
+            tags.push(self.read_message().await?.0);
+        }
+        Ok(tags)
+    }
+
+    /// Reads messages up to ReadyForQuery into `out` (`binary`: values as hex).
+    async fn read_until_ready(
+        &mut self,
+        out: &mut Collected,
+        binary: bool,
+    ) -> Result<(), WireError> {
         loop {
             let (tag, payload) = self.read_message().await?;
             match tag {
                 b'T' => {
-                    columns = parse_row_description(&payload)?;
-                    rows.clear();
+                    out.columns = parse_row_description(&payload)?;
+                    out.rows.clear();
                 }
-                b'D' => rows.push(parse_data_row(&payload)?),
+                b'D' => out.rows.push(parse_data_row(&payload, binary)?),
                 b'C' => {
                     let tag = cstr(&payload);
-                    outcomes.push(Outcome::Done {
-                        columns: std::mem::take(&mut columns),
-                        rows: std::mem::take(&mut rows),
+                    out.outcomes.push(Outcome::Done {
+                        columns: std::mem::take(&mut out.columns),
+                        rows: std::mem::take(&mut out.rows),
                         tag,
                     });
                 }
-                b'I' => outcomes.push(Outcome::Empty),
+                b'I' => out.outcomes.push(Outcome::Empty),
                 b'E' => {
-                    outcomes.push(Outcome::Error(parse_fields(&payload)));
-                    columns.clear();
-                    rows.clear();
+                    out.outcomes.push(Outcome::Error(parse_fields(&payload)));
+                    out.columns.clear();
+                    out.rows.clear();
                 }
-                b'N' => notices.push(parse_fields(&payload)),
+                b'N' => out.notices.push(parse_fields(&payload)),
                 b'S' => {
                     let mut parts = payload.split(|b| *b == 0);
                     let k = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                     let v = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
                     self.parameters.insert(k, v);
                 }
-                b'A' => {}
+                // A row-limited Execute that left rows: its rows so far, tagged so.
+                b's' => out.outcomes.push(Outcome::Done {
+                    columns: std::mem::take(&mut out.columns),
+                    rows: std::mem::take(&mut out.rows),
+                    tag: "(portal suspended)".into(),
+                }),
+                // ParseComplete, BindComplete, CloseComplete, NoData, ParameterDescription,
+                // NotificationResponse.
+                b'1' | b'2' | b'3' | b'n' | b't' | b'A' => {}
                 b'G' | b'H' => {
                     return Err(WireError::Protocol(
                         "COPY is not supported by the test client".into(),
@@ -204,7 +292,7 @@ impl WireClient {
                 }
                 b'Z' => {
                     self.status = payload.first().copied().unwrap_or(b'I');
-                    return Ok((outcomes, notices));
+                    return Ok(());
                 }
                 other => {
                     return Err(WireError::Protocol(format!(
@@ -214,6 +302,46 @@ impl WireClient {
                 }
             }
         }
+    }
+}
+
+/// How a statement is sent; the differential corpus runs in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A simple Query, text results.
+    Simple,
+    /// Parse/Bind/Describe/Execute/Sync of the unnamed statement and portal, every
+    /// result column in binary (compared as hex).
+    ExtendedBinary,
+    /// A named statement: Parse/Describe/Sync, then Bind/Execute/Sync with text
+    /// results, then Close/Sync.
+    Prepared,
+}
+
+/// What one exchange up to ReadyForQuery returned.
+#[derive(Default)]
+struct Collected {
+    outcomes: Vec<Outcome>,
+    notices: Vec<ServerMessage>,
+    columns: Vec<Column>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+/// A frontend message `tag` whose body is `parts` concatenated, for
+/// [`WireClient::send_raw`].
+pub fn message(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut m = Vec::new();
+    put_msg(&mut m, tag, parts);
+    m
+}
+
+/// Appends a message `tag` whose body is `parts` concatenated.
+fn put_msg(out: &mut Vec<u8>, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 4;
+    out.push(tag);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    for p in parts {
+        out.extend_from_slice(p);
     }
 }
 
@@ -265,7 +393,7 @@ fn parse_row_description(b: &[u8]) -> Result<Vec<Column>, WireError> {
     Ok(cols)
 }
 
-fn parse_data_row(b: &[u8]) -> Result<Vec<Option<String>>, WireError> {
+fn parse_data_row(b: &[u8], binary: bool) -> Result<Vec<Option<String>>, WireError> {
     let n = be_u16(b, 0)? as usize;
     let mut at = 2;
     let mut row = Vec::with_capacity(n);
@@ -279,7 +407,11 @@ fn parse_data_row(b: &[u8]) -> Result<Vec<Option<String>>, WireError> {
             let v = b
                 .get(at..at + len)
                 .ok_or_else(|| WireError::Protocol("truncated data row".into()))?;
-            row.push(Some(String::from_utf8_lossy(v).into_owned()));
+            row.push(Some(if binary {
+                v.iter().map(|b| format!("{b:02x}")).collect()
+            } else {
+                String::from_utf8_lossy(v).into_owned()
+            }));
             at += len;
         }
     }

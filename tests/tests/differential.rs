@@ -7,7 +7,7 @@
 use pgshard_catalog::config::TableConfig;
 use pgshard_catalog::{hash, TableKind};
 use pgshard_tests::diff::{self, parse_corpus};
-use pgshard_tests::wire::WireClient;
+use pgshard_tests::wire::{Mode, WireClient};
 use pgshard_tests::{distributed, reference, two_shards, Standalone, TestCluster, TestRouter};
 
 /// Every row of every distributed table is on the shard owning its bucket.
@@ -56,6 +56,14 @@ async fn check_placement(cluster: &TestCluster) -> anyhow::Result<usize> {
 }
 
 async fn run_corpus(file: &str, tables: Vec<TableConfig>) -> anyhow::Result<diff::Report> {
+    run_corpus_mode(file, tables, Mode::Simple).await
+}
+
+async fn run_corpus_mode(
+    file: &str,
+    tables: Vec<TableConfig>,
+    mode: Mode,
+) -> anyhow::Result<diff::Report> {
     let cluster = two_shards(tables).await?;
     let router = TestRouter::start(&cluster).await?;
     let plain = Standalone::start().await?;
@@ -66,11 +74,56 @@ async fn run_corpus(file: &str, tables: Vec<TableConfig>) -> anyhow::Result<diff
     let path = format!("{}/corpus/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path)?;
     let entries = parse_corpus(file, &text);
-    let report = diff::run(&mut p, &mut r, &entries).await?;
-    eprintln!("{file}: {}", report.summary());
+    let report = diff::run_mode(&mut p, &mut r, &entries, mode).await?;
+    eprintln!("{file} ({mode:?}): {}", report.summary());
     let rows = check_placement(&cluster).await?;
-    eprintln!("{file}: {rows} rows checked on the shard their bucket maps to");
+    eprintln!("{file} ({mode:?}): {rows} rows checked on the shard their bucket maps to");
     Ok(report)
+}
+
+/// The corpus in the extended protocol, binary results, and as named prepared
+/// statements (SPEC §6): no wrong answers, and the same statements unsupported as
+/// through simple Queries (`simple`), with the same messages.
+async fn extended_modes(
+    file: &str,
+    tables: Vec<TableConfig>,
+    simple: &diff::Report,
+) -> anyhow::Result<()> {
+    let unsupported = |r: &diff::Report| -> Vec<(usize, String)> {
+        r.unsupported
+            .iter()
+            .map(|(e, m)| (e.line, m.clone()))
+            .collect()
+    };
+    let mut failures = Vec::new();
+    for mode in [Mode::ExtendedBinary, Mode::Prepared] {
+        let report = run_corpus_mode(file, tables.clone(), mode).await?;
+        let (theirs, ours) = (unsupported(&report), unsupported(simple));
+        for u in theirs.iter().filter(|u| !ours.contains(u)) {
+            failures.push(format!("{mode:?} only: line {}: {}", u.0, u.1));
+        }
+        for u in ours.iter().filter(|u| !theirs.contains(u)) {
+            failures.push(format!("Simple only: line {}: {}", u.0, u.1));
+        }
+        for (e, why) in &report.wrong {
+            failures.push(format!(
+                "{mode:?} WRONG line {}: {}\n  {why}",
+                e.line, e.sql
+            ));
+        }
+        if report.same != simple.same {
+            failures.push(format!(
+                "{mode:?}: {} same, simple protocol {}",
+                report.same, simple.same
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{file}: the protocols differ:\n{}",
+        failures.join("\n")
+    );
+    Ok(())
 }
 
 /// Fails on any wrong answer, or when fewer than `min_same` statements compared equal
@@ -90,73 +143,65 @@ fn no_wrong_answers(report: &diff::Report, min_same: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_shard_corpus() -> anyhow::Result<()> {
-    let report = run_corpus(
-        "single_shard.sql",
-        vec![
-            distributed("accounts", "id", "bigint"),
-            distributed("users", "id", "integer"),
-            distributed("docs", "slug", "text"),
-            distributed("things", "id", "uuid"),
-            distributed("smalls", "k", "smallint"),
-            distributed("vnames", "k", "varchar"),
-            reference("branches"),
-        ],
-    )
-    .await?;
+    let tables = vec![
+        distributed("accounts", "id", "bigint"),
+        distributed("users", "id", "integer"),
+        distributed("docs", "slug", "text"),
+        distributed("things", "id", "uuid"),
+        distributed("smalls", "k", "smallint"),
+        distributed("vnames", "k", "varchar"),
+        reference("branches"),
+    ];
+    let report = run_corpus("single_shard.sql", tables.clone()).await?;
     no_wrong_answers(&report, 150);
+    extended_modes("single_shard.sql", tables, &report).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
-    let report = run_corpus(
-        "fanout.sql",
-        vec![
-            distributed("items", "id", "bigint"),
-            TableConfig {
-                colocate_with: Some("items".into()),
-                ..distributed("orders", "item_id", "bigint")
-            },
-            reference("categories"),
-        ],
-    )
-    .await?;
+    let tables = vec![
+        distributed("items", "id", "bigint"),
+        TableConfig {
+            colocate_with: Some("items".into()),
+            ..distributed("orders", "item_id", "bigint")
+        },
+        reference("categories"),
+    ];
+    let report = run_corpus("fanout.sql", tables.clone()).await?;
     no_wrong_answers(&report, 0);
+    extended_modes("fanout.sql", tables, &report).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
-    let report = run_corpus(
-        "insert.sql",
-        vec![
-            distributed("kv", "id", "bigint"),
-            distributed("tk", "k", "text"),
-            reference("ref_c"),
-        ],
-    )
-    .await?;
+    let tables = vec![
+        distributed("kv", "id", "bigint"),
+        distributed("tk", "k", "text"),
+        reference("ref_c"),
+    ];
+    let report = run_corpus("insert.sql", tables.clone()).await?;
     no_wrong_answers(&report, 0);
+    extended_modes("insert.sql", tables, &report).await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
-    let report = run_corpus(
-        "app.sql",
-        vec![
-            distributed("customers", "id", "bigint"),
-            TableConfig {
-                colocate_with: Some("customers".into()),
-                ..distributed("purchases", "customer_id", "bigint")
-            },
-            distributed("events", "id", "integer"),
-            distributed("scratch", "k", "text"),
-            distributed("measures", "id", "bigint"),
-            reference("countries"),
-        ],
-    )
-    .await?;
+    let tables = vec![
+        distributed("customers", "id", "bigint"),
+        TableConfig {
+            colocate_with: Some("customers".into()),
+            ..distributed("purchases", "customer_id", "bigint")
+        },
+        distributed("events", "id", "integer"),
+        distributed("scratch", "k", "text"),
+        distributed("measures", "id", "bigint"),
+        reference("countries"),
+    ];
+    let report = run_corpus("app.sql", tables.clone()).await?;
     no_wrong_answers(&report, 150);
+    extended_modes("app.sql", tables, &report).await?;
     Ok(())
 }

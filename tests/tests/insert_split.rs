@@ -243,16 +243,15 @@ async fn multi_row_insert_is_split_and_atomic() -> anyhow::Result<()> {
     run(&c, "COMMIT").await?;
     assert_placed(&cluster, "is_kv", &all).await?;
 
-    // The extended protocol does not run multi-shard writes yet: refused, never guessed.
-    let e = c
+    // Through the extended protocol too (Parse/Bind/Execute): split the same way.
+    let n = c
         .execute(
             "INSERT INTO is_kv (id, v) VALUES (60, 'a'), (61, 'b'), (62, 'c'), (63, 'd')",
             &[],
         )
-        .await
-        .err()
-        .and_then(|e| e.code().cloned());
-    assert_eq!(e, Some(SqlState::FEATURE_NOT_SUPPORTED));
+        .await?;
+    assert_eq!(n, 4);
+    all.extend(60..=63);
     assert_placed(&cluster, "is_kv", &all).await?;
     Ok(())
 }

@@ -14,9 +14,9 @@
 //!
 //! The first shard error is forwarded to the client as is ([`Outcome::ShardError`]);
 //! the session then cancels and drains the other shards (those listed as
-//! `unfinished`). Result values are compared in text format: sort keys (and every
-//! column of a finishing step) in binary format are refused with 0A000, so the
-//! extended protocol must run the shard query with text results, or accept 0A000.
+//! `unfinished`). Sort keys are compared in the format the client asked for (text, or
+//! binary through [`value::compare_binary`]); every column of a finishing step must be
+//! in text format (the session asks the shards for text there).
 
 pub mod value;
 
@@ -355,6 +355,8 @@ pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
 struct Key {
     column: usize,
     kind: Kind,
+    /// In binary format: the column's type oid.
+    binary: Option<u32>,
     descending: bool,
     nulls_first: bool,
     collation: Option<usize>,
@@ -380,7 +382,11 @@ fn compare_rows(keys: &[Key], a: &Row, b: &Row) -> Result<Ordering, FanoutError>
                 })
             }
             (Some(x), Some(y)) => {
-                let o = value::compare(k.kind, x, y).map_err(|e| {
+                let o = match k.binary {
+                    Some(oid) => value::compare_binary(oid, k.kind, x, y),
+                    None => value::compare(k.kind, x, y),
+                }
+                .map_err(|e| {
                     FanoutError::Unsupported(format!("merging sorted shard results: {}", e.0))
                 })?;
                 if k.descending {
@@ -462,11 +468,6 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
             }
         };
         let c = &cols[column];
-        if c.format != 0 {
-            return Err(FanoutError::Unsupported(
-                "binary result format for a sort key of a multi-shard query".into(),
-            ));
-        }
         let kind = Kind::of(c.type_oid).ok_or_else(|| {
             FanoutError::Unsupported(format!(
                 "ORDER BY on a value of type oid {} in a multi-shard query",
@@ -481,6 +482,7 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
         keys.push(Key {
             column,
             kind,
+            binary: (c.format == 1).then_some(c.type_oid),
             descending: s.descending,
             nulls_first: s.nulls_first,
             collation: s.collation.map(|c| visible + c),

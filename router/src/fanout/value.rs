@@ -95,6 +95,100 @@ pub fn compare(kind: Kind, a: &[u8], b: &[u8]) -> Result<Ordering, BadValue> {
     })
 }
 
+/// Compare two non-NULL values of one kind in binary format (type `oid`), as
+/// PostgreSQL's send functions write them: integers, dates and timestamps big-endian
+/// (date and timestamp infinities are the extreme values, so they order too), floats
+/// IEEE 754, numeric as base-10000 digits (decoded to its text form), text-like types
+/// as their bytes, uuid as its 16 bytes (the order of its text form).
+pub fn compare_binary(oid: u32, kind: Kind, a: &[u8], b: &[u8]) -> Result<Ordering, BadValue> {
+    fn int(oid: u32, x: &[u8]) -> Result<i64, BadValue> {
+        Ok(match (oid, x.len()) {
+            (26, 4) => i64::from(u32::from_be_bytes([x[0], x[1], x[2], x[3]])),
+            (_, 2) => i64::from(i16::from_be_bytes([x[0], x[1]])),
+            (_, 4) => i64::from(i32::from_be_bytes([x[0], x[1], x[2], x[3]])),
+            (_, 8) => i64::from_be_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]),
+            (_, n) => return Err(BadValue(format!("binary integer of {n} bytes"))),
+        })
+    }
+    fn float(x: &[u8]) -> Result<(u8, OrdF64), BadValue> {
+        let v = match x.len() {
+            4 => f64::from(f32::from_be_bytes([x[0], x[1], x[2], x[3]])),
+            8 => f64::from_be_bytes([x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]]),
+            n => return Err(BadValue(format!("binary float of {n} bytes"))),
+        };
+        Ok(if v.is_nan() {
+            (2, OrdF64(0.0))
+        } else {
+            (1, OrdF64(if v == 0.0 { 0.0 } else { v }))
+        })
+    }
+    Ok(match kind {
+        Kind::Int | Kind::IsoDateTime | Kind::TimestampTz => int(oid, a)?.cmp(&int(oid, b)?),
+        Kind::Float => float(a)?.cmp(&float(b)?),
+        Kind::Numeric => numeric_cmp(&numeric_text(a)?, &numeric_text(b)?)?,
+        Kind::Bool | Kind::Bytes => a.cmp(b),
+        Kind::Bpchar => trim_spaces(a).cmp(trim_spaces(b)),
+    })
+}
+
+/// The text form of a binary numeric (`numeric_send`): digit count, weight, sign,
+/// display scale, then base-10000 digits; trailing zeros of the fraction dropped.
+pub fn numeric_text(x: &[u8]) -> Result<String, BadValue> {
+    let bad = || BadValue("binary numeric".into());
+    let word = |i: usize| -> Result<u16, BadValue> {
+        x.get(2 * i..2 * i + 2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]))
+            .ok_or_else(bad)
+    };
+    let ndigits = usize::from(word(0)?);
+    let weight = i64::from(word(1)? as i16);
+    let sign = word(2)?;
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        _ => return Err(bad()),
+    }
+    let digit = |k: i64| -> Result<u16, BadValue> {
+        if k < 0 || k >= ndigits as i64 {
+            Ok(0)
+        } else {
+            word(4 + k as usize)
+        }
+    };
+    let mut out = String::new();
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for k in 0..=weight {
+            let d = digit(k)?;
+            if k == 0 {
+                out.push_str(&d.to_string());
+            } else {
+                out.push_str(&format!("{d:04}"));
+            }
+        }
+    }
+    let last = ndigits as i64 - 1;
+    if last > weight {
+        out.push('.');
+        for k in (weight + 1).max(0)..=last {
+            out.push_str(&format!("{:04}", digit(k)?));
+        }
+        // Leading zero groups of a value below 10^-4 (weight < -1).
+        if weight < -1 {
+            let zeros = "0000".repeat((-weight - 1) as usize);
+            let dot = out.find('.').unwrap_or(out.len());
+            out.insert_str(dot + 1, &zeros);
+        }
+    }
+    Ok(out)
+}
+
 fn trim_spaces(x: &[u8]) -> &[u8] {
     let end = x.iter().rposition(|&c| c != b' ').map_or(0, |p| p + 1);
     &x[..end]
@@ -314,5 +408,84 @@ mod tests {
         assert!(collation_is_bytewise(Some(b"\"C\"")));
         assert!(collation_is_bytewise(Some(b"default")));
         assert!(!collation_is_bytewise(Some(b"\"de_DE\"")));
+    }
+
+    #[test]
+    fn binary_values_compare_like_postgres() {
+        use std::cmp::Ordering::*;
+        let num =
+            |words: &[u16]| -> Vec<u8> { words.iter().flat_map(|w| w.to_be_bytes()).collect() };
+        // 12345.678, 0.0001234, 1e-6, -5, NaN
+        assert_eq!(
+            numeric_text(&num(&[3, 1, 0, 3, 1, 2345, 6780])).expect("decodes"),
+            "12345.6780"
+        );
+        assert_eq!(
+            numeric_text(&num(&[2, 0xFFFF, 0, 7, 1, 2340])).expect("decodes"),
+            "0.00012340"
+        );
+        assert_eq!(
+            numeric_text(&num(&[1, 0xFFFE, 0, 6, 100])).expect("decodes"),
+            "0.00000100"
+        );
+        assert_eq!(
+            numeric_text(&num(&[1, 0, 0x4000, 0, 5])).expect("decodes"),
+            "-5"
+        );
+        assert_eq!(numeric_text(&num(&[0, 0, 0, 0])).expect("decodes"), "0");
+        assert_eq!(
+            numeric_text(&num(&[0, 0, 0xC000, 0])).expect("decodes"),
+            "NaN"
+        );
+        let c = |oid, k, a: &[u8], b: &[u8]| compare_binary(oid, k, a, b).expect("decodes");
+        assert_eq!(
+            c(23, Kind::Int, &(-1i32).to_be_bytes(), &2i32.to_be_bytes()),
+            Less
+        );
+        assert_eq!(
+            c(20, Kind::Int, &5i64.to_be_bytes(), &(-7i64).to_be_bytes()),
+            Greater
+        );
+        assert_eq!(
+            c(26, Kind::Int, &u32::MAX.to_be_bytes(), &1u32.to_be_bytes()),
+            Greater
+        );
+        assert_eq!(
+            c(
+                701,
+                Kind::Float,
+                &f64::NAN.to_be_bytes(),
+                &f64::INFINITY.to_be_bytes()
+            ),
+            Greater
+        );
+        assert_eq!(
+            c(
+                700,
+                Kind::Float,
+                &(-0.0f32).to_be_bytes(),
+                &0.0f32.to_be_bytes()
+            ),
+            Equal
+        );
+        assert_eq!(
+            c(
+                1700,
+                Kind::Numeric,
+                &num(&[1, 0, 0x4000, 0, 5]),
+                &num(&[0, 0, 0, 0])
+            ),
+            Less
+        );
+        assert_eq!(
+            c(
+                1184,
+                Kind::TimestampTz,
+                &(-1i64).to_be_bytes(),
+                &i64::MAX.to_be_bytes()
+            ),
+            Less
+        );
+        assert_eq!(c(1042, Kind::Bpchar, b"ab  ", b"ab"), Equal);
     }
 }

@@ -5,6 +5,48 @@
 use super::frame::{begin_frame, finish_frame, put_cstr, BodyReader, Frame, ProtocolError};
 use bytes::{BufMut, BytesMut};
 
+/// The parameter part of a Bind (formats and values, as [`Bind::split_results`] cuts
+/// it) holding only parameters `picks` (1-based), in that order: what one shard's part
+/// of a statement split by the router takes, its parameters renumbered from `$1`.
+pub fn subset_params(params: &[u8], picks: &[usize]) -> Result<BytesMut, ProtocolError> {
+    let mut r = BodyReader::new(params, "Bind");
+    let nformats = r.count16()?;
+    let formats = r.bytes(nformats * 2)?;
+    let nparams = r.count16()?;
+    let mut values: Vec<&[u8]> = Vec::with_capacity(nparams);
+    for _ in 0..nparams {
+        let at = params.len() - r.remaining().len();
+        let len = r.i32()?;
+        if len > 0 {
+            r.bytes(len as usize)?;
+        } else if len < -1 {
+            return Err(ProtocolError::malformed("Bind", "negative value length"));
+        }
+        values.push(&params[at..params.len() - r.remaining().len()]);
+    }
+    let mut out = BytesMut::with_capacity(params.len());
+    let pick = |n: usize| {
+        n.checked_sub(1).filter(|i| *i < nparams).ok_or_else(|| {
+            ProtocolError::malformed("Bind", "parameter missing from a split statement")
+        })
+    };
+    if nformats > 1 {
+        out.put_i16(picks.len() as i16);
+        for &n in picks {
+            let i = pick(n)?;
+            out.extend_from_slice(&formats[2 * i..2 * i + 2]);
+        }
+    } else {
+        out.put_i16(nformats as i16);
+        out.extend_from_slice(formats);
+    }
+    out.put_i16(picks.len() as i16);
+    for &n in picks {
+        out.extend_from_slice(values[pick(n)?]);
+    }
+    Ok(out)
+}
+
 /// A Bind message. The parameter values are decoded on demand ([`Bind::param`]); the
 /// bytes after the statement name are kept so a Bind can be re-addressed to another
 /// statement name without touching its values.
@@ -336,6 +378,34 @@ pub fn encode_sasl_initial(out: &mut BytesMut, mechanism: &str, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_subset() {
+        // Two formats (text, binary), three values: "a", NULL, 0x0102.
+        let mut p = BytesMut::new();
+        p.put_i16(3);
+        p.put_i16(0);
+        p.put_i16(1);
+        p.put_i16(0);
+        p.put_i16(3);
+        p.put_i32(1);
+        p.put_u8(b'a');
+        p.put_i32(-1);
+        p.put_i32(2);
+        p.put_slice(&[1, 2]);
+        let s = subset_params(&p, &[3, 1]).expect("subset");
+        let mut want = BytesMut::new();
+        want.put_i16(2);
+        want.put_i16(0);
+        want.put_i16(0);
+        want.put_i16(2);
+        want.put_i32(2);
+        want.put_slice(&[1, 2]);
+        want.put_i32(1);
+        want.put_u8(b'a');
+        assert_eq!(s, want);
+        assert!(subset_params(&p, &[4]).is_err());
+    }
     use crate::protocol::frame::try_split_frame;
     use proptest::prelude::*;
 

@@ -62,9 +62,9 @@ where
                 a.expects.push_back(Expect::Swallow(b'2'));
                 a.expects.push_back(Expect::Swallow(b'C'));
                 a.conn.unsynced = true;
-                self.implicit_spanning = true;
-                self.txn_begin = Some("BEGIN".into());
-                self.txn_savepoints.clear();
+                self.txn.implicit_spanning = true;
+                self.txn.begin = Some("BEGIN".into());
+                self.txn.savepoints.clear();
             }
             a.sync_silent();
             if !a.expects.is_empty() {
@@ -83,7 +83,7 @@ where
                 return Ok(Ensure::Ready);
             }
             self.attached = None;
-            self.portals.clear();
+            self.drop_backend_portals();
         }
         self.attach(shard, false).await?;
         Ok(Ensure::Ready)
@@ -160,7 +160,7 @@ where
             failed_since_sync: false,
             wrote: false,
         };
-        if let Some(vt) = self.virtual_txn.take() {
+        if let Some(vt) = self.txn.virtual_txn.take() {
             a.send_silent(&vt.begin_sql, false);
             // In a transaction from here on, whatever the reply says later.
             a.conn.status = b'T';

@@ -30,6 +30,7 @@
 //! client left) is never pooled in COPY state; rollback or the pool closes it.
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::{Attached, Session};
 use crate::backend::{BackendConn, PooledConn};
 use crate::copy::{key_value, KeySpec, Piece, Splitter, BINARY_SIGNATURE, BINARY_TRAILER};
@@ -254,10 +255,7 @@ where
         if plan.direction == CopyDirection::In && self.ctx.twopc.is_none() {
             self.copy_failed(
                 mode,
-                SessionError::Unsupported(
-                    "COPY into a sharded table without a catalog connection (no two-phase commit)"
-                        .into(),
-                ),
+                Refusal::NoCommitLog("COPY into a sharded table").into(),
             );
             return Ok(());
         }
@@ -393,7 +391,7 @@ where
             self.deferred = Some(frame.clone());
             return Ok(());
         }
-        let in_txn = self.virtual_txn.is_some()
+        let in_txn = self.txn.virtual_txn.is_some()
             || self
                 .attached
                 .as_ref()
@@ -411,7 +409,7 @@ where
     ) -> Result<(), SessionError> {
         for &shard in shards {
             let on_it = self.attached.as_ref().is_some_and(|a| a.shard == shard);
-            let parked = self.parked.iter().any(|a| a.shard == shard);
+            let parked = self.txn.parked.iter().any(|a| a.shard == shard);
             if on_it || parked {
                 continue;
             }
@@ -432,7 +430,7 @@ where
             return Ok(());
         }
         let mut all: Vec<Attached> = self.attached.take().into_iter().collect();
-        all.append(&mut self.parked);
+        all.append(&mut self.txn.parked);
         let result = {
             let mut parts: Vec<Part<'_>> = all
                 .iter_mut()
@@ -451,7 +449,7 @@ where
         }
         let lost = all.iter().find(|a| a.conn.broken).map(|a| a.shard);
         self.attached = all.pop();
-        self.parked = all;
+        self.txn.parked = all;
         if let Some(shard) = lost {
             return Err(SessionError::LostBackend { shard });
         }
@@ -489,7 +487,7 @@ where
 
     /// A router error for the COPY.
     fn copy_failed(&mut self, mode: CopyMode, e: SessionError) {
-        if matches!(e, SessionError::Unsupported(_)) {
+        if matches!(e, SessionError::Unsupported(_) | SessionError::Refused(_)) {
             crate::stats::bump(&self.ctx.stats.unsupported);
         }
         e.encode(&mut self.out);
@@ -498,7 +496,7 @@ where
 
     /// After the ErrorResponse: ReadyForQuery (simple protocol) or skip to Sync.
     fn copy_ended_badly(&mut self, mode: CopyMode) {
-        if let Some(vt) = self.virtual_txn.as_mut() {
+        if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
         match mode {

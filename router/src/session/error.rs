@@ -11,6 +11,9 @@ use pgshard_catalog::ShardId;
 pub enum SessionError {
     #[error("{0}")]
     Unsupported(String),
+    /// The session's own refusals, worded once (see [`super::refusal`]).
+    #[error("{0}")]
+    Refused(#[from] super::refusal::Refusal),
     #[error("transaction spanning shards is not supported yet")]
     CrossShard { from: ShardId, to: ShardId },
     #[error("no primary known for shard {0}")]
@@ -83,6 +86,7 @@ impl SessionError {
     pub fn code(&self) -> &'static str {
         match self {
             SessionError::Unsupported(_) => "0A000",
+            SessionError::Refused(_) => "0A000",
             SessionError::CrossShard { .. } => "0A000",
             SessionError::NoPrimary(_) => "08006",
             SessionError::ShardUnavailable { .. } => "57P03",

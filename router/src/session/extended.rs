@@ -13,6 +13,8 @@
 use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{classify, split_statements, SessionCommand};
+use super::local::{LocalKind, LocalPortal};
+use super::refusal::Refusal;
 use super::simple::Target;
 use super::simple::POISON_SQL;
 use super::{Expect, FanoutPortal, FanoutWritePortal, PortalAt, Session, Stmt, VirtualTxn};
@@ -26,7 +28,7 @@ use crate::protocol::frontend::{
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{Route, StatementKind};
+use pgshard_sql::{Route, RouterCommand, StatementKind};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -47,12 +49,71 @@ where
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
+        let Some((plan, command, digest)) =
+            self.plan_parse(&name, &sql, &param_types, &catalog).await
+        else {
+            return Ok(());
+        };
+        // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
+        // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
+        // may still send Unsupported statements to a shard.)
+        let planned = self.with_override(plan.route.clone());
+        // PREPARE and EXECUTE go to a shard (see `sql_level_route`).
+        let refused_router = matches!(
+            &planned,
+            Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. })
+        );
+        if matches!(planned, Route::Unsupported(_)) {
+            if let Err(e) = self.resolve(&planned, &catalog) {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        }
+        let planned_shard = match &planned {
+            Route::Shard(s) => Some(*s),
+            _ => None,
+        };
+        let key = Arc::new(StmtKey { sql, param_types });
+        let epoch = self
+            .ctx
+            .ddl_epoch
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let stmt = Arc::new(Stmt {
+            digest: digest.unwrap_or_else(|| {
+                key.digest()
+                    .wrapping_add(epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            }),
+            key,
+            unnamed: name.is_empty(),
+            plan,
+            catalog_version: catalog.version,
+            command,
+        });
+        self.stmts.insert(name.clone(), stmt.clone());
+        if matches!(&planned, Route::Router(_)) && !refused_router {
+            // Run by the router (see `super::local`): no shard knows the function.
+            self.emit_empty(b'1');
+            return Ok(());
+        }
+        self.parse_on_backend(frame, name, &stmt, planned_shard)
+            .await
+    }
+
+    /// The plan, session command and (when reused) digest of a Parse; `None` once
+    /// refused.
+    async fn plan_parse(
+        &mut self,
+        name: &str,
+        sql: &str,
+        param_types: &[u32],
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Option<(pgshard_sql::Plan, SessionCommand, Option<u64>)> {
         // Drivers re-Parse the unnamed statement with the same text over and over
         // (pgbench -M extended): reuse its plan and classification while the catalog is
         // unchanged. The backend still re-parses it, as PostgreSQL would.
         let reused = self
             .stmts
-            .get(&name)
+            .get(name)
             .filter(|prev| {
                 prev.unnamed
                     && prev.catalog_version == catalog.version
@@ -64,54 +125,35 @@ where
         let (plan, command, digest) = match reused {
             Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),
             None => {
-                let command = match split_statements(&sql).as_slice() {
+                let command = match split_statements(sql).as_slice() {
                     [one] => classify(one),
                     _ => SessionCommand::Other,
                 };
-                if command == SessionCommand::DiscardAll {
-                    self.fail_extended(SessionError::Unsupported(
-                        "DISCARD ALL is supported through the simple query protocol only".into(),
-                    ));
-                    return Ok(());
-                }
-                let plan = pgshard_sql::plan(&sql, &catalog);
-                let plan = self
-                    .complete_insert_columns(&sql, plan, &catalog, true)
-                    .await;
+                let plan = pgshard_sql::plan(sql, catalog);
+                let plan = self.complete_insert_columns(sql, plan, catalog, true).await;
                 // Only session commands are kept (recorded when they complete).
                 let command = match command {
                     c @ (SessionCommand::Set { .. }
                     | SessionCommand::Reset { .. }
-                    | SessionCommand::ResetAll) => c,
+                    | SessionCommand::ResetAll
+                    | SessionCommand::DiscardAll) => c,
                     _ => SessionCommand::Other,
                 };
                 (plan, command, None)
             }
         };
-        // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
-        // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
-        // may still send Unsupported statements to a shard.)
-        let planned = self.with_override(plan.route.clone());
-        if let Route::Unsupported(_) | Route::Router(_) = &planned {
-            if let Err(e) = self.resolve(&planned, &catalog) {
-                self.fail_extended(e);
-                return Ok(());
-            }
-        }
-        let planned_shard = match &planned {
-            Route::Shard(s) => Some(*s),
-            _ => None,
-        };
-        let key = Arc::new(StmtKey { sql, param_types });
-        let stmt = Arc::new(Stmt {
-            digest: digest.unwrap_or_else(|| key.digest()),
-            key,
-            unnamed: name.is_empty(),
-            plan,
-            catalog_version: catalog.version,
-            command,
-        });
-        self.stmts.insert(name.clone(), stmt.clone());
+        Some((plan, command, digest))
+    }
+
+    /// Answers a Parse through a backend: lazily when the next message uses the
+    /// statement, else now on the attached (or planned, or any) shard.
+    async fn parse_on_backend(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        stmt: &Arc<Stmt>,
+        planned_shard: Option<ShardId>,
+    ) -> Result<(), SessionError> {
         if self.next_uses_statement(&name) {
             self.parse_ack = Some(name);
             return Ok(());
@@ -145,7 +187,7 @@ where
                 return Ok(());
             }
         }
-        self.prepare_on_attached(&stmt, true);
+        self.prepare_on_attached(stmt, true);
         Ok(())
     }
 
@@ -260,30 +302,203 @@ where
 
     /// Binds a multi-shard write: the router answers BindComplete and runs it at
     /// Execute on every target shard with the client's parameters (see
-    /// `run_fanout_write_extended`).
+    /// `run_fanout_write_extended`). A statement the planner split by shard (a
+    /// multi-row INSERT with constant keys) has each part's parameters renumbered, and
+    /// each shard gets only the values its part uses.
     fn bind_fanout_write(
         &mut self,
         bind: &Bind<'_>,
         stmt: &Arc<Stmt>,
         w: &pgshard_sql::FanoutWrite,
     ) -> Result<(), SessionError> {
-        if !w.shard_sql.is_empty() {
-            // Its rows were split by key at Parse; with parameters the split would
-            // have to renumber them.
-            self.fail_extended(SessionError::Unsupported(
-                "a multi-row INSERT whose rows go to several shards, through the extended protocol (send it as a simple Query, or one row per statement)".into(),
-            ));
-            return Ok(());
-        }
         let (params, results) = bind.split_results()?;
+        let mut write = w.clone();
+        let mut shard_params = Vec::new();
+        if !w.shard_sql.is_empty() && has_params(params) {
+            for part in write.shard_sql.iter_mut() {
+                let Some((sql, picks)) = pgshard_sql::renumber_params(part) else {
+                    self.fail_extended(SessionError::from(Refusal::SplitParams));
+                    return Ok(());
+                };
+                *part = sql;
+                shard_params.push(self.shard_part_params(stmt, params, &picks)?);
+            }
+        }
         let portal = FanoutWritePortal {
-            write: w.clone(),
+            write,
             param_types: stmt.key.param_types.clone(),
             params: bytes::Bytes::copy_from_slice(params),
             results,
+            shard_params,
         };
         self.bind_locally(bind, stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal)));
         Ok(())
+    }
+
+    /// One shard's parameters (values and declared types) for a part of a split
+    /// statement that uses parameters `picks` of the client's (1-based).
+    fn shard_part_params(
+        &self,
+        stmt: &Stmt,
+        params: &[u8],
+        picks: &[usize],
+    ) -> Result<(bytes::Bytes, Vec<u32>), SessionError> {
+        let values = crate::protocol::frontend::subset_params(params, picks)?;
+        let types = picks
+            .iter()
+            .map(|n| {
+                stmt.key
+                    .param_types
+                    .get(n.saturating_sub(1))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .collect();
+        Ok((values.freeze(), types))
+    }
+
+    /// Binds a multi-row INSERT whose shard keys are parameters: each row goes to the
+    /// shard of its key. All on one shard: `Some(shard)`, and the statement goes there
+    /// as written. Else the rows are split into one INSERT per shard, bound as a
+    /// multi-shard write (one distributed transaction), and `None` is returned.
+    fn bind_param_insert(
+        &mut self,
+        bind: &Bind<'_>,
+        stmt: &Arc<Stmt>,
+        pi: &pgshard_sql::ParamInsert,
+    ) -> Result<Option<ShardId>, SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let mut groups: std::collections::BTreeMap<ShardId, Vec<usize>> = Default::default();
+        for (row, key) in pi.keys.iter().enumerate() {
+            let value = match key {
+                pgshard_sql::RowKey::Value(v) => v.clone(),
+                pgshard_sql::RowKey::Param(n) => self
+                    .param_key(stmt, bind, *n, pi.key_type)?
+                    .ok_or_else(|| {
+                        SessionError::Plan(pgshard_sql::PlanError::NullShardKey {
+                            table: pi.table.clone(),
+                            column: pi.column.clone(),
+                        })
+                    })?,
+            };
+            let shard = catalog
+                .shard_of(&value)
+                .ok_or_else(|| Refusal::NoOwner(pi.table.clone()))?;
+            groups.entry(shard).or_default().push(row);
+        }
+        if groups.len() == 1 {
+            return Ok(groups.into_keys().next());
+        }
+        let rows: Vec<Vec<usize>> = groups.values().cloned().collect();
+        let parts = pgshard_sql::split_insert_rows(&pi.sql, &rows)
+            .ok_or_else(|| SessionError::Unsupported(pi.refusal.clone()))?;
+        let (params, results) = bind.split_results()?;
+        let mut shard_sql = Vec::with_capacity(parts.len());
+        let mut shard_params = Vec::with_capacity(parts.len());
+        for (sql, picks) in parts {
+            shard_params.push(self.shard_part_params(stmt, params, &picks)?);
+            shard_sql.push(sql);
+        }
+        let portal = FanoutWritePortal {
+            write: pgshard_sql::FanoutWrite {
+                tables: vec![pi.table.clone()],
+                shards: groups.into_keys().collect(),
+                sql: pi.sql.clone(),
+                replicated: false,
+                defaults: Vec::new(),
+                shard_sql,
+            },
+            param_types: stmt.key.param_types.clone(),
+            params: bytes::Bytes::copy_from_slice(params),
+            results,
+            shard_params,
+        };
+        self.bind_locally(bind, stmt.clone(), PortalAt::FanoutWrite(Arc::new(portal)));
+        Ok(None)
+    }
+
+    /// What the router runs itself at Execute for this statement, if it is one of
+    /// those (see [`super::local`]).
+    fn local_kind(&self, stmt: &Stmt) -> Option<LocalKind> {
+        if stmt.command == SessionCommand::DiscardAll {
+            return Some(LocalKind::DiscardAll);
+        }
+        // The hot path (a statement for one shard) decides without cloning its route.
+        if !matches!(stmt.plan.route, Route::Router(_) | Route::AllShards) {
+            return None;
+        }
+        match self.with_override(stmt.plan.route.clone()) {
+            Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }) => None,
+            Route::Router(cmd) => Some(LocalKind::Router(cmd)),
+            r @ Route::AllShards => match self.resolve(&r, &self.ctx.catalog.current()) {
+                Ok(Target::All(shards)) => Some(LocalKind::AllShards(shards)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// The shard-key value bound to parameter `$param` (1-based), `None` for NULL.
+    fn param_key(
+        &self,
+        stmt: &Stmt,
+        bind: &Bind<'_>,
+        param: usize,
+        key_type: pgshard_catalog::KeyType,
+    ) -> Result<Option<pgshard_catalog::KeyValue>, SessionError> {
+        let p = bind
+            .param(param.saturating_sub(1))?
+            .ok_or(SessionError::MissingKeyParam(param))?;
+        let declared = stmt
+            .key
+            .param_types
+            .get(param.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let Some(value) = p.value else {
+            return Ok(None);
+        };
+        let key = pgshard_catalog::hash::key_from_param(value, p.format == 1, declared, key_type);
+        if pgshard_catalog::hash::param_key_type(declared, key_type).is_none() {
+            return Err(SessionError::Unsupported(format!(
+                "shard key parameter ${param} declared with type oid {declared}, \
+                 which does not compare like the {} shard key",
+                key_type.sql_name()
+            )));
+        }
+        Ok(Some(key.ok_or_else(|| SessionError::InvalidKey {
+            key_type: key_type.sql_name().to_string(),
+            value: if p.format == 1 {
+                format!(
+                    "\\x{}",
+                    value.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                )
+            } else {
+                String::from_utf8_lossy(value).into_owned()
+            },
+        })?))
+    }
+
+    /// Where an SQL-level PREPARE or EXECUTE runs, as with the simple protocol: the
+    /// prepared statement's route (for EXECUTE, with its arguments).
+    fn sql_level_route(
+        &self,
+        cmd: &RouterCommand,
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Result<Route, SessionError> {
+        match cmd {
+            RouterCommand::Prepare { name, plan, .. } => {
+                if self.sql_prepared.contains_key(name) {
+                    return Err(SessionError::DuplicateStatement(name.clone()));
+                }
+                Ok(plan.route.clone())
+            }
+            RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
+                None => Err(SessionError::UnknownStatement(name.clone())),
+                Some(p) => Ok(pgshard_sql::route_execute(&p.plan, args, catalog)),
+            },
+            other => Ok(Route::Router(other.clone())),
+        }
     }
 
     /// The shard a Bind runs on.
@@ -291,53 +506,17 @@ where
         let catalog = self.ctx.catalog.current();
         let route = match &stmt.plan.route {
             Route::ShardByParam { param, key_type } if self.shard_override.is_none() => {
-                let p = bind
-                    .param(param.saturating_sub(1))?
-                    .ok_or(SessionError::MissingKeyParam(*param))?;
-                let declared = stmt
-                    .key
-                    .param_types
-                    .get(param.saturating_sub(1))
-                    .copied()
-                    .unwrap_or(0);
-                let key = match p.value {
-                    None => None,
-                    Some(value) => {
-                        let key = pgshard_catalog::hash::key_from_param(
-                            value,
-                            p.format == 1,
-                            declared,
-                            *key_type,
-                        );
-                        if pgshard_catalog::hash::param_key_type(declared, *key_type).is_none() {
-                            return Err(SessionError::Unsupported(format!(
-                                "shard key parameter ${param} declared with type oid {declared}, \
-                                 which does not compare like the {} shard key",
-                                key_type.sql_name()
-                            )));
-                        }
-                        Some(key.ok_or_else(|| SessionError::InvalidKey {
-                            key_type: key_type.sql_name().to_string(),
-                            value: if p.format == 1 {
-                                format!(
-                                    "\\x{}",
-                                    value.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                                )
-                            } else {
-                                String::from_utf8_lossy(value).into_owned()
-                            },
-                        })?)
-                    }
-                };
+                let key = self.param_key(stmt, bind, *param, *key_type)?;
                 pgshard_sql::route_for_key(&stmt.plan, key.as_ref(), &catalog)
             }
+            Route::Router(
+                cmd @ (RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }),
+            ) => self.with_override(self.sql_level_route(cmd, &catalog)?),
             r => self.with_override(r.clone()),
         };
         match self.resolve(&route, &catalog)? {
             Target::One(s) => Ok(s),
-            Target::All(_) => Err(SessionError::Unsupported(
-                "statements that run on every shard are supported through the simple query protocol only, for now".into(),
-            )),
+            Target::All(_) => Err(Refusal::EveryShardExecute.into()),
         }
     }
 
@@ -358,6 +537,16 @@ where
             self.bind_locally(bind, stmt, PortalAt::Begin);
             return Ok(());
         }
+        if let Some(kind) = self.local_kind(&stmt) {
+            let (params, results) = bind.split_results()?;
+            let portal = LocalPortal {
+                kind,
+                params: bytes::Bytes::copy_from_slice(params),
+                results,
+            };
+            self.bind_locally(bind, stmt, PortalAt::Local(Arc::new(portal)));
+            return Ok(());
+        }
         if let Route::Fanout(plan) = &stmt.plan.route {
             if plan.shards.len() > 1 && self.shard_override.is_none() {
                 return self.bind_fanout(bind, &stmt, plan);
@@ -368,7 +557,20 @@ where
                 return self.bind_fanout_write(bind, &stmt, w);
             }
         }
-        let shard = match self.bind_shard(&stmt, bind) {
+        let rows_at = match &stmt.plan.route {
+            Route::InsertByParams(pi) if self.shard_override.is_none() => {
+                match self.bind_param_insert(bind, &stmt, pi) {
+                    Ok(Some(shard)) => Some(shard),
+                    Ok(None) => return Ok(()),
+                    Err(e) => {
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                }
+            }
+            _ => None,
+        };
+        let shard = match rows_at.map_or_else(|| self.bind_shard(&stmt, bind), Ok) {
             Ok(s) => s,
             Err(e) => {
                 self.fail_extended(e);
@@ -382,6 +584,9 @@ where
                 self.fail_extended(e);
                 return Ok(());
             }
+        }
+        if let Route::Router(RouterCommand::Execute { name, .. }) = &stmt.plan.route {
+            self.ensure_sql_prepared(name, true);
         }
         let forward_ack = self.parse_ack.as_deref() == Some(bind.statement);
         if forward_ack {
@@ -413,48 +618,82 @@ where
         name: &str,
     ) -> Result<(), SessionError> {
         if kind == b'P' {
-            let shard = match self.portals.get(name) {
-                Some((_, PortalAt::Begin | PortalAt::Copy)) => {
-                    self.emit_empty(b'n');
-                    return Ok(());
-                }
-                Some((_, PortalAt::Buffered(rows))) => {
-                    let rows = rows.clone();
-                    self.describe_buffered(&rows);
-                    return Ok(());
-                }
-                Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
-                    // Answered with the Execute that follows.
-                    self.described_fanout = Some(name.to_string());
-                    return Ok(());
-                }
-                Some((_, PortalAt::Shard(shard))) => Some(*shard),
-                None => None,
-            };
-            if let Some(shard) = shard {
-                match self.ensure_backend(shard, frame).await {
-                    Ok(Ensure::Ready) => {}
-                    Ok(Ensure::Deferred) => return Ok(()),
-                    Err(e) => {
-                        self.fail_extended(e);
-                        return Ok(());
-                    }
-                }
-            }
-            match self.attached.as_mut() {
-                Some(a) => {
-                    a.conn.out.extend_from_slice(frame.raw());
-                    a.conn.unsynced = true;
-                    a.expects.push_back(Expect::Describe);
-                }
-                None => self.fail_extended(SessionError::UnknownPortal(name.to_string())),
-            }
-            return Ok(());
+            return self.describe_portal(frame, name).await;
         }
+        self.describe_statement(frame, name).await
+    }
+
+    /// Describe of a portal: answered by the router for the portals it holds, else by
+    /// the backend that bound it.
+    async fn describe_portal(&mut self, frame: &Frame, name: &str) -> Result<(), SessionError> {
+        let shard = match self.portals.get(name) {
+            Some((_, PortalAt::Begin | PortalAt::Copy)) => {
+                self.emit_empty(b'n');
+                return Ok(());
+            }
+            Some((_, PortalAt::Buffered(rows))) => {
+                let rows = rows.clone();
+                self.describe_buffered(&rows);
+                return Ok(());
+            }
+            Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
+                // Answered with the Execute that follows.
+                self.described_fanout = Some(name.to_string());
+                return Ok(());
+            }
+            Some((_, PortalAt::Local(p))) => {
+                let mut b = BytesMut::new();
+                super::local::encode_local_description(&mut b, &p.kind, &p.results);
+                self.emit_local(&b);
+                return Ok(());
+            }
+            Some((_, PortalAt::Shard(shard))) => Some(*shard),
+            None => None,
+        };
+        if let Some(shard) = shard {
+            match self.ensure_backend(shard, frame).await {
+                Ok(Ensure::Ready) => {}
+                Ok(Ensure::Deferred) => return Ok(()),
+                Err(e) => {
+                    self.fail_extended(e);
+                    return Ok(());
+                }
+            }
+        }
+        match self.attached.as_mut() {
+            Some(a) => {
+                a.conn.out.extend_from_slice(frame.raw());
+                a.conn.unsynced = true;
+                a.expects.push_back(Expect::Describe);
+            }
+            None => self.fail_extended(SessionError::UnknownPortal(name.to_string())),
+        }
+        Ok(())
+    }
+
+    /// Describe of a statement: router commands the router describes; anything else
+    /// a backend, with the statement prepared there (an SQL-level EXECUTE's prepared
+    /// statement too).
+    async fn describe_statement(&mut self, frame: &Frame, name: &str) -> Result<(), SessionError> {
         let Some(stmt) = self.stmts.get(name).cloned() else {
             self.fail_extended(SessionError::UnknownStatement(name.to_string()));
             return Ok(());
         };
+        let execute = match &stmt.plan.route {
+            Route::Router(RouterCommand::Execute { name, .. }) => Some(name.clone()),
+            _ => None,
+        };
+        // (`SET pgshard.shard` leaves router commands alone: no override to apply.)
+        if let (Route::Router(cmd), None) = (&stmt.plan.route, &execute) {
+            if self.parse_ack.as_deref() == Some(name) {
+                self.parse_ack = None;
+                self.emit_empty(b'1');
+            }
+            let mut b = BytesMut::new();
+            super::local::encode_router_statement_description(&mut b, cmd);
+            self.emit_local(&b);
+            return Ok(());
+        }
         let shard = match (&self.attached, &stmt.plan.route) {
             (Some(a), _) => a.shard,
             (None, Route::Shard(s)) => *s,
@@ -467,6 +706,10 @@ where
                 self.fail_extended(e);
                 return Ok(());
             }
+        }
+        if let Some(prepared) = &execute {
+            // Described by the backend, which must hold the SQL-level statement.
+            self.ensure_sql_prepared(prepared, true);
         }
         let forward_ack = self.parse_ack.as_deref() == Some(name);
         if forward_ack {
@@ -497,53 +740,78 @@ where
             // (Unknown, so it may write: it takes part in two-phase commit.)
             return self.execute_on_attached(frame, portal, None, true);
         };
-        let shard = match at {
-            PortalAt::Shard(s) => s,
-            PortalAt::Begin => return self.execute_virtual_begin(&stmt),
+        if stmt.plan.kind == StatementKind::Ddl {
+            self.ctx
+                .ddl_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match at {
+            PortalAt::Shard(shard) => self.execute_on_shard(frame, portal, &stmt, shard).await,
+            at => {
+                self.execute_router_portal(frame, portal, &stmt, at, max_rows)
+                    .await
+            }
+        }
+    }
+
+    /// Executes a portal the router holds itself (see [`PortalAt`]).
+    async fn execute_router_portal(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+        stmt: &Stmt,
+        at: PortalAt,
+        max_rows: i32,
+    ) -> Result<(), SessionError> {
+        let describe = self.described_fanout.as_deref() == Some(portal);
+        match at {
+            PortalAt::Shard(_) => return Ok(()),
+            PortalAt::Begin => return self.execute_virtual_begin(stmt),
             // Run by the dispatcher (`execute_copy`) before this is reached.
             PortalAt::Copy => {
-                self.fail_extended(SessionError::Unsupported(
-                    "COPY portal executed out of turn".into(),
-                ));
-                return Ok(());
-            }
-            PortalAt::FanoutWrite(p) => {
-                if max_rows != 0 {
-                    self.fail_extended(SessionError::Unsupported(
-                        "Execute with a row limit of a multi-shard write".into(),
-                    ));
-                    return Ok(());
-                }
-                let describe = self.described_fanout.as_deref() == Some(portal);
-                self.run_fanout_write_extended(frame, &p, describe).await?;
-                if self.deferred.is_none() {
-                    self.described_fanout = None;
-                }
+                self.fail_extended(Refusal::CopyOutOfTurn.into());
                 return Ok(());
             }
             PortalAt::Buffered(rows) => {
                 self.emit_batch(&rows, usize::try_from(max_rows).unwrap_or(0));
                 return Ok(());
             }
+            PortalAt::Local(p) => return self.execute_local(frame, &stmt.key.sql, &p).await,
+            PortalAt::FanoutWrite(_) if max_rows != 0 => {
+                self.fail_extended(SessionError::from(Refusal::RowLimitedWrite));
+                return Ok(());
+            }
+            PortalAt::FanoutWrite(p) => {
+                self.run_fanout_write_extended(frame, &p, describe).await?;
+            }
+            PortalAt::Fanout(fp) if max_rows > 0 => {
+                self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
+                    .await?;
+            }
             PortalAt::Fanout(fp) => {
-                if max_rows > 0 {
-                    self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
-                        .await?;
-                    if self.deferred.is_none() {
-                        self.described_fanout = None;
-                    }
-                    return Ok(());
-                }
-                let describe = self.described_fanout.as_deref() == Some(portal);
                 let in_txn = self.client_status() != b'I';
                 self.run_fanout(frame, &fp.plan, in_txn, Some((&fp, describe)))
                     .await?;
-                if self.deferred.is_none() {
-                    self.described_fanout = None;
-                }
-                return Ok(());
             }
-        };
+        }
+        // Described and executed (unless put aside until the attached backend
+        // answered; it runs again then).
+        if self.deferred.is_none() {
+            self.described_fanout = None;
+        }
+        Ok(())
+    }
+
+    /// Executes a portal bound on `shard`'s backend: transaction control the router
+    /// tracks (COMMIT/ROLLBACK and savepoints of a transaction spanning shards run on
+    /// every participant), then the Execute forwarded as is.
+    async fn execute_on_shard(
+        &mut self,
+        frame: &Frame,
+        portal: &str,
+        stmt: &Stmt,
+        shard: ShardId,
+    ) -> Result<(), SessionError> {
         match stmt.plan.kind {
             StatementKind::Commit | StatementKind::Rollback if self.spans_shards() => {
                 return self
@@ -563,11 +831,11 @@ where
                 return self.savepoint_everywhere(&stmt.key.sql, true).await;
             }
             StatementKind::Savepoint => {
-                super::txn::track_savepoint(&mut self.txn_savepoints, &stmt.key.sql)
+                super::txn::track_savepoint(&mut self.txn.savepoints, &stmt.key.sql)
             }
             StatementKind::Begin if self.client_status() == b'I' => {
-                self.txn_begin = Some(stmt.key.sql.clone());
-                self.txn_savepoints.clear();
+                self.txn.begin = Some(stmt.key.sql.clone());
+                self.txn.savepoints.clear();
             }
             _ => {}
         }
@@ -580,7 +848,15 @@ where
                 return Ok(());
             }
         }
-        let command = Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
+        let mut command =
+            Some(stmt.command.clone()).filter(|c| !matches!(c, SessionCommand::Other));
+        if let Route::Router(RouterCommand::Prepare { name, .. }) = &stmt.plan.route {
+            self.drop_backend_sql_prepared(name, true);
+            command = Some(SessionCommand::Prepare {
+                name: name.clone(),
+                body: stmt.key.sql.clone(),
+            });
+        }
         let writes = super::txn::may_write(&stmt.plan);
         crate::stats::bump(&self.ctx.stats.single_shard);
         self.execute_on_attached(frame, portal, command, writes)
@@ -590,13 +866,11 @@ where
     /// on the first backend a later statement needs (as with the simple protocol).
     fn execute_virtual_begin(&mut self, stmt: &Stmt) -> Result<(), SessionError> {
         if self.attached.is_some() {
-            self.fail_extended(SessionError::Unsupported(
-                "a BEGIN portal executed after another statement of its batch chose a shard".into(),
-            ));
+            self.fail_extended(SessionError::from(Refusal::BeginAfterShard));
             return Ok(());
         }
         let mut b = BytesMut::new();
-        if self.virtual_txn.is_some() {
+        if self.txn.virtual_txn.is_some() {
             encode_error(
                 &mut b,
                 b'N',
@@ -607,12 +881,12 @@ where
                 None,
             );
         } else {
-            self.virtual_txn = Some(VirtualTxn {
+            self.txn.virtual_txn = Some(VirtualTxn {
                 begin_sql: stmt.key.sql.clone(),
                 failed: false,
             });
-            self.txn_begin = Some(stmt.key.sql.clone());
-            self.txn_savepoints.clear();
+            self.txn.begin = Some(stmt.key.sql.clone());
+            self.txn.savepoints.clear();
         }
         encode_command_complete(&mut b, super::lex::begin_tag(&stmt.key.sql));
         self.emit_local(&b);
@@ -678,9 +952,7 @@ where
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
-            self.emit_error(&SessionError::Unsupported(
-                "Describe of a multi-shard portal that is not executed before Sync".into(),
-            ));
+            self.emit_error(&SessionError::from(Refusal::DescribedNotExecuted));
         }
         match self.attached.as_mut() {
             Some(a) => {
@@ -707,7 +979,7 @@ where
         if self.parse_ack.take().is_some() {
             self.emit_empty(b'1');
         }
-        if let Some(vt) = self.virtual_txn.as_mut() {
+        if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
         self.emit_error(&e);
@@ -719,4 +991,13 @@ where
         }
         self.skip_until_sync = true;
     }
+}
+
+/// True when a Bind's parameter part (formats and values) holds any value.
+fn has_params(params: &[u8]) -> bool {
+    let mut r = BodyReader::new(params, "Bind");
+    r.count16()
+        .and_then(|n| r.bytes(n * 2))
+        .and_then(|_| r.count16())
+        .is_ok_and(|n| n > 0)
 }

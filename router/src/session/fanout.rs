@@ -15,6 +15,7 @@
 //! cancel still in flight could otherwise hit the next query run on it.
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::{Attached, Expect, FanoutPortal, Session};
 use crate::backend::{BackendConn, PooledConn};
 use crate::fanout::{self, FanoutError, Outcome, ShardStream};
@@ -154,14 +155,14 @@ where
         if let Some(a) = self.attached.take() {
             if shards.contains(&a.shard) && a.expects.is_empty() && a.conn.is_clean() {
                 reused = Some((a.shard, a.conn));
-                self.portals.clear();
+                self.drop_backend_portals();
             } else {
                 self.attached = Some(a);
             }
         }
         let reused_shard = reused.as_ref().map(|(s, _)| *s);
         let backends = if in_txn {
-            Ok(std::mem::take(&mut self.lent_parts))
+            Ok(std::mem::take(&mut self.txn.lent_parts))
         } else {
             self.fanout_backends(&shards, reused).await
         };
@@ -169,59 +170,17 @@ where
             Ok(p) => p,
             Err((e, back)) => {
                 self.restore_attached(back);
-                self.fail_simple(e);
+                self.fail_fanout(ext.is_some(), e);
                 return Ok(());
             }
         };
         let finish = matches!(plan.merge, MergePlan::Finish(_));
-        let mut query = BytesMut::new();
-        match ext {
-            None if finish => {
-                let mut sql = if in_txn {
-                    // The settings must not outlive this read: rolled back to here.
-                    format!("SAVEPOINT {MERGE_SAVEPOINT}; ")
-                } else {
-                    String::new()
-                };
-                sql.push_str(&FINISH_SETTINGS.join("; "));
-                sql.push_str("; ");
-                sql.push_str(&plan.shard_sql);
-                encode_query(&mut query, &sql);
-            }
-            None => fanout::shard_query(plan, &mut query),
-            Some((portal, _)) => {
-                let results = match self.shard_result_formats(portal, &mut parts).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(error)) => {
-                        // The statement failed to parse on the shard: the client's error.
-                        let back = self.release_parts(parts, reused_shard);
-                        self.restore_attached(back);
-                        self.out.extend_from_slice(error.raw());
-                        self.skip_until_sync = true;
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        self.abandon(&mut parts, reused_shard);
-                        self.fail_extended(e);
-                        return Ok(());
-                    }
-                };
-                if finish {
-                    let savepoint = format!("SAVEPOINT {MERGE_SAVEPOINT}");
-                    let prefix = in_txn.then_some(savepoint.as_str());
-                    for set in prefix.into_iter().chain(FINISH_SETTINGS.iter().copied()) {
-                        encode_parse(&mut query, "", set, &[]);
-                        encode_bind_with_results(&mut query, "", "", &[0, 0, 0, 0], &[]);
-                        encode_execute(&mut query, "");
-                    }
-                }
-                encode_parse(&mut query, "", &plan.shard_sql, &portal.param_types);
-                encode_bind_with_results(&mut query, "", "", &portal.params, &results);
-                encode_describe(&mut query, b'P', "");
-                encode_execute(&mut query, "");
-                encode_sync(&mut query);
-            }
-        }
+        let Some(query) = self
+            .fanout_shard_query(plan, ext, in_txn, &mut parts, reused_shard)
+            .await
+        else {
+            return Ok(());
+        };
         for p in parts.iter_mut() {
             p.conn.out.extend_from_slice(&query);
             p.conn.unnamed = None;
@@ -234,7 +193,7 @@ where
             if let Err(e) = parts[i].conn.flush().await {
                 let shard = parts[i].shard;
                 self.abandon(&mut parts, reused_shard);
-                self.fail_simple(SessionError::from_backend(shard, e));
+                self.fail_fanout(ext.is_some(), SessionError::from_backend(shard, e));
                 return Ok(());
             }
         }
@@ -285,31 +244,113 @@ where
             MergePlan::Stream(m) => m.limit.map(|l| l.saturating_add(m.offset)),
             MergePlan::Finish(_) => None,
         };
+        let (ending, shard_failed) = self
+            .settle_fanout(result, &mut parts, budget, in_txn, ext)
+            .await;
+        let back = self.release_parts(parts, reused_shard);
+        self.restore_attached(back);
+        self.answer_fanout(ext.is_some(), ending, shard_failed);
+        Ok(())
+    }
+
+    /// The messages every shard gets for a fan-out: a Query (simple protocol), or the
+    /// client's statement bound with its parameters and shard-side result formats,
+    /// behind the settings a finishing step needs. `None` once the client has its error
+    /// (the parts are released or abandoned then).
+    async fn fanout_shard_query(
+        &mut self,
+        plan: &FanoutPlan,
+        ext: Option<(&FanoutPortal, bool)>,
+        in_txn: bool,
+        parts: &mut Vec<Part>,
+        reused_shard: Option<ShardId>,
+    ) -> Option<BytesMut> {
+        let finish = matches!(plan.merge, MergePlan::Finish(_));
+        let mut query = BytesMut::new();
+        match ext {
+            None if finish => {
+                let mut sql = if in_txn {
+                    // The settings must not outlive this read: rolled back to here.
+                    format!("SAVEPOINT {MERGE_SAVEPOINT}; ")
+                } else {
+                    String::new()
+                };
+                sql.push_str(&FINISH_SETTINGS.join("; "));
+                sql.push_str("; ");
+                sql.push_str(&plan.shard_sql);
+                encode_query(&mut query, &sql);
+            }
+            None => fanout::shard_query(plan, &mut query),
+            Some((portal, _)) => {
+                let results = match self.shard_result_formats(portal, parts).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(error)) => {
+                        // The statement failed to parse on the shard: the client's error.
+                        let back = self.release_parts(std::mem::take(parts), reused_shard);
+                        self.restore_attached(back);
+                        self.out.extend_from_slice(error.raw());
+                        self.skip_until_sync = true;
+                        return None;
+                    }
+                    Err(e) => {
+                        self.abandon(parts, reused_shard);
+                        self.fail_extended(e);
+                        return None;
+                    }
+                };
+                if finish {
+                    let savepoint = format!("SAVEPOINT {MERGE_SAVEPOINT}");
+                    let prefix = in_txn.then_some(savepoint.as_str());
+                    for set in prefix.into_iter().chain(FINISH_SETTINGS.iter().copied()) {
+                        encode_parse(&mut query, "", set, &[]);
+                        encode_bind_with_results(&mut query, "", "", &[0, 0, 0, 0], &[]);
+                        encode_execute(&mut query, "");
+                    }
+                }
+                encode_parse(&mut query, "", &plan.shard_sql, &portal.param_types);
+                encode_bind_with_results(&mut query, "", "", &portal.params, &results);
+                encode_describe(&mut query, b'P', "");
+                encode_execute(&mut query, "");
+                encode_sync(&mut query);
+            }
+        }
+        Some(query)
+    }
+
+    /// Settles the backends after the merge (drained, cancelled, or given up) and runs
+    /// a finishing step; returns how the answer ends and whether a shard failed.
+    async fn settle_fanout(
+        &mut self,
+        result: Result<Outcome, FanoutError>,
+        parts: &mut [Part],
+        budget: Option<u64>,
+        in_txn: bool,
+        ext: Option<(&FanoutPortal, bool)>,
+    ) -> (Ending, bool) {
         let mut ending = Ending::Ready;
         let mut shard_failed = false;
         match result {
             Ok(Outcome::Done { rows, unfinished }) => {
                 tracing::debug!(rows, unfinished = unfinished.len(), "fan-out done");
-                self.finish_parts(&mut parts, &unfinished, budget, false)
-                    .await;
+                self.finish_parts(parts, &unfinished, budget, false).await;
             }
             Ok(Outcome::ShardError { shard, unfinished }) => {
                 tracing::debug!(shard, "fan-out: a shard failed");
                 shard_failed = true;
-                self.finish_parts(&mut parts, &unfinished, None, true).await;
+                self.finish_parts(parts, &unfinished, None, true).await;
             }
             Ok(Outcome::Finish { sql }) => {
-                self.finish_parts(&mut parts, &[], None, false).await;
+                self.finish_parts(parts, &[], None, false).await;
                 if in_txn {
-                    self.undo_merge_settings(&mut parts).await;
+                    self.undo_merge_settings(parts).await;
                 }
-                if let Err(e) = self.run_finishing(&mut parts, &sql, ext).await {
+                if let Err(e) = self.run_finishing(parts, &sql, ext).await {
                     ending = Ending::Fail(e);
                 }
             }
             Err(FanoutError::Unsupported(msg)) => {
                 let all: Vec<usize> = (0..parts.len()).collect();
-                self.finish_parts(&mut parts, &all, None, true).await;
+                self.finish_parts(parts, &all, None, true).await;
                 ending = Ending::Fail(SessionError::Unsupported(msg));
             }
             Err(e) => {
@@ -338,9 +379,14 @@ where
                 }
             }
         }
-        let back = self.release_parts(parts, reused_shard);
-        self.restore_attached(back);
-        if ext.is_some() {
+        (ending, shard_failed)
+    }
+
+    /// The end of a fan-out's answer in the client's protocol: ReadyForQuery after a
+    /// simple Query; after an Execute nothing until Sync, and after an error the rest
+    /// of the batch skipped.
+    fn answer_fanout(&mut self, extended: bool, ending: Ending, shard_failed: bool) {
+        if extended {
             // Extended protocol: no ReadyForQuery until the client's Sync; after an
             // error, skip to it.
             match ending {
@@ -353,7 +399,7 @@ where
                 Ending::Ready => {}
             }
             self.publish_activity();
-            return Ok(());
+            return;
         }
         match ending {
             Ending::Fail(e) => self.fail_simple(e),
@@ -368,7 +414,6 @@ where
             }
         }
         self.publish_activity();
-        Ok(())
     }
 
     /// The result formats the shards bind an extended-protocol fan-out with: the
@@ -458,16 +503,17 @@ where
     /// in `lent`; [`Self::release_parts`] puts them back together).
     async fn lend_participants(&mut self, shards: &[ShardId]) -> Result<(), SessionError> {
         if self.ctx.twopc.is_none() {
-            return Err(SessionError::Unsupported(
-                "multi-shard read inside a transaction block without a catalog connection".into(),
-            ));
+            return Err(SessionError::from(Refusal::NoCommitLog(
+                "multi-shard read inside a transaction block",
+            )));
         }
-        if self.any_participant_failed() || self.virtual_txn.as_ref().is_some_and(|v| v.failed) {
+        if self.any_participant_failed() || self.txn.virtual_txn.as_ref().is_some_and(|v| v.failed)
+        {
             return Err(SessionError::InFailedTransaction);
         }
         for &shard in shards {
             let present = self.attached.as_ref().is_some_and(|a| a.shard == shard)
-                || self.parked.iter().any(|p| p.shard == shard);
+                || self.txn.parked.iter().any(|p| p.shard == shard);
             if present {
                 continue;
             }
@@ -480,7 +526,7 @@ where
             self.drain_attached().await?;
         }
         let mut all: Vec<Attached> = self.attached.take().into_iter().collect();
-        all.append(&mut self.parked);
+        all.append(&mut self.txn.parked);
         for a in all {
             if shards.contains(&a.shard) {
                 let Attached {
@@ -491,24 +537,24 @@ where
                     failed_since_sync,
                     wrote,
                 } = a;
-                self.lent.push(Lent {
+                self.txn.lent.push(Lent {
                     shard,
                     expects,
                     executed,
                     failed_since_sync,
                     wrote,
                 });
-                self.lent_parts.push(Part {
+                self.txn.lent_parts.push(Part {
                     shard,
                     conn,
                     cancelled: false,
                 });
             } else {
-                self.parked.push(a);
+                self.txn.parked.push(a);
             }
         }
-        self.lent_parts.sort_by_key(|p| p.shard);
-        self.lending = true;
+        self.txn.lent_parts.sort_by_key(|p| p.shard);
+        self.txn.lending = true;
         Ok(())
     }
 
@@ -585,8 +631,8 @@ where
         cancel: bool,
     ) {
         // Inside a transaction a cancel would abort it: read everything instead.
-        let cancel_now = (cancel || budget.is_none()) && !self.lending;
-        let budget = if self.lending { None } else { budget };
+        let cancel_now = (cancel || budget.is_none()) && !self.txn.lending;
+        let budget = if self.txn.lending { None } else { budget };
         for &i in unfinished {
             if let Some(p) = parts.get_mut(i) {
                 if cancel_now && !p.conn.broken {
@@ -617,7 +663,7 @@ where
                     }
                     b'D' => {
                         rows += 1;
-                        if !p.cancelled && !self.lending && budget.is_some_and(|b| rows > b) {
+                        if !p.cancelled && !self.txn.lending && budget.is_some_and(|b| rows > b) {
                             let _ = p.conn.cancel_target().cancel().await;
                             p.cancelled = true;
                         }
@@ -717,15 +763,15 @@ where
         parts: Vec<Part>,
         reused_shard: Option<ShardId>,
     ) -> Option<(ShardId, PooledConn)> {
-        if self.lending {
+        if self.txn.lending {
             // Transaction participants go back to the transaction, broken or not (a
             // broken one fails its COMMIT, so nothing commits partially).
             for p in parts {
-                let Some(i) = self.lent.iter().position(|l| l.shard == p.shard) else {
+                let Some(i) = self.txn.lent.iter().position(|l| l.shard == p.shard) else {
                     continue;
                 };
-                let l = self.lent.swap_remove(i);
-                self.parked.push(Attached {
+                let l = self.txn.lent.swap_remove(i);
+                self.txn.parked.push(Attached {
                     conn: p.conn,
                     shard: l.shard,
                     expects: l.expects,
@@ -748,10 +794,10 @@ where
 
     /// Re-attaches the backend the fan-out borrowed, if it is still usable.
     fn restore_attached(&mut self, back: Option<(ShardId, PooledConn)>) {
-        if self.lending {
-            self.lending = false;
+        if self.txn.lending {
+            self.txn.lending = false;
             if self.attached.is_none() {
-                self.attached = self.parked.pop();
+                self.attached = self.txn.parked.pop();
             }
             return;
         }

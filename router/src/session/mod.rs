@@ -16,11 +16,16 @@
 //! of session state are the router's own and are swallowed). Router-made replies that
 //! must be ordered after pending backend replies are queued as [`Expect::Local`].
 //!
-//! Files: [`startup`] (handshake and auth), [`simple`] (Query), [`extended`]
-//! (Parse/Bind/Describe/Execute/Close/Sync), [`fanout`] (multi-shard reads), [`copy`]
-//! (COPY split by shard key or fanned out, which reads the client itself), [`txn`]
-//! (transactions spanning shards), [`relay`] (backend replies), [`lex`] and
-//! [`vars`] (session commands and state), [`error`].
+//! Layers. The wire state machine: [`startup`] (handshake and auth), [`simple`]
+//! (Query), [`extended`] (Parse/Bind/Describe/Execute/Close/Sync, portals, Sync and
+//! error recovery), [`relay`] (backend replies). The transaction state, one type:
+//! [`txn_state`]. Execution, each path written once for both protocols and framed by
+//! the protocol that asked ([`local::Answer`]): [`local`] (router functions,
+//! statements on every shard), [`fanout`] and [`suspend`] (multi-shard reads), [`txn`]
+//! (multi-shard writes, transactions spanning shards), [`copy`] (COPY split by shard
+//! key or fanned out, which reads the client itself), [`split`] (INSERT column look-up).
+//! Also [`lex`] and [`vars`] (session commands and state), [`error`] and [`refusal`]
+//! (the session's own 0A000 reasons, worded once).
 
 mod attach;
 mod copy;
@@ -28,12 +33,15 @@ pub mod error;
 mod extended;
 mod fanout;
 pub mod lex;
+mod local;
+pub mod refusal;
 mod relay;
 mod simple;
 mod split;
 pub mod startup;
 mod suspend;
 mod txn;
+mod txn_state;
 pub mod vars;
 
 use crate::backend::{PooledConn, StmtKey};
@@ -47,11 +55,13 @@ use lex::SessionCommand;
 use pgshard_catalog::config::PoolMode;
 use pgshard_catalog::ShardId;
 use pgshard_sql::Plan;
+use refusal::Refusal;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+pub(crate) use txn_state::{TxnState, VirtualTxn};
 use vars::SessionVars;
 
 /// Output buffered beyond this is written before more is read (back-pressure).
@@ -99,6 +109,8 @@ pub(crate) enum PortalAt {
     /// A multi-shard read run by a row-limited Execute: its remaining rows, handed out
     /// by the next Executes (see [`suspend`]).
     Buffered(suspend::SharedRows),
+    /// Nowhere: a statement the router runs itself at Execute (see [`local`]).
+    Local(Arc<local::LocalPortal>),
 }
 
 /// A bound multi-shard write (extended protocol): UPDATE/DELETE without the shard key,
@@ -110,6 +122,20 @@ pub(crate) struct FanoutWritePortal {
     pub params: Bytes,
     /// The client's result format codes (for RETURNING rows).
     pub results: Vec<i16>,
+    /// For a statement split by the router (`write.shard_sql`), each shard's part of
+    /// the parameters and their types (its text numbers them from `$1`); empty when
+    /// every shard takes `params`.
+    pub shard_params: Vec<(Bytes, Vec<u32>)>,
+}
+
+impl FanoutWritePortal {
+    /// The parameters and their types for the `i`-th target shard.
+    pub(crate) fn params_for(&self, i: usize) -> (&[u8], &[u32]) {
+        match self.shard_params.get(i) {
+            Some((p, t)) => (p, t),
+            None => (&self.params, &self.param_types),
+        }
+    }
 }
 
 /// A bound multi-shard read (extended protocol).
@@ -187,6 +213,21 @@ impl Attached {
         }
     }
 
+    /// Runs a statement of the router's own on this backend through the extended
+    /// protocol (the unnamed statement and portal), inside whatever batch is open; its
+    /// replies are not forwarded (an error is, and fails the batch).
+    pub(crate) fn run_silent_extended(&mut self, sql: &str) {
+        let out = &mut self.conn.out;
+        crate::protocol::frontend::encode_parse(out, "", sql, &[]);
+        crate::protocol::frontend::encode_bind_with_results(out, "", "", &[0, 0, 0, 0], &[]);
+        crate::protocol::frontend::encode_execute(out, "");
+        self.conn.unnamed = None;
+        self.conn.unsynced = true;
+        self.expects.push_back(Expect::Swallow(b'1'));
+        self.expects.push_back(Expect::Swallow(b'2'));
+        self.expects.push_back(Expect::Swallow(b'C'));
+    }
+
     /// Sends a Query of the router's own on this backend; its reply is not forwarded
     /// to the client (errors too, when `swallow_errors`).
     pub(crate) fn send_silent(&mut self, sql: &str, swallow_errors: bool) {
@@ -203,12 +244,6 @@ impl Attached {
     }
 }
 
-/// BEGIN answered by the router before any statement chose a shard.
-pub(crate) struct VirtualTxn {
-    pub begin_sql: String,
-    pub failed: bool,
-}
-
 pub struct Session<R, W> {
     pub(crate) ctx: Arc<RouterCtx>,
     pub(crate) entry: Arc<ClientEntry>,
@@ -219,9 +254,6 @@ pub struct Session<R, W> {
     /// Bytes for the client.
     pub(crate) out: BytesMut,
     pub(crate) vars: SessionVars,
-    /// SET/RESETs that completed inside an open (explicit or implicit) transaction:
-    /// kept if it commits, dropped if it rolls back.
-    pub(crate) txn_vars: Vec<SessionCommand>,
     pub(crate) stmts: FxHashMap<String, Arc<Stmt>>,
     /// Bound portals: the statement and where the portal lives.
     pub(crate) portals: FxHashMap<String, (Arc<Stmt>, PortalAt)>,
@@ -230,35 +262,17 @@ pub struct Session<R, W> {
     pub(crate) described_fanout: Option<String>,
     /// Set while a fan-out's answer is captured for a row-limited Execute.
     pub(crate) capture: Option<suspend::Capture>,
-    /// Transaction participants lent to a running fan-out (see `fanout`).
-    pub(crate) lent: Vec<fanout::Lent>,
-    pub(crate) lent_parts: Vec<fanout::Part>,
-    pub(crate) lending: bool,
     /// Column counts of multi-shard statements' shard queries, by statement digest.
     pub(crate) fanout_columns: FxHashMap<u64, usize>,
     pub(crate) sql_prepared: FxHashMap<String, Arc<SqlPrepared>>,
     pub(crate) attached: Option<Attached>,
-    /// The other participants of a transaction spanning shards (see [`txn`]): idle
-    /// backends, each inside the transaction, nothing outstanding.
-    pub(crate) parked: Vec<Attached>,
-    /// The BEGIN that opened the current transaction, replayed on shards that join it.
-    pub(crate) txn_begin: Option<String>,
-    /// The savepoints active in the current transaction, oldest first, as written
-    /// (replayed on shards that join it; see [`txn`]).
-    pub(crate) txn_savepoints: Vec<String>,
+    /// The client's transaction: participants, savepoints, virtual and implicit blocks.
+    pub(crate) txn: TxnState,
     /// A client message waiting until the attached backend has answered everything.
     pub(crate) deferred: Option<Frame>,
     pub(crate) skip_until_sync: bool,
     /// The statement whose ParseComplete rides on its (deferred) prepare.
     pub(crate) parse_ack: Option<String>,
-    pub(crate) virtual_txn: Option<VirtualTxn>,
-    /// An extended-protocol batch's implicit transaction turned into one spanning shards
-    /// (see [`attach`]): it ends at the client's Sync, committed (two-phase) unless
-    /// something in it failed, and the client sees only ReadyForQuery, as for any batch.
-    pub(crate) implicit_spanning: bool,
-    /// A COMMIT was forwarded to the attached backend and not answered yet: losing the
-    /// backend now leaves the transaction's outcome unknown (08007).
-    pub(crate) commit_in_flight: bool,
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
@@ -309,26 +323,17 @@ where
             writer,
             out,
             vars,
-            txn_vars: Vec::new(),
             stmts: FxHashMap::default(),
             portals: FxHashMap::default(),
             described_fanout: None,
             capture: None,
             fanout_columns: FxHashMap::default(),
-            lent: Vec::new(),
-            lent_parts: Vec::new(),
-            lending: false,
             sql_prepared: FxHashMap::default(),
             attached: None,
-            parked: Vec::new(),
-            txn_begin: None,
-            txn_savepoints: Vec::new(),
+            txn: TxnState::default(),
             deferred: None,
             skip_until_sync: false,
             parse_ack: None,
-            virtual_txn: None,
-            implicit_spanning: false,
-            commit_in_flight: false,
             shard_override: None,
             closing: false,
             request_start: None,
@@ -548,7 +553,7 @@ where
             }
             None => ShardId(0),
         };
-        if self.commit_in_flight {
+        if self.txn.commit_in_flight {
             return SessionError::CommitUnknown { shard };
         }
         SessionError::LostBackend { shard }
@@ -557,8 +562,8 @@ where
     /// True when no transaction is open and nothing is outstanding: the session can end
     /// without losing anything the client started.
     fn between_transactions(&self) -> bool {
-        self.parked.is_empty()
-            && self.virtual_txn.is_none()
+        self.txn.parked.is_empty()
+            && self.txn.virtual_txn.is_none()
             && self.deferred.is_none()
             && self
                 .attached
@@ -580,7 +585,7 @@ where
     async fn detach_backend(&mut self) {
         // Parked participants are idle inside their transaction: closing them rolls it
         // back (the pool discards a connection that is not clean).
-        self.parked.clear();
+        self.txn.parked.clear();
         let Some(a) = self.attached.take() else {
             return;
         };
@@ -622,7 +627,7 @@ where
     }
 
     pub(crate) fn emit_error(&mut self, e: &SessionError) {
-        if matches!(e, SessionError::Unsupported(_)) {
+        if matches!(e, SessionError::Unsupported(_) | SessionError::Refused(_)) {
             crate::stats::bump(&self.ctx.stats.unsupported);
         }
         let mut b = BytesMut::new();
@@ -632,7 +637,7 @@ where
 
     /// The transaction status to report when the router answers by itself.
     pub(crate) fn client_status(&self) -> u8 {
-        if let Some(vt) = &self.virtual_txn {
+        if let Some(vt) = &self.txn.virtual_txn {
             return if vt.failed { b'E' } else { b'T' };
         }
         match &self.attached {
@@ -684,7 +689,7 @@ where
                 self.on_close(&frame, kind, &name);
                 Ok(())
             }
-            M::Sync if self.implicit_spanning => self.end_implicit_spanning().await,
+            M::Sync if self.txn.implicit_spanning => self.end_implicit_spanning().await,
             M::Sync => {
                 self.on_sync(&frame);
                 Ok(())
@@ -701,9 +706,7 @@ where
                 Ok(())
             }
             M::FunctionCall => {
-                self.emit_error(&SessionError::Unsupported(
-                    "the fast-path function call protocol is not supported".into(),
-                ));
+                self.emit_error(&SessionError::from(Refusal::FunctionCall));
                 let s = self.client_status();
                 self.emit_ready(s);
                 Ok(())
@@ -732,19 +735,26 @@ where
     }
 
     /// Gives the attached backend back once it is idle (transaction pooling).
+    /// Forgets the portals that lived on the attached backend (it ended them or is
+    /// going); those the router holds itself live until the client's Sync.
+    pub(crate) fn drop_backend_portals(&mut self) {
+        self.portals
+            .retain(|_, (_, at)| !matches!(at, PortalAt::Shard(_)));
+    }
+
     pub(crate) fn maybe_release(&mut self) {
         let release = match &self.attached {
             Some(a) => {
                 a.expects.is_empty()
                     && a.conn.is_clean()
                     && self.ctx.config.pool_mode == PoolMode::Transaction
-                    && self.virtual_txn.is_none()
+                    && self.txn.virtual_txn.is_none()
             }
             None => false,
         };
         if release {
             self.attached = None;
-            self.portals.clear();
+            self.drop_backend_portals();
             self.entry.set_activity("idle", None, None);
         }
     }

@@ -111,7 +111,7 @@ where
                 })?;
                 a.conn.status = status;
                 a.conn.pending_syncs = a.conn.pending_syncs.saturating_sub(1);
-                self.commit_in_flight = false;
+                self.txn.commit_in_flight = false;
                 a.executed = false;
                 let (forward, prepare, failed) = match a.expects.pop_front() {
                     Some(Expect::Sync { forward }) => {
@@ -131,7 +131,7 @@ where
                 if forward {
                     self.out.extend_from_slice(frame.raw());
                 }
-                self.after_ready(status, prepare, failed);
+                self.after_ready(status, prepare, failed, forward);
                 self.flush_locals();
                 self.maybe_release();
                 if self.attached.is_some() {
@@ -203,25 +203,52 @@ where
             SessionCommand::Set { .. }
             | SessionCommand::Reset { .. }
             | SessionCommand::ResetAll => {
-                self.txn_vars.push(cmd);
+                self.txn.vars.push(cmd);
             }
             SessionCommand::Commit => {
                 // COMMIT of a failed transaction reports ROLLBACK.
                 let committed = decode_command_tag(frame).is_ok_and(|t| t.starts_with("COMMIT"));
-                let pending = std::mem::take(&mut self.txn_vars);
+                let pending = std::mem::take(&mut self.txn.vars);
                 if committed {
                     for c in &pending {
                         self.vars.apply(c);
                     }
                 }
             }
-            SessionCommand::Rollback => self.txn_vars.clear(),
+            SessionCommand::Rollback => self.txn.vars.clear(),
+            SessionCommand::Prepare { name, body } => {
+                // A PREPARE run through the extended protocol: recorded once it
+                // succeeded (PREPARE is not transactional).
+                let key = crate::backend::StmtKey {
+                    sql: body.clone(),
+                    param_types: Vec::new(),
+                };
+                let digest = key.digest();
+                let plan = match pgshard_sql::plan(&body, &self.ctx.catalog.current()).route {
+                    pgshard_sql::Route::Router(pgshard_sql::RouterCommand::Prepare {
+                        plan,
+                        ..
+                    }) => *plan,
+                    _ => return,
+                };
+                if let Some(a) = self.attached.as_mut() {
+                    a.conn.sql_prepared.insert(name.clone(), digest);
+                }
+                self.sql_prepared.insert(
+                    name,
+                    std::sync::Arc::new(super::SqlPrepared {
+                        text: body,
+                        digest,
+                        plan,
+                    }),
+                );
+            }
             _ => {}
         }
     }
 
     /// Session state and transaction bookkeeping at a ReadyForQuery.
-    fn after_ready(&mut self, status: u8, prepare: Option<String>, failed: bool) {
+    fn after_ready(&mut self, status: u8, prepare: Option<String>, failed: bool, forward: bool) {
         if let (Some(name), true) = (prepare, failed) {
             self.sql_prepared.remove(&name);
             if let Some(a) = self.attached.as_mut() {
@@ -230,20 +257,26 @@ where
         }
         if status == b'I' {
             // The implicit transaction ended: committed unless it failed.
-            let pending = std::mem::take(&mut self.txn_vars);
+            let pending = std::mem::take(&mut self.txn.vars);
             if !failed {
                 for c in &pending {
                     self.vars.apply(c);
                 }
             }
-            self.portals.clear();
+            if forward {
+                self.portals.clear();
+            } else {
+                // The router's own Sync (before a statement it runs itself, or a
+                // move to another shard) ends the backend's portals only.
+                self.drop_backend_portals();
+            }
             if self.shard_override.is_some_and(|(_, local)| local) {
                 self.shard_override = None;
             }
         }
         // The backend now carries the session's state plus what is pending on it.
         if let Some(a) = self.attached.as_mut() {
-            a.conn.state_fp = if self.txn_vars.is_empty() {
+            a.conn.state_fp = if self.txn.vars.is_empty() {
                 self.vars.fingerprint()
             } else {
                 u64::MAX

@@ -4,38 +4,23 @@
 use super::attach::Ensure;
 use super::error::SessionError;
 use super::lex::{begin_tag, classify, split_statements, SessionCommand};
+use super::local::Answer;
+use super::refusal::Refusal;
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
-use crate::backend::StmtKey;
-use crate::protocol::backend::{
-    encode_command_complete, encode_data_row, encode_error, encode_ready,
-    encode_row_description_text,
-};
+use crate::backend::{PooledConn, StmtKey};
+use crate::protocol::backend::{encode_command_complete, encode_error, encode_ready};
 use crate::protocol::frontend::encode_query;
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
 use pgshard_sql::{Plan, Route, RouterCommand};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// SQL that fails on purpose, to abort a backend's transaction when the router refuses
 /// a statement inside it (so the client's transaction state stays consistent).
 pub(crate) const POISON_SQL: &str = "pgshard: statement refused by the router";
-
-/// Why a router command cannot run where it was sent.
-pub(crate) fn router_command_unsupported(cmd: &RouterCommand) -> String {
-    match cmd {
-        RouterCommand::CreateDistributedTable { .. } | RouterCommand::CreateReferenceTable { .. } => {
-            "create_distributed_table() and create_reference_table() are supported through the simple query protocol only".into()
-        }
-        RouterCommand::SetShard { .. } | RouterCommand::ResetShard | RouterCommand::ShowShard => {
-            "pgshard.shard can be set, reset and shown through the simple query protocol only".into()
-        }
-        RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } | RouterCommand::Deallocate { .. } => {
-            "PREPARE, EXECUTE and DEALLOCATE are supported through the simple query protocol only".into()
-        }
-    }
-}
 
 /// Where a statement goes, once the route is resolved against the session.
 pub(crate) enum Target {
@@ -48,6 +33,8 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    /// A simple Query: transaction and session commands the router answers, then the
+    /// statement planned and run where its plan says (SPEC §5).
     pub(crate) async fn on_query(&mut self, frame: &Frame, sql: &str) -> Result<(), SessionError> {
         // One query at a time: the router answers some statements itself and needs the
         // backend's transaction status to do so.
@@ -71,16 +58,61 @@ where
         } else {
             SessionCommand::Other
         };
-        if let Some(vt) = &self.virtual_txn {
+        if self
+            .query_transaction_command(&cmd, &stmts, sql)
+            .await?
+            .is_break()
+        {
+            return Ok(());
+        }
+        let in_txn = self.in_transaction();
+        let ControlFlow::Continue(plan) = self.plan_query(sql, &stmts).await? else {
+            return Ok(());
+        };
+        let ControlFlow::Continue((route, prepare)) = self.query_route(&plan, in_txn).await else {
+            return Ok(());
+        };
+        if self
+            .run_query_on_several(frame, sql, &stmts, &plan, &route, in_txn)
+            .await?
+            .is_break()
+        {
+            return Ok(());
+        }
+        self.forward_query(frame, &stmts, &plan, &route, prepare)
+            .await
+    }
+
+    /// True inside a transaction block (virtual, or open on the attached backend).
+    fn in_transaction(&self) -> bool {
+        self.txn.virtual_txn.is_some()
+            || self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.conn.status != b'I')
+    }
+
+    /// Transaction control and session commands the router answers itself (a BEGIN
+    /// before any shard is chosen and what follows it, COMMIT/ROLLBACK of a transaction
+    /// spanning shards, DISCARD ALL): `Break` once answered.
+    async fn query_transaction_command(
+        &mut self,
+        cmd: &SessionCommand,
+        stmts: &[&str],
+        sql: &str,
+    ) -> Result<ControlFlow<()>, SessionError> {
+        if let Some(vt) = &self.txn.virtual_txn {
             let failed = vt.failed;
             match cmd {
                 SessionCommand::Commit => {
-                    self.virtual_txn = None;
-                    return self.answer(if failed { "ROLLBACK" } else { "COMMIT" });
+                    self.txn.virtual_txn = None;
+                    self.answer(if failed { "ROLLBACK" } else { "COMMIT" })?;
+                    return Ok(ControlFlow::Break(()));
                 }
                 SessionCommand::Rollback => {
-                    self.virtual_txn = None;
-                    return self.answer("ROLLBACK");
+                    self.txn.virtual_txn = None;
+                    self.answer("ROLLBACK")?;
+                    return Ok(ControlFlow::Break(()));
                 }
                 SessionCommand::Begin if !failed => {
                     let mut b = BytesMut::new();
@@ -94,220 +126,221 @@ where
                         None,
                     );
                     self.emit_local(&b);
-                    return self.answer(begin_tag(stmts[0]));
+                    self.answer(begin_tag(stmts[0]))?;
+                    return Ok(ControlFlow::Break(()));
                 }
                 _ if failed => {
                     self.fail_simple(SessionError::InFailedTransaction);
-                    return Ok(());
+                    return Ok(ControlFlow::Break(()));
                 }
                 _ => {}
             }
         }
-        let in_txn = self.virtual_txn.is_some()
-            || self
-                .attached
-                .as_ref()
-                .is_some_and(|a| a.conn.status != b'I');
+        let in_txn = self.in_transaction();
         if !in_txn {
-            self.txn_begin = None;
-            self.txn_savepoints.clear();
-            if cmd == SessionCommand::Begin {
-                self.txn_begin = Some(sql.to_string());
+            self.txn.begin = None;
+            self.txn.savepoints.clear();
+            if *cmd == SessionCommand::Begin {
+                self.txn.begin = Some(sql.to_string());
             }
         }
         if self.spans_shards() {
-            match cmd {
-                SessionCommand::Commit => {
-                    return self
-                        .end_spanning(true, super::txn::EndAnswer::TagAndReady)
-                        .await
-                }
-                SessionCommand::Rollback => {
-                    return self
-                        .end_spanning(false, super::txn::EndAnswer::TagAndReady)
-                        .await
-                }
-                _ => {}
+            let commit = match cmd {
+                SessionCommand::Commit => Some(true),
+                SessionCommand::Rollback => Some(false),
+                _ => None,
+            };
+            if let Some(commit) = commit {
+                self.end_spanning(commit, super::txn::EndAnswer::TagAndReady)
+                    .await?;
+                return Ok(ControlFlow::Break(()));
             }
         }
-        self.commit_in_flight = cmd == SessionCommand::Commit && in_txn;
-        let catalog = self.ctx.catalog.current();
-        match &cmd {
-            SessionCommand::Begin if self.attached.is_none() && self.virtual_txn.is_none() => {
-                self.virtual_txn = Some(VirtualTxn {
+        self.txn.commit_in_flight = *cmd == SessionCommand::Commit && in_txn;
+        match cmd {
+            SessionCommand::Begin if self.attached.is_none() && self.txn.virtual_txn.is_none() => {
+                self.txn.virtual_txn = Some(VirtualTxn {
                     begin_sql: sql.to_string(),
                     failed: false,
                 });
-                return self.answer(begin_tag(stmts[0]));
+                self.answer(begin_tag(stmts[0]))?;
+                return Ok(ControlFlow::Break(()));
             }
             SessionCommand::DiscardAll => {
-                if in_txn {
-                    self.fail_simple(SessionError::DiscardInTransaction);
-                    return Ok(());
-                }
-                self.vars.apply(&cmd);
-                self.stmts.clear();
-                self.sql_prepared.clear();
-                self.shard_override = None;
-                return self.answer("DISCARD ALL");
+                let (reply, error) = self.discard_all(in_txn);
+                self.deliver(Answer::Simple, reply, error);
+                return Ok(ControlFlow::Break(()));
             }
             SessionCommand::ResetAll => self.shard_override = None,
             _ => {}
         }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// The Query's plan; in a transaction spanning shards, its savepoint commands run
+    /// on every participant here (`Break`), and a failed transaction refuses the rest.
+    async fn plan_query(
+        &mut self,
+        sql: &str,
+        stmts: &[&str],
+    ) -> Result<ControlFlow<(), Plan>, SessionError> {
+        let catalog = self.ctx.catalog.current();
         let plan = pgshard_sql::plan(sql, &catalog);
         let plan = self
             .complete_insert_columns(sql, plan, &catalog, false)
             .await;
+        if plan.kind == pgshard_sql::StatementKind::Ddl {
+            // Statements prepared from now on are parsed afresh (see `ddl_epoch`).
+            self.ctx
+                .ddl_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
                 if stmts.len() != 1 || plan.kind != pgshard_sql::StatementKind::Savepoint {
-                    self.fail_simple(SessionError::Unsupported(
-                        "a savepoint command together with other statements in one query, in a transaction spanning shards".into(),
-                    ));
-                    return Ok(());
+                    self.fail_simple(SessionError::from(Refusal::SavepointWithOthers));
+                    return Ok(ControlFlow::Break(()));
                 }
                 // On every participant, so they all roll back or release alike (also
                 // in a failed transaction: ROLLBACK TO is how it recovers).
-                return self.savepoint_everywhere(sql, false).await;
+                self.savepoint_everywhere(sql, false).await?;
+                return Ok(ControlFlow::Break(()));
             }
             if self.any_participant_failed() {
                 self.fail_simple(SessionError::InFailedTransaction);
-                return Ok(());
+                return Ok(ControlFlow::Break(()));
             }
         }
+        Ok(ControlFlow::Continue(plan))
+    }
+
+    /// Where the Query goes: router commands run here (`Break`); PREPARE goes where its
+    /// statement would (and is recorded: the returned name and plan), EXECUTE where
+    /// the prepared statement goes with its arguments; `SET pgshard.shard` applied.
+    async fn query_route(
+        &mut self,
+        plan: &Plan,
+        in_txn: bool,
+    ) -> ControlFlow<(), (Route, Option<(String, Plan)>)> {
         let mut prepare: Option<(String, Plan)> = None;
         let route = match &plan.route {
-            Route::Router(rc) => match rc {
-                RouterCommand::Prepare {
-                    name, plan: inner, ..
-                } => {
-                    if self.sql_prepared.contains_key(name) {
-                        self.fail_simple(SessionError::DuplicateStatement(name.clone()));
-                        return Ok(());
-                    }
-                    prepare = Some((name.clone(), (**inner).clone()));
-                    inner.route.clone()
+            Route::Router(RouterCommand::Prepare {
+                name, plan: inner, ..
+            }) => {
+                if self.sql_prepared.contains_key(name) {
+                    self.fail_simple(SessionError::DuplicateStatement(name.clone()));
+                    return ControlFlow::Break(());
                 }
-                RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
+                prepare = Some((name.clone(), (**inner).clone()));
+                inner.route.clone()
+            }
+            Route::Router(RouterCommand::Execute { name, args }) => {
+                match self.sql_prepared.get(name) {
                     None => {
                         self.fail_simple(SessionError::UnknownStatement(name.clone()));
-                        return Ok(());
+                        return ControlFlow::Break(());
                     }
-                    Some(p) => pgshard_sql::route_execute(&p.plan, args, &catalog),
-                },
-                RouterCommand::Deallocate { name: None } => {
-                    self.sql_prepared.clear();
-                    return self.answer("DEALLOCATE ALL");
-                }
-                RouterCommand::Deallocate { name: Some(n) } => {
-                    if self.sql_prepared.remove(n).is_none() {
-                        self.fail_simple(SessionError::UnknownStatement(n.clone()));
-                        return Ok(());
+                    Some(p) => {
+                        pgshard_sql::route_execute(&p.plan, args, &self.ctx.catalog.current())
                     }
-                    return self.answer("DEALLOCATE");
                 }
-                RouterCommand::SetShard { shard, local } => {
-                    if *local && !in_txn {
-                        let mut b = BytesMut::new();
-                        encode_error(
-                            &mut b,
-                            b'N',
-                            "WARNING",
-                            "25P01",
-                            "SET LOCAL can only be used in transaction blocks",
-                            None,
-                            None,
-                        );
-                        self.emit_local(&b);
-                    } else {
-                        self.shard_override = Some((*shard, *local));
-                    }
-                    return self.answer("SET");
-                }
-                RouterCommand::ResetShard => {
-                    self.shard_override = None;
-                    return self.answer("RESET");
-                }
-                RouterCommand::ShowShard => {
-                    let value = match self.shard_override {
-                        Some((s, _)) => s.to_string(),
-                        None => "none".to_string(),
-                    };
-                    let mut b = BytesMut::new();
-                    encode_row_description_text(&mut b, &["pgshard.shard"]);
-                    encode_data_row(&mut b, &[Some(value)]);
-                    self.emit_local(&b);
-                    return self.answer("SHOW");
-                }
-                RouterCommand::CreateDistributedTable { .. }
-                | RouterCommand::CreateReferenceTable { .. } => {
-                    self.run_create_table(rc, in_txn).await;
-                    return Ok(());
-                }
-            },
+            }
+            Route::Router(rc) => {
+                self.run_router_command(rc, in_txn, Answer::Simple).await;
+                return ControlFlow::Break(());
+            }
             r => r.clone(),
         };
-        let route = self.with_override(route);
-        // A multi-shard read planned for this very statement (not the body of PREPARE
-        // or EXECUTE, whose text is not `shard_sql`).
-        if let (Route::Fanout(f), Route::Fanout(_)) = (&route, &plan.route) {
-            if f.shards.len() > 1 {
-                return self.run_fanout(frame, f, in_txn, None).await;
+        ControlFlow::Continue((self.with_override(route), prepare))
+    }
+
+    /// Statements the router runs on several shards itself (`Break` once answered): a
+    /// multi-shard read or write, COPY, a statement on every shard; refusals too.
+    async fn run_query_on_several(
+        &mut self,
+        frame: &Frame,
+        sql: &str,
+        stmts: &[&str],
+        plan: &Plan,
+        route: &Route,
+        in_txn: bool,
+    ) -> Result<ControlFlow<()>, SessionError> {
+        // Only a route planned for this very statement (not the body of PREPARE or
+        // EXECUTE, whose text is not `shard_sql`).
+        match (route, &plan.route) {
+            (Route::Fanout(f), Route::Fanout(_)) if f.shards.len() > 1 => {
+                self.run_fanout(frame, f, in_txn, None).await?;
+                return Ok(ControlFlow::Break(()));
             }
-        }
-        // A multi-shard UPDATE/DELETE on its own, outside a transaction block: atomic
-        // on every shard through two-phase commit.
-        if let (Route::FanoutWrite(w), Route::FanoutWrite(_)) = (&route, &plan.route) {
-            if stmts.len() == 1 && self.ctx.twopc.is_some() {
-                return if in_txn {
-                    self.run_fanout_write_in_txn(w).await
+            // A multi-shard UPDATE/DELETE on its own: atomic on every shard through
+            // two-phase commit, or joined to the transaction block.
+            (Route::FanoutWrite(w), Route::FanoutWrite(_))
+                if stmts.len() == 1 && self.ctx.twopc.is_some() =>
+            {
+                if in_txn {
+                    self.run_fanout_write_in_txn(w).await?;
                 } else {
-                    self.run_fanout_write(w).await
-                };
+                    self.run_fanout_write(w).await?;
+                }
+                return Ok(ControlFlow::Break(()));
             }
+            // COPY into or out of a sharded table: split or concatenated by the router.
+            (Route::Copy(c), Route::Copy(_)) => {
+                self.run_copy(c, in_txn, super::copy::CopyMode::Simple)
+                    .await?;
+                return Ok(ControlFlow::Break(()));
+            }
+            _ => {}
         }
-        // COPY into or out of a sharded table: split or concatenated by the router.
-        if let (Route::Copy(c), Route::Copy(_)) = (&route, &plan.route) {
-            return self
-                .run_copy(c, in_txn, super::copy::CopyMode::Simple)
-                .await;
-        }
-        let target = match self.resolve(&route, &catalog) {
-            Ok(t) => t,
+        let shards = match self.resolve(route, &self.ctx.catalog.current()) {
+            Ok(Target::One(_)) => return Ok(ControlFlow::Continue(())),
+            Ok(Target::All(shards)) => shards,
             Err(e) => {
                 self.fail_simple(e);
-                return Ok(());
+                return Ok(ControlFlow::Break(()));
             }
         };
-        let shard = match target {
-            Target::One(s) => s,
-            Target::All(shards) => {
-                if in_txn {
-                    if self.ctx.twopc.is_none() || stmts.len() != 1 {
-                        self.fail_simple(SessionError::Unsupported(
-                            "statements that run on every shard inside a transaction block need the catalog's commit log and one statement per query".into(),
-                        ));
-                        return Ok(());
-                    }
-                    // DDL, TRUNCATE…: every shard joins the transaction and runs it; it
-                    // commits (two-phase) with the transaction.
-                    let all = pgshard_sql::FanoutWrite {
-                        tables: Vec::new(),
-                        shards,
-                        sql: sql.to_string(),
-                        replicated: true,
-                        // DDL and TRUNCATE write no column values.
-                        defaults: Vec::new(),
-                        shard_sql: Vec::new(),
-                    };
-                    return self.run_fanout_write_in_txn(&all).await;
-                }
-                return self.run_on_all(sql, &shards, stmts.len() == 1).await;
-            }
+        if !in_txn {
+            let (reply, error) = self.run_on_all(sql, &shards, stmts.len() == 1).await?;
+            self.deliver(Answer::Simple, reply, error);
+            return Ok(ControlFlow::Break(()));
+        }
+        if self.ctx.twopc.is_none() || stmts.len() != 1 {
+            self.fail_simple(SessionError::from(Refusal::EveryShardInTransaction));
+            return Ok(ControlFlow::Break(()));
+        }
+        // DDL, TRUNCATE…: every shard joins the transaction and runs it; it commits
+        // (two-phase) with the transaction.
+        let all = pgshard_sql::FanoutWrite {
+            tables: Vec::new(),
+            shards,
+            sql: sql.to_string(),
+            replicated: true,
+            // DDL and TRUNCATE write no column values.
+            defaults: Vec::new(),
+            shard_sql: Vec::new(),
         };
-        // In an explicit transaction on another shard: that shard joins it (SPEC §7).
+        self.run_fanout_write_in_txn(&all).await?;
+        Ok(ControlFlow::Break(()))
+    }
+
+    /// Sends the Query, byte for byte, to the one shard its route resolves to (which
+    /// joins an explicit transaction open on another shard, SPEC §7).
+    async fn forward_query(
+        &mut self,
+        frame: &Frame,
+        stmts: &[&str],
+        plan: &Plan,
+        route: &Route,
+        prepare: Option<(String, Plan)>,
+    ) -> Result<(), SessionError> {
+        let shard = match self.resolve(route, &self.ctx.catalog.current()) {
+            Ok(Target::One(s)) => s,
+            // Resolved before (`run_query_on_several`).
+            Ok(Target::All(_)) | Err(_) => return Ok(()),
+        };
         let joins = self.attached.as_ref().is_some_and(|a| {
-            a.shard != shard && a.conn.status != b'I' && self.virtual_txn.is_none()
+            a.shard != shard && a.conn.status != b'I' && self.txn.virtual_txn.is_none()
         });
         if joins && self.ctx.twopc.is_some() {
             if let Err(e) = self.join_shard(shard).await {
@@ -324,39 +357,19 @@ where
             }
         }
         crate::stats::bump(&self.ctx.stats.single_shard);
-        let mut prepared_name = None;
         if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
-            self.ensure_sql_prepared(name);
+            self.ensure_sql_prepared(name, false);
         }
-        if let Some((name, inner)) = prepare {
-            self.drop_backend_sql_prepared(&name);
-            let key = StmtKey {
-                sql: stmts[0].to_string(),
-                param_types: Vec::new(),
-            };
-            let digest = key.digest();
-            // Recorded now; removed again if the PREPARE fails (see `after_ready`).
-            self.sql_prepared.insert(
-                name.clone(),
-                Arc::new(SqlPrepared {
-                    text: stmts[0].to_string(),
-                    digest,
-                    plan: inner,
-                }),
-            );
-            if let Some(a) = self.attached.as_mut() {
-                a.conn.sql_prepared.insert(name.clone(), digest);
-            }
-            prepared_name = Some(name);
-        }
+        let prepared_name =
+            prepare.map(|(name, inner)| self.record_sql_prepare(name, stmts[0], inner));
         let statements = stmts.iter().map(|s| classify(s)).collect();
-        if super::txn::has_savepoint(&plan) {
-            for st in &stmts {
-                super::txn::track_savepoint(&mut self.txn_savepoints, st);
+        if super::txn::has_savepoint(plan) {
+            for st in stmts {
+                super::txn::track_savepoint(&mut self.txn.savepoints, st);
             }
         }
         if let Some(a) = self.attached.as_mut() {
-            a.wrote |= super::txn::may_write(&plan);
+            a.wrote |= super::txn::may_write(plan);
             a.conn.out.extend_from_slice(frame.raw());
             a.conn.unnamed = None;
             a.conn.pending_syncs += 1;
@@ -371,6 +384,29 @@ where
         }
         self.publish_activity();
         Ok(())
+    }
+
+    /// Records a PREPARE sent with a simple Query before it runs (removed again if it
+    /// fails, see `after_ready`); returns its name.
+    fn record_sql_prepare(&mut self, name: String, text: &str, inner: Plan) -> String {
+        self.drop_backend_sql_prepared(&name, false);
+        let key = StmtKey {
+            sql: text.to_string(),
+            param_types: Vec::new(),
+        };
+        let digest = key.digest();
+        self.sql_prepared.insert(
+            name.clone(),
+            Arc::new(SqlPrepared {
+                text: text.to_string(),
+                digest,
+                plan: inner,
+            }),
+        );
+        if let Some(a) = self.attached.as_mut() {
+            a.conn.sql_prepared.insert(name.clone(), digest);
+        }
+        name
     }
 
     /// `SET pgshard.shard` wins over the planner, except for router commands and
@@ -399,7 +435,7 @@ where
                     _ => Ok(Target::All(ids)),
                 }
             }
-            Route::Router(cmd) => Err(SessionError::Unsupported(router_command_unsupported(cmd))),
+            Route::Router(cmd) => Err(Refusal::router_command(cmd).into()),
             Route::Unsupported(msg) => Err(SessionError::Unsupported(msg.clone())),
             Route::Error(e) => Err(SessionError::Plan(e.clone())),
             // One shard holds every row the statement can see: the statement itself
@@ -407,16 +443,12 @@ where
             Route::Fanout(f) if f.shards.len() == 1 => Ok(Target::One(f.shards[0])),
             // The simple protocol runs fan-outs before resolving (`run_fanout`); the
             // extended protocol does not execute them yet: refuse, never guess.
-            Route::Fanout(_) => Err(SessionError::Unsupported(
-                "query on several shards through the extended query protocol (supported through the simple query protocol only, for now)"
-                    .into(),
-            )),
-            Route::Copy(_) => Err(SessionError::Unsupported(
-                "COPY into or out of a sharded table is supported on its own, through the simple query protocol or Bind/Execute".into(),
-            )),
-            Route::FanoutWrite(_) => Err(SessionError::Unsupported(
-                "write on several shards inside a transaction block, through the extended query protocol or without a catalog connection (not supported yet)".into(),
-            )),
+            Route::Fanout(_) => Err(SessionError::from(Refusal::MultiShardExecute)),
+            // Rows routed by their Bind parameters (the extended protocol routes them
+            // before resolving; an SQL-level EXECUTE cannot).
+            Route::InsertByParams(pi) => Err(SessionError::Unsupported(pi.refusal.clone())),
+            Route::Copy(_) => Err(SessionError::from(Refusal::CopyNotAlone)),
+            Route::FanoutWrite(_) => Err(SessionError::from(Refusal::FanoutWriteHere)),
         }
     }
 
@@ -432,7 +464,7 @@ where
     /// An error the router raises for a simple Query: ErrorResponse, the backend's
     /// transaction aborted to match, ReadyForQuery.
     pub(crate) fn fail_simple(&mut self, e: SessionError) {
-        if let Some(vt) = self.virtual_txn.as_mut() {
+        if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
         let mut status = self.client_status();
@@ -446,8 +478,10 @@ where
         self.emit_ready(status);
     }
 
-    /// Prepares a SQL-level statement on the attached backend if it lacks it.
-    fn ensure_sql_prepared(&mut self, name: &str) {
+    /// Prepares a SQL-level statement on the attached backend if it lacks it (through
+    /// the extended protocol when `extended`, so a batch's implicit transaction stays
+    /// open).
+    pub(crate) fn ensure_sql_prepared(&mut self, name: &str, extended: bool) {
         let Some(p) = self.sql_prepared.get(name).cloned() else {
             return;
         };
@@ -457,23 +491,35 @@ where
         if a.conn.sql_prepared.get(name) == Some(&p.digest) {
             return;
         }
-        let mut sql = String::new();
-        if a.conn.sql_prepared.contains_key(name) {
-            sql.push_str(&format!("DEALLOCATE {name}; "));
+        if extended {
+            if a.conn.sql_prepared.contains_key(name) {
+                a.run_silent_extended(&format!("DEALLOCATE {name}"));
+            }
+            a.run_silent_extended(&p.text);
+        } else {
+            let mut sql = String::new();
+            if a.conn.sql_prepared.contains_key(name) {
+                sql.push_str(&format!("DEALLOCATE {name}; "));
+            }
+            sql.push_str(&p.text);
+            a.send_silent(&sql, false);
         }
-        sql.push_str(&p.text);
-        a.send_silent(&sql, false);
         a.conn.sql_prepared.insert(name.to_string(), p.digest);
     }
 
     /// Removes a SQL-level statement of that name from the attached backend, before the
     /// client's PREPARE creates it.
-    fn drop_backend_sql_prepared(&mut self, name: &str) {
+    pub(crate) fn drop_backend_sql_prepared(&mut self, name: &str, extended: bool) {
         let Some(a) = self.attached.as_mut() else {
             return;
         };
         if a.conn.sql_prepared.remove(name).is_some() {
-            a.send_silent(&format!("DEALLOCATE {name}"), true);
+            let sql = format!("DEALLOCATE {name}");
+            if extended {
+                a.run_silent_extended(&sql);
+            } else {
+                a.send_silent(&sql, true);
+            }
         }
     }
 
@@ -489,21 +535,23 @@ where
     /// 25001: VACUUM, CREATE INDEX CONCURRENTLY…) and several statements in one Query
     /// run as before, each shard on its own; a failure then leaves earlier shards
     /// changed, and a WARNING says which.
-    async fn run_on_all(
+    pub(crate) async fn run_on_all(
         &mut self,
         sql: &str,
         shards: &[ShardId],
         one_statement: bool,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(BytesMut, Option<SessionError>), SessionError> {
         crate::stats::bump(&self.ctx.stats.all_shards);
         if one_statement {
             match self.run_on_all_once(sql, shards, true).await? {
-                AllShards::Answered => return Ok(()),
+                AllShards::Answered(reply, error) => return Ok((reply, error)),
                 AllShards::NotInTransaction => {}
             }
         }
-        self.run_on_all_once(sql, shards, false).await?;
-        Ok(())
+        match self.run_on_all_once(sql, shards, false).await? {
+            AllShards::Answered(reply, error) => Ok((reply, error)),
+            AllShards::NotInTransaction => Ok((BytesMut::new(), None)),
+        }
     }
 
     async fn run_on_all_once(
@@ -519,125 +567,49 @@ where
         let mut open = Vec::new();
         let mut not_in_txn = false;
         for &shard in shards {
-            let checkout =
-                crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false);
-            let mut conn = match checkout.await {
-                Ok(c) => c,
-                Err(e) => {
+            match self.run_statement_on(shard, sql, atomic).await {
+                ShardRun::Lost(e) => {
                     failure = Some((shard, e));
                     break;
                 }
-            };
-            let fp = self.vars.fingerprint();
-            if conn.state_fp != fp {
-                if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
-                    conn.broken = true;
-                    failure = Some((shard, SessionError::from_backend(shard, e)));
+                ShardRun::Failed(conn, f) => {
+                    not_in_txn = atomic
+                        && done.is_empty()
+                        && crate::protocol::backend::error_summary(&f).0 == "25001";
+                    let e = SessionError::from_backend(shard, conn.server_error(f));
+                    failure = Some((shard, e));
+                    if atomic {
+                        open.push((shard, conn));
+                    }
                     break;
                 }
-                conn.state_fp = fp;
-            }
-            if atomic {
-                if let Err(e) = conn.run_silent("BEGIN").await {
-                    conn.broken = true;
-                    failure = Some((shard, SessionError::from_backend(shard, e)));
-                    break;
-                }
-            }
-            encode_query(&mut conn.out, sql);
-            conn.unnamed = None;
-            if let Err(e) = conn.flush().await {
-                conn.broken = true;
-                failure = Some((shard, SessionError::from_backend(shard, e)));
-                break;
-            }
-            let mut frames = Vec::new();
-            let mut error = None;
-            loop {
-                match conn.read().await {
-                    Ok(f) => match f.tag() {
-                        b'Z' => {
-                            conn.status =
-                                crate::protocol::backend::decode_ready_status(&f).unwrap_or(b'E');
-                            break;
-                        }
-                        b'E' => error = Some(f),
-                        _ => frames.push(f),
-                    },
-                    Err(e) => {
-                        error = None;
-                        conn.broken = true;
-                        failure = Some((shard, SessionError::from_backend(shard, e)));
-                        break;
+                ShardRun::Done(conn, frames) => {
+                    done.push(shard);
+                    first_reply.get_or_insert(frames);
+                    if atomic {
+                        open.push((shard, conn));
                     }
                 }
-            }
-            if failure.is_some() {
-                break;
-            }
-            if let Some(f) = error {
-                not_in_txn = atomic
-                    && done.is_empty()
-                    && crate::protocol::backend::error_summary(&f).0 == "25001";
-                failure = Some((
-                    shard,
-                    SessionError::from_backend(shard, conn.server_error(f)),
-                ));
-                if atomic {
-                    open.push((shard, conn));
-                }
-                break;
-            }
-            done.push(shard);
-            if first_reply.is_none() {
-                first_reply = Some(frames);
-            }
-            if atomic {
-                open.push((shard, conn));
             }
         }
         if atomic {
-            let end = if failure.is_none() {
-                "COMMIT"
-            } else {
-                "ROLLBACK"
-            };
-            let mut committed: Vec<ShardId> = Vec::new();
-            for (shard, conn) in open.iter_mut() {
-                if conn.broken {
-                    continue;
-                }
-                match conn.run_silent(end).await {
-                    Ok(_) => committed.push(*shard),
-                    Err(e) => {
-                        conn.broken = true;
-                        if failure.is_none() {
-                            failure = Some((*shard, SessionError::from_backend(*shard, e)));
-                        }
-                    }
-                }
-            }
-            if end == "ROLLBACK" {
-                done.clear();
-            } else {
-                // A COMMIT failed: the shards that committed before it keep the change.
-                done = committed;
-            }
+            done = end_each(&mut open, &mut failure).await;
             drop(open);
             if not_in_txn {
                 return Ok(AllShards::NotInTransaction);
             }
         }
-        match failure {
+        let mut b = BytesMut::new();
+        let error = match failure {
             None => {
                 for f in first_reply.unwrap_or_default() {
-                    self.out.extend_from_slice(f.raw());
+                    b.extend_from_slice(f.raw());
                 }
+                None
             }
             Some((shard, e)) => {
                 if !done.is_empty() {
                     let list: Vec<String> = done.iter().map(|s| s.to_string()).collect();
-                    let mut b = BytesMut::new();
                     encode_error(
                         &mut b,
                         b'N',
@@ -650,20 +622,113 @@ where
                         Some("Statements that cannot run in a transaction block, or several statements in one query, are not atomic across shards; the shards that succeeded keep the change."),
                         None,
                     );
-                    self.out.extend_from_slice(&b);
                 }
-                e.encode(&mut self.out);
+                Some(e)
+            }
+        };
+        Ok(AllShards::Answered(b, error))
+    }
+
+    /// Runs `sql` as a Query on a backend of `shard`'s primary brought to the session's
+    /// state (inside a transaction when `atomic`).
+    async fn run_statement_on(&self, shard: ShardId, sql: &str, atomic: bool) -> ShardRun {
+        let checkout =
+            crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, false);
+        let mut conn = match checkout.await {
+            Ok(c) => c,
+            Err(e) => return ShardRun::Lost(e),
+        };
+        let fp = self.vars.fingerprint();
+        let lost = |conn: &mut PooledConn, e| {
+            conn.broken = true;
+            ShardRun::Lost(SessionError::from_backend(shard, e))
+        };
+        if conn.state_fp != fp {
+            if let Err(e) = conn.run_silent(&self.vars.replay_sql()).await {
+                return lost(&mut conn, e);
+            }
+            conn.state_fp = fp;
+        }
+        if atomic {
+            if let Err(e) = conn.run_silent("BEGIN").await {
+                return lost(&mut conn, e);
             }
         }
-        encode_ready(&mut self.out, b'I');
-        Ok(AllShards::Answered)
+        encode_query(&mut conn.out, sql);
+        conn.unnamed = None;
+        if let Err(e) = conn.flush().await {
+            return lost(&mut conn, e);
+        }
+        let mut frames = Vec::new();
+        let mut error = None;
+        loop {
+            match conn.read().await {
+                Ok(f) => match f.tag() {
+                    b'Z' => {
+                        conn.status =
+                            crate::protocol::backend::decode_ready_status(&f).unwrap_or(b'E');
+                        break;
+                    }
+                    b'E' => error = Some(f),
+                    _ => frames.push(f),
+                },
+                Err(e) => return lost(&mut conn, e),
+            }
+        }
+        match error {
+            Some(f) => ShardRun::Failed(conn, f),
+            None => ShardRun::Done(conn, frames),
+        }
     }
+}
+
+/// One shard's part of a statement run on every shard.
+enum ShardRun {
+    /// It ran: the reply (without ReadyForQuery).
+    Done(PooledConn, Vec<Frame>),
+    /// The shard's error; the connection is still usable.
+    Failed(PooledConn, Frame),
+    /// No connection, or it broke.
+    Lost(SessionError),
+}
+
+/// Ends the transaction on each of `open`: COMMIT if nothing failed, else ROLLBACK.
+/// Returns the shards that keep the change (those that committed before a COMMIT
+/// failed; none after a ROLLBACK).
+async fn end_each(
+    open: &mut [(ShardId, PooledConn)],
+    failure: &mut Option<(ShardId, SessionError)>,
+) -> Vec<ShardId> {
+    let end = if failure.is_none() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let mut committed: Vec<ShardId> = Vec::new();
+    for (shard, conn) in open.iter_mut() {
+        if conn.broken {
+            continue;
+        }
+        match conn.run_silent(end).await {
+            Ok(_) => committed.push(*shard),
+            Err(e) => {
+                conn.broken = true;
+                if failure.is_none() {
+                    *failure = Some((*shard, SessionError::from_backend(*shard, e)));
+                }
+            }
+        }
+    }
+    if end == "ROLLBACK" {
+        committed.clear();
+    }
+    committed
 }
 
 /// How a run on every shard ended.
 enum AllShards {
-    /// The client has its answer (success or error) and ReadyForQuery.
-    Answered,
+    /// The answer (notices, the first shard's reply), and the error if it failed.
+    Answered(BytesMut, Option<SessionError>),
     /// The statement cannot run in a transaction block: nothing was changed and nothing
     /// answered; run it again without one.
     NotInTransaction,

@@ -25,6 +25,7 @@
 //! commit).
 
 use super::error::SessionError;
+use super::refusal::Refusal;
 use super::{Attached, FanoutWritePortal, Session, VirtualTxn};
 use crate::backend::{BackendConn, BackendError, PooledConn};
 use crate::protocol::backend::{
@@ -123,14 +124,14 @@ where
 {
     /// True while a second shard has joined the transaction.
     pub(crate) fn spans_shards(&self) -> bool {
-        !self.parked.is_empty()
+        !self.txn.parked.is_empty()
     }
 
     /// True if the transaction failed on any participant.
     pub(crate) fn any_participant_failed(&self) -> bool {
         self.attached
             .iter()
-            .chain(self.parked.iter())
+            .chain(self.txn.parked.iter())
             .any(|a| a.conn.status == b'E')
     }
 
@@ -145,10 +146,10 @@ where
         if self.any_participant_failed() {
             return Err(SessionError::InFailedTransaction);
         }
-        if let Some(i) = self.parked.iter().position(|p| p.shard == shard) {
-            let next = self.parked.swap_remove(i);
+        if let Some(i) = self.txn.parked.iter().position(|p| p.shard == shard) {
+            let next = self.txn.parked.swap_remove(i);
             if let Some(cur) = self.attached.replace(next) {
-                self.parked.push(cur);
+                self.txn.parked.push(cur);
             }
             self.publish_activity();
             return Ok(());
@@ -158,21 +159,21 @@ where
         };
         // The transaction's BEGIN, then its active savepoints: a later ROLLBACK TO one
         // of them undoes on this shard everything it did (all of it came after).
-        let mut begin_sql = self.txn_begin.clone().unwrap_or_else(|| "BEGIN".into());
-        for sp in &self.txn_savepoints {
+        let mut begin_sql = self.txn.begin.clone().unwrap_or_else(|| "BEGIN".into());
+        for sp in &self.txn.savepoints {
             begin_sql.push_str("; SAVEPOINT ");
             begin_sql.push_str(sp);
         }
-        self.virtual_txn = Some(VirtualTxn {
+        self.txn.virtual_txn = Some(VirtualTxn {
             begin_sql,
             failed: false,
         });
         let joined = self.attach(shard, true).await;
-        self.virtual_txn = None;
+        self.txn.virtual_txn = None;
         match joined {
             Ok(()) => {
-                tracing::debug!(%shard, participants = self.parked.len() + 2, "shard joined the transaction");
-                self.parked.push(cur);
+                tracing::debug!(%shard, participants = self.txn.parked.len() + 2, "shard joined the transaction");
+                self.txn.parked.push(cur);
                 Ok(())
             }
             Err(e) => {
@@ -191,9 +192,7 @@ where
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
-            self.emit_error(&SessionError::Unsupported(
-                "Describe of a multi-shard portal that is not executed before Sync".into(),
-            ));
+            self.emit_error(&SessionError::from(Refusal::DescribedNotExecuted));
         }
         if let Some(a) = self.attached.as_mut() {
             a.sync_silent();
@@ -212,16 +211,14 @@ where
         commit: bool,
         answer: EndAnswer,
     ) -> Result<(), SessionError> {
-        self.implicit_spanning = false;
+        self.txn.implicit_spanning = false;
         let tag = !matches!(answer, EndAnswer::Ready);
         let Some(twopc) = self.ctx.twopc.as_ref() else {
-            return Err(SessionError::Unsupported(
-                "transaction spanning shards without a catalog connection".into(),
-            ));
+            return Err(Refusal::NoCommitLog("transaction spanning shards").into());
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
-        parts.append(&mut self.parked);
+        parts.append(&mut self.txn.parked);
         self.entry.set_activity("active", None, None);
         let result = {
             let mut members: Vec<Member<'_, BackendError>> = parts
@@ -242,13 +239,13 @@ where
         // Every participant is now outside a transaction (or broken, and then the pool
         // discards it on drop).
         drop(parts);
-        self.txn_begin = None;
-        self.txn_savepoints.clear();
+        self.txn.begin = None;
+        self.txn.savepoints.clear();
         self.portals.clear();
         if self.shard_override.is_some_and(|(_, local)| local) {
             self.shard_override = None;
         }
-        let pending = std::mem::take(&mut self.txn_vars);
+        let pending = std::mem::take(&mut self.txn.vars);
         let mut b = BytesMut::new();
         match result {
             None | Some(Ok(Outcome::RolledBack)) => {
@@ -316,9 +313,9 @@ where
     pub(crate) async fn run_fanout_write(&mut self, w: &FanoutWrite) -> Result<(), SessionError> {
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
         if self.ctx.twopc.is_none() {
-            self.fail_simple(SessionError::Unsupported(
-                "write on several shards without a catalog connection (no two-phase commit)".into(),
-            ));
+            self.fail_simple(SessionError::from(Refusal::NoCommitLog(
+                "write on several shards",
+            )));
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
@@ -375,17 +372,15 @@ where
         describe: bool,
     ) -> Result<(), SessionError> {
         if self.ctx.twopc.is_none() {
-            self.fail_extended(SessionError::Unsupported(
-                "write on several shards without a catalog connection (no two-phase commit)".into(),
-            ));
+            self.fail_extended(SessionError::from(Refusal::NoCommitLog(
+                "write on several shards",
+            )));
             return Ok(());
         }
         let in_txn = self.client_status() != b'I';
         if let Some(a) = self.attached.as_mut() {
             if a.executed && !in_txn {
-                self.fail_extended(SessionError::Unsupported(
-                    "a multi-shard write after other statements of the same extended-protocol batch (send Sync before it)".into(),
-                ));
+                self.fail_extended(SessionError::from(Refusal::WriteAfterBatch));
                 return Ok(());
             }
             // Earlier messages of the batch (a Parse on that backend…) are settled
@@ -397,9 +392,7 @@ where
             }
         }
         if !in_txn && !matches!(self.client.peek_frame(), Some((b'S', _))) {
-            self.fail_extended(SessionError::Unsupported(
-                "a multi-shard write followed by more messages before Sync in one extended-protocol batch (it commits at Sync: send Sync right after its Execute)".into(),
-            ));
+            self.fail_extended(SessionError::from(Refusal::WriteBeforeMore));
             return Ok(());
         }
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
@@ -411,7 +404,7 @@ where
         }
         let mut replies = Vec::new();
         if in_txn {
-            for &shard in &w.shards {
+            for (i, &shard) in w.shards.iter().enumerate() {
                 if let Err(e) = self.attach_writer(shard).await? {
                     self.fail_extended(e);
                     return Ok(());
@@ -419,7 +412,7 @@ where
                 let Some(a) = self.attached.as_mut() else {
                     return Err(SessionError::LostBackend { shard });
                 };
-                match exec_write_extended(&mut a.conn, shard, &w.sql, p, describe, false).await {
+                match exec_write_extended(&mut a.conn, shard, i, p, describe, false).await {
                     Ok(r) => replies.push(r),
                     Err(e) => {
                         if a.conn.broken {
@@ -441,7 +434,7 @@ where
         // Holding a backend already (the batch's Parse went to one): no waiting for
         // pool capacity then (see `crate::backend::pool`).
         let holding = self.attached.is_some();
-        for &shard in &w.shards {
+        for (i, &shard) in w.shards.iter().enumerate() {
             let mut conn = match self
                 .checkout_primary(&catalog, shard, holding || !conns.is_empty())
                 .await
@@ -452,7 +445,7 @@ where
                     break;
                 }
             };
-            let r = exec_write_extended(&mut conn, shard, &w.sql, p, describe, true).await;
+            let r = exec_write_extended(&mut conn, shard, i, p, describe, true).await;
             conns.push((shard, conn));
             match r {
                 Ok(reply) => replies.push(reply),
@@ -486,10 +479,7 @@ where
         b: &mut BytesMut,
     ) -> bool {
         let Some(twopc) = self.ctx.twopc.as_ref() else {
-            SessionError::Unsupported(
-                "write on several shards without a catalog connection (no two-phase commit)".into(),
-            )
-            .encode(b);
+            SessionError::from(Refusal::NoCommitLog("write on several shards")).encode(b);
             return false;
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
@@ -614,7 +604,7 @@ where
         extended: bool,
     ) -> Result<(), SessionError> {
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
-        parts.append(&mut self.parked);
+        parts.append(&mut self.txn.parked);
         parts.sort_by_key(|a| a.shard);
         let mut reply: Option<Result<ShardReply, SessionError>> = None;
         let mut lost = None;
@@ -632,14 +622,14 @@ where
         // Back as they were: the first one attached, the others parked.
         let mut parts = parts.into_iter();
         self.attached = parts.next();
-        self.parked = parts.collect();
+        self.txn.parked = parts.collect();
         if let Some(shard) = lost {
             return Err(SessionError::LostBackend { shard });
         }
         let mut b = BytesMut::new();
         match reply {
             Some(Ok(r)) => {
-                track_savepoint(&mut self.txn_savepoints, sql);
+                track_savepoint(&mut self.txn.savepoints, sql);
                 encode_command_complete(&mut b, &r.tag);
             }
             Some(Err(e)) => {
@@ -739,7 +729,7 @@ async fn exec_write(
 async fn exec_write_extended(
     conn: &mut BackendConn,
     shard: ShardId,
-    sql: &str,
+    index: usize,
     p: &FanoutWritePortal,
     describe: bool,
     begin: bool,
@@ -747,8 +737,9 @@ async fn exec_write_extended(
     if begin {
         encode_query(&mut conn.out, "BEGIN");
     }
-    encode_parse(&mut conn.out, "", sql, &p.param_types);
-    encode_bind_with_results(&mut conn.out, "", "", &p.params, &p.results);
+    let (params, types) = p.params_for(index);
+    encode_parse(&mut conn.out, "", p.write.sql_for(index), types);
+    encode_bind_with_results(&mut conn.out, "", "", params, &p.results);
     if describe {
         encode_describe(&mut conn.out, b'P', "");
     }

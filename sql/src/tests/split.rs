@@ -75,14 +75,66 @@ fn split_keeps_returning_and_on_conflict() {
 }
 
 #[test]
+fn multi_row_insert_with_parameter_keys_is_routed_at_bind() {
+    let (a, _, _) = spread();
+    let sql = format!(
+        "INSERT INTO accounts (abalance, aid) VALUES ($1, $2), (0, {a}), ($3, $4) RETURNING aid, $5::int"
+    );
+    let Route::InsertByParams(pi) = r(&sql) else {
+        panic!("{sql}: {:?}", r(&sql));
+    };
+    assert_eq!(pi.table, "accounts");
+    assert_eq!(pi.column, "aid");
+    assert_eq!(
+        pi.keys,
+        vec![
+            crate::RowKey::Param(2),
+            crate::RowKey::Value(int(a)),
+            crate::RowKey::Param(4)
+        ]
+    );
+    // Rows 0 and 2 on one shard, row 1 on another: parameters renumbered per part,
+    // those outside the rows (RETURNING) kept in each.
+    let parts = crate::split_insert_rows(&pi.sql, &[vec![0, 2], vec![1]]).expect("split");
+    assert_eq!(
+        parts[0],
+        (
+            "INSERT INTO accounts (abalance, aid) VALUES ($1, $2), ($3, $4) RETURNING aid, $5::INT"
+                .to_owned(),
+            vec![1, 2, 3, 4, 5]
+        )
+    );
+    assert_eq!(
+        parts[1],
+        (
+            format!("INSERT INTO accounts (abalance, aid) VALUES (0, {a}) RETURNING aid, $1::INT"),
+            vec![5]
+        )
+    );
+    let p2 = crate::split_insert_rows(&pi.sql, &[vec![2]]).expect("split");
+    assert_eq!(p2[0].1, vec![3, 4, 5]);
+    assert!(matches!(
+        r("INSERT INTO accounts (aid) VALUES ($1), ($2)"),
+        Route::InsertByParams(_)
+    ));
+    // Inside PREPARE the rows cannot be split at EXECUTE: refused as before.
+    check_all(&[(
+        "PREPARE q AS INSERT INTO accounts (aid) VALUES ($1), ($2); SELECT 1",
+        E::Unsup("multi-statement"),
+    )]);
+    assert_eq!(
+        crate::renumber_params("SELECT $3, $1, $3").expect("parsed"),
+        ("SELECT $1, $2, $1".to_owned(), vec![3, 1])
+    );
+}
+
+#[test]
 fn split_refusals_unchanged() {
     let (a, b, _) = spread();
     check_all(&[
         // NULL keys: the same error as for one row.
         (&*format!("INSERT INTO accounts (aid) VALUES ({a}), ({b}), (NULL)"), E::Err("23502")),
         (&*format!("INSERT INTO accounts (aid) VALUES ({a}), ({b}), (DEFAULT)"), E::Unsup("not a constant or parameter")),
-        (&*format!("INSERT INTO accounts (aid) VALUES ({a}), ($1)"), E::Unsup("several parameters")),
-        ("INSERT INTO accounts (aid) VALUES ($1), ($2)", E::Unsup("several parameters")),
         // Reading another distributed table in the VALUES: not split.
         (&*format!("INSERT INTO accounts (aid, abalance) VALUES ({a}, 1), ({b}, (SELECT count(*) FROM users))"), E::Unsup("users")),
         (&*format!("INSERT INTO accounts (aid, abalance) VALUES ({a}, 1), ({b}, (SELECT count(*) FROM users WHERE id = 3))"), E::Unsup("whose rows read other distributed tables")),

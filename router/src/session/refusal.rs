@@ -1,0 +1,69 @@
+//! What the session refuses on its own account (SQLSTATE 0A000), each reason worded
+//! once, in PostgreSQL's style, instead of a string built at each site. Refusals the
+//! planner decides arrive as [`pgshard_sql::Route::Unsupported`] text and stay
+//! [`super::error::SessionError::Unsupported`]; fan-out and COPY have their own errors.
+
+use pgshard_sql::RouterCommand;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} without a catalog connection (no two-phase commit)")]
+    NoCommitLog(&'static str),
+    #[error("a savepoint command together with other statements in one query, in a transaction spanning shards")]
+    SavepointWithOthers,
+    #[error("statements that run on every shard inside a transaction block need the catalog's commit log and one statement per query")]
+    EveryShardInTransaction,
+    #[error("a multi-shard query run through SQL-level EXECUTE (the prepared statement is not the shard query)")]
+    MultiShardExecute,
+    #[error("COPY into or out of a sharded table is supported on its own, through the simple query protocol or Bind/Execute")]
+    CopyNotAlone,
+    #[error("write on several shards inside a transaction block without a catalog connection, or through SQL-level EXECUTE (not supported yet)")]
+    FanoutWriteHere,
+    #[error("{0}")]
+    RouterCommandHere(&'static str),
+    #[error("a multi-shard write after other statements of the same extended-protocol batch (send Sync before it)")]
+    WriteAfterBatch,
+    #[error("a multi-shard write followed by more messages before Sync in one extended-protocol batch (it commits at Sync: send Sync right after its Execute)")]
+    WriteBeforeMore,
+    #[error("a statement the router runs itself after statements on several shards in one extended-protocol batch (send Sync before it)")]
+    LocalAfterSpanningBatch,
+    #[error("Execute with a row limit of a multi-shard write")]
+    RowLimitedWrite,
+    #[error("Describe of a multi-shard portal that is not executed before Sync")]
+    DescribedNotExecuted,
+    #[error("a BEGIN portal executed after another statement of its batch chose a shard")]
+    BeginAfterShard,
+    #[error("a multi-row INSERT whose rows go to several shards, with parameters the router cannot renumber")]
+    SplitParams,
+    #[error("no shard owns the bucket of a key of distributed table {0}")]
+    NoOwner(String),
+    #[error("the fast-path function call protocol is not supported")]
+    FunctionCall,
+    #[error("a statement that runs on every shard, through SQL-level EXECUTE")]
+    EveryShardExecute,
+    #[error("COPY portal executed out of turn")]
+    CopyOutOfTurn,
+}
+
+impl Refusal {
+    /// Why a router command cannot run where it was sent (inside PREPARE, or as part
+    /// of another statement).
+    pub fn router_command(cmd: &RouterCommand) -> Refusal {
+        Refusal::RouterCommandHere(match cmd {
+            RouterCommand::CreateDistributedTable { .. }
+            | RouterCommand::CreateReferenceTable { .. } => {
+                "create_distributed_table() and create_reference_table() run on their own, not prepared or inside another statement"
+            }
+            RouterCommand::SetShard { .. }
+            | RouterCommand::ResetShard
+            | RouterCommand::ShowShard => {
+                "pgshard.shard is set, reset and shown on its own, not prepared or inside another statement"
+            }
+            RouterCommand::Prepare { .. }
+            | RouterCommand::Execute { .. }
+            | RouterCommand::Deallocate { .. } => {
+                "PREPARE, EXECUTE and DEALLOCATE inside a prepared statement"
+            }
+        })
+    }
+}
