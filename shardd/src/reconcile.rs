@@ -961,31 +961,11 @@ async fn rebuild(
     tracing::info!(node = %name, %shard, upstream = ?spec.upstream.as_ref().map(|u| &u.name), "rebuilding replica");
     let rt = cluster.runtime();
     rt.kill(&spec).await?;
-    // pg_rewind when the runtime can and the data is there (only what diverged is
-    // copied); else, or if the rewound node does not stream, a fresh base backup.
-    let mut how = "pg_rewind";
-    let rewound = async {
-        if !rt.exists(&spec).await? {
-            return Err(node_err(&name, "no data to rewind"));
-        }
-        rt.rewind(&spec).await?;
-        rt.start(&spec).await?;
-        rt.wait_ready(&spec, Readiness::Streaming { sync: false }, timeout * 6)
-            .await?;
-        Ok::<_, ReconcileError>(())
-    }
-    .await;
-    if let Err(error) = rewound {
-        tracing::info!(node = %name, %error, "not rewound; taking a fresh base backup");
-        how = "base backup";
-        rt.kill(&spec).await?;
-        rt.remove(&spec).await?;
-        rt.create_replica(&spec).await?;
-        rt.start(&spec).await?;
-        rt.wait_ready(&spec, Readiness::Streaming { sync: false }, timeout * 60)
-            .await?;
-    }
-    tracing::info!(node = %name, how, "replica streams again");
+    rt.remove(&spec).await?;
+    rt.create_replica(&spec).await?;
+    rt.start(&spec).await?;
+    rt.wait_ready(&spec, Readiness::Streaming { sync: false }, timeout * 60)
+        .await?;
     topology::set_node_state(&mut client, node, NodeState::Healthy).await?;
     let catalog = store::load(&client).await?;
     cluster.apply_topology(&catalog)?;

@@ -621,37 +621,6 @@ impl NodeRuntime for LocalProcess {
         Ok(())
     }
 
-    async fn rewind(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
-        let up = spec.upstream.as_ref().ok_or_else(|| RuntimeError::Spec {
-            node: spec.name.clone(),
-            message: "a replica needs an upstream primary".into(),
-        })?;
-        if self.is_running(spec).await? {
-            return Err(RuntimeError::Spec {
-                node: spec.name.clone(),
-                message: "is running; stop it before rewinding it".into(),
-            });
-        }
-        super::ready::ensure_replication_slot(spec).await?;
-        let dir = Self::abs_dir(spec)?;
-        let mut cmd = self.command("pg_rewind", &dir);
-        // A target killed mid-flight is first taken through crash recovery by pg_rewind
-        // itself (single-user mode), then rewound.
-        cmd.arg("-D").arg(dir.join("data")).arg(format!(
-            "--source-server=host={} port={} user={} dbname=postgres",
-            up.host, up.port, SUPERUSER
-        ));
-        if self.opts.fast_init {
-            cmd.arg("--no-sync");
-        }
-        self.run(cmd, &format!("pg_rewind ({} from {})", spec.name, up.name))
-            .await?;
-        // pg_rewind copied the source's configuration files: ours again.
-        self.write_config(spec)?;
-        tracing::info!(node = %spec.name, primary = %up.name, "rewound");
-        Ok(())
-    }
-
     async fn configure(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
         self.write_config(spec)
     }

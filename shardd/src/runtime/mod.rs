@@ -198,18 +198,6 @@ pub trait NodeRuntime: Send + Sync + fmt::Debug {
     /// Does not start it.
     async fn create_replica(&self, spec: &NodeSpec) -> Result<(), RuntimeError>;
 
-    /// Turn a stopped former primary into a replica of `spec.upstream` by rewinding it
-    /// (`pg_rewind`: only the blocks that diverged are copied; needs `wal_log_hints`,
-    /// which every instance has), with the standby configuration written. Does not
-    /// start it. Runtimes that cannot rewind say so, and the caller takes a fresh base
-    /// backup instead.
-    async fn rewind(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Spec {
-            node: spec.name.clone(),
-            message: format!("the {} runtime does not rewind", self.kind()),
-        })
-    }
-
     /// Rewrite the instance's configuration from `spec` (takes effect at the next start
     /// or reload).
     async fn configure(&self, spec: &NodeSpec) -> Result<(), RuntimeError>;
