@@ -88,6 +88,18 @@ impl Plan {
     }
 }
 
+/// A refusal's text may end with a hint for the client, after this separator: the
+/// router sends it as the ErrorResponse's HINT field ([`split_hint`]).
+pub const HINT_SEPARATOR: &str = "\nHINT: ";
+
+/// A refusal's message and its hint, if it has one (see [`HINT_SEPARATOR`]).
+pub fn split_hint(text: &str) -> (&str, Option<&str>) {
+    match text.split_once(HINT_SEPARATOR) {
+        Some((message, hint)) => (message, Some(hint)),
+        None => (text, None),
+    }
+}
+
 /// Where a statement runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

@@ -656,13 +656,13 @@ impl<'c> Analysis<'c> {
         let rows = match (&*source.body, &source.with) {
             (SetExpr::Values(v), None) => &v.rows,
             _ => {
-                // The first bulk load most people try: say what works instead. (The
-                // refusal is a string here; the hint rides in the message until
-                // refusals carry a HINT field of their own.)
+                // The first bulk load most people try: say what works instead, as the
+                // ErrorResponse's HINT.
                 self.unsupported(format!(
-                    "INSERT … SELECT into distributed table {table} is not supported; \
-                     load the rows with COPY {table} FROM STDIN, or run the INSERT … SELECT \
-                     before create_distributed_table('{table}', …), which moves existing rows"
+                    "INSERT … SELECT into distributed table {table} is not supported{}\
+                     Load the rows with COPY {table} FROM STDIN, or run the INSERT … SELECT \
+                     before create_distributed_table('{table}', …), which moves existing rows.",
+                    crate::HINT_SEPARATOR
                 ));
                 self.query(source);
                 return;

@@ -290,6 +290,25 @@ async fn insert_without_column_list_follows_the_column_order() -> anyhow::Result
         .unwrap_or_default();
     assert!(msg.contains("shard key column id"), "{msg}");
 
+    // INSERT … SELECT, the first bulk load most people try: refused, saying so, with a
+    // HINT naming what works (both protocols).
+    for extended in [false, true] {
+        let sql = "INSERT INTO is_nc SELECT 'g', g FROM generate_series(100, 110) g";
+        let e = if extended {
+            c.execute(sql, &[]).await.expect_err("refused")
+        } else {
+            c.simple_query(sql).await.expect_err("refused")
+        };
+        let db = e.as_db_error().expect("an ErrorResponse");
+        assert_eq!(db.code(), &SqlState::FEATURE_NOT_SUPPORTED);
+        assert_eq!(
+            db.message(),
+            "INSERT … SELECT into distributed table is_nc is not supported"
+        );
+        let hint = db.hint().unwrap_or_default();
+        assert!(hint.contains("COPY is_nc FROM STDIN"), "{hint}");
+    }
+
     // An ALTER TABLE moves the key: the next INSERT sees the new order.
     c.simple_query("ALTER TABLE is_nc DROP COLUMN a").await?;
     run(&c, "INSERT INTO is_nc VALUES (7, 1), (8, 1)").await?;

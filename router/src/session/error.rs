@@ -149,14 +149,20 @@ impl SessionError {
             return;
         }
         let severity = if self.is_fatal() { "FATAL" } else { "ERROR" };
+        let text = self.to_string();
+        // A planner refusal may carry a hint (pgshard_sql::HINT_SEPARATOR).
+        let (message, hint) = match self {
+            SessionError::Unsupported(_) => pgshard_sql::split_hint(&text),
+            _ => (text.as_str(), None),
+        };
         encode_error(
             out,
             b'E',
             severity,
             self.code(),
-            &self.to_string(),
+            message,
             self.detail().as_deref(),
-            None,
+            hint,
         );
     }
 

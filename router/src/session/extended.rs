@@ -858,6 +858,12 @@ where
             });
         }
         let writes = super::txn::may_write(&stmt.plan);
+        // A COMMIT whose backend is lost before it answers: outcome unknown (08007).
+        self.txn.commit_in_flight = stmt.plan.kind == StatementKind::Commit
+            && self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.conn.status != b'I');
         crate::stats::bump(&self.ctx.stats.single_shard);
         self.execute_on_attached(frame, portal, command, writes)
     }

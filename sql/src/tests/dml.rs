@@ -282,7 +282,7 @@ fn insert_routes_by_key() {
         ("INSERT INTO accounts (aid) VALUES (DEFAULT)", E::Unsup("not a constant or parameter")),
         ("INSERT INTO accounts (aid) VALUES (nextval('s'))", E::Unsup("not a constant or parameter")),
         ("INSERT INTO accounts (aid) VALUES (5 + 1)", E::Unsup("not a constant or parameter")),
-        ("INSERT INTO accounts (aid) SELECT aid FROM accounts WHERE aid = 5", E::Unsup("INSERT … SELECT into distributed table accounts is not supported; load the rows with COPY accounts FROM STDIN")),
+        ("INSERT INTO accounts (aid) SELECT aid FROM accounts WHERE aid = 5", E::Unsup("INSERT … SELECT into distributed table accounts is not supported\nHINT: Load the rows with COPY accounts FROM STDIN")),
         ("INSERT INTO accounts (aid) SELECT 5", E::Unsup("INSERT … SELECT")),
         ("INSERT INTO accounts (aid) VALUES (5) ON CONFLICT (aid) DO UPDATE SET aid = excluded.aid + 1", E::Unsup("ON CONFLICT DO UPDATE of shard key column aid")),
         ("INSERT INTO accounts (aid, abalance) VALUES (5, (SELECT x FROM misc))", E::Unsup("mixes distributed table accounts and local table misc")),
