@@ -91,8 +91,20 @@ impl TestDaemon {
             http: reqwest::Client::new(),
             _dir: dir,
         };
-        d.launch(None).await?;
-        Ok(d)
+        // Free ports are picked at bootstrap; another test may take one before its
+        // instance binds it. An unfinished bootstrap is redone from scratch by the
+        // next start, on other ports.
+        let mut attempt = 1;
+        loop {
+            match d.launch(None).await {
+                Ok(()) => return Ok(d),
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {
+                    tracing::warn!(attempt, error = %e, "port taken during bootstrap; retrying");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn launch(&mut self, fault: Option<String>) -> anyhow::Result<()> {
