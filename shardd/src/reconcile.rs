@@ -972,14 +972,7 @@ async fn rebuild(
     // Now in the primary's synchronous set.
     let layout = cluster.layout();
     if let Some(primary) = layout.primary_of(shard) {
-        let pspec = layout.spec(primary, cluster.config());
-        rt.configure(&pspec).await?;
-        let c = ready::connect(&pspec.pg_config("postgres", timeout), timeout)
-            .await
-            .map_err(|e| node_err(&pspec.name, e))?;
-        c.execute("SELECT pg_reload_conf()", &[])
-            .await
-            .map_err(|e| node_err(&pspec.name, e))?;
+        reconfigure(&cluster, &layout.spec(primary, cluster.config()), timeout).await?;
     }
     tracing::info!(node = %name, elapsed = ?started.elapsed(), "replica rebuilt and in service");
     Ok(())
@@ -1176,6 +1169,23 @@ fn publish(
     }
 }
 
+/// Write `spec`'s configuration and have the running instance reload it (a primary's
+/// synchronous set after a replica joins it).
+async fn reconfigure(
+    cluster: &Cluster,
+    spec: &NodeSpec,
+    timeout: Duration,
+) -> Result<(), ReconcileError> {
+    cluster.runtime().configure(spec).await?;
+    let c = ready::connect(&spec.pg_config("postgres", timeout), timeout)
+        .await
+        .map_err(|e| node_err(&spec.name, e))?;
+    c.execute("SELECT pg_reload_conf()", &[])
+        .await
+        .map_err(|e| node_err(&spec.name, e))?;
+    Ok(())
+}
+
 /// Rebuild a fenced catalog node as a replica of the catalog primary (see [`rebuild`]).
 async fn rebuild_catalog_node(
     cluster: Arc<Cluster>,
@@ -1207,14 +1217,7 @@ async fn rebuild_catalog_node(
     })?;
     let layout = cluster.layout();
     if let Some(primary) = layout.catalog() {
-        let pspec = layout.spec(primary, cluster.config());
-        rt.configure(&pspec).await?;
-        let c = ready::connect(&pspec.pg_config("postgres", timeout), timeout)
-            .await
-            .map_err(|e| node_err(&pspec.name, e))?;
-        c.execute("SELECT pg_reload_conf()", &[])
-            .await
-            .map_err(|e| node_err(&pspec.name, e))?;
+        reconfigure(&cluster, &layout.spec(primary, cluster.config()), timeout).await?;
     }
     let mut client = cluster.connect_catalog().await?;
     topology::set_node_state_by_name(&mut client, &name, NodeState::Healthy).await?;

@@ -296,6 +296,32 @@ impl TestDaemon {
         }
     }
 
+    /// Wait until no shard primary holds a prepared transaction (2PC recovery has
+    /// finished what failovers left in doubt).
+    pub async fn wait_no_prepared(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let catalog = self.catalog().await?;
+            let mut prepared = 0i64;
+            for s in catalog.shard_ids() {
+                let p = catalog.primary(s).context("a shard without a primary")?;
+                prepared += self
+                    .connect_node(&p.name)
+                    .await?
+                    .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+                    .await?
+                    .get::<_, i64>(0);
+            }
+            if prepared == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                bail!("{prepared} prepared transactions left after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Wait until every shard has its primary and all its replicas in service and
     /// streaming (after a failover: the fenced node rebuilt).
     pub async fn wait_redundant(&self, timeout: Duration) -> anyhow::Result<Catalog> {

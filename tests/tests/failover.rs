@@ -369,28 +369,7 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         .collect();
     assert!(lost.is_empty(), "acknowledged inserts lost: {lost:?}");
     // No prepared transaction left, once recovery has run on the new primaries.
-    let started = Instant::now();
-    loop {
-        let catalog = d.catalog().await?;
-        let mut prepared = 0i64;
-        for s in catalog.shard_ids() {
-            let p = catalog.primary(s).expect("primary").name.clone();
-            prepared += d
-                .connect_node(&p)
-                .await?
-                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-                .await?
-                .get::<_, i64>(0);
-        }
-        if prepared == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{prepared} prepared transactions left"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    d.wait_no_prepared(Duration::from_secs(90)).await?;
     let total: i64 = c
         .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
         .await?
@@ -739,28 +718,7 @@ async fn pgbench_tpcb_survives_a_primary_kill() -> anyhow::Result<()> {
     );
     // Recovery finishes what the kill left prepared; then the ledger agrees.
     let c = router.connect().await?;
-    let started = Instant::now();
-    loop {
-        let catalog = d.catalog().await?;
-        let mut prepared = 0i64;
-        for s in catalog.shard_ids() {
-            let p = catalog.primary(s).expect("primary").name.clone();
-            prepared += d
-                .connect_node(&p)
-                .await?
-                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-                .await?
-                .get::<_, i64>(0);
-        }
-        if prepared == 0 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{prepared} prepared left"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    d.wait_no_prepared(Duration::from_secs(90)).await?;
     let sums: Vec<i64> = {
         let mut v = Vec::new();
         for sql in [
