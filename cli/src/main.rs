@@ -578,11 +578,13 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
             }
         }
     }
+    // Every shard must be `ok` too (not failing over, degraded or refused), with or
+    // without --json.
+    let (table, shards_ok) = topology::shards_table(&body);
     if !json {
-        let (table, shards_ok) = topology::shards_table(&body);
         out.push_str(&table);
-        healthy &= shards_ok;
     }
+    healthy &= shards_ok;
     if !healthy && !json {
         out.push_str("pgshard: cluster is not fully healthy\n");
     }

@@ -109,7 +109,11 @@ pub fn shards_table(status: &Value) -> (String, bool) {
         .cloned()
         .unwrap_or_default();
     let mut out = String::new();
-    let mut ok = !shards.is_empty();
+    // No shard yet means shardd has not finished its first round: nothing to judge.
+    let mut ok = true;
+    if shards.is_empty() {
+        return (out, ok);
+    }
     out.push_str(&format!(
         "\n{:>5}  {:<18} {:>4}  {:<12} {:<9} {}\n",
         "SHARD", "PRIMARY", "TERM", "STATUS", "FAILOVER", "LAST CHANGE OF PRIMARY"
