@@ -285,6 +285,24 @@ fn up_cluster(data_dir: &Path, port: u16) -> anyhow::Result<String> {
     Ok(text(&out))
 }
 
+/// [`up_cluster`] on a free router port, which another test's instance may take
+/// between our pick and the router's bind (up then fails naming it): destroyed and
+/// tried again on another port.
+fn up_cluster_on_free_port(data_dir: &Path) -> anyhow::Result<u16> {
+    let mut attempt = 1;
+    loop {
+        let port = free_port()?;
+        match up_cluster(data_dir, port) {
+            Ok(_) => return Ok(port),
+            Err(e) if attempt < 3 && e.to_string().contains("is already in use by pid") => {
+                let _ = pgshard(&["destroy"], data_dir);
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn answers(port: u16) -> bool {
     match connect(port).await {
         Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
@@ -303,8 +321,7 @@ async fn commands_refuse_directories_that_are_not_a_cluster() -> anyhow::Result<
     let root = temp_dir("cli-foreign")?;
     let data_dir = root.path().join("data");
     let _guard = Guard(data_dir.clone());
-    let router_port = free_port()?;
-    up_cluster(&data_dir, router_port)?;
+    let router_port = up_cluster_on_free_port(&data_dir)?;
     let pids = postmaster_pids(&data_dir);
     assert_eq!(pids.len(), 5, "{pids:?}");
     let unrelated_pid = unrelated.pid().await?.context("standalone pid")? as i32;
@@ -426,8 +443,7 @@ async fn taken_ports_fail_up_and_the_router_is_in_status() -> anyhow::Result<()>
     let second = root.path().join("second");
     let _guard = Guard(first.clone());
     let _guard2 = Guard(second.clone());
-    let router_port = free_port()?;
-    up_cluster(&first, router_port)?;
+    let router_port = up_cluster_on_free_port(&first)?;
 
     let port = router_port.to_string();
     let out = pgshard(&["up", "--router-port", &port], &second)?;
