@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
+/// The tests that start clusters run one at a time: each picks free ports that another
+/// test's instance could take before its own process binds them.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn bin(name: &str) -> anyhow::Result<PathBuf> {
     // target/debug/deps/cli-<hash> → target/debug/<name>
     let exe = std::env::current_exe()?;
@@ -105,6 +109,7 @@ async fn connect(port: u16) -> anyhow::Result<tokio_postgres::Client> {
 
 #[tokio::test]
 async fn up_status_down_up_destroy() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("cli")?;
     let data_dir = root.path().join("data");
     let config = root.path().join("pgshard.toml");
@@ -317,6 +322,7 @@ async fn answers(port: u16) -> bool {
 /// writes nothing into it.
 #[tokio::test]
 async fn commands_refuse_directories_that_are_not_a_cluster() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let unrelated = pgshard_tests::Standalone::start().await?;
     let root = temp_dir("cli-foreign")?;
     let data_dir = root.path().join("data");
@@ -438,6 +444,7 @@ fn running(pid: i32) -> bool {
 /// the logs carry no colour codes.
 #[tokio::test]
 async fn taken_ports_fail_up_and_the_router_is_in_status() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("cli-ports")?;
     let first = root.path().join("first");
     let second = root.path().join("second");
@@ -573,6 +580,7 @@ async fn taken_ports_fail_up_and_the_router_is_in_status() -> anyhow::Result<()>
 /// that allows it; with `router.allow_remote_trust = true` the router gets past it.
 #[tokio::test]
 async fn trust_beyond_loopback_is_refused_unless_allowed() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("cli-trust")?;
     let port = free_port()?;
     let config = root.path().join("open.toml");
@@ -690,6 +698,7 @@ fn wrapper_honours_cargo_target_dir() -> anyhow::Result<()> {
 /// in a loop.
 #[tokio::test]
 async fn shardd_refuses_a_taken_router_port() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
     let root = temp_dir("cli-shardd-port")?;
     let data_dir = root.path().join("data");
     std::fs::create_dir(&data_dir)?;
