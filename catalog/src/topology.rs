@@ -242,15 +242,24 @@ pub async fn set_status(
     status: ShardStatus,
     reason: Option<&str>,
 ) -> Result<Option<CatalogVersion>, StoreError> {
+    update_then_bump(
+        client,
+        "UPDATE pgshard.shards SET status = $2, status_reason = $3
+          WHERE id = $1 AND status <> 'failing_over'
+            AND (status, coalesce(status_reason, '')) IS DISTINCT FROM ($2, coalesce($3, ''))",
+        &[&shard_i32(shard), &status.as_str(), &reason],
+    )
+    .await
+}
+
+/// Run one UPDATE and bump the version (NOTIFY) only if it changed a row.
+async fn update_then_bump(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<CatalogVersion>, StoreError> {
     let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE pgshard.shards SET status = $2, status_reason = $3
-              WHERE id = $1 AND status <> 'failing_over'
-                AND (status, coalesce(status_reason, '')) IS DISTINCT FROM ($2, coalesce($3, ''))",
-            &[&shard_i32(shard), &status.as_str(), &reason],
-        )
-        .await?;
+    let n = tx.execute(sql, params).await?;
     let v = if n == 1 { Some(bump(&tx).await?) } else { None };
     tx.commit().await?;
     Ok(v)
@@ -263,16 +272,12 @@ pub async fn set_node_state(
     node: NodeId,
     state: NodeState,
 ) -> Result<Option<CatalogVersion>, StoreError> {
-    let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE pgshard.nodes SET state = $2 WHERE id = $1 AND state <> $2",
-            &[&node_i32(node), &state.as_str()],
-        )
-        .await?;
-    let v = if n == 1 { Some(bump(&tx).await?) } else { None };
-    tx.commit().await?;
-    Ok(v)
+    update_then_bump(
+        client,
+        "UPDATE pgshard.nodes SET state = $2 WHERE id = $1 AND state <> $2",
+        &[&node_i32(node), &state.as_str()],
+    )
+    .await
 }
 
 /// Pause or resume automatic failover of a shard.
@@ -328,16 +333,12 @@ pub async fn set_node_state_by_name(
     name: &str,
     state: NodeState,
 ) -> Result<Option<CatalogVersion>, StoreError> {
-    let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "UPDATE pgshard.nodes SET state = $2 WHERE name = $1 AND state <> $2",
-            &[&name, &state.as_str()],
-        )
-        .await?;
-    let v = if n == 1 { Some(bump(&tx).await?) } else { None };
-    tx.commit().await?;
-    Ok(v)
+    update_then_bump(
+        client,
+        "UPDATE pgshard.nodes SET state = $2 WHERE name = $1 AND state <> $2",
+        &[&name, &state.as_str()],
+    )
+    .await
 }
 
 /// A router routes with catalog `version` now (its follower's heartbeat).

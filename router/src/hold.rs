@@ -55,9 +55,13 @@ pub async fn checkout_primary(
 ) -> Result<PooledConn, SessionError> {
     let hold = Duration::from_millis(ctx.config.failover_hold_ms);
     let started = Instant::now();
-    let mut changes = ctx.catalog.subscribe();
+    // Subscribed only once a wait is needed (the common checkout never waits), and
+    // before the catalog is read again, so no new snapshot is missed.
+    let mut changes: Option<tokio::sync::watch::Receiver<_>> = None;
     loop {
-        changes.borrow_and_update();
+        if let Some(c) = changes.as_mut() {
+            c.borrow_and_update();
+        }
         let catalog = ctx.catalog.current();
         let why = match catalog.shard(shard) {
             Some(s) if s.status == ShardStatus::FailingOver => {
@@ -111,10 +115,14 @@ pub async fn checkout_primary(
                 ),
             });
         }
+        let Some(c) = changes.as_mut() else {
+            changes = Some(ctx.catalog.subscribe());
+            continue;
+        };
         tracing::debug!(%shard, reason = %why, "holding a statement");
         let left = hold - waited;
         tokio::select! {
-            _ = changes.changed() => {}
+            _ = c.changed() => {}
             _ = tokio::time::sleep(RETRY.min(left)) => {}
         }
     }

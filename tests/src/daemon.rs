@@ -190,6 +190,12 @@ impl TestDaemon {
         self.layout()?.catalog_conninfo().context("no catalog node")
     }
 
+    /// A router in this process following this cluster's catalog, with its router
+    /// settings, on a free port.
+    pub async fn router(&self) -> anyhow::Result<crate::TestRouter> {
+        crate::TestRouter::start_on(&self.catalog_conninfo()?, self.config.router.clone()).await
+    }
+
     /// The catalog as stored now.
     pub async fn catalog(&self) -> anyhow::Result<Catalog> {
         let (client, conn) =

@@ -276,9 +276,7 @@ async fn no_acknowledged_write_lost_over_repeated_primary_kills() -> anyhow::Res
         |_| {},
     )
     .await?;
-    let router =
-        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
-            .await?;
+    let router = d.router().await?;
     Load::prepare(&router).await?;
     let load = Load::start(&router, 4);
     let mut pauses = Vec::new();
@@ -467,9 +465,7 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
         |_| {},
     )
     .await?;
-    let router =
-        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
-            .await?;
+    let router = d.router().await?;
     router
         .connect()
         .await?
@@ -558,9 +554,7 @@ async fn switchover_under_load_has_no_client_error() -> anyhow::Result<()> {
         |_| {},
     )
     .await?;
-    let router =
-        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
-            .await?;
+    let router = d.router().await?;
     Load::prepare(&router).await?;
     let load = Load::start(&router, 4);
     let mut pauses = Vec::new();
@@ -669,9 +663,7 @@ async fn pgbench_tpcb_survives_a_primary_kill() -> anyhow::Result<()> {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/pgbench.toml");
     let tables = toml::from_str::<File>(&std::fs::read_to_string(&path)?)?.table;
     let d = TestDaemon::start(TestClusterOptions { tables, ..opts(1) }, |_| {}).await?;
-    let router =
-        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
-            .await?;
+    let router = d.router().await?;
     let bin = pgshard_shardd::runtime::local::find_pg_bin_dir(
         std::env::var_os("PGSHARD_PG_BIN_DIR")
             .map(std::path::PathBuf::from)
@@ -752,9 +744,7 @@ async fn catalog_node_fails_over_and_routers_follow() -> anyhow::Result<()> {
         |_| {},
     )
     .await?;
-    let router =
-        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
-            .await?;
+    let router = d.router().await?;
     let c = router.connect().await?;
     c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
         .await?;
@@ -831,9 +821,7 @@ async fn fenced_primary_that_cannot_be_stopped_acknowledges_no_commit() -> anyho
     )
     .await?;
     d.restart_with_fault("kill-fails").await?;
-    let router =
-        pgshard_tests::TestRouter::start_on(&d.catalog_conninfo()?, d.config().router.clone())
-            .await?;
+    let router = d.router().await?;
     router
         .connect()
         .await?
