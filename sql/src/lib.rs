@@ -49,7 +49,7 @@ pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
-pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
+pub use plan::{dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
 
 /// What the router does with one Query string (one statement, or several separated by

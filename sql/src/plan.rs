@@ -100,6 +100,34 @@ pub fn table_names(sql: &str) -> Vec<String> {
     out
 }
 
+/// The declared tables (their catalog names) a `DROP TABLE` in `sql` names: the router
+/// forgets those distributed by `create_distributed_table`/`create_reference_table`
+/// once they are gone from every shard (as Citus forgets a dropped table).
+pub fn dropped_tables(sql: &str, catalog: &Catalog) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in split_statements(sql) {
+        let Ok(stmts) = parse_statement(s.text) else {
+            continue;
+        };
+        for st in &stmts {
+            if let Statement::Drop {
+                object_type: ObjectType::Table,
+                names,
+                ..
+            } = st
+            {
+                for n in names {
+                    let (class, name) = classify_table(catalog, &name_parts(n));
+                    if class.is_declared() && !out.contains(&name) {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// For a plan routed by a parameter, the route once the key value is known (at Bind):
 /// the key's shard, or for a NULL key (`None`) the plan's [`Plan::null_key`] error or
 /// any shard. Other routes are returned unchanged.

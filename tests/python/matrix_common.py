@@ -194,6 +194,10 @@ def expect_equal(what, got, want):
         raise AssertionError(f"{what}: router gave {got!r}, plain PostgreSQL {want!r}")
 
 
+# What plain PostgreSQL answers for a function returning void (create_distributed_table
+# and create_reference_table return void, as Citus' do): each driver's own value for it.
+VOID = "SELECT pg_sleep(0)"
+
 # Router refusals that gate checks (the error each gated check meets today).
 ONLY_SIMPLE_DISTRIBUTE = (
     "0A000 create_distributed_table() and create_reference_table() are supported through "

@@ -17,6 +17,7 @@ use super::local::{LocalKind, LocalPortal};
 use super::refusal::Refusal;
 use super::simple::Target;
 use super::simple::POISON_SQL;
+use super::txn::RowLimit;
 use super::{Expect, FanoutPortal, FanoutWritePortal, PortalAt, Session, Stmt, VirtualTxn};
 use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
 use crate::backend::{BackendConn, StmtKey};
@@ -741,9 +742,7 @@ where
             return self.execute_on_attached(frame, portal, None, true);
         };
         if stmt.plan.kind == StatementKind::Ddl {
-            self.ctx
-                .ddl_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.note_ddl(&stmt.key.sql);
         }
         match at {
             PortalAt::Shard(shard) => self.execute_on_shard(frame, portal, &stmt, shard).await,
@@ -777,12 +776,13 @@ where
                 return Ok(());
             }
             PortalAt::Local(p) => return self.execute_local(frame, &stmt.key.sql, &p).await,
-            PortalAt::FanoutWrite(_) if max_rows != 0 => {
-                self.fail_extended(SessionError::from(Refusal::RowLimitedWrite));
-                return Ok(());
-            }
             PortalAt::FanoutWrite(p) => {
-                self.run_fanout_write_extended(frame, &p, describe).await?;
+                let limit = RowLimit {
+                    portal: portal.to_string(),
+                    rows: usize::try_from(max_rows).unwrap_or(0),
+                };
+                self.run_fanout_write_extended(frame, &p, describe, &limit)
+                    .await?;
             }
             PortalAt::Fanout(fp) if max_rows > 0 => {
                 self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)

@@ -251,7 +251,13 @@ where
                     results: p.results.clone(),
                     shard_params: Vec::new(),
                 };
-                return self.run_fanout_write_extended(frame, &write, false).await;
+                let limit = super::txn::RowLimit {
+                    portal: String::new(),
+                    rows: 0,
+                };
+                return self
+                    .run_fanout_write_extended(frame, &write, false, &limit)
+                    .await;
             }
         }
         // Outside a transaction block the statement runs on its own, as a simple Query

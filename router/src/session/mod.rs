@@ -276,6 +276,9 @@ pub struct Session<R, W> {
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
+    /// Declared tables a `DROP TABLE` of this session named, to forget once its
+    /// transaction has ended if they are gone ([`crate::forget`]).
+    pub(crate) dropped: Vec<String>,
     pub(crate) closing: bool,
     /// When the request now being served (a Query, or a batch up to Sync) started;
     /// observed into the latency histogram when its ReadyForQuery is written.
@@ -335,6 +338,7 @@ where
             skip_until_sync: false,
             parse_ack: None,
             shard_override: None,
+            dropped: Vec::new(),
             closing: false,
             request_start: None,
             shutdown,
@@ -376,6 +380,14 @@ where
             }
             if self.shutdown_deadline.is_some() && !self.closing && self.between_transactions() {
                 self.terminate_for_shutdown();
+                continue;
+            }
+            if !self.dropped.is_empty()
+                && self.between_transactions()
+                && self.attached.as_ref().is_none_or(|a| !a.conn.unsynced)
+            {
+                let names = std::mem::take(&mut self.dropped);
+                crate::forget::forget_dropped(&self.ctx, names, &self.user, &self.database).await;
                 continue;
             }
             if self.deferred.is_some()
@@ -561,6 +573,20 @@ where
 
     /// True when no transaction is open and nothing is outstanding: the session can end
     /// without losing anything the client started.
+    /// A DDL statement is about to run: statements prepared from now on are parsed
+    /// afresh (see `ddl_epoch`), and the declared tables it drops are noted.
+    pub(crate) fn note_ddl(&mut self, sql: &str) {
+        self.ctx
+            .ddl_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let catalog = self.ctx.catalog.current();
+        for t in pgshard_sql::dropped_tables(sql, &catalog) {
+            if !self.dropped.contains(&t) {
+                self.dropped.push(t);
+            }
+        }
+    }
+
     fn between_transactions(&self) -> bool {
         self.txn.parked.is_empty()
             && self.txn.virtual_txn.is_none()

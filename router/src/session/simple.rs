@@ -190,10 +190,7 @@ where
             .complete_insert_columns(sql, plan, &catalog, false)
             .await;
         if plan.kind == pgshard_sql::StatementKind::Ddl {
-            // Statements prepared from now on are parsed afresh (see `ddl_epoch`).
-            self.ctx
-                .ddl_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.note_ddl(sql);
         }
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
