@@ -242,6 +242,27 @@ fn combine(plans: Vec<Plan>) -> Plan {
     }
 }
 
+/// The route of `DECLARE … CURSOR FOR <query>` given the query's: a multi-shard read
+/// becomes a router-held cursor ([`crate::cursor`]); a binary one is refused (the router
+/// keeps the rows in text).
+fn declare_route(route: Route, decl: crate::CursorDecl) -> Route {
+    match route {
+        Route::Router(_) => Route::Unsupported("cursor over a pgshard command".to_owned()),
+        Route::Fanout(_) if decl.binary => Route::Unsupported(
+            "DECLARE BINARY CURSOR of a multi-shard statement (declare it without BINARY and fetch with binary results)".to_owned(),
+        ),
+        Route::Fanout(mut f) => {
+            f.cursor = Some(decl);
+            Route::Fanout(f)
+        }
+        Route::FanoutWrite(w) => Route::Unsupported(format!(
+            "DECLARE CURSOR of a multi-shard statement on distributed table {} (not yet supported)",
+            w.tables.join(", ")
+        )),
+        r => r,
+    }
+}
+
 /// Plan a piece of text holding one statement (the body of PREPARE, EXPLAIN…). These
 /// do not nest in PostgreSQL (`EXPLAIN EXPLAIN …` is a syntax error), so a nested one
 /// goes to the local shard for PostgreSQL to reject, without recursing.
@@ -417,36 +438,20 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                 None => Route::AnyShard,
             }
         }
-        "DECLARE" => {
+        "DECLARE" => match crate::cursor::declaration(toks, i) {
             // DECLARE name … CURSOR … FOR query
-            let for_at = toks
-                .iter()
-                .position(|t| t.tok.is_word("cursor"))
-                .and_then(|c| {
-                    toks[c..]
-                        .iter()
-                        .position(|t| t.tok.is_word("for"))
-                        .map(|f| c + f)
-                });
-            match for_at {
-                Some(f) => {
-                    let p = plan_text(&text[toks[f].end..], "DECLARE CURSOR", catalog);
-                    return Plan {
-                        route: match p.route {
-                            Route::Router(_) => {
-                                Route::Unsupported("cursor over a pgshard command".to_owned())
-                            }
-                            r => r,
-                        },
-                        kind,
-                        null_key: p.null_key,
-                        statements: Vec::new(),
-                        column_order: false,
-                    };
-                }
-                None => local,
+            Some((decl, f)) => {
+                let p = plan_nested(&text[toks[f].end..], catalog);
+                return Plan {
+                    route: declare_route(p.route, decl),
+                    kind,
+                    null_key: p.null_key,
+                    statements: Vec::new(),
+                    column_order: false,
+                };
             }
-        }
+            None => local,
+        },
         "COPY" => copy(text, toks, i, catalog),
         "VACUUM" | "ANALYZE" | "ANALYSE" | "CLUSTER" | "REINDEX" | "TRUNCATE" | "LOCK" => {
             utility(&first, toks, i, catalog)

@@ -20,7 +20,6 @@ from matrix_common import (
     READS,
     FANOUT_READS,
     SCHEMA,
-    STRICT,
     VOID,
     SimpleVerifier,
     Matrix,
@@ -59,10 +58,7 @@ class AsyncMatrix(Matrix):
         super().__init__(driver)
         self.servers = servers
 
-    async def acheck(self, name, coro_fn, gated=None):
-        if gated and not STRICT:
-            self.check(name, None, gated=gated)
-            return
+    async def acheck(self, name, coro_fn):
         error = None
         try:
             await coro_fn()

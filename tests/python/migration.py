@@ -16,7 +16,7 @@ import sys
 
 import psycopg
 
-from matrix_common import EVERY_SHARD, STRICT, VOID, Matrix, expect_equal, expect_rows, norm
+from matrix_common import VOID, Matrix, expect_equal, expect_rows, norm
 
 # The first migration: tables created before they are distributed.
 CREATE = [

@@ -14,8 +14,6 @@ import sys
 import psycopg
 
 from matrix_common import (
-    EVERY_SHARD,
-    STRICT,
     VOID,
     AFTER_LOAD_DDL,
     DISTRIBUTE,
@@ -242,8 +240,6 @@ def main(router_port, plain_port):
     m.check(
         "server-side cursor over every shard",
         named_cursor("SELECT id, owner FROM accounts WHERE region = $1 ORDER BY id", [2], 9),
-        gated="0A000 DECLARE CURSOR of a multi-shard statement on distributed table accounts "
-        "(not yet supported)",
     )
 
     def transaction_commit():

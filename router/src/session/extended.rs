@@ -50,11 +50,14 @@ where
             return Ok(());
         }
         let catalog = self.ctx.catalog.current();
-        let Some((plan, command, digest)) =
+        let Some((mut plan, command, digest)) =
             self.plan_parse(&name, &sql, &param_types, &catalog).await
         else {
             return Ok(());
         };
+        if let Some(route) = self.cursor_route(&sql) {
+            plan.route = route;
+        }
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
         // may still send Unsupported statements to a shard.)
@@ -298,7 +301,7 @@ where
             self.emit_empty(b'1');
         }
         self.emit_empty(b'2');
-        self.portals.insert(bind.portal.to_string(), (stmt, at));
+        self.add_portal(bind.portal, stmt, at);
     }
 
     /// Binds a multi-shard write: the router answers BindComplete and runs it at
@@ -607,8 +610,7 @@ where
             a.conn.unsynced = true;
             a.expects.push_back(Expect::Bind);
         }
-        self.portals
-            .insert(bind.portal.to_string(), (stmt, PortalAt::Shard(shard)));
+        self.add_portal(bind.portal, stmt, PortalAt::Shard(shard));
         Ok(())
     }
 
@@ -627,6 +629,12 @@ where
     /// Describe of a portal: answered by the router for the portals it holds, else by
     /// the backend that bound it.
     async fn describe_portal(&mut self, frame: &Frame, name: &str) -> Result<(), SessionError> {
+        if let Some(c) = self.cursors.get(name) {
+            // A SQL cursor is a portal too (psycopg describes its named cursors so).
+            let d = c.description.clone();
+            self.emit_local(&d);
+            return Ok(());
+        }
         let shard = match self.portals.get(name) {
             Some((_, PortalAt::Begin | PortalAt::Copy)) => {
                 self.emit_empty(b'n');
@@ -637,6 +645,11 @@ where
                 self.describe_buffered(&rows);
                 return Ok(());
             }
+            Some((_, PortalAt::Fanout(fp))) if fp.plan.cursor.is_some() => {
+                // DECLARE returns no rows.
+                self.emit_empty(b'n');
+                return Ok(());
+            }
             Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
                 // Answered with the Execute that follows.
                 self.described_fanout = Some(name.to_string());
@@ -644,7 +657,12 @@ where
             }
             Some((_, PortalAt::Local(p))) => {
                 let mut b = BytesMut::new();
-                super::local::encode_local_description(&mut b, &p.kind, &p.results);
+                match &p.kind {
+                    LocalKind::Router(RouterCommand::Cursor(c)) => {
+                        self.describe_cursor_command(c, &mut b)
+                    }
+                    kind => super::local::encode_local_description(&mut b, kind, &p.results),
+                }
                 self.emit_local(&b);
                 return Ok(());
             }
@@ -692,6 +710,11 @@ where
             }
             let mut b = BytesMut::new();
             super::local::encode_router_statement_description(&mut b, cmd);
+            if let RouterCommand::Cursor(c) = cmd {
+                // Its columns are the cursor's: NoData replaced by them.
+                b.truncate(b.len() - 5);
+                self.describe_cursor_command(c, &mut b);
+            }
             self.emit_local(&b);
             return Ok(());
         }
@@ -783,6 +806,9 @@ where
                 };
                 self.run_fanout_write_extended(frame, &p, describe, &limit)
                     .await?;
+            }
+            PortalAt::Fanout(fp) if fp.plan.cursor.is_some() => {
+                self.declare_cursor(frame, &fp.plan, Some(&fp)).await?;
             }
             PortalAt::Fanout(fp) if max_rows > 0 => {
                 self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
@@ -944,6 +970,10 @@ where
             return;
         }
         self.portals.remove(name);
+        if self.cursors.remove(name).is_some() {
+            self.emit_empty(b'3');
+            return;
+        }
         match self.attached.as_mut() {
             Some(a) => {
                 a.conn.out.extend_from_slice(frame.raw());
@@ -955,6 +985,7 @@ where
     }
 
     pub(crate) fn on_sync(&mut self, frame: &Frame) {
+        self.syncs_seen += 1;
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
@@ -969,6 +1000,8 @@ where
             }
             None => {
                 let s = self.client_status();
+                // Nothing is outstanding: every batch so far is answered.
+                self.syncs_answered = self.syncs_seen;
                 if s == b'I' {
                     // The implicit transaction ended: so did its portals.
                     self.portals.clear();

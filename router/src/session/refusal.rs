@@ -58,6 +58,9 @@ impl Refusal {
             | RouterCommand::Deallocate { .. } => {
                 "PREPARE, EXECUTE and DEALLOCATE inside a prepared statement"
             }
+            RouterCommand::Cursor(_) => {
+                "FETCH, MOVE and CLOSE of a multi-shard cursor inside another statement"
+            }
         })
     }
 }

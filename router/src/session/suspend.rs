@@ -42,6 +42,14 @@ impl Capture {
         }
     }
 
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    pub(crate) fn into_inner(self) -> BytesMut {
+        self.buf
+    }
+
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         if self.buf.len() + bytes.len() > self.cap {
             self.overflowed = true;

@@ -192,6 +192,7 @@ where
     /// batch failed, as PostgreSQL rolls back a failed implicit transaction — and the
     /// client gets ReadyForQuery (after the commit's error, if it failed).
     pub(crate) async fn end_implicit_spanning(&mut self) -> Result<(), SessionError> {
+        self.syncs_seen += 1;
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
@@ -203,6 +204,7 @@ where
         self.drain_attached().await?;
         // An error in what was drained skips to *this* Sync, which is being answered.
         self.skip_until_sync = false;
+        self.syncs_answered = self.syncs_seen;
         let commit = !self.any_participant_failed();
         self.end_spanning(commit, EndAnswer::Ready).await
     }
@@ -387,7 +389,11 @@ where
             return Ok(());
         }
         let mut in_txn = self.client_status() != b'I';
-        let executed = self.attached.as_ref().is_some_and(|a| a.executed);
+        // Executed in *this* batch (a previous batch's Sync may still be unanswered).
+        let executed = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.executed && a.conn.unsynced);
         let alone = matches!(self.client.peek_frame(), Some((b'S', _)));
         if !in_txn && (executed || !alone) {
             if let Err(e) = self.open_implicit_spanning(p.write.shards[0]).await {
