@@ -4,10 +4,10 @@
 //! release of an idle backend).
 
 use super::error::SessionError;
-use super::lex::SessionCommand;
 use super::{Attached, Expect, Session};
 use crate::protocol::backend::{decode_command_tag, decode_ready_status};
 use crate::protocol::Frame;
+use pgshard_sql::SessionCommand;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<R, W> Session<R, W>
