@@ -587,9 +587,9 @@ async fn concat<S: ShardStream, W: AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     out: &mut W,
 ) -> Result<Stopped, FanoutError> {
-    for i in 0..shards.len() {
+    for (i, shard) in shards.iter_mut().enumerate() {
         while !em.done() {
-            match shards[i].next(buf).await? {
+            match shard.next(buf).await? {
                 Next::Row(r) => em.row(&r, buf, out).await?,
                 Next::Done => break,
                 Next::Error(e) => return Ok(Some((i, e))),
@@ -608,8 +608,8 @@ async fn kway<S: ShardStream, W: AsyncWrite + Unpin>(
     out: &mut W,
 ) -> Result<Stopped, FanoutError> {
     let mut heads: Vec<Option<Row>> = Vec::with_capacity(shards.len());
-    for i in 0..shards.len() {
-        match shards[i].next(buf).await? {
+    for (i, shard) in shards.iter_mut().enumerate() {
+        match shard.next(buf).await? {
             Next::Row(r) => {
                 check_collations(keys, &r)?;
                 heads.push(Some(r));
