@@ -103,6 +103,7 @@ pub(crate) struct Lent {
     executed: bool,
     failed_since_sync: bool,
     wrote: bool,
+    lease: Option<crate::reads::ReadLease>,
 }
 
 /// A backend taking part in the fan-out.
@@ -536,6 +537,7 @@ where
                     executed,
                     failed_since_sync,
                     wrote,
+                    lease,
                 } = a;
                 self.txn.lent.push(Lent {
                     shard,
@@ -543,6 +545,7 @@ where
                     executed,
                     failed_since_sync,
                     wrote,
+                    lease,
                 });
                 self.txn.lent_parts.push(Part {
                     shard,
@@ -778,6 +781,7 @@ where
                     executed: l.executed,
                     failed_since_sync: l.failed_since_sync,
                     wrote: l.wrote,
+                    lease: l.lease,
                 });
             }
             return None;
@@ -804,7 +808,9 @@ where
         let Some((shard, conn)) = back else {
             return;
         };
-        if !conn.is_clean() {
+        // A replica backend (a read attached before the fan-out) goes back to its
+        // pool: re-attached without its read lease it would pass for the primary.
+        if !conn.is_clean() || crate::hold::in_hot_standby(&conn) {
             return;
         }
         self.attached = Some(Attached {
@@ -814,6 +820,7 @@ where
             executed: false,
             failed_since_sync: false,
             wrote: false,
+            lease: None,
         });
     }
 }

@@ -199,6 +199,9 @@ pub(crate) struct Attached {
     /// A statement that may have written ran on it in the current transaction (decides
     /// who PREPAREs at a multi-shard COMMIT).
     pub wrote: bool,
+    /// Set when the node was chosen for a read ([`crate::reads`]): counts the read in
+    /// flight, and says whether it is a replica.
+    pub lease: Option<crate::reads::ReadLease>,
 }
 
 impl Attached {
@@ -276,6 +279,12 @@ pub struct Session<R, W> {
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
+    /// `SET pgshard.read_from` (SPEC §8); `None`: `router.read_from`.
+    pub(crate) read_from: Option<pgshard_catalog::config::ReadFrom>,
+    /// When this session last committed a write on each shard (read-your-writes, see
+    /// [`crate::reads`]); behind a (never contended) mutex so the commit paths that borrow the session shared
+    /// can record it.
+    pub(crate) last_write: std::sync::Mutex<FxHashMap<ShardId, std::time::Instant>>,
     pub(crate) closing: bool,
     /// When the request now being served (a Query, or a batch up to Sync) started;
     /// observed into the latency histogram when its ReadyForQuery is written.
@@ -335,6 +344,8 @@ where
             skip_until_sync: false,
             parse_ack: None,
             shard_override: None,
+            read_from: None,
+            last_write: std::sync::Mutex::new(FxHashMap::default()),
             closing: false,
             request_start: None,
             shutdown,
@@ -740,6 +751,13 @@ where
     pub(crate) fn drop_backend_portals(&mut self) {
         self.portals
             .retain(|_, (_, at)| !matches!(at, PortalAt::Shard(_)));
+    }
+
+    /// Records a committed write on `shard` now (read-your-writes).
+    pub(crate) fn note_write(&self, shard: ShardId) {
+        if self.ctx.config.read_your_writes {
+            crate::lock(&self.last_write).insert(shard, std::time::Instant::now());
+        }
     }
 
     pub(crate) fn maybe_release(&mut self) {

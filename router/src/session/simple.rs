@@ -1,7 +1,7 @@
 //! The simple query protocol (`Query`): session commands the router answers itself,
 //! routing by the planner, forwarding to one shard, or running DDL on every shard.
 
-use super::attach::Ensure;
+use super::attach::{Ensure, Need};
 use super::error::SessionError;
 use super::lex::{begin_tag, classify, split_statements, SessionCommand};
 use super::local::Answer;
@@ -171,7 +171,10 @@ where
                 self.deliver(Answer::Simple, reply, error);
                 return Ok(ControlFlow::Break(()));
             }
-            SessionCommand::ResetAll => self.shard_override = None,
+            SessionCommand::ResetAll => {
+                self.shard_override = None;
+                self.read_from = None;
+            }
             _ => {}
         }
         Ok(ControlFlow::Continue(()))
@@ -348,7 +351,14 @@ where
                 return Ok(());
             }
         }
-        match self.ensure_backend(shard, frame).await {
+        let need = if plan.replica_ok && prepare.is_none() {
+            // The statement text stands for its key (`WHERE key = 42` is the same
+            // text for the same rows).
+            Need::Read(self.read_key(crate::reads::policy::key_of(frame.raw())))
+        } else {
+            Need::Primary
+        };
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => return Ok(()),
             Err(e) => {

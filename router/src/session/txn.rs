@@ -236,6 +236,9 @@ where
                 None
             }
         };
+        for a in parts.iter().filter(|a| a.wrote) {
+            self.note_write(a.shard);
+        }
         // Every participant is now outside a transaction (or broken, and then the pool
         // discards it on drop).
         drop(parts);
@@ -483,6 +486,7 @@ where
             return false;
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
+        let shards: Vec<ShardId> = conns.iter().map(|(s, _)| *s).collect();
         let mut members: Vec<Member<'_, BackendError>> = conns
             .iter_mut()
             .map(|(shard, conn)| Member {
@@ -496,7 +500,13 @@ where
             e.encode(b);
             return false;
         }
-        match coord.commit(&mut members, &*log).await {
+        let outcome = coord.commit(&mut members, &*log).await;
+        // After the commit is acknowledged (read-your-writes compares this instant
+        // with the replicas' coverage).
+        for shard in shards {
+            self.note_write(shard);
+        }
+        match outcome {
             Ok(Outcome::Committed { gid, unfinished }) => {
                 if let (Some(gid), true) = (gid, unfinished.is_empty()) {
                     if let Err(error) = log.forget(&gid).await {
