@@ -236,12 +236,11 @@ where
         key: u64,
     ) -> Result<(crate::backend::PooledConn, Option<ReadLease>), SessionError> {
         let from = self.effective_read_from();
-        let since = self
-            .ctx
-            .config
-            .read_your_writes
-            .then(|| crate::lock(&self.last_write).get(&shard).copied())
-            .flatten();
+        if std::mem::take(&mut self.pending_write) {
+            // Everything before this read has been answered (see `pending_write`).
+            self.last_write = Some(std::time::Instant::now());
+        }
+        let since = self.last_write.filter(|_| self.ctx.config.read_your_writes);
         let req = ReadReq { key, since };
         let ban = std::time::Duration::from_millis(self.ctx.config.replica_ban_ms);
         // Bounded: with `replica_ban_ms = 0` a refused replica could be chosen again.

@@ -550,6 +550,7 @@ where
             self.fail_extended(SessionError::UnknownStatement(bind.statement.to_string()));
             return Ok(());
         };
+        self.pending_write |= !stmt.plan.replica_ok;
         if stmt.plan.kind == StatementKind::Begin
             && self.attached.is_none()
             && self.shard_override.is_none()

@@ -281,10 +281,13 @@ pub struct Session<R, W> {
     pub(crate) shard_override: Option<(ShardId, bool)>,
     /// `SET pgshard.read_from` (SPEC §8); `None`: `router.read_from`.
     pub(crate) read_from: Option<pgshard_catalog::config::ReadFrom>,
-    /// When this session last committed a write on each shard (read-your-writes, see
-    /// [`crate::reads`]); behind a (never contended) mutex so the commit paths that borrow the session shared
-    /// can record it.
-    pub(crate) last_write: std::sync::Mutex<FxHashMap<ShardId, std::time::Instant>>,
+    /// Read-your-writes (see [`crate::reads`]): a statement that is not a replica
+    /// read was planned since the last read checkout (`pending_write`), and when the
+    /// session's last such statement was known to be over (`last_write`). A read
+    /// checks out a fresh backend only once everything before it has been answered,
+    /// so the instant of that checkout is after the write's commit.
+    pub(crate) pending_write: bool,
+    pub(crate) last_write: Option<std::time::Instant>,
     pub(crate) closing: bool,
     /// When the request now being served (a Query, or a batch up to Sync) started;
     /// observed into the latency histogram when its ReadyForQuery is written.
@@ -345,7 +348,8 @@ where
             parse_ack: None,
             shard_override: None,
             read_from: None,
-            last_write: std::sync::Mutex::new(FxHashMap::default()),
+            pending_write: false,
+            last_write: None,
             closing: false,
             request_start: None,
             shutdown,
@@ -681,6 +685,7 @@ where
                 self.on_parse(&frame, name, sql, param_types).await
             }
             M::Bind(bind) if self.is_copy_statement(bind.statement) => {
+                self.pending_write = true;
                 self.bind_copy(&frame, &bind)
             }
             M::Bind(bind) => self.on_bind(&frame, &bind).await,
@@ -751,13 +756,6 @@ where
     pub(crate) fn drop_backend_portals(&mut self) {
         self.portals
             .retain(|_, (_, at)| !matches!(at, PortalAt::Shard(_)));
-    }
-
-    /// Records a committed write on `shard` now (read-your-writes).
-    pub(crate) fn note_write(&self, shard: ShardId) {
-        if self.ctx.config.read_your_writes {
-            crate::lock(&self.last_write).insert(shard, std::time::Instant::now());
-        }
     }
 
     pub(crate) fn maybe_release(&mut self) {

@@ -256,19 +256,6 @@ where
             }
         }
         if status == b'I' {
-            // A write committed here (or rolled back: recorded all the same, which
-            // only sends reads to the primary a little longer).
-            let wrote = self
-                .attached
-                .as_mut()
-                .filter(|a| a.wrote)
-                .map(|a| {
-                    a.wrote = false;
-                    a.shard
-                });
-            if let Some(shard) = wrote {
-                self.note_write(shard);
-            }
             // The implicit transaction ended: committed unless it failed.
             let pending = std::mem::take(&mut self.txn.vars);
             if !failed {

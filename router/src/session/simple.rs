@@ -69,6 +69,7 @@ where
         let ControlFlow::Continue(plan) = self.plan_query(sql, &stmts).await? else {
             return Ok(());
         };
+        self.pending_write |= !plan.replica_ok;
         let ControlFlow::Continue((route, prepare)) = self.query_route(&plan, in_txn).await else {
             return Ok(());
         };

@@ -236,9 +236,6 @@ where
                 None
             }
         };
-        for a in parts.iter().filter(|a| a.wrote) {
-            self.note_write(a.shard);
-        }
         // Every participant is now outside a transaction (or broken, and then the pool
         // discards it on drop).
         drop(parts);
@@ -486,7 +483,6 @@ where
             return false;
         };
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
-        let shards: Vec<ShardId> = conns.iter().map(|(s, _)| *s).collect();
         let mut members: Vec<Member<'_, BackendError>> = conns
             .iter_mut()
             .map(|(shard, conn)| Member {
@@ -500,13 +496,7 @@ where
             e.encode(b);
             return false;
         }
-        let outcome = coord.commit(&mut members, &*log).await;
-        // After the commit is acknowledged (read-your-writes compares this instant
-        // with the replicas' coverage).
-        for shard in shards {
-            self.note_write(shard);
-        }
-        match outcome {
+        match coord.commit(&mut members, &*log).await {
             Ok(Outcome::Committed { gid, unfinished }) => {
                 if let (Some(gid), true) = (gid, unfinished.is_empty()) {
                     if let Err(error) = log.forget(&gid).await {
