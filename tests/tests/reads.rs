@@ -336,7 +336,20 @@ async fn read_your_writes_and_a_killed_replica() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     }
-    eprintln!("read-your-writes: {on_replica} of 300 reads on a replica");
+    eprintln!("read-your-writes: {on_replica} of 300 reads right after a write on a replica");
+    // Once a replica has replayed the last write, reads go back to the replicas.
+    let started = Instant::now();
+    loop {
+        let row = c
+            .query_one("SELECT inet_server_port()::int, v FROM kv WHERE k = $1", &[&10_299i32])
+            .await?;
+        assert_eq!(row.get::<_, i32>(1), 10_299);
+        if by_port[&(row.get::<_, i32>(0) as u16)].1 == NodeRole::Replica {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "reads never returned to the replicas");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Kill one replica while four clients read; they go on through the other one.
     let victim = catalog
@@ -402,5 +415,62 @@ async fn read_your_writes_and_a_killed_replica() -> anyhow::Result<()> {
         total_errors += errors.len();
     }
     eprintln!("{total_errors} reads failed with the killed replica");
+    Ok(())
+}
+
+/// The differential corpus through a router with `read_from = any` on a 2-shard
+/// cluster with one replica per shard: no wrong answers, and replicas serve part of
+/// the reads. The cluster runs `synchronous_commit = remote_apply` (with one replica
+/// per shard in `sync` durability, every acknowledged commit is already visible on
+/// it), so no staleness is allowed; with plain `on`, only the lag the option allows
+/// could differ (read-your-writes removes it too, see
+/// `read_your_writes_and_a_killed_replica`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_corpus_with_read_from_any() -> anyhow::Result<()> {
+    use pgshard_tests::diff::{self, parse_corpus};
+    use pgshard_tests::wire::{Mode, WireClient};
+    use pgshard_tests::{reference, Standalone, TestCluster};
+    let tables = vec![
+        distributed("accounts", "id", "bigint"),
+        distributed("users", "id", "integer"),
+        distributed("docs", "slug", "text"),
+        distributed("things", "id", "uuid"),
+        distributed("smalls", "k", "smallint"),
+        distributed("vnames", "k", "varchar"),
+        reference("branches"),
+    ];
+    let cluster = TestCluster::start(TestClusterOptions {
+        shards: 2,
+        replicas: 1,
+        tables,
+        postgres: [("synchronous_commit".to_string(), "remote_apply".to_string())].into(),
+        ..Default::default()
+    })
+    .await?;
+    let mut config = cluster.config().router.clone();
+    config.read_from = ReadFrom::Any;
+
+    let router = TestRouter::start_with(&cluster, config).await?;
+    let plain = Standalone::start().await?;
+    let path = format!("{}/corpus/single_shard.sql", env!("CARGO_MANIFEST_DIR"));
+    let entries = parse_corpus("single_shard.sql", &std::fs::read_to_string(&path)?);
+    let mut p =
+        WireClient::connect("127.0.0.1", plain.port(), "postgres", "postgres", None).await?;
+    let mut r =
+        WireClient::connect("127.0.0.1", router.port(), "postgres", "postgres", None).await?;
+    let report = diff::run_mode(&mut p, &mut r, &entries, Mode::Simple).await?;
+    eprintln!("read_from = any: {}", report.summary());
+    assert!(report.wrong.is_empty(), "{}", report.summary());
+    assert!(report.same > 150, "{}", report.summary());
+    let admin = router.connect_admin().await?;
+    let mut by_role: BTreeMap<String, u64> = BTreeMap::new();
+    for m in admin.simple_query("SHOW POOLS").await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            *by_role.entry(r.get("role").unwrap_or("?").to_string()).or_default() +=
+                r.get("reads").unwrap_or("0").parse::<u64>()?;
+        }
+    }
+    eprintln!("reads routed by role: {by_role:?}");
+    assert!(by_role.get("replica").is_some_and(|n| *n > 0), "{by_role:?}");
     Ok(())
 }
