@@ -326,6 +326,10 @@ where
         out: BytesMut,
         shutdown: CancellationToken,
     ) -> Self {
+        // `options=-c pgshard.read_from=…` at startup, like a GUC (PGOPTIONS).
+        let read_from = vars
+            .startup_value("pgshard.read_from")
+            .and_then(|v| pgshard_catalog::config::ReadFrom::parse(&v));
         Session {
             ctx,
             entry,
@@ -347,7 +351,7 @@ where
             skip_until_sync: false,
             parse_ack: None,
             shard_override: None,
-            read_from: None,
+            read_from,
             pending_write: false,
             last_write: None,
             closing: false,
