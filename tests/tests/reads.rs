@@ -156,6 +156,31 @@ async fn reads_go_to_replicas_and_writes_never_do() -> anyhow::Result<()> {
         .await?;
     assert_eq!(role(row.get::<_, i32>(0) as u16), Some(NodeRole::Primary));
 
+    // Pipelined (each with its Sync): read, write, read on one shard. The write
+    // leaves the replica for the primary; nothing that writes ever reaches a replica.
+    let port_sql = "SELECT inet_server_port()::int FROM kv WHERE k = $1";
+    let (r1, w, r2) = futures::try_join!(
+        c.query_one(port_sql, &[&11i32]),
+        c.query_one(
+            "UPDATE kv SET v = v WHERE k = $1 RETURNING inet_server_port()::int",
+            &[&11i32]
+        ),
+        c.query_one(port_sql, &[&11i32]),
+    )?;
+    assert_eq!(role(r1.get::<_, i32>(0) as u16), Some(NodeRole::Replica));
+    assert_eq!(role(w.get::<_, i32>(0) as u16), Some(NodeRole::Primary));
+    assert!(role(r2.get::<_, i32>(0) as u16).is_some());
+
+    // The setting as a startup parameter, like a GUC.
+    let (pc, conn) = tokio_postgres::connect(
+        &format!("{} options='-c pgshard.read_from=primary'", router.connstr()),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(conn);
+    let p = port_of(&pc, "SELECT inet_server_port() FROM kv WHERE k = 12").await?;
+    assert_eq!(role(p), Some(NodeRole::Primary));
+
     // A transaction that is not READ ONLY: the primary, reads included.
     c.batch_execute("BEGIN").await?;
     let p = port_of(&c, "SELECT inet_server_port() FROM kv WHERE k = 6").await?;
