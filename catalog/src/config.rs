@@ -969,7 +969,10 @@ mod tests {
         assert_eq!(c.router.max_replica_lag_ms, Some(2000));
         assert!(c.router.read_your_writes);
         assert_eq!(c.router.read_weights.get("shard1-node2"), Some(&3));
-        assert_eq!(Config::parse("").expect("empty").router.read_from, ReadFrom::Primary);
+        assert_eq!(
+            Config::parse("").expect("empty").router.read_from,
+            ReadFrom::Primary
+        );
         assert!(Config::parse("[router]\nread_from = \"secondary\"\n").is_err());
     }
 

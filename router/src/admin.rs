@@ -370,9 +370,24 @@ fn pools(ctx: &RouterCtx) -> Table {
         .collect();
     Table {
         columns: vec![
-            "node", "name", "shard", "addr", "user", "database", "size", "idle", "in_use",
-            "waiting", "role", "reads", "reads_in_flight", "skipped_lag", "bans",
-            "lag_bytes", "lag_ms", "banned",
+            "node",
+            "name",
+            "shard",
+            "addr",
+            "user",
+            "database",
+            "size",
+            "idle",
+            "in_use",
+            "waiting",
+            "role",
+            "reads",
+            "reads_in_flight",
+            "skipped_lag",
+            "bans",
+            "lag_bytes",
+            "lag_ms",
+            "banned",
         ],
         rows,
     }

@@ -45,11 +45,11 @@ mod tests;
 
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
+pub use classify::begin_read_only;
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
-pub use classify::begin_read_only;
 pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
 

@@ -14,12 +14,12 @@
 //! [`crate::route::reference_write`] (reference-table writes) and the `multi_shard` /
 //! `unpinned_message` helpers in `route` (fan-out), `copy` below (COPY splitting).
 
+use crate::classify::replica_safe;
 use crate::classify::{classify_table, first_non_paren, kind_of, TableClass};
 use crate::parse::{
     name_parts, parse_statement, read_name, skip_parens, split_statements, tokens, Hint,
     StatementText, Tok, Token,
 };
-use crate::classify::replica_safe;
 use crate::route::{fast_path, Analysis};
 
 #[cfg(test)]
@@ -359,9 +359,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
         "SET" => set(toks, i, catalog),
         "RESET" => match read_name(toks, i + 1) {
             Some((p, _)) if is_shard_setting(&p) => Route::Router(RouterCommand::ResetShard),
-            Some((p, _)) if is_read_from_setting(&p) => {
-                Route::Router(RouterCommand::ResetReadFrom)
-            }
+            Some((p, _)) if is_read_from_setting(&p) => Route::Router(RouterCommand::ResetReadFrom),
             _ => Route::AnyShard,
         },
         "SHOW" => match read_name(toks, i + 1) {
@@ -450,7 +448,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                             null_key,
                             statements: Vec::new(),
                             column_order: false,
-                        replica_ok: false,
+                            replica_ok: false,
                         }
                     }
                     many => combine(
@@ -463,7 +461,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                                     null_key,
                                     statements: Vec::new(),
                                     column_order: false,
-                        replica_ok: false,
+                                    replica_ok: false,
                                 }
                             })
                             .collect(),

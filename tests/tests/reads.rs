@@ -60,10 +60,7 @@ async fn seed(d: &TestDaemon, router: &TestRouter, n: i32) -> anyhow::Result<()>
         let r = d.connect_node(&node.name).await?;
         loop {
             let replayed: Option<i64> = r
-                .query_one(
-                    "SELECT count(*) FROM pg_class WHERE relname = 'kv'",
-                    &[],
-                )
+                .query_one("SELECT count(*) FROM pg_class WHERE relname = 'kv'", &[])
                 .await?
                 .get(0);
             if replayed == Some(1) {
@@ -113,19 +110,30 @@ async fn reads_go_to_replicas_and_writes_never_do() -> anyhow::Result<()> {
     // Simple protocol: every read on a replica of the key's shard, both replicas used.
     let mut seen: BTreeSet<u16> = BTreeSet::new();
     for k in 1..=40 {
-        let p = port_of(&c, &format!("SELECT inet_server_port(), v FROM kv WHERE k = {k}")).await?;
+        let p = port_of(
+            &c,
+            &format!("SELECT inet_server_port(), v FROM kv WHERE k = {k}"),
+        )
+        .await?;
         assert_eq!(role(p), Some(NodeRole::Replica), "read of {k} on {p}");
         let key_shard = catalog.shard_of(&pgshard_catalog::KeyValue::Int(i64::from(k)));
         assert_eq!(shard_of_port(p), key_shard, "read of {k}");
         seen.insert(p);
     }
-    assert_eq!(seen.len(), 4, "both replicas of both shards serve: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        4,
+        "both replicas of both shards serve: {seen:?}"
+    );
 
     // Extended protocol (Parse/Bind/Execute with the key as a parameter).
     let mut ext: BTreeSet<u16> = BTreeSet::new();
     for k in 1..=20i32 {
         let row = c
-            .query_one("SELECT inet_server_port()::int, v FROM kv WHERE k = $1", &[&k])
+            .query_one(
+                "SELECT inet_server_port()::int, v FROM kv WHERE k = $1",
+                &[&k],
+            )
             .await?;
         let p: i32 = row.get(0);
         let v: i32 = row.get(1);
@@ -173,7 +181,10 @@ async fn reads_go_to_replicas_and_writes_never_do() -> anyhow::Result<()> {
 
     // The setting as a startup parameter, like a GUC.
     let (pc, conn) = tokio_postgres::connect(
-        &format!("{} options='-c pgshard.read_from=primary'", router.connstr()),
+        &format!(
+            "{} options='-c pgshard.read_from=primary'",
+            router.connstr()
+        ),
         tokio_postgres::NoTls,
     )
     .await?;
@@ -185,7 +196,8 @@ async fn reads_go_to_replicas_and_writes_never_do() -> anyhow::Result<()> {
     c.batch_execute("BEGIN").await?;
     let p = port_of(&c, "SELECT inet_server_port() FROM kv WHERE k = 6").await?;
     assert_eq!(role(p), Some(NodeRole::Primary));
-    c.batch_execute("UPDATE kv SET v = v WHERE k = 6; COMMIT").await?;
+    c.batch_execute("UPDATE kv SET v = v WHERE k = 6; COMMIT")
+        .await?;
 
     // READ ONLY: one replica for the whole transaction; a write in it is refused as
     // PostgreSQL refuses it in a READ ONLY transaction.
@@ -210,9 +222,15 @@ async fn reads_go_to_replicas_and_writes_never_do() -> anyhow::Result<()> {
     // Per session: primary, any, and back to the router's setting.
     c.batch_execute("SET pgshard.read_from = primary").await?;
     let shown = c.simple_query("SHOW pgshard.read_from").await?;
-    assert!(matches!(&shown[..], [tokio_postgres::SimpleQueryMessage::RowDescription(_), tokio_postgres::SimpleQueryMessage::Row(r), ..] if r.get(0) == Some("primary")));
+    assert!(
+        matches!(&shown[..], [tokio_postgres::SimpleQueryMessage::RowDescription(_), tokio_postgres::SimpleQueryMessage::Row(r), ..] if r.get(0) == Some("primary"))
+    );
     for k in 1..=5 {
-        let p = port_of(&c, &format!("SELECT inet_server_port() FROM kv WHERE k = {k}")).await?;
+        let p = port_of(
+            &c,
+            &format!("SELECT inet_server_port() FROM kv WHERE k = {k}"),
+        )
+        .await?;
         assert_eq!(role(p), Some(NodeRole::Primary));
     }
     c.batch_execute("SET pgshard.read_from = any").await?;
@@ -241,7 +259,10 @@ async fn reads_go_to_replicas_and_writes_never_do() -> anyhow::Result<()> {
             }
         }
     }
-    assert!(replica_reads >= 60, "SHOW POOLS: {replica_reads} replica reads");
+    assert!(
+        replica_reads >= 60,
+        "SHOW POOLS: {replica_reads} replica reads"
+    );
     Ok(())
 }
 
@@ -297,7 +318,9 @@ async fn lagging_replica_is_skipped_until_it_catches_up() -> anyhow::Result<()> 
     loop {
         // Writes until the router sees the lag beyond the bound.
         primary
-            .batch_execute("INSERT INTO filler SELECT repeat('x', 500) FROM generate_series(1, 300)")
+            .batch_execute(
+                "INSERT INTO filler SELECT repeat('x', 500) FROM generate_series(1, 300)",
+            )
             .await?;
         if lag_of(&admin, &paused).await?.is_some_and(|l| l > BOUND) {
             break;
@@ -308,11 +331,15 @@ async fn lagging_replica_is_skipped_until_it_catches_up() -> anyhow::Result<()> 
         let p = port_of(&c, "SELECT inet_server_port() FROM kv WHERE k = 1").await?;
         assert_ne!(by_port[&p].0, paused, "a read went to the paused replica");
     }
-    let skipped = admin.simple_query("SHOW POOLS").await?.into_iter().any(|m| {
-        matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+    let skipped = admin
+        .simple_query("SHOW POOLS")
+        .await?
+        .into_iter()
+        .any(|m| {
+            matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
             if r.get("name") == Some(paused.as_str())
                 && r.get("skipped_lag").is_some_and(|v| v != "0"))
-    });
+        });
     assert!(skipped, "SHOW POOLS counts the lag skips");
 
     r.batch_execute("SELECT pg_wal_replay_resume()").await?;
@@ -349,7 +376,10 @@ async fn read_your_writes_and_a_killed_replica() -> anyhow::Result<()> {
     for k in 10_000..10_300i32 {
         c.execute("INSERT INTO kv VALUES ($1, $1)", &[&k]).await?;
         let rows = c
-            .query("SELECT inet_server_port()::int, v FROM kv WHERE k = $1", &[&k])
+            .query(
+                "SELECT inet_server_port()::int, v FROM kv WHERE k = $1",
+                &[&k],
+            )
             .await?;
         assert_eq!(rows.len(), 1, "row {k} not seen by its writer");
         let p: i32 = rows[0].get(0);
@@ -366,13 +396,19 @@ async fn read_your_writes_and_a_killed_replica() -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         let row = c
-            .query_one("SELECT inet_server_port()::int, v FROM kv WHERE k = $1", &[&10_299i32])
+            .query_one(
+                "SELECT inet_server_port()::int, v FROM kv WHERE k = $1",
+                &[&10_299i32],
+            )
             .await?;
         assert_eq!(row.get::<_, i32>(1), 10_299);
         if by_port[&(row.get::<_, i32>(0) as u16)].1 == NodeRole::Replica {
             break;
         }
-        assert!(started.elapsed() < WAIT, "reads never returned to the replicas");
+        assert!(
+            started.elapsed() < WAIT,
+            "reads never returned to the replicas"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -417,7 +453,10 @@ async fn read_your_writes_and_a_killed_replica() -> anyhow::Result<()> {
     let mut after = 0;
     let started = Instant::now();
     while after < 50 {
-        match c2.query_one("SELECT inet_server_port()::int FROM kv WHERE k = 1", &[]).await {
+        match c2
+            .query_one("SELECT inet_server_port()::int FROM kv WHERE k = 1", &[])
+            .await
+        {
             Ok(row) => {
                 // shardd may restart the victim meanwhile; any node of the shard may
                 // answer, but every read must be answered.
@@ -491,11 +530,15 @@ async fn differential_corpus_with_read_from_any() -> anyhow::Result<()> {
     let mut by_role: BTreeMap<String, u64> = BTreeMap::new();
     for m in admin.simple_query("SHOW POOLS").await? {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            *by_role.entry(r.get("role").unwrap_or("?").to_string()).or_default() +=
-                r.get("reads").unwrap_or("0").parse::<u64>()?;
+            *by_role
+                .entry(r.get("role").unwrap_or("?").to_string())
+                .or_default() += r.get("reads").unwrap_or("0").parse::<u64>()?;
         }
     }
     eprintln!("reads routed by role: {by_role:?}");
-    assert!(by_role.get("replica").is_some_and(|n| *n > 0), "{by_role:?}");
+    assert!(
+        by_role.get("replica").is_some_and(|n| *n > 0),
+        "{by_role:?}"
+    );
     Ok(())
 }

@@ -112,7 +112,12 @@ impl Limits {
 
 /// Whether a replica with this observation may serve a read now; `since`: the
 /// session's last commit on the shard, for read-your-writes.
-pub fn fit(o: &Observed, now: Instant, limits: &Limits, since: Option<Instant>) -> Result<(), Skip> {
+pub fn fit(
+    o: &Observed,
+    now: Instant,
+    limits: &Limits,
+    since: Option<Instant>,
+) -> Result<(), Skip> {
     if o.banned_until.is_some_and(|t| t > now) {
         return Err(Skip::Banned);
     }

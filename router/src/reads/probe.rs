@@ -116,8 +116,7 @@ impl Prober {
                     s.pop_front();
                 }
             }
-            let Some(&(last_t, last_p)) = self.samples.get(&shard.id).and_then(|s| s.back())
-            else {
+            let Some(&(last_t, last_p)) = self.samples.get(&shard.id).and_then(|s| s.back()) else {
                 continue;
             };
             for r in &replicas {
@@ -127,8 +126,9 @@ impl Prober {
                     Some(row) => {
                         let replayed = row.first().and_then(|v| v.as_deref()).and_then(parse_lsn);
                         let paused = row.get(1).and_then(|v| v.as_deref()) == Some("true");
-                        let covered = replayed
-                            .and_then(|lsn| self.samples.get(&shard.id).and_then(|s| covered_at(s, lsn)));
+                        let covered = replayed.and_then(|lsn| {
+                            self.samples.get(&shard.id).and_then(|s| covered_at(s, lsn))
+                        });
                         reads.observe(r.id, |o| {
                             o.sampled_at = Some(last_t);
                             o.covered_at = covered;
@@ -149,7 +149,11 @@ impl Prober {
 
     /// One row of `sql` on `node` (connecting first if needed); `None` on any failure,
     /// after which the connection is dropped.
-    async fn query(&mut self, node: &pgshard_catalog::Node, sql: &str) -> Option<Vec<Option<String>>> {
+    async fn query(
+        &mut self,
+        node: &pgshard_catalog::Node,
+        sql: &str,
+    ) -> Option<Vec<Option<String>>> {
         let stale = self
             .conns
             .get(&node.id)
@@ -169,7 +173,8 @@ impl Prober {
             .await;
             match c {
                 Ok(c) => {
-                    self.conns.insert(node.id, (node.host.clone(), node.port, c));
+                    self.conns
+                        .insert(node.id, (node.host.clone(), node.port, c));
                 }
                 Err(e) => {
                     tracing::debug!(node = %node.name, error = %e, "replica probe could not connect");

@@ -49,7 +49,10 @@ fn choose(set: &ReadSet, c: &RouterConfig, cat: &Catalog, from: ReadFrom) -> Cho
 fn primary_mode_never_reads_a_replica() {
     let set = ReadSet::default();
     for _ in 0..10 {
-        assert_eq!(choose(&set, &config(), &three(), ReadFrom::Primary), Choice::Primary);
+        assert_eq!(
+            choose(&set, &config(), &three(), ReadFrom::Primary),
+            Choice::Primary
+        );
     }
 }
 
@@ -80,7 +83,10 @@ fn down_fenced_and_zero_weight_nodes_are_out() {
     let mut c = config();
     c.read_weights.insert("shard1-node5".into(), 0);
     for _ in 0..6 {
-        assert_eq!(choose(&set, &c, &cat, ReadFrom::Replica), Choice::Replica(NodeId(4)));
+        assert_eq!(
+            choose(&set, &c, &cat, ReadFrom::Replica),
+            Choice::Replica(NodeId(4))
+        );
     }
 }
 
@@ -95,7 +101,10 @@ fn banned_replicas_are_skipped_then_fallback_applies() {
         );
     }
     set.ban(NodeId(3), Duration::from_secs(60));
-    assert_eq!(choose(&set, &config(), &three(), ReadFrom::Replica), Choice::Primary);
+    assert_eq!(
+        choose(&set, &config(), &three(), ReadFrom::Replica),
+        Choice::Primary
+    );
     let mut c = config();
     c.replica_fallback = ReplicaFallback::Error;
     assert!(matches!(
@@ -104,7 +113,10 @@ fn banned_replicas_are_skipped_then_fallback_applies() {
     ));
     // An expired ban is over.
     set.ban(NodeId(2), Duration::ZERO);
-    assert_eq!(choose(&set, &c, &three(), ReadFrom::Replica), Choice::Replica(NodeId(2)));
+    assert_eq!(
+        choose(&set, &c, &three(), ReadFrom::Replica),
+        Choice::Replica(NodeId(2))
+    );
 }
 
 #[test]
@@ -114,7 +126,10 @@ fn lag_bounds_and_unknown_lag() {
     c.max_replica_lag_bytes = Some(1000);
     c.replica_fallback = ReplicaFallback::Error;
     // Nothing probed yet: unknown, so not used under a bound.
-    assert!(matches!(choose(&set, &c, &three(), ReadFrom::Replica), Choice::NoReplica(_)));
+    assert!(matches!(
+        choose(&set, &c, &three(), ReadFrom::Replica),
+        Choice::NoReplica(_)
+    ));
     let now = Instant::now();
     set.observe(NodeId(2), |o| {
         o.sampled_at = Some(now);
@@ -128,14 +143,20 @@ fn lag_bounds_and_unknown_lag() {
         o.paused = true;
     });
     for _ in 0..4 {
-        assert_eq!(choose(&set, &c, &three(), ReadFrom::Replica), Choice::Replica(NodeId(2)));
+        assert_eq!(
+            choose(&set, &c, &three(), ReadFrom::Replica),
+            Choice::Replica(NodeId(2))
+        );
     }
     assert!(set.node(NodeId(3)).skipped_lag.load(Ordering::Relaxed) >= 4);
     // A time bound alone catches it too.
     c.max_replica_lag_bytes = None;
     c.max_replica_lag_ms = Some(2000);
     for _ in 0..4 {
-        assert_eq!(choose(&set, &c, &three(), ReadFrom::Replica), Choice::Replica(NodeId(2)));
+        assert_eq!(
+            choose(&set, &c, &three(), ReadFrom::Replica),
+            Choice::Replica(NodeId(2))
+        );
     }
 }
 
@@ -183,7 +204,10 @@ fn the_read_set_follows_a_failover() {
         node(3, NodeRole::Replica, NodeState::Healthy),
     ]);
     for _ in 0..4 {
-        assert_eq!(choose(&set, &config(), &cat, ReadFrom::Replica), Choice::Replica(NodeId(3)));
+        assert_eq!(
+            choose(&set, &config(), &cat, ReadFrom::Replica),
+            Choice::Replica(NodeId(3))
+        );
     }
 }
 

@@ -76,8 +76,7 @@ where
     ) -> Result<Ensure, SessionError> {
         if let Some(a) = self.attached.as_mut() {
             let on_replica = a.lease.as_ref().is_some_and(|l| l.replica);
-            if on_replica && a.conn.status == b'I' && (a.shard != shard || need == Need::Primary)
-            {
+            if on_replica && a.conn.status == b'I' && (a.shard != shard || need == Need::Primary) {
                 a.sync_silent();
                 if !a.expects.is_empty() {
                     self.deferred = Some(frame.clone());
@@ -198,7 +197,10 @@ where
         match self.ctx.config.read_hash_on {
             ReadHashOn::Key => statement_key,
             ReadHashOn::Session => {
-                let app = self.vars.startup_value("application_name").unwrap_or_default();
+                let app = self
+                    .vars
+                    .startup_value("application_name")
+                    .unwrap_or_default();
                 key_of(format!("{}\0{app}", self.user).as_bytes())
             }
             ReadHashOn::ClientAddress => match self.entry.addr {
