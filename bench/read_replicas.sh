@@ -3,9 +3,10 @@
 # reads from the primary, the replicas, or any node (SPEC §8, issue 13), interleaved in
 # one run so machine drift is shared. The session's read_from comes from the startup
 # parameter (PGOPTIONS='-c pgshard.read_from=…'), so one router serves every mode.
-# Reports TPS, mean latency, each node's share of the transactions (from
-# pg_stat_database.xact_commit on the node itself) and the router's CPU per
-# transaction (from /proc/PID/stat).
+# Reports TPS, mean latency, each node's share of the reads (the router's SHOW POOLS
+# `reads` counters; pg_stat_database is no good here: backends flush their counters up
+# to 10 s late, so they smear across runs) and the router's CPU per transaction (from
+# /proc/PID/stat).
 #
 # usage: bench/read_replicas.sh [seconds per run (10)] [clients list ("8 32")] [scale (10)]
 set -euo pipefail
@@ -69,29 +70,31 @@ for port in $(nodes | awk '$2=="replica"{print $3}'); do
     done
 done
 
-commits() { # "name:commits ..." for every shard node
-    nodes | while read -r name role port; do
-        echo -n "$name($role):$(psql -qtAX -h 127.0.0.1 -p "$port" -U postgres -c "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'" postgres) "
-    done
+reads() { # "name(role):reads ..." from the router's SHOW POOLS (summed over its pools)
+    psql -qtAX -F'|' -h 127.0.0.1 -p "$ROUTER_PORT" -U postgres -d pgshard -c 'SHOW POOLS' |
+        awk -F'|' '{n[$2"("$11")"] += $12} END {for (k in n) printf "%s:%d ", k, n[k]}'
 }
 
-shares() { # before after total -> "name role share% ..."
+shares() { # before after -> "name(role) share% ..." of the reads routed in between
     python3 - "$1" "$2" <<'PY'
 import sys
 b = dict(x.rsplit(":", 1) for x in sys.argv[1].split())
 a = dict(x.rsplit(":", 1) for x in sys.argv[2].split())
-d = {k: int(a[k]) - int(b[k]) for k in a}
-t = sum(d.values()) or 1
-print(", ".join(f"{k} {100*v/t:.0f}%" for k, v in sorted(d.items())))
+d = {k: int(a[k]) - int(b.get(k, 0)) for k in a}
+t = sum(d.values())
+if t == 0:
+    print("primary 100% (read routing off: every statement on the primary)")
+else:
+    print(", ".join(f"{k} {100*v/t:.1f}%" for k, v in sorted(d.items())))
 PY
 }
 
 run() { # read_from protocol clients -> table row
     local from=$1 mode=$2 c=$3 before after b a out
-    b=$(commits); before=$(cpu_ticks "$ROUTER_PID")
+    b=$(reads); before=$(cpu_ticks "$ROUTER_PID")
     out=$(PGOPTIONS="-c pgshard.read_from=$from" pgbench -n -S -M "$mode" -c "$c" -j 2 -T "$SECS" \
         -h 127.0.0.1 -p "$ROUTER_PORT" -U postgres postgres 2>&1) || true
-    after=$(cpu_ticks "$ROUTER_PID"); a=$(commits)
+    after=$(cpu_ticks "$ROUTER_PID"); a=$(reads)
     local tps lat tx
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
     lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
@@ -103,7 +106,7 @@ run() { # read_from protocol clients -> table row
 
 echo "# pgbench -S through the router, 1 shard x 2 replicas, scale $SCALE, ${SECS}s per run, pool $POOL per node, policy $POLICY, $(nproc) cores, $(date -u +%F)"
 echo
-echo "| read_from | protocol | clients | TPS | latency ms | router CPU µs/tx | per-node share of transactions |"
+echo "| read_from | protocol | clients | TPS | latency ms | router CPU µs/tx | per-node share of reads |"
 echo "|---|---|---|---|---|---|---|"
 for c in $CLIENTS; do
     for mode in $MODES; do

@@ -223,3 +223,19 @@ fn leases_count_reads_in_flight() {
     assert_eq!(n.in_flight.load(Ordering::Relaxed), 0);
     assert_eq!(n.served.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn prometheus_shows_reads_per_node_and_role() {
+    let ctx = crate::server::RouterCtx::new(config(), crate::CatalogHandle::new(three()));
+    drop(ctx.reads.lease(NodeId(2), true));
+    let _running = ctx.reads.lease(NodeId(3), true);
+    ctx.reads.ban(NodeId(3), Duration::from_secs(1));
+    let text = crate::metrics::render(&ctx);
+    for line in [
+        "pgshard_router_reads_total{node=\"shard1-node2\",role=\"replica\"} 1",
+        "pgshard_router_reads_in_flight{node=\"shard1-node3\",role=\"replica\"} 1",
+        "pgshard_router_replica_bans_total{node=\"shard1-node3\",role=\"replica\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}

@@ -175,7 +175,12 @@ where
             self.emit_empty(b'1');
             return Ok(());
         }
-        match self.ensure_backend(shard, frame).await {
+        let need = if stmt.plan.replica_ok {
+            Need::Read(self.read_key(stmt.digest))
+        } else {
+            Need::Attached
+        };
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => {
                 // Cannot happen (same shard or none attached); undo and retry later.
@@ -722,7 +727,14 @@ where
             (None, Route::Shard(s)) => *s,
             (None, _) => self.any_shard(),
         };
-        match self.ensure_backend(shard, frame).await {
+        // Describing writes nothing: a statement that will read from a replica is
+        // described by one too (tokio-postgres describes before every first Bind).
+        let need = if stmt.plan.replica_ok {
+            Need::Read(self.read_key(stmt.digest))
+        } else {
+            Need::Attached
+        };
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => return Ok(()),
             Err(e) => {
