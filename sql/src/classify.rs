@@ -492,21 +492,14 @@ pub(crate) fn replica_safe(toks: &[Token<'_>]) -> bool {
     }
     for (j, t) in toks.iter().enumerate() {
         let next = toks.get(j + 1).map(|t| t.tok);
-        match t.tok {
-            Tok::Word(w) if w.eq_ignore_ascii_case("for") => {
-                let locks = ["update", "share", "no", "key"]
-                    .iter()
-                    .any(|k| next.is_some_and(|n| n.is_word(k)));
-                if locks {
-                    return false;
-                }
-            }
-            Tok::Word(_) | Tok::QuotedIdent(_) if next == Some(Tok::Punct(b'(')) => {
-                if !call_is_read_only(toks, j) {
-                    return false;
-                }
-            }
-            _ => {}
+        let locks = t.tok.is_word("for")
+            && ["update", "share", "no", "key"]
+                .iter()
+                .any(|k| next.is_some_and(|n| n.is_word(k)));
+        let call =
+            matches!(t.tok, Tok::Word(_) | Tok::QuotedIdent(_)) && next == Some(Tok::Punct(b'('));
+        if locks || (call && !call_is_read_only(toks, j)) {
+            return false;
         }
     }
     true
