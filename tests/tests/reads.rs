@@ -542,3 +542,42 @@ async fn differential_corpus_with_read_from_any() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The read set follows the catalog through a failover: once the router's catalog
+/// names the promoted replica as primary, replica reads go only to the remaining
+/// replica, and they go on without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_set_follows_a_failover() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(1), replica_reads).await?;
+    let router = d.router().await?;
+    seed(&d, &router, 10).await?;
+    let old = d.primary_of(1).await?;
+    let c = router.connect().await?;
+    for _ in 0..10 {
+        port_of(&c, "SELECT inet_server_port() FROM kv WHERE k = 1").await?;
+    }
+    d.kill_node(&old).await?;
+    let after = d
+        .wait_catalog("shard 1 has a new primary", WAIT, |cat| {
+            cat.primary(ShardId(1)).is_some_and(|p| p.name != old)
+        })
+        .await?;
+    let promoted = after.primary(ShardId(1)).map(|p| p.port).unwrap_or_default();
+    let started = Instant::now();
+    while router.catalog().primary(ShardId(1)).map(|p| p.port) != Some(promoted) {
+        assert!(started.elapsed() < WAIT, "router never saw the new primary");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = router.connect().await?;
+    for _ in 0..30 {
+        let p = port_of(&c, "SELECT inet_server_port() FROM kv WHERE k = 1").await?;
+        let snapshot = router.catalog();
+        let node = snapshot.nodes.iter().find(|n| n.port == p);
+        assert!(
+            node.is_some_and(|n| n.role == NodeRole::Replica && n.name != old),
+            "read served by {node:?} after the failover"
+        );
+        assert_ne!(p, promoted, "the promoted primary served a replica read");
+    }
+    Ok(())
+}
