@@ -562,7 +562,10 @@ async fn read_set_follows_a_failover() -> anyhow::Result<()> {
             cat.primary(ShardId(1)).is_some_and(|p| p.name != old)
         })
         .await?;
-    let promoted = after.primary(ShardId(1)).map(|p| p.port).unwrap_or_default();
+    let promoted = after
+        .primary(ShardId(1))
+        .map(|p| p.port)
+        .unwrap_or_default();
     let started = Instant::now();
     while router.catalog().primary(ShardId(1)).map(|p| p.port) != Some(promoted) {
         assert!(started.elapsed() < WAIT, "router never saw the new primary");
