@@ -184,11 +184,20 @@ where
         sql: &str,
         stmts: &[&str],
     ) -> Result<ControlFlow<(), Plan>, SessionError> {
-        let catalog = self.ctx.catalog.current();
-        let plan = pgshard_sql::plan(sql, &catalog);
-        let plan = self
-            .complete_insert_columns(sql, plan, &catalog, false)
-            .await;
+        // A statement for a bucket frozen by a move waits for the move (`crate::hold`).
+        let mut hold = crate::hold::FrozenHold::new();
+        let plan = loop {
+            let catalog = self.ctx.catalog.current();
+            let plan = pgshard_sql::plan(sql, &catalog);
+            if self.shard_override.is_none() && crate::hold::touches_frozen(&plan, &catalog) {
+                hold.wait(&self.ctx).await?;
+                continue;
+            }
+            hold.released(&self.ctx);
+            break self
+                .complete_insert_columns(sql, plan, &catalog, false)
+                .await;
+        };
         if plan.kind == pgshard_sql::StatementKind::Ddl {
             // Statements prepared from now on are parsed afresh (see `ddl_epoch`).
             self.ctx
