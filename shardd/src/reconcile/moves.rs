@@ -343,9 +343,9 @@ impl Reconciler {
                 .query_one(
                     "SELECT (SELECT count(*) FROM pg_stat_activity
                               WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-                                AND xact_start < $1::timestamptz)
+                                AND xact_start < $1::text::timestamptz)
                           + (SELECT count(*) FROM pg_prepared_xacts
-                              WHERE prepared < $1::timestamptz)",
+                              WHERE prepared < $1::text::timestamptz)",
                     &[&at],
                 )
                 .await
