@@ -25,7 +25,10 @@
 //! 3. `→ copying`: per database, `COPY (SELECT … WHERE bucket IN …)` from the source
 //!    into the target, `DELETE` on the source, both `PREPARE TRANSACTION
 //!    'pgshard_move_<id>_…'`.
-//! 4. `→ flipped` ([`moves::flip`], the commit point), then COMMIT PREPARED on both.
+//! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, so
+//!    nothing sees those rows but fan-out reads, as with any distributed commit), then
+//!    `→ flipped` ([`moves::flip`], the commit point), then COMMIT PREPARED on the
+//!    source. A rollback before the flip deletes the target's copy again.
 //! 5. `→ cleaning`: once every router routes with the flip's version (bounded) the
 //!    fence rows go, and the triggers when no fence row is left; `→ done`.
 //!
@@ -48,7 +51,14 @@ use tokio_postgres::Client;
 pub const GID_PREFIX: &str = "pgshard_move_";
 /// Bound on waiting for the transactions open at the fence to end; past it the move is
 /// rolled back and tried again later (a router may hold a statement of one of them).
-const DRAIN: Duration = Duration::from_secs(3);
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// How long a new fence lets writes through: longer than a statement takes from its
+/// router's plan to the shard, shorter than routers take to see a freeze.
+const SOFT: Duration = Duration::from_millis(100);
+
+/// Attempts at a move that fails (rolled back each time) before it is given up.
+const TRIES: i64 = 5;
 
 /// Buckets per move: small groups keep each freeze short.
 pub const GROUP: usize = 4;
@@ -167,18 +177,22 @@ fn fence_sql(t: &Dist, buckets: u32) -> String {
         "CREATE OR REPLACE FUNCTION pgshard_move.{func}() RETURNS trigger LANGUAGE plpgsql AS $f$
          BEGIN
            IF TG_OP <> 'DELETE' THEN
-             IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {new}) THEN
+             IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {new}
+                                AND hard_at <= clock_timestamp()) THEN
                RAISE EXCEPTION USING ERRCODE = '55000',
                  MESSAGE = format('the bucket of this row of table %s is being moved to another shard', TG_TABLE_NAME),
                  HINT = 'The router that sent it has not seen the move yet: retry the transaction.';
              END IF;
            END IF;
            IF TG_OP <> 'INSERT' THEN
-             IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {old}) THEN
+             IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {old}
+                                AND hard_at <= clock_timestamp()) THEN
                RAISE EXCEPTION USING ERRCODE = '55000',
                  MESSAGE = format('the bucket of this row of table %s is being moved to another shard', TG_TABLE_NAME),
                  HINT = 'The router that sent it has not seen the move yet: retry the transaction.';
              END IF;
+           END IF;
+           IF TG_OP = 'DELETE' THEN
              RETURN OLD;
            END IF;
            RETURN NEW;
@@ -247,6 +261,7 @@ impl Reconciler {
                     if let Err(error) = self.run_move(m.id).await {
                         tracing::warn!(id = m.id, %error, "move failed");
                         self.abort_move(m.id, &error.to_string()).await?;
+                        self.retry(&m).await?;
                     }
                 }
                 Some(Next::Abort) => {
@@ -261,27 +276,57 @@ impl Reconciler {
         Ok(done)
     }
 
+    /// Record `m` again after it failed and was rolled back (a transaction that would
+    /// not end, a failover of its source…), up to [`TRIES`] times in all.
+    async fn retry(&mut self, m: &Move) -> Result<(), ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let b: Vec<i32> = m.buckets.iter().map(|b| b.0 as i32).collect();
+        let tries: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pgshard.moves
+                  WHERE state = 'aborted' AND operation = $1 AND buckets = $2::int4[]",
+                &[&m.operation, &b],
+            )
+            .await
+            .map_err(pgshard_catalog::store::StoreError::from)?
+            .get(0);
+        if tries < TRIES {
+            let again = moves::create(&mut client, &m.operation, m.source, m.target, &m.buckets).await?;
+            tracing::info!(id = again.id, failed = m.id, tries, "move recorded again");
+        } else {
+            tracing::error!(id = m.id, tries, "move failed too often; given up");
+        }
+        Ok(())
+    }
+
     /// One move from `planned` to `done` (see the module doc). An error before the flip
     /// leaves it for [`Reconciler::abort_move`].
     async fn run_move(&mut self, id: i64) -> Result<(), ReconcileError> {
         let mut client = self.catalog_client().await?;
         let m = moves::get(&client, id).await?;
         self.fault("move-planned").await;
-        let v = moves::freeze(&mut client, id).await?;
-        tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
-        self.fault("move-frozen").await;
         let catalog = pgshard_catalog::store::load(&client).await?;
         let source = self.primary_spec(&catalog, m.source)?;
         let tables = distributed(&catalog);
         let dbs = self.databases(&source).await?;
-        let fenced_at = self.fence(&source, &dbs, &tables, &m, catalog.buckets).await?;
+        self.install_fence(&source, &dbs, &tables, catalog.buckets).await?;
+        let v = moves::freeze(&mut client, id).await?;
+        tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
+        self.fault("move-frozen").await;
+        self.fence(&source, &dbs, &tables, &m).await?;
         self.routers_caught_up(&client, v).await;
-        self.drain_older(&source, &fenced_at).await?;
+        self.drain_fenced(&source, &dbs, &tables, &m).await?;
         moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
         self.fault("move-copying").await;
         let target = self.primary_spec(&catalog, m.target)?;
         let rows = self.copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets).await?;
         moves::advance(&client, id, MoveState::Copying, MoveState::Copying, Some(rows)).await?;
+        // The target's rows are committed *before* the flip: a statement routed there
+        // by the flip must find them (an UPDATE does not wait for a prepared insert, it
+        // does not see the row). Routers do not route the buckets there before the
+        // flip, and a rollback deletes them again (`abort_move`).
+        self.end_prepared(&target, id, true).await?;
+        self.fault("move-target-committed").await;
         let v = moves::flip(&mut client, id).await?;
         tracing::info!(id, rows, %v, "move flipped");
         self.fault("move-flipped").await;
@@ -289,17 +334,16 @@ impl Reconciler {
         self.finish_move(id).await
     }
 
-    /// Install the fence on the source (idempotent): returns the source's clock right
-    /// after it committed, as text.
-    async fn fence(
+    /// Install the fence triggers on the source (idempotent; before the freeze, so that
+    /// their lock never waits behind a transaction a router holds for a frozen bucket).
+    /// A trigger already there is left alone: creating it again would lock its table.
+    async fn install_fence(
         &self,
         source: &NodeSpec,
         dbs: &[String],
         tables: &[Dist],
-        m: &Move,
         buckets: u32,
-    ) -> Result<String, ReconcileError> {
-        let list = bucket_list(&m.buckets);
+    ) -> Result<(), ReconcileError> {
         for db in dbs {
             let c = self.connect_db(source, db).await?;
             let present = self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?;
@@ -307,60 +351,127 @@ impl Reconciler {
                 continue;
             }
             let mut sql = String::from(
-                "SET lock_timeout = '5s';
+                "SET lock_timeout = '2s';
                  CREATE SCHEMA IF NOT EXISTS pgshard_move;
                  CREATE TABLE IF NOT EXISTS pgshard_move.fence (
-                     bucket int4 PRIMARY KEY, move_id bigint NOT NULL);",
+                     bucket int4 PRIMARY KEY, move_id bigint NOT NULL,
+                     hard_at timestamptz NOT NULL);",
             );
             for i in present {
-                sql.push_str(&fence_sql(&tables[i], buckets));
+                let has: bool = c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_trigger
+                                         WHERE tgrelid = to_regclass($1)
+                                           AND tgname = 'pgshard_move_fence')",
+                        &[&tables[i].quoted],
+                    )
+                    .await
+                    .map_err(|e| db_err(&source.name, e))?
+                    .get(0);
+                if !has {
+                    sql.push_str(&fence_sql(&tables[i], buckets));
+                }
             }
-            sql.push_str(&format!(
-                "INSERT INTO pgshard_move.fence SELECT b, {} FROM unnest({list}) AS b
-                 ON CONFLICT (bucket) DO NOTHING;",
-                m.id
-            ));
             c.batch_execute(&format!("BEGIN; {sql} COMMIT;"))
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
         }
-        let c = self.connect_db(source, "postgres").await?;
-        let at: String = c
-            .query_one("SELECT clock_timestamp()::text", &[])
-            .await
-            .map_err(|e| db_err(&source.name, e))?
-            .get(0);
-        Ok(at)
+        Ok(())
     }
 
-    /// Wait (bounded by [`DRAIN`]) until no transaction that began before `at` is open
-    /// or prepared on the source: their writes to the buckets are committed by then.
-    async fn drain_older(&self, source: &NodeSpec, at: &str) -> Result<(), ReconcileError> {
+    /// Insert the move's fence rows on the source (idempotent), *soft* for [`SOFT`]:
+    /// writes to the buckets still pass (a statement a router planned just before it
+    /// saw the freeze may arrive now), then refused. [`Reconciler::drain_fenced`] then waits
+    /// (bounded by [`DRAIN`]) until the fence is hard and every transaction that may
+    /// have written the buckets has ended: those holding a transaction id then
+    /// (prepared ones included: the oldest running xid passes them), those open then (by
+    /// pid and start), and the transactions prepared by the time those had left.
+    async fn fence(&self, source: &NodeSpec, dbs: &[String], tables: &[Dist], m: &Move) -> Result<(), ReconcileError> {
+        let list = bucket_list(&m.buckets);
+        for db in dbs {
+            let c = self.connect_db(source, db).await?;
+            if self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?.is_empty() {
+                continue;
+            }
+            c.batch_execute(&format!(
+                "INSERT INTO pgshard_move.fence
+                 SELECT b, {}, clock_timestamp() + interval '{} ms' FROM unnest({list}) AS b
+                 ON CONFLICT (bucket) DO NOTHING",
+                m.id,
+                SOFT.as_millis()
+            ))
+            .await
+            .map_err(|e| db_err(&source.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the fence of `m` is hard on the source and every transaction that may
+    /// have written its buckets without being refused has ended (see [`Reconciler::fence`]).
+    async fn drain_fenced(&self, source: &NodeSpec, dbs: &[String], tables: &[Dist], m: &Move) -> Result<(), ReconcileError> {
+        let deadline = Instant::now() + DRAIN + SOFT;
+        for db in dbs {
+            let c = self.connect_db(source, db).await?;
+            if self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?.is_empty() {
+                continue;
+            }
+            let hard = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
+                          FROM pgshard_move.fence WHERE move_id = $1";
+            self.poll(&c, source, deadline, hard, &[&m.id]).await?;
+        }
         let c = self.connect_db(source, "postgres").await?;
+        let err = |e| db_err(&source.name, e);
+        let row = c
+            .query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
+                        coalesce(array_agg(pid::text || '@' || xact_start::text)
+                                 FILTER (WHERE xact_start IS NOT NULL), '{}')
+                   FROM pg_stat_activity
+                  WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let (xmax, open): (String, Vec<String>) = (row.get(0), row.get(1));
         let deadline = Instant::now() + DRAIN;
+        let wait = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8
+                       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                        WHERE pid::text || '@' || xact_start::text = ANY($2))";
+        self.poll(&c, source, deadline, wait, &[&xmax, &open]).await?;
+        let prepared: Vec<String> = c
+            .query_one("SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts", &[])
+            .await
+            .map_err(err)?
+            .get(0);
+        let wait = "SELECT NOT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = ANY($1))";
+        self.poll(&c, source, deadline, wait, &[&prepared]).await
+    }
+
+    /// Run `sql` (one boolean) until it is true or `deadline` passes (an error).
+    async fn poll(
+        &self,
+        c: &Client,
+        source: &NodeSpec,
+        deadline: Instant,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), ReconcileError> {
         loop {
-            let open: i64 = c
-                .query_one(
-                    "SELECT (SELECT count(*) FROM pg_stat_activity
-                              WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-                                AND xact_start < $1::text::timestamptz)
-                          + (SELECT count(*) FROM pg_prepared_xacts
-                              WHERE prepared < $1::text::timestamptz)",
-                    &[&at],
-                )
+            let done: bool = c
+                .query_one(sql, params)
                 .await
                 .map_err(|e| db_err(&source.name, e))?
                 .get(0);
-            if open == 0 {
+            if done {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(node_err(
                     &source.name,
-                    format!("{open} transactions older than the fence still open after {DRAIN:?}"),
+                    format!("transactions older than the fence still open after {DRAIN:?}"),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -437,7 +548,13 @@ impl Reconciler {
 
     /// Remove move `id`'s fence rows on `source`, and the fence triggers of a database
     /// where no fence row is left.
-    async fn lift_fence(&self, source: &NodeSpec, id: i64, tables: &[Dist]) -> Result<(), ReconcileError> {
+    async fn lift_fence(
+        &self,
+        source: &NodeSpec,
+        id: i64,
+        tables: &[Dist],
+        drop_triggers: bool,
+    ) -> Result<(), ReconcileError> {
         for db in self.databases(source).await? {
             let c = self.connect_db(source, &db).await?;
             let has: bool = c
@@ -456,11 +573,13 @@ impl Reconciler {
                 .await
                 .map_err(|e| db_err(&source.name, e))?
                 .get(0);
-            if left > 0 {
+            if left > 0 || !drop_triggers {
                 continue;
             }
+            // Dropping a trigger locks its table: never wait long behind a transaction
+            // (readers of the table would queue behind the lock); a later round retries.
             let present = self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?;
-            let mut sql = String::from("SET lock_timeout = '5s'; BEGIN;");
+            let mut sql = String::from("SET lock_timeout = '500ms'; BEGIN;");
             for i in present {
                 sql.push_str(&format!(
                     "DROP TRIGGER IF EXISTS pgshard_move_fence ON {};",
@@ -487,7 +606,7 @@ impl Reconciler {
         self.fault("move-cleaning").await;
         let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
         self.routers_caught_up(&client, flip).await;
-        self.lift_fence(&source, id, &distributed(&catalog)).await?;
+        self.lift_fence(&source, id, &distributed(&catalog), true).await?;
         moves::advance(&client, id, MoveState::Cleaning, MoveState::Done, None).await?;
         tracing::info!(id, rows = m.rows_moved, freeze_ms = ?m.freeze_ms, "move done");
         Ok(())
@@ -505,10 +624,38 @@ impl Reconciler {
         let source = self.primary_spec(&catalog, m.source)?;
         let target = self.primary_spec(&catalog, m.target)?;
         self.end_prepared(&target, id, false).await?;
+        self.delete_copied(&target, &m, &catalog).await?;
         self.end_prepared(&source, id, false).await?;
+        // The fence goes before the buckets are released to the source again, the
+        // triggers after (their lock could wait behind a transaction routers hold).
+        let tables = distributed(&catalog);
+        self.lift_fence(&source, id, &tables, false).await?;
         moves::abort(&mut client, id, why).await?;
-        self.lift_fence(&source, id, &distributed(&catalog)).await?;
+        self.lift_fence(&source, id, &tables, true).await?;
         tracing::warn!(id, why, "move rolled back");
+        Ok(())
+    }
+
+    /// Delete the rows of `m`'s buckets on its target (a rollback after the target's
+    /// copy committed): before the flip the target owns none of them, so every such
+    /// row is the move's copy.
+    async fn delete_copied(&self, target: &NodeSpec, m: &Move, catalog: &Catalog) -> Result<(), ReconcileError> {
+        let tables = distributed(catalog);
+        let list = bucket_list(&m.buckets);
+        for db in self.databases(target).await? {
+            let c = self.connect_db(target, &db).await?;
+            let present = self.present(&c, &tables).await.map_err(|e| db_err(&target.name, e))?;
+            let mut sql = String::from("BEGIN; SET LOCAL session_replication_role = replica;");
+            for i in &present {
+                let t = &tables[*i];
+                let expr = bucket_sql_expr(&quote_ident(&t.key), t.key_type, catalog.buckets);
+                sql.push_str(&format!("DELETE FROM {} WHERE {expr} = ANY({list});", t.quoted));
+            }
+            sql.push_str("COMMIT;");
+            if !present.is_empty() {
+                c.batch_execute(&sql).await.map_err(|e| db_err(&target.name, e))?;
+            }
+        }
         Ok(())
     }
 
