@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../schema/0002_twopc.sql")),
     (3, include_str!("../schema/0003_topology.sql")),
     (4, include_str!("../schema/0004_moves.sql")),
+    (6, include_str!("../schema/0006_table_origin.sql")),
 ];
 
 /// Serialises concurrent `migrate` calls (an arbitrary, fixed advisory lock key).
@@ -176,7 +177,7 @@ pub async fn init_cluster(
         insert_node(&tx, n).await?;
     }
     for t in &init.tables {
-        insert_table(&tx, t).await?;
+        insert_table(&tx, t, TableOrigin::Config).await?;
     }
     let v = bump(&tx).await?;
     tx.commit().await?;
@@ -226,9 +227,28 @@ fn key_type_code(k: KeyType) -> &'static str {
     }
 }
 
+/// Where a table declaration comes from (see `schema/0006_table_origin.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableOrigin {
+    /// `pgshard.toml`: stays declared by name when the table is dropped.
+    Config,
+    /// `create_distributed_table` / `create_reference_table`: forgotten when dropped.
+    Function,
+}
+
+impl TableOrigin {
+    fn code(self) -> &'static str {
+        match self {
+            TableOrigin::Config => "config",
+            TableOrigin::Function => "function",
+        }
+    }
+}
+
 async fn insert_table(
     tx: &tokio_postgres::Transaction<'_>,
     t: &TableDef,
+    origin: TableOrigin,
 ) -> Result<(), StoreError> {
     let (kind, key, key_type, colocation) = match &t.kind {
         TableKind::Distributed {
@@ -244,9 +264,9 @@ async fn insert_table(
         TableKind::Reference => ("reference", None, None, None),
     };
     tx.execute(
-        "INSERT INTO pgshard.tables (name, kind, shard_key, key_type, colocation)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&t.name, &kind, &key, &key_type, &colocation],
+        "INSERT INTO pgshard.tables (name, kind, shard_key, key_type, colocation, origin)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&t.name, &kind, &key, &key_type, &colocation, &origin.code()],
     )
     .await
     .map_err(|e| {
@@ -272,9 +292,10 @@ pub async fn upsert_node(client: &mut Client, node: &Node) -> Result<CatalogVers
 pub async fn add_table(
     client: &mut Client,
     table: &TableDef,
+    origin: TableOrigin,
 ) -> Result<CatalogVersion, StoreError> {
     let tx = client.transaction().await?;
-    insert_table(&tx, table).await?;
+    insert_table(&tx, table, origin).await?;
     let v = bump(&tx).await?;
     tx.commit().await?;
     Ok(v)
@@ -294,7 +315,7 @@ pub async fn add_table_at_commit(
     participants: &[ShardId],
 ) -> Result<CatalogVersion, StoreError> {
     let tx = client.transaction().await?;
-    insert_table(&tx, table).await?;
+    insert_table(&tx, table, TableOrigin::Function).await?;
     let v = bump(&tx).await?;
     crate::twopc::record_commit(&tx, gid, router, participants).await?;
     tx.commit().await?;
@@ -309,6 +330,28 @@ pub async fn remove_table(client: &mut Client, name: &str) -> Result<CatalogVers
     let v = bump(&tx).await?;
     tx.commit().await?;
     Ok(v)
+}
+
+/// Forget a table declared by `create_distributed_table`/`create_reference_table`
+/// (the caller checked it is gone from every shard); declarations from the
+/// configuration stay. The new version, or `None` when nothing was forgotten.
+pub async fn forget_dropped_table(
+    client: &mut Client,
+    name: &str,
+) -> Result<Option<CatalogVersion>, StoreError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "DELETE FROM pgshard.tables WHERE name = $1 AND origin = 'function'",
+            &[&name],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(Some(v))
 }
 
 /// Record a probe result as observed health (`pgshard.node_health`); never bumps the

@@ -229,7 +229,7 @@ impl Mover<'_> {
                     .dedicated()
                     .await
                     .map_err(|reason| catalog_error(&def, reason))?;
-                store::add_table(&mut client, &def)
+                store::add_table(&mut client, &def, store::TableOrigin::Function)
                     .await
                     .map_err(|e| catalog_error(&def, e.to_string()))?;
             }

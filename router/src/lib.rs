@@ -12,7 +12,8 @@
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
 //! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
-//! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows);
+//! - [`distribute`]: `create_distributed_table` / `create_reference_table` (moving rows),
+//!   and [`forget`]: forgetting such tables once dropped;
 //! - [`admin`]: the `pgshard` admin console, and [`stats`] behind its `SHOW STATS` and
 //!   the Prometheus endpoint ([`metrics`]);
 //! - [`tls`]: the rustls acceptor for clients that ask for TLS (SSLRequest);
@@ -29,6 +30,7 @@ pub mod catalog_watch;
 pub mod copy;
 pub mod distribute;
 pub mod fanout;
+pub mod forget;
 pub mod hold;
 pub mod metrics;
 pub mod protocol;

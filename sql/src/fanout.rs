@@ -61,6 +61,9 @@ pub struct FanoutPlan {
     /// mean what they mean in the client's statement).
     pub shard_sql: String,
     pub merge: MergePlan,
+    /// Set for `DECLARE … CURSOR FOR` this read: the router runs it and keeps its rows
+    /// for FETCH ([`crate::cursor`]).
+    pub cursor: Option<crate::CursorDecl>,
 }
 
 /// How the router combines the shards' answers.
@@ -760,6 +763,7 @@ fn stream(
             limit,
             offset,
         }),
+        cursor: None,
     })
 }
 
@@ -1171,6 +1175,7 @@ fn finish_aggregate(
             relation: REL.to_owned(),
             columns,
         }),
+        cursor: None,
     })
 }
 
@@ -1314,6 +1319,7 @@ fn finish_distinct(
             relation: REL.to_owned(),
             columns: (0..n + extra.len()).map(col_name).collect(),
         }),
+        cursor: None,
     })
 }
 

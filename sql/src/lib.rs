@@ -33,6 +33,7 @@
 mod classify;
 mod constraints;
 pub mod copy;
+pub mod cursor;
 pub mod fanout;
 mod parse;
 mod plan;
@@ -46,10 +47,11 @@ mod tests;
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
+pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
-pub use plan::{plan, route_execute, route_for_key, statement_kind, table_names};
+pub use plan::{dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
 
 /// What the router does with one Query string (one statement, or several separated by
@@ -199,6 +201,9 @@ pub enum RouterCommand {
     Execute { name: String, args: Vec<ExecuteArg> },
     /// `DEALLOCATE [PREPARE] name`, or `DEALLOCATE ALL` (`name` is `None`).
     Deallocate { name: Option<String> },
+    /// FETCH, MOVE or CLOSE of a cursor the router holds (a multi-shard one, see
+    /// [`cursor`]); the router decides this, the planner routes these to a shard.
+    Cursor(CursorCommand),
 }
 
 /// One argument of an SQL-level `EXECUTE`.

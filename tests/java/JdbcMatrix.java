@@ -9,8 +9,7 @@
 // read in batches inside a transaction), transactions, DDL, and errors with their
 // SQLSTATEs. Reads are compared row by row as text.
 //
-// Checks waiting for a router limitation run only with PGSHARD_DRIVER_STRICT=1; the
-// program prints one line per check and OK at the end when none failed.
+// The program prints one line per check and OK at the end when none failed.
 
 import java.math.BigDecimal;
 import java.sql.Connection;
@@ -28,7 +27,6 @@ import java.util.Objects;
 import java.util.Properties;
 
 public class JdbcMatrix {
-    static final boolean STRICT = "1".equals(System.getenv("PGSHARD_DRIVER_STRICT"));
     static final int N_ACCOUNTS = 200;
     static final String[] KINDS = {"deposit", "fee", "transfer"};
 
@@ -38,7 +36,6 @@ public class JdbcMatrix {
 
     static int passed = 0;
     static List<String> failed = new ArrayList<>();
-    static List<String> gated = new ArrayList<>();
     static String routerUrl;
     static String plainUrl;
     static Connection r;
@@ -67,13 +64,8 @@ public class JdbcMatrix {
         p = connect(plainUrl, null);
     }
 
-    /** Run a check; `gate` names the router limitation it waits for, or is null. */
-    static void check(String name, String gate, Check body) throws SQLException {
-        if (gate != null && !STRICT) {
-            gated.add(name);
-            System.out.println("gated jdbc: " + name + " (" + gate + ")");
-            return;
-        }
+    /** Run a check. */
+    static void check(String name, Check body) throws SQLException {
         try {
             body.run();
             passed++;
@@ -157,11 +149,6 @@ public class JdbcMatrix {
         }
     }
 
-    static final String EVERY_SHARD = "0A000 statements that run on every shard are supported through the "
-        + "simple query protocol only, for now";
-    static final String SEVERAL_PARAMS = "0A000 shard key of distributed table events compared with several "
-        + "parameters (multi-shard routing at Bind is not yet supported)";
-    static final String ROW_LIMIT = "0A000 Execute with a row limit of a multi-shard write";
 
     static void both(String sql, Object... params) throws SQLException {
         update(r, sql, params);
@@ -210,7 +197,7 @@ public class JdbcMatrix {
         plainUrl = "jdbc:postgresql://127.0.0.1:" + args[1] + "/postgres";
         reconnect();
 
-        check("DDL: CREATE TABLE through Statement", null, () -> {
+        check("DDL: CREATE TABLE through Statement", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (Statement s = c.createStatement()) {
                     s.execute("CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, "
@@ -225,9 +212,7 @@ public class JdbcMatrix {
             "SELECT create_distributed_table('accounts', 'id')",
             "SELECT create_distributed_table('events', 'account_id', colocate_with => 'accounts')",
         };
-        check("create_distributed_table through Statement (extended protocol)",
-            "0A000 create_distributed_table() and create_reference_table() are supported through "
-                + "the simple query protocol only", () -> {
+        check("create_distributed_table through Statement (extended protocol)", () -> {
             try (Statement s = r.createStatement()) {
                 for (String sql : distribute) {
                     try (ResultSet rs = s.executeQuery(sql)) {
@@ -237,10 +222,10 @@ public class JdbcMatrix {
             }
         });
 
-        if (!STRICT || failed.contains("create_distributed_table through Statement (extended protocol)")) {
+        if (failed.contains("create_distributed_table through Statement (extended protocol)")) {
             // The rest needs distributed tables: the simple query protocol, the one
             // place this program asks pgjdbc for it.
-            check("create_distributed_table (preferQueryMode=simple)", null, () -> {
+            check("create_distributed_table (preferQueryMode=simple)", () -> {
                 Properties simple = new Properties();
                 simple.setProperty("preferQueryMode", "simple");
                 try (Connection c = connect(routerUrl, simple); Statement s = c.createStatement()) {
@@ -253,7 +238,7 @@ public class JdbcMatrix {
             });
         }
 
-        check("bulk load: PreparedStatement executeBatch across shards", null, () -> {
+        check("bulk load: PreparedStatement executeBatch across shards", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (PreparedStatement ps = c.prepareStatement(
                         "INSERT INTO accounts (id, owner, balance, region, created) VALUES (?, ?, ?, ?, ?)")) {
@@ -272,7 +257,7 @@ public class JdbcMatrix {
             same("SELECT id, owner, balance, region, created FROM accounts WHERE id = ?", 77L);
         });
 
-        check("bulk load: executeBatch with reWriteBatchedInserts, one shard", SEVERAL_PARAMS, () -> {
+        check("bulk load: executeBatch with reWriteBatchedInserts, one shard", () -> {
             Properties rewrite = new Properties();
             rewrite.setProperty("reWriteBatchedInserts", "true");
             for (String url : new String[] {routerUrl, plainUrl}) {
@@ -293,7 +278,7 @@ public class JdbcMatrix {
             same("SELECT seq, kind, amount FROM events WHERE account_id = ? ORDER BY seq", 1L);
         });
 
-        check("bulk load: reWriteBatchedInserts spanning shards", SEVERAL_PARAMS, () -> {
+        check("bulk load: reWriteBatchedInserts spanning shards", () -> {
             Properties rewrite = new Properties();
             rewrite.setProperty("reWriteBatchedInserts", "true");
             for (String url : new String[] {routerUrl, plainUrl}) {
@@ -314,9 +299,9 @@ public class JdbcMatrix {
             }
             same("SELECT count(*), sum(amount) FROM events");
         });
-        if (!STRICT || failed.contains("bulk load: reWriteBatchedInserts spanning shards")
+        if (failed.contains("bulk load: reWriteBatchedInserts spanning shards")
                 || failed.contains("bulk load: executeBatch with reWriteBatchedInserts, one shard")) {
-            check("bulk load: executeBatch spanning shards (no rewrite)", null, () -> {
+            check("bulk load: executeBatch spanning shards (no rewrite)", () -> {
                 execute(r, "DELETE FROM events");
                 execute(p, "DELETE FROM events");
                 for (Connection c : new Connection[] {r, p}) {
@@ -338,7 +323,7 @@ public class JdbcMatrix {
             });
         }
 
-        check("PreparedStatement INSERT without a column list", null, () -> {
+        check("PreparedStatement INSERT without a column list", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (PreparedStatement ps = c.prepareStatement("INSERT INTO accounts VALUES (?, ?, ?, ?, ?)")) {
                     for (long id = 1001; id <= 1004; id++) {
@@ -356,7 +341,7 @@ public class JdbcMatrix {
             execute(p, "DELETE FROM accounts WHERE id > 1000");
         });
 
-        check("DDL on distributed tables: CREATE INDEX, ALTER TABLE", EVERY_SHARD, () -> {
+        check("DDL on distributed tables: CREATE INDEX, ALTER TABLE", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (Statement s = c.createStatement()) {
                     s.execute("CREATE INDEX accounts_region ON accounts (region)");
@@ -365,8 +350,8 @@ public class JdbcMatrix {
             }
             same("SELECT count(*) FROM events WHERE note = 'n'");
         });
-        if (!STRICT || failed.contains("DDL on distributed tables: CREATE INDEX, ALTER TABLE")) {
-            check("DDL on distributed tables (preferQueryMode=simple)", null, () -> {
+        if (failed.contains("DDL on distributed tables: CREATE INDEX, ALTER TABLE")) {
+            check("DDL on distributed tables (preferQueryMode=simple)", () -> {
                 try (Statement s = p.createStatement()) {
                     s.execute("CREATE INDEX IF NOT EXISTS accounts_region ON accounts (region)");
                     s.execute("ALTER TABLE events ADD COLUMN IF NOT EXISTS note text DEFAULT 'n'");
@@ -383,9 +368,7 @@ public class JdbcMatrix {
             Object[] params = paramsOf(read);
             // Six executions of one PreparedStatement: pgjdbc switches to a named
             // server-side statement (and binary results) from the fifth on.
-            String gate = name.equals("ORDER BY a column not selected")
-                ? "34000 portal \"\" does not exist (from the fifth execution: pgjdbc's named statement)" : null;
-            check("PreparedStatement x6: " + name, gate, () -> {
+            check("PreparedStatement x6: " + name, () -> {
                 try (PreparedStatement pr = r.prepareStatement(sql); PreparedStatement pp = p.prepareStatement(sql)) {
                     for (int n = 0; n < 6; n++) {
                         for (int i = 0; i < params.length; i++) {
@@ -407,7 +390,7 @@ public class JdbcMatrix {
             });
         }
 
-        check("Statement: fan-out read without parameters", null, () -> {
+        check("Statement: fan-out read without parameters", () -> {
             String sql = "SELECT region, count(*), sum(balance) FROM accounts GROUP BY region ORDER BY region";
             List<List<String>> got;
             try (Statement s = r.createStatement(); ResultSet rs = s.executeQuery(sql)) {
@@ -423,7 +406,7 @@ public class JdbcMatrix {
             {"setFetchSize cursor, every shard", "SELECT id, owner, balance FROM accounts WHERE region = ? ORDER BY id", "4"},
         };
         for (String[] cur : cursors) {
-            check(cur[0], null, () -> {
+            check(cur[0], () -> {
                 List<List<String>> got = null;
                 for (Connection c : new Connection[] {r, p}) {
                     c.setAutoCommit(false);
@@ -448,7 +431,7 @@ public class JdbcMatrix {
             });
         }
 
-        check("executeBatch UPDATE across shards", null, () -> {
+        check("executeBatch UPDATE across shards", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (PreparedStatement ps = c.prepareStatement("UPDATE accounts SET balance = balance + ? WHERE id = ?")) {
                     for (long i = 1; i <= 60; i++) {
@@ -463,7 +446,7 @@ public class JdbcMatrix {
             same("SELECT sum(balance) FROM accounts");
         });
 
-        check("multi-shard transaction, committed", null, () -> {
+        check("multi-shard transaction, committed", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 c.setAutoCommit(false);
                 update(c, "UPDATE accounts SET balance = balance - ? WHERE id = ?", new BigDecimal(4), 1L);
@@ -478,7 +461,7 @@ public class JdbcMatrix {
             expectEqual("tx events", same("SELECT account_id FROM events WHERE seq = 9 ORDER BY 1").size(), 2);
         });
 
-        check("multi-shard transaction, rolled back", null, () -> {
+        check("multi-shard transaction, rolled back", () -> {
             List<List<String>> before = same("SELECT sum(balance), count(*) FROM accounts");
             r.setAutoCommit(false);
             execute(r, "UPDATE accounts SET balance = balance + ?", new BigDecimal(1));
@@ -490,7 +473,7 @@ public class JdbcMatrix {
             expectEqual("after rollback", same("SELECT sum(balance), count(*) FROM accounts"), before);
         });
 
-        check("executeUpdate of a multi-shard UPDATE, counts", ROW_LIMIT, () -> {
+        check("executeUpdate of a multi-shard UPDATE, counts", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (PreparedStatement ps = c.prepareStatement("UPDATE accounts SET region = region WHERE region = ?")) {
                     ps.setInt(1, 1);
@@ -499,7 +482,7 @@ public class JdbcMatrix {
             }
         });
 
-        check("executeUpdate of a multi-shard UPDATE in a transaction", ROW_LIMIT, () -> {
+        check("executeUpdate of a multi-shard UPDATE in a transaction", () -> {
             r.setAutoCommit(false);
             update(r, "UPDATE accounts SET balance = balance + ?", new BigDecimal(1));
             r.rollback();
@@ -519,14 +502,14 @@ public class JdbcMatrix {
             String sql = (String) e[1];
             Object[] params = new Object[e.length - 3];
             System.arraycopy(e, 3, params, 0, params.length);
-            check("error " + e[2] + ": " + e[0], null, () -> {
+            check("error " + e[2] + ": " + e[0], () -> {
                 String got = sqlState(r, sql, params);
                 expectEqual(sql, got, sqlState(p, sql, params));
                 expectEqual(sql, got, e[2]);
             });
         }
 
-        check("error inside a transaction, then 25P02, then rollback", null, () -> {
+        check("error inside a transaction, then 25P02, then rollback", () -> {
             List<String> got = null;
             for (Connection c : new Connection[] {r, p}) {
                 List<String> states = new ArrayList<>();
@@ -546,7 +529,7 @@ public class JdbcMatrix {
             expectEqual("SQLSTATEs", got.subList(0, 2), List.of("23514", "25P02"));
         });
 
-        check("TRUNCATE a distributed table", EVERY_SHARD, () -> {
+        check("TRUNCATE a distributed table", () -> {
             for (Connection c : new Connection[] {r, p}) {
                 try (Statement s = c.createStatement()) {
                     s.execute("TRUNCATE events");
@@ -557,8 +540,7 @@ public class JdbcMatrix {
 
         r.close();
         p.close();
-        System.out.println("jdbc: " + passed + " passed, " + failed.size() + " failed, " + gated.size()
-            + " gated (PGSHARD_DRIVER_STRICT=1 runs them)");
+        System.out.println("jdbc: " + passed + " passed, " + failed.size() + " failed");
         if (!failed.isEmpty()) {
             System.exit(1);
         }

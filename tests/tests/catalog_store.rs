@@ -153,10 +153,10 @@ async fn catalog_round_trip_versions_and_notify() -> anyhow::Result<()> {
             colocation: "default:text".into(),
         },
     };
-    let v5 = store::add_table(&mut client, &users).await?;
+    let v5 = store::add_table(&mut client, &users, store::TableOrigin::Config).await?;
     assert!(v5 > v4);
     assert!(matches!(
-        store::add_table(&mut client, &users).await,
+        store::add_table(&mut client, &users, store::TableOrigin::Config).await,
         Err(StoreError::Invalid(_))
     ));
     assert!(store::load(&client).await?.table("users").is_some());

@@ -335,3 +335,79 @@ async fn tables_are_distributed_through_the_router() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A table distributed with the function is forgotten once dropped (as Citus does), so
+/// a schema script that drops, recreates and distributes it runs again, through both
+/// protocols; a DROP rolled back, or one that failed, forgets nothing; a table declared
+/// in the configuration stays declared by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_tables_are_forgotten() -> anyhow::Result<()> {
+    let cluster = TestCluster::start(TestClusterOptions {
+        shards: 2,
+        replicas: 0,
+        tables: vec![pgshard_catalog::config::TableConfig {
+            name: "configured".into(),
+            shard_key: Some("id".into()),
+            key_type: None,
+            kind: None,
+            colocate_with: None,
+        }],
+        ..Default::default()
+    })
+    .await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    let rows: Vec<String> = (1..=100).map(|i| format!("({i}, 'v')")).collect();
+    let insert = format!("INSERT INTO t VALUES {}", rows.join(", "));
+    let script = [
+        "DROP TABLE IF EXISTS t",
+        "CREATE TABLE t (id bigint PRIMARY KEY, v text)",
+        "SELECT create_distributed_table('t', 'id')",
+        insert.as_str(),
+    ];
+    for round in 0..2 {
+        for sql in script {
+            c.simple_query(sql)
+                .await
+                .map_err(|e| anyhow::anyhow!("simple round {round}: {sql}: {e:?}"))?;
+        }
+        assert_eq!(routed(&c, "SELECT count(*) FROM t").await?, 100);
+    }
+    // The extended protocol (every statement prepared, as JDBC sends them).
+    for round in 0..2 {
+        for sql in script {
+            c.execute(sql, &[])
+                .await
+                .map_err(|e| anyhow::anyhow!("extended round {round}: {sql}: {e:?}"))?;
+        }
+        assert_eq!(routed(&c, "SELECT count(*) FROM t").await?, 100);
+    }
+    // The rows are spread: both shards hold some.
+    for shard in router.catalog().shard_ids() {
+        let node = cluster.connect_node(&node(shard)).await?;
+        assert!(
+            scalar(&node, "SELECT count(*) FROM t").await? > 0,
+            "shard {shard}"
+        );
+    }
+
+    // Rolled back, or failed: still declared, still spread, still answered whole.
+    c.batch_execute("BEGIN; DROP TABLE t; ROLLBACK").await?;
+    let (code, _) = refused(&c, "BEGIN; DROP TABLE t; SELECT 1 / 0").await;
+    assert_eq!(code, Some(SqlState::DIVISION_BY_ZERO));
+    c.batch_execute("COMMIT").await?;
+    c.batch_execute("BEGIN; SAVEPOINT s; DROP TABLE t; ROLLBACK TO s; COMMIT")
+        .await?;
+    assert!(router.catalog().table("t").is_some());
+    assert_eq!(routed(&c, "SELECT count(*) FROM t").await?, 100);
+
+    // Dropped inside a committed transaction: forgotten.
+    c.batch_execute("BEGIN; DROP TABLE t; COMMIT").await?;
+    assert!(router.catalog().table("t").is_none());
+
+    // A configured table stays declared when dropped.
+    c.batch_execute("CREATE TABLE configured (id bigint PRIMARY KEY); DROP TABLE configured")
+        .await?;
+    assert!(router.catalog().table("configured").is_some());
+    Ok(())
+}

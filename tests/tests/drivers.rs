@@ -5,9 +5,8 @@
 //! and the plain server's ports, prints one line per check and `OK` at the end;
 //! `.ci/run` installs every driver, and a missing one is a failure here, not a skip.
 //!
-//! Checks that wait for a router limitation to be lifted run only with
-//! `PGSHARD_DRIVER_STRICT=1` (the variable reaches the scripts through the environment).
-//! psql and tokio-postgres are in the matrix too (driven from here); pgbench in all
+//! No check is skipped or gated: every driver passes all of its checks with no special
+//! setting. psql and tokio-postgres are in the matrix too (driven from here); pgbench in all
 //! three query modes is `pgbench.rs`.
 
 use pgshard_tests::{Standalone, TestCluster, TestClusterOptions, TestRouter};
@@ -264,32 +263,16 @@ fn raw_rows(rows: &[tokio_postgres::Row]) -> anyhow::Result<RawRows> {
 /// The outcome of each check of a Rust-driven matrix entry (the scripts keep their own).
 struct Checks {
     driver: &'static str,
-    strict: bool,
     passed: usize,
     failed: Vec<String>,
-    gated: Vec<String>,
 }
 
 impl Checks {
     fn new(driver: &'static str) -> Checks {
         Checks {
             driver,
-            strict: std::env::var("PGSHARD_DRIVER_STRICT").as_deref() == Ok("1"),
             passed: 0,
             failed: Vec::new(),
-            gated: Vec::new(),
-        }
-    }
-
-    /// Whether to run check `name`; `gate` names the router limitation it waits for.
-    fn runs(&mut self, name: &str, gate: Option<&str>) -> bool {
-        match gate {
-            Some(why) if !self.strict => {
-                println!("gated {}: {name} ({why})", self.driver);
-                self.gated.push(name.to_owned());
-                false
-            }
-            _ => true,
         }
     }
 
@@ -311,11 +294,10 @@ impl Checks {
 
     fn finish(self) {
         println!(
-            "{}: {} passed, {} failed, {} gated (PGSHARD_DRIVER_STRICT=1 runs them)",
+            "{}: {} passed, {} failed",
             self.driver,
             self.passed,
-            self.failed.len(),
-            self.gated.len()
+            self.failed.len()
         );
         assert!(
             self.failed.is_empty(),
@@ -356,21 +338,14 @@ async fn tokio_postgres_matrix() -> anyhow::Result<()> {
         "SELECT create_distributed_table('events', 'account_id', colocate_with => 'accounts')",
     ];
     let name = "create_distributed_table (prepared: extended protocol)";
-    let mut distributed = false;
-    if checks.runs(
-        name,
-        Some("0A000 create_distributed_table() and create_reference_table() are supported through the simple query protocol only"),
-    ) {
-        let result = async {
-            for sql in distribute {
-                r.query(sql, &[]).await?;
-            }
-            Ok(())
+    let result = async {
+        for sql in distribute {
+            r.query(sql, &[]).await?;
         }
-        .await;
-        distributed = !checks.record(name, result);
+        Ok(())
     }
-    if !distributed {
+    .await;
+    if checks.record(name, result) {
         let result = async {
             for sql in distribute {
                 r.simple_query(sql).await?;
@@ -472,9 +447,6 @@ async fn tokio_postgres_matrix() -> anyhow::Result<()> {
     ];
     for (name, sql, params) in &reads {
         let name = format!("query: {name}");
-        if !checks.runs(&name, None) {
-            continue;
-        }
         let params: Vec<&(dyn ToSql + Sync)> = params
             .iter()
             .map(|b| b.as_ref() as &(dyn ToSql + Sync))
@@ -500,9 +472,6 @@ async fn tokio_postgres_matrix() -> anyhow::Result<()> {
             "SELECT id, owner FROM accounts WHERE region = 4 ORDER BY id",
         ),
     ] {
-        if !checks.runs(name, None) {
-            continue;
-        }
         let result = async {
             let mut all = Vec::new();
             for c in [&mut r, &mut p] {
@@ -594,9 +563,6 @@ async fn tokio_postgres_matrix() -> anyhow::Result<()> {
         ("SELEC 1", None, "42601"),
     ] {
         let name = format!("error {want}: {sql}");
-        if !checks.runs(&name, None) {
-            continue;
-        }
         let params: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let result = async {

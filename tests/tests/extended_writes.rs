@@ -121,6 +121,31 @@ async fn multi_shard_writes_with_parameters() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(n, 2);
+
+    // A row-limited Execute (a portal read 3 rows at a time) of a multi-shard write
+    // with RETURNING: the write runs whole, its rows come in batches, as PostgreSQL
+    // hands out a RETURNING portal's rows.
+    let tx = c.transaction().await?;
+    let update = tx
+        .prepare("UPDATE ew SET v = v + 1 WHERE id <= $1 RETURNING id")
+        .await?;
+    let portal = tx.bind(&update, &[&20i64]).await?;
+    let mut ids = Vec::new();
+    loop {
+        let batch = tx.query_portal(&portal, 3).await?;
+        assert!(batch.len() <= 3);
+        if batch.is_empty() {
+            break;
+        }
+        ids.extend(batch.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    tx.commit().await?;
+    ids.sort();
+    assert_eq!(ids, (1..=20).collect::<Vec<i64>>());
+    assert_eq!(
+        per_shard(&cluster, "SELECT count(*) FROM ew WHERE id <= 20 AND v = 7").await?,
+        rows
+    );
     Ok(())
 }
 
@@ -174,5 +199,35 @@ async fn savepoints_through_the_extended_protocol_in_a_transaction_spanning_shar
         .await?
         .get(0);
     assert_eq!(ones, 10);
+    Ok(())
+}
+
+/// Pipelined batches (several Executes before one Sync, as psycopg's pipeline mode,
+/// `executemany` and JDBC's `executeBatch` send them) holding multi-shard writes: the
+/// batch's implicit transaction spans the shards and commits at the Sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_shard_writes_in_pipelined_batches() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("pw", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE pw (id bigint PRIMARY KEY, v int NOT NULL)")
+        .await?;
+    let insert = c.prepare("INSERT INTO pw (id, v) VALUES ($1, 0)").await?;
+    let bump = c.prepare("UPDATE pw SET v = v + $1").await?;
+    // tokio-postgres pipelines the futures polled together.
+    let ids: Vec<i64> = (1..=10).collect();
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+        ids.iter().map(|id| [id as _]).collect();
+    let writes = params.iter().map(|p| c.execute(&insert, p));
+    let results = futures::future::join_all(writes).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let (a, b, d) = tokio::join!(
+        c.execute(&bump, &[&1i32]),
+        c.execute(&insert, &[&11i64]),
+        c.execute(&bump, &[&1i32]),
+    );
+    assert_eq!((a?, b?, d?), (10, 1, 11));
+    let sums = per_shard(&cluster, "SELECT coalesce(sum(v), 0)::int8 FROM pw").await?;
+    assert_eq!(sums.iter().sum::<i64>(), 10 * 2 + 1);
     Ok(())
 }

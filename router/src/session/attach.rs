@@ -20,6 +20,22 @@ pub(crate) enum Ensure {
     Deferred,
 }
 
+impl Attached {
+    /// Queues a BEGIN inside the batch's implicit transaction, which makes it an
+    /// explicit one (so a Sync no longer commits it), its replies swallowed.
+    pub(crate) fn begin_implicit_block(&mut self) {
+        let out = &mut self.conn.out;
+        encode_parse(out, "", "BEGIN", &[]);
+        encode_bind_with_results(out, IMPLICIT_BEGIN_PORTAL, "", &[0, 0, 0, 0], &[]);
+        encode_execute(out, IMPLICIT_BEGIN_PORTAL);
+        self.conn.unnamed = None;
+        self.expects.push_back(Expect::Swallow(b'1'));
+        self.expects.push_back(Expect::Swallow(b'2'));
+        self.expects.push_back(Expect::Swallow(b'C'));
+        self.conn.unsynced = true;
+    }
+}
+
 impl<R, W> Session<R, W>
 where
     R: AsyncRead + Unpin + Send,
@@ -53,15 +69,7 @@ where
                 // implicit transaction is made explicit here — a BEGIN inside an
                 // implicit block does that in PostgreSQL — so the other shard can join
                 // it; it commits at the client's Sync (`end_implicit_spanning`).
-                let out = &mut a.conn.out;
-                encode_parse(out, "", "BEGIN", &[]);
-                encode_bind_with_results(out, IMPLICIT_BEGIN_PORTAL, "", &[0, 0, 0, 0], &[]);
-                encode_execute(out, IMPLICIT_BEGIN_PORTAL);
-                a.conn.unnamed = None;
-                a.expects.push_back(Expect::Swallow(b'1'));
-                a.expects.push_back(Expect::Swallow(b'2'));
-                a.expects.push_back(Expect::Swallow(b'C'));
-                a.conn.unsynced = true;
+                a.begin_implicit_block();
                 self.txn.implicit_spanning = true;
                 self.txn.begin = Some("BEGIN".into());
                 self.txn.savepoints.clear();

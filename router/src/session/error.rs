@@ -80,6 +80,9 @@ pub enum SessionError {
         table: String,
         source: crate::copy::CopyError,
     },
+    /// A multi-shard cursor's error (see `super::cursor`), with PostgreSQL's SQLSTATE.
+    #[error("{message}")]
+    Cursor { code: &'static str, message: String },
     /// `create_distributed_table` / `create_reference_table` refused (its own SQLSTATE).
     #[error("{0}")]
     Distribute(#[from] crate::distribute::DistributeError),
@@ -113,6 +116,7 @@ impl SessionError {
             SessionError::TlsRequired { .. } => "28000",
             SessionError::TooManyClients => "53300",
             SessionError::Commit { code, .. } => code,
+            SessionError::Cursor { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
             SessionError::Copy { source, .. } => source.code(),
             SessionError::Distribute(e) => e.sqlstate(),

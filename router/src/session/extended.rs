@@ -17,6 +17,7 @@ use super::local::{LocalKind, LocalPortal};
 use super::refusal::Refusal;
 use super::simple::Target;
 use super::simple::POISON_SQL;
+use super::txn::RowLimit;
 use super::{Expect, FanoutPortal, FanoutWritePortal, PortalAt, Session, Stmt, VirtualTxn};
 use crate::backend::conn::MAX_PREPARED_PER_BACKEND;
 use crate::backend::{BackendConn, StmtKey};
@@ -50,7 +51,7 @@ where
         }
         // A statement for a bucket frozen by a move waits for the move (`crate::hold`).
         let mut hold = crate::hold::FrozenHold::new();
-        let (catalog, (plan, command, digest)) = loop {
+        let (catalog, (mut plan, command, digest)) = loop {
             let catalog = self.ctx.catalog.current();
             let Some(planned) = self.plan_parse(&name, &sql, &param_types, &catalog).await
             else {
@@ -67,6 +68,9 @@ where
                 return Ok(());
             }
         };
+        if let Some(route) = self.cursor_route(&sql) {
+            plan.route = route;
+        }
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
         // may still send Unsupported statements to a shard.)
@@ -310,7 +314,7 @@ where
             self.emit_empty(b'1');
         }
         self.emit_empty(b'2');
-        self.portals.insert(bind.portal.to_string(), (stmt, at));
+        self.add_portal(bind.portal, stmt, at);
     }
 
     /// Binds a multi-shard write: the router answers BindComplete and runs it at
@@ -639,8 +643,7 @@ where
             a.conn.unsynced = true;
             a.expects.push_back(Expect::Bind);
         }
-        self.portals
-            .insert(bind.portal.to_string(), (stmt, PortalAt::Shard(shard)));
+        self.add_portal(bind.portal, stmt, PortalAt::Shard(shard));
         Ok(())
     }
 
@@ -659,6 +662,12 @@ where
     /// Describe of a portal: answered by the router for the portals it holds, else by
     /// the backend that bound it.
     async fn describe_portal(&mut self, frame: &Frame, name: &str) -> Result<(), SessionError> {
+        if let Some(c) = self.cursors.get(name) {
+            // A SQL cursor is a portal too (psycopg describes its named cursors so).
+            let d = c.description.clone();
+            self.emit_local(&d);
+            return Ok(());
+        }
         let shard = match self.portals.get(name) {
             Some((_, PortalAt::Begin | PortalAt::Copy)) => {
                 self.emit_empty(b'n');
@@ -669,6 +678,11 @@ where
                 self.describe_buffered(&rows);
                 return Ok(());
             }
+            Some((_, PortalAt::Fanout(fp))) if fp.plan.cursor.is_some() => {
+                // DECLARE returns no rows.
+                self.emit_empty(b'n');
+                return Ok(());
+            }
             Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
                 // Answered with the Execute that follows.
                 self.described_fanout = Some(name.to_string());
@@ -676,7 +690,12 @@ where
             }
             Some((_, PortalAt::Local(p))) => {
                 let mut b = BytesMut::new();
-                super::local::encode_local_description(&mut b, &p.kind, &p.results);
+                match &p.kind {
+                    LocalKind::Router(RouterCommand::Cursor(c)) => {
+                        self.describe_cursor_command(c, &mut b)
+                    }
+                    kind => super::local::encode_local_description(&mut b, kind, &p.results),
+                }
                 self.emit_local(&b);
                 return Ok(());
             }
@@ -724,6 +743,11 @@ where
             }
             let mut b = BytesMut::new();
             super::local::encode_router_statement_description(&mut b, cmd);
+            if let RouterCommand::Cursor(c) = cmd {
+                // Its columns are the cursor's: NoData replaced by them.
+                b.truncate(b.len() - 5);
+                self.describe_cursor_command(c, &mut b);
+            }
             self.emit_local(&b);
             return Ok(());
         }
@@ -774,9 +798,7 @@ where
             return self.execute_on_attached(frame, portal, None, true);
         };
         if stmt.plan.kind == StatementKind::Ddl {
-            self.ctx
-                .ddl_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.note_ddl(&stmt.key.sql);
         }
         match at {
             PortalAt::Shard(shard) => self.execute_on_shard(frame, portal, &stmt, shard).await,
@@ -810,12 +832,16 @@ where
                 return Ok(());
             }
             PortalAt::Local(p) => return self.execute_local(frame, &stmt.key.sql, &p).await,
-            PortalAt::FanoutWrite(_) if max_rows != 0 => {
-                self.fail_extended(SessionError::from(Refusal::RowLimitedWrite));
-                return Ok(());
-            }
             PortalAt::FanoutWrite(p) => {
-                self.run_fanout_write_extended(frame, &p, describe).await?;
+                let limit = RowLimit {
+                    portal: portal.to_string(),
+                    rows: usize::try_from(max_rows).unwrap_or(0),
+                };
+                self.run_fanout_write_extended(frame, &p, describe, &limit)
+                    .await?;
+            }
+            PortalAt::Fanout(fp) if fp.plan.cursor.is_some() => {
+                self.declare_cursor(frame, &fp.plan, Some(&fp)).await?;
             }
             PortalAt::Fanout(fp) if max_rows > 0 => {
                 self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
@@ -977,6 +1003,10 @@ where
             return;
         }
         self.portals.remove(name);
+        if self.cursors.remove(name).is_some() {
+            self.emit_empty(b'3');
+            return;
+        }
         match self.attached.as_mut() {
             Some(a) => {
                 a.conn.out.extend_from_slice(frame.raw());
@@ -988,6 +1018,7 @@ where
     }
 
     pub(crate) fn on_sync(&mut self, frame: &Frame) {
+        self.syncs_seen += 1;
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
@@ -1002,6 +1033,8 @@ where
             }
             None => {
                 let s = self.client_status();
+                // Nothing is outstanding: every batch so far is answered.
+                self.syncs_answered = self.syncs_seen;
                 if s == b'I' {
                     // The implicit transaction ended: so did its portals.
                     self.portals.clear();

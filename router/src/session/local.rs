@@ -64,7 +64,8 @@ fn router_columns(cmd: &RouterCommand) -> Option<(&'static str, bool)> {
         | RouterCommand::ResetShard
         | RouterCommand::Prepare { .. }
         | RouterCommand::Execute { .. }
-        | RouterCommand::Deallocate { .. } => None,
+        | RouterCommand::Deallocate { .. }
+        | RouterCommand::Cursor(_) => None,
     }
 }
 
@@ -145,12 +146,14 @@ where
     }
 
     /// Runs a router command other than PREPARE and EXECUTE (which go to a shard) and
-    /// answers it; `in_txn` when a transaction block is open.
+    /// answers it; `in_txn` when a transaction block is open; `results`: the result
+    /// formats the client asked for.
     pub(crate) async fn run_router_command(
         &mut self,
         cmd: &RouterCommand,
         in_txn: bool,
         answer: Answer,
+        results: &[i16],
     ) {
         let mut b = BytesMut::new();
         let result = match cmd {
@@ -202,6 +205,7 @@ where
                 encode_command_complete(&mut b, "SHOW");
                 Ok(())
             }
+            RouterCommand::Cursor(c) => self.run_cursor_command(c, results, &mut b),
             RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } => {
                 Err(super::refusal::Refusal::router_command(cmd).into())
             }
@@ -251,7 +255,13 @@ where
                     results: p.results.clone(),
                     shard_params: Vec::new(),
                 };
-                return self.run_fanout_write_extended(frame, &write, false).await;
+                let limit = super::txn::RowLimit {
+                    portal: String::new(),
+                    rows: 0,
+                };
+                return self
+                    .run_fanout_write_extended(frame, &write, false, &limit)
+                    .await;
             }
         }
         // Outside a transaction block the statement runs on its own, as a simple Query
@@ -268,7 +278,10 @@ where
             }
         }
         match &p.kind {
-            LocalKind::Router(cmd) => self.run_router_command(cmd, in_txn, Answer::Extended).await,
+            LocalKind::Router(cmd) => {
+                self.run_router_command(cmd, in_txn, Answer::Extended, &p.results)
+                    .await
+            }
             LocalKind::AllShards(shards) => {
                 let (reply, error) = self.run_on_all(sql, shards, true).await?;
                 self.deliver(Answer::Extended, reply, error);

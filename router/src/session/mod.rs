@@ -29,6 +29,7 @@
 
 mod attach;
 mod copy;
+mod cursor;
 pub mod error;
 mod extended;
 mod fanout;
@@ -257,6 +258,12 @@ pub struct Session<R, W> {
     pub(crate) stmts: FxHashMap<String, Arc<Stmt>>,
     /// Bound portals: the statement and where the portal lives.
     pub(crate) portals: FxHashMap<String, (Arc<Stmt>, PortalAt)>,
+    /// The batch each portal was bound in (the client's Syncs seen before its Bind): a
+    /// batch's end ends only its own portals, not those of batches pipelined after it.
+    pub(crate) portal_batch: FxHashMap<String, u64>,
+    /// The client's Syncs the router has read, and those answered (ReadyForQuery).
+    pub(crate) syncs_seen: u64,
+    pub(crate) syncs_answered: u64,
     /// A multi-shard portal described (Describe P) and not yet executed: its
     /// RowDescription goes out with the Execute.
     pub(crate) described_fanout: Option<String>,
@@ -276,6 +283,11 @@ pub struct Session<R, W> {
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
+    /// Declared tables a `DROP TABLE` of this session named, to forget once its
+    /// transaction has ended if they are gone ([`crate::forget`]).
+    pub(crate) dropped: Vec<String>,
+    /// Multi-shard cursors the router holds, by name ([`cursor`]).
+    pub(crate) cursors: FxHashMap<String, cursor::RouterCursor>,
     pub(crate) closing: bool,
     /// When the request now being served (a Query, or a batch up to Sync) started;
     /// observed into the latency histogram when its ReadyForQuery is written.
@@ -325,6 +337,9 @@ where
             vars,
             stmts: FxHashMap::default(),
             portals: FxHashMap::default(),
+            portal_batch: FxHashMap::default(),
+            syncs_seen: 0,
+            syncs_answered: 0,
             described_fanout: None,
             capture: None,
             fanout_columns: FxHashMap::default(),
@@ -335,6 +350,8 @@ where
             skip_until_sync: false,
             parse_ack: None,
             shard_override: None,
+            dropped: Vec::new(),
+            cursors: FxHashMap::default(),
             closing: false,
             request_start: None,
             shutdown,
@@ -376,6 +393,17 @@ where
             }
             if self.shutdown_deadline.is_some() && !self.closing && self.between_transactions() {
                 self.terminate_for_shutdown();
+                continue;
+            }
+            if !self.cursors.is_empty() && self.between_transactions() {
+                self.end_transaction_cursors();
+            }
+            if !self.dropped.is_empty()
+                && self.between_transactions()
+                && self.attached.as_ref().is_none_or(|a| !a.conn.unsynced)
+            {
+                let names = std::mem::take(&mut self.dropped);
+                crate::forget::forget_dropped(&self.ctx, names, &self.user, &self.database).await;
                 continue;
             }
             if self.deferred.is_some()
@@ -561,6 +589,20 @@ where
 
     /// True when no transaction is open and nothing is outstanding: the session can end
     /// without losing anything the client started.
+    /// A DDL statement is about to run: statements prepared from now on are parsed
+    /// afresh (see `ddl_epoch`), and the declared tables it drops are noted.
+    pub(crate) fn note_ddl(&mut self, sql: &str) {
+        self.ctx
+            .ddl_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let catalog = self.ctx.catalog.current();
+        for t in pgshard_sql::dropped_tables(sql, &catalog) {
+            if !self.dropped.contains(&t) {
+                self.dropped.push(t);
+            }
+        }
+    }
+
     fn between_transactions(&self) -> bool {
         self.txn.parked.is_empty()
             && self.txn.virtual_txn.is_none()
@@ -737,6 +779,25 @@ where
     /// Gives the attached backend back once it is idle (transaction pooling).
     /// Forgets the portals that lived on the attached backend (it ended them or is
     /// going); those the router holds itself live until the client's Sync.
+    /// Records a portal bound in the current batch.
+    pub(crate) fn add_portal(&mut self, name: &str, stmt: Arc<Stmt>, at: PortalAt) {
+        self.portal_batch.insert(name.to_string(), self.syncs_seen);
+        self.portals.insert(name.to_string(), (stmt, at));
+    }
+
+    /// The implicit transactions of the answered batches ended, and their portals with
+    /// them; portals of batches the client pipelined after them stay.
+    pub(crate) fn end_answered_portals(&mut self) {
+        let done = self.syncs_answered;
+        let batch = std::mem::take(&mut self.portal_batch);
+        self.portals
+            .retain(|name, _| batch.get(name).is_some_and(|&k| k >= done));
+        self.portal_batch = batch;
+        let portals = &self.portals;
+        self.portal_batch
+            .retain(|name, _| portals.contains_key(name));
+    }
+
     pub(crate) fn drop_backend_portals(&mut self) {
         self.portals
             .retain(|_, (_, at)| !matches!(at, PortalAt::Shard(_)));

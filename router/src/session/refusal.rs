@@ -21,14 +21,8 @@ pub enum Refusal {
     FanoutWriteHere,
     #[error("{0}")]
     RouterCommandHere(&'static str),
-    #[error("a multi-shard write after other statements of the same extended-protocol batch (send Sync before it)")]
-    WriteAfterBatch,
-    #[error("a multi-shard write followed by more messages before Sync in one extended-protocol batch (it commits at Sync: send Sync right after its Execute)")]
-    WriteBeforeMore,
     #[error("a statement the router runs itself after statements on several shards in one extended-protocol batch (send Sync before it)")]
     LocalAfterSpanningBatch,
-    #[error("Execute with a row limit of a multi-shard write")]
-    RowLimitedWrite,
     #[error("Describe of a multi-shard portal that is not executed before Sync")]
     DescribedNotExecuted,
     #[error("a BEGIN portal executed after another statement of its batch chose a shard")]
@@ -63,6 +57,9 @@ impl Refusal {
             | RouterCommand::Execute { .. }
             | RouterCommand::Deallocate { .. } => {
                 "PREPARE, EXECUTE and DEALLOCATE inside a prepared statement"
+            }
+            RouterCommand::Cursor(_) => {
+                "FETCH, MOVE and CLOSE of a multi-shard cursor inside another statement"
             }
         })
     }

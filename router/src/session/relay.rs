@@ -115,6 +115,7 @@ where
                 a.executed = false;
                 let (forward, prepare, failed) = match a.expects.pop_front() {
                     Some(Expect::Sync { forward }) => {
+                        self.syncs_answered += u64::from(forward);
                         (forward, None, std::mem::take(&mut a.failed_since_sync))
                     }
                     Some(Expect::Query {
@@ -264,7 +265,7 @@ where
                 }
             }
             if forward {
-                self.portals.clear();
+                self.end_answered_portals();
             } else {
                 // The router's own Sync (before a statement it runs itself, or a
                 // move to another shard) ends the backend's portals only.

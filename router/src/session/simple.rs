@@ -186,7 +186,7 @@ where
     ) -> Result<ControlFlow<(), Plan>, SessionError> {
         // A statement for a bucket frozen by a move waits for the move (`crate::hold`).
         let mut hold = crate::hold::FrozenHold::new();
-        let plan = loop {
+        let mut plan = loop {
             let catalog = self.ctx.catalog.current();
             let plan = pgshard_sql::plan(sql, &catalog);
             if self.shard_override.is_none() && crate::hold::touches_frozen(&plan, &catalog) {
@@ -198,11 +198,11 @@ where
                 .complete_insert_columns(sql, plan, &catalog, false)
                 .await;
         };
+        if let Some(route) = self.cursor_route(sql) {
+            plan.route = route;
+        }
         if plan.kind == pgshard_sql::StatementKind::Ddl {
-            // Statements prepared from now on are parsed afresh (see `ddl_epoch`).
-            self.ctx
-                .ddl_epoch
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.note_ddl(sql);
         }
         if self.spans_shards() {
             if super::txn::has_savepoint(&plan) {
@@ -255,7 +255,8 @@ where
                 }
             }
             Route::Router(rc) => {
-                self.run_router_command(rc, in_txn, Answer::Simple).await;
+                self.run_router_command(rc, in_txn, Answer::Simple, &[])
+                    .await;
                 return ControlFlow::Break(());
             }
             r => r.clone(),
@@ -277,6 +278,10 @@ where
         // Only a route planned for this very statement (not the body of PREPARE or
         // EXECUTE, whose text is not `shard_sql`).
         match (route, &plan.route) {
+            (Route::Fanout(f), Route::Fanout(_)) if f.cursor.is_some() && f.shards.len() > 1 => {
+                self.declare_cursor(frame, f, None).await?;
+                return Ok(ControlFlow::Break(()));
+            }
             (Route::Fanout(f), Route::Fanout(_)) if f.shards.len() > 1 => {
                 self.run_fanout(frame, f, in_txn, None).await?;
                 return Ok(ControlFlow::Break(()));

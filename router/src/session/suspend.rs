@@ -42,6 +42,14 @@ impl Capture {
         }
     }
 
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    pub(crate) fn into_inner(self) -> BytesMut {
+        self.buf
+    }
+
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         if self.buf.len() + bytes.len() > self.cap {
             self.overflowed = true;
@@ -77,6 +85,9 @@ pub(crate) struct BufferedRows {
     /// RowDescription (or NoData) for a Describe of the portal.
     pub description: Option<Bytes>,
     rows: VecDeque<Bytes>,
+    /// The command tag without its count: `SELECT`, or a write's (`UPDATE`,
+    /// `INSERT 0`…) for a multi-shard write's RETURNING rows.
+    command: String,
 }
 
 pub(crate) type SharedRows = Arc<Mutex<BufferedRows>>;
@@ -95,10 +106,10 @@ where
         fp: &Arc<FanoutPortal>,
         max_rows: usize,
     ) -> Result<(), SessionError> {
-        let Some((stmt, _)) = self.portals.get(name).cloned() else {
+        if !self.portals.contains_key(name) {
             self.fail_extended(SessionError::UnknownPortal(name.to_string()));
             return Ok(());
-        };
+        }
         let in_txn = self.client_status() != b'I';
         let failed_before = self.skip_until_sync;
         self.capture = Some(Capture::new(MAX_BUFFERED));
@@ -156,15 +167,37 @@ where
             }
         }
         self.emit_local(&b);
-        let shared = Arc::new(Mutex::new(BufferedRows { description, rows }));
-        self.portals
-            .insert(name.to_string(), (stmt, PortalAt::Buffered(shared.clone())));
-        self.emit_batch(&shared, max_rows);
+        self.buffer_portal(name, description, rows, "SELECT", max_rows);
         Ok(())
     }
 
+    /// Keeps a multi-shard portal's rows on it and answers the first `max_rows` of them
+    /// (the description, if the client asked for it, went out already).
+    pub(crate) fn buffer_portal(
+        &mut self,
+        name: &str,
+        description: Option<Bytes>,
+        rows: VecDeque<Bytes>,
+        command: &str,
+        max_rows: usize,
+    ) {
+        let Some((stmt, _)) = self.portals.get(name).cloned() else {
+            self.fail_extended(SessionError::UnknownPortal(name.to_string()));
+            return;
+        };
+        let shared = Arc::new(Mutex::new(BufferedRows {
+            description,
+            rows,
+            command: command.to_string(),
+        }));
+        self.portals
+            .insert(name.to_string(), (stmt, PortalAt::Buffered(shared.clone())));
+        self.emit_batch(&shared, max_rows);
+    }
+
     /// Up to `max_rows` (0: all) of a buffered portal's remaining rows, then
-    /// PortalSuspended if rows remain, else `SELECT n`.
+    /// PortalSuspended if rows remain, else the command tag with `n` (PostgreSQL counts
+    /// the rows of the last Execute there).
     pub(crate) fn emit_batch(&mut self, rows: &SharedRows, max_rows: usize) {
         let mut b = BytesMut::new();
         let mut g = lock(rows);
@@ -176,7 +209,7 @@ where
             b.extend_from_slice(&row);
         }
         if g.rows.is_empty() {
-            encode_command_complete(&mut b, &format!("SELECT {n}"));
+            encode_command_complete(&mut b, &format!("{} {n}", g.command));
         } else {
             encode_empty(&mut b, b's');
         }

@@ -19,10 +19,13 @@
 //! savepoints replayed after its BEGIN (a ROLLBACK TO then undoes its whole part, which
 //! all came after).
 //!
-//! Limits, each refused with 0A000 rather than guessed: savepoint commands through the
-//! extended protocol once a second shard joined, an extended-protocol batch whose implicit transaction (no BEGIN) would span shards, and
-//! everything when the router has no catalog connection (no commit log, so no atomic
-//! commit).
+//! An extended-protocol batch (no BEGIN) whose statements need several shards — single
+//! shard statements on different shards, or a multi-shard write among other
+//! statements — has its implicit transaction made explicit on its first backend; the
+//! other shards join it and all commit (two-phase) at the client's Sync.
+//!
+//! Limits, refused with 0A000 rather than guessed: everything spanning shards when the
+//! router has no catalog connection (no commit log, so no atomic commit).
 
 use super::error::SessionError;
 use super::refusal::Refusal;
@@ -189,6 +192,7 @@ where
     /// batch failed, as PostgreSQL rolls back a failed implicit transaction — and the
     /// client gets ReadyForQuery (after the commit's error, if it failed).
     pub(crate) async fn end_implicit_spanning(&mut self) -> Result<(), SessionError> {
+        self.syncs_seen += 1;
         self.skip_until_sync = false;
         self.parse_ack = None;
         if self.described_fanout.take().is_some() {
@@ -200,6 +204,7 @@ where
         self.drain_attached().await?;
         // An error in what was drained skips to *this* Sync, which is being answered.
         self.skip_until_sync = false;
+        self.syncs_answered = self.syncs_seen;
         let commit = !self.any_participant_failed();
         self.end_spanning(commit, EndAnswer::Ready).await
     }
@@ -358,18 +363,24 @@ where
     }
 
     /// A multi-shard write bound through the extended protocol (UPDATE/DELETE without
-    /// the key, a reference-table write, with the client's parameters), at its Execute.
-    /// Outside a transaction block it must be the last statement before Sync (its
-    /// implicit transaction ends there): it runs in a transaction on every target shard
-    /// and commits with two-phase commit, as with the simple protocol. Inside one, every
-    /// target shard joins the transaction. The client gets one answer (RETURNING rows
-    /// concatenated, the count summed; one copy for reference tables); ReadyForQuery
-    /// follows at its Sync.
+    /// the key, a reference-table write, a multi-row INSERT split by key, with the
+    /// client's parameters), at its Execute. Alone in its batch outside a transaction
+    /// block, it runs in a transaction on every target shard and commits with two-phase
+    /// commit, as with the simple protocol. Inside a transaction block every target shard
+    /// joins the transaction; inside a batch that executed something before it, or that
+    /// sends more before its Sync (psycopg's pipeline, `executemany`, node-postgres), the
+    /// batch's implicit transaction becomes one spanning shards (see
+    /// [`Session::ensure_backend`]), committed at the client's Sync as PostgreSQL commits
+    /// the batch. The client gets one answer (RETURNING rows concatenated, the count
+    /// summed; one copy for reference tables), in batches of `limit.rows` rows when the
+    /// Execute set a row limit ([`Session::answer_write`]); ReadyForQuery follows at its
+    /// Sync.
     pub(crate) async fn run_fanout_write_extended(
         &mut self,
         frame: &Frame,
         p: &FanoutWritePortal,
         describe: bool,
+        limit: &RowLimit,
     ) -> Result<(), SessionError> {
         if self.ctx.twopc.is_none() {
             self.fail_extended(SessionError::from(Refusal::NoCommitLog(
@@ -377,12 +388,21 @@ where
             )));
             return Ok(());
         }
-        let in_txn = self.client_status() != b'I';
-        if let Some(a) = self.attached.as_mut() {
-            if a.executed && !in_txn {
-                self.fail_extended(SessionError::from(Refusal::WriteAfterBatch));
+        let mut in_txn = self.client_status() != b'I';
+        // Executed in *this* batch (a previous batch's Sync may still be unanswered).
+        let executed = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.executed && a.conn.unsynced);
+        let alone = matches!(self.client.peek_frame(), Some((b'S', _)));
+        if !in_txn && (executed || !alone) {
+            if let Err(e) = self.open_implicit_spanning(p.write.shards[0]).await {
+                self.fail_extended(e);
                 return Ok(());
             }
+            in_txn = true;
+        }
+        if let Some(a) = self.attached.as_mut() {
             // Earlier messages of the batch (a Parse on that backend…) are settled
             // first; this Execute comes back once their replies went to the client.
             a.sync_silent();
@@ -391,50 +411,88 @@ where
                 return Ok(());
             }
         }
-        if !in_txn && !matches!(self.client.peek_frame(), Some((b'S', _))) {
-            self.fail_extended(SessionError::from(Refusal::WriteBeforeMore));
-            return Ok(());
-        }
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
-        let w = &p.write;
         let catalog = self.ctx.catalog.current();
-        if let Err(e) = self.check_defaults(&catalog, w).await {
+        if let Err(e) = self.check_defaults(&catalog, &p.write).await {
             self.fail_extended(e);
             return Ok(());
         }
-        let mut replies = Vec::new();
         if in_txn {
-            for (i, &shard) in w.shards.iter().enumerate() {
-                if let Err(e) = self.attach_writer(shard).await? {
+            self.fanout_write_in_block(p, describe, limit).await
+        } else {
+            self.fanout_write_alone(p, describe, limit).await
+        }
+    }
+
+    /// Makes the current extended-protocol batch's implicit transaction one that shards
+    /// can join (on `first`'s backend when none is attached yet); it commits at the
+    /// client's Sync (`end_implicit_spanning`).
+    async fn open_implicit_spanning(&mut self, first: ShardId) -> Result<(), SessionError> {
+        if self.shard_override.is_some() {
+            return Err(Refusal::FanoutWriteHere.into());
+        }
+        if self.attached.is_none() {
+            self.attach(first, false).await?;
+        }
+        if let Some(a) = self.attached.as_mut() {
+            a.begin_implicit_block();
+        }
+        self.txn.implicit_spanning = true;
+        self.txn.begin = Some("BEGIN".into());
+        self.txn.savepoints.clear();
+        Ok(())
+    }
+
+    /// [`Self::run_fanout_write_extended`] inside a transaction block (explicit, or a
+    /// batch's made spanning): every target shard joins it and runs its part.
+    async fn fanout_write_in_block(
+        &mut self,
+        p: &FanoutWritePortal,
+        describe: bool,
+        limit: &RowLimit,
+    ) -> Result<(), SessionError> {
+        let mut replies = Vec::new();
+        for (i, &shard) in p.write.shards.iter().enumerate() {
+            if let Err(e) = self.attach_writer(shard).await? {
+                self.fail_extended(e);
+                return Ok(());
+            }
+            let Some(a) = self.attached.as_mut() else {
+                return Err(SessionError::LostBackend { shard });
+            };
+            match exec_write_extended(&mut a.conn, shard, i, p, describe, false).await {
+                Ok(r) => replies.push(r),
+                Err(e) => {
+                    if a.conn.broken {
+                        return Err(SessionError::LostBackend { shard });
+                    }
                     self.fail_extended(e);
                     return Ok(());
                 }
-                let Some(a) = self.attached.as_mut() else {
-                    return Err(SessionError::LostBackend { shard });
-                };
-                match exec_write_extended(&mut a.conn, shard, i, p, describe, false).await {
-                    Ok(r) => replies.push(r),
-                    Err(e) => {
-                        if a.conn.broken {
-                            return Err(SessionError::LostBackend { shard });
-                        }
-                        self.fail_extended(e);
-                        return Ok(());
-                    }
-                }
             }
-            let mut b = BytesMut::new();
-            merge_write_replies(&mut b, &replies, w.replicated);
-            self.emit_local(&b);
-            self.publish_activity();
-            return Ok(());
         }
+        self.answer_write(BytesMut::new(), &replies, p.write.replicated, limit);
+        self.publish_activity();
+        Ok(())
+    }
+
+    /// [`Self::run_fanout_write_extended`] alone in its batch outside a transaction
+    /// block: its own transaction on every target shard, committed with two-phase
+    /// commit before the answer.
+    async fn fanout_write_alone(
+        &mut self,
+        p: &FanoutWritePortal,
+        describe: bool,
+        limit: &RowLimit,
+    ) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
         let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
+        let mut replies = Vec::new();
         let mut failure: Option<SessionError> = None;
         // Holding a backend already (the batch's Parse went to one): no waiting for
         // pool capacity then (see `crate::backend::pool`).
         let holding = self.attached.is_some();
-        for (i, &shard) in w.shards.iter().enumerate() {
+        for (i, &shard) in p.write.shards.iter().enumerate() {
             let mut conn = match self
                 .checkout_primary(&catalog, shard, holding || !conns.is_empty())
                 .await
@@ -459,13 +517,55 @@ where
         let committed = self.finish_write(&mut conns, failure, &mut b).await;
         drop(conns);
         if committed {
-            merge_write_replies(&mut b, &replies, w.replicated);
+            self.answer_write(b, &replies, p.write.replicated, limit);
         } else {
             // An ErrorResponse (or ROLLBACK's tag): what follows up to Sync is skipped.
             self.skip_until_sync = true;
+            self.emit_local(&b);
+        }
+        Ok(())
+    }
+
+    /// The client's answer to a multi-shard write after `b`: all of it, or — when the
+    /// Execute set a row limit and RETURNING gave more rows than that — the first rows
+    /// and PortalSuspended, the rest kept on the portal for the next Executes, as
+    /// PostgreSQL runs such a write to completion and then hands out its rows.
+    fn answer_write(
+        &mut self,
+        mut b: BytesMut,
+        replies: &[ShardReply],
+        replicated: bool,
+        limit: &RowLimit,
+    ) {
+        let replies = if replicated {
+            &replies[..replies.len().min(1)]
+        } else {
+            replies
+        };
+        let rows: usize = replies.iter().map(|r| r.rows.len()).sum();
+        if limit.rows == 0 || rows <= limit.rows {
+            merge_write_replies(&mut b, replies, replicated);
+            self.emit_local(&b);
+            return;
+        }
+        let description = replies.iter().find_map(|r| r.row_description.as_ref());
+        if let Some(d) = description {
+            b.extend_from_slice(d.raw());
         }
         self.emit_local(&b);
-        Ok(())
+        let first = replies.first().map_or("UPDATE 0", |r| r.tag.as_str());
+        let command = first.rsplit_once(' ').map_or(first, |(c, _)| c);
+        let rows = replies
+            .iter()
+            .flat_map(|r| r.rows.iter().map(|f| f.raw().clone()))
+            .collect();
+        self.buffer_portal(
+            &limit.portal,
+            description.map(|d| d.raw().clone()),
+            rows,
+            command,
+            limit.rows,
+        );
     }
 
     /// Ends a write that ran, each in its own transaction, on `conns` outside a
@@ -709,6 +809,14 @@ where
         }
         Ok(conn)
     }
+}
+
+/// The row limit of the Execute that runs a multi-shard write, and its portal (which
+/// keeps the rows beyond the limit).
+pub(crate) struct RowLimit {
+    pub portal: String,
+    /// 0: no limit.
+    pub rows: usize,
 }
 
 /// Runs one write Query on `conn` (inside its transaction) and collects its answer; a

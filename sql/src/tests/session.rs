@@ -432,9 +432,11 @@ fn cursors_listen_notify() {
             "DECLARE c NO SCROLL CURSOR WITH HOLD FOR SELECT * FROM branches",
             E::Any,
         ),
+        // A multi-shard cursor: the fan-out, which the router keeps (see `cursor`).
+        ("DECLARE c CURSOR FOR SELECT * FROM accounts", E::Fan),
         (
-            "DECLARE c CURSOR FOR SELECT * FROM accounts",
-            E::Unsup("accounts"),
+            "DECLARE c BINARY CURSOR FOR SELECT * FROM accounts",
+            E::Unsup("BINARY CURSOR"),
         ),
         ("FETCH 10 FROM c", E::Any),
         ("FETCH NEXT IN c", E::Any),
