@@ -196,7 +196,12 @@ pub async fn list(client: &Client, unfinished: bool) -> Result<Vec<Move>, StoreE
     } else {
         format!("SELECT {COLUMNS} FROM pgshard.moves ORDER BY id DESC")
     };
-    client.query(&sql, &[]).await?.iter().map(from_row).collect()
+    client
+        .query(&sql, &[])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
 }
 
 /// One move.
@@ -375,6 +380,27 @@ pub async fn set_shard_state(
         )
         .await?;
     let v = if n == 1 { Some(bump(&tx).await?) } else { None };
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// Add a shard that owns no bucket yet, with its nodes (`add-shard`: its instances run
+/// and hold every declared table's schema already). Repeating it is a no-op.
+pub async fn add_shard(
+    client: &mut Client,
+    shard: ShardId,
+    nodes: &[crate::types::Node],
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO pgshard.shards (id, state) VALUES ($1, 'active') ON CONFLICT (id) DO NOTHING",
+        &[&(shard.0 as i32)],
+    )
+    .await?;
+    for n in nodes {
+        crate::store::insert_node(&tx, n).await?;
+    }
+    let v = bump(&tx).await?;
     tx.commit().await?;
     Ok(v)
 }

@@ -194,7 +194,10 @@ pub(crate) async fn bump(
     Ok(CatalogVersion(v))
 }
 
-async fn insert_node(tx: &tokio_postgres::Transaction<'_>, n: &Node) -> Result<(), StoreError> {
+pub(crate) async fn insert_node(
+    tx: &tokio_postgres::Transaction<'_>,
+    n: &Node,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO pgshard.nodes (id, shard_id, role, name, host, port, state, lag_bytes)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

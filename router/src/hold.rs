@@ -103,9 +103,7 @@ impl FrozenHold {
         if waited >= hold {
             crate::stats::bump(&ctx.stats.hold_timeouts);
             return Err(SessionError::BucketsMoving {
-                reason: format!(
-                    "still frozen after {hold:?} (router.failover_hold_ms); retry"
-                ),
+                reason: format!("still frozen after {hold:?} (router.failover_hold_ms); retry"),
             });
         }
         tokio::select! {

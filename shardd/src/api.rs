@@ -307,12 +307,14 @@ async fn set_paused(state: ApiState, shard: u32, paused: bool) -> Answer {
 
 /// `POST /v1/scale` with a [`crate::reconcile::ScaleOp`]: `{"op": "rebalance"}`,
 /// `{"op": "remove_shard", "shard": N}`, `{"op": "move", "buckets": […], "to": N}`.
-async fn scale(
-    State(state): State<ApiState>,
-    Json(op): Json<crate::reconcile::ScaleOp>,
-) -> Answer {
+async fn scale(State(state): State<ApiState>, Json(op): Json<crate::reconcile::ScaleOp>) -> Answer {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    if state.commands.send(Command::Scale { op, reply }).await.is_err() {
+    if state
+        .commands
+        .send(Command::Scale { op, reply })
+        .await
+        .is_err()
+    {
         return failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is not serving");
     }
     match answer.await {

@@ -34,6 +34,7 @@
 //! after the open transactions on the old primary have finished.
 
 mod moves;
+mod provision;
 pub use moves::ScaleOp;
 
 use crate::cluster::{Cluster, Layout};
@@ -1089,7 +1090,10 @@ pub async fn run_control_loop(
                 }
             }
             // Bucket moves, a few per round (probes and failovers go on between).
-            let moved = match reconciler.run_moves(interval.max(Duration::from_secs(1))).await {
+            let moved = match reconciler
+                .run_moves(interval.max(Duration::from_secs(1)))
+                .await
+            {
                 Ok(n) => n > 0,
                 Err(error) => {
                     tracing::warn!(%error, "bucket moves failed; retrying next round");

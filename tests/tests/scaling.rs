@@ -80,7 +80,11 @@ async fn check_placement(d: &TestDaemon, table: &str) -> anyhow::Result<Vec<i64>
         for id in ids {
             let bucket = hash::bucket(&KeyValue::Int(id), catalog.buckets);
             let owner = catalog.shard_of_bucket(bucket);
-            assert_eq!(owner, Some(shard), "{table} row {id} (bucket {bucket}) on the wrong shard");
+            assert_eq!(
+                owner,
+                Some(shard),
+                "{table} row {id} (bucket {bucket}) on the wrong shard"
+            );
             if let Some(other) = seen.insert(id, shard) {
                 panic!("{table} row {id} on shards {other} and {shard}");
             }
@@ -162,8 +166,11 @@ impl Load {
         )
         .await?;
         for id in 1..=ACCOUNTS {
-            c.execute("INSERT INTO accounts VALUES ($1, $2)", &[&id, &START_BALANCE])
-                .await?;
+            c.execute(
+                "INSERT INTO accounts VALUES ($1, $2)",
+                &[&id, &START_BALANCE],
+            )
+            .await?;
         }
         Ok(())
     }
@@ -182,7 +189,10 @@ impl Load {
                 let mut next = (w as i64 + 1) * 10_000_000;
                 while !stop.is_cancelled() {
                     next += 1;
-                    match c.execute("INSERT INTO acked (id) VALUES ($1)", &[&next]).await {
+                    match c
+                        .execute("INSERT INTO acked (id) VALUES ($1)", &[&next])
+                        .await
+                    {
                         Ok(1) => r.acked.push(next),
                         Ok(n) => failed(&mut r, format!("insert {next}: {n} rows")).await,
                         Err(e) => failed(&mut r, format!("insert {next}: {}", describe(&e))).await,
@@ -215,10 +225,16 @@ impl Load {
                 let res = async {
                     let tx = c.transaction().await?;
                     let a = tx
-                        .execute("UPDATE accounts SET balance = balance - 1 WHERE id = $1", &[&from])
+                        .execute(
+                            "UPDATE accounts SET balance = balance - 1 WHERE id = $1",
+                            &[&from],
+                        )
                         .await?;
                     let b = tx
-                        .execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", &[&to])
+                        .execute(
+                            "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                            &[&to],
+                        )
                         .await?;
                     tx.commit().await.map(|()| (a, b))
                 }
@@ -229,8 +245,11 @@ impl Load {
                         r.moved.push((from, to));
                     }
                     Ok((a, b)) => {
-                        failed(&mut r, format!("transfer {from}→{to}: updated {a} and {b} rows"))
-                            .await
+                        failed(
+                            &mut r,
+                            format!("transfer {from}→{to}: updated {a} and {b} rows"),
+                        )
+                        .await
                     }
                     Err(e) => failed(&mut r, format!("transfer: {}", describe(&e))).await,
                 }
@@ -287,7 +306,10 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
     assert!(!ids.is_empty());
     let shrunk = wait_moves(&d).await?;
     let c = d.catalog().await?;
-    assert!(!c.bucket_map.contains(&ShardId(3)), "shard 3 still owns buckets: {shrunk:?}");
+    assert!(
+        !c.bucket_map.contains(&ShardId(3)),
+        "shard 3 still owns buckets: {shrunk:?}"
+    );
     let max = pgshard_catalog::placement::max_per_shard(BUCKETS, 2) as usize;
     for s in [1, 2] {
         assert!(c.bucket_map.iter().filter(|o| **o == ShardId(s)).count() <= max);
@@ -316,21 +338,34 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
         report.acked.len(),
         report.transfers
     );
-    assert!(report.errors.is_empty(), "client errors: {:?}", report.errors);
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        report.errors
+    );
     let mut expect: HashMap<i64, i64> = (1..=ACCOUNTS).map(|a| (a, START_BALANCE)).collect();
     for (from, to) in &report.moved {
         *expect.entry(*from).or_default() -= 1;
         *expect.entry(*to).or_default() += 1;
     }
     let c = router.connect().await?;
-    for r in c.query("SELECT id, balance FROM accounts ORDER BY id", &[]).await? {
+    for r in c
+        .query("SELECT id, balance FROM accounts ORDER BY id", &[])
+        .await?
+    {
         let (id, balance): (i64, i64) = (r.get(0), r.get(1));
         if expect.get(&id) != Some(&balance) {
             let b = hash::bucket(&KeyValue::Int(id), BUCKETS);
-            eprintln!("account {id} (bucket {b}): balance {balance}, expected {:?}", expect.get(&id));
+            eprintln!(
+                "account {id} (bucket {b}): balance {balance}, expected {:?}",
+                expect.get(&id)
+            );
         }
     }
-    assert!(report.acked.len() > 50 && report.transfers > 10, "the load did not run");
+    assert!(
+        report.acked.len() > 50 && report.transfers > 10,
+        "the load did not run"
+    );
     let present = check_placement(&d, "acked").await?;
     let mut acked = report.acked.clone();
     acked.sort();
@@ -356,6 +391,67 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
     Ok(())
 }
 
+/// Grow 2 → 3 with `add_shard` while clients write through a router: a new shard's
+/// instances start, get the tables' schema, join the catalog and receive their share
+/// (`floor(64/3)` buckets, nothing else moves); 0 client errors, every acknowledged
+/// row exactly once on its bucket's shard, the money all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(2), |_| {}).await?;
+    let router = d.router().await?;
+    Load::prepare(&router).await?;
+    let load = Load::start(&router, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = d.catalog().await?;
+    let ids = scale(&d, json!({"op": "add_shard", "replicas": 0})).await?;
+    let all = wait_moves(&d).await?;
+    let after = d.catalog().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish().await;
+    assert_eq!(after.shard_ids(), [ShardId(1), ShardId(2), ShardId(3)]);
+    let on3 = after
+        .bucket_map
+        .iter()
+        .filter(|o| **o == ShardId(3))
+        .count();
+    assert_eq!(on3, (BUCKETS / 3) as usize);
+    assert_eq!(
+        ids.len(),
+        all.len() - all.iter().filter(|m| m.1 == MoveState::Aborted).count()
+    );
+    // Only buckets that went to shard 3 changed owner.
+    for (b, (old, new)) in before.bucket_map.iter().zip(&after.bucket_map).enumerate() {
+        assert!(
+            old == new || *new == ShardId(3),
+            "bucket {b} moved {old} → {new}"
+        );
+    }
+    let rows: i64 = all.iter().map(|m| m.2).sum();
+    eprintln!(
+        "add-shard: {} moves, {rows} rows moved; {} inserts, {} transfers",
+        all.len(),
+        report.acked.len(),
+        report.transfers
+    );
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        report.errors
+    );
+    let mut acked = report.acked.clone();
+    acked.sort();
+    assert_eq!(check_placement(&d, "acked").await?, acked);
+    check_placement(&d, "accounts").await?;
+    let c = router.connect().await?;
+    let total: i64 = c
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(total, ACCOUNTS * START_BALANCE, "transfers lost or doubled");
+    check_clean(&d).await?;
+    Ok(())
+}
+
 /// shardd killed at each state of a move (`PGSHARD_MOVE_CRASH_LOOPS` rounds, default
 /// 2): after a restart the move finished (killed after its flip) or was rolled back
 /// (before), every row is once on its owner, and nothing of it is left.
@@ -371,8 +467,11 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
     c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0)")
         .await?;
     let values: Vec<String> = (1..=2000).map(|i| format!("({i})")).collect();
-    c.batch_execute(&format!("INSERT INTO acked (id) VALUES {}", values.join(",")))
-        .await?;
+    c.batch_execute(&format!(
+        "INSERT INTO acked (id) VALUES {}",
+        values.join(",")
+    ))
+    .await?;
     let marker = d.data_dir().join(pgshard_shardd::reconcile::FAULT_MARKER);
     let steps = [
         "move-planned",
@@ -395,7 +494,10 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
             scale(&d, json!({"op": "move", "buckets": buckets, "to": to})).await?;
             let started = Instant::now();
             while !marker.exists() {
-                assert!(started.elapsed() < MOVES, "fault point {step} never reached");
+                assert!(
+                    started.elapsed() < MOVES,
+                    "fault point {step} never reached"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             d.restart(None).await?;
@@ -413,10 +515,18 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
             let after = d.catalog().await?;
             for b in &buckets {
                 let owner = after.bucket_map[*b as usize];
-                assert_eq!(owner == to, expected == MoveState::Done, "bucket {b} after {step}");
+                assert_eq!(
+                    owner == to,
+                    expected == MoveState::Done,
+                    "bucket {b} after {step}"
+                );
             }
             let ids = check_placement(&d, "acked").await?;
-            assert_eq!(ids, (1..=2000).collect::<Vec<i64>>(), "after a crash at {step}");
+            assert_eq!(
+                ids,
+                (1..=2000).collect::<Vec<i64>>(),
+                "after a crash at {step}"
+            );
             check_clean(&d).await?;
         }
     }
@@ -459,7 +569,10 @@ async fn stale_router_cannot_write_a_moving_bucket_on_the_old_owner() -> anyhow:
         scale(&d, json!({"op": "move", "buckets": moving, "to": 2})).await?;
         let started = Instant::now();
         while !marker.exists() {
-            assert!(started.elapsed() < MOVES, "fault point {step} never reached");
+            assert!(
+                started.elapsed() < MOVES,
+                "fault point {step} never reached"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let old = d.connect_node(&d.primary_of(1).await?).await?;

@@ -53,13 +53,10 @@ where
         let mut hold = crate::hold::FrozenHold::new();
         let (catalog, (mut plan, command, digest)) = loop {
             let catalog = self.ctx.catalog.current();
-            let Some(planned) = self.plan_parse(&name, &sql, &param_types, &catalog).await
-            else {
+            let Some(planned) = self.plan_parse(&name, &sql, &param_types, &catalog).await else {
                 return Ok(());
             };
-            if self.shard_override.is_some()
-                || !crate::hold::touches_frozen(&planned.0, &catalog)
-            {
+            if self.shard_override.is_some() || !crate::hold::touches_frozen(&planned.0, &catalog) {
                 hold.released(&self.ctx);
                 break (catalog, planned);
             }

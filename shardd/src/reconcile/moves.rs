@@ -51,14 +51,14 @@ use tokio_postgres::Client;
 pub const GID_PREFIX: &str = "pgshard_move_";
 /// Bound on waiting for the transactions open at the fence to end; past it the move is
 /// rolled back and tried again later (a router may hold a statement of one of them).
-const DRAIN: Duration = Duration::from_secs(1);
+const DRAIN: Duration = Duration::from_millis(500);
 
 /// How long a new fence lets writes through: longer than a statement takes from its
 /// router's plan to the shard, shorter than routers take to see a freeze.
 const SOFT: Duration = Duration::from_millis(100);
 
 /// Attempts at a move that fails (rolled back each time) before it is given up.
-const TRIES: i64 = 5;
+const TRIES: i64 = 20;
 
 /// Buckets per move: small groups keep each freeze short.
 pub const GROUP: usize = 4;
@@ -72,6 +72,9 @@ pub enum ScaleOp {
     Rebalance { shards: Option<Vec<ShardId>> },
     /// Drain every bucket of `shard` to the others.
     RemoveShard { shard: ShardId },
+    /// Create a shard with `replicas` replicas (default: as the others), then move its
+    /// share of the buckets to it.
+    AddShard { replicas: Option<u32> },
     /// Move `buckets` to shard `to`.
     Move { buckets: Vec<BucketId>, to: ShardId },
 }
@@ -218,7 +221,7 @@ impl Reconciler {
     }
 
     /// The user databases of a shard primary.
-    async fn databases(&self, spec: &NodeSpec) -> Result<Vec<String>, ReconcileError> {
+    pub(super) async fn databases(&self, spec: &NodeSpec) -> Result<Vec<String>, ReconcileError> {
         let c = self.connect_db(spec, "postgres").await?;
         let rows = c
             .query(
@@ -266,7 +269,8 @@ impl Reconciler {
                 }
                 Some(Next::Abort) => {
                     tracing::warn!(id = m.id, state = %m.state, "move interrupted before its flip; rolling back");
-                    self.abort_move(m.id, "interrupted (shardd restarted)").await?;
+                    self.abort_move(m.id, "interrupted (shardd restarted)")
+                        .await?;
                 }
                 Some(Next::Finish) => self.finish_move(m.id).await?,
                 None => {}
@@ -291,7 +295,8 @@ impl Reconciler {
             .map_err(pgshard_catalog::store::StoreError::from)?
             .get(0);
         if tries < TRIES {
-            let again = moves::create(&mut client, &m.operation, m.source, m.target, &m.buckets).await?;
+            let again =
+                moves::create(&mut client, &m.operation, m.source, m.target, &m.buckets).await?;
             tracing::info!(id = again.id, failed = m.id, tries, "move recorded again");
         } else {
             tracing::error!(id = m.id, tries, "move failed too often; given up");
@@ -309,7 +314,8 @@ impl Reconciler {
         let source = self.primary_spec(&catalog, m.source)?;
         let tables = distributed(&catalog);
         let dbs = self.databases(&source).await?;
-        self.install_fence(&source, &dbs, &tables, catalog.buckets).await?;
+        self.install_fence(&source, &dbs, &tables, catalog.buckets)
+            .await?;
         let v = moves::freeze(&mut client, id).await?;
         tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
         self.fault("move-frozen").await;
@@ -319,8 +325,17 @@ impl Reconciler {
         moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
         self.fault("move-copying").await;
         let target = self.primary_spec(&catalog, m.target)?;
-        let rows = self.copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets).await?;
-        moves::advance(&client, id, MoveState::Copying, MoveState::Copying, Some(rows)).await?;
+        let rows = self
+            .copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets)
+            .await?;
+        moves::advance(
+            &client,
+            id,
+            MoveState::Copying,
+            MoveState::Copying,
+            Some(rows),
+        )
+        .await?;
         // The target's rows are committed *before* the flip: a statement routed there
         // by the flip must find them (an UPDATE does not wait for a prepared insert, it
         // does not see the row). Routers do not route the buckets there before the
@@ -346,7 +361,10 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         for db in dbs {
             let c = self.connect_db(source, db).await?;
-            let present = self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?;
+            let present = self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
             if present.is_empty() {
                 continue;
             }
@@ -386,11 +404,22 @@ impl Reconciler {
     /// have written the buckets has ended: those holding a transaction id then
     /// (prepared ones included: the oldest running xid passes them), those open then (by
     /// pid and start), and the transactions prepared by the time those had left.
-    async fn fence(&self, source: &NodeSpec, dbs: &[String], tables: &[Dist], m: &Move) -> Result<(), ReconcileError> {
+    async fn fence(
+        &self,
+        source: &NodeSpec,
+        dbs: &[String],
+        tables: &[Dist],
+        m: &Move,
+    ) -> Result<(), ReconcileError> {
         let list = bucket_list(&m.buckets);
         for db in dbs {
             let c = self.connect_db(source, db).await?;
-            if self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?.is_empty() {
+            if self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .is_empty()
+            {
                 continue;
             }
             c.batch_execute(&format!(
@@ -408,11 +437,22 @@ impl Reconciler {
 
     /// Wait until the fence of `m` is hard on the source and every transaction that may
     /// have written its buckets without being refused has ended (see [`Reconciler::fence`]).
-    async fn drain_fenced(&self, source: &NodeSpec, dbs: &[String], tables: &[Dist], m: &Move) -> Result<(), ReconcileError> {
+    async fn drain_fenced(
+        &self,
+        source: &NodeSpec,
+        dbs: &[String],
+        tables: &[Dist],
+        m: &Move,
+    ) -> Result<(), ReconcileError> {
         let deadline = Instant::now() + DRAIN + SOFT;
         for db in dbs {
             let c = self.connect_db(source, db).await?;
-            if self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?.is_empty() {
+            if self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .is_empty()
+            {
                 continue;
             }
             let hard = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
@@ -437,9 +477,13 @@ impl Reconciler {
         let wait = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8
                        AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
                                         WHERE pid::text || '@' || xact_start::text = ANY($2))";
-        self.poll(&c, source, deadline, wait, &[&xmax, &open]).await?;
+        self.poll(&c, source, deadline, wait, &[&xmax, &open])
+            .await?;
         let prepared: Vec<String> = c
-            .query_one("SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts", &[])
+            .query_one(
+                "SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts",
+                &[],
+            )
             .await
             .map_err(err)?
             .get(0);
@@ -491,7 +535,10 @@ impl Reconciler {
         let mut rows = 0i64;
         for (n, db) in dbs.iter().enumerate() {
             let src = self.connect_db(source, db).await?;
-            let present = self.present(&src, tables).await.map_err(|e| db_err(&source.name, e))?;
+            let present = self
+                .present(&src, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
             if present.is_empty() {
                 continue;
             }
@@ -499,8 +546,12 @@ impl Reconciler {
             // The fence trigger (and foreign keys, moved together) must not fire for the
             // move's own writes: `replica` role, as logical replication applies rows.
             let begin = "BEGIN; SET LOCAL session_replication_role = replica";
-            src.batch_execute(begin).await.map_err(|e| db_err(&source.name, e))?;
-            dst.batch_execute(begin).await.map_err(|e| db_err(&target.name, e))?;
+            src.batch_execute(begin)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+            dst.batch_execute(begin)
+                .await
+                .map_err(|e| db_err(&target.name, e))?;
             for i in present {
                 let t = &tables[i];
                 let filter = format!(
@@ -525,7 +576,12 @@ impl Reconciler {
 
     /// COMMIT PREPARED (`commit`) or ROLLBACK PREPARED every prepared transaction of
     /// move `id` on `spec` (none left is fine: repeating is safe).
-    async fn end_prepared(&self, spec: &NodeSpec, id: i64, commit: bool) -> Result<(), ReconcileError> {
+    async fn end_prepared(
+        &self,
+        spec: &NodeSpec,
+        id: i64,
+        commit: bool,
+    ) -> Result<(), ReconcileError> {
         let c = self.connect_db(spec, "postgres").await?;
         let rows = c
             .query(
@@ -578,7 +634,10 @@ impl Reconciler {
             }
             // Dropping a trigger locks its table: never wait long behind a transaction
             // (readers of the table would queue behind the lock); a later round retries.
-            let present = self.present(&c, tables).await.map_err(|e| db_err(&source.name, e))?;
+            let present = self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
             let mut sql = String::from("SET lock_timeout = '500ms'; BEGIN;");
             for i in present {
                 sql.push_str(&format!(
@@ -587,7 +646,9 @@ impl Reconciler {
                 ));
             }
             sql.push_str("DROP SCHEMA pgshard_move CASCADE; COMMIT;");
-            c.batch_execute(&sql).await.map_err(|e| db_err(&source.name, e))?;
+            c.batch_execute(&sql)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
         }
         Ok(())
     }
@@ -606,7 +667,8 @@ impl Reconciler {
         self.fault("move-cleaning").await;
         let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
         self.routers_caught_up(&client, flip).await;
-        self.lift_fence(&source, id, &distributed(&catalog), true).await?;
+        self.lift_fence(&source, id, &distributed(&catalog), true)
+            .await?;
         moves::advance(&client, id, MoveState::Cleaning, MoveState::Done, None).await?;
         tracing::info!(id, rows = m.rows_moved, freeze_ms = ?m.freeze_ms, "move done");
         Ok(())
@@ -639,21 +701,34 @@ impl Reconciler {
     /// Delete the rows of `m`'s buckets on its target (a rollback after the target's
     /// copy committed): before the flip the target owns none of them, so every such
     /// row is the move's copy.
-    async fn delete_copied(&self, target: &NodeSpec, m: &Move, catalog: &Catalog) -> Result<(), ReconcileError> {
+    async fn delete_copied(
+        &self,
+        target: &NodeSpec,
+        m: &Move,
+        catalog: &Catalog,
+    ) -> Result<(), ReconcileError> {
         let tables = distributed(catalog);
         let list = bucket_list(&m.buckets);
         for db in self.databases(target).await? {
             let c = self.connect_db(target, &db).await?;
-            let present = self.present(&c, &tables).await.map_err(|e| db_err(&target.name, e))?;
+            let present = self
+                .present(&c, &tables)
+                .await
+                .map_err(|e| db_err(&target.name, e))?;
             let mut sql = String::from("BEGIN; SET LOCAL session_replication_role = replica;");
             for i in &present {
                 let t = &tables[*i];
                 let expr = bucket_sql_expr(&quote_ident(&t.key), t.key_type, catalog.buckets);
-                sql.push_str(&format!("DELETE FROM {} WHERE {expr} = ANY({list});", t.quoted));
+                sql.push_str(&format!(
+                    "DELETE FROM {} WHERE {expr} = ANY({list});",
+                    t.quoted
+                ));
             }
             sql.push_str("COMMIT;");
             if !present.is_empty() {
-                c.batch_execute(&sql).await.map_err(|e| db_err(&target.name, e))?;
+                c.batch_execute(&sql)
+                    .await
+                    .map_err(|e| db_err(&target.name, e))?;
             }
         }
         Ok(())
@@ -670,12 +745,17 @@ impl Reconciler {
             .filter(|s| s.state == "active")
             .map(|s| s.id)
             .collect();
-        let refused = |e: pgshard_catalog::placement::PlacementError| ReconcileError::Refused(e.to_string());
+        let refused =
+            |e: pgshard_catalog::placement::PlacementError| ReconcileError::Refused(e.to_string());
         let (operation, plan) = match op {
             ScaleOp::Rebalance { shards } => {
                 let shards = shards.unwrap_or(active);
                 for s in &catalog.shards {
-                    let state = if shards.contains(&s.id) { "active" } else { "draining" };
+                    let state = if shards.contains(&s.id) {
+                        "active"
+                    } else {
+                        "draining"
+                    };
                     moves::set_shard_state(&mut client, s.id, state).await?;
                 }
                 let plan = placement::rebalance(&catalog.bucket_map, &shards).map_err(refused)?;
@@ -683,18 +763,38 @@ impl Reconciler {
             }
             ScaleOp::RemoveShard { shard } => {
                 if catalog.shard(shard).is_none() {
-                    return Err(ReconcileError::Refused(format!("there is no shard {shard}")));
+                    return Err(ReconcileError::Refused(format!(
+                        "there is no shard {shard}"
+                    )));
                 }
                 moves::set_shard_state(&mut client, shard, "draining").await?;
-                let plan = placement::remove_shard(&catalog.bucket_map, &active, shard).map_err(refused)?;
+                let plan = placement::remove_shard(&catalog.bucket_map, &active, shard)
+                    .map_err(refused)?;
                 (format!("remove-shard {shard}"), plan)
+            }
+            ScaleOp::AddShard { replicas } => {
+                let replicas = replicas.unwrap_or(self.opts.plan.replicas_wanted);
+                let new = self.add_shard(replicas).await?;
+                let catalog = pgshard_catalog::store::load(&client).await?;
+                let shards: Vec<ShardId> = catalog
+                    .shards
+                    .iter()
+                    .filter(|s| s.state == "active")
+                    .map(|s| s.id)
+                    .collect();
+                let plan = placement::moves_for_add(&catalog.bucket_map, &shards, new);
+                (format!("add-shard {new}"), plan)
             }
             ScaleOp::Move { buckets, to } => {
                 let plan = buckets
                     .iter()
                     .filter_map(|b| {
                         let from = catalog.shard_of_bucket(*b)?;
-                        (from != to).then_some(BucketMove { bucket: *b, from, to })
+                        (from != to).then_some(BucketMove {
+                            bucket: *b,
+                            from,
+                            to,
+                        })
                     })
                     .collect();
                 (format!("move to shard {to}"), plan)
@@ -713,7 +813,11 @@ impl Reconciler {
         let mut client = self.catalog_client().await?;
         let mut ids = Vec::new();
         for (from, to, buckets) in group(plan, group_size) {
-            ids.push(moves::create(&mut client, operation, from, to, &buckets).await?.id);
+            ids.push(
+                moves::create(&mut client, operation, from, to, &buckets)
+                    .await?
+                    .id,
+            );
         }
         Ok(ids)
     }
@@ -762,7 +866,13 @@ mod tests {
 
     #[test]
     fn plans_are_grouped_by_source_and_target() {
-        let plan = [mv(1, 1, 3), mv(2, 1, 3), mv(3, 1, 3), mv(4, 2, 3), mv(5, 1, 3)];
+        let plan = [
+            mv(1, 1, 3),
+            mv(2, 1, 3),
+            mv(3, 1, 3),
+            mv(4, 2, 3),
+            mv(5, 1, 3),
+        ];
         let g = group(&plan, 2);
         let shape: Vec<(u32, u32, usize)> = g.iter().map(|(f, t, b)| (f.0, t.0, b.len())).collect();
         assert_eq!(shape, [(1, 3, 2), (1, 3, 1), (2, 3, 1), (1, 3, 1)]);
