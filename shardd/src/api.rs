@@ -225,6 +225,31 @@ pub fn render_metrics(status: &ClusterStatus, in_doubt: usize) -> String {
             .map(|v| (shard(v), i64::from(v.shard.failover_paused)))
             .collect(),
     );
+    let m = &status.moves;
+    family(
+        "pgshard_shardd_moves",
+        "Bucket moves recorded, by state (unfinished, done, aborted).",
+        vec![
+            ("{state=\"unfinished\"}".into(), m.unfinished as i64),
+            ("{state=\"done\"}".into(), m.done as i64),
+            ("{state=\"aborted\"}".into(), m.aborted as i64),
+        ],
+    );
+    family(
+        "pgshard_shardd_buckets_moved",
+        "Buckets moved by finished moves.",
+        vec![(String::new(), m.buckets_moved as i64)],
+    );
+    family(
+        "pgshard_shardd_rows_moved",
+        "Rows copied by finished moves.",
+        vec![(String::new(), m.rows_moved)],
+    );
+    family(
+        "pgshard_shardd_last_move_freeze_ms",
+        "How long the last finished move kept its buckets frozen (statements held), ms.",
+        vec![(String::new(), m.last_freeze_ms.unwrap_or(0))],
+    );
     family(
         "pgshard_shardd_transactions_in_doubt",
         "Prepared transactions with a pgshard GID left on the shards (last recovery round).",

@@ -1100,6 +1100,14 @@ pub async fn run_control_loop(
                     true
                 }
             };
+            if moved {
+                if let Ok(c) = reconciler.catalog_client().await {
+                    if let Ok(all) = pgshard_catalog::moves::list(&c, false).await {
+                        let mut s = shared.write().unwrap_or_else(|p| p.into_inner());
+                        s.moves = crate::probe::MovesStatus::of(&all);
+                    }
+                }
+            }
             if acted || moved {
                 // Show what the actions changed without waiting for the next round.
                 if let Some(c) = read_catalog(&reconciler.cluster, &mut catalog_client).await {

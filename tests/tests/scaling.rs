@@ -426,6 +426,12 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
             "bucket {b} moved {old} → {new}"
         );
     }
+    let metrics = d.get_text("/metrics").await?;
+    let moved = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgshard_shardd_buckets_moved "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(moved, Some(u64::from(BUCKETS / 3)), "{metrics}");
     let rows: i64 = all.iter().map(|m| m.2).sum();
     eprintln!(
         "add-shard: {} moves, {rows} rows moved; {} inserts, {} transfers",
