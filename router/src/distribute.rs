@@ -27,6 +27,7 @@
 //! with the new declaration); other routers follow the NOTIFY within moments, and until
 //! then route the table to the local shard, as before.
 
+use crate::backend::BackendError;
 use crate::backend::{BackendConn, PooledConn};
 use crate::protocol::backend::{
     decode_command_tag, decode_ready_status, encode_command_complete, encode_data_row,
@@ -286,38 +287,16 @@ impl Mover<'_> {
             .map_err(|e| SessionError::from_backend(local, e))?;
         parts.push((local, lc));
         let q = |e| SessionError::from_backend(local, e);
-
-        // The table, as this session's search_path resolves it.
         let lc = &mut parts[0].1;
-        let rows = lc
-            .query_text(&format!(
-                "SELECT c.oid::int8::text, n.nspname, c.relname, c.relkind::text \
-                   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                  WHERE c.oid = pg_catalog.to_regclass({})",
-                literal(&quote_name(table))
-            ))
-            .await
-            .map_err(q)?;
-        let Some([Some(oid), Some(nsp), Some(rel), Some(kind)]) = rows
-            .into_iter()
-            .next()
-            .and_then(|r| <[Option<String>; 4]>::try_from(r).ok())
+        let found = resolve_table(lc, table).await.map_err(q)?;
+        let Some(Resolved {
+            oid,
+            name,
+            qualified,
+        }) = found.transpose()?
         else {
             return Err(DistributeError::UndefinedTable(table.to_owned()).into());
         };
-        let name = if nsp == "public" {
-            rel.clone()
-        } else {
-            format!("{nsp}.{rel}")
-        };
-        let qualified = format!("{}.{}", ident(&nsp), ident(&rel));
-        if kind != "r" {
-            return Err(DistributeError::Unsupported {
-                table: name,
-                reason: "only plain tables can be distributed (not views, partitioned or foreign tables)".into(),
-            }
-            .into());
-        }
         if catalog.table(&name).is_some() {
             return Err(DistributeError::AlreadyDistributed(name).into());
         }
@@ -327,83 +306,61 @@ impl Mover<'_> {
         let def = TableDefinition::read(lc, &oid, &qualified)
             .await
             .map_err(q)?;
-
-        let kind = match placement {
-            Placement::Reference => TableKind::Reference,
-            Placement::Distributed {
-                column,
-                colocate_with,
-            } => {
-                let key = def
-                    .columns
-                    .iter()
-                    .find(|c| c.name == *column)
-                    .ok_or_else(|| DistributeError::UndefinedColumn {
-                        table: name.clone(),
-                        column: column.clone(),
-                    })?;
-                let key_type = KeyType::parse(&key.type_sql).ok_or_else(|| {
-                    DistributeError::Unsupported {
-                        table: name.clone(),
-                        reason: format!(
-                            "shard key column \"{column}\" has type {}; supported key types are smallint, integer, bigint, text, varchar and uuid",
-                            key.type_sql
-                        ),
-                    }
-                })?;
-                def.check_unique(&name, key.attnum)?;
-                let nulls = lc
-                    .query_text(&format!(
-                        "SELECT 1 FROM {qualified} WHERE {} IS NULL LIMIT 1",
-                        ident(column)
-                    ))
-                    .await
-                    .map_err(q)?;
-                if !nulls.is_empty() {
-                    return Err(DistributeError::NullKeys {
-                        table: name,
-                        column: column.clone(),
-                    }
-                    .into());
-                }
-                let colocation = colocation(catalog, &name, key_type, colocate_with.as_deref())?;
-                TableKind::Distributed {
-                    shard_key: column.clone(),
-                    key_type,
-                    colocation,
-                }
-            }
-        };
-
-        // Every other shard: the table, then its rows.
-        let mut ddl = def.create_sql(&qualified);
-        // Serial sequences go on from where the local one is, so values already in the
-        // moved rows are not handed out again.
-        for seq in def
-            .columns
-            .iter()
-            .filter_map(|c| c.serial_sequence.as_deref())
+        let kind = table_kind(catalog, lc, &name, &qualified, &def, placement)
+            .await
+            .map_err(|e| e.into_session(local))?;
+        let ddl = create_with_sequences(lc, &def, &qualified)
+            .await
+            .map_err(q)?;
+        let moved = self
+            .copy_to_shards(catalog, &kind, &def, &qualified, &ddl, parts)
+            .await?;
+        if let TableKind::Distributed {
+            shard_key,
+            key_type,
+            ..
+        } = &kind
         {
-            let rows = parts[0]
+            let e = bucket_sql_expr(&ident(shard_key), *key_type, catalog.buckets);
+            let deleted = parts[0]
                 .1
-                .query_text(&format!(
-                    "SELECT last_value::text, is_called::text FROM {seq}"
+                .query_tags(&format!(
+                    "DELETE FROM {qualified} WHERE NOT ({e} = ANY({}))",
+                    buckets_of(catalog, local)
                 ))
                 .await
-                .map_err(q)?;
-            let state = rows
-                .into_iter()
-                .next()
-                .and_then(|r| <[Option<String>; 2]>::try_from(r).ok());
-            if let Some([Some(value), Some(called)]) = state {
-                ddl.push_str(&format!(
-                    "SELECT pg_catalog.setval({}, {value}, {called}); ",
-                    literal(seq)
-                ));
+                .map_err(q)?
+                .last()
+                .and_then(|t| t.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if deleted != moved {
+                return Err(DistributeError::Moved {
+                    table: name,
+                    moved,
+                    deleted,
+                }
+                .into());
             }
         }
+        tracing::info!(table = %name, rows_moved = moved, "table copied to every shard");
+        Ok(TableDef { name, kind })
+    }
+
+    /// Creates the table (`ddl`) on every shard but the local one (`parts[0]`), each in
+    /// a transaction joined to `parts`, and copies there the rows of its buckets (all
+    /// of them for a reference table). Returns how many rows were copied.
+    async fn copy_to_shards(
+        &self,
+        catalog: &Catalog,
+        kind: &TableKind,
+        def: &TableDefinition,
+        qualified: &str,
+        ddl: &str,
+        parts: &mut Vec<(ShardId, PooledConn)>,
+    ) -> Result<u64, SessionError> {
+        let local = catalog.local_shard;
         let columns = def.copy_columns();
-        let key_expr = match &kind {
+        let key_expr = match kind {
             TableKind::Distributed {
                 shard_key,
                 key_type,
@@ -415,16 +372,6 @@ impl Mover<'_> {
             )),
             TableKind::Reference => None,
         };
-        let buckets_of = |s: ShardId| -> String {
-            let list: Vec<String> = catalog
-                .bucket_map
-                .iter()
-                .enumerate()
-                .filter(|(_, &o)| o == s)
-                .map(|(b, _)| b.to_string())
-                .collect();
-            format!("'{{{}}}'::int4[]", list.join(","))
-        };
         let mut moved = 0u64;
         for shard in catalog.shard_ids().into_iter().filter(|&s| s != local) {
             let mut conn = self.shard_conn(catalog, shard).await?;
@@ -435,7 +382,7 @@ impl Mover<'_> {
             let select = match &key_expr {
                 Some(e) => format!(
                     "SELECT {columns} FROM {qualified} WHERE {e} = ANY({})",
-                    buckets_of(shard)
+                    buckets_of(catalog, shard)
                 ),
                 None => format!("SELECT {columns} FROM {qualified}"),
             };
@@ -454,30 +401,7 @@ impl Mover<'_> {
             )
             .await?;
         }
-        if let Some(e) = &key_expr {
-            let lc = &mut parts[0].1;
-            let tags = lc
-                .query_tags(&format!(
-                    "DELETE FROM {qualified} WHERE NOT ({e} = ANY({}))",
-                    buckets_of(local)
-                ))
-                .await
-                .map_err(q)?;
-            let deleted = tags
-                .last()
-                .and_then(|t| t.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            if deleted != moved {
-                return Err(DistributeError::Moved {
-                    table: name,
-                    moved,
-                    deleted,
-                }
-                .into());
-            }
-        }
-        tracing::info!(table = %name, rows_moved = moved, "table copied to every shard");
-        Ok(TableDef { name, kind })
+        Ok(moved)
     }
 
     /// A connection to `shard`'s primary with this session's settings.
@@ -912,6 +836,186 @@ fn int_array(s: &str) -> Vec<i64> {
         .split([',', ' '])
         .filter_map(|x| x.trim().parse().ok())
         .collect()
+}
+
+/// The table a distribution names, as the session's search_path resolves it.
+struct Resolved {
+    oid: String,
+    /// As the catalog names it (unqualified in `public`).
+    name: String,
+    /// Schema-qualified and quoted, for SQL.
+    qualified: String,
+}
+
+/// Looks the table up on the local shard: `None` when it does not exist; a relation
+/// that is not a plain table is refused.
+async fn resolve_table(
+    lc: &mut PooledConn,
+    table: &str,
+) -> Result<Option<Result<Resolved, SessionError>>, BackendError> {
+    let rows = lc
+        .query_text(&format!(
+            "SELECT c.oid::int8::text, n.nspname, c.relname, c.relkind::text \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.oid = pg_catalog.to_regclass({})",
+            literal(&quote_name(table))
+        ))
+        .await?;
+    let Some([Some(oid), Some(nsp), Some(rel), Some(kind)]) = rows
+        .into_iter()
+        .next()
+        .and_then(|r| <[Option<String>; 4]>::try_from(r).ok())
+    else {
+        return Ok(None);
+    };
+    let name = if nsp == "public" {
+        rel.clone()
+    } else {
+        format!("{nsp}.{rel}")
+    };
+    if kind != "r" {
+        return Ok(Some(Err(DistributeError::Unsupported {
+            table: name,
+            reason:
+                "only plain tables can be distributed (not views, partitioned or foreign tables)"
+                    .into(),
+        }
+        .into())));
+    }
+    let qualified = format!("{}.{}", ident(&nsp), ident(&rel));
+    Ok(Some(Ok(Resolved {
+        oid,
+        name,
+        qualified,
+    })))
+}
+
+/// An error while checking a table for distribution: the refusal, or the local
+/// shard's.
+enum KindError {
+    Refused(DistributeError),
+    Backend(BackendError),
+}
+
+impl KindError {
+    fn into_session(self, local: ShardId) -> SessionError {
+        match self {
+            KindError::Refused(e) => e.into(),
+            KindError::Backend(e) => SessionError::from_backend(local, e),
+        }
+    }
+}
+
+impl From<DistributeError> for KindError {
+    fn from(e: DistributeError) -> Self {
+        KindError::Refused(e)
+    }
+}
+
+impl From<BackendError> for KindError {
+    fn from(e: BackendError) -> Self {
+        KindError::Backend(e)
+    }
+}
+
+/// What the table is declared as: reference, or distributed by a key column of a
+/// supported type, with no NULL keys and no unique index without the key.
+async fn table_kind(
+    catalog: &Catalog,
+    lc: &mut PooledConn,
+    name: &str,
+    qualified: &str,
+    def: &TableDefinition,
+    placement: &Placement,
+) -> Result<TableKind, KindError> {
+    let Placement::Distributed {
+        column,
+        colocate_with,
+    } = placement
+    else {
+        return Ok(TableKind::Reference);
+    };
+    let key = def
+        .columns
+        .iter()
+        .find(|c| c.name == *column)
+        .ok_or_else(|| DistributeError::UndefinedColumn {
+            table: name.to_owned(),
+            column: column.clone(),
+        })?;
+    let key_type =
+        KeyType::parse(&key.type_sql).ok_or_else(|| DistributeError::Unsupported {
+            table: name.to_owned(),
+            reason: format!(
+                "shard key column \"{column}\" has type {}; supported key types are smallint, integer, bigint, text, varchar and uuid",
+                key.type_sql
+            ),
+        })?;
+    def.check_unique(name, key.attnum)?;
+    let nulls = lc
+        .query_text(&format!(
+            "SELECT 1 FROM {qualified} WHERE {} IS NULL LIMIT 1",
+            ident(column)
+        ))
+        .await?;
+    if !nulls.is_empty() {
+        return Err(DistributeError::NullKeys {
+            table: name.to_owned(),
+            column: column.clone(),
+        }
+        .into());
+    }
+    let colocation = colocation(catalog, name, key_type, colocate_with.as_deref())?;
+    Ok(TableKind::Distributed {
+        shard_key: column.clone(),
+        key_type,
+        colocation,
+    })
+}
+
+/// The table's CREATE statements for the other shards, with its serial sequences set
+/// to go on from where the local ones are (values in the moved rows are not handed out
+/// again).
+async fn create_with_sequences(
+    lc: &mut PooledConn,
+    def: &TableDefinition,
+    qualified: &str,
+) -> Result<String, BackendError> {
+    let mut ddl = def.create_sql(qualified);
+    for seq in def
+        .columns
+        .iter()
+        .filter_map(|c| c.serial_sequence.as_deref())
+    {
+        let rows = lc
+            .query_text(&format!(
+                "SELECT last_value::text, is_called::text FROM {seq}"
+            ))
+            .await?;
+        let state = rows
+            .into_iter()
+            .next()
+            .and_then(|r| <[Option<String>; 2]>::try_from(r).ok());
+        if let Some([Some(value), Some(called)]) = state {
+            ddl.push_str(&format!(
+                "SELECT pg_catalog.setval({}, {value}, {called}); ",
+                literal(seq)
+            ));
+        }
+    }
+    Ok(ddl)
+}
+
+/// `shard`'s buckets as an SQL array literal.
+fn buckets_of(catalog: &Catalog, shard: ShardId) -> String {
+    let list: Vec<String> = catalog
+        .bucket_map
+        .iter()
+        .enumerate()
+        .filter(|(_, &o)| o == shard)
+        .map(|(b, _)| b.to_string())
+        .collect();
+    format!("'{{{}}}'::int4[]", list.join(","))
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ mod parse;
 mod plan;
 pub mod replicated;
 mod route;
+pub mod session;
 mod split;
 
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names};
+pub use session::{begin_tag, session_command, statement_texts, SessionCommand};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
 
 /// What the router does with one Query string (one statement, or several separated by

@@ -252,7 +252,7 @@ pub async fn run_mode(
 ) -> Result<Report, WireError> {
     let mut report = Report::default();
     for e in entries {
-        let mode = if pgshard_router::session::lex::split_statements(&e.sql).len() > 1 {
+        let mode = if pgshard_sql::statement_texts(&e.sql).len() > 1 {
             Mode::Simple
         } else {
             mode

@@ -20,7 +20,7 @@
 
 pub mod value;
 
-use crate::protocol::frame::{begin_frame, finish_frame, put_cstr, BodyReader};
+use crate::protocol::frame::{begin_frame, finish_frame, BodyReader};
 use crate::protocol::Frame;
 use bytes::{BufMut, BytesMut};
 use pgshard_sql::{FanoutPlan, MergePlan, SortColumn, StreamMerge};
@@ -455,6 +455,53 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
             shard: 0,
             message: "fewer columns than hidden sort columns".into(),
         })?;
+    let keys = merge_keys(m, cols, visible, rounded_floats)?;
+    // RowDescription without the hidden columns.
+    if describe {
+        let at = begin_frame(&mut buf, b'T');
+        buf.put_i16(visible as i16);
+        for c in &cols[..visible] {
+            buf.extend_from_slice(&c.raw);
+        }
+        finish_frame(&mut buf, at);
+    }
+    let mut em = Emitter {
+        visible,
+        hidden: m.hidden,
+        skip: m.offset,
+        left: m.limit,
+        sent: 0,
+    };
+    let stop = if keys.is_empty() {
+        concat(shards, &mut em, &mut buf, out).await?
+    } else {
+        kway(shards, &keys, &mut em, &mut buf, out).await?
+    };
+    if let Some((shard, e)) = stop {
+        buf.extend_from_slice(e.raw());
+        out.write_all(&buf).await?;
+        return Ok(Outcome::ShardError {
+            shard,
+            unfinished: unfinished(shards),
+        });
+    }
+    let sent = em.sent;
+    crate::protocol::backend::encode_command_complete(&mut buf, &format!("SELECT {sent}"));
+    out.write_all(&buf).await?;
+    Ok(Outcome::Done {
+        rows: sent,
+        unfinished: unfinished(shards),
+    })
+}
+
+/// The merge's sort keys, checked against the columns: each one's position, how its
+/// values compare, and its order.
+fn merge_keys(
+    m: &StreamMerge,
+    cols: &[Column],
+    visible: usize,
+    rounded_floats: bool,
+) -> Result<Vec<Key>, FanoutError> {
     let mut keys = Vec::with_capacity(m.sort.len());
     for s in &m.sort {
         let column = match s.column {
@@ -488,122 +535,119 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
             collation: s.collation.map(|c| visible + c),
         });
     }
-    // RowDescription without the hidden columns.
-    if describe {
-        let at = begin_frame(&mut buf, b'T');
-        buf.put_i16(visible as i16);
-        for c in &cols[..visible] {
-            buf.extend_from_slice(&c.raw);
-        }
-        finish_frame(&mut buf, at);
-    }
-    let _ = put_cstr; // (codec helper kept in scope for symmetry with encoders)
+    Ok(keys)
+}
 
-    let mut skip = m.offset;
-    let mut left = m.limit;
-    let mut sent: u64 = 0;
-    macro_rules! fail {
-        ($i:expr, $e:expr) => {{
-            buf.extend_from_slice($e.raw());
-            out.write_all(&buf).await?;
-            return Ok(Outcome::ShardError {
-                shard: $i,
-                unfinished: unfinished(shards),
-            });
-        }};
+/// Sends merged rows to the client: OFFSET and LIMIT applied, hidden columns dropped,
+/// the buffer written out whenever it is full.
+struct Emitter {
+    visible: usize,
+    hidden: usize,
+    skip: u64,
+    left: Option<u64>,
+    sent: u64,
+}
+
+impl Emitter {
+    /// True once LIMIT rows went out.
+    fn done(&self) -> bool {
+        self.left == Some(0)
     }
-    if keys.is_empty() {
-        'shards: for i in 0..shards.len() {
-            if left == Some(0) {
-                break;
-            }
-            loop {
-                match shards[i].next(&mut buf).await? {
-                    Next::Row(r) => {
-                        if skip > 0 {
-                            skip -= 1;
-                            continue;
-                        }
-                        visible_row(&r, visible, m.hidden, &mut buf);
-                        sent += 1;
-                        if buf.len() >= FLUSH_AT {
-                            out.write_all(&buf).await?;
-                            buf.clear();
-                        }
-                        if let Some(l) = &mut left {
-                            *l -= 1;
-                            if *l == 0 {
-                                break 'shards;
-                            }
-                        }
-                    }
-                    Next::Done => break,
-                    Next::Error(e) => fail!(i, e),
-                }
+
+    async fn row<W: AsyncWrite + Unpin>(
+        &mut self,
+        r: &Row,
+        buf: &mut BytesMut,
+        out: &mut W,
+    ) -> Result<(), FanoutError> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return Ok(());
+        }
+        visible_row(r, self.visible, self.hidden, buf);
+        self.sent += 1;
+        if buf.len() >= FLUSH_AT {
+            out.write_all(buf).await?;
+            buf.clear();
+        }
+        if let Some(l) = &mut self.left {
+            *l -= 1;
+        }
+        Ok(())
+    }
+}
+
+/// A shard's error that ended the merge: the shard and its ErrorResponse.
+type Stopped = Option<(usize, Frame)>;
+
+/// No ORDER BY: each shard's rows in turn.
+async fn concat<S: ShardStream, W: AsyncWrite + Unpin>(
+    shards: &mut [Shard<S>],
+    em: &mut Emitter,
+    buf: &mut BytesMut,
+    out: &mut W,
+) -> Result<Stopped, FanoutError> {
+    for (i, shard) in shards.iter_mut().enumerate() {
+        while !em.done() {
+            match shard.next(buf).await? {
+                Next::Row(r) => em.row(&r, buf, out).await?,
+                Next::Done => break,
+                Next::Error(e) => return Ok(Some((i, e))),
             }
         }
-    } else {
-        // k-way merge: the head row of every shard; emit the least, refill from its shard.
-        let mut heads: Vec<Option<Row>> = Vec::with_capacity(shards.len());
-        for i in 0..shards.len() {
-            match shards[i].next(&mut buf).await? {
-                Next::Row(r) => {
-                    check_collations(&keys, &r)?;
-                    heads.push(Some(r));
-                }
-                Next::Done => heads.push(None),
-                Next::Error(e) => fail!(i, e),
+    }
+    Ok(None)
+}
+
+/// k-way merge: the head row of every shard; emit the least, refill from its shard.
+async fn kway<S: ShardStream, W: AsyncWrite + Unpin>(
+    shards: &mut [Shard<S>],
+    keys: &[Key],
+    em: &mut Emitter,
+    buf: &mut BytesMut,
+    out: &mut W,
+) -> Result<Stopped, FanoutError> {
+    let mut heads: Vec<Option<Row>> = Vec::with_capacity(shards.len());
+    for (i, shard) in shards.iter_mut().enumerate() {
+        match shard.next(buf).await? {
+            Next::Row(r) => {
+                check_collations(keys, &r)?;
+                heads.push(Some(r));
             }
+            Next::Done => heads.push(None),
+            Next::Error(e) => return Ok(Some((i, e))),
         }
-        while left != Some(0) {
-            let mut best: Option<usize> = None;
-            for (i, h) in heads.iter().enumerate() {
-                let Some(h) = h else { continue };
-                best = match best {
-                    None => Some(i),
-                    Some(b) => {
-                        let hb = heads[b].as_ref().ok_or_else(|| FanoutError::Protocol {
-                            shard: b,
-                            message: "merge state".into(),
-                        })?;
-                        if compare_rows(&keys, h, hb)? == Ordering::Less {
-                            Some(i)
-                        } else {
-                            Some(b)
-                        }
+    }
+    while !em.done() {
+        let mut best: Option<usize> = None;
+        for (i, h) in heads.iter().enumerate() {
+            let Some(h) = h else { continue };
+            best = match best {
+                None => Some(i),
+                Some(b) => {
+                    let hb = heads[b].as_ref().ok_or_else(|| FanoutError::Protocol {
+                        shard: b,
+                        message: "merge state".into(),
+                    })?;
+                    if compare_rows(keys, h, hb)? == Ordering::Less {
+                        Some(i)
+                    } else {
+                        Some(b)
                     }
-                };
-            }
-            let Some(b) = best else { break };
-            let next = match shards[b].next(&mut buf).await? {
-                Next::Row(r) => Some(r),
-                Next::Done => None,
-                Next::Error(e) => fail!(b, e),
+                }
             };
-            let row = std::mem::replace(&mut heads[b], next);
-            if let Some(row) = row {
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                visible_row(&row, visible, m.hidden, &mut buf);
-                sent += 1;
-                if buf.len() >= FLUSH_AT {
-                    out.write_all(&buf).await?;
-                    buf.clear();
-                }
-                if let Some(l) = &mut left {
-                    *l -= 1;
-                }
-            }
+        }
+        let Some(b) = best else { break };
+        let next = match shards[b].next(buf).await? {
+            Next::Row(r) => Some(r),
+            Next::Done => None,
+            Next::Error(e) => return Ok(Some((b, e))),
+        };
+        if let Some(row) = std::mem::replace(&mut heads[b], next) {
+            em.row(&row, buf, out).await?;
         }
     }
-    crate::protocol::backend::encode_command_complete(&mut buf, &format!("SELECT {sent}"));
-    out.write_all(&buf).await?;
-    Ok(Outcome::Done {
-        rows: sent,
-        unfinished: unfinished(shards),
-    })
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -623,160 +623,65 @@ where
             return Err(Failure::ClientGone);
         }
         self.out.clear();
-        let catalog = self.ctx.catalog.current();
-        let mut splitter = Splitter::new(&plan.options, key.clone());
+        let router = RowRouter {
+            catalog: self.ctx.catalog.current(),
+            plan,
+            key: key.clone(),
+        };
+        let mut splitter = Splitter::new(&plan.options, key);
         let mut notices = BytesMut::new();
-        let key_type = plan.key.as_ref().map(|k| k.key_type);
-        let failure: Failure = 'copy: loop {
+        let failure: Failure = loop {
             let frame = match self.client.read_frame().await {
                 Ok(Some(f)) => f,
                 r => {
                     tracing::debug!(result = ?r.map(|_| ()), "client left during COPY FROM STDIN");
-                    break 'copy Failure::ClientGone;
+                    break Failure::ClientGone;
                 }
             };
-            let mut done = false;
-            match frame.tag() {
-                b'd' => splitter.push(frame.body()),
-                b'c' => done = true,
-                b'f' => {
-                    let reason = crate::protocol::frame::BodyReader::new(frame.body(), "CopyFail")
-                        .cstr()
-                        .unwrap_or("")
-                        .to_owned();
-                    for p in parts.iter_mut() {
-                        p.batch.clear();
-                        if let Err(f) = p.abort(&reason, &mut notices).await {
-                            break 'copy f;
-                        }
-                    }
-                    self.out.extend_from_slice(&notices);
-                    let e = parts.iter().find_map(|p| p.error.clone());
-                    return Err(match e {
-                        Some(e) => Failure::Shard(e),
-                        None => Failure::Error(SessionError::Unsupported(format!(
-                            "COPY from stdin failed: {reason}"
-                        ))),
-                    });
+            let done = match client_copy_message(&frame) {
+                ClientCopy::Data => {
+                    splitter.push(frame.body());
+                    false
                 }
-                // PostgreSQL ignores Flush and Sync during copy-in.
-                b'H' | b'S' => continue,
-                other => {
-                    let mut b = BytesMut::new();
-                    encode_error(
-                        &mut b,
-                        b'E',
-                        "ERROR",
-                        "08P01",
-                        &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
-                        None,
-                        None,
-                    );
-                    let Ok(f) = Frame::from_bytes(b.freeze()) else {
-                        break 'copy Failure::ClientGone;
-                    };
-                    break 'copy Failure::Shard(f);
-                }
-            }
-            let mut pieces = Vec::new();
-            loop {
-                let next = if done {
-                    splitter.next_piece().and_then(|p| match p {
-                        Some(p) => Ok(Some(p)),
-                        None => splitter.finish(),
+                ClientCopy::Done => true,
+                ClientCopy::Ignored => continue,
+                ClientCopy::Fail(reason) => match self.client_copy_fail(parts, &reason).await {
+                    Ok(failed) => return Err(failed),
+                    Err(f) => break f,
+                },
+                ClientCopy::Unexpected(f) => break Failure::Shard(f),
+            };
+            let routed = take_pieces(&mut splitter, done)
+                .map_err(|source| {
+                    Failure::Error(SessionError::Copy {
+                        table: plan.table.clone(),
+                        source,
                     })
-                } else {
-                    splitter.next_piece()
-                };
-                match next {
-                    Ok(Some(p)) => pieces.push(p),
-                    Ok(None) => break,
-                    Err(source) => {
-                        break 'copy Failure::Error(SessionError::Copy {
-                            table: plan.table.clone(),
-                            source,
-                        })
-                    }
-                }
+                })
+                .and_then(|pieces| router.route(pieces, parts));
+            if let Err(f) = routed {
+                break f;
             }
-            for piece in pieces {
-                match piece {
-                    Piece::All(b) => {
-                        for p in parts.iter_mut() {
-                            p.batch.extend_from_slice(&b);
-                        }
-                    }
-                    Piece::Row {
-                        bytes,
-                        key: field,
-                        line,
-                    } => match (field, key_type) {
-                        (Some(field), Some(kt)) => {
-                            let column = key.as_ref().map_or("", |k| k.column.as_str());
-                            let value = match key_value(&field, kt, &plan.table, column, line) {
-                                Ok(v) => v,
-                                Err(source) => {
-                                    break 'copy Failure::Error(SessionError::Copy {
-                                        table: plan.table.clone(),
-                                        source,
-                                    })
-                                }
-                            };
-                            let target = catalog.shard_of(&value);
-                            let Some(p) = parts.iter_mut().find(|p| Some(p.shard) == target) else {
-                                break 'copy Failure::Error(SessionError::Unsupported(
-                                    "COPY: no shard of this COPY owns the bucket of a row's key (the catalog changed)".into(),
-                                ));
-                            };
-                            p.batch.extend_from_slice(&bytes);
-                        }
-                        // A reference table: every shard gets every row.
-                        _ => {
-                            for p in parts.iter_mut() {
-                                p.batch.extend_from_slice(&bytes);
-                            }
-                        }
-                    },
-                }
+            let trailer = done && splitter.needs_trailer();
+            if let Err(f) = flush_parts(parts, done, trailer, &mut notices).await {
+                break f;
             }
-            for p in parts.iter_mut() {
-                if p.batch.len() >= BATCH || done {
-                    if done && splitter.needs_trailer() {
-                        p.batch.extend_from_slice(&BINARY_TRAILER);
-                    }
-                    if let Err(f) = p.flush_batch(&mut notices).await {
-                        break 'copy f;
-                    }
-                }
-            }
-            if !notices.is_empty() {
-                self.out.extend_from_slice(&notices);
-                notices.clear();
-            }
+            self.out.extend_from_slice(&notices);
+            notices.clear();
             if let Some(e) = parts.iter().find_map(|p| p.error.clone()) {
-                break 'copy Failure::Shard(e);
+                break Failure::Shard(e);
             }
             if done {
-                for p in parts.iter_mut() {
-                    if p.copying {
-                        let at = begin_frame(&mut p.conn.out, b'c');
-                        finish_frame(&mut p.conn.out, at);
-                        p.copying = false;
-                        if let Err(f) = p.send(&mut notices).await {
-                            break 'copy f;
-                        }
+                match end_copy_in(parts, &mut notices).await {
+                    Ok(()) => {
+                        self.out.extend_from_slice(&notices);
+                        return match parts.iter().find_map(|p| p.error.clone()) {
+                            Some(e) => Err(Failure::Shard(e)),
+                            None => Ok(()),
+                        };
                     }
+                    Err(f) => break f,
                 }
-                for p in parts.iter_mut() {
-                    if let Err(f) = p.finish(&mut notices).await {
-                        break 'copy f;
-                    }
-                }
-                self.out.extend_from_slice(&notices);
-                if let Some(e) = parts.iter().find_map(|p| p.error.clone()) {
-                    return Err(Failure::Shard(e));
-                }
-                return Ok(());
             }
         };
         // Abort everywhere: every shard's COPY fails, no row stays anywhere.
@@ -794,6 +699,27 @@ where
             self.out.extend_from_slice(&notices);
         }
         Err(failure)
+    }
+
+    /// The client's CopyFail: every shard's COPY fails with its reason. `Ok`: the
+    /// client's error; `Err`: a shard could not be told (abort everywhere).
+    async fn client_copy_fail(
+        &mut self,
+        parts: &mut [Part<'_>],
+        reason: &str,
+    ) -> Result<Failure, Failure> {
+        let mut notices = BytesMut::new();
+        for p in parts.iter_mut() {
+            p.batch.clear();
+            p.abort(reason, &mut notices).await?;
+        }
+        self.out.extend_from_slice(&notices);
+        Ok(match parts.iter().find_map(|p| p.error.clone()) {
+            Some(e) => Failure::Shard(e),
+            None => Failure::Error(SessionError::Unsupported(format!(
+                "COPY from stdin failed: {reason}"
+            ))),
+        })
     }
 
     /// Every shard's CopyData concatenated into the client's copy-out stream.
@@ -956,4 +882,152 @@ async fn table_columns(
         return Err(Failure::Shard(e));
     }
     Ok(names)
+}
+
+/// What a client message means during COPY FROM STDIN.
+enum ClientCopy {
+    Data,
+    Done,
+    /// CopyFail, with its reason.
+    Fail(String),
+    /// Flush and Sync, which PostgreSQL ignores during copy-in.
+    Ignored,
+    /// Anything else: the protocol error to answer with.
+    Unexpected(Frame),
+}
+
+fn client_copy_message(frame: &Frame) -> ClientCopy {
+    match frame.tag() {
+        b'd' => ClientCopy::Data,
+        b'c' => ClientCopy::Done,
+        b'f' => ClientCopy::Fail(
+            crate::protocol::frame::BodyReader::new(frame.body(), "CopyFail")
+                .cstr()
+                .unwrap_or("")
+                .to_owned(),
+        ),
+        b'H' | b'S' => ClientCopy::Ignored,
+        other => {
+            let mut b = BytesMut::new();
+            encode_error(
+                &mut b,
+                b'E',
+                "ERROR",
+                "08P01",
+                &format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                None,
+                None,
+            );
+            match Frame::from_bytes(b.freeze()) {
+                Ok(f) => ClientCopy::Unexpected(f),
+                Err(_) => ClientCopy::Ignored,
+            }
+        }
+    }
+}
+
+/// The pieces the splitter can give now (all of them, with the end, at CopyDone).
+fn take_pieces(splitter: &mut Splitter, done: bool) -> Result<Vec<Piece>, crate::copy::CopyError> {
+    let mut pieces = Vec::new();
+    loop {
+        let next = match splitter.next_piece()? {
+            None if done => splitter.finish()?,
+            next => next,
+        };
+        match next {
+            Some(p) => pieces.push(p),
+            None => return Ok(pieces),
+        }
+    }
+}
+
+/// Puts each piece of a COPY FROM STDIN into the batch of the shard it goes to.
+struct RowRouter<'a> {
+    catalog: std::sync::Arc<pgshard_catalog::Catalog>,
+    plan: &'a CopyPlan,
+    key: Option<KeySpec>,
+}
+
+impl RowRouter<'_> {
+    fn route(&self, pieces: Vec<Piece>, parts: &mut [Part<'_>]) -> Result<(), Failure> {
+        let key_type = self.plan.key.as_ref().map(|k| k.key_type);
+        for piece in pieces {
+            let (bytes, target) = match piece {
+                Piece::All(b) => (b, None),
+                Piece::Row {
+                    bytes,
+                    key: Some(field),
+                    line,
+                } if key_type.is_some() => {
+                    let kt = key_type.unwrap_or(pgshard_catalog::KeyType::Int8);
+                    let column = self.key.as_ref().map_or("", |k| k.column.as_str());
+                    let value = key_value(&field, kt, &self.plan.table, column, line).map_err(
+                        |source| {
+                            Failure::Error(SessionError::Copy {
+                                table: self.plan.table.clone(),
+                                source,
+                            })
+                        },
+                    )?;
+                    let shard = self.catalog.shard_of(&value).ok_or_else(no_owner)?;
+                    (bytes, Some(shard))
+                }
+                // A reference table: every shard gets every row.
+                Piece::Row { bytes, .. } => (bytes, None),
+            };
+            match target {
+                None => parts
+                    .iter_mut()
+                    .for_each(|p| p.batch.extend_from_slice(&bytes)),
+                Some(shard) => parts
+                    .iter_mut()
+                    .find(|p| p.shard == shard)
+                    .ok_or_else(no_owner)?
+                    .batch
+                    .extend_from_slice(&bytes),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn no_owner() -> Failure {
+    Failure::Error(SessionError::Unsupported(
+        "COPY: no shard of this COPY owns the bucket of a row's key (the catalog changed)".into(),
+    ))
+}
+
+/// Sends each shard its batch once it is big enough, or at the end (`done`, with the
+/// binary trailer when the format needs one).
+async fn flush_parts(
+    parts: &mut [Part<'_>],
+    done: bool,
+    trailer: bool,
+    notices: &mut BytesMut,
+) -> Result<(), Failure> {
+    for p in parts.iter_mut() {
+        if p.batch.len() >= BATCH || done {
+            if trailer {
+                p.batch.extend_from_slice(&BINARY_TRAILER);
+            }
+            p.flush_batch(notices).await?;
+        }
+    }
+    Ok(())
+}
+
+/// CopyDone to every shard still copying, then each one's answer.
+async fn end_copy_in(parts: &mut [Part<'_>], notices: &mut BytesMut) -> Result<(), Failure> {
+    for p in parts.iter_mut() {
+        if p.copying {
+            let at = begin_frame(&mut p.conn.out, b'c');
+            finish_frame(&mut p.conn.out, at);
+            p.copying = false;
+            p.send(notices).await?;
+        }
+    }
+    for p in parts.iter_mut() {
+        p.finish(notices).await?;
+    }
+    Ok(())
 }

@@ -12,7 +12,6 @@
 
 use super::attach::Ensure;
 use super::error::SessionError;
-use super::lex::{classify, split_statements, SessionCommand};
 use super::local::{LocalKind, LocalPortal};
 use super::refusal::Refusal;
 use super::simple::Target;
@@ -29,6 +28,7 @@ use crate::protocol::frontend::{
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
+use pgshard_sql::{session_command as classify, statement_texts, SessionCommand};
 use pgshard_sql::{Route, RouterCommand, StatementKind};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -139,7 +139,7 @@ where
         let (plan, command, digest) = match reused {
             Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),
             None => {
-                let command = match split_statements(sql).as_slice() {
+                let command = match statement_texts(sql).as_slice() {
                     [one] => classify(one),
                     _ => SessionCommand::Other,
                 };
@@ -950,7 +950,7 @@ where
             self.txn.begin = Some(stmt.key.sql.clone());
             self.txn.savepoints.clear();
         }
-        encode_command_complete(&mut b, super::lex::begin_tag(&stmt.key.sql));
+        encode_command_complete(&mut b, pgshard_sql::begin_tag(&stmt.key.sql));
         self.emit_local(&b);
         Ok(())
     }

@@ -139,40 +139,9 @@ where
             }
         }
         crate::stats::bump(&self.ctx.stats.fanout_reads);
-        let mut shards = plan.shards.clone();
-        shards.sort();
-        shards.dedup();
-        if in_txn {
-            // Inside a transaction block the read runs on the transaction's own backends
-            // (every shard it needs joins), so it sees the transaction's writes.
-            if let Err(e) = self.lend_participants(&shards).await {
-                self.fail_fanout(ext.is_some(), e);
-                return Ok(());
-            }
-        }
-        // An idle attached backend (session pooling) on one of the shards serves it.
-        let mut reused: Option<(ShardId, PooledConn)> = None;
-        if let Some(a) = self.attached.take() {
-            if shards.contains(&a.shard) && a.expects.is_empty() && a.conn.is_clean() {
-                reused = Some((a.shard, a.conn));
-                self.drop_backend_portals();
-            } else {
-                self.attached = Some(a);
-            }
-        }
-        let reused_shard = reused.as_ref().map(|(s, _)| *s);
-        let backends = if in_txn {
-            Ok(std::mem::take(&mut self.txn.lent_parts))
-        } else {
-            self.fanout_backends(&shards, reused).await
-        };
-        let mut parts = match backends {
-            Ok(p) => p,
-            Err((e, back)) => {
-                self.restore_attached(back);
-                self.fail_fanout(ext.is_some(), e);
-                return Ok(());
-            }
+        let Some((mut parts, reused_shard)) = self.fanout_parts(plan, in_txn, ext.is_some()).await
+        else {
+            return Ok(());
         };
         let finish = matches!(plan.merge, MergePlan::Finish(_));
         let Some(query) = self
@@ -251,6 +220,47 @@ where
         self.restore_attached(back);
         self.answer_fanout(ext.is_some(), ending, shard_failed);
         Ok(())
+    }
+
+    /// The backends a fan-out over `plan.shards` runs on: inside a transaction block the
+    /// transaction's own (every shard it needs joins, so the read sees the transaction's
+    /// writes), else an idle attached backend on one of the shards (session pooling)
+    /// and new ones from the pools. With the shard of the reused one. `None` once the
+    /// client has its error.
+    async fn fanout_parts(
+        &mut self,
+        plan: &FanoutPlan,
+        in_txn: bool,
+        extended: bool,
+    ) -> Option<(Vec<Part>, Option<ShardId>)> {
+        let mut shards = plan.shards.clone();
+        shards.sort();
+        shards.dedup();
+        if in_txn {
+            if let Err(e) = self.lend_participants(&shards).await {
+                self.fail_fanout(extended, e);
+                return None;
+            }
+            return Some((std::mem::take(&mut self.txn.lent_parts), None));
+        }
+        let mut reused: Option<(ShardId, PooledConn)> = None;
+        if let Some(a) = self.attached.take() {
+            if shards.contains(&a.shard) && a.expects.is_empty() && a.conn.is_clean() {
+                reused = Some((a.shard, a.conn));
+                self.drop_backend_portals();
+            } else {
+                self.attached = Some(a);
+            }
+        }
+        let reused_shard = reused.as_ref().map(|(s, _)| *s);
+        match self.fanout_backends(&shards, reused).await {
+            Ok(p) => Some((p, reused_shard)),
+            Err((e, back)) => {
+                self.restore_attached(back);
+                self.fail_fanout(extended, e);
+                None
+            }
+        }
     }
 
     /// The messages every shard gets for a fan-out: a Query (simple protocol), or the

@@ -220,7 +220,7 @@ where
         if in_txn {
             return (b, Some(SessionError::DiscardInTransaction));
         }
-        self.vars.apply(&super::lex::SessionCommand::DiscardAll);
+        self.vars.apply(&pgshard_sql::SessionCommand::DiscardAll);
         self.stmts.clear();
         self.sql_prepared.clear();
         self.shard_override = None;

@@ -21,11 +21,14 @@
 //! error recovery), [`relay`] (backend replies). The transaction state, one type:
 //! [`txn_state`]. Execution, each path written once for both protocols and framed by
 //! the protocol that asked ([`local::Answer`]): [`local`] (router functions,
-//! statements on every shard), [`fanout`] and [`suspend`] (multi-shard reads), [`txn`]
-//! (multi-shard writes, transactions spanning shards), [`copy`] (COPY split by shard
-//! key or fanned out, which reads the client itself), [`split`] (INSERT column look-up).
-//! Also [`lex`] and [`vars`] (session commands and state), [`error`] and [`refusal`]
-//! (the session's own 0A000 reasons, worded once).
+//! statements on every shard), [`fanout`] and [`suspend`] (multi-shard reads),
+//! [`cursor`] (cursors over multi-shard reads), [`txn`] (multi-shard writes,
+//! transactions spanning shards), [`copy`] (COPY split by shard key or fanned out,
+//! which reads the client itself), [`split`] (INSERT column look-up). Also [`vars`]
+//! (session state), [`error`] and [`refusal`] (the session's own 0A000 reasons, worded
+//! once). One SQL front end: statements are split, planned and classified as session
+//! commands by `pgshard_sql` (`statement_texts`, `plan`, `session_command`), with one
+//! lexer.
 
 mod attach;
 mod copy;
@@ -33,7 +36,6 @@ mod cursor;
 pub mod error;
 mod extended;
 mod fanout;
-pub mod lex;
 mod local;
 pub mod refusal;
 mod relay;
@@ -52,10 +54,10 @@ use crate::registry::ClientEntry;
 use crate::server::RouterCtx;
 use bytes::{Buf, Bytes, BytesMut};
 use error::SessionError;
-use lex::SessionCommand;
 use pgshard_catalog::config::PoolMode;
 use pgshard_catalog::ShardId;
 use pgshard_sql::Plan;
+use pgshard_sql::SessionCommand;
 use refusal::Refusal;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;

@@ -4,10 +4,10 @@
 //! release of an idle backend).
 
 use super::error::SessionError;
-use super::lex::SessionCommand;
 use super::{Attached, Expect, Session};
 use crate::protocol::backend::{decode_command_tag, decode_ready_status};
 use crate::protocol::Frame;
+use pgshard_sql::SessionCommand;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 impl<R, W> Session<R, W>
@@ -36,31 +36,7 @@ where
             }
         }
         match tag {
-            b'1' => {
-                let forward = match a.expects.pop_front() {
-                    Some(Expect::Parse { forward, .. }) => forward,
-                    other => return unexpected(a, other, tag),
-                };
-                if forward {
-                    self.out.extend_from_slice(frame.raw());
-                }
-            }
-            b'2' => {
-                match a.expects.pop_front() {
-                    Some(Expect::Bind) => {}
-                    other => return unexpected(a, other, tag),
-                }
-                self.out.extend_from_slice(frame.raw());
-            }
-            b'3' => {
-                let forward = match a.expects.pop_front() {
-                    Some(Expect::Close { forward }) => forward,
-                    other => return unexpected(a, other, tag),
-                };
-                if forward {
-                    self.out.extend_from_slice(frame.raw());
-                }
-            }
+            b'1' | b'2' | b'3' => self.on_backend_ack(&frame)?,
             b't' => self.out.extend_from_slice(frame.raw()),
             b'T' | b'n' => match a.expects.front() {
                 Some(Expect::Describe) => {
@@ -74,72 +50,9 @@ where
                 }
                 _ => return unexpected(a, None, tag),
             },
-            b'C' | b'I' | b's' => {
-                let done = match a.expects.front_mut() {
-                    Some(Expect::Execute { .. }) => {
-                        self.out.extend_from_slice(frame.raw());
-                        match a.expects.pop_front() {
-                            Some(Expect::Execute { command: Some(c) }) if tag == b'C' => Some(c),
-                            _ => None,
-                        }
-                    }
-                    Some(Expect::Query {
-                        forward,
-                        statements,
-                        ..
-                    }) => {
-                        if *forward {
-                            self.out.extend_from_slice(frame.raw());
-                        }
-                        if tag == b'C' {
-                            statements.pop_front()
-                        } else {
-                            None
-                        }
-                    }
-                    _ => return unexpected(a, None, tag),
-                };
-                if let Some(cmd) = done {
-                    self.statement_done(cmd, &frame);
-                }
-            }
+            b'C' | b'I' | b's' => self.on_backend_completion(&frame)?,
             b'E' => self.on_backend_error(frame),
-            b'Z' => {
-                let status = decode_ready_status(&frame).map_err(|e| {
-                    a.conn.broken = true;
-                    SessionError::Protocol(e)
-                })?;
-                a.conn.status = status;
-                a.conn.pending_syncs = a.conn.pending_syncs.saturating_sub(1);
-                self.txn.commit_in_flight = false;
-                a.executed = false;
-                let (forward, prepare, failed) = match a.expects.pop_front() {
-                    Some(Expect::Sync { forward }) => {
-                        self.syncs_answered += u64::from(forward);
-                        (forward, None, std::mem::take(&mut a.failed_since_sync))
-                    }
-                    Some(Expect::Query {
-                        forward,
-                        prepare,
-                        failed,
-                        ..
-                    }) => {
-                        a.failed_since_sync = false;
-                        (forward, prepare, failed)
-                    }
-                    other => return unexpected(a, other, tag),
-                };
-                if forward {
-                    self.out.extend_from_slice(frame.raw());
-                }
-                self.after_ready(status, prepare, failed, forward);
-                self.flush_locals();
-                self.maybe_release();
-                if self.attached.is_some() {
-                    self.publish_activity();
-                }
-                return Ok(());
-            }
+            b'Z' => return self.on_backend_ready(&frame),
             b'S' => {
                 a.conn.note_parameter(&frame);
                 self.out.extend_from_slice(frame.raw());
@@ -152,6 +65,104 @@ where
             _ => self.out.extend_from_slice(frame.raw()),
         }
         self.flush_locals();
+        Ok(())
+    }
+
+    /// ParseComplete, BindComplete or CloseComplete: forwarded unless the router's own.
+    fn on_backend_ack(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let tag = frame.tag();
+        let forward = match (tag, a.expects.pop_front()) {
+            (b'1', Some(Expect::Parse { forward, .. })) => forward,
+            (b'2', Some(Expect::Bind)) => true,
+            (b'3', Some(Expect::Close { forward })) => forward,
+            (_, other) => return unexpected(a, other, tag),
+        };
+        if forward {
+            self.out.extend_from_slice(frame.raw());
+        }
+        Ok(())
+    }
+
+    /// CommandComplete, EmptyQueryResponse or PortalSuspended of an Execute or a
+    /// Query: forwarded, and a finished session command applied.
+    fn on_backend_completion(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let tag = frame.tag();
+        let done = match a.expects.front_mut() {
+            Some(Expect::Execute { .. }) => {
+                self.out.extend_from_slice(frame.raw());
+                match a.expects.pop_front() {
+                    Some(Expect::Execute { command: Some(c) }) if tag == b'C' => Some(c),
+                    _ => None,
+                }
+            }
+            Some(Expect::Query {
+                forward,
+                statements,
+                ..
+            }) => {
+                if *forward {
+                    self.out.extend_from_slice(frame.raw());
+                }
+                if tag == b'C' {
+                    statements.pop_front()
+                } else {
+                    None
+                }
+            }
+            _ => return unexpected(a, None, tag),
+        };
+        if let Some(cmd) = done {
+            self.statement_done(cmd, frame);
+        }
+        Ok(())
+    }
+
+    /// ReadyForQuery: the backend's status, the end of a batch or Query (its portals,
+    /// the settings it made), and the backend released when the session is idle.
+    fn on_backend_ready(&mut self, frame: &Frame) -> Result<(), SessionError> {
+        let Some(a) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        let tag = frame.tag();
+        let status = decode_ready_status(frame).map_err(|e| {
+            a.conn.broken = true;
+            SessionError::Protocol(e)
+        })?;
+        a.conn.status = status;
+        a.conn.pending_syncs = a.conn.pending_syncs.saturating_sub(1);
+        self.txn.commit_in_flight = false;
+        a.executed = false;
+        let (forward, prepare, failed) = match a.expects.pop_front() {
+            Some(Expect::Sync { forward }) => {
+                self.syncs_answered += u64::from(forward);
+                (forward, None, std::mem::take(&mut a.failed_since_sync))
+            }
+            Some(Expect::Query {
+                forward,
+                prepare,
+                failed,
+                ..
+            }) => {
+                a.failed_since_sync = false;
+                (forward, prepare, failed)
+            }
+            other => return unexpected(a, other, tag),
+        };
+        if forward {
+            self.out.extend_from_slice(frame.raw());
+        }
+        self.after_ready(status, prepare, failed, forward);
+        self.flush_locals();
+        self.maybe_release();
+        if self.attached.is_some() {
+            self.publish_activity();
+        }
         Ok(())
     }
 

@@ -3,7 +3,6 @@
 
 use super::attach::Ensure;
 use super::error::SessionError;
-use super::lex::{begin_tag, classify, split_statements, SessionCommand};
 use super::local::Answer;
 use super::refusal::Refusal;
 use super::{Expect, Session, SqlPrepared, VirtualTxn};
@@ -13,6 +12,7 @@ use crate::protocol::frontend::encode_query;
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
+use pgshard_sql::{begin_tag, session_command as classify, statement_texts, SessionCommand};
 use pgshard_sql::{Plan, Route, RouterCommand};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -46,7 +46,7 @@ where
             self.deferred = Some(frame.clone());
             return Ok(());
         }
-        let stmts = split_statements(sql);
+        let stmts = statement_texts(sql);
         if stmts.is_empty() {
             self.emit_empty(b'I');
             let s = self.client_status();

@@ -5,8 +5,8 @@
 //! the session settings that take effect only if it commits. The attached backend (the
 //! one the wire layer relays) is the session's; every other participant is here.
 
-use super::lex::SessionCommand;
 use super::{fanout, Attached};
+use pgshard_sql::SessionCommand;
 
 /// BEGIN answered by the router before any statement chose a shard.
 pub(crate) struct VirtualTxn {

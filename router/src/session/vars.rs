@@ -3,7 +3,7 @@
 //! differs (compared by fingerprint, so sessions with equal state share backends without
 //! any replay).
 
-use super::lex::{quote_literal, SessionCommand};
+use pgshard_sql::SessionCommand;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default)]
@@ -177,6 +177,11 @@ fn parse_options(options: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A SQL string literal for `value`.
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +206,7 @@ mod tests {
     fn rounded_floats() {
         let set = |sql: &str| {
             let mut v = SessionVars::default();
-            v.apply(&crate::session::lex::classify(sql));
+            v.apply(&pgshard_sql::session_command(sql));
             v.floats_print_rounded()
         };
         assert!(!SessionVars::default().floats_print_rounded());
