@@ -58,7 +58,7 @@ const DRAIN: Duration = Duration::from_millis(500);
 const SOFT: Duration = Duration::from_millis(100);
 
 /// Attempts at a move that fails (rolled back each time) before it is given up.
-const TRIES: i64 = 20;
+const TRIES: i64 = 50;
 
 /// Buckets per move: small groups keep each freeze short.
 pub const GROUP: usize = 4;
@@ -280,8 +280,9 @@ impl Reconciler {
         Ok(done)
     }
 
-    /// Record `m` again after it failed and was rolled back (a transaction that would
-    /// not end, a failover of its source…), up to [`TRIES`] times in all.
+    /// Record `m` again, split in two halves, after it failed and was rolled back (a
+    /// transaction that would not end, a failover of its source…), up to [`TRIES`]
+    /// times for one group of buckets.
     async fn retry(&mut self, m: &Move) -> Result<(), ReconcileError> {
         let mut client = self.catalog_client().await?;
         let b: Vec<i32> = m.buckets.iter().map(|b| b.0 as i32).collect();
@@ -295,9 +296,14 @@ impl Reconciler {
             .map_err(pgshard_catalog::store::StoreError::from)?
             .get(0);
         if tries < TRIES {
-            let again =
-                moves::create(&mut client, &m.operation, m.source, m.target, &m.buckets).await?;
-            tracing::info!(id = again.id, failed = m.id, tries, "move recorded again");
+            // Smaller groups first: a move rolled back because a transaction held for
+            // one of its buckets kept the source busy is less likely to meet one again.
+            let half = m.buckets.len().div_ceil(2).max(1);
+            for part in m.buckets.chunks(half) {
+                let again =
+                    moves::create(&mut client, &m.operation, m.source, m.target, part).await?;
+                tracing::info!(id = again.id, failed = m.id, tries, "move recorded again");
+            }
         } else {
             tracing::error!(id = m.id, tries, "move failed too often; given up");
         }
