@@ -188,14 +188,78 @@ impl ClusterConfig {
     }
 }
 
-/// Where reads may go (SPEC §8).
+/// Where reads may go (SPEC §8 read routing): `router.read_from`, and per session
+/// `SET pgshard.read_from`. Only statements that cannot write are ever sent to a
+/// replica (the planner's `Plan::replica_ok`, or a transaction declared READ ONLY).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ReadRouting {
+pub enum ReadFrom {
+    /// Every statement on the shard's primary (no replica reads).
     #[default]
     Primary,
-    Replicas,
+    /// Reads on the replicas; when none qualifies, `router.replica_fallback` decides.
+    Replica,
+    /// Reads spread over the primary and the replicas.
     Any,
+}
+
+impl ReadFrom {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadFrom::Primary => "primary",
+            ReadFrom::Replica => "replica",
+            ReadFrom::Any => "any",
+        }
+    }
+
+    /// The value of `SET pgshard.read_from = …` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "primary" => Some(ReadFrom::Primary),
+            "replica" | "replicas" => Some(ReadFrom::Replica),
+            "any" => Some(ReadFrom::Any),
+            _ => None,
+        }
+    }
+}
+
+/// How a read picks one node among those that qualify (`router.read_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPolicy {
+    #[default]
+    RoundRobin,
+    Random,
+    /// The node with the fewest reads in flight from this router.
+    LeastOutstanding,
+    /// Rendezvous hashing on `router.read_hash_on`: the same key keeps to the same
+    /// node, and a node joining or leaving moves only the keys it takes or had.
+    Hash,
+}
+
+/// The key of `read_policy = "hash"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadHashOn {
+    /// The statement's shard-key bucket (statements without one: the session's user
+    /// and application_name), so the same rows stay hot in the same replica's cache.
+    #[default]
+    Key,
+    /// The session (user and application_name): one client reads from one node.
+    Session,
+    /// The client's address.
+    ClientAddress,
+}
+
+/// What a read does when no replica qualifies under `read_from = "replica"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaFallback {
+    /// Read from the primary.
+    #[default]
+    Primary,
+    /// Fail the statement (SQLSTATE 57P03, naming the shard and why).
+    Error,
 }
 
 /// Backend pooling mode (SPEC §7).
@@ -229,7 +293,34 @@ pub struct RouterConfig {
     pub max_clients: u32,
     /// Maximum size of one client protocol message in bytes.
     pub max_message_bytes: u32,
-    pub read_routing: ReadRouting,
+    /// Where reads go (SPEC §8): `primary` (default), `replica` or `any`.
+    pub read_from: ReadFrom,
+    /// How a read picks a node: `round_robin`, `random`, `least_outstanding`, `hash`.
+    pub read_policy: ReadPolicy,
+    /// The key of `read_policy = "hash"`: `key` (shard-key bucket), `session`,
+    /// `client_address`.
+    pub read_hash_on: ReadHashOn,
+    /// `read_from = "replica"` with no replica fit to serve: `primary` or `error`.
+    pub replica_fallback: ReplicaFallback,
+    /// Replicas further behind their primary than this many bytes of WAL are
+    /// skipped (none: no byte bound).
+    pub max_replica_lag_bytes: Option<u64>,
+    /// Replicas that have not replayed everything their primary had written this
+    /// many milliseconds ago are skipped (none: no time bound). Measured by the
+    /// router's replica probe, so its resolution is `replica_probe_ms`.
+    pub max_replica_lag_ms: Option<u64>,
+    /// After a session commits a write on a shard, its reads there go only to nodes
+    /// that have replayed that commit (the primary until a replica has).
+    pub read_your_writes: bool,
+    /// Relative weights of nodes for reads, by node name (default 1; 0 takes a node
+    /// out of the read set).
+    pub read_weights: std::collections::BTreeMap<String, u32>,
+    /// How often the router probes each shard's primary and replicas for their WAL
+    /// positions (replica lag, read-your-writes), in milliseconds.
+    pub replica_probe_ms: u64,
+    /// How long a replica that failed a connection or a probe is left out of reads,
+    /// in milliseconds.
+    pub replica_ban_ms: u64,
     /// `trust` (no password, the default for the embedded loopback cluster),
     /// `md5` or `scram-sha-256`.
     pub auth: String,
@@ -294,7 +385,16 @@ impl Default for RouterConfig {
             pool_timeout_ms: 10_000,
             max_clients: 1000,
             max_message_bytes: 64 * 1024 * 1024,
-            read_routing: ReadRouting::Primary,
+            read_from: ReadFrom::Primary,
+            read_policy: ReadPolicy::RoundRobin,
+            read_hash_on: ReadHashOn::Key,
+            replica_fallback: ReplicaFallback::Primary,
+            max_replica_lag_bytes: None,
+            max_replica_lag_ms: None,
+            read_your_writes: false,
+            read_weights: std::collections::BTreeMap::new(),
+            replica_probe_ms: 1000,
+            replica_ban_ms: 5000,
             auth: "trust".into(),
             allow_remote_trust: false,
             users: Vec::new(),
@@ -550,6 +650,12 @@ impl Config {
         if r.pool_size == 0 {
             return Err(ConfigError::invalid(
                 "router.pool_size",
+                "must be at least 1",
+            ));
+        }
+        if r.replica_probe_ms == 0 {
+            return Err(ConfigError::invalid(
+                "router.replica_probe_ms",
                 "must be at least 1",
             ));
         }
@@ -845,6 +951,29 @@ mod tests {
             std::error::Error::source(&Config::load(Some(&missing)).expect_err("missing"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn read_routing_settings_parse() {
+        let c = Config::parse(
+            "[router]\nread_from = \"any\"\nread_policy = \"hash\"\nread_hash_on = \"session\"\n\
+             replica_fallback = \"error\"\nmax_replica_lag_bytes = 1048576\nmax_replica_lag_ms = 2000\n\
+             read_your_writes = true\n[router.read_weights]\nshard1-node2 = 3\n",
+        )
+        .expect("valid");
+        assert_eq!(c.router.read_from, ReadFrom::Any);
+        assert_eq!(c.router.read_policy, ReadPolicy::Hash);
+        assert_eq!(c.router.read_hash_on, ReadHashOn::Session);
+        assert_eq!(c.router.replica_fallback, ReplicaFallback::Error);
+        assert_eq!(c.router.max_replica_lag_bytes, Some(1 << 20));
+        assert_eq!(c.router.max_replica_lag_ms, Some(2000));
+        assert!(c.router.read_your_writes);
+        assert_eq!(c.router.read_weights.get("shard1-node2"), Some(&3));
+        assert_eq!(
+            Config::parse("").expect("empty").router.read_from,
+            ReadFrom::Primary
+        );
+        assert!(Config::parse("[router]\nread_from = \"secondary\"\n").is_err());
     }
 
     #[test]

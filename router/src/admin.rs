@@ -365,7 +365,7 @@ fn pools(ctx: &RouterCtx) -> Table {
         .into_iter()
         .map(|p| {
             let node = c.nodes.iter().find(|n| n.id == p.key.node);
-            vec![
+            let mut row = vec![
                 s(p.key.node),
                 node.map(|n| n.name.clone()),
                 node.and_then(|n| n.shard).map(|x| x.to_string()),
@@ -376,16 +376,60 @@ fn pools(ctx: &RouterCtx) -> Table {
                 s(p.idle),
                 s(p.in_use),
                 s(p.waiting),
-            ]
+            ];
+            row.extend(read_columns(ctx, &c, p.key.node));
+            row
         })
         .collect();
     Table {
         columns: vec![
-            "node", "name", "shard", "addr", "user", "database", "size", "idle", "in_use",
+            "node",
+            "name",
+            "shard",
+            "addr",
+            "user",
+            "database",
+            "size",
+            "idle",
+            "in_use",
             "waiting",
+            "role",
+            "reads",
+            "reads_in_flight",
+            "skipped_lag",
+            "bans",
+            "lag_bytes",
+            "lag_ms",
+            "banned",
         ],
         rows,
     }
+}
+
+/// The read-routing columns of `SHOW POOLS` for a node (SPEC §8, §12): its role now,
+/// reads routed to it by this router, in flight, skipped for lag, bans, the lag last
+/// probed, and whether it is banned now. The read counters are per node (all users).
+fn read_columns(
+    ctx: &RouterCtx,
+    catalog: &pgshard_catalog::Catalog,
+    id: pgshard_catalog::NodeId,
+) -> Vec<Option<String>> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let n = ctx.reads.node(id);
+    let o = n.observed();
+    let banned = o
+        .banned_until
+        .is_some_and(|t| t > std::time::Instant::now());
+    vec![
+        s(crate::reads::role_of(catalog, id)),
+        s(n.served.load(Relaxed)),
+        s(n.in_flight.load(Relaxed)),
+        s(n.skipped_lag.load(Relaxed)),
+        s(n.bans.load(Relaxed)),
+        o.lag_bytes.map(|v| v.to_string()),
+        o.lag_time().map(|d| d.as_millis().to_string()),
+        s(banned),
+    ]
 }
 
 fn clients(ctx: &RouterCtx) -> Table {

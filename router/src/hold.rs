@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 const RETRY: Duration = Duration::from_millis(100);
 
 /// True for errors that mean "the primary is not there now", which a failover cures.
-fn unreachable(e: &BackendError) -> bool {
+pub(crate) fn unreachable(e: &BackendError) -> bool {
     match e {
         BackendError::Connect { .. }
         | BackendError::ConnectTimeout(_)
@@ -123,7 +123,7 @@ impl FrozenHold {
 }
 
 /// PostgreSQL (14+) reports `in_hot_standby` at startup: `on` for a standby.
-fn in_hot_standby(conn: &PooledConn) -> bool {
+pub(crate) fn in_hot_standby(conn: &PooledConn) -> bool {
     conn.params
         .iter()
         .any(|(k, v)| k == "in_hot_standby" && v == "on")

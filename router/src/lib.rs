@@ -9,6 +9,7 @@
 //! - [`session`]: a client's protocol state machine: startup, simple and extended query
 //!   protocol, transactions, session state, prepared statements;
 //! - [`backend`]: connections to the shards and their pools;
+//! - [`reads`]: read routing to replicas (read set, policies, lag probe, bans);
 //! - [`registry`]: connected clients and cancel keys;
 //! - [`catalog_watch`]: the shared catalog snapshot and its follower;
 //! - [`copy`]: splitting a COPY FROM STDIN stream into rows and reading their keys;
@@ -34,6 +35,7 @@ pub mod forget;
 pub mod hold;
 pub mod metrics;
 pub mod protocol;
+pub mod reads;
 mod refcheck;
 pub mod registry;
 pub mod server;

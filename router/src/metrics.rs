@@ -181,6 +181,7 @@ pub fn render(ctx: &RouterCtx) -> String {
         "Configured pool size (router.pool_size).",
         &size,
     );
+    read_families(ctx, &catalog, &mut family);
     let (cumulative, count, sum) = s.latency.snapshot();
     let name = "pgshard_router_request_duration_seconds";
     let _ = writeln!(
@@ -199,4 +200,67 @@ pub fn render(ctx: &RouterCtx) -> String {
     let _ = writeln!(out, "{name}_sum {sum}");
     let _ = writeln!(out, "{name}_count {count}");
     out
+}
+
+/// Read routing per node and role (SPEC §8): reads served, in flight, skipped for
+/// lag, bans, and the replica lag last probed.
+fn read_families(
+    ctx: &RouterCtx,
+    catalog: &pgshard_catalog::Catalog,
+    family: &mut impl FnMut(&str, &str, &str, &[(String, u64)]),
+) {
+    let mut served = Vec::new();
+    let mut in_flight = Vec::new();
+    let mut skipped = Vec::new();
+    let mut bans = Vec::new();
+    let mut lag = Vec::new();
+    for (id, n) in ctx.reads.snapshot() {
+        let name = catalog
+            .nodes
+            .iter()
+            .find(|x| x.id == id)
+            .map_or_else(|| id.to_string(), |x| x.name.clone());
+        let l = format!(
+            "{{node=\"{}\",role=\"{}\"}}",
+            label(&name),
+            crate::reads::role_of(catalog, id)
+        );
+        served.push((l.clone(), n.served.load(Ordering::Relaxed)));
+        in_flight.push((l.clone(), n.in_flight.load(Ordering::Relaxed)));
+        skipped.push((l.clone(), n.skipped_lag.load(Ordering::Relaxed)));
+        bans.push((l.clone(), n.bans.load(Ordering::Relaxed)));
+        if let Some(b) = n.observed().lag_bytes {
+            lag.push((l, b));
+        }
+    }
+    family(
+        "pgshard_router_reads_total",
+        "counter",
+        "Reads routed to each node by read routing (router.read_from).",
+        &served,
+    );
+    family(
+        "pgshard_router_reads_in_flight",
+        "gauge",
+        "Reads running on each node now.",
+        &in_flight,
+    );
+    family(
+        "pgshard_router_reads_skipped_lag_total",
+        "counter",
+        "Times a replica was passed over for lagging beyond router.max_replica_lag.",
+        &skipped,
+    );
+    family(
+        "pgshard_router_replica_bans_total",
+        "counter",
+        "Times a replica was left out of reads after a failed connection or probe.",
+        &bans,
+    );
+    family(
+        "pgshard_router_replica_lag_bytes",
+        "gauge",
+        "Replay lag behind the primary, as last probed by this router.",
+        &lag,
+    );
 }

@@ -90,6 +90,8 @@ pub struct RouterCtx {
     /// prepared again after an ALTER TABLE is parsed afresh instead of reusing a
     /// backend's cached plan (PostgreSQL: "cached plan must not change result type").
     pub ddl_epoch: std::sync::atomic::AtomicU64,
+    /// Read routing: per node counters, lag observations and bans (SPEC §8).
+    pub reads: Arc<crate::reads::ReadSet>,
 }
 
 /// The coordinator and the catalog commit log, shared by every session.
@@ -137,6 +139,7 @@ impl RouterCtx {
             twopc: None,
             stats: crate::stats::Stats::default(),
             ddl_epoch: std::sync::atomic::AtomicU64::new(0),
+            reads: Arc::new(crate::reads::ReadSet::default()),
             catalog,
             config,
         }
@@ -235,6 +238,15 @@ impl Router {
                 shutdown.clone(),
             ));
         }
+        // Lag and read-your-writes observations for replica reads (any session may
+        // turn them on with SET pgshard.read_from, so the probe always runs; it
+        // costs one query per node per interval, and nothing without replicas).
+        tokio::spawn(crate::reads::probe::run(
+            self.ctx.config.clone(),
+            self.ctx.catalog.clone(),
+            self.ctx.reads.clone(),
+            shutdown.clone(),
+        ));
         let limit = Arc::new(Semaphore::new(self.ctx.config.max_clients.max(1) as usize));
         let tracker = TaskTracker::new();
         let workers = match Workers::start(self.ctx.config.workers as usize) {

@@ -341,3 +341,209 @@ pub(crate) fn explain_inner(toks: &[Token<'_>]) -> (Option<usize>, bool) {
     }
     (toks.get(i).map(|t| t.start), analyze)
 }
+
+/// Words that may stand before `(` in a read without being a function call: SQL
+/// keywords that take a parenthesised list or subquery, and type names with a
+/// modifier (`numeric(10, 2)`). A word not listed here and not a known read-only
+/// function ([`is_read_only_function`]) makes a statement primary-only.
+const PAREN_KEYWORDS: &[&str] = &[
+    "select",
+    "values",
+    "with",
+    "as",
+    "from",
+    "join",
+    "on",
+    "using",
+    "where",
+    "and",
+    "or",
+    "not",
+    "in",
+    "exists",
+    "any",
+    "some",
+    "all",
+    "over",
+    "filter",
+    "within",
+    "row",
+    "array",
+    "lateral",
+    "union",
+    "intersect",
+    "except",
+    "by",
+    "case",
+    "when",
+    "then",
+    "else",
+    "is",
+    "distinct",
+    "limit",
+    "offset",
+    "having",
+    "group",
+    "order",
+    "recursive",
+    "materialized",
+    "grouping",
+    "rollup",
+    "cube",
+    "sets",
+    "like",
+    "ilike",
+    "similar",
+    "between",
+    "to",
+    "numeric",
+    "decimal",
+    "varchar",
+    "char",
+    "character",
+    "varying",
+    "timestamp",
+    "time",
+    "interval",
+    "bit",
+    "float",
+    "table",
+    "only",
+    "end",
+    "escape",
+    "first",
+    "last",
+    "asc",
+    "desc",
+    "nulls",
+    "true",
+    "false",
+    "null",
+    "cross",
+    "inner",
+    "left",
+    "right",
+    "full",
+    "outer",
+    "natural",
+    "at",
+    "zone",
+    "collate",
+];
+
+/// Built-in functions a hot standby runs exactly as its primary would: the portable
+/// ones ([`is_portable_function`]) except those that assign a transaction id
+/// (refused on a standby), plus the recovery functions that say what a replica has
+/// replayed. User functions are never on this list: they may write.
+fn is_read_only_function(parts: &[String]) -> bool {
+    let name = parts.last().map(String::as_str).unwrap_or_default();
+    if matches!(name, "txid_current" | "pg_current_xact_id") {
+        return false;
+    }
+    if is_portable_function(parts) {
+        return true;
+    }
+    let qualified_ok = parts.len() == 1 || parts.first().is_some_and(|s| s == "pg_catalog");
+    qualified_ok
+        && matches!(
+            name,
+            "pg_last_wal_replay_lsn"
+                | "pg_last_wal_receive_lsn"
+                | "pg_last_xact_replay_timestamp"
+                | "pg_is_wal_replay_paused"
+                | "extract"
+                | "position"
+                | "substring"
+                | "trim"
+                | "overlay"
+                | "exists"
+        )
+}
+
+/// May a replica answer this statement (its tokens; the caller has established that
+/// its kind is [`StatementKind::Read`])? The rule of SPEC §8, decided from the text
+/// alone so that it holds whatever sqlparser makes of the statement:
+///
+/// - it is a query: it starts with SELECT, VALUES, TABLE or WITH (not EXPLAIN, not a
+///   cursor command: DECLARE/FETCH/MOVE need the backend that holds the cursor, not
+///   COPY);
+/// - it locks nothing: no `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY
+///   SHARE` anywhere;
+/// - every function it calls is a known read-only built-in: any other word before an
+///   opening parenthesis (a user function, `nextval`, `set_config`,
+///   `pg_advisory_lock`, a quoted name) keeps it on the primary, and so do column
+///   alias lists (`AS t(a, b)`), which the scan cannot tell from calls —
+///   conservative, never wrong.
+///
+/// Data-modifying CTEs and `SELECT … INTO` are not reads ([`query_kind`]). A view or
+/// a default that hides a writing function is refused by the replica itself (a hot
+/// standby runs every transaction read-only, SQLSTATE 25006): the client sees an
+/// error, never a lost write.
+pub(crate) fn replica_safe(toks: &[Token<'_>]) -> bool {
+    let i = first_non_paren(toks);
+    let Some(first) = toks.get(i) else {
+        return false;
+    };
+    if !["select", "values", "table", "with"]
+        .iter()
+        .any(|k| first.tok.is_word(k))
+    {
+        return false;
+    }
+    for (j, t) in toks.iter().enumerate() {
+        let next = toks.get(j + 1).map(|t| t.tok);
+        let locks = t.tok.is_word("for")
+            && ["update", "share", "no", "key"]
+                .iter()
+                .any(|k| next.is_some_and(|n| n.is_word(k)));
+        let call =
+            matches!(t.tok, Tok::Word(_) | Tok::QuotedIdent(_)) && next == Some(Tok::Punct(b'('));
+        if locks || (call && !call_is_read_only(toks, j)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The word at `toks[j]` stands before `(`: a keyword, a type modifier or a call of a
+/// known read-only function (possibly `pg_catalog.`-qualified).
+fn call_is_read_only(toks: &[Token<'_>], j: usize) -> bool {
+    let Tok::Word(w) = toks[j].tok else {
+        // A quoted name: a user function or an alias list.
+        return false;
+    };
+    let name = w.to_ascii_lowercase();
+    let qualified = j >= 2 && toks[j - 1].tok == Tok::Punct(b'.');
+    if qualified {
+        let Some(schema) = toks[j - 2].tok.ident() else {
+            return false;
+        };
+        return is_read_only_function(&[schema, name]);
+    }
+    PAREN_KEYWORDS.contains(&name.as_str()) || is_read_only_function(&[name])
+}
+
+/// True if a `BEGIN` / `START TRANSACTION` Query declares the transaction `READ ONLY`
+/// (the last access mode written wins, as in PostgreSQL) and not `SERIALIZABLE`
+/// (a hot standby refuses serializable transactions). Such a transaction cannot
+/// write anywhere, so the router may run it on a replica.
+pub fn begin_read_only(sql: &str) -> bool {
+    let toks = tokens(sql);
+    let mut read_only = false;
+    for (j, t) in toks.iter().enumerate() {
+        if t.tok.is_word("serializable") {
+            return false;
+        }
+        if t.tok.is_word("read") {
+            match toks.get(j + 1) {
+                Some(n) if n.tok.is_word("only") => read_only = true,
+                Some(n) if n.tok.is_word("write") => read_only = false,
+                _ => {}
+            }
+        }
+    }
+    let starts = toks
+        .first()
+        .is_some_and(|t| t.tok.is_word("begin") || t.tok.is_word("start"));
+    starts && read_only
+}

@@ -47,6 +47,7 @@ mod tests;
 
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
+pub use classify::begin_read_only;
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{
@@ -77,6 +78,13 @@ pub struct Plan {
     /// list, [`plan_with_columns`]): valid for this planning only, never to be reused
     /// for a later Parse (an ALTER TABLE may have moved the columns since).
     pub column_order: bool,
+    /// The statement cannot write, lock rows or change session state, so a streaming
+    /// replica may answer it (SPEC §8 read routing; the rule is
+    /// [`replica_safe`](crate::classify)'s): a SELECT, VALUES, TABLE or WITH query
+    /// with no data-modifying part, no `FOR UPDATE`/`FOR SHARE`, no `INTO`, calling only
+    /// functions known to be read-only. Whether it *goes* to one is the router's call
+    /// (the session's `read_from`, its transaction, read-your-writes).
+    pub replica_ok: bool,
 }
 
 impl Plan {
@@ -88,6 +96,7 @@ impl Plan {
             null_key: None,
             statements: Vec::new(),
             column_order: false,
+            replica_ok: false,
         }
     }
 }
@@ -188,6 +197,15 @@ pub enum RouterCommand {
     ResetShard,
     /// `SHOW pgshard.shard`: one row, the shard set with `SetShard` or `"none"`.
     ShowShard,
+    /// `SET [SESSION] pgshard.read_from = primary | replica | any`: where this
+    /// session's reads go (SPEC §8), over `router.read_from`.
+    SetReadFrom {
+        from: pgshard_catalog::config::ReadFrom,
+    },
+    /// `RESET pgshard.read_from` or `SET pgshard.read_from TO DEFAULT`.
+    ResetReadFrom,
+    /// `SHOW pgshard.read_from`: one row, the session's setting.
+    ShowReadFrom,
     /// `PREPARE name [(types)] AS statement`. The router records the statement for the
     /// session and prepares it lazily on whichever backend runs an `EXECUTE` of it.
     Prepare {
@@ -267,6 +285,9 @@ pub enum PlanError {
     /// A malformed `/* pgshard: … */` hint or `pgshard.shard` value.
     #[error("invalid value for pgshard.shard: \"{value}\"")]
     InvalidShardSetting { value: String },
+    /// `SET pgshard.read_from` to something other than primary, replica or any.
+    #[error("invalid value for parameter \"pgshard.read_from\": \"{value}\"")]
+    InvalidReadFrom { value: String },
     /// A router function called with arguments of the wrong shape (not literals).
     #[error("{message}")]
     InvalidArgument { message: String },
@@ -282,6 +303,7 @@ impl PlanError {
             PlanError::NullShardKey { .. } => "23502",
             PlanError::UnknownShard { .. } => "22023",
             PlanError::InvalidShardSetting { .. } => "22023",
+            PlanError::InvalidReadFrom { .. } => "22023",
             PlanError::InvalidArgument { .. } => "22023",
             PlanError::UndefinedFunction { .. } => "42883",
         }

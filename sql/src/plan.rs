@@ -14,6 +14,7 @@
 //! [`crate::route::reference_write`] (reference-table writes) and the `multi_shard` /
 //! `unpinned_message` helpers in `route` (fan-out), `copy` below (COPY splitting).
 
+use crate::classify::replica_safe;
 use crate::classify::{classify_table, first_non_paren, kind_of, TableClass};
 use crate::parse::{
     name_parts, parse_statement, read_name, skip_parens, split_statements, tokens, Hint,
@@ -233,12 +234,14 @@ fn combine(plans: Vec<Plan>) -> Plan {
             },
         }
     }
+    let replica_ok = !plans.is_empty() && plans.iter().all(|p| p.replica_ok);
     Plan {
         route: refused.or(target).unwrap_or(Route::AnyShard),
         kind,
         null_key: None,
         statements: plans,
         column_order: false,
+        replica_ok,
     }
 }
 
@@ -358,6 +361,7 @@ fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
             };
         }
     }
+    plan.replica_ok = plan.kind == StatementKind::Read && replica_safe(&toks);
     plan
 }
 
@@ -402,20 +406,16 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
         "EXECUTE" => execute(text, toks, i),
         "DEALLOCATE" => deallocate(toks, i),
         "SET" => set(toks, i, catalog),
-        "RESET" => {
-            if read_name(toks, i + 1).is_some_and(|(p, _)| is_shard_setting(&p)) {
-                Route::Router(RouterCommand::ResetShard)
-            } else {
-                Route::AnyShard
-            }
-        }
-        "SHOW" => {
-            if read_name(toks, i + 1).is_some_and(|(p, _)| is_shard_setting(&p)) {
-                Route::Router(RouterCommand::ShowShard)
-            } else {
-                Route::AnyShard
-            }
-        }
+        "RESET" => match read_name(toks, i + 1) {
+            Some((p, _)) if is_shard_setting(&p) => Route::Router(RouterCommand::ResetShard),
+            Some((p, _)) if is_read_from_setting(&p) => Route::Router(RouterCommand::ResetReadFrom),
+            _ => Route::AnyShard,
+        },
+        "SHOW" => match read_name(toks, i + 1) {
+            Some((p, _)) if is_shard_setting(&p) => Route::Router(RouterCommand::ShowShard),
+            Some((p, _)) if is_read_from_setting(&p) => Route::Router(RouterCommand::ShowReadFrom),
+            _ => Route::AnyShard,
+        },
         "DISCARD" | "FETCH" | "MOVE" | "CLOSE" => Route::AnyShard,
         "EXPLAIN" => {
             let (inner, _) = crate::classify::explain_inner(toks);
@@ -433,6 +433,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                         null_key: p.null_key,
                         statements: Vec::new(),
                         column_order: false,
+                        replica_ok: false,
                     };
                 }
                 None => Route::AnyShard,
@@ -448,6 +449,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                     null_key: p.null_key,
                     statements: Vec::new(),
                     column_order: false,
+                    replica_ok: false,
                 };
             }
             None => local,
@@ -479,6 +481,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                             null_key,
                             statements: Vec::new(),
                             column_order: false,
+                            replica_ok: false,
                         }
                     }
                     many => combine(
@@ -491,6 +494,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                                     null_key,
                                     statements: Vec::new(),
                                     column_order: false,
+                                    replica_ok: false,
                                 }
                             })
                             .collect(),
@@ -513,6 +517,27 @@ fn is_shard_setting(parts: &[String]) -> bool {
     parts.len() == 2 && parts[0] == "pgshard" && parts[1] == "shard"
 }
 
+fn is_read_from_setting(parts: &[String]) -> bool {
+    parts.len() == 2 && parts[0] == "pgshard" && parts[1] == "read_from"
+}
+
+/// `SET [SESSION] pgshard.read_from {TO | =} {primary | replica | any | DEFAULT}`
+/// (tokens from `v`, the value).
+fn set_read_from(toks: &[Token<'_>], v: usize) -> Route {
+    let value = match toks.get(v).map(|t| t.tok) {
+        Some(t @ Tok::Word(_)) if t.is_word("default") && toks.len() == v + 1 => {
+            return Route::Router(RouterCommand::ResetReadFrom)
+        }
+        Some(t @ Tok::Str { .. }) => t.string_value().unwrap_or_default(),
+        Some(Tok::Word(w)) => w.to_owned(),
+        _ => String::new(),
+    };
+    match pgshard_catalog::config::ReadFrom::parse(value.trim()) {
+        Some(from) if toks.len() == v + 1 => Route::Router(RouterCommand::SetReadFrom { from }),
+        _ => Route::Error(PlanError::InvalidReadFrom { value }),
+    }
+}
+
 /// `SET [SESSION | LOCAL] name {TO | =} value`.
 fn set(toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
     let mut j = i + 1;
@@ -526,6 +551,10 @@ fn set(toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
     let Some((parts, k)) = read_name(toks, j) else {
         return Route::AnyShard;
     };
+    if is_read_from_setting(&parts) && !local {
+        let eq = is_word(toks, k, "to") || toks.get(k).map(|t| t.tok) == Some(Tok::Punct(b'='));
+        return set_read_from(toks, if eq { k + 1 } else { toks.len() });
+    }
     if !is_shard_setting(&parts) {
         return Route::AnyShard;
     }

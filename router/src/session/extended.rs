@@ -10,7 +10,7 @@
 //! and parameter types; the ParseComplete of such lazy prepares is swallowed. The unnamed
 //! statement maps to the backend's unnamed statement, re-parsed when needed.
 
-use super::attach::Ensure;
+use super::attach::{Ensure, Need};
 use super::error::SessionError;
 use super::local::{LocalKind, LocalPortal};
 use super::refusal::Refusal;
@@ -189,7 +189,12 @@ where
             self.emit_empty(b'1');
             return Ok(());
         }
-        match self.ensure_backend(shard, frame).await {
+        let need = if stmt.plan.replica_ok {
+            Need::Read(self.read_key(stmt.digest))
+        } else {
+            Need::Attached
+        };
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => {
                 // Cannot happen (same shard or none attached); undo and retry later.
@@ -515,6 +520,27 @@ where
         }
     }
 
+    /// Which node a Bind needs: a read the planner cleared for replicas may go to
+    /// one, keyed for `read_policy = "hash"` by its shard-key bucket when a parameter
+    /// holds the key (else by its statement); anything else needs the primary.
+    fn bind_need(&self, stmt: &Stmt, bind: &Bind<'_>) -> Need {
+        if !stmt.plan.replica_ok {
+            return Need::Primary;
+        }
+        let key = match &stmt.plan.route {
+            Route::ShardByParam { param, key_type } => self
+                .param_key(stmt, bind, *param, *key_type)
+                .ok()
+                .flatten()
+                .map(|k| {
+                    let bucket = self.ctx.catalog.current().bucket_of(&k);
+                    crate::reads::policy::mix(u64::from(bucket.0))
+                }),
+            _ => None,
+        };
+        Need::Read(self.read_key(key.unwrap_or(stmt.digest)))
+    }
+
     /// The shard a Bind runs on.
     fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
         let catalog = self.ctx.catalog.current();
@@ -543,6 +569,7 @@ where
             self.fail_extended(SessionError::UnknownStatement(bind.statement.to_string()));
             return Ok(());
         };
+        self.pending_write |= !stmt.plan.replica_ok;
         if stmt.plan.kind == StatementKind::Begin
             && self.attached.is_none()
             && self.shard_override.is_none()
@@ -611,7 +638,8 @@ where
                 }
             }
         };
-        match self.ensure_backend(shard, frame).await {
+        let need = self.bind_need(&stmt, bind);
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => return Ok(()),
             Err(e) => {
@@ -753,7 +781,14 @@ where
             (None, Route::Shard(s)) => *s,
             (None, _) => self.any_shard(),
         };
-        match self.ensure_backend(shard, frame).await {
+        // Describing writes nothing: a statement that will read from a replica is
+        // described by one too (tokio-postgres describes before every first Bind).
+        let need = if stmt.plan.replica_ok {
+            Need::Read(self.read_key(stmt.digest))
+        } else {
+            Need::Attached
+        };
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => return Ok(()),
             Err(e) => {

@@ -103,6 +103,7 @@ pub(crate) struct Lent {
     executed: bool,
     failed_since_sync: bool,
     wrote: bool,
+    lease: Option<crate::reads::ReadLease>,
 }
 
 /// A backend taking part in the fan-out.
@@ -546,6 +547,7 @@ where
                     executed,
                     failed_since_sync,
                     wrote,
+                    lease,
                 } = a;
                 self.txn.lent.push(Lent {
                     shard,
@@ -553,6 +555,7 @@ where
                     executed,
                     failed_since_sync,
                     wrote,
+                    lease,
                 });
                 self.txn.lent_parts.push(Part {
                     shard,
@@ -788,6 +791,7 @@ where
                     executed: l.executed,
                     failed_since_sync: l.failed_since_sync,
                     wrote: l.wrote,
+                    lease: l.lease,
                 });
             }
             return None;
@@ -814,7 +818,9 @@ where
         let Some((shard, conn)) = back else {
             return;
         };
-        if !conn.is_clean() {
+        // A replica backend (a read attached before the fan-out) goes back to its
+        // pool: re-attached without its read lease it would pass for the primary.
+        if !conn.is_clean() || crate::hold::in_hot_standby(&conn) {
             return;
         }
         self.attached = Some(Attached {
@@ -824,6 +830,7 @@ where
             executed: false,
             failed_since_sync: false,
             wrote: false,
+            lease: None,
         });
     }
 }

@@ -60,8 +60,11 @@ fn router_columns(cmd: &RouterCommand) -> Option<(&'static str, bool)> {
         RouterCommand::CreateDistributedTable { .. } => Some(("create_distributed_table", true)),
         RouterCommand::CreateReferenceTable { .. } => Some(("create_reference_table", true)),
         RouterCommand::ShowShard => Some(("pgshard.shard", false)),
+        RouterCommand::ShowReadFrom => Some(("pgshard.read_from", false)),
         RouterCommand::SetShard { .. }
         | RouterCommand::ResetShard
+        | RouterCommand::SetReadFrom { .. }
+        | RouterCommand::ResetReadFrom
         | RouterCommand::Prepare { .. }
         | RouterCommand::Execute { .. }
         | RouterCommand::Deallocate { .. }
@@ -205,6 +208,23 @@ where
                 encode_command_complete(&mut b, "SHOW");
                 Ok(())
             }
+            RouterCommand::SetReadFrom { from } => {
+                self.read_from = Some(*from);
+                encode_command_complete(&mut b, "SET");
+                Ok(())
+            }
+            RouterCommand::ResetReadFrom => {
+                self.read_from = None;
+                encode_command_complete(&mut b, "RESET");
+                Ok(())
+            }
+            RouterCommand::ShowReadFrom => {
+                encode_row_description_text(&mut b, &["pgshard.read_from"]);
+                let value = self.effective_read_from().as_str().to_string();
+                encode_data_row(&mut b, &[Some(value)]);
+                encode_command_complete(&mut b, "SHOW");
+                Ok(())
+            }
             RouterCommand::Cursor(c) => self.run_cursor_command(c, results, &mut b),
             RouterCommand::Prepare { .. } | RouterCommand::Execute { .. } => {
                 Err(super::refusal::Refusal::router_command(cmd).into())
@@ -221,6 +241,7 @@ where
             return (b, Some(SessionError::DiscardInTransaction));
         }
         self.vars.apply(&pgshard_sql::SessionCommand::DiscardAll);
+        self.read_from = None;
         self.stmts.clear();
         self.sql_prepared.clear();
         self.shard_override = None;

@@ -202,6 +202,9 @@ pub(crate) struct Attached {
     /// A statement that may have written ran on it in the current transaction (decides
     /// who PREPAREs at a multi-shard COMMIT).
     pub wrote: bool,
+    /// Set when the node was chosen for a read ([`crate::reads`]): counts the read in
+    /// flight, and says whether it is a replica.
+    pub lease: Option<crate::reads::ReadLease>,
 }
 
 impl Attached {
@@ -285,6 +288,15 @@ pub struct Session<R, W> {
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
+    /// `SET pgshard.read_from` (SPEC §8); `None`: `router.read_from`.
+    pub(crate) read_from: Option<pgshard_catalog::config::ReadFrom>,
+    /// Read-your-writes (see [`crate::reads`]): a statement that is not a replica
+    /// read was planned since the last read checkout (`pending_write`), and when the
+    /// session's last such statement was known to be over (`last_write`). A read
+    /// checks out a fresh backend only once everything before it has been answered,
+    /// so the instant of that checkout is after the write's commit.
+    pub(crate) pending_write: bool,
+    pub(crate) last_write: Option<std::time::Instant>,
     /// Declared tables a `DROP TABLE` of this session named, to forget once its
     /// transaction has ended if they are gone ([`crate::forget`]).
     pub(crate) dropped: Vec<String>,
@@ -328,6 +340,10 @@ where
         out: BytesMut,
         shutdown: CancellationToken,
     ) -> Self {
+        // `options=-c pgshard.read_from=…` at startup, like a GUC (PGOPTIONS).
+        let read_from = vars
+            .startup_value("pgshard.read_from")
+            .and_then(|v| pgshard_catalog::config::ReadFrom::parse(&v));
         Session {
             ctx,
             entry,
@@ -352,6 +368,9 @@ where
             skip_until_sync: false,
             parse_ack: None,
             shard_override: None,
+            read_from,
+            pending_write: false,
+            last_write: None,
             dropped: Vec::new(),
             cursors: FxHashMap::default(),
             closing: false,
@@ -714,6 +733,7 @@ where
                 self.on_parse(&frame, name, sql, param_types).await
             }
             M::Bind(bind) if self.is_copy_statement(bind.statement) => {
+                self.pending_write = true;
                 self.bind_copy(&frame, &bind)
             }
             M::Bind(bind) => self.on_bind(&frame, &bind).await,

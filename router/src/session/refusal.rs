@@ -53,6 +53,11 @@ impl Refusal {
             | RouterCommand::ShowShard => {
                 "pgshard.shard is set, reset and shown on its own, not prepared or inside another statement"
             }
+            RouterCommand::SetReadFrom { .. }
+            | RouterCommand::ResetReadFrom
+            | RouterCommand::ShowReadFrom => {
+                "pgshard.read_from is set, reset and shown on its own, not prepared or inside another statement"
+            }
             RouterCommand::Prepare { .. }
             | RouterCommand::Execute { .. }
             | RouterCommand::Deallocate { .. } => {

@@ -1,7 +1,7 @@
 //! The simple query protocol (`Query`): session commands the router answers itself,
 //! routing by the planner, forwarding to one shard, or running DDL on every shard.
 
-use super::attach::Ensure;
+use super::attach::{Ensure, Need};
 use super::error::SessionError;
 use super::local::Answer;
 use super::refusal::Refusal;
@@ -69,6 +69,7 @@ where
         let ControlFlow::Continue(plan) = self.plan_query(sql, &stmts).await? else {
             return Ok(());
         };
+        self.pending_write |= !plan.replica_ok;
         let ControlFlow::Continue((route, prepare)) = self.query_route(&plan, in_txn).await else {
             return Ok(());
         };
@@ -171,7 +172,10 @@ where
                 self.deliver(Answer::Simple, reply, error);
                 return Ok(ControlFlow::Break(()));
             }
-            SessionCommand::ResetAll => self.shard_override = None,
+            SessionCommand::ResetAll => {
+                self.shard_override = None;
+                self.read_from = None;
+            }
             _ => {}
         }
         Ok(ControlFlow::Continue(()))
@@ -362,7 +366,14 @@ where
                 return Ok(());
             }
         }
-        match self.ensure_backend(shard, frame).await {
+        let need = if plan.replica_ok && prepare.is_none() {
+            // The statement text stands for its key (`WHERE key = 42` is the same
+            // text for the same rows).
+            Need::Read(self.read_key(crate::reads::policy::key_of(frame.raw())))
+        } else {
+            Need::Primary
+        };
+        match self.ensure_backend_for(shard, need, frame).await {
             Ok(Ensure::Ready) => {}
             Ok(Ensure::Deferred) => return Ok(()),
             Err(e) => {

@@ -6,6 +6,7 @@ mod corpus;
 mod dml;
 mod fuzz;
 mod psql;
+mod replica;
 mod session;
 mod split;
 mod utility;
