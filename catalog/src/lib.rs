@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod hash;
+pub mod moves;
 pub mod placement;
 pub mod store;
 pub mod topology;

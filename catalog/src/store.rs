@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../schema/0001_init.sql")),
     (2, include_str!("../schema/0002_twopc.sql")),
     (3, include_str!("../schema/0003_topology.sql")),
+    (4, include_str!("../schema/0004_moves.sql")),
     (6, include_str!("../schema/0006_table_origin.sql")),
 ];
 
@@ -193,7 +194,10 @@ pub(crate) async fn bump(
     Ok(CatalogVersion(v))
 }
 
-async fn insert_node(tx: &tokio_postgres::Transaction<'_>, n: &Node) -> Result<(), StoreError> {
+pub(crate) async fn insert_node(
+    tx: &tokio_postgres::Transaction<'_>,
+    n: &Node,
+) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO pgshard.nodes (id, shard_id, role, name, host, port, state, lag_bytes)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -453,6 +457,8 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
                           LEFT JOIN pgshard.node_health h ON h.node_id = n.id) n),
                (SELECT coalesce(json_agg(t ORDER BY t.name), '[]') FROM pgshard.tables t),
                (SELECT coalesce(array_agg(shard_id ORDER BY bucket), '{}')
+                  FROM pgshard.buckets),
+               (SELECT coalesce(array_agg(bucket ORDER BY bucket) FILTER (WHERE frozen), '{}')
                   FROM pgshard.buckets)",
             &[],
         )
@@ -467,6 +473,7 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
     let tables: Vec<TableRow> = serde_json::from_value(row.get(3))
         .map_err(|e| StoreError::Corrupt(format!("tables: {e}")))?;
     let owners: Vec<i32> = row.get(4);
+    let frozen: Vec<i32> = row.get(5);
 
     let buckets = u32_of(meta.buckets, "bucket count")?;
     if owners.len() != buckets as usize {
@@ -555,6 +562,10 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
         nodes,
         tables,
         local_shard: ShardId(u32_of(meta.local_shard, "local shard")?),
+        frozen: frozen
+            .into_iter()
+            .map(|b| u32_of(b as i64, "bucket").map(BucketId))
+            .collect::<Result<_, _>>()?,
     })
 }
 

@@ -350,7 +350,16 @@ pub struct Catalog {
     pub tables: Vec<TableDef>,
     /// Where undeclared (local) tables live.
     pub local_shard: ShardId,
+    /// Buckets being moved whose statements routers hold (SPEC §9): see
+    /// [`Catalog::shard_of`] and [`FROZEN`].
+    #[serde(default)]
+    pub frozen: std::collections::BTreeSet<BucketId>,
 }
+
+/// The owner [`Catalog::shard_of`] gives a key whose bucket is frozen for a move: no
+/// shard has this id (ids start at 1), so a route naming it is held by the router until
+/// a catalog without the freeze arrives, then planned again.
+pub const FROZEN: ShardId = ShardId(0);
 
 impl Catalog {
     /// The bucket of a key value.
@@ -363,9 +372,19 @@ impl Catalog {
         self.bucket_map.get(bucket.0 as usize).copied()
     }
 
-    /// The shard holding a key.
+    /// The shard holding a key, for routing: [`FROZEN`] while its bucket is frozen
+    /// for a move (the router holds such statements; see `router::hold`).
     pub fn shard_of(&self, key: &KeyValue) -> Option<ShardId> {
-        self.shard_of_bucket(self.bucket_of(key))
+        let bucket = self.bucket_of(key);
+        if self.frozen.contains(&bucket) {
+            return Some(FROZEN);
+        }
+        self.shard_of_bucket(bucket)
+    }
+
+    /// True while a move has `bucket` frozen.
+    pub fn is_frozen(&self, bucket: BucketId) -> bool {
+        self.frozen.contains(&bucket)
     }
 
     /// A declared table by name (exact match on the folded name, or on the unqualified

@@ -4,6 +4,7 @@
 //! shardd writes `shardd.json` (pid and API address) once the cluster is ready.
 
 mod daemon;
+mod scale;
 mod topology;
 
 use anyhow::{Context, Result};
@@ -86,6 +87,45 @@ enum Command {
     /// Pause or resume automatic failover of a shard.
     #[command(subcommand)]
     Failover(FailoverCommand),
+    /// Even out bucket counts over the active shards (or `--shards`), moving buckets
+    /// online; other shards are drained.
+    Rebalance {
+        /// The shards that should own buckets, e.g. `--shards 1,2,3`.
+        #[arg(long, value_delimiter = ',')]
+        shards: Option<Vec<u32>>,
+        /// Return once the moves are recorded (`pgshard moves --follow` follows them).
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Start a new shard (primary and replicas), copy the tables' schema onto it, and
+    /// move its share of the buckets to it online.
+    AddShard {
+        /// Streaming replicas of the new shard (default: as the others).
+        #[arg(long)]
+        replicas: Option<u32>,
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Move every bucket of a shard to the others, online (its nodes keep running).
+    RemoveShard {
+        shard: u32,
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// The bucket moves, newest first, with state, rows and freeze time.
+    Moves {
+        /// Follow the unfinished moves with a progress line until they finish.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -270,6 +310,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Failover(FailoverCommand::Resume { shard, dir }) => {
             topology::set_paused(&dir.data_dir, shard, false).await
         }
+        Command::Rebalance {
+            shards,
+            detach,
+            dir,
+        } => scale::rebalance(&dir.data_dir, shards, detach).await,
+        Command::AddShard {
+            replicas,
+            detach,
+            dir,
+        } => scale::add_shard(&dir.data_dir, replicas, detach).await,
+        Command::RemoveShard { shard, detach, dir } => {
+            scale::remove_shard(&dir.data_dir, shard, detach).await
+        }
+        Command::Moves { follow, dir } => scale::list(&dir.data_dir, follow).await,
     }
 }
 

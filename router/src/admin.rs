@@ -232,13 +232,18 @@ fn shards(ctx: &RouterCtx) -> Table {
 }
 
 /// The bucket map as runs of consecutive buckets on the same shard, with the shard's
-/// primary (one row per run: 1024 buckets on 2 shards are a handful of rows).
+/// primary (one row per run: 1024 buckets on 2 shards are a handful of rows), and
+/// whether the run is frozen for a move (statements for it are held).
 fn buckets(ctx: &RouterCtx) -> Table {
     let c = ctx.catalog.current();
+    let frozen = |b: usize| c.is_frozen(pgshard_catalog::BucketId(b as u32));
     let mut rows = Vec::new();
     let mut start = 0usize;
     for i in 1..=c.bucket_map.len() {
-        if i == c.bucket_map.len() || c.bucket_map[i] != c.bucket_map[start] {
+        if i == c.bucket_map.len()
+            || c.bucket_map[i] != c.bucket_map[start]
+            || frozen(i) != frozen(start)
+        {
             let shard = c.bucket_map[start];
             rows.push(vec![
                 s(start),
@@ -246,12 +251,20 @@ fn buckets(ctx: &RouterCtx) -> Table {
                 s(i - start),
                 s(shard),
                 c.primary(shard).map(|n| n.name.clone()),
+                s(if frozen(start) { "moving" } else { "" }),
             ]);
             start = i;
         }
     }
     Table {
-        columns: vec!["first_bucket", "last_bucket", "buckets", "shard", "primary"],
+        columns: vec![
+            "first_bucket",
+            "last_bucket",
+            "buckets",
+            "shard",
+            "primary",
+            "moving",
+        ],
         rows,
     }
 }

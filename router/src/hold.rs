@@ -6,6 +6,13 @@
 //! statement goes there; past the bound the client gets SQLSTATE 57P03 naming the
 //! shard. A shard whose failover shardd refused fails at once with its reason.
 //!
+//! A bucket *frozen* for a move (SPEC §9) is held the same way: the catalog routes its
+//! keys to [`FROZEN`], and a plan naming it ([`touches_frozen`]) waits, with
+//! [`FrozenHold`], for the next catalog snapshot and is planned again, so that once the
+//! move flipped (or was rolled back) the statement goes to the bucket's owner. Statements
+//! on other buckets never wait. Fan-out writes and COPY FROM wait while any bucket is
+//! frozen, since they may write every bucket.
+//!
 //! Only the checkout of a backend waits, before anything of the statement was sent:
 //! holding never re-sends work whose outcome is unknown. The idle connections of a
 //! pool are checked before reuse (a killed primary's sockets read as closed), so a
@@ -14,7 +21,8 @@
 use crate::backend::{BackendError, PooledConn};
 use crate::server::RouterCtx;
 use crate::session::error::SessionError;
-use pgshard_catalog::{ShardId, ShardStatus};
+use pgshard_catalog::{Catalog, ShardId, ShardStatus, FROZEN};
+use pgshard_sql::{Plan, Route};
 use std::time::{Duration, Instant};
 
 /// How often an unreachable primary is tried again while no new catalog arrives (it
@@ -33,6 +41,84 @@ pub(crate) fn unreachable(e: &BackendError) -> bool {
         BackendError::Protocol { .. }
         | BackendError::Auth { .. }
         | BackendError::PoolTimeout(_) => false,
+    }
+}
+
+/// True when `plan` would send something to a frozen bucket's owner (see the module
+/// doc): it must wait for the move and be planned again.
+pub fn touches_frozen(plan: &Plan, catalog: &Catalog) -> bool {
+    if catalog.frozen.is_empty() {
+        return false;
+    }
+    let route_frozen = match &plan.route {
+        Route::Shard(s) => *s == FROZEN,
+        Route::Fanout(f) => f.shards.contains(&FROZEN),
+        Route::FanoutWrite(w) => !w.replicated || w.shards.contains(&FROZEN),
+        Route::Copy(c) => c.direction == pgshard_sql::CopyDirection::In,
+        // Routed row by row at Bind (a frozen row's group is refused there, to retry).
+        Route::InsertByParams(_)
+        | Route::ShardByParam { .. }
+        | Route::AnyShard
+        | Route::AllShards
+        | Route::Router(_)
+        | Route::Unsupported(_)
+        | Route::Error(_) => false,
+    };
+    route_frozen || plan.statements.iter().any(|p| touches_frozen(p, catalog))
+}
+
+/// Waiting for frozen buckets to be released, bounded by `router.failover_hold_ms`
+/// from the first wait: call [`FrozenHold::wait`] each time a plan
+/// [`touches_frozen`], then read the catalog and plan again.
+pub struct FrozenHold {
+    started: Instant,
+    changes: Option<tokio::sync::watch::Receiver<pgshard_catalog::CatalogVersion>>,
+}
+
+impl Default for FrozenHold {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrozenHold {
+    pub fn new() -> FrozenHold {
+        FrozenHold {
+            started: Instant::now(),
+            changes: None,
+        }
+    }
+
+    /// Return once the catalog may have changed (the first call returns at once, having
+    /// subscribed, so that no snapshot published from now on is missed), or fail with
+    /// 57P03 past the bound.
+    pub async fn wait(&mut self, ctx: &RouterCtx) -> Result<(), SessionError> {
+        let hold = Duration::from_millis(ctx.config.failover_hold_ms);
+        let Some(c) = self.changes.as_mut() else {
+            self.changes = Some(ctx.catalog.subscribe());
+            return Ok(());
+        };
+        c.borrow_and_update();
+        let waited = self.started.elapsed();
+        if waited >= hold {
+            crate::stats::bump(&ctx.stats.hold_timeouts);
+            return Err(SessionError::BucketsMoving {
+                reason: format!("still frozen after {hold:?} (router.failover_hold_ms); retry"),
+            });
+        }
+        tokio::select! {
+            _ = c.changed() => {}
+            _ = tokio::time::sleep(RETRY.min(hold - waited)) => {}
+        }
+        Ok(())
+    }
+
+    /// Note a statement released after a wait.
+    pub fn released(&self, ctx: &RouterCtx) {
+        if self.changes.is_some() {
+            tracing::debug!(held = ?self.started.elapsed(), "statement held through a bucket move");
+            ctx.stats.note_held(self.started.elapsed());
+        }
     }
 }
 
@@ -58,6 +144,13 @@ pub async fn checkout_primary(
     // Subscribed only once a wait is needed (the common checkout never waits), and
     // before the catalog is read again, so no new snapshot is missed.
     let mut changes: Option<tokio::sync::watch::Receiver<_>> = None;
+    if shard == FROZEN {
+        // Planned before a freeze reached this point (a COPY row, a split INSERT): the
+        // router cannot plan it again here, so it is refused for the client to retry.
+        return Err(SessionError::BucketsMoving {
+            reason: "retry the statement".into(),
+        });
+    }
     loop {
         if let Some(c) = changes.as_mut() {
             c.borrow_and_update();

@@ -10,6 +10,9 @@
 //!   with writes held (SPEC §9); answers with the write pause in milliseconds;
 //! - `POST /v1/failover/pause` and `/v1/failover/resume` `{"shard": N}`: pause or resume
 //!   automatic failover of a shard;
+//! - `POST /v1/scale` (a [`crate::reconcile::ScaleOp`]): record the bucket moves of a
+//!   rebalance, a shard removal or an explicit move (SPEC §9); answers with their ids;
+//! - `GET /v1/moves`: every bucket move with its state, rows moved and freeze time;
 //! - `GET /metrics`: Prometheus text format: readiness, catalog version, each node's
 //!   state, failed probes in a row and replica lag, each shard's term, status, paused
 //!   failover, failovers and the last one's duration, transactions in doubt, and the
@@ -52,6 +55,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/switchover", post(switchover))
         .route("/v1/failover/pause", post(pause_failover))
+        .route("/v1/scale", post(scale))
+        .route("/v1/moves", get(list_moves))
         .route("/v1/failover/resume", post(resume_failover))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -220,6 +225,31 @@ pub fn render_metrics(status: &ClusterStatus, in_doubt: usize) -> String {
             .map(|v| (shard(v), i64::from(v.shard.failover_paused)))
             .collect(),
     );
+    let m = &status.moves;
+    family(
+        "pgshard_shardd_moves",
+        "Bucket moves recorded, by state (unfinished, done, aborted).",
+        vec![
+            ("{state=\"unfinished\"}".into(), m.unfinished as i64),
+            ("{state=\"done\"}".into(), m.done as i64),
+            ("{state=\"aborted\"}".into(), m.aborted as i64),
+        ],
+    );
+    family(
+        "pgshard_shardd_buckets_moved",
+        "Buckets moved by finished moves.",
+        vec![(String::new(), m.buckets_moved as i64)],
+    );
+    family(
+        "pgshard_shardd_rows_moved",
+        "Rows copied by finished moves.",
+        vec![(String::new(), m.rows_moved)],
+    );
+    family(
+        "pgshard_shardd_last_move_freeze_ms",
+        "How long the last finished move kept its buckets frozen (statements held), ms.",
+        vec![(String::new(), m.last_freeze_ms.unwrap_or(0))],
+    );
     family(
         "pgshard_shardd_transactions_in_doubt",
         "Prepared transactions with a pgshard GID left on the shards (last recovery round).",
@@ -295,6 +325,38 @@ async fn set_paused(state: ApiState, shard: u32, paused: bool) -> Answer {
             StatusCode::OK,
             Json(json!({ "shard": shard, "failover_paused": paused })),
         ),
+        Ok(Err(error)) => failed(StatusCode::CONFLICT, error),
+        Err(_) => failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is stopping"),
+    }
+}
+
+/// `POST /v1/scale` with a [`crate::reconcile::ScaleOp`]: `{"op": "rebalance"}`,
+/// `{"op": "remove_shard", "shard": N}`, `{"op": "move", "buckets": […], "to": N}`.
+async fn scale(State(state): State<ApiState>, Json(op): Json<crate::reconcile::ScaleOp>) -> Answer {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state
+        .commands
+        .send(Command::Scale { op, reply })
+        .await
+        .is_err()
+    {
+        return failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is not serving");
+    }
+    match answer.await {
+        Ok(Ok(ids)) => (StatusCode::OK, Json(json!({ "moves": ids }))),
+        Ok(Err(error)) => failed(StatusCode::CONFLICT, error),
+        Err(_) => failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is stopping"),
+    }
+}
+
+/// `GET /v1/moves`: every move recorded, newest first, with its state and rows.
+async fn list_moves(State(state): State<ApiState>) -> Answer {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if state.commands.send(Command::Moves { reply }).await.is_err() {
+        return failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is not serving");
+    }
+    match answer.await {
+        Ok(Ok(moves)) => (StatusCode::OK, Json(json!({ "moves": moves }))),
         Ok(Err(error)) => failed(StatusCode::CONFLICT, error),
         Err(_) => failed(StatusCode::SERVICE_UNAVAILABLE, "shardd is stopping"),
     }

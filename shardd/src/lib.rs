@@ -16,7 +16,8 @@
 //!   resources, read an instance's log, build the image).
 //!
 //! - [`reconcile`]: the reconciler: compares the catalog's topology (intent) with what
-//!   the probes observe and acts: failover, switchover, replica rebuild, shard status.
+//!   the probes observe and acts: failover, switchover, replica rebuild, shard status,
+//!   bucket moves (`reconcile::moves`) and new shards (`reconcile::provision`).
 
 pub mod api;
 pub mod cluster;

@@ -427,4 +427,43 @@ pub struct ClusterStatus {
     /// Each shard: its primary, term, status (and why), paused failover, the last
     /// change of primary.
     pub shards: Vec<crate::reconcile::ShardView>,
+    /// Bucket moves recorded in the catalog (SPEC §9), as of the last round with moves.
+    #[serde(default)]
+    pub moves: MovesStatus,
+}
+
+/// Bucket moves in numbers (`pgshard status`, Prometheus).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct MovesStatus {
+    /// Moves not done or aborted (the running operation).
+    pub unfinished: u64,
+    pub done: u64,
+    pub aborted: u64,
+    /// Buckets and rows moved by the moves done.
+    pub buckets_moved: u64,
+    pub rows_moved: i64,
+    /// How long the last move done kept its buckets frozen, in milliseconds.
+    pub last_freeze_ms: Option<i64>,
+}
+
+impl MovesStatus {
+    /// The numbers of `moves` (as [`pgshard_catalog::moves::list`] gives them).
+    pub fn of(moves: &[pgshard_catalog::moves::Move]) -> MovesStatus {
+        use pgshard_catalog::moves::MoveState;
+        let done: Vec<_> = moves
+            .iter()
+            .filter(|m| m.state == MoveState::Done)
+            .collect();
+        MovesStatus {
+            unfinished: moves.iter().filter(|m| !m.state.finished()).count() as u64,
+            done: done.len() as u64,
+            aborted: moves
+                .iter()
+                .filter(|m| m.state == MoveState::Aborted)
+                .count() as u64,
+            buckets_moved: done.iter().map(|m| m.buckets.len() as u64).sum(),
+            rows_moved: done.iter().map(|m| m.rows_moved).sum(),
+            last_freeze_ms: done.iter().max_by_key(|m| m.id).and_then(|m| m.freeze_ms),
+        }
+    }
 }

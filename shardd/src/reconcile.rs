@@ -33,6 +33,10 @@
 //! A planned switchover is the same change with a clean stop in place of the kill,
 //! after the open transactions on the old primary have finished.
 
+mod moves;
+mod provision;
+pub use moves::ScaleOp;
+
 use crate::cluster::{Cluster, Layout};
 use crate::probe::NodeStatus;
 use crate::runtime::{ready, NodeSpec, Readiness};
@@ -988,6 +992,16 @@ pub enum Command {
         to: Option<String>,
         reply: tokio::sync::oneshot::Sender<Result<Duration, String>>,
     },
+    /// `pgshard rebalance`, `remove-shard N`, `move`: replies with the moves recorded
+    /// (carried out by the control loop, round after round).
+    Scale {
+        op: ScaleOp,
+        reply: tokio::sync::oneshot::Sender<Result<Vec<i64>, String>>,
+    },
+    /// `pgshard moves`: every move recorded, newest first.
+    Moves {
+        reply: tokio::sync::oneshot::Sender<Result<Vec<pgshard_catalog::moves::Move>, String>>,
+    },
     /// `pgshard failover pause|resume --shard N`.
     PauseFailover {
         shard: ShardId,
@@ -1075,7 +1089,26 @@ pub async fn run_control_loop(
                     tracing::warn!(?action, %error, "reconcile step failed; retrying next round");
                 }
             }
-            if acted {
+            // Bucket moves, a few per round (probes and failovers go on between).
+            let moved = match reconciler
+                .run_moves(interval.max(Duration::from_secs(1)))
+                .await
+            {
+                Ok(n) => n > 0,
+                Err(error) => {
+                    tracing::warn!(%error, "bucket moves failed; retrying next round");
+                    true
+                }
+            };
+            if moved {
+                if let Ok(c) = reconciler.catalog_client().await {
+                    if let Ok(all) = pgshard_catalog::moves::list(&c, false).await {
+                        let mut s = shared.write().unwrap_or_else(|p| p.into_inner());
+                        s.moves = crate::probe::MovesStatus::of(&all);
+                    }
+                }
+            }
+            if acted || moved {
                 // Show what the actions changed without waiting for the next round.
                 if let Some(c) = read_catalog(&reconciler.cluster, &mut catalog_client).await {
                     publish(&shared, &prober, Some(&c), None);
@@ -1100,6 +1133,19 @@ async fn serve(reconciler: &mut Reconciler, cmd: Command) {
             if let Err(error) = &r {
                 tracing::warn!(%shard, %error, "switchover failed");
             }
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+        Command::Scale { op, reply } => {
+            tracing::info!(?op, "placement change requested");
+            let r = reconciler.scale(op).await;
+            let _ = reply.send(r.map_err(|e| e.to_string()));
+        }
+        Command::Moves { reply } => {
+            let r = async {
+                let client = reconciler.catalog_client().await?;
+                Ok::<_, ReconcileError>(pgshard_catalog::moves::list(&client, false).await?)
+            }
+            .await;
             let _ = reply.send(r.map_err(|e| e.to_string()));
         }
         Command::PauseFailover {
@@ -1252,6 +1298,7 @@ mod tests {
             nodes,
             tables: Vec::new(),
             local_shard: ShardId(1),
+            frozen: Default::default(),
         }
     }
 

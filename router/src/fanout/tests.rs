@@ -36,6 +36,7 @@ fn catalog() -> Catalog {
             },
         }],
         local_shard: ShardId(1),
+        frozen: Default::default(),
     }
 }
 

@@ -26,6 +26,7 @@ fn catalog(nodes: Vec<Node>) -> Catalog {
         nodes,
         tables: Vec::new(),
         local_shard: ShardId(1),
+        frozen: Default::default(),
     }
 }
 

@@ -22,6 +22,10 @@ pub enum SessionError {
     /// `router.failover_hold_ms`, or shardd refused its failover.
     #[error("shard {shard} is not available: {reason}")]
     ShardUnavailable { shard: ShardId, reason: String },
+    /// A bucket the statement needs stayed frozen for a move longer than
+    /// `router.failover_hold_ms` (or was reached where the router cannot plan again).
+    #[error("a bucket this statement needs is being moved to another shard: {reason}")]
+    BucketsMoving { reason: String },
     #[error("pool timeout: no connection to shard {shard} became free in time")]
     PoolTimeout { shard: ShardId },
     #[error("could not reach shard {shard}: {source}")]
@@ -93,6 +97,7 @@ impl SessionError {
             SessionError::CrossShard { .. } => "0A000",
             SessionError::NoPrimary(_) => "08006",
             SessionError::ShardUnavailable { .. } => "57P03",
+            SessionError::BucketsMoving { .. } => "57P03",
             SessionError::PoolTimeout { .. } => "53300",
             SessionError::Backend { .. } => "08006",
             SessionError::UnknownStatement(_) => "26000",

@@ -49,11 +49,21 @@ where
             self.fail_extended(SessionError::DuplicateStatement(name));
             return Ok(());
         }
-        let catalog = self.ctx.catalog.current();
-        let Some((mut plan, command, digest)) =
-            self.plan_parse(&name, &sql, &param_types, &catalog).await
-        else {
-            return Ok(());
+        // A statement for a bucket frozen by a move waits for the move (`crate::hold`).
+        let mut hold = crate::hold::FrozenHold::new();
+        let (catalog, (mut plan, command, digest)) = loop {
+            let catalog = self.ctx.catalog.current();
+            let Some(planned) = self.plan_parse(&name, &sql, &param_types, &catalog).await else {
+                return Ok(());
+            };
+            if self.shard_override.is_some() || !crate::hold::touches_frozen(&planned.0, &catalog) {
+                hold.released(&self.ctx);
+                break (catalog, planned);
+            }
+            if let Err(e) = hold.wait(&self.ctx).await {
+                self.fail_extended(e);
+                return Ok(());
+            }
         };
         if let Some(route) = self.cursor_route(&sql) {
             plan.route = route;
@@ -583,8 +593,16 @@ where
                 return self.bind_fanout(bind, &stmt, plan);
             }
         }
+        let mut hold = crate::hold::FrozenHold::new();
         if let Route::FanoutWrite(w) = &stmt.plan.route {
             if self.shard_override.is_none() {
+                // It may write a bucket being moved: wait until none is frozen.
+                while !w.replicated && !self.ctx.catalog.current().frozen.is_empty() {
+                    if let Err(e) = hold.wait(&self.ctx).await {
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                }
                 return self.bind_fanout_write(bind, &stmt, w);
             }
         }
@@ -601,11 +619,23 @@ where
             }
             _ => None,
         };
-        let shard = match rows_at.map_or_else(|| self.bind_shard(&stmt, bind), Ok) {
-            Ok(s) => s,
-            Err(e) => {
-                self.fail_extended(e);
-                return Ok(());
+        let shard = loop {
+            match rows_at.map_or_else(|| self.bind_shard(&stmt, bind), Ok) {
+                // The key's bucket is frozen for a move: wait, then route again.
+                Ok(s) if s == pgshard_catalog::FROZEN && rows_at.is_none() => {
+                    if let Err(e) = hold.wait(&self.ctx).await {
+                        self.fail_extended(e);
+                        return Ok(());
+                    }
+                }
+                Ok(s) => {
+                    hold.released(&self.ctx);
+                    break s;
+                }
+                Err(e) => {
+                    self.fail_extended(e);
+                    return Ok(());
+                }
             }
         };
         let need = self.bind_need(&stmt, bind);

@@ -188,11 +188,20 @@ where
         sql: &str,
         stmts: &[&str],
     ) -> Result<ControlFlow<(), Plan>, SessionError> {
-        let catalog = self.ctx.catalog.current();
-        let plan = pgshard_sql::plan(sql, &catalog);
-        let mut plan = self
-            .complete_insert_columns(sql, plan, &catalog, false)
-            .await;
+        // A statement for a bucket frozen by a move waits for the move (`crate::hold`).
+        let mut hold = crate::hold::FrozenHold::new();
+        let mut plan = loop {
+            let catalog = self.ctx.catalog.current();
+            let plan = pgshard_sql::plan(sql, &catalog);
+            if self.shard_override.is_none() && crate::hold::touches_frozen(&plan, &catalog) {
+                hold.wait(&self.ctx).await?;
+                continue;
+            }
+            hold.released(&self.ctx);
+            break self
+                .complete_insert_columns(sql, plan, &catalog, false)
+                .await;
+        };
         if let Some(route) = self.cursor_route(sql) {
             plan.route = route;
         }

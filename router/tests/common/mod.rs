@@ -78,6 +78,7 @@ pub fn catalog_for(shards: &[Standalone]) -> Catalog {
             },
         ],
         local_shard: ShardId(1),
+        frozen: Default::default(),
     }
 }
 

@@ -62,6 +62,7 @@ pub(crate) fn catalog() -> Catalog {
             reference("pgbench_tellers"),
         ],
         local_shard: LOCAL,
+        frozen: Default::default(),
     }
 }
 

@@ -1,0 +1,897 @@
+//! Bucket moves (SPEC §9), carried out by the [`Reconciler`] one recorded move at a
+//! time ([`pgshard_catalog::moves`] holds the state machine).
+//!
+//! ## Why a write fence and not logical replication
+//!
+//! A shard keeps every bucket it owns in one table per distributed table, and fan-out
+//! reads run on every shard. Rows copied to the target ahead of the flip (as a
+//! subscription's initial copy and catch-up would) would be visible there, next to the
+//! same rows still on the source, to every fan-out read for the whole copy: a wrong
+//! answer. So a move is a *short per-bucket write fence* (SPEC §9 allows either): the
+//! buckets are frozen, their rows copied to the target and deleted from the source in
+//! two prepared transactions, and the catalog flip is the commit point, exactly as a
+//! distributed transaction of the router is (multi-shard reads have no global snapshot,
+//! as documented). Moves are small groups of buckets, so the freeze is short.
+//!
+//! ## Steps ([`Reconciler::run_move`])
+//!
+//! 1. `planned → frozen` ([`moves::freeze`]): routers hold statements for the buckets.
+//! 2. The source *fence*: a row per bucket in `pgshard_move.fence` on the source and a
+//!    trigger on each distributed table refusing (SQLSTATE 55000) writes to fenced
+//!    buckets, so a router that has not seen the freeze cannot write there. Then every
+//!    router must route with the freeze's version (bounded wait on `pgshard.routers`)
+//!    and the transactions open on the source when the fence committed (prepared ones
+//!    included) must end: from then on nothing writes the buckets' rows.
+//! 3. `→ copying`: per database, `COPY (SELECT … WHERE bucket IN …)` from the source
+//!    into the target, `DELETE` on the source, both `PREPARE TRANSACTION
+//!    'pgshard_move_<id>_…'`.
+//! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, so
+//!    nothing sees those rows but fan-out reads, as with any distributed commit), then
+//!    `→ flipped` ([`moves::flip`], the commit point), then COMMIT PREPARED on the
+//!    source. A rollback before the flip deletes the target's copy again.
+//! 5. `→ cleaning`: once every router routes with the flip's version (bounded) the
+//!    fence rows go, and the triggers when no fence row is left; `→ done`.
+//!
+//! A move found before its flip that this process did not just start (shardd crashed
+//! during it) is rolled back ([`Reconciler::abort_move`]: prepared transactions rolled
+//! back, fence lifted, buckets unfrozen); one found flipped is finished. The rest of an
+//! operation is planned again from the bucket map ([`pgshard_catalog::placement`]).
+
+use super::{node_err, spec_of, ReconcileError, Reconciler};
+use crate::runtime::{ready, NodeSpec};
+use futures::{SinkExt, TryStreamExt};
+use pgshard_catalog::hash::bucket_sql_expr;
+use pgshard_catalog::moves::{self, Move, MoveState};
+use pgshard_catalog::placement::{self, BucketMove};
+use pgshard_catalog::{BucketId, Catalog, CatalogVersion, KeyType, ShardId, TableKind};
+use std::time::{Duration, Instant};
+use tokio_postgres::Client;
+
+/// The prefix of a move's prepared transactions (2PC recovery leaves them alone).
+pub const GID_PREFIX: &str = "pgshard_move_";
+/// Bound on waiting for the transactions open at the fence to end; past it the move is
+/// rolled back and tried again later (a router may hold a statement of one of them).
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// How long a new fence lets writes through: longer than a statement takes from its
+/// router's plan to the shard, shorter than routers take to see a freeze.
+const SOFT: Duration = Duration::from_millis(100);
+
+/// Attempts at a move that fails (rolled back each time) before it is given up.
+const TRIES: i64 = 50;
+
+/// Buckets per move: small groups keep each freeze short.
+pub const GROUP: usize = 4;
+
+/// A change of placement asked for over the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ScaleOp {
+    /// Even out bucket counts over `shards` (default: the active shards); the others
+    /// are drained.
+    Rebalance { shards: Option<Vec<ShardId>> },
+    /// Drain every bucket of `shard` to the others.
+    RemoveShard { shard: ShardId },
+    /// Create a shard with `replicas` replicas (default: as the others), then move its
+    /// share of the buckets to it.
+    AddShard { replicas: Option<u32> },
+    /// Move `buckets` to shard `to`.
+    Move { buckets: Vec<BucketId>, to: ShardId },
+}
+
+/// What to do with a recorded move found unfinished at the start of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Carry it out from the start.
+    Run,
+    /// Interrupted before its commit point: roll it back.
+    Abort,
+    /// Interrupted after its commit point: finish it.
+    Finish,
+}
+
+/// The pure decision for a move found unfinished (see the module doc).
+pub fn next(state: MoveState) -> Option<Next> {
+    match state {
+        MoveState::Planned => Some(Next::Run),
+        MoveState::Frozen | MoveState::Copying => Some(Next::Abort),
+        MoveState::Flipped | MoveState::Cleaning => Some(Next::Finish),
+        MoveState::Done | MoveState::Aborted => None,
+    }
+}
+
+/// Group a placement plan into moves of at most `size` buckets with the same source and
+/// target, in plan order.
+pub fn group(plan: &[BucketMove], size: usize) -> Vec<(ShardId, ShardId, Vec<BucketId>)> {
+    let mut out: Vec<(ShardId, ShardId, Vec<BucketId>)> = Vec::new();
+    for m in plan {
+        match out.last_mut() {
+            Some((f, t, b)) if *f == m.from && *t == m.to && b.len() < size.max(1) => {
+                b.push(m.bucket)
+            }
+            _ => out.push((m.from, m.to, vec![m.bucket])),
+        }
+    }
+    out
+}
+
+/// A distributed table as the move SQL needs it.
+struct Dist {
+    name: String,
+    quoted: String,
+    key: String,
+    key_type: KeyType,
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn distributed(catalog: &Catalog) -> Vec<Dist> {
+    catalog
+        .tables
+        .iter()
+        .filter_map(|t| match &t.kind {
+            TableKind::Distributed {
+                shard_key,
+                key_type,
+                ..
+            } => Some(Dist {
+                name: t.name.clone(),
+                quoted: t
+                    .name
+                    .split('.')
+                    .map(quote_ident)
+                    .collect::<Vec<_>>()
+                    .join("."),
+                key: shard_key.clone(),
+                key_type: *key_type,
+            }),
+            TableKind::Reference => None,
+        })
+        .collect()
+}
+
+fn bucket_list(buckets: &[BucketId]) -> String {
+    let list: Vec<String> = buckets.iter().map(|b| b.0.to_string()).collect();
+    format!("'{{{}}}'::int4[]", list.join(","))
+}
+
+fn db_err(node: &str, e: tokio_postgres::Error) -> ReconcileError {
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    node_err(node, detail)
+}
+
+/// The fence function and trigger of one table (see the module doc).
+fn fence_sql(t: &Dist, buckets: u32) -> String {
+    let expr = |rec: &str| {
+        bucket_sql_expr(
+            &format!("{rec}.{}", quote_ident(&t.key)),
+            t.key_type,
+            buckets,
+        )
+    };
+    let func = quote_ident(&format!("fence_{}", t.name));
+    let (new, old) = (expr("NEW"), expr("OLD"));
+    format!(
+        "CREATE OR REPLACE FUNCTION pgshard_move.{func}() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           IF TG_OP <> 'DELETE' THEN
+             IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {new}
+                                AND hard_at <= clock_timestamp()) THEN
+               RAISE EXCEPTION USING ERRCODE = '55000',
+                 MESSAGE = format('the bucket of this row of table %s is being moved to another shard', TG_TABLE_NAME),
+                 HINT = 'The router that sent it has not seen the move yet: retry the transaction.';
+             END IF;
+           END IF;
+           IF TG_OP <> 'INSERT' THEN
+             IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {old}
+                                AND hard_at <= clock_timestamp()) THEN
+               RAISE EXCEPTION USING ERRCODE = '55000',
+                 MESSAGE = format('the bucket of this row of table %s is being moved to another shard', TG_TABLE_NAME),
+                 HINT = 'The router that sent it has not seen the move yet: retry the transaction.';
+             END IF;
+           END IF;
+           IF TG_OP = 'DELETE' THEN
+             RETURN OLD;
+           END IF;
+           RETURN NEW;
+         END $f$;
+         CREATE OR REPLACE TRIGGER pgshard_move_fence BEFORE INSERT OR UPDATE OR DELETE
+           ON {} FOR EACH ROW EXECUTE FUNCTION pgshard_move.{func}();",
+        t.quoted
+    )
+}
+
+impl Reconciler {
+    async fn connect_db(&self, spec: &NodeSpec, db: &str) -> Result<Client, ReconcileError> {
+        ready::connect(&spec.pg_config(db, self.opts.timeout), self.opts.timeout)
+            .await
+            .map_err(|e| node_err(&spec.name, format!("cannot connect to {db}: {e}")))
+    }
+
+    fn primary_spec(&self, catalog: &Catalog, shard: ShardId) -> Result<NodeSpec, ReconcileError> {
+        let p = catalog
+            .primary(shard)
+            .ok_or_else(|| ReconcileError::Refused(format!("shard {shard} has no primary")))?;
+        spec_of(&self.cluster, &self.cluster.layout(), &p.name)
+    }
+
+    /// The user databases of a shard primary.
+    pub(super) async fn databases(&self, spec: &NodeSpec) -> Result<Vec<String>, ReconcileError> {
+        let c = self.connect_db(spec, "postgres").await?;
+        let rows = c
+            .query(
+                "SELECT datname FROM pg_database
+                  WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+                &[],
+            )
+            .await
+            .map_err(|e| db_err(&spec.name, e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The distributed tables present in the database `c` is connected to.
+    async fn present(&self, c: &Client, all: &[Dist]) -> Result<Vec<usize>, tokio_postgres::Error> {
+        let mut out = Vec::new();
+        for (i, t) in all.iter().enumerate() {
+            let exists: bool = c
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&t.quoted])
+                .await?
+                .get(0);
+            if exists {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Carry out the unfinished moves recorded in the catalog, oldest first, until
+    /// `budget` has passed (the control loop's other work goes on between rounds).
+    pub async fn run_moves(&mut self, budget: Duration) -> Result<usize, ReconcileError> {
+        let started = Instant::now();
+        let mut done = 0;
+        let client = self.catalog_client().await?;
+        for m in moves::list(&client, true).await? {
+            if started.elapsed() > budget {
+                break;
+            }
+            match next(m.state) {
+                Some(Next::Run) => {
+                    if let Err(error) = self.run_move(m.id).await {
+                        tracing::warn!(id = m.id, %error, "move failed");
+                        self.abort_move(m.id, &error.to_string()).await?;
+                        self.retry(&m).await?;
+                    }
+                }
+                Some(Next::Abort) => {
+                    tracing::warn!(id = m.id, state = %m.state, "move interrupted before its flip; rolling back");
+                    self.abort_move(m.id, "interrupted (shardd restarted)")
+                        .await?;
+                }
+                Some(Next::Finish) => self.finish_move(m.id).await?,
+                None => {}
+            }
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Record `m` again, split in two halves, after it failed and was rolled back (a
+    /// transaction that would not end, a failover of its source…), up to [`TRIES`]
+    /// times for one group of buckets.
+    async fn retry(&mut self, m: &Move) -> Result<(), ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let b: Vec<i32> = m.buckets.iter().map(|b| b.0 as i32).collect();
+        let tries: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pgshard.moves
+                  WHERE state = 'aborted' AND operation = $1 AND buckets = $2::int4[]",
+                &[&m.operation, &b],
+            )
+            .await
+            .map_err(pgshard_catalog::store::StoreError::from)?
+            .get(0);
+        if tries < TRIES {
+            // Smaller groups first: a move rolled back because a transaction held for
+            // one of its buckets kept the source busy is less likely to meet one again.
+            let half = m.buckets.len().div_ceil(2).max(1);
+            for part in m.buckets.chunks(half) {
+                let again =
+                    moves::create(&mut client, &m.operation, m.source, m.target, part).await?;
+                tracing::info!(id = again.id, failed = m.id, tries, "move recorded again");
+            }
+        } else {
+            tracing::error!(id = m.id, tries, "move failed too often; given up");
+        }
+        Ok(())
+    }
+
+    /// One move from `planned` to `done` (see the module doc). An error before the flip
+    /// leaves it for [`Reconciler::abort_move`].
+    async fn run_move(&mut self, id: i64) -> Result<(), ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let m = moves::get(&client, id).await?;
+        self.fault("move-planned").await;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let source = self.primary_spec(&catalog, m.source)?;
+        let tables = distributed(&catalog);
+        let dbs = self.databases(&source).await?;
+        self.install_fence(&source, &dbs, &tables, catalog.buckets)
+            .await?;
+        let v = moves::freeze(&mut client, id).await?;
+        tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
+        self.fault("move-frozen").await;
+        self.fence(&source, &dbs, &tables, &m).await?;
+        self.routers_caught_up(&client, v).await;
+        self.drain_fenced(&source, &dbs, &tables, &m).await?;
+        moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
+        self.fault("move-copying").await;
+        let target = self.primary_spec(&catalog, m.target)?;
+        let rows = self
+            .copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets)
+            .await?;
+        moves::advance(
+            &client,
+            id,
+            MoveState::Copying,
+            MoveState::Copying,
+            Some(rows),
+        )
+        .await?;
+        // The target's rows are committed *before* the flip: a statement routed there
+        // by the flip must find them (an UPDATE does not wait for a prepared insert, it
+        // does not see the row). Routers do not route the buckets there before the
+        // flip, and a rollback deletes them again (`abort_move`).
+        self.end_prepared(&target, id, true).await?;
+        self.fault("move-target-committed").await;
+        let v = moves::flip(&mut client, id).await?;
+        tracing::info!(id, rows, %v, "move flipped");
+        self.fault("move-flipped").await;
+        drop(client);
+        self.finish_move(id).await
+    }
+
+    /// Install the fence triggers on the source (idempotent; before the freeze, so that
+    /// their lock never waits behind a transaction a router holds for a frozen bucket).
+    /// A trigger already there is left alone: creating it again would lock its table.
+    async fn install_fence(
+        &self,
+        source: &NodeSpec,
+        dbs: &[String],
+        tables: &[Dist],
+        buckets: u32,
+    ) -> Result<(), ReconcileError> {
+        for db in dbs {
+            let c = self.connect_db(source, db).await?;
+            let present = self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+            if present.is_empty() {
+                continue;
+            }
+            let mut sql = String::from(
+                "SET lock_timeout = '2s';
+                 CREATE SCHEMA IF NOT EXISTS pgshard_move;
+                 CREATE TABLE IF NOT EXISTS pgshard_move.fence (
+                     bucket int4 PRIMARY KEY, move_id bigint NOT NULL,
+                     hard_at timestamptz NOT NULL);",
+            );
+            for i in present {
+                let has: bool = c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_trigger
+                                         WHERE tgrelid = to_regclass($1)
+                                           AND tgname = 'pgshard_move_fence')",
+                        &[&tables[i].quoted],
+                    )
+                    .await
+                    .map_err(|e| db_err(&source.name, e))?
+                    .get(0);
+                if !has {
+                    sql.push_str(&fence_sql(&tables[i], buckets));
+                }
+            }
+            c.batch_execute(&format!("BEGIN; {sql} COMMIT;"))
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Insert the move's fence rows on the source (idempotent), *soft* for [`SOFT`]:
+    /// writes to the buckets still pass (a statement a router planned just before it
+    /// saw the freeze may arrive now), then refused. [`Reconciler::drain_fenced`] then waits
+    /// (bounded by [`DRAIN`]) until the fence is hard and every transaction that may
+    /// have written the buckets has ended: those holding a transaction id then
+    /// (prepared ones included: the oldest running xid passes them), those open then (by
+    /// pid and start), and the transactions prepared by the time those had left.
+    async fn fence(
+        &self,
+        source: &NodeSpec,
+        dbs: &[String],
+        tables: &[Dist],
+        m: &Move,
+    ) -> Result<(), ReconcileError> {
+        let list = bucket_list(&m.buckets);
+        for db in dbs {
+            let c = self.connect_db(source, db).await?;
+            if self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .is_empty()
+            {
+                continue;
+            }
+            c.batch_execute(&format!(
+                "INSERT INTO pgshard_move.fence
+                 SELECT b, {}, clock_timestamp() + interval '{} ms' FROM unnest({list}) AS b
+                 ON CONFLICT (bucket) DO NOTHING",
+                m.id,
+                SOFT.as_millis()
+            ))
+            .await
+            .map_err(|e| db_err(&source.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Wait until the fence of `m` is hard on the source and every transaction that may
+    /// have written its buckets without being refused has ended (see [`Reconciler::fence`]).
+    async fn drain_fenced(
+        &self,
+        source: &NodeSpec,
+        dbs: &[String],
+        tables: &[Dist],
+        m: &Move,
+    ) -> Result<(), ReconcileError> {
+        let deadline = Instant::now() + DRAIN + SOFT;
+        for db in dbs {
+            let c = self.connect_db(source, db).await?;
+            if self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .is_empty()
+            {
+                continue;
+            }
+            let hard = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
+                          FROM pgshard_move.fence WHERE move_id = $1";
+            self.poll(&c, source, deadline, hard, &[&m.id]).await?;
+        }
+        let c = self.connect_db(source, "postgres").await?;
+        let err = |e| db_err(&source.name, e);
+        let row = c
+            .query_one(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
+                        coalesce(array_agg(pid::text || '@' || xact_start::text)
+                                 FILTER (WHERE xact_start IS NOT NULL), '{}')
+                   FROM pg_stat_activity
+                  WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let (xmax, open): (String, Vec<String>) = (row.get(0), row.get(1));
+        let deadline = Instant::now() + DRAIN;
+        let wait = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8
+                       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                        WHERE pid::text || '@' || xact_start::text = ANY($2))";
+        self.poll(&c, source, deadline, wait, &[&xmax, &open])
+            .await?;
+        let prepared: Vec<String> = c
+            .query_one(
+                "SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts",
+                &[],
+            )
+            .await
+            .map_err(err)?
+            .get(0);
+        let wait = "SELECT NOT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = ANY($1))";
+        self.poll(&c, source, deadline, wait, &[&prepared]).await
+    }
+
+    /// Run `sql` (one boolean) until it is true or `deadline` passes (an error).
+    async fn poll(
+        &self,
+        c: &Client,
+        source: &NodeSpec,
+        deadline: Instant,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<(), ReconcileError> {
+        loop {
+            let done: bool = c
+                .query_one(sql, params)
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .get(0);
+            if done {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(node_err(
+                    &source.name,
+                    format!("transactions older than the fence still open after {DRAIN:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Copy the buckets' rows of every distributed table to the target and delete them
+    /// on the source, per database, each side in a prepared transaction named after the
+    /// move. Returns the rows copied.
+    async fn copy_prepared(
+        &self,
+        source: &NodeSpec,
+        target: &NodeSpec,
+        dbs: &[String],
+        tables: &[Dist],
+        m: &Move,
+        buckets: u32,
+    ) -> Result<i64, ReconcileError> {
+        let list = bucket_list(&m.buckets);
+        let mut rows = 0i64;
+        for (n, db) in dbs.iter().enumerate() {
+            let src = self.connect_db(source, db).await?;
+            let present = self
+                .present(&src, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+            if present.is_empty() {
+                continue;
+            }
+            let dst = self.connect_db(target, db).await?;
+            // The fence trigger (and foreign keys, moved together) must not fire for the
+            // move's own writes: `replica` role, as logical replication applies rows.
+            let begin = "BEGIN; SET LOCAL session_replication_role = replica";
+            src.batch_execute(begin)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+            dst.batch_execute(begin)
+                .await
+                .map_err(|e| db_err(&target.name, e))?;
+            for i in present {
+                let t = &tables[i];
+                let filter = format!(
+                    "{} = ANY({list})",
+                    bucket_sql_expr(&quote_ident(&t.key), t.key_type, buckets)
+                );
+                rows += copy_table(&src, &dst, t, &filter, &source.name, &target.name).await?;
+                src.execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
+                    .await
+                    .map_err(|e| db_err(&source.name, e))?;
+            }
+            let gid = |side: &str| format!("{GID_PREFIX}{}_{n}_{side}", m.id);
+            dst.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid("target")))
+                .await
+                .map_err(|e| db_err(&target.name, e))?;
+            src.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid("source")))
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+        }
+        Ok(rows)
+    }
+
+    /// COMMIT PREPARED (`commit`) or ROLLBACK PREPARED every prepared transaction of
+    /// move `id` on `spec` (none left is fine: repeating is safe).
+    async fn end_prepared(
+        &self,
+        spec: &NodeSpec,
+        id: i64,
+        commit: bool,
+    ) -> Result<(), ReconcileError> {
+        let c = self.connect_db(spec, "postgres").await?;
+        let rows = c
+            .query(
+                "SELECT gid, database::text FROM pg_prepared_xacts WHERE starts_with(gid, $1)",
+                &[&format!("{GID_PREFIX}{id}_")],
+            )
+            .await
+            .map_err(|e| db_err(&spec.name, e))?;
+        let verb = if commit { "COMMIT" } else { "ROLLBACK" };
+        for r in rows {
+            let (gid, db): (String, String) = (r.get(0), r.get(1));
+            let c = self.connect_db(spec, &db).await?;
+            c.batch_execute(&format!("{verb} PREPARED '{gid}'"))
+                .await
+                .map_err(|e| db_err(&spec.name, e))?;
+            tracing::info!(node = %spec.name, %gid, verb, "move transaction finished");
+        }
+        Ok(())
+    }
+
+    /// Remove move `id`'s fence rows on `source`, and the fence triggers of a database
+    /// where no fence row is left.
+    async fn lift_fence(
+        &self,
+        source: &NodeSpec,
+        id: i64,
+        tables: &[Dist],
+        drop_triggers: bool,
+    ) -> Result<(), ReconcileError> {
+        for db in self.databases(source).await? {
+            let c = self.connect_db(source, &db).await?;
+            let has: bool = c
+                .query_one("SELECT to_regclass('pgshard_move.fence') IS NOT NULL", &[])
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .get(0);
+            if !has {
+                continue;
+            }
+            c.execute("DELETE FROM pgshard_move.fence WHERE move_id = $1", &[&id])
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+            let left: i64 = c
+                .query_one("SELECT count(*) FROM pgshard_move.fence", &[])
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .get(0);
+            if left > 0 || !drop_triggers {
+                continue;
+            }
+            // Dropping a trigger locks its table: never wait long behind a transaction
+            // (readers of the table would queue behind the lock); a later round retries.
+            let present = self
+                .present(&c, tables)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+            let mut sql = String::from("SET lock_timeout = '500ms'; BEGIN;");
+            for i in present {
+                sql.push_str(&format!(
+                    "DROP TRIGGER IF EXISTS pgshard_move_fence ON {};",
+                    tables[i].quoted
+                ));
+            }
+            sql.push_str("DROP SCHEMA pgshard_move CASCADE; COMMIT;");
+            c.batch_execute(&sql)
+                .await
+                .map_err(|e| db_err(&source.name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Finish a flipped move: commit its prepared transactions, wait (bounded) until
+    /// routers route with the flip, lift the fence, `done`.
+    async fn finish_move(&mut self, id: i64) -> Result<(), ReconcileError> {
+        let client = self.catalog_client().await?;
+        let m = moves::get(&client, id).await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let source = self.primary_spec(&catalog, m.source)?;
+        let target = self.primary_spec(&catalog, m.target)?;
+        self.end_prepared(&target, id, true).await?;
+        self.end_prepared(&source, id, true).await?;
+        moves::advance(&client, id, MoveState::Flipped, MoveState::Cleaning, None).await?;
+        self.fault("move-cleaning").await;
+        let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
+        self.routers_caught_up(&client, flip).await;
+        self.lift_fence(&source, id, &distributed(&catalog), true)
+            .await?;
+        moves::advance(&client, id, MoveState::Cleaning, MoveState::Done, None).await?;
+        tracing::info!(id, rows = m.rows_moved, freeze_ms = ?m.freeze_ms, "move done");
+        Ok(())
+    }
+
+    /// Roll back a move before its flip (a move already flipped is left to
+    /// [`Reconciler::finish_move`]).
+    pub(crate) async fn abort_move(&mut self, id: i64, why: &str) -> Result<(), ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let m = moves::get(&client, id).await?;
+        if !m.state.before_flip() {
+            return Ok(());
+        }
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let source = self.primary_spec(&catalog, m.source)?;
+        let target = self.primary_spec(&catalog, m.target)?;
+        self.end_prepared(&target, id, false).await?;
+        self.delete_copied(&target, &m, &catalog).await?;
+        self.end_prepared(&source, id, false).await?;
+        // The fence goes before the buckets are released to the source again, the
+        // triggers after (their lock could wait behind a transaction routers hold).
+        let tables = distributed(&catalog);
+        self.lift_fence(&source, id, &tables, false).await?;
+        moves::abort(&mut client, id, why).await?;
+        self.lift_fence(&source, id, &tables, true).await?;
+        tracing::warn!(id, why, "move rolled back");
+        Ok(())
+    }
+
+    /// Delete the rows of `m`'s buckets on its target (a rollback after the target's
+    /// copy committed): before the flip the target owns none of them, so every such
+    /// row is the move's copy.
+    async fn delete_copied(
+        &self,
+        target: &NodeSpec,
+        m: &Move,
+        catalog: &Catalog,
+    ) -> Result<(), ReconcileError> {
+        let tables = distributed(catalog);
+        let list = bucket_list(&m.buckets);
+        for db in self.databases(target).await? {
+            let c = self.connect_db(target, &db).await?;
+            let present = self
+                .present(&c, &tables)
+                .await
+                .map_err(|e| db_err(&target.name, e))?;
+            let mut sql = String::from("BEGIN; SET LOCAL session_replication_role = replica;");
+            for i in &present {
+                let t = &tables[*i];
+                let expr = bucket_sql_expr(&quote_ident(&t.key), t.key_type, catalog.buckets);
+                sql.push_str(&format!(
+                    "DELETE FROM {} WHERE {expr} = ANY({list});",
+                    t.quoted
+                ));
+            }
+            sql.push_str("COMMIT;");
+            if !present.is_empty() {
+                c.batch_execute(&sql)
+                    .await
+                    .map_err(|e| db_err(&target.name, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record the moves an operation needs, grouped by [`GROUP`] buckets; the control
+    /// loop carries them out ([`Reconciler::run_moves`]).
+    pub(crate) async fn scale(&mut self, op: ScaleOp) -> Result<Vec<i64>, ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let active: Vec<ShardId> = catalog
+            .shards
+            .iter()
+            .filter(|s| s.state == "active")
+            .map(|s| s.id)
+            .collect();
+        let refused =
+            |e: pgshard_catalog::placement::PlacementError| ReconcileError::Refused(e.to_string());
+        let (operation, plan) = match op {
+            ScaleOp::Rebalance { shards } => {
+                let shards = shards.unwrap_or(active);
+                for s in &catalog.shards {
+                    let state = if shards.contains(&s.id) {
+                        "active"
+                    } else {
+                        "draining"
+                    };
+                    moves::set_shard_state(&mut client, s.id, state).await?;
+                }
+                let plan = placement::rebalance(&catalog.bucket_map, &shards).map_err(refused)?;
+                ("rebalance".to_string(), plan)
+            }
+            ScaleOp::RemoveShard { shard } => {
+                if catalog.shard(shard).is_none() {
+                    return Err(ReconcileError::Refused(format!(
+                        "there is no shard {shard}"
+                    )));
+                }
+                moves::set_shard_state(&mut client, shard, "draining").await?;
+                let plan = placement::remove_shard(&catalog.bucket_map, &active, shard)
+                    .map_err(refused)?;
+                (format!("remove-shard {shard}"), plan)
+            }
+            ScaleOp::AddShard { replicas } => {
+                let replicas = replicas.unwrap_or(self.opts.plan.replicas_wanted);
+                let new = self.add_shard(replicas).await?;
+                let catalog = pgshard_catalog::store::load(&client).await?;
+                let shards: Vec<ShardId> = catalog
+                    .shards
+                    .iter()
+                    .filter(|s| s.state == "active")
+                    .map(|s| s.id)
+                    .collect();
+                let plan = placement::moves_for_add(&catalog.bucket_map, &shards, new);
+                (format!("add-shard {new}"), plan)
+            }
+            ScaleOp::Move { buckets, to } => {
+                let plan = buckets
+                    .iter()
+                    .filter_map(|b| {
+                        let from = catalog.shard_of_bucket(*b)?;
+                        (from != to).then_some(BucketMove {
+                            bucket: *b,
+                            from,
+                            to,
+                        })
+                    })
+                    .collect();
+                (format!("move to shard {to}"), plan)
+            }
+        };
+        self.plan_moves(&operation, &plan, GROUP).await
+    }
+
+    /// Record moves of `plan` grouped by `group_size`, for `operation`.
+    async fn plan_moves(
+        &mut self,
+        operation: &str,
+        plan: &[BucketMove],
+        group_size: usize,
+    ) -> Result<Vec<i64>, ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let mut ids = Vec::new();
+        for (from, to, buckets) in group(plan, group_size) {
+            ids.push(
+                moves::create(&mut client, operation, from, to, &buckets)
+                    .await?
+                    .id,
+            );
+        }
+        Ok(ids)
+    }
+}
+
+/// Stream one table's rows matching `filter` from `src` into `dst` (binary COPY).
+async fn copy_table(
+    src: &Client,
+    dst: &Client,
+    t: &Dist,
+    filter: &str,
+    src_name: &str,
+    dst_name: &str,
+) -> Result<i64, ReconcileError> {
+    let out = src
+        .copy_out(&format!(
+            "COPY (SELECT * FROM {} WHERE {filter}) TO STDOUT (FORMAT binary)",
+            t.quoted
+        ))
+        .await
+        .map_err(|e| db_err(src_name, e))?;
+    let sink = dst
+        .copy_in(&format!("COPY {} FROM STDIN (FORMAT binary)", t.quoted))
+        .await
+        .map_err(|e| db_err(dst_name, e))?;
+    futures::pin_mut!(out);
+    futures::pin_mut!(sink);
+    while let Some(chunk) = out.try_next().await.map_err(|e| db_err(src_name, e))? {
+        sink.send(chunk).await.map_err(|e| db_err(dst_name, e))?;
+    }
+    let n = sink.finish().await.map_err(|e| db_err(dst_name, e))?;
+    Ok(n as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mv(bucket: u32, from: u32, to: u32) -> BucketMove {
+        BucketMove {
+            bucket: BucketId(bucket),
+            from: ShardId(from),
+            to: ShardId(to),
+        }
+    }
+
+    #[test]
+    fn plans_are_grouped_by_source_and_target() {
+        let plan = [
+            mv(1, 1, 3),
+            mv(2, 1, 3),
+            mv(3, 1, 3),
+            mv(4, 2, 3),
+            mv(5, 1, 3),
+        ];
+        let g = group(&plan, 2);
+        let shape: Vec<(u32, u32, usize)> = g.iter().map(|(f, t, b)| (f.0, t.0, b.len())).collect();
+        assert_eq!(shape, [(1, 3, 2), (1, 3, 1), (2, 3, 1), (1, 3, 1)]);
+    }
+
+    #[test]
+    fn interrupted_moves_roll_back_before_the_flip_and_finish_after() {
+        assert_eq!(next(MoveState::Planned), Some(Next::Run));
+        assert_eq!(next(MoveState::Frozen), Some(Next::Abort));
+        assert_eq!(next(MoveState::Copying), Some(Next::Abort));
+        assert_eq!(next(MoveState::Flipped), Some(Next::Finish));
+        assert_eq!(next(MoveState::Cleaning), Some(Next::Finish));
+        assert_eq!(next(MoveState::Done), None);
+        assert_eq!(next(MoveState::Aborted), None);
+    }
+}

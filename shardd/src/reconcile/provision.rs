@@ -1,0 +1,245 @@
+//! `add-shard` (SPEC §9): a new shard's instances are created and started (a primary
+//! and `replicas` streaming replicas, named `shard<N>-node<k>` like bootstrap's), every
+//! database and every declared table's schema (and the reference tables' rows) copied
+//! onto its primary from an existing shard, and only then is it added to the catalog:
+//! routers never send it a statement before it holds the tables. Its share of the
+//! buckets is then moved to it like any other move ([`super::moves`]).
+//!
+//! Limits: the schema and reference rows are copied with `pg_dump | psql` from the
+//! machine shardd runs on (the local runtime, or Docker with host ports); reference
+//! rows written during the copy are not on the new shard; a crash of shardd during the
+//! provisioning leaves instances that a new `add-shard` does not reuse.
+
+use super::{node_err, ReconcileError, Reconciler};
+use crate::cluster::LayoutNode;
+use crate::runtime::{ready, NodeSpec, Readiness, SUPERUSER};
+use pgshard_catalog::{Node, NodeId, NodeRole, NodeState, ShardId, TableKind};
+use std::process::Stdio;
+use std::time::Duration;
+
+const READY: Duration = Duration::from_secs(180);
+
+impl Reconciler {
+    /// Create, start and fill a new shard, then add it to the catalog. Returns its id.
+    pub(crate) async fn add_shard(&mut self, replicas: u32) -> Result<ShardId, ReconcileError> {
+        let client = self.catalog_client().await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let donor = catalog
+            .primary(catalog.local_shard)
+            .ok_or_else(|| ReconcileError::Refused("the local shard has no primary".into()))?;
+        let donor = super::spec_of(&self.cluster, &self.cluster.layout(), &donor.name)?;
+        let shard = self.lay_out_shard(replicas)?;
+        let layout = self.cluster.layout();
+        let config = self.cluster.config().clone();
+        let nodes: Vec<&LayoutNode> = layout
+            .nodes
+            .iter()
+            .filter(|n| n.shard == Some(shard))
+            .collect();
+        let rt = self.cluster.runtime().clone();
+        let sync = config.cluster.durability() == pgshard_catalog::config::Durability::Sync;
+        for n in &nodes {
+            let spec = layout.spec(n, &config);
+            if n.role == NodeRole::Primary {
+                rt.init_primary(&spec).await?;
+                rt.start(&spec).await?;
+                rt.wait_ready(&spec, Readiness::Accepting, READY).await?;
+            }
+        }
+        for n in nodes.iter().filter(|n| n.role == NodeRole::Replica) {
+            let spec = layout.spec(n, &config);
+            ready::ensure_replication_slot(&spec).await?;
+            rt.create_replica(&spec).await?;
+            rt.start(&spec).await?;
+            rt.wait_ready(&spec, Readiness::Streaming { sync }, READY)
+                .await?;
+        }
+        let primary = nodes
+            .iter()
+            .find(|n| n.role == NodeRole::Primary)
+            .map(|n| layout.spec(n, &config))
+            .ok_or_else(|| ReconcileError::Refused("the new shard has no primary".into()))?;
+        self.copy_schema(&donor, &primary, &catalog).await?;
+        let rows: Vec<Node> = nodes
+            .iter()
+            .map(|n| Node {
+                id: n.id,
+                shard: Some(shard),
+                role: n.role,
+                name: n.name.clone(),
+                host: n.host.clone(),
+                port: n.port,
+                state: NodeState::Healthy,
+                lag_bytes: None,
+            })
+            .collect();
+        let mut client = self.catalog_client().await?;
+        let v = pgshard_catalog::moves::add_shard(&mut client, shard, &rows).await?;
+        tracing::info!(%shard, nodes = rows.len(), %v, "shard added");
+        Ok(shard)
+    }
+
+    /// Add the new shard's nodes to the layout (saved) and return its id.
+    fn lay_out_shard(&self, replicas: u32) -> Result<ShardId, ReconcileError> {
+        let config = self.cluster.config();
+        let mut ports = crate::cluster::default_ports(config.cluster.host.clone(), 0);
+        let layout = self.cluster.layout();
+        let shard = ShardId(
+            layout
+                .nodes
+                .iter()
+                .filter_map(|n| n.shard)
+                .map(|s| s.0)
+                .max()
+                .unwrap_or(0)
+                + 1,
+        );
+        let first_id = layout.nodes.iter().map(|n| n.id.0).max().unwrap_or(0) + 1;
+        let mut new = Vec::new();
+        for k in 1..=replicas + 1 {
+            let id = first_id + k - 1;
+            let name = format!("shard{}-node{k}", shard.0);
+            let port = ports().map_err(|e| node_err(&name, format!("no free port: {e}")))?;
+            new.push(LayoutNode {
+                id: NodeId(id),
+                dir: self.cluster.data_dir().join("nodes").join(&name),
+                role: if k == 1 {
+                    NodeRole::Primary
+                } else {
+                    NodeRole::Replica
+                },
+                upstream: (k > 1).then(|| format!("shard{}-node1", shard.0)),
+                shard: Some(shard),
+                host: config.cluster.host.clone(),
+                port,
+                name,
+                out_of_service: false,
+            });
+        }
+        self.cluster.update_layout(|l| {
+            l.nodes.extend(new);
+            l.shards.push(shard);
+        })?;
+        Ok(shard)
+    }
+
+    /// Every database of `donor` and the schema of every declared table present there
+    /// (with the rows of reference tables) onto `target`.
+    async fn copy_schema(
+        &self,
+        donor: &NodeSpec,
+        target: &NodeSpec,
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Result<(), ReconcileError> {
+        let bin = crate::runtime::local::find_pg_bin_dir(
+            self.cluster.config().cluster.pg_bin_dir.as_deref(),
+        )?;
+        let admin = ready::connect(
+            &target.pg_config("postgres", self.opts.timeout),
+            self.opts.timeout,
+        )
+        .await
+        .map_err(|e| node_err(&target.name, e))?;
+        for db in self.databases(donor).await? {
+            if db != "postgres" {
+                let q = format!("CREATE DATABASE \"{}\"", db.replace('"', "\"\""));
+                if let Err(e) = admin.batch_execute(&q).await {
+                    if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
+                        return Err(node_err(&target.name, e));
+                    }
+                }
+            }
+            let c = ready::connect(&donor.pg_config(&db, self.opts.timeout), self.opts.timeout)
+                .await
+                .map_err(|e| node_err(&donor.name, e))?;
+            let mut args: Vec<String> = Vec::new();
+            let mut reference = Vec::new();
+            for t in &catalog.tables {
+                let quoted: String = t
+                    .name
+                    .split('.')
+                    .map(|p| format!("\"{p}\""))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let exists: bool = c
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&quoted])
+                    .await
+                    .map_err(|e| node_err(&donor.name, e))?
+                    .get(0);
+                if exists {
+                    args.push(format!("--table={quoted}"));
+                    if t.kind == TableKind::Reference {
+                        reference.push(format!("--table={quoted}"));
+                    }
+                }
+            }
+            if args.is_empty() {
+                continue;
+            }
+            args.push("--schema-only".into());
+            dump_restore(&bin, donor, target, &db, &args).await?;
+            if !reference.is_empty() {
+                reference.push("--data-only".into());
+                dump_restore(&bin, donor, target, &db, &reference).await?;
+            }
+            tracing::info!(db, tables = args.len() - 1, target = %target.name, "schema copied to the new shard");
+        }
+        Ok(())
+    }
+}
+
+/// `pg_dump <args> | psql` from `donor` to `target`, database `db`.
+async fn dump_restore(
+    bin: &std::path::Path,
+    donor: &NodeSpec,
+    target: &NodeSpec,
+    db: &str,
+    args: &[String],
+) -> Result<(), ReconcileError> {
+    let conn = |s: &NodeSpec| {
+        vec![
+            format!("--host={}", s.host),
+            format!("--port={}", s.port),
+            format!("--username={SUPERUSER}"),
+            format!("--dbname={db}"),
+        ]
+    };
+    let mut dump = tokio::process::Command::new(bin.join("pg_dump"))
+        .args(conn(donor))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| node_err(&donor.name, format!("pg_dump: {e}")))?;
+    let out = dump
+        .stdout
+        .take()
+        .ok_or_else(|| node_err(&donor.name, "pg_dump: no output"))?;
+    let out: Stdio = out
+        .try_into()
+        .map_err(|e| node_err(&donor.name, format!("pg_dump output: {e}")))?;
+    let restore = tokio::process::Command::new(bin.join("psql"))
+        .args(conn(target))
+        .args(["--quiet", "--no-psqlrc", "--set=ON_ERROR_STOP=1"])
+        .stdin(out)
+        .output()
+        .await
+        .map_err(|e| node_err(&target.name, format!("psql: {e}")))?;
+    let dumped = dump
+        .wait_with_output()
+        .await
+        .map_err(|e| node_err(&donor.name, format!("pg_dump: {e}")))?;
+    if !dumped.status.success() {
+        return Err(node_err(
+            &donor.name,
+            format!("pg_dump: {}", String::from_utf8_lossy(&dumped.stderr)),
+        ));
+    }
+    if !restore.status.success() {
+        return Err(node_err(
+            &target.name,
+            format!("psql: {}", String::from_utf8_lossy(&restore.stderr)),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! Online bucket moves (SPEC §9; issue 12), on real clusters under shardd's control
+//! loop: shrinking and growing the set of shards that own buckets while clients write
+//! through a router, shardd killed at each state of a move, and the source's fence
+//! against routers that have not seen a move.
+
+use pgshard_catalog::moves::MoveState;
+use pgshard_catalog::{hash, Catalog, KeyValue, ShardId};
+use pgshard_tests::{TestClusterOptions, TestDaemon};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const MOVES: Duration = Duration::from_secs(180);
+const BUCKETS: u32 = 64;
+
+fn opts(shards: u32) -> TestClusterOptions {
+    TestClusterOptions {
+        shards,
+        replicas: 0,
+        buckets: BUCKETS,
+        tables: vec![
+            pgshard_tests::distributed("acked", "id", "bigint"),
+            pgshard_tests::distributed("accounts", "id", "bigint"),
+        ],
+        ..Default::default()
+    }
+}
+
+/// `POST /v1/scale` with `op`; the moves recorded.
+async fn scale(d: &TestDaemon, op: serde_json::Value) -> anyhow::Result<Vec<i64>> {
+    let (code, body) = d.post("/v1/scale", op.clone()).await?;
+    anyhow::ensure!(code == 200, "scale {op}: {code} {body}");
+    Ok(body["moves"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_i64()).collect())
+        .unwrap_or_default())
+}
+
+/// Every move recorded, once none is unfinished: `(id, state, rows, freeze_ms)`.
+async fn wait_moves(d: &TestDaemon) -> anyhow::Result<Vec<(i64, MoveState, i64, Option<i64>)>> {
+    let started = Instant::now();
+    loop {
+        let body: serde_json::Value = serde_json::from_str(&d.get_text("/v1/moves").await?)?;
+        let moves: Vec<pgshard_catalog::moves::Move> =
+            serde_json::from_value(body["moves"].clone()).unwrap_or_default();
+        if moves.iter().all(|m| m.state.finished()) {
+            return Ok(moves
+                .into_iter()
+                .map(|m| (m.id, m.state, m.rows_moved, m.freeze_ms))
+                .collect());
+        }
+        anyhow::ensure!(started.elapsed() < MOVES, "moves unfinished: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ids of `table` on each shard primary, read directly (not through a router).
+async fn ids_by_shard(
+    d: &TestDaemon,
+    catalog: &Catalog,
+    table: &str,
+) -> anyhow::Result<HashMap<ShardId, Vec<i64>>> {
+    let mut out = HashMap::new();
+    for s in catalog.shard_ids() {
+        let p = catalog.primary(s).expect("primary");
+        let c = d.connect_node(&p.name).await?;
+        let rows = c.query(&format!("SELECT id FROM {table}"), &[]).await?;
+        out.insert(s, rows.iter().map(|r| r.get(0)).collect());
+    }
+    Ok(out)
+}
+
+/// Every row of `table` exists exactly once, on the shard its bucket names; returns the
+/// ids.
+async fn check_placement(d: &TestDaemon, table: &str) -> anyhow::Result<Vec<i64>> {
+    let catalog = d.catalog().await?;
+    assert!(catalog.frozen.is_empty(), "buckets left frozen");
+    let mut seen: HashMap<i64, ShardId> = HashMap::new();
+    for (shard, ids) in ids_by_shard(d, &catalog, table).await? {
+        for id in ids {
+            let bucket = hash::bucket(&KeyValue::Int(id), catalog.buckets);
+            let owner = catalog.shard_of_bucket(bucket);
+            assert_eq!(
+                owner,
+                Some(shard),
+                "{table} row {id} (bucket {bucket}) on the wrong shard"
+            );
+            if let Some(other) = seen.insert(id, shard) {
+                panic!("{table} row {id} on shards {other} and {shard}");
+            }
+        }
+    }
+    let mut ids: Vec<i64> = seen.into_keys().collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Nothing of a move left on any shard: no prepared transaction, no fence.
+async fn check_clean(d: &TestDaemon) -> anyhow::Result<()> {
+    let catalog = d.catalog().await?;
+    for s in catalog.shard_ids() {
+        let p = catalog.primary(s).expect("primary");
+        let c = d.connect_node(&p.name).await?;
+        let prepared: i64 = c
+            .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
+            .await?
+            .get(0);
+        assert_eq!(prepared, 0, "prepared transactions left on shard {s}");
+        let fence: bool = c
+            .query_one("SELECT to_regnamespace('pgshard_move') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        assert!(!fence, "fence left on shard {s}");
+        let triggers: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'pgshard_move_fence'",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(triggers, 0, "fence triggers left on shard {s}");
+    }
+    Ok(())
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+const ACCOUNTS: i64 = 20;
+const START_BALANCE: i64 = 1000;
+
+#[derive(Debug, Default)]
+struct Report {
+    acked: Vec<i64>,
+    /// Acknowledged transfers `(from, to)`.
+    moved: Vec<(i64, i64)>,
+    errors: Vec<String>,
+    transfers: u64,
+}
+
+/// Clients writing through the router: autocommit inserts whose acknowledged ids are
+/// recorded, and transfers between accounts (one transaction, often two shards).
+struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Report>>,
+}
+
+async fn connect(connstr: &str) -> Option<tokio_postgres::Client> {
+    let (c, conn) = tokio_postgres::connect(connstr, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    Some(c)
+}
+
+impl Load {
+    async fn prepare(router: &pgshard_tests::TestRouter) -> anyhow::Result<()> {
+        let c = router.connect().await?;
+        c.batch_execute(
+            "CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0);
+             CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)",
+        )
+        .await?;
+        for id in 1..=ACCOUNTS {
+            c.execute(
+                "INSERT INTO accounts VALUES ($1, $2)",
+                &[&id, &START_BALANCE],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn start(router: &pgshard_tests::TestRouter, writers: usize) -> Load {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tasks = Vec::new();
+        for w in 0..writers {
+            let (stop, connstr) = (stop.clone(), router.connstr());
+            tasks.push(tokio::spawn(async move {
+                let mut r = Report::default();
+                let Some(c) = connect(&connstr).await else {
+                    r.errors.push("connect".into());
+                    return r;
+                };
+                let mut next = (w as i64 + 1) * 10_000_000;
+                while !stop.is_cancelled() {
+                    next += 1;
+                    match c
+                        .execute("INSERT INTO acked (id) VALUES ($1)", &[&next])
+                        .await
+                    {
+                        Ok(1) => r.acked.push(next),
+                        Ok(n) => failed(&mut r, format!("insert {next}: {n} rows")).await,
+                        Err(e) => failed(&mut r, format!("insert {next}: {}", describe(&e))).await,
+                    }
+                    // And an update of an earlier row (simple protocol).
+                    if next % 5 == 0 {
+                        let sql = format!("UPDATE acked SET v = v + 1 WHERE id = {}", next - 3);
+                        if let Err(e) = c.batch_execute(&sql).await {
+                            failed(&mut r, format!("update: {}", describe(&e))).await;
+                        }
+                    }
+                }
+                r
+            }));
+        }
+        let (stop2, connstr) = (stop.clone(), router.connstr());
+        tasks.push(tokio::spawn(async move {
+            let mut r = Report::default();
+            let Some(mut c) = connect(&connstr).await else {
+                r.errors.push("connect".into());
+                return r;
+            };
+            let mut i: i64 = 0;
+            while !stop2.is_cancelled() {
+                i += 1;
+                let (from, to) = (i % ACCOUNTS + 1, (i * 7 + 3) % ACCOUNTS + 1);
+                if from == to {
+                    continue;
+                }
+                let res = async {
+                    let tx = c.transaction().await?;
+                    let a = tx
+                        .execute(
+                            "UPDATE accounts SET balance = balance - 1 WHERE id = $1",
+                            &[&from],
+                        )
+                        .await?;
+                    let b = tx
+                        .execute(
+                            "UPDATE accounts SET balance = balance + 1 WHERE id = $1",
+                            &[&to],
+                        )
+                        .await?;
+                    tx.commit().await.map(|()| (a, b))
+                }
+                .await;
+                match res {
+                    Ok((1, 1)) => {
+                        r.transfers += 1;
+                        r.moved.push((from, to));
+                    }
+                    Ok((a, b)) => {
+                        failed(
+                            &mut r,
+                            format!("transfer {from}→{to}: updated {a} and {b} rows"),
+                        )
+                        .await
+                    }
+                    Err(e) => failed(&mut r, format!("transfer: {}", describe(&e))).await,
+                }
+            }
+            r
+        }));
+        Load { stop, tasks }
+    }
+
+    async fn finish(mut self) -> Report {
+        self.stop.cancel();
+        let mut all = Report::default();
+        for t in std::mem::take(&mut self.tasks) {
+            if let Ok(r) = t.await {
+                all.acked.extend(r.acked);
+                all.errors.extend(r.errors);
+                all.transfers += r.transfers;
+                all.moved.extend(r.moved);
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // A failed assertion stops the clients too.
+        self.stop.cancel();
+    }
+}
+
+/// Record a client error; errors past the first hundred are counted, not kept, and
+/// the client pauses a little (a failing client must not spin).
+async fn failed(r: &mut Report, e: String) {
+    if r.errors.len() < 100 {
+        r.errors.push(e);
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Shrink 3 → 2 (`remove_shard 3` drains its buckets to shards 1 and 2) and grow back
+/// 2 → 3 (`rebalance` over the three) while clients insert, update and transfer
+/// through a router: 0 client errors, every acknowledged row exactly once on the shard
+/// its bucket names, the money all there, nothing of the moves left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(3), |_| {}).await?;
+    let router = d.router().await?;
+    Load::prepare(&router).await?;
+    let load = Load::start(&router, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ids = scale(&d, json!({"op": "remove_shard", "shard": 3})).await?;
+    assert!(!ids.is_empty());
+    let shrunk = wait_moves(&d).await?;
+    let c = d.catalog().await?;
+    assert!(
+        !c.bucket_map.contains(&ShardId(3)),
+        "shard 3 still owns buckets: {shrunk:?}"
+    );
+    let max = pgshard_catalog::placement::max_per_shard(BUCKETS, 2) as usize;
+    for s in [1, 2] {
+        assert!(c.bucket_map.iter().filter(|o| **o == ShardId(s)).count() <= max);
+    }
+
+    let ids = scale(&d, json!({"op": "rebalance", "shards": [1, 2, 3]})).await?;
+    assert!(!ids.is_empty());
+    let all = wait_moves(&d).await?;
+    let c = d.catalog().await?;
+    let on3 = c.bucket_map.iter().filter(|o| **o == ShardId(3)).count();
+    assert_eq!(on3, (BUCKETS / 3) as usize, "shard 3 got its share back");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish().await;
+
+    let done = all.iter().filter(|m| m.1 == MoveState::Done).count();
+    let aborted = all.len() - done;
+    let rows: i64 = all.iter().map(|m| m.2).sum();
+    let mut freeze: Vec<i64> = all.iter().filter_map(|m| m.3).collect();
+    freeze.sort();
+    eprintln!(
+        "{} moves ({} in the shrink), {done} done, {aborted} rolled back and retried, {rows} rows moved; freeze per move p50 {:?} ms, max {:?} ms; {} inserts, {} transfers",
+        all.len(),
+        shrunk.len(),
+        freeze.get(freeze.len() / 2),
+        freeze.last(),
+        report.acked.len(),
+        report.transfers
+    );
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        report.errors
+    );
+    let mut expect: HashMap<i64, i64> = (1..=ACCOUNTS).map(|a| (a, START_BALANCE)).collect();
+    for (from, to) in &report.moved {
+        *expect.entry(*from).or_default() -= 1;
+        *expect.entry(*to).or_default() += 1;
+    }
+    let c = router.connect().await?;
+    for r in c
+        .query("SELECT id, balance FROM accounts ORDER BY id", &[])
+        .await?
+    {
+        let (id, balance): (i64, i64) = (r.get(0), r.get(1));
+        if expect.get(&id) != Some(&balance) {
+            let b = hash::bucket(&KeyValue::Int(id), BUCKETS);
+            eprintln!(
+                "account {id} (bucket {b}): balance {balance}, expected {:?}",
+                expect.get(&id)
+            );
+        }
+    }
+    assert!(
+        report.acked.len() > 50 && report.transfers > 10,
+        "the load did not run"
+    );
+    let present = check_placement(&d, "acked").await?;
+    let mut acked = report.acked.clone();
+    acked.sort();
+    assert_eq!(present, acked, "acknowledged rows lost or extra rows");
+    check_placement(&d, "accounts").await?;
+    let c = router.connect().await?;
+    let total: i64 = c
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(total, ACCOUNTS * START_BALANCE, "transfers lost or doubled");
+    let n: i64 = c.query_one("SELECT count(*) FROM acked", &[]).await?.get(0);
+    assert_eq!(n as usize, acked.len());
+    // A move that could not drain (a transaction a router held for a frozen bucket
+    // kept its source busy) was rolled back and recorded again.
+    for (id, state, rows, _) in &all {
+        assert!(
+            *state == MoveState::Done || (*state == MoveState::Aborted && *rows == 0),
+            "move {id}: {state}"
+        );
+    }
+    check_clean(&d).await?;
+    Ok(())
+}
+
+/// Grow 2 → 3 with `add_shard` while clients write through a router: a new shard's
+/// instances start, get the tables' schema, join the catalog and receive their share
+/// (`floor(64/3)` buckets, nothing else moves); 0 client errors, every acknowledged
+/// row exactly once on its bucket's shard, the money all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(2), |_| {}).await?;
+    let router = d.router().await?;
+    Load::prepare(&router).await?;
+    let load = Load::start(&router, 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = d.catalog().await?;
+    let ids = scale(&d, json!({"op": "add_shard", "replicas": 0})).await?;
+    let all = wait_moves(&d).await?;
+    let after = d.catalog().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = load.finish().await;
+    assert_eq!(after.shard_ids(), [ShardId(1), ShardId(2), ShardId(3)]);
+    let on3 = after
+        .bucket_map
+        .iter()
+        .filter(|o| **o == ShardId(3))
+        .count();
+    assert_eq!(on3, (BUCKETS / 3) as usize);
+    assert!(!ids.is_empty());
+    // Only buckets that went to shard 3 changed owner.
+    for (b, (old, new)) in before.bucket_map.iter().zip(&after.bucket_map).enumerate() {
+        assert!(
+            old == new || *new == ShardId(3),
+            "bucket {b} moved {old} → {new}"
+        );
+    }
+    let metrics = d.get_text("/metrics").await?;
+    let moved = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgshard_shardd_buckets_moved "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert_eq!(moved, Some(u64::from(BUCKETS / 3)), "{metrics}");
+    let rows: i64 = all.iter().map(|m| m.2).sum();
+    eprintln!(
+        "add-shard: {} moves, {rows} rows moved; {} inserts, {} transfers",
+        all.len(),
+        report.acked.len(),
+        report.transfers
+    );
+    assert!(
+        report.errors.is_empty(),
+        "client errors: {:?}",
+        report.errors
+    );
+    let mut acked = report.acked.clone();
+    acked.sort();
+    assert_eq!(check_placement(&d, "acked").await?, acked);
+    check_placement(&d, "accounts").await?;
+    let c = router.connect().await?;
+    let total: i64 = c
+        .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
+        .await?
+        .get(0);
+    assert_eq!(total, ACCOUNTS * START_BALANCE, "transfers lost or doubled");
+    check_clean(&d).await?;
+    Ok(())
+}
+
+/// shardd killed at each state of a move (`PGSHARD_MOVE_CRASH_LOOPS` rounds, default
+/// 2): after a restart the move finished (killed after its flip) or was rolled back
+/// (before), every row is once on its owner, and nothing of it is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Result<()> {
+    let loops: usize = std::env::var("PGSHARD_MOVE_CRASH_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let mut d = TestDaemon::start(opts(2), |_| {}).await?;
+    let router = d.router().await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+        .await?;
+    let values: Vec<String> = (1..=2000).map(|i| format!("({i})")).collect();
+    c.batch_execute(&format!(
+        "INSERT INTO acked (id) VALUES {}",
+        values.join(",")
+    ))
+    .await?;
+    let marker = d.data_dir().join(pgshard_shardd::reconcile::FAULT_MARKER);
+    let steps = [
+        "move-planned",
+        "move-frozen",
+        "move-copying",
+        "move-target-committed",
+        "move-flipped",
+        "move-cleaning",
+    ];
+    for round in 0..loops {
+        for step in steps {
+            let _ = std::fs::remove_file(&marker);
+            d.restart_with_fault(step).await?;
+            let catalog = d.catalog().await?;
+            let to = ShardId(1 + (round as u32 + 1) % 2);
+            let buckets: Vec<u32> = (0..BUCKETS)
+                .filter(|b| catalog.bucket_map[*b as usize] != to)
+                .take(4)
+                .collect();
+            scale(&d, json!({"op": "move", "buckets": buckets, "to": to})).await?;
+            let started = Instant::now();
+            while !marker.exists() {
+                assert!(
+                    started.elapsed() < MOVES,
+                    "fault point {step} never reached"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            d.restart(None).await?;
+            let moves = wait_moves(&d).await?;
+            let last = moves.first().expect("a move");
+            let expected = if matches!(step, "move-flipped" | "move-cleaning") {
+                MoveState::Done
+            } else if step == "move-planned" {
+                // Nothing was done: the restarted shardd carries it out.
+                MoveState::Done
+            } else {
+                MoveState::Aborted
+            };
+            assert_eq!(last.1, expected, "crash at {step}");
+            let after = d.catalog().await?;
+            for b in &buckets {
+                let owner = after.bucket_map[*b as usize];
+                assert_eq!(
+                    owner == to,
+                    expected == MoveState::Done,
+                    "bucket {b} after {step}"
+                );
+            }
+            let ids = check_placement(&d, "acked").await?;
+            assert_eq!(
+                ids,
+                (1..=2000).collect::<Vec<i64>>(),
+                "after a crash at {step}"
+            );
+            check_clean(&d).await?;
+        }
+    }
+    // Routers follow: every row is readable through the router.
+    let n: i64 = c.query_one("SELECT count(*) FROM acked", &[]).await?.get(0);
+    assert_eq!(n, 2000);
+    Ok(())
+}
+
+/// A router that has not seen a move (it writes to the bucket's old owner directly)
+/// cannot write the moving buckets there: the source's fence refuses with 55000, while
+/// other buckets take writes; the fence stays until the move is finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_router_cannot_write_a_moving_bucket_on_the_old_owner() -> anyhow::Result<()> {
+    let mut d = TestDaemon::start(opts(2), |_| {}).await?;
+    let router = d.router().await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+        .await?;
+    let marker = d.data_dir().join(pgshard_shardd::reconcile::FAULT_MARKER);
+    // Stopped after the flip: the catalog names the new owner, the fence is still up.
+    for step in ["move-copying", "move-cleaning"] {
+        let _ = std::fs::remove_file(&marker);
+        d.restart_with_fault(step).await?;
+        let catalog = d.catalog().await?;
+        let source = ShardId(1);
+        let moving: Vec<u32> = (0..BUCKETS)
+            .filter(|b| catalog.bucket_map[*b as usize] == source)
+            .take(2)
+            .collect();
+        let key_in = |want: bool| {
+            (1..100_000i64)
+                .find(|k| {
+                    let b = hash::bucket(&KeyValue::Int(*k), BUCKETS).0;
+                    moving.contains(&b) == want && catalog.bucket_map[b as usize] == source
+                })
+                .expect("a key")
+        };
+        let (moving_key, staying_key) = (key_in(true), key_in(false));
+        scale(&d, json!({"op": "move", "buckets": moving, "to": 2})).await?;
+        let started = Instant::now();
+        while !marker.exists() {
+            assert!(
+                started.elapsed() < MOVES,
+                "fault point {step} never reached"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let old = d.connect_node(&d.primary_of(1).await?).await?;
+        let e = old
+            .execute("INSERT INTO acked (id) VALUES ($1)", &[&moving_key])
+            .await
+            .expect_err("the fence let a moving bucket be written");
+        assert_eq!(e.code().map(|c| c.code()), Some("55000"), "{e:?}");
+        old.execute("INSERT INTO acked (id) VALUES ($1)", &[&staying_key])
+            .await?;
+        old.execute("DELETE FROM acked WHERE id = $1", &[&staying_key])
+            .await?;
+        d.restart(None).await?;
+        wait_moves(&d).await?;
+        check_clean(&d).await?;
+    }
+    Ok(())
+}
