@@ -53,7 +53,7 @@ node_port() { # data-dir node-name
         python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$2"
 }
 PG_PORT=$(node_port "$ONE" shard1-node1)
-CATALOG2_PORT=$(node_port "$TWO" catalog)
+CATALOG2_PORT=$(node_port "$TWO" catalog-node1)
 ROUTER1_PID=$(router_pid "$ONE")
 ROUTER2_PID=$(router_pid "$TWO")
 
@@ -134,5 +134,5 @@ echo "balances (2 shards, through the router): accounts $(q 'SELECT sum(abalance
     "branches $(q 'SELECT sum(bbalance) FROM pgbench_branches')," \
     "history $(q 'SELECT sum(delta) FROM pgbench_history')"
 for s in 1 2; do
-    echo "prepared transactions left on shard $s: $(psql -X -qAt -h 127.0.0.1 -p "$(node_port "$TWO" "shard$s-primary")" -U postgres postgres -c 'SELECT count(*) FROM pg_prepared_xacts')"
+    echo "prepared transactions left on shard $s: $(psql -X -qAt -h 127.0.0.1 -p "$(node_port "$TWO" "shard$s-node1")" -U postgres postgres -c 'SELECT count(*) FROM pg_prepared_xacts')"
 done
