@@ -764,7 +764,6 @@ impl Cluster {
             }
             tracing::info!(cluster = %layout.cluster, nodes = layout.nodes.len(), "restarting cluster");
         }
-        let sync = self.sync();
         let rt = &self.runtime;
         // A catalog failover that chose its replica before shardd stopped: the chosen
         // one is the catalog primary from now on, never the old one.
@@ -816,12 +815,18 @@ impl Cluster {
         }))
         .await?;
         let replicas: Vec<NodeSpec> = self.replica_specs();
+        // Streaming is enough here: a replica rebuilt while shardd was down (the old
+        // primary of a failover finished at this restart) is in no primary's
+        // synchronous_standby_names until the control loop, which runs once the
+        // restart is done, adds it after it caught up. Waiting for `sync` would wait
+        // for that loop. (Durability does not depend on this wait: commits wait for
+        // whatever synchronous_standby_names the primary has.)
         try_join_all(replicas.iter().map(|spec| async move {
             rt.start(spec).await?;
             let want = if in_failover(spec) {
                 Readiness::Accepting
             } else {
-                Readiness::Streaming { sync }
+                Readiness::Streaming { sync: false }
             };
             rt.wait_ready(spec, want, READY_TIMEOUT).await
         }))
