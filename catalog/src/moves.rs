@@ -287,6 +287,24 @@ pub async fn advance(
     Ok(n == 1)
 }
 
+/// `cleaning → done`, with a version bump: routers stop filtering the move's buckets
+/// out of reads ([`crate::Catalog::moving`]) once they see it. Repeating it is a no-op.
+pub async fn done(client: &mut Client, id: i64) -> Result<bool, StoreError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE pgshard.moves SET state = 'done', updated_at = now()
+              WHERE id = $1 AND state = 'cleaning'",
+            &[&id],
+        )
+        .await?;
+    if n == 1 {
+        bump(&tx).await?;
+    }
+    tx.commit().await?;
+    Ok(n == 1)
+}
+
 /// `copying → flipped`, the commit point: the buckets' owner becomes the target and
 /// they are unfrozen, in one transaction with the version bump. Repeating it on a
 /// flipped (or later) move returns its flip version.

@@ -459,7 +459,12 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
                (SELECT coalesce(array_agg(shard_id ORDER BY bucket), '{}')
                   FROM pgshard.buckets),
                (SELECT coalesce(array_agg(bucket ORDER BY bucket) FILTER (WHERE frozen), '{}')
-                  FROM pgshard.buckets)",
+                  FROM pgshard.buckets),
+               (SELECT coalesce(json_agg(json_build_object('source', source, 'target', target,
+                                                           'buckets', buckets) ORDER BY id),
+                                '[]')
+                  FROM pgshard.moves
+                 WHERE state IN ('frozen', 'copying', 'flipped', 'cleaning'))",
             &[],
         )
         .await?;
@@ -474,6 +479,8 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("tables: {e}")))?;
     let owners: Vec<i32> = row.get(4);
     let frozen: Vec<i32> = row.get(5);
+    let moving: Vec<Moving> = serde_json::from_value(row.get(6))
+        .map_err(|e| StoreError::Corrupt(format!("moves: {e}")))?;
 
     let buckets = u32_of(meta.buckets, "bucket count")?;
     if owners.len() != buckets as usize {
@@ -566,6 +573,7 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
             .into_iter()
             .map(|b| u32_of(b as i64, "bucket").map(BucketId))
             .collect::<Result<_, _>>()?,
+        moving,
     })
 }
 

@@ -354,6 +354,20 @@ pub struct Catalog {
     /// [`Catalog::shard_of`] and [`FROZEN`].
     #[serde(default)]
     pub frozen: std::collections::BTreeSet<BucketId>,
+    /// Moves under way (frozen, copying, flipped or cleaning): their buckets' rows may
+    /// sit on both shards, so reads filter them ([`Catalog::not_owned_on`]).
+    #[serde(default)]
+    pub moving: Vec<Moving>,
+}
+
+/// A move under way, as routers see it: from its freeze until it is done or aborted,
+/// the rows of `buckets` may be on both `source` and `target` (copied to the target
+/// before the flip, deleted from the source after it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Moving {
+    pub source: ShardId,
+    pub target: ShardId,
+    pub buckets: Vec<BucketId>,
 }
 
 /// The owner [`Catalog::shard_of`] gives a key whose bucket is frozen for a move: no
@@ -380,6 +394,29 @@ impl Catalog {
             return Some(FROZEN);
         }
         self.shard_of_bucket(bucket)
+    }
+
+    /// The buckets whose rows `shard` may hold although it does not own them in this
+    /// catalog (a move's copy on its target before the flip, the source's rows after
+    /// it): a read on `shard` must skip them, or it would see those rows twice.
+    pub fn not_owned_on(&self, shard: ShardId) -> Vec<BucketId> {
+        let mut out = Vec::new();
+        for m in &self.moving {
+            for &b in &m.buckets {
+                let owner = self.shard_of_bucket(b);
+                let other = if owner == Some(m.target) {
+                    m.source
+                } else {
+                    m.target
+                };
+                if other == shard && owner != Some(shard) {
+                    out.push(b);
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// True while a move has `bucket` frozen.

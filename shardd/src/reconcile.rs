@@ -1299,6 +1299,7 @@ mod tests {
             tables: Vec::new(),
             local_shard: ShardId(1),
             frozen: Default::default(),
+            moving: Vec::new(),
         }
     }
 

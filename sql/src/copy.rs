@@ -31,8 +31,20 @@ pub struct CopyPlan {
     /// The shard key of a distributed table (COPY FROM routes each row by it); `None`
     /// for a reference table (every row to every shard) and for COPY TO.
     pub key: Option<CopyKey>,
-    /// The statement as the client wrote it; every shard runs it unchanged.
+    /// The statement as the client wrote it; every shard runs it unchanged, except
+    /// the shards of `moving_sql` while a bucket move is under way ([`crate::moving`]).
     pub sql: String,
+    pub moving_sql: Vec<(ShardId, String)>,
+}
+
+impl CopyPlan {
+    /// The statement `shard` runs.
+    pub fn sql_for(&self, shard: ShardId) -> &str {
+        self.moving_sql
+            .iter()
+            .find(|(s, _)| *s == shard)
+            .map_or(self.sql.as_str(), |(_, sql)| sql)
+    }
 }
 
 /// Which way the data flows.

@@ -60,10 +60,23 @@ pub struct FanoutPlan {
     /// The statement each shard runs (the same text on every shard; `$n` parameters
     /// mean what they mean in the client's statement).
     pub shard_sql: String,
+    /// Shards that must run another text while a bucket move is under way (it skips
+    /// the rows they hold but do not own, see [`crate::moving`]); use [`Self::sql_for`].
+    pub moving_sql: Vec<(ShardId, String)>,
     pub merge: MergePlan,
     /// Set for `DECLARE … CURSOR FOR` this read: the router runs it and keeps its rows
     /// for FETCH ([`crate::cursor`]).
     pub cursor: Option<crate::CursorDecl>,
+}
+
+impl FanoutPlan {
+    /// The statement `shard` runs.
+    pub fn sql_for(&self, shard: ShardId) -> &str {
+        self.moving_sql
+            .iter()
+            .find(|(s, _)| *s == shard)
+            .map_or(self.shard_sql.as_str(), |(_, sql)| sql)
+    }
 }
 
 /// How the router combines the shards' answers.
@@ -757,6 +770,7 @@ fn stream(
         tables: Vec::new(),
         shards,
         shard_sql: sq.to_string(),
+        moving_sql: Vec::new(),
         merge: MergePlan::Stream(StreamMerge {
             hidden: hidden.len(),
             sort,
@@ -1169,6 +1183,7 @@ fn finish_aggregate(
         tables: Vec::new(),
         shards,
         shard_sql,
+        moving_sql: Vec::new(),
         merge: MergePlan::Finish(FinishPlan {
             before,
             after,
@@ -1313,6 +1328,7 @@ fn finish_distinct(
         tables: Vec::new(),
         shards,
         shard_sql,
+        moving_sql: Vec::new(),
         merge: MergePlan::Finish(FinishPlan {
             before,
             after,

@@ -35,6 +35,7 @@ mod constraints;
 pub mod copy;
 pub mod cursor;
 pub mod fanout;
+pub mod moving;
 mod parse;
 mod plan;
 pub mod replicated;

@@ -59,10 +59,13 @@ use std::ops::ControlFlow;
 /// shards")`.
 pub fn plan(sql: &str, catalog: &Catalog) -> Plan {
     let stmts = split_statements(sql);
-    if let [one] = stmts.as_slice() {
-        return plan_one(one, catalog);
-    }
-    combine(stmts.iter().map(|s| plan_one(s, catalog)).collect())
+    let mut plan = if let [one] = stmts.as_slice() {
+        plan_one(one, catalog)
+    } else {
+        combine(stmts.iter().map(|s| plan_one(s, catalog)).collect())
+    };
+    crate::moving::attach(&mut plan, catalog);
+    plan
 }
 
 /// The kind of a Query string from its leading keywords only (no full parse): cheap
@@ -763,6 +766,7 @@ fn copy(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route {
         shards: catalog.shard_ids(),
         key: if from { key } else { None },
         sql: text.trim().to_owned(),
+        moving_sql: Vec::new(),
     })
 }
 
@@ -820,6 +824,7 @@ fn copy_query_out(
         shards: f.shards,
         key: None,
         sql: text.trim().to_owned(),
+        moving_sql: Vec::new(),
     })
 }
 

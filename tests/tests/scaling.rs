@@ -140,10 +140,14 @@ struct Report {
     moved: Vec<(i64, i64)>,
     errors: Vec<String>,
     transfers: u64,
+    /// Multi-shard reads of `accounts` that were checked.
+    reads: u64,
 }
 
 /// Clients writing through the router: autocommit inserts whose acknowledged ids are
-/// recorded, and transfers between accounts (one transaction, often two shards).
+/// recorded, and transfers between accounts (one transaction, often two shards); and
+/// a reader checking that multi-shard reads of `accounts` (which never gains or loses
+/// a row) count every account exactly once while its buckets move, in both protocols.
 struct Load {
     stop: tokio_util::sync::CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<Report>>,
@@ -256,6 +260,44 @@ impl Load {
             }
             r
         }));
+        let (stop3, connstr) = (stop.clone(), router.connstr());
+        tasks.push(tokio::spawn(async move {
+            let mut r = Report::default();
+            let Some(c) = connect(&connstr).await else {
+                r.errors.push("connect".into());
+                return r;
+            };
+            let sql = "SELECT count(*), count(DISTINCT id) FROM accounts";
+            while !stop3.is_cancelled() {
+                // Extended protocol, then the simple one.
+                let counts = match c.query_one(sql, &[]).await {
+                    Ok(row) => vec![row.get::<_, i64>(0), row.get::<_, i64>(1)],
+                    Err(e) => {
+                        failed(&mut r, format!("read: {}", describe(&e))).await;
+                        continue;
+                    }
+                };
+                let simple = match c.simple_query("SELECT id FROM accounts ORDER BY id").await {
+                    Ok(m) => m
+                        .iter()
+                        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                        .count() as i64,
+                    Err(e) => {
+                        failed(&mut r, format!("read: {}", describe(&e))).await;
+                        continue;
+                    }
+                };
+                if counts != [ACCOUNTS, ACCOUNTS] || simple != ACCOUNTS {
+                    failed(
+                        &mut r,
+                        format!("read: count, distinct {counts:?}, ordered rows {simple}; expected {ACCOUNTS}"),
+                    )
+                    .await;
+                }
+                r.reads += 1;
+            }
+            r
+        }));
         Load { stop, tasks }
     }
 
@@ -267,6 +309,7 @@ impl Load {
                 all.acked.extend(r.acked);
                 all.errors.extend(r.errors);
                 all.transfers += r.transfers;
+                all.reads += r.reads;
                 all.moved.extend(r.moved);
             }
         }
@@ -330,13 +373,14 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
     let mut freeze: Vec<i64> = all.iter().filter_map(|m| m.3).collect();
     freeze.sort();
     eprintln!(
-        "{} moves ({} in the shrink), {done} done, {aborted} rolled back and retried, {rows} rows moved; freeze per move p50 {:?} ms, max {:?} ms; {} inserts, {} transfers",
+        "{} moves ({} in the shrink), {done} done, {aborted} rolled back and retried, {rows} rows moved; freeze per move p50 {:?} ms, max {:?} ms; {} inserts, {} transfers, {} multi-shard reads checked",
         all.len(),
         shrunk.len(),
         freeze.get(freeze.len() / 2),
         freeze.last(),
         report.acked.len(),
-        report.transfers
+        report.transfers,
+        report.reads
     );
     assert!(
         report.errors.is_empty(),
@@ -363,7 +407,7 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
         }
     }
     assert!(
-        report.acked.len() > 50 && report.transfers > 10,
+        report.acked.len() > 50 && report.transfers > 10 && report.reads > 10,
         "the load did not run"
     );
     let present = check_placement(&d, "acked").await?;

@@ -1,7 +1,7 @@
 //! Execution of fan-out plans (SPEC §5 rule 2): merging the answers of several shards
 //! into the one answer PostgreSQL would give. Pure protocol work on frames, no
-//! sockets: the session hands in one [`ShardStream`] per shard (already sent
-//! [`shard_query`]) and a client writer, and calls [`execute`].
+//! sockets: the session hands in one [`ShardStream`] per shard (already sent the
+//! shard query) and a client writer, and calls [`execute`].
 //!
 //! - `Stream` plans ([`pgshard_sql::StreamMerge`]): one RowDescription (hidden columns
 //!   removed), then rows — shard after shard when unsorted (every shard computes in
@@ -65,11 +65,6 @@ pub enum FanoutError {
     ShardGone { shard: usize },
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// The messages that start the shard query on one shard in the simple protocol.
-pub fn shard_query(plan: &FanoutPlan, out: &mut BytesMut) {
-    crate::protocol::frontend::encode_query(out, &plan.shard_sql);
 }
 
 /// One column of a RowDescription.

@@ -37,6 +37,7 @@ fn catalog() -> Catalog {
         }],
         local_shard: ShardId(1),
         frozen: Default::default(),
+        moving: Vec::new(),
     }
 }
 

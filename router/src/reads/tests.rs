@@ -27,6 +27,7 @@ fn catalog(nodes: Vec<Node>) -> Catalog {
         tables: Vec::new(),
         local_shard: ShardId(1),
         frozen: Default::default(),
+        moving: Vec::new(),
     }
 }
 

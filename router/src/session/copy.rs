@@ -546,13 +546,13 @@ where
             _ => None,
         };
         // Start the statement everywhere before reading any answer.
-        let sql = if begin {
-            format!("BEGIN; {}", plan.sql)
-        } else {
-            plan.sql.clone()
-        };
+        // A shard's own text while a bucket move is under way (`CopyPlan::sql_for`).
+        let begin = if begin { "BEGIN; " } else { "" };
         for p in parts.iter_mut() {
-            encode_query(&mut p.conn.out, &sql);
+            encode_query(
+                &mut p.conn.out,
+                &format!("{begin}{}", plan.sql_for(p.shard)),
+            );
             p.conn.unnamed = None;
             p.conn.pending_syncs += 1;
             p.ready = false;

@@ -560,6 +560,45 @@ where
         }
     }
 
+    /// `stmt` planned again when the catalog changed since it was planned: a bucket of a
+    /// key written in it may have moved to another shard, or a move started or ended
+    /// (SPEC §9). `None` once the client has its error.
+    async fn replanned(&mut self, name: &str, stmt: Arc<Stmt>) -> Option<Arc<Stmt>> {
+        if self.shard_override.is_some()
+            || stmt.catalog_version == self.ctx.catalog.current().version
+        {
+            return Some(stmt);
+        }
+        let mut hold = crate::hold::FrozenHold::new();
+        let (catalog, mut plan) = loop {
+            let catalog = self.ctx.catalog.current();
+            let (plan, _, _) = self
+                .plan_parse(name, &stmt.key.sql, &stmt.key.param_types, &catalog)
+                .await?;
+            if !crate::hold::touches_frozen(&plan, &catalog) {
+                hold.released(&self.ctx);
+                break (catalog, plan);
+            }
+            if let Err(e) = hold.wait(&self.ctx).await {
+                self.fail_extended(e);
+                return None;
+            }
+        };
+        if let Some(route) = self.cursor_route(&stmt.key.sql) {
+            plan.route = route;
+        }
+        let again = Arc::new(Stmt {
+            key: stmt.key.clone(),
+            digest: stmt.digest,
+            unnamed: stmt.unnamed,
+            plan,
+            catalog_version: catalog.version,
+            command: stmt.command.clone(),
+        });
+        self.stmts.insert(name.to_string(), again.clone());
+        Some(again)
+    }
+
     pub(crate) async fn on_bind(
         &mut self,
         frame: &Frame,
@@ -567,6 +606,9 @@ where
     ) -> Result<(), SessionError> {
         let Some(stmt) = self.stmts.get(bind.statement).cloned() else {
             self.fail_extended(SessionError::UnknownStatement(bind.statement.to_string()));
+            return Ok(());
+        };
+        let Some(stmt) = self.replanned(bind.statement, stmt).await else {
             return Ok(());
         };
         self.pending_write |= !stmt.plan.replica_ok;

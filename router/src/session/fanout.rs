@@ -145,14 +145,14 @@ where
             return Ok(());
         };
         let finish = matches!(plan.merge, MergePlan::Finish(_));
-        let Some(query) = self
+        let Some(queries) = self
             .fanout_shard_query(plan, ext, in_txn, &mut parts, reused_shard)
             .await
         else {
             return Ok(());
         };
-        for p in parts.iter_mut() {
-            p.conn.out.extend_from_slice(&query);
+        for (p, query) in parts.iter_mut().zip(&queries) {
+            p.conn.out.extend_from_slice(query);
             p.conn.unnamed = None;
             p.conn.pending_syncs += 1;
             // Running a statement: not idle until its ReadyForQuery says so.
@@ -264,10 +264,12 @@ where
         }
     }
 
-    /// The messages every shard gets for a fan-out: a Query (simple protocol), or the
-    /// client's statement bound with its parameters and shard-side result formats,
-    /// behind the settings a finishing step needs. `None` once the client has its error
-    /// (the parts are released or abandoned then).
+    /// The messages each part gets for a fan-out (in the order of `parts`): a Query
+    /// (simple protocol), or the client's statement bound with its parameters and
+    /// shard-side result formats, behind the settings a finishing step needs. The
+    /// text is the plan's, or a shard's own while a bucket move is under way
+    /// (`FanoutPlan::sql_for`). `None` once the client has its error (the parts are
+    /// released or abandoned then).
     async fn fanout_shard_query(
         &mut self,
         plan: &FanoutPlan,
@@ -275,57 +277,72 @@ where
         in_txn: bool,
         parts: &mut Vec<Part>,
         reused_shard: Option<ShardId>,
-    ) -> Option<BytesMut> {
+    ) -> Option<Vec<BytesMut>> {
         let finish = matches!(plan.merge, MergePlan::Finish(_));
-        let mut query = BytesMut::new();
-        match ext {
-            None if finish => {
-                let mut sql = if in_txn {
-                    // The settings must not outlive this read: rolled back to here.
-                    format!("SAVEPOINT {MERGE_SAVEPOINT}; ")
-                } else {
-                    String::new()
-                };
-                sql.push_str(&FINISH_SETTINGS.join("; "));
-                sql.push_str("; ");
-                sql.push_str(&plan.shard_sql);
-                encode_query(&mut query, &sql);
-            }
-            None => fanout::shard_query(plan, &mut query),
-            Some((portal, _)) => {
-                let results = match self.shard_result_formats(portal, parts).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(error)) => {
-                        // The statement failed to parse on the shard: the client's error.
-                        let back = self.release_parts(std::mem::take(parts), reused_shard);
-                        self.restore_attached(back);
-                        self.out.extend_from_slice(error.raw());
-                        self.skip_until_sync = true;
-                        return None;
-                    }
-                    Err(e) => {
-                        self.abandon(parts, reused_shard);
-                        self.fail_extended(e);
-                        return None;
-                    }
-                };
-                if finish {
-                    let savepoint = format!("SAVEPOINT {MERGE_SAVEPOINT}");
-                    let prefix = in_txn.then_some(savepoint.as_str());
-                    for set in prefix.into_iter().chain(FINISH_SETTINGS.iter().copied()) {
-                        encode_parse(&mut query, "", set, &[]);
-                        encode_bind_with_results(&mut query, "", "", &[0, 0, 0, 0], &[]);
-                        encode_execute(&mut query, "");
-                    }
+        let results = match ext {
+            None => None,
+            Some((portal, _)) => match self.shard_result_formats(portal, parts).await {
+                Ok(Ok(r)) => Some((portal, r)),
+                Ok(Err(error)) => {
+                    // The statement failed to parse on the shard: the client's error.
+                    let back = self.release_parts(std::mem::take(parts), reused_shard);
+                    self.restore_attached(back);
+                    self.out.extend_from_slice(error.raw());
+                    self.skip_until_sync = true;
+                    return None;
                 }
-                encode_parse(&mut query, "", &plan.shard_sql, &portal.param_types);
-                encode_bind_with_results(&mut query, "", "", &portal.params, &results);
-                encode_describe(&mut query, b'P', "");
-                encode_execute(&mut query, "");
-                encode_sync(&mut query);
+                Err(e) => {
+                    self.abandon(parts, reused_shard);
+                    self.fail_extended(e);
+                    return None;
+                }
+            },
+        };
+        let encode = |shard_sql: &str| {
+            let mut query = BytesMut::new();
+            match &results {
+                None if finish => {
+                    let mut sql = if in_txn {
+                        // The settings must not outlive this read: rolled back to here.
+                        format!("SAVEPOINT {MERGE_SAVEPOINT}; ")
+                    } else {
+                        String::new()
+                    };
+                    sql.push_str(&FINISH_SETTINGS.join("; "));
+                    sql.push_str("; ");
+                    sql.push_str(shard_sql);
+                    encode_query(&mut query, &sql);
+                }
+                None => encode_query(&mut query, shard_sql),
+                Some((portal, results)) => {
+                    if finish {
+                        let savepoint = format!("SAVEPOINT {MERGE_SAVEPOINT}");
+                        let prefix = in_txn.then_some(savepoint.as_str());
+                        for set in prefix.into_iter().chain(FINISH_SETTINGS.iter().copied()) {
+                            encode_parse(&mut query, "", set, &[]);
+                            encode_bind_with_results(&mut query, "", "", &[0, 0, 0, 0], &[]);
+                            encode_execute(&mut query, "");
+                        }
+                    }
+                    encode_parse(&mut query, "", shard_sql, &portal.param_types);
+                    encode_bind_with_results(&mut query, "", "", &portal.params, results);
+                    encode_describe(&mut query, b'P', "");
+                    encode_execute(&mut query, "");
+                    encode_sync(&mut query);
+                }
             }
+            query
+        };
+        if plan.moving_sql.is_empty() {
+            let query = encode(&plan.shard_sql);
+            return Some(vec![query; parts.len()]);
         }
-        Some(query)
+        Some(
+            parts
+                .iter()
+                .map(|p| encode(plan.sql_for(p.shard)))
+                .collect(),
+        )
     }
 
     /// Settles the backends after the merge (drained, cancelled, or given up) and runs

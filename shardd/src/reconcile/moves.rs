@@ -659,23 +659,29 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Finish a flipped move: commit its prepared transactions, wait (bounded) until
-    /// routers route with the flip, lift the fence, `done`.
+    /// Finish a flipped move: commit the target's copy (again, if a crash came between),
+    /// wait (bounded) until routers route with the flip, commit the source's delete,
+    /// lift the fence, `done`. The source keeps the rows until routers read the buckets
+    /// from the target: a read planned with the catalog before the flip skips them on
+    /// the target and finds them on the source (`pgshard_sql::moving`).
     async fn finish_move(&mut self, id: i64) -> Result<(), ReconcileError> {
-        let client = self.catalog_client().await?;
+        let mut client = self.catalog_client().await?;
         let m = moves::get(&client, id).await?;
         let catalog = pgshard_catalog::store::load(&client).await?;
         let source = self.primary_spec(&catalog, m.source)?;
         let target = self.primary_spec(&catalog, m.target)?;
         self.end_prepared(&target, id, true).await?;
+        let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
+        self.routers_caught_up(&client, flip).await;
+        // A read its router planned just before it saw the flip may still be on its way
+        // to the source.
+        tokio::time::sleep(SOFT).await;
         self.end_prepared(&source, id, true).await?;
         moves::advance(&client, id, MoveState::Flipped, MoveState::Cleaning, None).await?;
         self.fault("move-cleaning").await;
-        let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
-        self.routers_caught_up(&client, flip).await;
         self.lift_fence(&source, id, &distributed(&catalog), true)
             .await?;
-        moves::advance(&client, id, MoveState::Cleaning, MoveState::Done, None).await?;
+        moves::done(&mut client, id).await?;
         tracing::info!(id, rows = m.rows_moved, freeze_ms = ?m.freeze_ms, "move done");
         Ok(())
     }

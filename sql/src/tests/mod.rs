@@ -5,6 +5,7 @@
 mod corpus;
 mod dml;
 mod fuzz;
+mod moving;
 mod psql;
 mod replica;
 mod session;
@@ -63,6 +64,7 @@ pub(crate) fn catalog() -> Catalog {
         ],
         local_shard: LOCAL,
         frozen: Default::default(),
+        moving: Vec::new(),
     }
 }
 

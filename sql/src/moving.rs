@@ -1,0 +1,236 @@
+//! Reads while buckets move (SPEC §9): from a move's freeze until it is done, the rows
+//! of its buckets may sit on two shards — copied to the target (committed before the
+//! flip) and not yet deleted from the source (deleted after every router routes with
+//! the flip). A multi-shard read runs on both, so each shard's copy of it must skip
+//! the rows of buckets that shard holds but does not own in the catalog the statement
+//! was planned with ([`Catalog::not_owned_on`]); otherwise those rows would be counted
+//! twice.
+//!
+//! The filter is written into the shard's statement: every reference to a distributed
+//! table `t [AS a]` becomes `(SELECT * FROM t WHERE NOT (<bucket of key> = ANY(…))) AS
+//! a`, so joins, subqueries and CTEs of the original statement read the filtered rows
+//! and nothing else changes. Only shards that hold such buckets get a different text;
+//! with no move under way nothing is rewritten.
+
+use crate::parse::{name_parts, parse_statement};
+use crate::{CopyDirection, Plan, Route};
+use pgshard_catalog::hash::bucket_sql_expr;
+use pgshard_catalog::{BucketId, Catalog, ShardId, TableKind};
+use sqlparser::ast::{
+    CopySource, Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor, VisitMut,
+    VisitorMut,
+};
+use std::ops::ControlFlow;
+
+/// Give every multi-shard read in `plan` (and in its statements) the per-shard texts
+/// that skip buckets a shard holds but does not own (see the module doc).
+pub(crate) fn attach(plan: &mut Plan, catalog: &Catalog) {
+    if catalog.moving.is_empty() {
+        return;
+    }
+    for p in plan.statements.iter_mut() {
+        attach(p, catalog);
+    }
+    match &mut plan.route {
+        Route::Fanout(f) => {
+            f.moving_sql = per_shard(&f.shards, &f.shard_sql, catalog);
+        }
+        Route::Copy(c) if c.direction == CopyDirection::Out => {
+            c.moving_sql = per_shard(&c.shards, &c.sql, catalog);
+        }
+        _ => {}
+    }
+}
+
+/// The rewritten text for each of `shards` that holds buckets it does not own. A
+/// statement that cannot be rewritten gets a text that fails with SQLSTATE 0A000 on
+/// the shard, rather than a double count.
+fn per_shard(shards: &[ShardId], sql: &str, catalog: &Catalog) -> Vec<(ShardId, String)> {
+    let mut out = Vec::new();
+    for &s in shards {
+        let skip = catalog.not_owned_on(s);
+        if skip.is_empty() {
+            continue;
+        }
+        let text = filtered(sql, catalog, &skip).unwrap_or_else(|why| {
+            Some(format!(
+                "DO $pgshard$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgshard$",
+                quote_literal(&format!(
+                    "{why} while buckets are being moved between shards; retry when the move is done"
+                ))
+            ))
+        });
+        if let Some(text) = text {
+            out.push((s, text));
+        }
+    }
+    out
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// `sql` with every reference to a distributed table reading only rows of buckets not
+/// in `skip`; `None` when it reads no distributed table.
+pub fn filtered(sql: &str, catalog: &Catalog, skip: &[BucketId]) -> Result<Option<String>, String> {
+    let mut stmts = parse_statement(sql)?;
+    let [stmt] = stmts.as_mut_slice() else {
+        return Err("a multi-statement read".into());
+    };
+    let list: Vec<String> = skip.iter().map(|b| b.0.to_string()).collect();
+    let mut f = Filter {
+        catalog,
+        list: format!("'{{{}}}'::int4[]", list.join(",")),
+        ctes: Vec::new(),
+        error: None,
+        replaced: false,
+    };
+    if let Statement::Copy {
+        source: source @ CopySource::Table { .. },
+        to: true,
+        ..
+    } = stmt
+    {
+        let CopySource::Table {
+            table_name,
+            columns,
+        } = &*source
+        else {
+            unreachable!("matched above");
+        };
+        let cols = if columns.is_empty() {
+            "*".to_string()
+        } else {
+            columns
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let q = format!("SELECT {cols} FROM {table_name}");
+        let Some(Statement::Query(query)) = parse_statement(&q)?.into_iter().next() else {
+            return Err("COPY of this table".into());
+        };
+        *source = CopySource::Query(query);
+    }
+    collect_ctes(stmt, &mut f.ctes);
+    let _ = stmt.visit(&mut f);
+    match f.error {
+        Some(e) => Err(e),
+        None => Ok(f.replaced.then(|| stmt.to_string())),
+    }
+}
+
+/// The names of every CTE in the statement: a reference by such a name is not the
+/// table, wherever it appears (conservative: a table shadowed somewhere is rewritten
+/// nowhere, and the statement is refused below if it reads the table directly).
+fn collect_ctes(stmt: &mut Statement, out: &mut Vec<String>) {
+    struct Ctes<'a>(&'a mut Vec<String>);
+    impl VisitorMut for Ctes<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+            if let Some(with) = &q.with {
+                for c in &with.cte_tables {
+                    self.0.push(crate::parse::fold_ident(&c.alias.name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = stmt.visit(&mut Ctes(out));
+}
+
+struct Filter<'a> {
+    catalog: &'a Catalog,
+    list: String,
+    ctes: Vec<String>,
+    error: Option<String>,
+    replaced: bool,
+}
+
+impl Filter<'_> {
+    /// The filtered derived table for `name` (a distributed table), or `None` for
+    /// other relations.
+    fn replacement(
+        &self,
+        name: &ObjectName,
+        alias: &Option<TableAlias>,
+    ) -> Result<Option<TableFactor>, String> {
+        let parts = name_parts(name);
+        let folded = parts.join(".");
+        if parts.len() == 1 && self.ctes.contains(&folded) {
+            return Ok(None);
+        }
+        let Some(def) = self.catalog.table(&folded) else {
+            return Ok(None);
+        };
+        let TableKind::Distributed {
+            shard_key,
+            key_type,
+            ..
+        } = &def.kind
+        else {
+            return Ok(None);
+        };
+        let key = Ident::with_quote('"', shard_key.clone()).to_string();
+        let bucket = bucket_sql_expr(&key, *key_type, self.catalog.buckets);
+        let alias = match alias {
+            Some(a) => a.clone(),
+            None => TableAlias {
+                name: name
+                    .0
+                    .last()
+                    .and_then(|p| p.as_ident())
+                    .cloned()
+                    .ok_or_else(|| format!("the table reference {name}"))?,
+                columns: Vec::new(),
+            },
+        };
+        let sql = format!(
+            "SELECT * FROM (SELECT * FROM {name} WHERE NOT ({bucket} = ANY({}))) AS {alias}",
+            self.list
+        );
+        let stmt = parse_statement(&sql)?.into_iter().next();
+        let Some(Statement::Query(q)) = stmt else {
+            return Err(format!("the table reference {name}"));
+        };
+        let SetExpr::Select(select) = *q.body else {
+            return Err(format!("the table reference {name}"));
+        };
+        let factor = select
+            .from
+            .into_iter()
+            .next()
+            .map(|t| t.relation)
+            .ok_or_else(|| format!("the table reference {name}"))?;
+        Ok(Some(factor))
+    }
+}
+
+impl VisitorMut for Filter<'_> {
+    type Break = ();
+
+    fn post_visit_table_factor(&mut self, t: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name, alias, args, ..
+        } = t
+        {
+            if args.is_some() {
+                return ControlFlow::Continue(());
+            }
+            match self.replacement(name, alias) {
+                Ok(Some(f)) => {
+                    *t = f;
+                    self.replaced = true;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}

@@ -1,0 +1,100 @@
+//! Reads while buckets move: each shard's text skips the buckets it holds but does not
+//! own ([`crate::moving`]).
+
+use super::catalog;
+use crate::{plan, Route};
+use pgshard_catalog::{BucketId, Catalog, Moving, ShardId};
+
+/// Bucket 0 (owned by shard 1) moving to shard 3, not yet flipped; bucket 1 (owned by
+/// shard 2 now) moved from shard 1, flipped.
+fn moving() -> Catalog {
+    let mut c = catalog();
+    c.bucket_map[1] = ShardId(2);
+    c.moving = vec![
+        Moving {
+            source: ShardId(1),
+            target: ShardId(3),
+            buckets: vec![BucketId(0)],
+        },
+        Moving {
+            source: ShardId(1),
+            target: ShardId(2),
+            buckets: vec![BucketId(1)],
+        },
+    ];
+    c
+}
+
+#[test]
+fn each_shard_skips_what_it_holds_without_owning_it() {
+    let c = moving();
+    assert_eq!(c.not_owned_on(ShardId(1)), vec![BucketId(1)]);
+    assert_eq!(c.not_owned_on(ShardId(2)), Vec::<BucketId>::new());
+    assert_eq!(c.not_owned_on(ShardId(3)), vec![BucketId(0)]);
+}
+
+#[test]
+fn fanout_reads_get_filtered_texts_on_those_shards_only() {
+    let c = moving();
+    let p = plan(
+        "SELECT u.id, count(*) FROM users u JOIN events e ON e.user_id = u.id GROUP BY u.id",
+        &c,
+    );
+    let Route::Fanout(f) = p.route else {
+        panic!("{:?}", p.route)
+    };
+    let shards: Vec<ShardId> = f.moving_sql.iter().map(|(s, _)| *s).collect();
+    assert_eq!(shards, vec![ShardId(1), ShardId(3)]);
+    assert_eq!(f.sql_for(ShardId(2)), f.shard_sql);
+    let on1 = f.sql_for(ShardId(1)).to_lowercase();
+    assert!(
+        on1.contains("from (select * from users where not ("),
+        "{on1}"
+    );
+    assert!(on1.contains(") as u"), "{on1}");
+    assert!(
+        on1.contains("join (select * from events where not ("),
+        "{on1}"
+    );
+    assert!(on1.contains("'{1}'::int4[]"), "{on1}");
+    assert!(f
+        .sql_for(ShardId(3))
+        .to_lowercase()
+        .contains("'{0}'::int4[]"));
+    // Unchanged without moves.
+    let Route::Fanout(f) = plan("SELECT count(*) FROM users", &catalog()).route else {
+        panic!()
+    };
+    assert!(f.moving_sql.is_empty());
+}
+
+#[test]
+fn ctes_reference_tables_and_copy_out() {
+    let c = moving();
+    let Route::Fanout(f) = plan(
+        "WITH users AS (SELECT 1 AS id) SELECT * FROM users, accounts a",
+        &c,
+    )
+    .route
+    else {
+        panic!()
+    };
+    let on1 = f.sql_for(ShardId(1)).to_lowercase();
+    assert!(
+        on1.contains("from users, (select * from accounts where"),
+        "{on1}"
+    );
+    let Route::Copy(cp) = plan("COPY users (id) TO STDOUT WITH (FORMAT csv)", &c).route else {
+        panic!()
+    };
+    let on3 = cp.sql_for(ShardId(3)).to_lowercase();
+    assert!(
+        on3.starts_with("copy (select id from (select * from users where"),
+        "{on3}"
+    );
+    assert!(on3.contains("to stdout"), "{on3}");
+    // A reference table is read whole wherever it is read.
+    if let Route::Copy(cp) = plan("COPY branches TO STDOUT", &c).route {
+        assert!(cp.moving_sql.is_empty());
+    }
+}
