@@ -440,7 +440,6 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
 /// (`floor(64/3)` buckets, nothing else moves); 0 client errors, every acknowledged
 /// row exactly once on its bucket's shard, the money all there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: a one-bucket move is given up after 50 tries while the load's cross-shard transfers, begun before each freeze and held for the frozen bucket, keep the source's drain from finishing (issue 12: let a statement of a transaction begun before the freeze through to the old owner); run with --ignored"]
 async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
     let d = TestDaemon::start(opts(2), |_| {}).await?;
     let router = d.router().await?;

@@ -542,19 +542,23 @@ where
     }
 
     /// The shard a Bind runs on.
-    fn bind_shard(&self, stmt: &Stmt, bind: &Bind<'_>) -> Result<ShardId, SessionError> {
-        let catalog = self.ctx.catalog.current();
+    fn bind_shard(
+        &self,
+        stmt: &Stmt,
+        bind: &Bind<'_>,
+        catalog: &pgshard_catalog::Catalog,
+    ) -> Result<ShardId, SessionError> {
         let route = match &stmt.plan.route {
             Route::ShardByParam { param, key_type } if self.shard_override.is_none() => {
                 let key = self.param_key(stmt, bind, *param, *key_type)?;
-                pgshard_sql::route_for_key(&stmt.plan, key.as_ref(), &catalog)
+                pgshard_sql::route_for_key(&stmt.plan, key.as_ref(), catalog)
             }
             Route::Router(
                 cmd @ (RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }),
-            ) => self.with_override(self.sql_level_route(cmd, &catalog)?),
+            ) => self.with_override(self.sql_level_route(cmd, catalog)?),
             r => self.with_override(r.clone()),
         };
-        match self.resolve(&route, &catalog)? {
+        match self.resolve(&route, catalog)? {
             Target::One(s) => Ok(s),
             Target::All(_) => Err(Refusal::EveryShardExecute.into()),
         }
@@ -662,9 +666,20 @@ where
             _ => None,
         };
         let shard = loop {
-            match rows_at.map_or_else(|| self.bind_shard(&stmt, bind), Ok) {
-                // The key's bucket is frozen for a move: wait, then route again.
+            let catalog = self.ctx.catalog.current();
+            match rows_at.map_or_else(|| self.bind_shard(&stmt, bind, &catalog), Ok) {
+                // The key's bucket is frozen for a move: wait, then route again (a
+                // transaction that began on the source before the fence goes on there).
                 Ok(s) if s == pgshard_catalog::FROZEN && rows_at.is_none() => {
+                    let thawed = match self.in_transaction() {
+                        true => self.catalog_before_fence(&catalog).await,
+                        false => None,
+                    };
+                    if let Some(Ok(s)) = thawed.map(|c| self.bind_shard(&stmt, bind, &c)) {
+                        if s != pgshard_catalog::FROZEN {
+                            break s;
+                        }
+                    }
                     if let Err(e) = hold.wait(&self.ctx).await {
                         self.fail_extended(e);
                         return Ok(());

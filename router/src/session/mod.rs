@@ -36,6 +36,7 @@ mod cursor;
 pub mod error;
 mod extended;
 mod fanout;
+mod frozen;
 mod local;
 pub mod refusal;
 mod relay;

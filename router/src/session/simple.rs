@@ -85,7 +85,7 @@ where
     }
 
     /// True inside a transaction block (virtual, or open on the attached backend).
-    fn in_transaction(&self) -> bool {
+    pub(crate) fn in_transaction(&self) -> bool {
         self.txn.virtual_txn.is_some()
             || self
                 .attached
@@ -194,6 +194,17 @@ where
             let catalog = self.ctx.catalog.current();
             let plan = pgshard_sql::plan(sql, &catalog);
             if self.shard_override.is_none() && crate::hold::touches_frozen(&plan, &catalog) {
+                // A transaction that began on the source before the fence goes on there.
+                let thawed = match self.in_transaction() {
+                    true => self.catalog_before_fence(&catalog).await,
+                    false => None,
+                };
+                if let Some(c) = thawed {
+                    let plan = pgshard_sql::plan(sql, &c);
+                    if !crate::hold::touches_frozen(&plan, &c) {
+                        break self.complete_insert_columns(sql, plan, &c, false).await;
+                    }
+                }
                 hold.wait(&self.ctx).await?;
                 continue;
             }

@@ -18,19 +18,25 @@
 //! 1. `planned → frozen` ([`moves::freeze`]): routers hold statements for the buckets.
 //! 2. The source *fence*: a row per bucket in `pgshard_move.fence` on the source and a
 //!    trigger on each distributed table refusing (SQLSTATE 55000) writes to fenced
-//!    buckets, so a router that has not seen the freeze cannot write there. Then every
-//!    router must route with the freeze's version (bounded wait on `pgshard.routers`)
-//!    and the transactions open on the source when the fence committed (prepared ones
-//!    included) must end: from then on nothing writes the buckets' rows.
+//!    buckets by transactions that began once the fence was hard (a short soft period
+//!    after it is set), so a router that has not seen the freeze cannot write there.
+//!    Then every router must route with the freeze's version (bounded wait on
+//!    `pgshard.routers`) and the transactions that began before the fence was hard
+//!    (prepared ones included) must end: from then on nothing writes the buckets' rows.
+//!    Routers send a frozen bucket's statement of such a transaction to the source
+//!    instead of holding it (`router::session::frozen`), so the two never wait for
+//!    each other.
 //! 3. `→ copying`: per database, `COPY (SELECT … WHERE bucket IN …)` from the source
 //!    into the target, `DELETE` on the source, both `PREPARE TRANSACTION
 //!    'pgshard_move_<id>_…'`.
-//! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, so
-//!    nothing sees those rows but fan-out reads, as with any distributed commit), then
-//!    `→ flipped` ([`moves::flip`], the commit point), then COMMIT PREPARED on the
-//!    source. A rollback before the flip deletes the target's copy again.
-//! 5. `→ cleaning`: once every router routes with the flip's version (bounded) the
-//!    fence rows go, and the triggers when no fence row is left; `→ done`.
+//! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, and
+//!    multi-shard reads skip them on the target: `pgshard_sql::moving`), then
+//!    `→ flipped` ([`moves::flip`], the commit point), then, once every router routes
+//!    with the flip's version (bounded), COMMIT PREPARED on the source (reads skip the
+//!    buckets there from the flip on). A rollback before the flip deletes the target's
+//!    copy again.
+//! 5. `→ cleaning`: the fence rows go, and the triggers when no fence row is left;
+//!    `→ done` (a version bump: reads stop filtering the buckets).
 //!
 //! A move found before its flip that this process did not just start (shardd crashed
 //! during it) is rolled back ([`Reconciler::abort_move`]: prepared transactions rolled
@@ -181,7 +187,7 @@ fn fence_sql(t: &Dist, buckets: u32) -> String {
          BEGIN
            IF TG_OP <> 'DELETE' THEN
              IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {new}
-                                AND hard_at <= clock_timestamp()) THEN
+                                AND hard_at <= now()) THEN
                RAISE EXCEPTION USING ERRCODE = '55000',
                  MESSAGE = format('the bucket of this row of table %s is being moved to another shard', TG_TABLE_NAME),
                  HINT = 'The router that sent it has not seen the move yet: retry the transaction.';
@@ -189,7 +195,7 @@ fn fence_sql(t: &Dist, buckets: u32) -> String {
            END IF;
            IF TG_OP <> 'INSERT' THEN
              IF EXISTS (SELECT 1 FROM pgshard_move.fence WHERE bucket = {old}
-                                AND hard_at <= clock_timestamp()) THEN
+                                AND hard_at <= now()) THEN
                RAISE EXCEPTION USING ERRCODE = '55000',
                  MESSAGE = format('the bucket of this row of table %s is being moved to another shard', TG_TABLE_NAME),
                  HINT = 'The router that sent it has not seen the move yet: retry the transaction.';
@@ -405,11 +411,9 @@ impl Reconciler {
 
     /// Insert the move's fence rows on the source (idempotent), *soft* for [`SOFT`]:
     /// writes to the buckets still pass (a statement a router planned just before it
-    /// saw the freeze may arrive now), then refused. [`Reconciler::drain_fenced`] then waits
-    /// (bounded by [`DRAIN`]) until the fence is hard and every transaction that may
-    /// have written the buckets has ended: those holding a transaction id then
-    /// (prepared ones included: the oldest running xid passes them), those open then (by
-    /// pid and start), and the transactions prepared by the time those had left.
+    /// saw the freeze may arrive now), then refused to transactions that began after it.
+    /// [`Reconciler::drain_fenced`] then waits (bounded by [`DRAIN`]) until every
+    /// transaction that may have written the buckets has ended.
     async fn fence(
         &self,
         source: &NodeSpec,
@@ -442,7 +446,12 @@ impl Reconciler {
     }
 
     /// Wait until the fence of `m` is hard on the source and every transaction that may
-    /// have written its buckets without being refused has ended (see [`Reconciler::fence`]).
+    /// have written its buckets has ended (see [`Reconciler::fence`]): the fence lets a
+    /// transaction write them when it began before the fence became hard, so those are
+    /// waited for (by pid and start), then the transactions prepared by the time they
+    /// had left. Transactions that began later cannot write the buckets and are not
+    /// waited for: a router holding one of their statements for a frozen bucket does
+    /// not stall the move.
     async fn drain_fenced(
         &self,
         source: &NodeSpec,
@@ -451,6 +460,7 @@ impl Reconciler {
         m: &Move,
     ) -> Result<(), ReconcileError> {
         let deadline = Instant::now() + DRAIN + SOFT;
+        let mut hard: Vec<String> = Vec::new();
         for db in dbs {
             let c = self.connect_db(source, db).await?;
             if self
@@ -461,30 +471,36 @@ impl Reconciler {
             {
                 continue;
             }
-            let hard = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
+            let wait = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
                           FROM pgshard_move.fence WHERE move_id = $1";
-            self.poll(&c, source, deadline, hard, &[&m.id]).await?;
+            self.poll(&c, source, deadline, wait, &[&m.id]).await?;
+            let at: Option<String> = c
+                .query_one(
+                    "SELECT max(hard_at)::text FROM pgshard_move.fence WHERE move_id = $1",
+                    &[&m.id],
+                )
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .get(0);
+            hard.extend(at);
         }
         let c = self.connect_db(source, "postgres").await?;
         let err = |e| db_err(&source.name, e);
-        let row = c
+        let open: Vec<String> = c
             .query_one(
-                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text,
-                        coalesce(array_agg(pid::text || '@' || xact_start::text)
-                                 FILTER (WHERE xact_start IS NOT NULL), '{}')
+                "SELECT coalesce(array_agg(pid::text || '@' || xact_start::text), '{}')
                    FROM pg_stat_activity
-                  WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
-                &[],
+                  WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+                    AND xact_start < (SELECT max(h::timestamptz) FROM unnest($1::text[]) h)",
+                &[&hard],
             )
             .await
-            .map_err(err)?;
-        let (xmax, open): (String, Vec<String>) = (row.get(0), row.get(1));
+            .map_err(err)?
+            .get(0);
         let deadline = Instant::now() + DRAIN;
-        let wait = "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::text::xid8
-                       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
-                                        WHERE pid::text || '@' || xact_start::text = ANY($2))";
-        self.poll(&c, source, deadline, wait, &[&xmax, &open])
-            .await?;
+        let wait = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                        WHERE pid::text || '@' || xact_start::text = ANY($1))";
+        self.poll(&c, source, deadline, wait, &[&open]).await?;
         let prepared: Vec<String> = c
             .query_one(
                 "SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts",
