@@ -346,15 +346,21 @@ pub async fn flip(client: &mut Client, id: i64) -> Result<CatalogVersion, StoreE
     Ok(v)
 }
 
-/// Roll back a move before its flip: unfrozen, owner unchanged, `aborted` with `why`.
-/// Returns the new version when buckets were unfrozen, `None` when nothing routers see
-/// changed. Refused ([`StoreError::Conflict`]) once the move flipped.
+/// Roll back a move before its flip: unfrozen, owner unchanged, `aborted` with `why`;
+/// in the same transaction, unless its buckets' moves were rolled back `tries` times
+/// already, the move is recorded again as two `planned` halves (smaller groups are less
+/// likely to meet a transaction that keeps the source busy), so a crash right after the
+/// rollback loses no part of the operation. Returns the new version when buckets were
+/// unfrozen, `None` when nothing routers see changed.
 pub async fn abort(
     client: &mut Client,
     id: i64,
     why: &str,
+    tries: i64,
 ) -> Result<Option<CatalogVersion>, StoreError> {
     let tx = client.transaction().await?;
+    tx.execute("LOCK TABLE pgshard.moves IN SHARE ROW EXCLUSIVE MODE", &[])
+        .await?;
     let m = lock(&tx, id).await?;
     if m.state == MoveState::Aborted {
         return Ok(None);
@@ -379,6 +385,30 @@ pub async fn abort(
         &[&id, &why],
     )
     .await?;
+    let failed: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM pgshard.moves
+              WHERE state = 'aborted' AND operation = $1 AND buckets && $2::int4[]",
+            &[&m.operation, &buckets_i32(&m.buckets)],
+        )
+        .await?
+        .get(0);
+    if failed < tries {
+        let half = m.buckets.len().div_ceil(2).max(1);
+        for part in m.buckets.chunks(half) {
+            tx.execute(
+                "INSERT INTO pgshard.moves (operation, source, target, buckets)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &m.operation,
+                    &(m.source.0 as i32),
+                    &(m.target.0 as i32),
+                    &buckets_i32(part),
+                ],
+            )
+            .await?;
+        }
+    }
     let v = if n > 0 { Some(bump(&tx).await?) } else { None };
     tx.commit().await?;
     Ok(v)

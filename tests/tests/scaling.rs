@@ -501,7 +501,8 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
 
 /// shardd killed at each state of a move (`PGSHARD_MOVE_CRASH_LOOPS` rounds, default
 /// 2): after a restart the move finished (killed after its flip) or was rolled back
-/// (before), every row is once on its owner, and nothing of it is left.
+/// (before) and recorded again, so the operation completes either way; every row is
+/// once on its owner, and nothing of the moves is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Result<()> {
     let loops: usize = std::env::var("PGSHARD_MOVE_CRASH_LOOPS")
@@ -538,7 +539,7 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
                 .filter(|b| catalog.bucket_map[*b as usize] != to)
                 .take(4)
                 .collect();
-            scale(&d, json!({"op": "move", "buckets": buckets, "to": to})).await?;
+            let recorded = scale(&d, json!({"op": "move", "buckets": buckets, "to": to})).await?;
             let started = Instant::now();
             while !marker.exists() {
                 assert!(
@@ -549,24 +550,31 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
             }
             d.restart(None).await?;
             let moves = wait_moves(&d).await?;
-            let last = moves.first().expect("a move");
+            let interrupted = moves
+                .iter()
+                .find(|m| Some(&m.0) == recorded.first())
+                .expect("the recorded move");
             let expected = if matches!(step, "move-flipped" | "move-cleaning") {
                 MoveState::Done
             } else if step == "move-planned" {
                 // Nothing was done: the restarted shardd carries it out.
                 MoveState::Done
             } else {
+                // Rolled back, and recorded again in the same catalog transaction.
                 MoveState::Aborted
             };
-            assert_eq!(last.1, expected, "crash at {step}");
+            assert_eq!(interrupted.1, expected, "crash at {step}");
+            if expected == MoveState::Aborted {
+                let retried = moves
+                    .iter()
+                    .filter(|m| m.0 > interrupted.0 && m.1 == MoveState::Done)
+                    .count();
+                assert!(retried > 0, "crash at {step}: not moved again: {moves:?}");
+            }
+            // Either way the operation completes: the buckets are on `to`.
             let after = d.catalog().await?;
             for b in &buckets {
-                let owner = after.bucket_map[*b as usize];
-                assert_eq!(
-                    owner == to,
-                    expected == MoveState::Done,
-                    "bucket {b} after {step}"
-                );
+                assert_eq!(after.bucket_map[*b as usize], to, "bucket {b} after {step}");
             }
             let ids = check_placement(&d, "acked").await?;
             assert_eq!(

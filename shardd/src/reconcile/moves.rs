@@ -63,7 +63,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// router's plan to the shard, shorter than routers take to see a freeze.
 const SOFT: Duration = Duration::from_millis(100);
 
-/// Attempts at a move that fails (rolled back each time) before it is given up.
+/// Attempts at a move that fails (rolled back each time, and recorded again in halves
+/// in the same catalog transaction, [`moves::abort`]) before it is given up.
 const TRIES: i64 = 50;
 
 /// Buckets per move: small groups keep each freeze short.
@@ -270,7 +271,6 @@ impl Reconciler {
                     if let Err(error) = self.run_move(m.id).await {
                         tracing::warn!(id = m.id, %error, "move failed");
                         self.abort_move(m.id, &error.to_string()).await?;
-                        self.retry(&m).await?;
                     }
                 }
                 Some(Next::Abort) => {
@@ -284,36 +284,6 @@ impl Reconciler {
             done += 1;
         }
         Ok(done)
-    }
-
-    /// Record `m` again, split in two halves, after it failed and was rolled back (a
-    /// transaction that would not end, a failover of its source…), up to [`TRIES`]
-    /// times for one group of buckets.
-    async fn retry(&mut self, m: &Move) -> Result<(), ReconcileError> {
-        let mut client = self.catalog_client().await?;
-        let b: Vec<i32> = m.buckets.iter().map(|b| b.0 as i32).collect();
-        let tries: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pgshard.moves
-                  WHERE state = 'aborted' AND operation = $1 AND buckets = $2::int4[]",
-                &[&m.operation, &b],
-            )
-            .await
-            .map_err(pgshard_catalog::store::StoreError::from)?
-            .get(0);
-        if tries < TRIES {
-            // Smaller groups first: a move rolled back because a transaction held for
-            // one of its buckets kept the source busy is less likely to meet one again.
-            let half = m.buckets.len().div_ceil(2).max(1);
-            for part in m.buckets.chunks(half) {
-                let again =
-                    moves::create(&mut client, &m.operation, m.source, m.target, part).await?;
-                tracing::info!(id = again.id, failed = m.id, tries, "move recorded again");
-            }
-        } else {
-            tracing::error!(id = m.id, tries, "move failed too often; given up");
-        }
-        Ok(())
     }
 
     /// One move from `planned` to `done` (see the module doc). An error before the flip
@@ -720,7 +690,7 @@ impl Reconciler {
         // triggers after (their lock could wait behind a transaction routers hold).
         let tables = distributed(&catalog);
         self.lift_fence(&source, id, &tables, false).await?;
-        moves::abort(&mut client, id, why).await?;
+        moves::abort(&mut client, id, why, TRIES).await?;
         self.lift_fence(&source, id, &tables, true).await?;
         tracing::warn!(id, why, "move rolled back");
         Ok(())
