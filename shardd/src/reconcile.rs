@@ -43,7 +43,7 @@ use crate::runtime::{ready, NodeSpec, Readiness};
 use pgshard_catalog::store::{self, StoreError};
 use pgshard_catalog::topology::{self, ChangeKind};
 use pgshard_catalog::{Catalog, NodeId, NodeRole, NodeState, ShardId, ShardStatus};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
@@ -336,6 +336,9 @@ pub struct Reconciler {
     recovery_now: Arc<tokio::sync::Notify>,
     rebuilds: tokio::task::JoinSet<(NodeId, Result<(), ReconcileError>)>,
     busy: HashSet<NodeId>,
+    /// Connections of the move being carried out, by node, port and database
+    /// (`reconcile::moves`).
+    move_conns: std::sync::Mutex<HashMap<(String, u16, String), Arc<tokio_postgres::Client>>>,
 }
 
 impl Reconciler {
@@ -350,6 +353,7 @@ impl Reconciler {
             recovery_now,
             rebuilds: tokio::task::JoinSet::new(),
             busy: HashSet::new(),
+            move_conns: Default::default(),
         }
     }
 

@@ -50,6 +50,7 @@ use pgshard_catalog::hash::bucket_sql_expr;
 use pgshard_catalog::moves::{self, Move, MoveState};
 use pgshard_catalog::placement::{self, BucketMove};
 use pgshard_catalog::{BucketId, Catalog, CatalogVersion, KeyType, ShardId, TableKind};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -62,6 +63,10 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// How long a new fence lets writes through: longer than a statement takes from its
 /// router's plan to the shard, shorter than routers take to see a freeze.
 const SOFT: Duration = Duration::from_millis(100);
+
+/// How long the fence stays soft once every router acknowledged the freeze: a
+/// statement its router planned before that is on its way to the source by then.
+const GRACE: Duration = Duration::from_millis(20);
 
 /// Attempts at a move that fails (rolled back each time, and recorded again in halves
 /// in the same catalog transaction, [`moves::abort`]) before it is given up.
@@ -104,6 +109,35 @@ pub fn next(state: MoveState) -> Option<Next> {
         MoveState::Frozen | MoveState::Copying => Some(Next::Abort),
         MoveState::Flipped | MoveState::Cleaning => Some(Next::Finish),
         MoveState::Done | MoveState::Aborted => None,
+    }
+}
+
+/// Milliseconds spent in each step of a move's freeze, for the log.
+struct Laps {
+    last: Instant,
+    steps: Vec<(&'static str, u128)>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            last: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        self.steps.push((step, self.last.elapsed().as_millis()));
+        self.last = Instant::now();
+    }
+}
+
+impl std::fmt::Display for Laps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, ms)) in self.steps.iter().enumerate() {
+            write!(f, "{}{step} {ms} ms", if i > 0 { ", " } else { "" })?;
+        }
+        Ok(())
     }
 }
 
@@ -214,10 +248,35 @@ fn fence_sql(t: &Dist, buckets: u32) -> String {
 }
 
 impl Reconciler {
-    async fn connect_db(&self, spec: &NodeSpec, db: &str) -> Result<Client, ReconcileError> {
-        ready::connect(&spec.pg_config(db, self.opts.timeout), self.opts.timeout)
+    /// A connection to `db` on `spec`, kept for the rest of the move: every step of a
+    /// freeze would otherwise pay for new connections ([`Reconciler::forget_move_conns`]
+    /// drops them when a move starts, fails or ends).
+    async fn connect_db(&self, spec: &NodeSpec, db: &str) -> Result<Arc<Client>, ReconcileError> {
+        let key = (spec.name.clone(), spec.port, db.to_string());
+        let kept = self
+            .move_conns
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        if let Some(c) = kept.filter(|c| !c.is_closed()) {
+            return Ok(c);
+        }
+        let c = ready::connect(&spec.pg_config(db, self.opts.timeout), self.opts.timeout)
             .await
-            .map_err(|e| node_err(&spec.name, format!("cannot connect to {db}: {e}")))
+            .map(Arc::new)
+            .map_err(|e| node_err(&spec.name, format!("cannot connect to {db}: {e}")))?;
+        if let Ok(mut m) = self.move_conns.lock() {
+            m.insert(key, c.clone());
+        }
+        Ok(c)
+    }
+
+    /// Drop the connections [`Reconciler::connect_db`] kept (one may be inside a
+    /// transaction a failed step left open).
+    pub(crate) fn forget_move_conns(&self) {
+        if let Ok(mut m) = self.move_conns.lock() {
+            m.clear();
+        }
     }
 
     fn primary_spec(&self, catalog: &Catalog, shard: ShardId) -> Result<NodeSpec, ReconcileError> {
@@ -283,12 +342,14 @@ impl Reconciler {
             }
             done += 1;
         }
+        self.forget_move_conns();
         Ok(done)
     }
 
     /// One move from `planned` to `done` (see the module doc). An error before the flip
     /// leaves it for [`Reconciler::abort_move`].
     async fn run_move(&mut self, id: i64) -> Result<(), ReconcileError> {
+        self.forget_move_conns();
         let mut client = self.catalog_client().await?;
         let m = moves::get(&client, id).await?;
         self.fault("move-planned").await;
@@ -300,16 +361,22 @@ impl Reconciler {
             .await?;
         let v = moves::freeze(&mut client, id).await?;
         tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
+        // Where the freeze goes, step by step (logged at the flip).
+        let mut laps = Laps::new();
         self.fault("move-frozen").await;
         self.fence(&source, &dbs, &tables, &m).await?;
+        laps.lap("fence");
         self.routers_caught_up(&client, v).await;
+        laps.lap("routers");
         self.drain_fenced(&source, &dbs, &tables, &m).await?;
+        laps.lap("drain");
         moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
         self.fault("move-copying").await;
         let target = self.primary_spec(&catalog, m.target)?;
         let rows = self
             .copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets)
             .await?;
+        laps.lap("copy");
         moves::advance(
             &client,
             id,
@@ -323,9 +390,11 @@ impl Reconciler {
         // does not see the row). Routers do not route the buckets there before the
         // flip, and a rollback deletes them again (`abort_move`).
         self.end_prepared(&target, id, true).await?;
+        laps.lap("target_commit");
         self.fault("move-target-committed").await;
         let v = moves::flip(&mut client, id).await?;
-        tracing::info!(id, rows, %v, "move flipped");
+        laps.lap("flip");
+        tracing::info!(id, rows, %v, steps = %laps, "move flipped");
         self.fault("move-flipped").await;
         drop(client);
         self.finish_move(id).await
@@ -441,6 +510,20 @@ impl Reconciler {
             {
                 continue;
             }
+            // Every router routes with the freeze now (or the bound passed): only a
+            // statement already on its way may still arrive, so the soft period can end
+            // after [`GRACE`] rather than the whole of [`SOFT`].
+            c.execute(
+                &format!(
+                    "UPDATE pgshard_move.fence
+                        SET hard_at = least(hard_at, clock_timestamp() + interval '{} ms')
+                      WHERE move_id = $1",
+                    GRACE.as_millis()
+                ),
+                &[&m.id],
+            )
+            .await
+            .map_err(|e| db_err(&source.name, e))?;
             let wait = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
                           FROM pgshard_move.fence WHERE move_id = $1";
             self.poll(&c, source, deadline, wait, &[&m.id]).await?;
@@ -651,6 +734,7 @@ impl Reconciler {
     /// from the target: a read planned with the catalog before the flip skips them on
     /// the target and finds them on the source (`pgshard_sql::moving`).
     async fn finish_move(&mut self, id: i64) -> Result<(), ReconcileError> {
+        self.forget_move_conns();
         let mut client = self.catalog_client().await?;
         let m = moves::get(&client, id).await?;
         let catalog = pgshard_catalog::store::load(&client).await?;
@@ -675,6 +759,7 @@ impl Reconciler {
     /// Roll back a move before its flip (a move already flipped is left to
     /// [`Reconciler::finish_move`]).
     pub(crate) async fn abort_move(&mut self, id: i64, why: &str) -> Result<(), ReconcileError> {
+        self.forget_move_conns();
         let mut client = self.catalog_client().await?;
         let m = moves::get(&client, id).await?;
         if !m.state.before_flip() {
