@@ -419,8 +419,12 @@ impl Reconciler {
             if present.is_empty() {
                 continue;
             }
+            // Creating a trigger locks its table against writes: never wait behind a
+            // transaction longer than PostgreSQL's deadlock_timeout (1 s), or clients
+            // queued behind the lock could be picked as deadlock victims; a later round
+            // retries.
             let mut sql = String::from(
-                "SET lock_timeout = '2s';
+                "SET LOCAL lock_timeout = '500ms';
                  CREATE SCHEMA IF NOT EXISTS pgshard_move;
                  CREATE TABLE IF NOT EXISTS pgshard_move.fence (
                      bucket int4 PRIMARY KEY, move_id bigint NOT NULL,
@@ -713,7 +717,7 @@ impl Reconciler {
                 .present(&c, tables)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
-            let mut sql = String::from("SET lock_timeout = '500ms'; BEGIN;");
+            let mut sql = String::from("BEGIN; SET LOCAL lock_timeout = '500ms';");
             for i in present {
                 sql.push_str(&format!(
                     "DROP TRIGGER IF EXISTS pgshard_move_fence ON {};",
@@ -726,6 +730,16 @@ impl Reconciler {
                 .map_err(|e| db_err(&source.name, e))?;
         }
         Ok(())
+    }
+
+    /// True when no other unfinished move takes buckets from `m`'s source: its fence
+    /// triggers can go (dropping and creating them again for each move of an operation
+    /// would lock the tables each time).
+    async fn last_move_of(&self, client: &Client, m: &Move) -> Result<bool, ReconcileError> {
+        Ok(!moves::list(client, true)
+            .await?
+            .iter()
+            .any(|o| o.id != m.id && o.source == m.source))
     }
 
     /// Finish a flipped move: commit the target's copy (again, if a crash came between),
@@ -749,7 +763,8 @@ impl Reconciler {
         self.end_prepared(&source, id, true).await?;
         moves::advance(&client, id, MoveState::Flipped, MoveState::Cleaning, None).await?;
         self.fault("move-cleaning").await;
-        self.lift_fence(&source, id, &distributed(&catalog), true)
+        let last = self.last_move_of(&client, &m).await?;
+        self.lift_fence(&source, id, &distributed(&catalog), last)
             .await?;
         moves::done(&mut client, id).await?;
         tracing::info!(id, rows = m.rows_moved, freeze_ms = ?m.freeze_ms, "move done");
@@ -776,7 +791,8 @@ impl Reconciler {
         let tables = distributed(&catalog);
         self.lift_fence(&source, id, &tables, false).await?;
         moves::abort(&mut client, id, why, TRIES).await?;
-        self.lift_fence(&source, id, &tables, true).await?;
+        let last = self.last_move_of(&client, &m).await?;
+        self.lift_fence(&source, id, &tables, last).await?;
         tracing::warn!(id, why, "move rolled back");
         Ok(())
     }
