@@ -452,3 +452,46 @@ pub async fn add_shard(
     tx.commit().await?;
     Ok(v)
 }
+
+/// Add a node to a shard (a new replica, `rebuilding` until it streams), bumping the
+/// version.
+pub async fn add_node(
+    client: &mut Client,
+    node: &crate::types::Node,
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    crate::store::insert_node(&tx, node).await?;
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// Remove a replica from the catalog, bumping the version (routers stop reading from
+/// it). A primary is refused.
+pub async fn remove_replica(
+    client: &mut Client,
+    node: crate::types::NodeId,
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    // The record of a past failover may name it.
+    tx.execute(
+        "UPDATE pgshard.shards
+            SET failover_from = nullif(failover_from, $1), failover_to = nullif(failover_to, $1)",
+        &[&(node.0 as i32)],
+    )
+    .await?;
+    let n = tx
+        .execute(
+            "DELETE FROM pgshard.nodes WHERE id = $1 AND role = 'replica'",
+            &[&(node.0 as i32)],
+        )
+        .await?;
+    if n != 1 {
+        return Err(StoreError::Conflict(format!(
+            "node {node} is not a replica in the catalog"
+        )));
+    }
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}

@@ -118,6 +118,21 @@ enum Command {
         #[command(flatten)]
         dir: DataDirArg,
     },
+    /// Start a new streaming replica of a shard; in `sync` durability it joins the
+    /// primary's synchronous set once it streams.
+    AddReplica {
+        #[arg(long)]
+        shard: u32,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Stop and remove a replica (its data and replication slot too).
+    RemoveReplica {
+        /// The node's name, e.g. `shard1-node3` (`pgshard status` lists them).
+        node: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
     /// The bucket moves, newest first, with state, rows and freeze time.
     Moves {
         /// Follow the unfinished moves with a progress line until they finish.
@@ -323,6 +338,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::RemoveShard { shard, detach, dir } => {
             scale::remove_shard(&dir.data_dir, shard, detach).await
         }
+        Command::AddReplica { shard, dir } => scale::add_replica(&dir.data_dir, shard).await,
+        Command::RemoveReplica { node, dir } => scale::remove_replica(&dir.data_dir, &node).await,
         Command::Moves { follow, dir } => scale::list(&dir.data_dir, follow).await,
     }
 }

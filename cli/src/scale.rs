@@ -96,8 +96,15 @@ async fn follow(state: &DaemonState, ids: &[i64]) -> Result<()> {
             })
             .unwrap_or_default();
         let secs = started.elapsed().as_secs_f64().max(0.001);
+        let eta = match done {
+            0 => "ETA -".to_string(),
+            d => format!(
+                "ETA {:.0} s",
+                total.saturating_sub(d) as f64 * secs / d as f64
+            ),
+        };
         eprint!(
-            "\r\x1b[2Kbuckets {done}/{total}, {rows} rows ({:.0} rows/s) {now}",
+            "\r\x1b[2Kbuckets {done}/{total}, {rows} rows ({:.0} rows/s), {eta} {now}",
             rows as f64 / secs
         );
         let _ = std::io::stderr().flush();
@@ -174,6 +181,39 @@ pub async fn remove_shard(data_dir: &Path, shard: u32, detach: bool) -> Result<E
         detach,
     )
     .await
+}
+
+/// `pgshard add-replica --shard N`: a new streaming replica (answers once it streams).
+pub async fn add_replica(data_dir: &Path, shard: u32) -> Result<ExitCode> {
+    replica_op(data_dir, json!({ "op": "add_replica", "shard": shard })).await
+}
+
+/// `pgshard remove-replica NODE`.
+pub async fn remove_replica(data_dir: &Path, node: &str) -> Result<ExitCode> {
+    replica_op(data_dir, json!({ "op": "remove_replica", "node": node })).await
+}
+
+async fn replica_op(data_dir: &Path, op: Value) -> Result<ExitCode> {
+    let state = running(data_dir).await?;
+    let url = format!("http://{}/v1/scale", state.api);
+    // A new replica answers once its base backup is taken and it streams.
+    let long = reqwest::Client::builder()
+        .timeout(Duration::from_secs(900))
+        .build()
+        .unwrap_or_default();
+    let resp = long.post(&url).json(&op).send().await?;
+    let ok = resp.status().is_success();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    if !ok {
+        return Err(anyhow!(
+            "{}",
+            answer["error"]
+                .as_str()
+                .unwrap_or("shardd refused the request")
+        ));
+    }
+    println!("pgshard: done ({})", op["op"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `pgshard moves [--follow]`: the moves recorded, newest first.

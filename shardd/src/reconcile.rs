@@ -1221,7 +1221,7 @@ fn publish(
 
 /// Write `spec`'s configuration and have the running instance reload it (a primary's
 /// synchronous set after a replica joins it).
-async fn reconfigure(
+pub(crate) async fn reconfigure(
     cluster: &Cluster,
     spec: &NodeSpec,
     timeout: Duration,

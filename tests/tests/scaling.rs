@@ -766,3 +766,108 @@ async fn pgbench_during_add_and_remove_shard_fails_nothing() -> anyhow::Result<(
     check_clean(&d).await?;
     Ok(())
 }
+
+/// `add_replica` and `remove_replica` over the API while a client writes through a
+/// router: the new replica streams from the shard's primary, is in the catalog as a
+/// healthy replica and (sync durability) in the primary's synchronous set; removed, it
+/// is out of both, its replication slot dropped, and writes never failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_added_and_removed_online() -> anyhow::Result<()> {
+    let d = TestDaemon::start(
+        TestClusterOptions {
+            shards: 1,
+            replicas: 1,
+            buckets: BUCKETS,
+            tables: vec![pgshard_tests::distributed("acked", "id", "bigint")],
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .await?;
+    let router = d.router().await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+        .await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (stop, connstr) = (stop.clone(), router.connstr());
+        tokio::spawn(async move {
+            let c = connect(&connstr).await.expect("connect");
+            let mut n = 0i64;
+            while !stop.is_cancelled() {
+                n += 1;
+                c.execute("INSERT INTO acked (id) VALUES ($1)", &[&n])
+                    .await
+                    .map_err(|e| describe(&e))?;
+            }
+            Ok::<i64, String>(n)
+        })
+    };
+    let primary = d.primary_of(1).await?;
+    let standby_names = |p: tokio_postgres::Client| async move {
+        let v: String = p
+            .query_one("SHOW synchronous_standby_names", &[])
+            .await?
+            .get(0);
+        anyhow::Ok(v)
+    };
+
+    let (code, body) = d
+        .post("/v1/scale", json!({"op": "add_replica", "shard": 1}))
+        .await?;
+    anyhow::ensure!(code == 200, "add_replica: {code} {body}");
+    let catalog = d.catalog().await?;
+    let added = catalog
+        .replicas(ShardId(1))
+        .find(|n| n.name == "shard1-node3")
+        .expect("the new replica in the catalog");
+    assert_eq!(added.state, pgshard_catalog::NodeState::Healthy);
+    let p = d.connect_node(&primary).await?;
+    let streaming: i64 = p
+        .query_one(
+            "SELECT count(*) FROM pg_stat_replication
+              WHERE application_name = 'shard1_node3' AND state = 'streaming'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(streaming, 1, "the new replica streams");
+    let names = standby_names(d.connect_node(&primary).await?).await?;
+    assert!(names.contains("shard1_node3"), "{names}");
+
+    let (code, body) = d
+        .post(
+            "/v1/scale",
+            json!({"op": "remove_replica", "node": "shard1-node3"}),
+        )
+        .await?;
+    anyhow::ensure!(code == 200, "remove_replica: {code} {body}");
+    let catalog = d.catalog().await?;
+    assert!(catalog.nodes.iter().all(|n| n.name != "shard1-node3"));
+    let names = standby_names(d.connect_node(&primary).await?).await?;
+    assert!(!names.contains("shard1_node3"), "{names}");
+    assert!(names.contains("shard1_node2"), "{names}");
+    let slots: i64 = p
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'shard1_node3'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(slots, 0, "the removed replica's slot");
+    // A primary is refused.
+    let (code, _) = d
+        .post(
+            "/v1/scale",
+            json!({"op": "remove_replica", "node": primary}),
+        )
+        .await?;
+    assert_ne!(code, 200);
+
+    stop.cancel();
+    let written = writer.await?.map_err(|e| anyhow::anyhow!("writer: {e}"))?;
+    assert!(written > 10, "the writer ran");
+    let n: i64 = c.query_one("SELECT count(*) FROM acked", &[]).await?.get(0);
+    assert_eq!(n, written);
+    Ok(())
+}

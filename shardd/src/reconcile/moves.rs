@@ -89,6 +89,10 @@ pub enum ScaleOp {
     AddShard { replicas: Option<u32> },
     /// Move `buckets` to shard `to`.
     Move { buckets: Vec<BucketId>, to: ShardId },
+    /// Start a new streaming replica of `shard` (no bucket moves).
+    AddReplica { shard: ShardId },
+    /// Stop and remove replica `node` (no bucket moves).
+    RemoveReplica { node: String },
 }
 
 /// What to do with a recorded move found unfinished at the start of a round.
@@ -847,6 +851,19 @@ impl Reconciler {
         let refused =
             |e: pgshard_catalog::placement::PlacementError| ReconcileError::Refused(e.to_string());
         let (operation, plan) = match op {
+            ScaleOp::AddReplica { shard } => {
+                if catalog.shard(shard).is_none() {
+                    return Err(ReconcileError::Refused(format!(
+                        "there is no shard {shard}"
+                    )));
+                }
+                self.add_replica(shard).await?;
+                return Ok(Vec::new());
+            }
+            ScaleOp::RemoveReplica { node } => {
+                self.remove_replica(&node).await?;
+                return Ok(Vec::new());
+            }
             ScaleOp::Rebalance { shards } => {
                 let shards = shards.unwrap_or(active);
                 for s in &catalog.shards {

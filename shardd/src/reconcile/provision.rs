@@ -243,3 +243,145 @@ async fn dump_restore(
     }
     Ok(())
 }
+
+impl Reconciler {
+    /// `add-replica --shard N` (SPEC §9): a new streaming replica of the shard's
+    /// primary, in the catalog as `rebuilding` (no reads, not in the primary's
+    /// synchronous set) until it streams, then in service and, in `sync` mode, added to
+    /// `synchronous_standby_names`. Returns its name.
+    pub(crate) async fn add_replica(&mut self, shard: ShardId) -> Result<String, ReconcileError> {
+        let config = self.cluster.config().clone();
+        let layout = self.cluster.layout();
+        let primary = layout
+            .primary_of(shard)
+            .ok_or_else(|| ReconcileError::Refused(format!("shard {shard} has no primary")))?
+            .clone();
+        let mut client = self.catalog_client().await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let id = layout
+            .nodes
+            .iter()
+            .map(|n| n.id.0)
+            .chain(catalog.nodes.iter().map(|n| n.id.0))
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let k = (1..)
+            .find(|k| layout.node(&format!("shard{}-node{k}", shard.0)).is_none())
+            .unwrap_or(1);
+        let name = format!("shard{}-node{k}", shard.0);
+        let mut ports = crate::cluster::default_ports(config.cluster.host.clone(), 0);
+        let port = ports().map_err(|e| node_err(&name, format!("no free port: {e}")))?;
+        // The allocator holds the port's listener until it is dropped.
+        drop(ports);
+        let node = LayoutNode {
+            id: NodeId(id),
+            dir: self.cluster.data_dir().join("nodes").join(&name),
+            role: NodeRole::Replica,
+            upstream: Some(primary.name.clone()),
+            shard: Some(shard),
+            host: config.cluster.host.clone(),
+            port,
+            name: name.clone(),
+            // Not in the primary's synchronous set until it streams.
+            out_of_service: true,
+        };
+        self.cluster.update_layout(|l| l.nodes.push(node.clone()))?;
+        let row = Node {
+            id: node.id,
+            shard: Some(shard),
+            role: NodeRole::Replica,
+            name: name.clone(),
+            host: node.host.clone(),
+            port,
+            state: NodeState::Rebuilding,
+            lag_bytes: None,
+        };
+        pgshard_catalog::moves::add_node(&mut client, &row).await?;
+        let layout = self.cluster.layout();
+        let spec = layout.spec(&node, &config);
+        let rt = self.cluster.runtime().clone();
+        ready::ensure_replication_slot(&spec).await?;
+        rt.create_replica(&spec).await?;
+        rt.start(&spec).await?;
+        rt.wait_ready(&spec, Readiness::Streaming { sync: false }, READY)
+            .await?;
+        pgshard_catalog::topology::set_node_state(&mut client, node.id, NodeState::Healthy).await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        self.cluster.apply_topology(&catalog)?;
+        let layout = self.cluster.layout();
+        if let Some(p) = layout.primary_of(shard) {
+            super::reconfigure(&self.cluster, &layout.spec(p, &config), self.opts.timeout).await?;
+        }
+        tracing::info!(node = %name, %shard, "replica added");
+        Ok(name)
+    }
+
+    /// `remove-replica NODE`: out of the catalog (routers stop reading from it) and of
+    /// its primary's synchronous set first, then stopped, its data and replication slot
+    /// removed. A primary is refused (switch over first).
+    pub(crate) async fn remove_replica(&mut self, name: &str) -> Result<(), ReconcileError> {
+        let config = self.cluster.config().clone();
+        let layout = self.cluster.layout();
+        let node = layout
+            .node(name)
+            .ok_or_else(|| ReconcileError::Refused(format!("there is no node {name}")))?
+            .clone();
+        if node.role != NodeRole::Replica || node.shard.is_none() {
+            return Err(ReconcileError::Refused(format!(
+                "{name} is not a shard replica (a primary is replaced by `pgshard switchover` first)"
+            )));
+        }
+        let mut client = self.catalog_client().await?;
+        pgshard_catalog::moves::remove_replica(&mut client, node.id).await?;
+        let spec = layout.spec(&node, &config);
+        self.cluster
+            .update_layout(|l| l.nodes.retain(|n| n.name != node.name))?;
+        let layout = self.cluster.layout();
+        let primary = node.shard.and_then(|s| layout.primary_of(s).cloned());
+        if let Some(p) = &primary {
+            super::reconfigure(&self.cluster, &layout.spec(p, &config), self.opts.timeout).await?;
+        }
+        let rt = self.cluster.runtime().clone();
+        rt.stop(&spec).await?;
+        rt.remove(&spec).await?;
+        if let Some(p) = &primary {
+            let p = layout.spec(p, &config);
+            let c = ready::connect(
+                &p.pg_config("postgres", self.opts.timeout),
+                self.opts.timeout,
+            )
+            .await
+            .map_err(|e| node_err(&p.name, e))?;
+            // The slot turns inactive once the primary noticed the replica is gone.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let left: i64 = c
+                    .query_one(
+                        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&spec.slot_name()],
+                    )
+                    .await
+                    .map_err(|e| node_err(&p.name, e))?
+                    .get(0);
+                if left == 0 {
+                    break;
+                }
+                let dropped = c
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                          WHERE slot_name = $1 AND NOT active",
+                        &[&spec.slot_name()],
+                    )
+                    .await
+                    .map_err(|e| node_err(&p.name, e))?;
+                if dropped > 0 || std::time::Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tracing::info!(node = %name, "replica removed");
+        Ok(())
+    }
+}
