@@ -495,3 +495,50 @@ pub async fn remove_replica(
     tx.commit().await?;
     Ok(v)
 }
+
+/// Decommission shard `shard` once `remove-shard` drained it: its nodes leave the
+/// catalog and it becomes `removed` (routers stop seeing it), bumping the version.
+/// Returns the names of the nodes removed and the new version, `None` while it is not
+/// drained (it still owns buckets, or a move names it) or not being removed.
+pub async fn decommission(
+    client: &mut Client,
+    shard: ShardId,
+) -> Result<Option<(Vec<String>, CatalogVersion)>, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute("LOCK TABLE pgshard.moves IN SHARE ROW EXCLUSIVE MODE", &[])
+        .await?;
+    let id = shard.0 as i32;
+    let ready: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pgshard.shards WHERE id = $1 AND state = 'removing')
+                AND NOT EXISTS (SELECT 1 FROM pgshard.buckets WHERE shard_id = $1)
+                AND NOT EXISTS (SELECT 1 FROM pgshard.moves
+                                 WHERE state NOT IN ('done', 'aborted')
+                                   AND (source = $1 OR target = $1))
+                AND (SELECT local_shard FROM pgshard.meta) <> $1",
+            &[&id],
+        )
+        .await?
+        .get(0);
+    if !ready {
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE pgshard.shards SET state = 'removed', failover_from = NULL, failover_to = NULL
+          WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    let names: Vec<String> = tx
+        .query(
+            "DELETE FROM pgshard.nodes WHERE shard_id = $1 RETURNING name",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(Some((names, v)))
+}

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../schema/0003_topology.sql")),
     (4, include_str!("../schema/0004_moves.sql")),
     (6, include_str!("../schema/0006_table_origin.sql")),
+    (7, include_str!("../schema/0007_shard_removal.sql")),
 ];
 
 /// Serialises concurrent `migrate` calls (an arbitrary, fixed advisory lock key).
@@ -447,7 +448,8 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
             "SELECT
                (SELECT row_to_json(m) FROM (SELECT version, buckets, local_shard
                                               FROM pgshard.meta) m),
-               (SELECT coalesce(json_agg(s ORDER BY s.id), '[]') FROM pgshard.shards s),
+               (SELECT coalesce(json_agg(s ORDER BY s.id), '[]') FROM pgshard.shards s
+                 WHERE s.state <> 'removed'),
                (SELECT coalesce(json_agg(n ORDER BY n.id), '[]')
                   FROM (SELECT n.id, n.shard_id, n.role, n.name, n.host, n.port,
                                CASE WHEN n.state = 'healthy' AND h.up IS FALSE

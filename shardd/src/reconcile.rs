@@ -732,7 +732,7 @@ impl Reconciler {
 
     /// Wait (bounded) until the old primary has no client transaction open: routers
     /// hold new ones, so the open ones end in milliseconds.
-    async fn drain(&self, spec: &NodeSpec) {
+    pub(crate) async fn drain(&self, spec: &NodeSpec) {
         let Ok(client) = self.connect(spec).await else {
             return;
         };

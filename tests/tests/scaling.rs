@@ -333,8 +333,9 @@ async fn failed(r: &mut Report, e: String) {
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
-/// Shrink 3 → 2 (`remove_shard 3` drains its buckets to shards 1 and 2) and grow back
-/// 2 → 3 (`rebalance` over the three) while clients insert, update and transfer
+/// Shrink 3 → 2 (`remove_shard 3` drains its buckets to shards 1 and 2, then its nodes
+/// are decommissioned) and grow back 2 → 3 (`add_shard`) while clients insert, update
+/// and transfer
 /// through a router: 0 client errors, every acknowledged row exactly once on the shard
 /// its bucket names, the money all there, nothing of the moves left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -345,25 +346,41 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
     let load = Load::start(&router, 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    let old_primary = d.primary_of(3).await?;
     let ids = scale(&d, json!({"op": "remove_shard", "shard": 3})).await?;
     assert!(!ids.is_empty());
     let shrunk = wait_moves(&d).await?;
-    let c = d.catalog().await?;
+    // Drained, shard 3 is decommissioned: out of the catalog, its nodes stopped.
+    let started = Instant::now();
+    let c = loop {
+        let c = d.catalog().await?;
+        if c.shard(ShardId(3)).is_none() {
+            break c;
+        }
+        anyhow::ensure!(started.elapsed() < MOVES, "shard 3 never decommissioned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         !c.bucket_map.contains(&ShardId(3)),
         "shard 3 still owns buckets: {shrunk:?}"
+    );
+    assert!(c.nodes.iter().all(|n| n.shard != Some(ShardId(3))));
+    assert!(
+        d.connect_node(&old_primary).await.is_err(),
+        "shard 3's primary still runs"
     );
     let max = pgshard_catalog::placement::max_per_shard(BUCKETS, 2) as usize;
     for s in [1, 2] {
         assert!(c.bucket_map.iter().filter(|o| **o == ShardId(s)).count() <= max);
     }
 
-    let ids = scale(&d, json!({"op": "rebalance", "shards": [1, 2, 3]})).await?;
+    // Grow back to three shards: a new shard (4) takes its share.
+    let ids = scale(&d, json!({"op": "add_shard", "replicas": 0})).await?;
     assert!(!ids.is_empty());
     let all = wait_moves(&d).await?;
     let c = d.catalog().await?;
-    let on3 = c.bucket_map.iter().filter(|o| **o == ShardId(3)).count();
-    assert_eq!(on3, (BUCKETS / 3) as usize, "shard 3 got its share back");
+    let on4 = c.bucket_map.iter().filter(|o| **o == ShardId(4)).count();
+    assert_eq!(on4, (BUCKETS / 3) as usize, "shard 4 got its share");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = load.finish().await;
 

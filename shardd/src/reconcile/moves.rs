@@ -347,7 +347,38 @@ impl Reconciler {
             done += 1;
         }
         self.forget_move_conns();
+        self.decommission_drained().await?;
         Ok(done)
+    }
+
+    /// Decommission every shard `remove-shard` drained: out of the catalog first
+    /// ([`moves::decommission`], only once it owns nothing and no move names it), then
+    /// its nodes stopped and their data removed, and out of the layout.
+    async fn decommission_drained(&mut self) -> Result<(), ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        for shard in catalog.shards.iter().filter(|s| s.state == "removing") {
+            let Some((names, v)) = moves::decommission(&mut client, shard.id).await? else {
+                continue;
+            };
+            // Routers stop sending it anything; what they sent before ends (bounded).
+            self.routers_caught_up(&client, v).await;
+            let layout = self.cluster.layout();
+            let config = self.cluster.config().clone();
+            let rt = self.cluster.runtime().clone();
+            for n in layout.nodes.iter().filter(|n| n.shard == Some(shard.id)) {
+                let spec = layout.spec(n, &config);
+                self.drain(&spec).await;
+                rt.stop(&spec).await?;
+                rt.remove(&spec).await?;
+            }
+            self.cluster.update_layout(|l| {
+                l.nodes.retain(|n| n.shard != Some(shard.id));
+                l.shards.retain(|s| *s != shard.id);
+            })?;
+            tracing::info!(shard = %shard.id, nodes = ?names, "shard decommissioned");
+        }
+        Ok(())
     }
 
     /// One move from `planned` to `done` (see the module doc). An error before the flip
@@ -883,7 +914,13 @@ impl Reconciler {
                         "there is no shard {shard}"
                     )));
                 }
-                moves::set_shard_state(&mut client, shard, "draining").await?;
+                if shard == catalog.local_shard {
+                    return Err(ReconcileError::Refused(format!(
+                        "shard {shard} holds the undeclared (local) tables; it cannot be removed"
+                    )));
+                }
+                // Decommissioned once drained (`decommission_drained`).
+                moves::set_shard_state(&mut client, shard, "removing").await?;
                 let plan = placement::remove_shard(&catalog.bucket_map, &active, shard)
                     .map_err(refused)?;
                 (format!("remove-shard {shard}"), plan)

@@ -28,7 +28,13 @@ impl Reconciler {
             .primary(catalog.local_shard)
             .ok_or_else(|| ReconcileError::Refused("the local shard has no primary".into()))?;
         let donor = super::spec_of(&self.cluster, &self.cluster.layout(), &donor.name)?;
-        let shard = self.lay_out_shard(replicas)?;
+        // Shard ids are never reused, removed shards' included.
+        let next: i32 = client
+            .query_one("SELECT coalesce(max(id), 0) + 1 FROM pgshard.shards", &[])
+            .await
+            .map_err(pgshard_catalog::store::StoreError::from)?
+            .get(0);
+        let shard = self.lay_out_shard(replicas, ShardId(next as u32))?;
         let layout = self.cluster.layout();
         let config = self.cluster.config().clone();
         let nodes: Vec<&LayoutNode> = layout
@@ -79,8 +85,9 @@ impl Reconciler {
         Ok(shard)
     }
 
-    /// Add the new shard's nodes to the layout (saved) and return its id.
-    fn lay_out_shard(&self, replicas: u32) -> Result<ShardId, ReconcileError> {
+    /// Add the new shard's nodes to the layout (saved) and return its id: `next` (the
+    /// catalog's next unused id) or past every shard of the layout.
+    fn lay_out_shard(&self, replicas: u32, next: ShardId) -> Result<ShardId, ReconcileError> {
         let config = self.cluster.config();
         let mut ports = crate::cluster::default_ports(config.cluster.host.clone(), 0);
         let layout = self.cluster.layout();
@@ -89,10 +96,10 @@ impl Reconciler {
                 .nodes
                 .iter()
                 .filter_map(|n| n.shard)
-                .map(|s| s.0)
+                .map(|s| s.0 + 1)
+                .chain([next.0])
                 .max()
-                .unwrap_or(0)
-                + 1,
+                .unwrap_or(1),
         );
         let first_id = layout.nodes.iter().map(|n| n.id.0).max().unwrap_or(0) + 1;
         let mut new = Vec::new();
