@@ -110,7 +110,8 @@ enum Command {
         #[command(flatten)]
         dir: DataDirArg,
     },
-    /// Move every bucket of a shard to the others, online (its nodes keep running).
+    /// Move every bucket of a shard to the others, online, then stop its nodes and
+    /// remove their data (the shard holding the undeclared tables cannot be removed).
     RemoveShard {
         shard: u32,
         #[arg(long)]

@@ -1,5 +1,5 @@
 //! Placement commands (SPEC §9): `pgshard add-shard`, `pgshard rebalance`,
-//! `pgshard remove-shard N`, `pgshard moves`. shardd records the bucket moves and carries them out in its control
+//! `pgshard remove-shard N`, `pgshard add-replica`, `pgshard remove-replica`, `pgshard moves`. shardd records the bucket moves and carries them out in its control
 //! loop; these commands ask its API and follow the moves with a progress line (buckets
 //! done of total, rows moved, the move running now). Ctrl-C leaves the command, not the
 //! moves: `pgshard moves --follow` picks them up again.
@@ -173,7 +173,7 @@ pub async fn add_shard(data_dir: &Path, replicas: Option<u32>, detach: bool) -> 
     .await
 }
 
-/// `pgshard remove-shard N`: drain its buckets (the shard's nodes keep running).
+/// `pgshard remove-shard N`: drain its buckets, then shardd decommissions its nodes.
 pub async fn remove_shard(data_dir: &Path, shard: u32, detach: bool) -> Result<ExitCode> {
     scale(
         data_dir,
