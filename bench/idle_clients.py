@@ -17,6 +17,10 @@ import resource
 import struct
 import sys
 
+# A handshake not answered within this many seconds counts as failed (a server out of
+# file descriptors leaves new connections unaccepted in the listen queue).
+HANDSHAKE_TIMEOUT = 5
+
 
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -85,15 +89,23 @@ async def main():
     batch = 200  # at most this many handshakes in flight
     for start in range(0, n, batch):
         results = await asyncio.gather(
-            *(connect(host, port, user, database) for _ in range(min(batch, n - start))),
+            *(
+                asyncio.wait_for(connect(host, port, user, database), HANDSHAKE_TIMEOUT)
+                for _ in range(min(batch, n - start))
+            ),
             return_exceptions=True,
         )
         for r in results:
             if isinstance(r, BaseException):
                 failed += 1
-                errors[str(r)] = errors.get(str(r), 0) + 1
+                text = str(r) or type(r).__name__
+                errors[text] = errors.get(text, 0) + 1
             else:
                 conns.append(r)
+        if all(isinstance(r, BaseException) for r in results):
+            # The server takes no more clients: report what it holds.
+            errors["stopped opening after a batch that failed entirely"] = 1
+            break
     after = rss_kb(pid)
     ok = await select_one(host, port, user, database)
     print(f"opened={len(conns)}")

@@ -79,7 +79,8 @@ echo
 run() { # port clients -> "tps lat failed aborted cpu_us_per_tx"
     local port=$1 c=$2 pid=$3 before after out
     before=$(cpu_ticks "$pid")
-    out=$(pgbench -n -S -c "$c" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1) || true
+    # A router out of descriptors leaves clients waiting forever: bounded.
+    out=$(timeout $(( SECS + 60 )) pgbench -n -S -c "$c" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1) || true
     after=$(cpu_ticks "$pid")
     local tps lat failed tx aborted
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
