@@ -107,7 +107,10 @@ async def main():
             errors["stopped opening after a batch that failed entirely"] = 1
             break
     after = rss_kb(pid)
-    ok = await select_one(host, port, user, database)
+    try:
+        ok = await asyncio.wait_for(select_one(host, port, user, database), HANDSHAKE_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as e:
+        ok = "no (" + (str(e) or type(e).__name__) + ")"
     print(f"opened={len(conns)}")
     print(f"failed={failed}")
     for e, c in errors.items():
