@@ -33,6 +33,7 @@ pub mod distribute;
 pub mod fanout;
 pub mod forget;
 pub mod hold;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod reads;

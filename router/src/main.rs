@@ -43,6 +43,17 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // One descriptor per client connection: raise the soft limit before any socket
+    // exists (README, "Many clients").
+    match pgshard_router::limits::raise_nofile_limit() {
+        Ok(l) => tracing::info!(
+            before = l.before,
+            now = l.now,
+            hard = l.hard,
+            "file descriptor limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "file descriptor limit not raised"),
+    }
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

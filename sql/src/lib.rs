@@ -54,7 +54,9 @@ pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorV
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
-pub use plan::{dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names};
+pub use plan::{
+    dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names, SplitQuery,
+};
 pub use session::{begin_tag, session_command, statement_texts, SessionCommand};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
 

@@ -418,6 +418,9 @@ pub(crate) struct StatementText<'a> {
     pub hint: Option<Hint>,
     /// True if the statement holds no token (only whitespace and comments).
     pub empty: bool,
+    /// Its tokens, positions relative to `text`: lexed once, while splitting, and read
+    /// by the planner (the router no longer lexes a Query three times, issue 16).
+    pub toks: Vec<Token<'a>>,
 }
 
 /// Split a simple-protocol Query string into statements at top-level semicolons, as
@@ -434,6 +437,7 @@ pub(crate) fn split_statements(sql: &str) -> Vec<StatementText<'_>> {
     let mut first_word: Option<&str> = None;
     let mut count = 0usize;
     let mut hint_seen: Option<Hint> = None;
+    let mut toks: Vec<Token<'_>> = Vec::new();
     while let Some(t) = lexer.next() {
         // Hints are recorded by the lexer as comments pass; attribute them to the
         // statement being read.
@@ -462,13 +466,20 @@ pub(crate) fn split_statements(sql: &str) -> Vec<StatementText<'_>> {
                     text,
                     hint: hint_seen.take(),
                     empty: count == 1,
+                    toks: std::mem::take(&mut toks),
                 });
                 stmt_start = t.end;
                 first_word = None;
                 count = 0;
+                continue;
             }
             _ => {}
         }
+        toks.push(Token {
+            tok: t.tok,
+            start: t.start - stmt_start,
+            end: t.end - stmt_start,
+        });
     }
     if let Some(h) = lexer.hint.take() {
         hint_seen.get_or_insert(h);
@@ -479,6 +490,7 @@ pub(crate) fn split_statements(sql: &str) -> Vec<StatementText<'_>> {
             text: rest,
             hint: hint_seen,
             empty: count == 0,
+            toks,
         });
     }
     // `SELECT 1;;` — drop empty pieces unless everything is empty.

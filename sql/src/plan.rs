@@ -58,14 +58,45 @@ use std::ops::ControlFlow;
 /// `SELECT 1`) join any target — or `Unsupported("multi-statement query spanning
 /// shards")`.
 pub fn plan(sql: &str, catalog: &Catalog) -> Plan {
-    let stmts = split_statements(sql);
-    let mut plan = if let [one] = stmts.as_slice() {
-        plan_one(one, catalog)
-    } else {
-        combine(stmts.iter().map(|s| plan_one(s, catalog)).collect())
-    };
-    crate::moving::attach(&mut plan, catalog);
-    plan
+    SplitQuery::new(sql).plan(catalog)
+}
+
+/// A Query string split into statements once, with each statement's tokens: the
+/// router reads the statement texts and session commands from it and plans it without
+/// lexing the text again (issue 16: it used to be lexed by the router's split, then by
+/// the planner's).
+#[derive(Debug, Clone)]
+pub struct SplitQuery<'a> {
+    stmts: Vec<StatementText<'a>>,
+}
+
+impl<'a> SplitQuery<'a> {
+    pub fn new(sql: &'a str) -> Self {
+        SplitQuery {
+            stmts: split_statements(sql),
+        }
+    }
+
+    /// The statements, trimmed; statements of only whitespace and comments are
+    /// dropped (as [`statement_texts`](crate::statement_texts)).
+    pub fn texts(&self) -> Vec<&'a str> {
+        self.stmts
+            .iter()
+            .filter(|s| !s.empty)
+            .map(|s| s.text.trim())
+            .collect()
+    }
+
+    /// The plan of the whole Query string (as [`plan`]).
+    pub fn plan(&self, catalog: &Catalog) -> Plan {
+        let mut plan = if let [one] = self.stmts.as_slice() {
+            plan_one(one, catalog)
+        } else {
+            combine(self.stmts.iter().map(|s| plan_one(s, catalog)).collect())
+        };
+        crate::moving::attach(&mut plan, catalog);
+        plan
+    }
 }
 
 /// The kind of a Query string from its leading keywords only (no full parse): cheap
@@ -73,13 +104,7 @@ pub fn plan(sql: &str, catalog: &Catalog) -> Plan {
 /// [`plan`]'s `kind`.
 pub fn statement_kind(sql: &str) -> StatementKind {
     let stmts = split_statements(sql);
-    let kinds: Vec<StatementKind> = stmts
-        .iter()
-        .map(|s| {
-            let toks = tokens(s.text);
-            kind_of(&toks, s.text)
-        })
-        .collect();
+    let kinds: Vec<StatementKind> = stmts.iter().map(|s| kind_of(&s.toks, s.text)).collect();
     combine_kinds(&kinds)
 }
 
@@ -316,27 +341,21 @@ const STACK_PER_TOKEN: usize = 16 * 1024;
 const MAX_STACK: usize = 1 << 30;
 
 fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
-    let toks = tokens(stmt.text);
-    let kind = kind_of(&toks, stmt.text);
+    let toks = &stmt.toks;
+    let kind = kind_of(toks, stmt.text);
     let mut plan = if toks.is_empty() {
         Plan::new(Route::AnyShard, StatementKind::Empty)
     } else if toks.len() > DEEP_STATEMENT_TOKENS {
         let stack = toks.len().saturating_mul(STACK_PER_TOKEN);
         if stack > MAX_STACK {
-            let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
-            let route = fallback(
-                &first,
-                &toks,
-                &kind,
-                "statement too large to parse",
-                catalog,
-            );
+            let first = word(toks, first_non_paren(toks)).unwrap_or_default();
+            let route = fallback(&first, toks, &kind, "statement too large to parse", catalog);
             Plan::new(route, kind)
         } else {
-            stacker::grow(stack, || dispatch(stmt.text, &toks, kind, catalog))
+            stacker::grow(stack, || dispatch(stmt.text, toks, kind, catalog))
         }
     } else {
-        dispatch(stmt.text, &toks, kind, catalog)
+        dispatch(stmt.text, toks, kind, catalog)
     };
     if let Some(hint) = &stmt.hint {
         let overridable = !matches!(plan.route, Route::Router(_))
@@ -364,7 +383,7 @@ fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
             };
         }
     }
-    plan.replica_ok = plan.kind == StatementKind::Read && replica_safe(&toks);
+    plan.replica_ok = plan.kind == StatementKind::Read && replica_safe(toks);
     plan
 }
 

@@ -1735,8 +1735,13 @@ pub(crate) fn fast_path(
     }
     let (parts, next) = read_name(toks, j)?;
     j = next;
-    let (TableClass::Distributed { key, key_type, .. }, _) = classify_table(catalog, &parts) else {
-        return None;
+    let (key, key_type) = match classify_table(catalog, &parts).0 {
+        TableClass::Distributed { key, key_type, .. } => (key, key_type),
+        TableClass::Local => {
+            return fast_local(toks, j, first.tok.is_word("update"), catalog)
+                .then_some((Route::Shard(catalog.local_shard), None));
+        }
+        _ => return None,
     };
     // Optional alias.
     let mut alias = None;
@@ -1841,9 +1846,13 @@ fn fast_insert(
         return None;
     }
     let (parts, mut j) = read_name(toks, 2)?;
-    let (TableClass::Distributed { key, key_type, .. }, table) = classify_table(catalog, &parts)
-    else {
-        return None;
+    let (key, key_type, table) = match classify_table(catalog, &parts) {
+        (TableClass::Distributed { key, key_type, .. }, table) => (key, key_type, table),
+        (TableClass::Local, _) => {
+            return local_insert(toks, j, catalog)
+                .then_some((Route::Shard(catalog.local_shard), None));
+        }
+        _ => return None,
     };
     if !punct(j, b'(') {
         return None;
@@ -1925,4 +1934,122 @@ fn fast_insert(
         )),
         Const::Null => None,
     }
+}
+
+/// Words that may bring another table, a subquery or a second statement into a tail the
+/// local fast path accepts: with any of them, the full path decides.
+const LOCAL_TAIL_FORBIDDEN: [&str; 14] = [
+    "select",
+    "from",
+    "join",
+    "union",
+    "intersect",
+    "except",
+    "with",
+    "into",
+    "returning",
+    "values",
+    "table",
+    "lateral",
+    "using",
+    "only",
+];
+
+/// True when some identifier in the statement could name a declared table (its last
+/// name part, ignoring case): the full path, or its keyword fallback when sqlparser
+/// cannot parse the statement, looks at every name, so the local fast path steps aside.
+fn names_declared(toks: &[crate::parse::Token<'_>], catalog: &Catalog) -> bool {
+    use crate::parse::Tok;
+    let last = |name: &str| name.rsplit('.').next().unwrap_or(name).to_owned();
+    toks.iter().any(|t| match t.tok {
+        Tok::Word(w) => catalog
+            .tables
+            .iter()
+            .any(|d| last(&d.name).eq_ignore_ascii_case(w)),
+        Tok::QuotedIdent(q) => q.contains('"') || catalog.tables.iter().any(|d| last(&d.name) == q),
+        _ => false,
+    })
+}
+
+/// The rest of a `SELECT list FROM t`, `UPDATE t` or `DELETE FROM t` (from token `j`,
+/// after the table name) on a local (undeclared) table, when the full path would send
+/// the statement to the local shard too: an optional alias, then nothing or `WHERE …`
+/// (`SET … [WHERE …]` for UPDATE) without parentheses, another table, a subquery or a
+/// set operation, and no name the catalog declares. Every table the statement touches
+/// is then that one local table, which is the local shard's (SPEC §4), so routing an
+/// unmodified application's statements costs no parse (issue 16).
+fn fast_local(
+    toks: &[crate::parse::Token<'_>],
+    mut j: usize,
+    update: bool,
+    catalog: &Catalog,
+) -> bool {
+    use crate::parse::Tok;
+    let is = |i: usize, kw: &str| toks.get(i).is_some_and(|t| t.tok.is_word(kw));
+    let clause = if update { "set" } else { "where" };
+    if is(j, "as") {
+        j += 1;
+        if !matches!(
+            toks.get(j).map(|t| t.tok),
+            Some(Tok::Word(_) | Tok::QuotedIdent(_))
+        ) {
+            return false;
+        }
+        j += 1;
+    } else if !is(j, clause) {
+        match toks.get(j).map(|t| t.tok) {
+            Some(Tok::Word(_) | Tok::QuotedIdent(_)) => j += 1,
+            None if !update => {}
+            _ => return false,
+        }
+    }
+    if j < toks.len() && !is(j, clause) || update && j == toks.len() || j + 1 == toks.len() {
+        return false;
+    }
+    let tail_ok = toks[j..].iter().all(|t| match t.tok {
+        Tok::Word(w) => !LOCAL_TAIL_FORBIDDEN
+            .iter()
+            .any(|f| w.eq_ignore_ascii_case(f)),
+        // Parentheses, `;`, `[` and `$` were refused before (see `fast_path`).
+        _ => true,
+    });
+    tail_ok && !names_declared(toks, catalog)
+}
+
+/// `INSERT INTO t (cols) VALUES (vals)` on a local table (from token `j`, after the
+/// name): one row of values without parentheses or subqueries, nothing after, and no
+/// name the catalog declares: the local shard, as the full path routes it.
+fn local_insert(toks: &[crate::parse::Token<'_>], mut j: usize, catalog: &Catalog) -> bool {
+    use crate::parse::Tok;
+    let punct = |i: usize, c: u8| toks.get(i).map(|t| t.tok) == Some(Tok::Punct(c));
+    if !punct(j, b'(') {
+        return false;
+    }
+    j += 1;
+    loop {
+        if toks.get(j).and_then(|t| t.tok.ident()).is_none() {
+            return false;
+        }
+        j += 1;
+        if punct(j, b',') {
+            j += 1;
+        } else if punct(j, b')') {
+            j += 1;
+            break;
+        } else {
+            return false;
+        }
+    }
+    if !toks.get(j).is_some_and(|t| t.tok.is_word("values")) || !punct(j + 1, b'(') {
+        return false;
+    }
+    j += 2;
+    let close = match toks[j..].iter().position(|t| {
+        matches!(t.tok, Tok::Punct(b'(' | b')' | b';' | b'[' | b'$'))
+            || matches!(t.tok, Tok::Word(w) if ["select", "values", "with", "table"].iter().any(|f| w.eq_ignore_ascii_case(f)))
+    }) {
+        Some(k) if punct(j + k, b')') => j + k,
+        _ => return false,
+    };
+    close > j && close + 1 == toks.len() && !names_declared(toks, catalog)
 }

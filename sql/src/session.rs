@@ -4,7 +4,7 @@
 //! lexer as everything else the planner reads ([`crate::parse`]), so the router splits
 //! and reads a Query string exactly as the planner does.
 
-use crate::parse::{split_statements, Lexer, Tok, Token};
+use crate::parse::{Lexer, Tok, Token};
 
 /// What a single statement does to session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +40,7 @@ pub enum SessionCommand {
 /// The statements of a Query string (split at top-level semicolons as the planner
 /// splits them), trimmed; statements of only whitespace and comments are dropped.
 pub fn statement_texts(sql: &str) -> Vec<&str> {
-    split_statements(sql)
-        .into_iter()
-        .filter(|s| !s.empty)
-        .map(|s| s.text.trim())
-        .collect()
+    crate::SplitQuery::new(sql).texts()
 }
 
 /// The first word of a statement, as written ("" when it starts with something else).

@@ -28,7 +28,7 @@ use crate::protocol::frontend::{
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{session_command as classify, statement_texts, SessionCommand};
+use pgshard_sql::{session_command as classify, SessionCommand, SplitQuery};
 use pgshard_sql::{Route, RouterCommand, StatementKind};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -139,11 +139,12 @@ where
         let (plan, command, digest) = match reused {
             Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),
             None => {
-                let command = match statement_texts(sql).as_slice() {
+                let query = SplitQuery::new(sql);
+                let command = match query.texts().as_slice() {
                     [one] => classify(one),
                     _ => SessionCommand::Other,
                 };
-                let plan = pgshard_sql::plan(sql, catalog);
+                let plan = query.plan(catalog);
                 let plan = self.complete_insert_columns(sql, plan, catalog, true).await;
                 // Only session commands are kept (recorded when they complete).
                 let command = match command {

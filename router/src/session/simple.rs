@@ -12,7 +12,7 @@ use crate::protocol::frontend::encode_query;
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{begin_tag, session_command as classify, statement_texts, SessionCommand};
+use pgshard_sql::{begin_tag, session_command as classify, SessionCommand, SplitQuery};
 use pgshard_sql::{Plan, Route, RouterCommand};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -46,7 +46,9 @@ where
             self.deferred = Some(frame.clone());
             return Ok(());
         }
-        let stmts = statement_texts(sql);
+        // Split (and lexed) once: the texts and session commands here, the plan below.
+        let query = SplitQuery::new(sql);
+        let stmts = query.texts();
         if stmts.is_empty() {
             self.emit_empty(b'I');
             let s = self.client_status();
@@ -66,7 +68,7 @@ where
             return Ok(());
         }
         let in_txn = self.in_transaction();
-        let ControlFlow::Continue(plan) = self.plan_query(sql, &stmts).await? else {
+        let ControlFlow::Continue(plan) = self.plan_query(sql, &query, &stmts).await? else {
             return Ok(());
         };
         self.pending_write |= !plan.replica_ok;
@@ -80,7 +82,7 @@ where
         {
             return Ok(());
         }
-        self.forward_query(frame, &stmts, &plan, &route, prepare)
+        self.forward_query(frame, &stmts, cmd, &plan, &route, prepare)
             .await
     }
 
@@ -186,13 +188,14 @@ where
     async fn plan_query(
         &mut self,
         sql: &str,
+        query: &SplitQuery<'_>,
         stmts: &[&str],
     ) -> Result<ControlFlow<(), Plan>, SessionError> {
         // A statement for a bucket frozen by a move waits for the move (`crate::hold`).
         let mut hold = crate::hold::FrozenHold::new();
         let mut plan = loop {
             let catalog = self.ctx.catalog.current();
-            let plan = pgshard_sql::plan(sql, &catalog);
+            let plan = query.plan(&catalog);
             if self.shard_override.is_none() && crate::hold::touches_frozen(&plan, &catalog) {
                 // A transaction that began on the source before the fence goes on there.
                 let thawed = match self.in_transaction() {
@@ -200,7 +203,7 @@ where
                     false => None,
                 };
                 if let Some(c) = thawed {
-                    let plan = pgshard_sql::plan(sql, &c);
+                    let plan = query.plan(&c);
                     if !crate::hold::touches_frozen(&plan, &c) {
                         break self.complete_insert_columns(sql, plan, &c, false).await;
                     }
@@ -359,6 +362,7 @@ where
         &mut self,
         frame: &Frame,
         stmts: &[&str],
+        cmd: SessionCommand,
         plan: &Plan,
         route: &Route,
         prepare: Option<(String, Plan)>,
@@ -398,7 +402,11 @@ where
         }
         let prepared_name =
             prepare.map(|(name, inner)| self.record_sql_prepare(name, stmts[0], inner));
-        let statements = stmts.iter().map(|s| classify(s)).collect();
+        // One statement's command was read above (`on_query`).
+        let statements: std::collections::VecDeque<SessionCommand> = match stmts {
+            [_] => [cmd].into(),
+            _ => stmts.iter().map(|s| classify(s)).collect(),
+        };
         if super::txn::has_savepoint(plan) {
             for st in stmts {
                 super::txn::track_savepoint(&mut self.txn.savepoints, st);

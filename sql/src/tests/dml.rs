@@ -647,6 +647,18 @@ fn fast_path_cases() {
         "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ($1, $2, $3, $4, CURRENT_TIMESTAMP)",
         "INSERT INTO accounts (abalance, aid) VALUES (-1 * 3, -7)",
         "INSERT INTO docs (slug, body) VALUES ('a', E'b\\n')",
+        // Local (undeclared) tables: the local shard, without a parse.
+        "SELECT * FROM misc WHERE x = 5",
+        "SELECT abalance FROM pgbench_local WHERE aid = $1",
+        "SELECT a.x, b FROM misc AS a WHERE a.x = 'y' OR b > 3 ORDER BY b LIMIT 2",
+        "SELECT x FROM misc",
+        "SELECT x FROM app.misc m WHERE x = 1 FOR UPDATE",
+        "UPDATE misc SET x = x + -1 WHERE id = 4",
+        "UPDATE misc m SET x = 1",
+        "DELETE FROM misc",
+        "DELETE FROM misc WHERE x < 3",
+        "INSERT INTO misc (a, b, c) VALUES (1, DEFAULT, CURRENT_TIMESTAMP)",
+        "INSERT INTO misc (a) VALUES ($1)",
     ] {
         assert!(crate::route::fast_path(&toks(sql), &c).is_some(), "{sql}");
         check(sql, &E::Any.or_route(r(sql)));
@@ -668,7 +680,6 @@ fn fast_path_cases() {
         "SELECT * FROM accounts, branches WHERE aid = 5",
         "SELECT * FROM accounts JOIN branches USING (bid) WHERE aid = 5",
         "SELECT * FROM branches WHERE bid = 5",
-        "SELECT * FROM misc WHERE x = 5",
         "SELECT * FROM docs WHERE slug = 5",
         "UPDATE accounts SET aid = 6 WHERE aid = 5",
         "UPDATE accounts SET abalance = 1, aid = 6 WHERE aid = 5",
@@ -688,6 +699,25 @@ fn fast_path_cases() {
         "INSERT INTO accounts (aid) SELECT 5",
         "INSERT INTO accounts (aid) VALUES (5 + 1)",
         "INSERT INTO branches (bid) VALUES (5)",
+        // Local tables with anything that could bring in another table, or a name
+        // the catalog declares.
+        "SELECT * FROM misc WHERE x = 5 UNION SELECT * FROM accounts",
+        "SELECT * FROM misc WHERE x IN (SELECT aid FROM accounts)",
+        "SELECT * FROM misc m JOIN accounts a ON a.aid = m.x",
+        "SELECT * FROM misc, accounts WHERE aid = 5",
+        "SELECT * FROM misc WHERE accounts = 5",
+        "SELECT * FROM misc WHERE",
+        "SELECT * FROM misc ORDER BY x",
+        "SELECT * FROM pg_class WHERE relname = 'x'",
+        "UPDATE misc SET x = 1 FROM accounts WHERE x = aid",
+        "UPDATE misc",
+        "DELETE FROM misc USING accounts WHERE x = aid",
+        "DELETE FROM misc WHERE x = 1 RETURNING *",
+        "INSERT INTO misc (a) VALUES (1), (2)",
+        "INSERT INTO misc (a) VALUES (abs(1))",
+        "INSERT INTO misc (a) VALUES (1) RETURNING a",
+        "INSERT INTO misc (a) SELECT aid FROM accounts",
+        "INSERT INTO misc VALUES (1)",
     ] {
         assert!(crate::route::fast_path(&toks(sql), &c).is_none(), "{sql}");
     }

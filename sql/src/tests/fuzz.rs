@@ -98,6 +98,7 @@ fn pgbench_like() -> impl Strategy<Value = String> {
         "small",
         "branches",
         "misc",
+        "app.misc",
         "\"accounts\"",
         "app.orders",
     ]);

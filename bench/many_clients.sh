@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Many clients through one router (issue 16 part 3): N idle client connections held by
+# one router and its memory per idle client (bench/idle_clients.py, router RSS from
+# /proc), then pgbench -S at 32 and at 1000 clients through the same router,
+# interleaved (32, 1000, 32, 1000), with failed and aborted clients counted.
+#
+# usage: bench/many_clients.sh [idle clients (10000)] [seconds per pgbench run (10)] [scale (10)]
+# env:   PGSHARD_NO_BUILD=1 to use the existing release build;
+#        OLD_BIN=dir   also measure the router binary in dir (another build's
+#                      target/release) against the same cluster, interleaved.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+SECS=${2:-10}
+SCALE=${3:-10}
+POOL=8
+[ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
+# pgbench -c 1000 and the idle clients need descriptors of their own.
+ulimit -n "$(ulimit -Hn)"
+
+. bench/lib.sh
+WORK=$(mktemp -d /tmp/pgshard-many.XXXXXX)
+chmod 755 "$WORK"
+DATA="$WORK/cluster"
+ROUTER_PORT=$(free_port)
+OLD_PORT=$(free_port)
+cleanup() {
+    [ -n "${OLD_PID:-}" ] && kill "$OLD_PID" 2>/dev/null || true
+    ./target/release/pgshard destroy --data-dir "$DATA" >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cat > "$WORK/bench.toml" <<TOML
+[cluster]
+shards = 1
+replicas = 0
+[router]
+listen = "127.0.0.1:$ROUTER_PORT"
+pool_size = $POOL
+max_clients = $(( N + 2000 ))
+TOML
+
+# Started with Linux's usual soft limit of 1,024 descriptors: the router raises its own.
+(ulimit -Sn 1024; ./target/release/pgshard up --data-dir "$DATA" --config "$WORK/bench.toml" >/dev/null)
+STATUS=$(./target/release/pgshard status --data-dir "$DATA" --json)
+node_port() { echo "$STATUS" | python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$1"; }
+PG_PORT=$(node_port shard1-node1)
+CATALOG_PORT=$(node_port catalog-node1)
+ROUTER_PID=$(router_pid "$DATA")
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+
+TARGETS="new"
+if [ -n "${OLD_BIN:-}" ]; then
+    # The old router against the same catalog and shard, with the same settings.
+    (ulimit -Sn 1024; exec "$OLD_BIN/pgshard-router" --config "$DATA/router.toml" --listen "127.0.0.1:$OLD_PORT" \
+        --catalog "host=127.0.0.1 port=$CATALOG_PORT dbname=pgshard_catalog user=postgres" \
+        >"$WORK/old-router.log" 2>&1) &
+    OLD_PID=$!
+    for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$OLD_PORT" && break; sleep 0.1; done
+    TARGETS="old new"
+fi
+port_of() { [ "$1" = old ] && echo "$OLD_PORT" || echo "$ROUTER_PORT"; }
+pid_of() { [ "$1" = old ] && echo "$OLD_PID" || echo "$ROUTER_PID"; }
+
+echo "# many clients, 1 shard, pool $POOL, $(nproc) cores, $(date -u '+%F %H:%M'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# router file descriptor limit (soft/hard): $(awk '/Max open files/ {print $4"/"$5}' /proc/"$ROUTER_PID"/limits)"
+echo
+echo "| router | idle clients opened | failed | RSS before KB | RSS with clients KB | KB per idle client | SELECT 1 meanwhile |"
+echo "|---|---|---|---|---|---|---|"
+for t in $TARGETS; do
+    out=$(python3 bench/idle_clients.py 127.0.0.1 "$(port_of "$t")" "$(pid_of "$t")" "$N")
+    v() { echo "$out" | sed -n "s/^$1=//p" | head -1; }
+    echo "| $t | $(v opened) | $(v failed) | $(v rss_before_kb) | $(v rss_after_kb) | $(v kb_per_client) | $(v select_ok) |"
+    echo "$out" | grep '^error=' | sed 's/^/<!-- /; s/$/ -->/' || true
+done
+echo
+
+run() { # port clients -> "tps lat failed aborted cpu_us_per_tx"
+    local port=$1 c=$2 pid=$3 before after out
+    before=$(cpu_ticks "$pid")
+    # A router out of descriptors leaves clients waiting forever: bounded.
+    out=$(timeout $(( SECS + 60 )) pgbench -n -S -c "$c" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1) || true
+    after=$(cpu_ticks "$pid")
+    local tps lat failed tx aborted
+    tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
+    lat=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p')
+    tx=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
+    aborted=$(echo "$out" | grep -c 'client [0-9]* aborted\|error' || true)
+    local cpu="-"
+    [ -n "$tx" ] && [ "$tx" != 0 ] && cpu=$(python3 -c "print(f'{($after-$before)/$TICKS/$tx*1e6:.1f}')")
+    echo "${tps:-0} ${lat:--} ${failed:-0} $aborted $cpu"
+}
+
+echo "| router | clients | round | TPS | latency ms | failed tx | error lines | router CPU µs/tx |"
+echo "|---|---|---|---|---|---|---|---|"
+for round in 1 2; do
+    for c in 32 1000; do
+        for t in $TARGETS; do
+            read -r tps lat failed aborted cpu <<<"$(run "$(port_of "$t")" "$c" "$(pid_of "$t")")"
+            echo "| $t | $c | $round | $tps | $lat | $failed | $aborted | $cpu |"
+        done
+    done
+done
