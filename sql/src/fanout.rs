@@ -73,6 +73,9 @@ pub enum MergePlan {
     Stream(StreamMerge),
     /// Rows are collected and PostgreSQL computes the result in a finishing query.
     Finish(FinishPlan),
+    /// The distributed tables are copied into temporary tables of one shard's session,
+    /// where PostgreSQL runs the rewritten statement ([`crate::collect`]).
+    Collect(crate::CollectPlan),
 }
 
 /// Concatenation or k-way merge of sorted shard results, then OFFSET/LIMIT.

@@ -251,6 +251,12 @@ fn combine(plans: Vec<Plan>) -> Plan {
 fn declare_route(route: Route, decl: crate::CursorDecl) -> Route {
     match route {
         Route::Router(_) => Route::Unsupported("cursor over a pgshard command".to_owned()),
+        Route::Fanout(f) if matches!(f.merge, crate::MergePlan::Collect(_)) => {
+            Route::Unsupported(format!(
+                "DECLARE CURSOR of a query that needs its tables collected on one shard (distributed table {})",
+                f.tables.join(", ")
+            ))
+        }
         Route::Fanout(_) if decl.binary => Route::Unsupported(
             "DECLARE BINARY CURSOR of a multi-shard statement (declare it without BINARY and fetch with binary results)".to_owned(),
         ),
@@ -426,6 +432,12 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                         route: match p.route {
                             Route::Router(_) => {
                                 Route::Unsupported("EXPLAIN of a pgshard command".to_owned())
+                            }
+                            Route::Fanout(f) if matches!(f.merge, crate::MergePlan::Collect(_)) => {
+                                Route::Unsupported(format!(
+                                    "EXPLAIN of a query that needs its tables collected on one shard (distributed table {})",
+                                    f.tables.join(", ")
+                                ))
                             }
                             r => r,
                         },
@@ -786,6 +798,9 @@ fn copy_query_out(
         }
         crate::MergePlan::Stream(m) if !m.sort.is_empty() => Some("ORDER BY"),
         crate::MergePlan::Stream(_) => Some("LIMIT/OFFSET"),
+        crate::MergePlan::Collect(_) => {
+            Some("a query that needs its tables collected on one shard")
+        }
         crate::MergePlan::Finish(_) => {
             let qt = tokens(query);
             Some(if qt.iter().any(|t| t.tok.is_word("distinct")) {
@@ -1119,9 +1134,54 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         table: a.occs[o].table.clone(),
         column: a.occs[o].key.clone(),
     });
+    // What collecting needs to know, before the walk is consumed.
+    let collectable = a.verb == "query"
+        && a.unsupported.is_none()
+        && a.error.is_none()
+        && !a.select_into
+        && !a.occs.is_empty();
+    let reads_other =
+        !a.reference_reads.is_empty() || !a.locals.is_empty() || !a.catalog_relations.is_empty();
+    let local_dependent = a.local_dependent.clone();
     let route = a.route_statement(Some(st));
+    let route = match route {
+        Route::Unsupported(reason) if collectable => collect_route(
+            st,
+            catalog,
+            &reason,
+            local_dependent.as_deref(),
+            reads_other,
+        ),
+        r => r,
+    };
     let null_key = null_key.filter(|_| matches!(route, Route::ShardByParam { .. }));
     (route, null_key)
+}
+
+/// A read the fan-out planner refused with `reason`, answered by collecting its
+/// distributed tables on one shard ([`crate::collect`]), or still refused.
+fn collect_route(
+    st: &Statement,
+    catalog: &Catalog,
+    reason: &str,
+    local_dependent: Option<&str>,
+    reads_other: bool,
+) -> Route {
+    let facts = crate::collect::Facts {
+        reason,
+        local_dependent,
+        reads_other,
+    };
+    match crate::collect::plan(st, catalog, facts) {
+        Ok(c) => Route::Fanout(crate::FanoutPlan {
+            tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+            shards: catalog.shard_ids(),
+            shard_sql: st.to_string(),
+            merge: crate::MergePlan::Collect(c),
+            cursor: None,
+        }),
+        Err(msg) => Route::Unsupported(msg),
+    }
 }
 
 fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog) -> Route {

@@ -293,6 +293,9 @@ pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
         MergePlan::Stream(m) => {
             stream(m, &mut shards, &cols, buf, out, describe, rounded_floats).await
         }
+        MergePlan::Collect(_) => Err(FanoutError::Unsupported(
+            "a collected query reached the merge engine".into(),
+        )),
         MergePlan::Finish(f) => {
             let mut types = Vec::with_capacity(cols.len());
             for c in &cols {

@@ -37,6 +37,8 @@ pub enum Refusal {
     EveryShardExecute,
     #[error("COPY portal executed out of turn")]
     CopyOutOfTurn,
+    #[error("a query that needs its distributed tables collected on one shard and also reads reference, local or catalog relations, inside a transaction block (the collecting session would not see the transaction's writes to them)")]
+    CollectInTransaction,
 }
 
 impl Refusal {

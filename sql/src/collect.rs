@@ -1,0 +1,372 @@
+//! Reads that cannot be pushed down, answered by collecting (SPEC §5 rule 3, issue 15).
+//!
+//! A read the fan-out planner refuses (a join not on the shard key, a subquery that
+//! needs rows from every shard, a window not partitioned by the key, a set operation
+//! across shards, ROLLUP, `percentile_*`, an ORDER BY the merge cannot compare…) is
+//! still exact if one PostgreSQL sees every row: the router copies each distributed
+//! table it reads from every shard (`COPY … TO STDOUT (FORMAT binary)`, streamed) into
+//! a temporary table of one session on the finishing shard (`CREATE TEMP TABLE … (LIKE
+//! t)`, `COPY … FROM STDIN`), and PostgreSQL runs the statement there, rewritten so each
+//! reference to a distributed table names its temporary copy under the original name
+//! or alias. Result types, order, NULL handling and text output are PostgreSQL's own.
+//! This is Citus's "collect into intermediate results" in its simplest form: whole
+//! tables are collected (no filter or projection push-down yet).
+//!
+//! The finishing shard is the local shard: reference tables are on every shard, and
+//! local tables and functions live there. What the copy cannot reproduce is refused:
+//! system columns (`ctid`, `tableoid`, `xmin`… differ in a copy), whole-row references
+//! (their type would be the temporary table's row type), locking clauses, writes, user
+//! functions (one could read a distributed table, and see only the local shard's
+//! rows), and a CTE named like a distributed table.
+
+use crate::classify::{classify_table, is_portable_function, TableClass};
+use crate::parse::{fold_ident, name_parts};
+use pgshard_catalog::{Catalog, ShardId};
+use sqlparser::ast::{
+    Expr, Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor, Visit, VisitMut,
+    Visitor, VisitorMut,
+};
+use std::ops::ControlFlow;
+
+/// How the router answers a read by collecting its distributed tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectPlan {
+    /// One per distinct distributed table the statement reads.
+    pub inputs: Vec<CollectInput>,
+    /// The statement, rewritten to read the temporary tables (`$n` parameters mean
+    /// what they mean in the client's statement).
+    pub sql: String,
+    /// The shard whose session holds the temporary tables and runs `sql`.
+    pub finish: ShardId,
+    /// The statement also reads reference, local or catalog relations. Inside a
+    /// transaction block the finishing session (outside the transaction) would not see
+    /// the transaction's writes to those: refused there.
+    pub reads_other: bool,
+    /// Why it could not be pushed down (the fan-out planner's refusal).
+    pub reason: String,
+}
+
+/// One distributed table copied from every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectInput {
+    /// The declared table name, as the catalog has it.
+    pub table: String,
+    /// The temporary table's name (unqualified; it lives in `pg_temp`).
+    pub temp: String,
+}
+
+impl CollectInput {
+    /// The table's name quoted for SQL.
+    pub fn quoted_table(&self) -> String {
+        quote_name(&self.table)
+    }
+
+    /// The statement each shard runs: its rows in PostgreSQL's binary COPY format.
+    pub fn copy_out(&self) -> String {
+        format!("COPY {} TO STDOUT (FORMAT binary)", self.quoted_table())
+    }
+
+    /// The statement the finishing session runs to receive the rows.
+    pub fn copy_in(&self) -> String {
+        format!("COPY pg_temp.{} FROM STDIN (FORMAT binary)", self.temp)
+    }
+}
+
+impl CollectPlan {
+    /// SQL creating the temporary tables (empty, shaped like the distributed tables).
+    pub fn create_sql(&self) -> String {
+        let mut sql = self.drop_sql();
+        for i in &self.inputs {
+            sql.push_str(&format!(
+                "; CREATE TEMP TABLE {} (LIKE {})",
+                i.temp,
+                i.quoted_table()
+            ));
+        }
+        sql
+    }
+
+    /// SQL dropping the temporary tables (before the session returns to its pool).
+    pub fn drop_sql(&self) -> String {
+        let names: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|i| format!("pg_temp.{}", i.temp))
+            .collect();
+        format!("DROP TABLE IF EXISTS {}", names.join(", "))
+    }
+
+    /// SQL giving the planner statistics on the collected rows.
+    pub fn analyze_sql(&self) -> String {
+        let names: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|i| format!("pg_temp.{}", i.temp))
+            .collect();
+        format!("ANALYZE {}", names.join(", "))
+    }
+}
+
+/// Quotes a (possibly schema-qualified) folded name part by part.
+fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Functions that are not on the fan-out planner's list of portable functions but are
+/// built into PostgreSQL (so they cannot read a distributed table behind the router's
+/// back): a collected statement may call them.
+const BUILT_IN: &[&str] = &[
+    "row",
+    "percentile_cont",
+    "percentile_disc",
+    "mode",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "grouping",
+];
+
+/// What the walk of a statement found that decides whether it may be collected.
+pub(crate) struct Facts<'a> {
+    pub reason: &'a str,
+    pub local_dependent: Option<&'a str>,
+    pub reads_other: bool,
+}
+
+/// The collect plan for read `st`, which the fan-out planner refused with
+/// `facts.reason`; `Err` with the refusal to keep when collecting could not be exact.
+pub(crate) fn plan(
+    st: &Statement,
+    catalog: &Catalog,
+    facts: Facts<'_>,
+) -> Result<CollectPlan, String> {
+    let reason = facts.reason;
+    let Statement::Query(q) = st else {
+        return Err(reason.to_owned());
+    };
+    if let Some(f) = facts.local_dependent {
+        let name = f.rsplit('.').next().unwrap_or(f).to_lowercase();
+        if !BUILT_IN.contains(&name.as_str()) {
+            return Err(reason.to_owned());
+        }
+    }
+    // Two passes: aliases are declared in FROM, after the select list that uses them.
+    let mut check = Check {
+        catalog,
+        ctes: Vec::new(),
+        aliases: Vec::new(),
+        refusal: None,
+    };
+    let _ = q.visit(&mut check);
+    check.refusal = None;
+    check.ctes.clear();
+    let _ = q.visit(&mut check);
+    if let Some(r) = check.refusal {
+        return Err(format!("{reason}; it cannot be collected either: {r}"));
+    }
+    if check.ctes.iter().any(|c| {
+        matches!(
+            classify_table(catalog, std::slice::from_ref(c)).0,
+            TableClass::Distributed { .. }
+        )
+    }) {
+        return Err(format!(
+            "{reason}; it cannot be collected either: a CTE is named like a distributed table"
+        ));
+    }
+    let mut q: Query = (**q).clone();
+    let mut rewrite = Rewrite {
+        catalog,
+        ctes: check.ctes,
+        inputs: Vec::new(),
+    };
+    let _ = VisitMut::visit(&mut q, &mut rewrite);
+    if rewrite.inputs.is_empty() {
+        return Err(reason.to_owned());
+    }
+    let rewritten = Statement::Query(Box::new(q));
+    // Every reference to a distributed table must now name a copy.
+    let mut left = None;
+    let _ = sqlparser::ast::visit_relations(&rewritten, |n| {
+        let parts = name_parts(n);
+        if matches!(
+            classify_table(catalog, &parts).0,
+            TableClass::Distributed { .. }
+        ) && !rewrite.ctes.contains(&parts.join("."))
+        {
+            left = Some(parts.join("."));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    if let Some(t) = left {
+        return Err(format!(
+            "{reason}; it cannot be collected either: a reference to distributed table {t} in a construct pgshard does not rewrite"
+        ));
+    }
+    Ok(CollectPlan {
+        inputs: rewrite.inputs,
+        sql: rewritten.to_string(),
+        finish: catalog.local_shard,
+        reads_other: facts.reads_other,
+        reason: reason.to_owned(),
+    })
+}
+
+/// The first construct a collected statement could not reproduce exactly.
+struct Check<'c> {
+    catalog: &'c Catalog,
+    ctes: Vec<String>,
+    /// Names distributed tables are referred to by (alias or table name).
+    aliases: Vec<String>,
+    refusal: Option<String>,
+}
+
+const SYSTEM_COLUMNS: &[&str] = &["ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"];
+
+impl Visitor for Check<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
+        if let Some(w) = &q.with {
+            for c in &w.cte_tables {
+                self.ctes.push(fold_ident(&c.alias.name));
+            }
+        }
+        if !q.locks.is_empty() {
+            self.refusal.get_or_insert("FOR UPDATE/SHARE".to_owned());
+        }
+        if let SetExpr::Select(s) = q.body.as_ref() {
+            if s.into.is_some() {
+                self.refusal.get_or_insert("SELECT INTO".to_owned());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_statement(&mut self, st: &Statement) -> ControlFlow<()> {
+        if !matches!(st, Statement::Query(_)) {
+            self.refusal
+                .get_or_insert("data-modifying statement in WITH".to_owned());
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, tf: &TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name, alias, args, ..
+        } = tf
+        {
+            let parts = name_parts(name);
+            if args.is_none()
+                && matches!(
+                    classify_table(self.catalog, &parts).0,
+                    TableClass::Distributed { .. }
+                )
+            {
+                let n = match alias {
+                    Some(a) => fold_ident(&a.name),
+                    None => parts.last().cloned().unwrap_or_default(),
+                };
+                self.aliases.push(n);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::Function(f) = e {
+            let parts = name_parts(&f.name);
+            let last = parts.last().cloned().unwrap_or_default();
+            if !is_portable_function(&parts) && !BUILT_IN.contains(&last.as_str()) {
+                self.refusal.get_or_insert(format!(
+                    "function {} (only built-in functions are known not to read distributed tables)",
+                    parts.join(".")
+                ));
+            }
+        }
+        let last = match e {
+            Expr::Identifier(id) => Some(id),
+            Expr::CompoundIdentifier(ids) => ids.last(),
+            _ => None,
+        };
+        if let Some(id) = last {
+            let name = fold_ident(id);
+            if SYSTEM_COLUMNS.contains(&name.as_str()) {
+                self.refusal.get_or_insert(format!("system column {name}"));
+            }
+        }
+        if let Expr::Identifier(id) = e {
+            // Checked against every table name and alias seen so far and below: a
+            // column with a table's name is refused too (conservative).
+            let name = fold_ident(id);
+            let is_table = self.aliases.contains(&name)
+                || matches!(
+                    classify_table(self.catalog, std::slice::from_ref(&name)).0,
+                    TableClass::Distributed { .. }
+                );
+            if is_table {
+                self.refusal
+                    .get_or_insert(format!("whole-row reference {name}"));
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Replaces each reference to a distributed table by its temporary copy.
+struct Rewrite<'c> {
+    catalog: &'c Catalog,
+    ctes: Vec<String>,
+    inputs: Vec<CollectInput>,
+}
+
+impl VisitorMut for Rewrite<'_> {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name, alias, args, ..
+        } = tf
+        else {
+            return ControlFlow::Continue(());
+        };
+        if args.is_some() {
+            return ControlFlow::Continue(());
+        }
+        let parts = name_parts(name);
+        if parts.len() == 1 && self.ctes.contains(&parts[0]) {
+            return ControlFlow::Continue(());
+        }
+        let (TableClass::Distributed { .. }, table) = classify_table(self.catalog, &parts) else {
+            return ControlFlow::Continue(());
+        };
+        let temp = match self.inputs.iter().find(|i| i.table == table) {
+            Some(i) => i.temp.clone(),
+            None => {
+                let temp = format!("pgshard_ir_{}", self.inputs.len());
+                self.inputs.push(CollectInput {
+                    table,
+                    temp: temp.clone(),
+                });
+                temp
+            }
+        };
+        if alias.is_none() {
+            let last = match name.0.last() {
+                Some(sqlparser::ast::ObjectNamePart::Identifier(id)) => id.clone(),
+                _ => Ident::new(parts.last().cloned().unwrap_or_default()),
+            };
+            *alias = Some(TableAlias {
+                name: last,
+                columns: Vec::new(),
+            });
+        }
+        *name = ObjectName::from(vec![Ident::new("pg_temp"), Ident::new(temp)]);
+        ControlFlow::Continue(())
+    }
+}
