@@ -151,7 +151,9 @@ pub(crate) fn plan(
     if let Some(f) = facts.local_dependent {
         let name = f.rsplit('.').next().unwrap_or(f).to_lowercase();
         if !BUILT_IN.contains(&name.as_str()) {
-            return Err(reason.to_owned());
+            return Err(format!(
+                "{reason}; it cannot be collected either: function or type {f} (only built-in ones are known not to read distributed tables)"
+            ));
         }
     }
     // Two passes: aliases are declared in FROM, after the select list that uses them.
@@ -368,5 +370,99 @@ impl VisitorMut for Rewrite<'_> {
         }
         *name = ObjectName::from(vec![Ident::new("pg_temp"), Ident::new(temp)]);
         ControlFlow::Continue(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::tests::p;
+    use crate::{CollectPlan, FanoutPlan, MergePlan, Route};
+
+    fn collect(sql: &str) -> CollectPlan {
+        match p(sql).route {
+            Route::Fanout(FanoutPlan {
+                merge: MergePlan::Collect(c),
+                ..
+            }) => c,
+            other => panic!("{sql}: expected a collection, got {other:?}"),
+        }
+    }
+
+    fn refused(sql: &str) -> String {
+        match p(sql).route {
+            Route::Unsupported(m) => m,
+            other => panic!("{sql}: expected 0A000, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn independent_scalar_subqueries_are_collected() {
+        let c = collect(
+            "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM accounts WHERE aid > 3)",
+        );
+        let tables: Vec<&str> = c.inputs.iter().map(|i| i.table.as_str()).collect();
+        assert_eq!(tables, ["users", "accounts"]);
+        assert_eq!(
+            c.sql,
+            "SELECT (SELECT count(*) FROM pg_temp.pgshard_ir_0 AS users), (SELECT count(*) FROM pg_temp.pgshard_ir_1 AS accounts WHERE aid > 3)"
+        );
+        assert!(!c.reads_other);
+        assert_eq!(c.finish, crate::tests::LOCAL);
+    }
+
+    #[test]
+    fn references_keep_their_alias_and_share_one_copy() {
+        let c = collect(
+            "SELECT a.aid, b.aid FROM accounts a JOIN accounts AS b ON a.aid + 1 = b.aid JOIN branches br ON true",
+        );
+        assert_eq!(c.inputs.len(), 1);
+        assert!(c.sql.contains("pg_temp.pgshard_ir_0 AS a "), "{}", c.sql);
+        assert!(c.sql.contains("pg_temp.pgshard_ir_0 AS b "), "{}", c.sql);
+        assert!(c.sql.contains("JOIN branches AS br"), "{}", c.sql);
+        assert!(c.reads_other);
+        let c = collect("SELECT id FROM public.users EXCEPT SELECT aid FROM app.orders");
+        assert_eq!(
+            c.inputs[1].copy_out(),
+            r#"COPY "app"."orders" TO STDOUT (FORMAT binary)"#
+        );
+        assert!(c.sql.contains("pg_temp.pgshard_ir_0 AS users"), "{}", c.sql);
+        assert!(
+            c.sql.contains("pg_temp.pgshard_ir_1 AS orders"),
+            "{}",
+            c.sql
+        );
+    }
+
+    #[test]
+    fn what_a_copy_cannot_reproduce_stays_refused() {
+        for (sql, why) in [
+            ("SELECT ctid, aid FROM accounts a JOIN users u ON u.id = a.aid", "system column ctid"),
+            ("SELECT a.tableoid FROM accounts a JOIN users u ON u.id = a.aid", "system column tableoid"),
+            ("SELECT count(a) FROM accounts a JOIN users u ON u.id = a.aid", "whole-row reference a"),
+            ("SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid FOR UPDATE", "FOR UPDATE"),
+            ("SELECT my_func(a.aid) FROM accounts a JOIN users u ON u.id = a.aid", "function or type my_func"),
+            ("WITH users AS (SELECT 1 AS id) SELECT * FROM users u JOIN accounts a ON a.aid = u.id JOIN accounts b ON b.aid = u.id + 1", "CTE is named like"),
+        ] {
+            let m = refused(sql);
+            assert!(m.contains(why), "{sql}: {m}");
+        }
+        // Outside plain reads, no collection.
+        for sql in [
+            "EXPLAIN SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid",
+            "DECLARE c CURSOR FOR SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid",
+            "COPY (SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid) TO STDOUT",
+            "SELECT a.aid INTO t2 FROM accounts a JOIN users u ON u.id = a.aid",
+            "UPDATE accounts SET aid = 1 WHERE aid IN (SELECT id FROM users)",
+        ] {
+            refused(sql);
+        }
+    }
+
+    #[test]
+    fn built_in_aggregates_beyond_the_portable_list_are_collected() {
+        let c = collect("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY aid) FROM accounts");
+        assert_eq!(c.inputs.len(), 1);
+        collect("SELECT aid, count(*) FROM accounts GROUP BY ROLLUP (aid)");
+        collect("SELECT id, row_number() OVER (ORDER BY id) FROM users");
     }
 }
