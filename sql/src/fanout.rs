@@ -64,6 +64,11 @@ pub struct FanoutPlan {
     /// Set for `DECLARE … CURSOR FOR` this read: the router runs it and keeps its rows
     /// for FETCH ([`crate::cursor`]).
     pub cursor: Option<crate::CursorDecl>,
+    /// How to answer it if the router finds at run time that it cannot merge the
+    /// shards' answers (an ORDER BY on a type it does not compare, a result type the
+    /// finishing query cannot name): collect its tables instead ([`crate::collect`]).
+    /// Set only where collecting is exact.
+    pub fallback: Option<Box<crate::CollectPlan>>,
 }
 
 /// How the router combines the shards' answers.
@@ -767,6 +772,7 @@ fn stream(
             offset,
         }),
         cursor: None,
+        fallback: None,
     })
 }
 
@@ -1179,6 +1185,7 @@ fn finish_aggregate(
             columns,
         }),
         cursor: None,
+        fallback: None,
     })
 }
 
@@ -1323,6 +1330,7 @@ fn finish_distinct(
             columns: (0..n + extra.len()).map(col_name).collect(),
         }),
         cursor: None,
+        fallback: None,
     })
 }
 

@@ -262,6 +262,7 @@ fn declare_route(route: Route, decl: crate::CursorDecl) -> Route {
         ),
         Route::Fanout(mut f) => {
             f.cursor = Some(decl);
+            f.fallback = None;
             Route::Fanout(f)
         }
         Route::FanoutWrite(w) => Route::Unsupported(format!(
@@ -438,6 +439,10 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                                     "EXPLAIN of a query that needs its tables collected on one shard (distributed table {})",
                                     f.tables.join(", ")
                                 ))
+                            }
+                            Route::Fanout(mut f) => {
+                                f.fallback = None;
+                                Route::Fanout(f)
                             }
                             r => r,
                         },
@@ -1179,6 +1184,7 @@ fn collect_route(
             shard_sql: st.to_string(),
             merge: crate::MergePlan::Collect(c),
             cursor: None,
+            fallback: None,
         }),
         Err(msg) => Route::Unsupported(msg),
     }

@@ -59,6 +59,10 @@ pub enum Outcome {
 pub enum FanoutError {
     #[error("{0}")]
     Unsupported(String),
+    /// Like `Unsupported`, found from the shards' row descriptions before anything was
+    /// written: the session may answer by collecting instead (`FanoutPlan::fallback`).
+    #[error("{0}")]
+    Unmergeable(String),
     #[error("shard {shard}: {message}")]
     Protocol { shard: usize, message: String },
     #[error("shard {shard} closed the connection")]
@@ -300,12 +304,12 @@ pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
             let mut types = Vec::with_capacity(cols.len());
             for c in &cols {
                 if c.format != 0 {
-                    return Err(FanoutError::Unsupported(
+                    return Err(FanoutError::Unmergeable(
                         "binary result format for a multi-shard aggregate or DISTINCT".into(),
                     ));
                 }
                 types.push(pgshard_sql::fanout::type_name(c.type_oid).ok_or_else(|| {
-                    FanoutError::Unsupported(format!(
+                    FanoutError::Unmergeable(format!(
                         "type with oid {} in a multi-shard aggregate or DISTINCT",
                         c.type_oid
                     ))
@@ -519,13 +523,13 @@ fn merge_keys(
         };
         let c = &cols[column];
         let kind = Kind::of(c.type_oid).ok_or_else(|| {
-            FanoutError::Unsupported(format!(
+            FanoutError::Unmergeable(format!(
                 "ORDER BY on a value of type oid {} in a multi-shard query",
                 c.type_oid
             ))
         })?;
         if kind == Kind::Float && rounded_floats {
-            return Err(FanoutError::Unsupported(
+            return Err(FanoutError::Unmergeable(
                 "ORDER BY on a float value in a multi-shard query while extra_float_digits is below 1 (floats print rounded, so the merge cannot order them)".into(),
             ));
         }

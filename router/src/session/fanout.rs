@@ -94,6 +94,9 @@ pub(crate) enum Ending {
     Fail(SessionError),
     /// An ErrorResponse made here, then ReadyForQuery.
     Raw(BytesMut),
+    /// The merge cannot handle the shards' rows (nothing was sent to the client): the
+    /// plan's fallback answers, else 0A000 with this message.
+    Fallback(String),
 }
 
 /// A transaction participant lent to a fan-out: everything but its connection.
@@ -220,6 +223,33 @@ where
         let (ending, shard_failed) = self
             .settle_fanout(result, &mut parts, budget, in_txn, ext)
             .await;
+        if let Ending::Fallback(msg) = ending {
+            if in_txn && finish {
+                self.undo_merge_settings(&mut parts).await;
+            }
+            let back = self.release_parts(parts, reused_shard);
+            self.restore_attached(back);
+            return match &plan.fallback {
+                Some(c) => {
+                    tracing::debug!(reason = %msg, "fan-out falls back to collecting");
+                    let collect = FanoutPlan {
+                        shards: self.ctx.catalog.current().shard_ids(),
+                        merge: MergePlan::Collect((**c).clone()),
+                        fallback: None,
+                        ..plan.clone()
+                    };
+                    self.run_collect(&collect, c, in_txn, ext).await
+                }
+                None => {
+                    self.answer_fanout(
+                        ext.is_some(),
+                        Ending::Fail(SessionError::Unsupported(msg)),
+                        false,
+                    );
+                    Ok(())
+                }
+            };
+        }
         let back = self.release_parts(parts, reused_shard);
         self.restore_attached(back);
         self.answer_fanout(ext.is_some(), ending, shard_failed);
@@ -367,6 +397,11 @@ where
                 self.finish_parts(parts, &all, None, true).await;
                 ending = Ending::Fail(SessionError::Unsupported(msg));
             }
+            Err(FanoutError::Unmergeable(msg)) => {
+                let all: Vec<usize> = (0..parts.len()).collect();
+                self.finish_parts(parts, &all, None, true).await;
+                ending = Ending::Fallback(msg);
+            }
             Err(e) => {
                 // A shard's stream is in an unknown state: close every backend.
                 let lost = parts.iter().find(|p| p.conn.broken).map(|p| p.shard);
@@ -411,6 +446,7 @@ where
                 }
                 Ending::Ready if shard_failed => self.skip_until_sync = true,
                 Ending::Ready => {}
+                Ending::Fallback(m) => self.fail_extended(SessionError::Unsupported(m)),
             }
             self.publish_activity();
             return;
@@ -422,6 +458,7 @@ where
                 let s = self.client_status();
                 encode_ready(&mut self.out, s);
             }
+            Ending::Fallback(m) => self.fail_simple(SessionError::Unsupported(m)),
             Ending::Ready => {
                 let s = self.client_status();
                 encode_ready(&mut self.out, s);
