@@ -44,7 +44,28 @@ pub struct CollectPlan {
     pub reads_other: bool,
     /// Why it could not be pushed down (the fan-out planner's refusal).
     pub reason: String,
+    /// For `INSERT INTO distributed … SELECT/VALUES`: `sql` fills a staging table
+    /// instead of answering, and its rows then go to their shards.
+    pub insert: Option<InsertStage>,
 }
+
+/// An INSERT into a distributed table whose rows the router cannot route from the
+/// statement's text (a query as source, a key that is an expression): PostgreSQL
+/// computes the rows (with the INSERT's own coercions to the column types) into a
+/// staging table on the finishing session, whose rows are then copied to their
+/// shards as a COPY into the table is (split by key, one distributed transaction).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertStage {
+    /// Creates the staging table: the INSERT's columns, typed as the table's.
+    pub create: String,
+    /// The staging table's rows out, for the COPY into the distributed table.
+    pub copy_out: String,
+    /// `COPY table (columns) FROM STDIN (FORMAT binary)` as planned for the shards.
+    pub copy: crate::CopyPlan,
+}
+
+/// The staging table of an [`InsertStage`].
+pub const STAGE_TABLE: &str = "pgshard_ins";
 
 /// One distributed table copied from every shard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +97,10 @@ impl CollectPlan {
     /// SQL creating the temporary tables (empty, shaped like the distributed tables).
     pub fn create_sql(&self) -> String {
         let mut sql = self.drop_sql();
+        if let Some(i) = &self.insert {
+            sql.push_str("; ");
+            sql.push_str(&i.create);
+        }
         for i in &self.inputs {
             sql.push_str(&format!(
                 "; CREATE TEMP TABLE {} (LIKE {})",
@@ -88,22 +113,28 @@ impl CollectPlan {
 
     /// SQL dropping the temporary tables (before the session returns to its pool).
     pub fn drop_sql(&self) -> String {
-        let names: Vec<String> = self
+        let mut names: Vec<String> = self
             .inputs
             .iter()
             .map(|i| format!("pg_temp.{}", i.temp))
             .collect();
+        if self.insert.is_some() {
+            names.push(format!("pg_temp.{STAGE_TABLE}"));
+        }
         format!("DROP TABLE IF EXISTS {}", names.join(", "))
     }
 
-    /// SQL giving the planner statistics on the collected rows.
-    pub fn analyze_sql(&self) -> String {
+    /// SQL giving the planner statistics on the collected rows (`None`: none collected).
+    pub fn analyze_sql(&self) -> Option<String> {
+        if self.inputs.is_empty() {
+            return None;
+        }
         let names: Vec<String> = self
             .inputs
             .iter()
             .map(|i| format!("pg_temp.{}", i.temp))
             .collect();
-        format!("ANALYZE {}", names.join(", "))
+        Some(format!("ANALYZE {}", names.join(", ")))
     }
 }
 
@@ -148,6 +179,103 @@ pub(crate) fn plan(
     let Statement::Query(q) = st else {
         return Err(reason.to_owned());
     };
+    let (inputs, q) = rewrite_query(q, catalog, &facts)?;
+    if inputs.is_empty() {
+        return Err(reason.to_owned());
+    }
+    Ok(CollectPlan {
+        inputs,
+        sql: Statement::Query(Box::new(q)).to_string(),
+        finish: catalog.local_shard,
+        reads_other: facts.reads_other,
+        reason: reason.to_owned(),
+        insert: None,
+    })
+}
+
+/// The collect plan for `INSERT INTO distributed (columns) <source>` that the planner
+/// refused with `facts.reason` (see [`InsertStage`]); `Err` with the refusal to keep.
+pub(crate) fn plan_insert(
+    st: &Statement,
+    text: &str,
+    catalog: &Catalog,
+    facts: Facts<'_>,
+) -> Result<CollectPlan, String> {
+    let reason = facts.reason;
+    let keep = |why: &str| Err(format!("{reason}; it cannot be collected either: {why}"));
+    let Statement::Insert(ins) = st else {
+        return Err(reason.to_owned());
+    };
+    let sqlparser::ast::TableObject::TableName(name) = &ins.table else {
+        return Err(reason.to_owned());
+    };
+    let (TableClass::Distributed { key, .. }, table) = classify_table(catalog, &name_parts(name))
+    else {
+        return Err(reason.to_owned());
+    };
+    let Some(source) = &ins.source else {
+        return Err(reason.to_owned());
+    };
+    if ins.on.is_some() {
+        return keep("ON CONFLICT");
+    }
+    if ins.returning.is_some() {
+        return keep("RETURNING");
+    }
+    let columns: Vec<String> = ins.columns.iter().map(fold_ident).collect();
+    if !columns.iter().any(|c| c == key) {
+        return Err(reason.to_owned());
+    }
+    // `DEFAULT` in VALUES would take the staging table's default (none).
+    if crate::parse::tokens(text)
+        .iter()
+        .any(|t| t.tok.is_word("default"))
+    {
+        return keep("DEFAULT in the inserted values");
+    }
+    let (inputs, source) = rewrite_query(source, catalog, &facts)?;
+    let quoted_cols: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+        .collect();
+    let cols = quoted_cols.join(", ");
+    let target = quote_name(&table);
+    let copy_sql = format!("COPY {target} ({cols}) FROM STDIN (FORMAT binary)");
+    let copy = match crate::plan(&copy_sql, catalog).route {
+        crate::Route::Copy(c) => c,
+        _ => return keep("its rows cannot be copied to the table"),
+    };
+    let mut staged = ins.clone();
+    staged.table = sqlparser::ast::TableObject::TableName(ObjectName::from(vec![
+        Ident::new("pg_temp"),
+        Ident::new(STAGE_TABLE),
+    ]));
+    staged.table_alias = None;
+    staged.source = Some(Box::new(source));
+    Ok(CollectPlan {
+        inputs,
+        sql: Statement::Insert(staged).to_string(),
+        finish: catalog.local_shard,
+        reads_other: facts.reads_other,
+        reason: reason.to_owned(),
+        insert: Some(InsertStage {
+            create: format!(
+                "CREATE TEMP TABLE {STAGE_TABLE} AS SELECT {cols} FROM {target} WITH NO DATA"
+            ),
+            copy_out: format!("COPY pg_temp.{STAGE_TABLE} TO STDOUT (FORMAT binary)"),
+            copy,
+        }),
+    })
+}
+
+/// Query `q` with every distributed table it reads replaced by its copy, and the
+/// copies to make; `Err` with the refusal to keep when that would not be exact.
+fn rewrite_query(
+    q: &Query,
+    catalog: &Catalog,
+    facts: &Facts<'_>,
+) -> Result<(Vec<CollectInput>, Query), String> {
+    let reason = facts.reason;
     if let Some(f) = facts.local_dependent {
         let name = f.rsplit('.').next().unwrap_or(f).to_lowercase();
         if !BUILT_IN.contains(&name.as_str()) {
@@ -180,20 +308,16 @@ pub(crate) fn plan(
             "{reason}; it cannot be collected either: a CTE is named like a distributed table"
         ));
     }
-    let mut q: Query = (**q).clone();
+    let mut q: Query = q.clone();
     let mut rewrite = Rewrite {
         catalog,
         ctes: check.ctes,
         inputs: Vec::new(),
     };
     let _ = VisitMut::visit(&mut q, &mut rewrite);
-    if rewrite.inputs.is_empty() {
-        return Err(reason.to_owned());
-    }
-    let rewritten = Statement::Query(Box::new(q));
     // Every reference to a distributed table must now name a copy.
     let mut left = None;
-    let _ = sqlparser::ast::visit_relations(&rewritten, |n| {
+    let _ = sqlparser::ast::visit_relations(&q, |n| {
         let parts = name_parts(n);
         if matches!(
             classify_table(catalog, &parts).0,
@@ -210,13 +334,7 @@ pub(crate) fn plan(
             "{reason}; it cannot be collected either: a reference to distributed table {t} in a construct pgshard does not rewrite"
         ));
     }
-    Ok(CollectPlan {
-        inputs: rewrite.inputs,
-        sql: rewritten.to_string(),
-        finish: catalog.local_shard,
-        reads_other: facts.reads_other,
-        reason: reason.to_owned(),
-    })
+    Ok((rewrite.inputs, q))
 }
 
 /// The first construct a collected statement could not reproduce exactly.
@@ -464,5 +582,56 @@ mod tests {
         assert_eq!(c.inputs.len(), 1);
         collect("SELECT aid, count(*) FROM accounts GROUP BY ROLLUP (aid)");
         collect("SELECT id, row_number() OVER (ORDER BY id) FROM users");
+    }
+}
+
+#[cfg(test)]
+mod insert_tests {
+    use crate::tests::p;
+    use crate::{CollectPlan, FanoutPlan, MergePlan, Route};
+
+    fn staged(sql: &str) -> CollectPlan {
+        match p(sql).route {
+            Route::Fanout(FanoutPlan {
+                merge: MergePlan::Collect(c),
+                ..
+            }) if c.insert.is_some() => c,
+            other => panic!("{sql}: expected a staged INSERT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn insert_select_and_computed_keys_are_staged() {
+        let c = staged("INSERT INTO users (id, name) SELECT aid, 'x' FROM accounts WHERE aid > 5");
+        assert_eq!(
+            c.sql,
+            "INSERT INTO pg_temp.pgshard_ins (id, name) SELECT aid, 'x' FROM pg_temp.pgshard_ir_0 AS accounts WHERE aid > 5"
+        );
+        let Some(ins) = &c.insert else { unreachable!() };
+        assert_eq!(
+            ins.create,
+            r#"CREATE TEMP TABLE pgshard_ins AS SELECT "id", "name" FROM "users" WITH NO DATA"#
+        );
+        assert_eq!(ins.copy.table, "users");
+        let c = staged("INSERT INTO users (id, name) VALUES (350 + 355, 'expression')");
+        assert!(c.inputs.is_empty());
+        staged("INSERT INTO users (id) SELECT g FROM generate_series(1, 3) g");
+    }
+
+    #[test]
+    fn inserts_that_staging_would_change_stay_refused() {
+        for sql in [
+            "INSERT INTO users (id, name) SELECT aid, 'x' FROM accounts ON CONFLICT DO NOTHING",
+            "INSERT INTO users (id, name) SELECT aid, 'x' FROM accounts RETURNING id",
+            "INSERT INTO users (id, name) VALUES (1 + 1, DEFAULT)",
+            "INSERT INTO users SELECT aid FROM accounts",
+            "INSERT INTO users (name) SELECT 'x' FROM accounts",
+        ] {
+            assert!(
+                matches!(p(sql).route, Route::Unsupported(_)),
+                "{sql}: {:?}",
+                p(sql).route
+            );
+        }
     }
 }

@@ -1148,6 +1148,10 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
     let reads_other =
         !a.reference_reads.is_empty() || !a.locals.is_empty() || !a.catalog_relations.is_empty();
     let local_dependent = a.local_dependent.clone();
+    let insert_collectable = a.verb == "INSERT"
+        && a.error.is_none()
+        && a.reference_writes.is_empty()
+        && a.insert_target.is_some();
     let route = a.route_statement(Some(st));
     let route = match route {
         Route::Unsupported(reason) if collectable => collect_route(
@@ -1157,6 +1161,24 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
             local_dependent.as_deref(),
             reads_other,
         ),
+        Route::Unsupported(reason) if insert_collectable => {
+            let facts = crate::collect::Facts {
+                reason: &reason,
+                local_dependent: local_dependent.as_deref(),
+                reads_other,
+            };
+            match crate::collect::plan_insert(st, &st.to_string(), catalog, facts) {
+                Ok(c) => Route::Fanout(crate::FanoutPlan {
+                    tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+                    shards: catalog.shard_ids(),
+                    shard_sql: st.to_string(),
+                    merge: crate::MergePlan::Collect(c),
+                    cursor: None,
+                    fallback: None,
+                }),
+                Err(msg) => Route::Unsupported(msg),
+            }
+        }
         r => r,
     };
     let null_key = null_key.filter(|_| matches!(route, Route::ShardByParam { .. }));

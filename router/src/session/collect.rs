@@ -17,6 +17,7 @@
 //! with the session's settings replayed. Its temporary tables are dropped before it
 //! goes back to its pool; a backend left in any other state is closed instead.
 
+use super::copy::{CopyMode, CopySource};
 use super::error::SessionError;
 use super::fanout::{Ending, Part};
 use super::refusal::Refusal;
@@ -30,7 +31,7 @@ use crate::protocol::frontend::{
 use crate::protocol::Frame;
 use bytes::{BufMut, BytesMut};
 use pgshard_catalog::ShardId;
-use pgshard_sql::{CollectInput, CollectPlan, FanoutPlan};
+use pgshard_sql::{CollectInput, CollectPlan, FanoutPlan, InsertStage};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// The binary COPY signature, flags and header-extension length the router sends once.
@@ -126,6 +127,13 @@ where
         in_txn: bool,
         ext: Option<(&FanoutPortal, bool)>,
     ) -> Result<(), SessionError> {
+        if in_txn && c.insert.is_some() {
+            self.fail_fanout(
+                ext.is_some(),
+                SessionError::from(Refusal::CollectedInsertInTransaction),
+            );
+            return Ok(());
+        }
         if in_txn && c.reads_other {
             self.fail_fanout(
                 ext.is_some(),
@@ -173,6 +181,22 @@ where
             }
         };
         self.collect_answer_failed = false;
+        if let (Some(ins), Ending::Ready) = (&c.insert, &ending) {
+            // The staged rows to their shards, as a COPY into the table is.
+            let back = self.release_parts(parts, reused_shard);
+            self.restore_attached(back);
+            self.insert_staged(ins, c.finish, &mut finish, ext).await?;
+            if finish.is_clean() {
+                if let Err(e) = finish.run_silent(&c.drop_sql()).await {
+                    tracing::warn!(error = %e, "could not drop collected tables");
+                    finish.broken = true;
+                }
+            } else {
+                finish.broken = true;
+            }
+            self.publish_activity();
+            return Ok(());
+        }
         // Temporary tables go before the backend goes back to its pool.
         if finish.is_clean() {
             if let Err(e) = finish.run_silent(&c.drop_sql()).await {
@@ -230,8 +254,13 @@ where
             }
         }
         tracing::debug!(bytes = moved, tables = c.inputs.len(), "collected");
-        if let Err(e) = finish.run_silent(&c.analyze_sql()).await {
-            return Err(SessionError::from_backend(shard, e));
+        if let Some(sql) = c.analyze_sql() {
+            if let Err(e) = finish.run_silent(&sql).await {
+                return Err(SessionError::from_backend(shard, e));
+            }
+        }
+        if c.insert.is_some() {
+            return self.run_stage(finish, shard, &c.sql, ext).await;
         }
         self.relay_finishing(finish, shard, &c.sql, ext).await?;
         Ok(None)
@@ -359,6 +388,100 @@ where
             return Ok(Collected::ShardError(e));
         }
         Ok(Collected::Done)
+    }
+
+    /// Runs the statement filling the staging table of a collected INSERT, with the
+    /// client's parameters. `Some(error)`: PostgreSQL's error for it.
+    async fn run_stage(
+        &mut self,
+        conn: &mut PooledConn,
+        shard: ShardId,
+        sql: &str,
+        ext: Option<(&FanoutPortal, bool)>,
+    ) -> Result<Option<Frame>, SessionError> {
+        match ext {
+            None => encode_query(&mut conn.out, sql),
+            Some((portal, _)) => {
+                let out = &mut conn.out;
+                encode_parse(out, "", sql, &portal.param_types);
+                encode_bind_with_results(out, "", "", &portal.params, &[]);
+                encode_execute(out, "");
+                encode_sync(out);
+            }
+        }
+        conn.unnamed = None;
+        conn.status = b'T';
+        conn.flush()
+            .await
+            .map_err(|e| SessionError::from_backend(shard, e))?;
+        let mut error = None;
+        loop {
+            let f = conn
+                .read()
+                .await
+                .map_err(|e| SessionError::from_backend(shard, e))?;
+            match f.tag() {
+                b'Z' => {
+                    conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                    break;
+                }
+                b'E' => {
+                    error.get_or_insert(f);
+                }
+                b'S' => conn.note_parameter(&f),
+                _ => {}
+            }
+        }
+        Ok(error)
+    }
+
+    /// Copies the staging table's rows into the distributed table (split by key, one
+    /// distributed transaction) and answers the client with `INSERT 0 n`.
+    async fn insert_staged(
+        &mut self,
+        ins: &InsertStage,
+        shard: ShardId,
+        finish: &mut PooledConn,
+        ext: Option<(&FanoutPortal, bool)>,
+    ) -> Result<(), SessionError> {
+        encode_query(&mut finish.out, &ins.copy_out);
+        finish.unnamed = None;
+        finish.status = b'T';
+        if let Err(e) = finish.flush().await {
+            finish.broken = true;
+            self.fail_fanout(ext.is_some(), SessionError::from_backend(shard, e));
+            return Ok(());
+        }
+        let mode = match ext {
+            None => CopyMode::Simple,
+            Some((_, describe)) => {
+                if describe {
+                    // An INSERT without RETURNING describes as NoData.
+                    self.out.extend_from_slice(&[b'n', 0, 0, 0, 4]);
+                }
+                CopyMode::Extended
+            }
+        };
+        self.run_copy_from(
+            &ins.copy,
+            false,
+            mode,
+            CopySource::Backend(shard, finish),
+            true,
+        )
+        .await?;
+        // Whatever the staging COPY still sends, up to its ReadyForQuery.
+        while !finish.broken {
+            match finish.read().await {
+                Ok(f) if f.tag() == b'Z' => {
+                    finish.status = decode_ready_status(&f).unwrap_or(b'E');
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => finish.broken = true,
+            }
+        }
+        Ok(())
     }
 
     /// Reads every part to its ReadyForQuery (after the finishing side failed).

@@ -39,6 +39,8 @@ pub enum Refusal {
     CopyOutOfTurn,
     #[error("a query that needs its distributed tables collected on one shard and also reads reference, local or catalog relations, inside a transaction block (the collecting session would not see the transaction's writes to them)")]
     CollectInTransaction,
+    #[error("an INSERT into a distributed table whose rows are computed by a query or an expression of the shard key, inside a transaction block (not supported yet)")]
+    CollectedInsertInTransaction,
 }
 
 impl Refusal {
