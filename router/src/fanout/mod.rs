@@ -478,6 +478,7 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
         skip: m.offset,
         left: m.limit,
         sent: 0,
+        flushed: false,
     };
     let stop = if keys.is_empty() {
         concat(shards, &mut em, &mut buf, out).await?
@@ -553,12 +554,23 @@ struct Emitter {
     skip: u64,
     left: Option<u64>,
     sent: u64,
+    /// Rows were written to the client (not only buffered).
+    flushed: bool,
 }
 
 impl Emitter {
     /// True once LIMIT rows went out.
     fn done(&self) -> bool {
         self.left == Some(0)
+    }
+
+    /// A value the merge cannot compare, found before any row reached the client:
+    /// the session may still answer another way ([`FanoutError::Unmergeable`]).
+    fn soften(&self, e: FanoutError) -> FanoutError {
+        match e {
+            FanoutError::Unsupported(m) if !self.flushed => FanoutError::Unmergeable(m),
+            e => e,
+        }
     }
 
     async fn row<W: AsyncWrite + Unpin>(
@@ -574,6 +586,7 @@ impl Emitter {
         visible_row(r, self.visible, self.hidden, buf);
         self.sent += 1;
         if buf.len() >= FLUSH_AT {
+            self.flushed = true;
             out.write_all(buf).await?;
             buf.clear();
         }
@@ -618,7 +631,7 @@ async fn kway<S: ShardStream, W: AsyncWrite + Unpin>(
     for (i, shard) in shards.iter_mut().enumerate() {
         match shard.next(buf).await? {
             Next::Row(r) => {
-                check_collations(keys, &r)?;
+                check_collations(keys, &r).map_err(|e| em.soften(e))?;
                 heads.push(Some(r));
             }
             Next::Done => heads.push(None),
@@ -636,7 +649,7 @@ async fn kway<S: ShardStream, W: AsyncWrite + Unpin>(
                         shard: b,
                         message: "merge state".into(),
                     })?;
-                    if compare_rows(keys, h, hb)? == Ordering::Less {
+                    if compare_rows(keys, h, hb).map_err(|e| em.soften(e))? == Ordering::Less {
                         Some(i)
                     } else {
                         Some(b)
