@@ -268,6 +268,86 @@ pub(crate) fn plan_insert(
     })
 }
 
+/// The collect plan for `CREATE TABLE t AS <query>` or `SELECT … INTO t` reading
+/// distributed tables, refused with `reason`: the new (local) table is created on the
+/// finishing shard, the local shard, from the collected rows.
+pub(crate) fn plan_into(
+    st: &Statement,
+    catalog: &Catalog,
+    reason: &str,
+) -> Result<CollectPlan, String> {
+    let keep = |why: &str| Err(format!("{reason}; it cannot be collected either: {why}"));
+    let facts = Facts {
+        reason,
+        local_dependent: None,
+        reads_other: true,
+    };
+    let temp_name = |n: &ObjectName| {
+        name_parts(n)
+            .first()
+            .is_some_and(|p| p.starts_with("pg_temp"))
+    };
+    let (inputs, sql) = match st {
+        Statement::CreateTable(ct) => {
+            let Some(q) = &ct.query else {
+                return Err(reason.to_owned());
+            };
+            if ct.temporary || temp_name(&ct.name) {
+                return keep(
+                    "a temporary table would be created in the router's session, not the client's",
+                );
+            }
+            if classify_table(catalog, &name_parts(&ct.name))
+                .0
+                .is_declared()
+            {
+                return Err(reason.to_owned());
+            }
+            let (inputs, q) = rewrite_query(q, catalog, &facts)?;
+            let mut ct = ct.clone();
+            ct.query = Some(Box::new(q));
+            (inputs, Statement::CreateTable(ct).to_string())
+        }
+        Statement::Query(q) => {
+            let mut q = (**q).clone();
+            let SetExpr::Select(s) = q.body.as_mut() else {
+                return Err(reason.to_owned());
+            };
+            let Some(into) = s.into.take() else {
+                return Err(reason.to_owned());
+            };
+            if into.temporary || temp_name(&into.name) {
+                return keep(
+                    "a temporary table would be created in the router's session, not the client's",
+                );
+            }
+            if classify_table(catalog, &name_parts(&into.name))
+                .0
+                .is_declared()
+            {
+                return Err(reason.to_owned());
+            }
+            let (inputs, mut q) = rewrite_query(&q, catalog, &facts)?;
+            if let SetExpr::Select(s) = q.body.as_mut() {
+                s.into = Some(into);
+            }
+            (inputs, Statement::Query(Box::new(q)).to_string())
+        }
+        _ => return Err(reason.to_owned()),
+    };
+    if inputs.is_empty() {
+        return Err(reason.to_owned());
+    }
+    Ok(CollectPlan {
+        inputs,
+        sql,
+        finish: catalog.local_shard,
+        reads_other: true,
+        reason: reason.to_owned(),
+        insert: None,
+    })
+}
+
 /// Query `q` with every distributed table it reads replaced by its copy, and the
 /// copies to make; `Err` with the refusal to keep when that would not be exact.
 fn rewrite_query(
@@ -569,7 +649,7 @@ mod tests {
             "EXPLAIN SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid",
             "DECLARE c CURSOR FOR SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid",
             "COPY (SELECT a.aid FROM accounts a JOIN users u ON u.id = a.aid) TO STDOUT",
-            "SELECT a.aid INTO t2 FROM accounts a JOIN users u ON u.id = a.aid",
+            "SELECT a.aid INTO TEMP t2 FROM accounts a JOIN users u ON u.id = a.aid",
             "UPDATE accounts SET aid = 1 WHERE aid IN (SELECT id FROM users)",
         ] {
             refused(sql);
@@ -632,6 +712,45 @@ mod insert_tests {
                 "{sql}: {:?}",
                 p(sql).route
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod into_tests {
+    use crate::tests::{p, LOCAL};
+    use crate::{FanoutPlan, MergePlan, Route};
+
+    #[test]
+    fn tables_created_from_distributed_rows_are_collected_on_the_local_shard() {
+        for (sql, want) in [
+            (
+                "CREATE TABLE copy AS SELECT * FROM users",
+                "CREATE TABLE copy AS SELECT * FROM pg_temp.pgshard_ir_0 AS users",
+            ),
+            (
+                "SELECT id INTO ids FROM users",
+                "SELECT id INTO ids FROM pg_temp.pgshard_ir_0 AS users",
+            ),
+        ] {
+            match p(sql).route {
+                Route::Fanout(FanoutPlan {
+                    merge: MergePlan::Collect(c),
+                    ..
+                }) => {
+                    assert_eq!(c.sql, want);
+                    assert_eq!(c.finish, LOCAL);
+                    assert!(c.reads_other, "refused inside a transaction block");
+                }
+                other => panic!("{sql}: {other:?}"),
+            }
+        }
+        for sql in [
+            "CREATE TEMP TABLE copy AS SELECT * FROM users",
+            "SELECT id INTO TEMP ids FROM users",
+            "CREATE TABLE pg_temp.copy AS SELECT * FROM users",
+        ] {
+            assert!(matches!(p(sql).route, Route::Unsupported(_)), "{sql}");
         }
     }
 }

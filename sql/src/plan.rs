@@ -977,10 +977,8 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
                 let mut a = Analysis::new(catalog);
                 a.statement(&Statement::Query(q.clone()));
                 if let Some(o) = a.occs.first() {
-                    Route::Unsupported(format!(
-                        "CREATE TABLE … AS over distributed table {}",
-                        o.table
-                    ))
+                    let reason = format!("CREATE TABLE … AS over distributed table {}", o.table);
+                    into_route(st, catalog, &reason)
                 } else if class.is_declared() {
                     Route::Unsupported(format!("CREATE TABLE … AS of declared table {name}"))
                 } else {
@@ -1148,6 +1146,11 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
     let reads_other =
         !a.reference_reads.is_empty() || !a.locals.is_empty() || !a.catalog_relations.is_empty();
     let local_dependent = a.local_dependent.clone();
+    let into_collectable = a.verb == "query"
+        && a.select_into
+        && a.unsupported.is_none()
+        && a.error.is_none()
+        && !a.occs.is_empty();
     let insert_collectable = a.verb == "INSERT"
         && a.error.is_none()
         && a.reference_writes.is_empty()
@@ -1161,6 +1164,7 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
             local_dependent.as_deref(),
             reads_other,
         ),
+        Route::Unsupported(reason) if into_collectable => into_route(st, catalog, &reason),
         Route::Unsupported(reason) if insert_collectable => {
             let facts = crate::collect::Facts {
                 reason: &reason,
@@ -1200,6 +1204,22 @@ fn collect_route(
         reads_other,
     };
     match crate::collect::plan(st, catalog, facts) {
+        Ok(c) => Route::Fanout(crate::FanoutPlan {
+            tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+            shards: catalog.shard_ids(),
+            shard_sql: st.to_string(),
+            merge: crate::MergePlan::Collect(c),
+            cursor: None,
+            fallback: None,
+        }),
+        Err(msg) => Route::Unsupported(msg),
+    }
+}
+
+/// `CREATE TABLE … AS` / `SELECT … INTO` over distributed tables, refused with
+/// `reason` for push-down: created on the local shard from the collected rows.
+fn into_route(st: &Statement, catalog: &Catalog, reason: &str) -> Route {
+    match crate::collect::plan_into(st, catalog, reason) {
         Ok(c) => Route::Fanout(crate::FanoutPlan {
             tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
             shards: catalog.shard_ids(),
