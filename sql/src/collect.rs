@@ -581,7 +581,7 @@ mod tests {
             Route::Fanout(FanoutPlan {
                 merge: MergePlan::Collect(c),
                 ..
-            }) => c,
+            }) => *c,
             other => panic!("{sql}: expected a collection, got {other:?}"),
         }
     }
@@ -675,7 +675,7 @@ mod insert_tests {
             Route::Fanout(FanoutPlan {
                 merge: MergePlan::Collect(c),
                 ..
-            }) if c.insert.is_some() => c,
+            }) if c.insert.is_some() => *c,
             other => panic!("{sql}: expected a staged INSERT, got {other:?}"),
         }
     }

@@ -80,7 +80,7 @@ pub enum MergePlan {
     Finish(FinishPlan),
     /// The distributed tables are copied into temporary tables of one shard's session,
     /// where PostgreSQL runs the rewritten statement ([`crate::collect`]).
-    Collect(crate::CollectPlan),
+    Collect(Box<crate::CollectPlan>),
 }
 
 /// Concatenation or k-way merge of sorted shard results, then OFFSET/LIMIT.

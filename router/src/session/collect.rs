@@ -592,10 +592,10 @@ mod tests {
                 let mut r = BinaryRelay::default();
                 let mut out = Vec::new();
                 for piece in [&s[..a], &s[a..b], &s[b..]] {
-                    r.feed(piece, &mut out).unwrap();
+                    r.feed(piece, &mut out).expect("a well-formed stream");
                 }
                 assert_eq!(out, want, "split at {a}, {b}");
-                r.finish().unwrap();
+                r.finish().expect("a trailer");
             }
         }
     }
@@ -607,17 +607,17 @@ mod tests {
         s.extend_from_slice(TRAILER);
         let mut r = BinaryRelay::default();
         let mut out = Vec::new();
-        r.feed(&s, &mut out).unwrap();
+        r.feed(&s, &mut out).expect("a well-formed stream");
         assert_eq!(out, b"\x00\x00");
-        r.finish().unwrap();
+        r.finish().expect("a trailer");
     }
 
     #[test]
     fn relay_refuses_a_stream_without_trailer() {
         let mut r = BinaryRelay::default();
         let mut out = Vec::new();
-        r.feed(&HEADER[..], &mut out).unwrap();
-        r.feed(b"\x00\x00\x00", &mut out).unwrap();
+        r.feed(HEADER, &mut out).expect("a header");
+        r.feed(b"\x00\x00\x00", &mut out).expect("bytes");
         assert!(r.finish().is_err());
     }
 }

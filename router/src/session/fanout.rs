@@ -234,7 +234,7 @@ where
                     tracing::debug!(reason = %msg, "fan-out falls back to collecting");
                     let collect = FanoutPlan {
                         shards: self.ctx.catalog.current().shard_ids(),
-                        merge: MergePlan::Collect((**c).clone()),
+                        merge: MergePlan::Collect(c.clone()),
                         fallback: None,
                         ..plan.clone()
                     };
