@@ -1173,7 +1173,12 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
             };
             match crate::collect::plan_insert(st, &st.to_string(), catalog, facts) {
                 Ok(c) => Route::Fanout(crate::FanoutPlan {
-                    tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+                    tables: c
+                        .insert
+                        .iter()
+                        .map(|i| i.copy.table.clone())
+                        .chain(c.inputs.iter().map(|i| i.table.clone()))
+                        .collect(),
                     shards: catalog.shard_ids(),
                     shard_sql: st.to_string(),
                     merge: crate::MergePlan::Collect(Box::new(c)),

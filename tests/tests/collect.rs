@@ -31,14 +31,15 @@ async fn collected_reads_are_bounded_and_leave_nothing_behind() -> anyhow::Resul
     config.max_intermediate_bytes = 64 * 1024;
     let router = TestRouter::start_with(&cluster, config).await?;
     let client = router.connect().await?;
-    client
-        .batch_execute(
-            "CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84));
-             CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88));
-             INSERT INTO pgbench_branches (bid, bbalance) SELECT g, 0 FROM generate_series(1, 3) g;
-             INSERT INTO pgbench_tellers (tid, bid, tbalance) SELECT g, (g - 1) / 10 + 1, 0 FROM generate_series(1, 30) g;",
-        )
-        .await?;
+    for sql in [
+        "CREATE TABLE pgbench_tellers (tid int PRIMARY KEY, bid int, tbalance int, filler char(84))",
+        "CREATE TABLE pgbench_branches (bid int PRIMARY KEY, bbalance int, filler char(88))",
+        // Staged INSERT … SELECTs: rows computed on one shard, split by key.
+        "INSERT INTO pgbench_branches (bid, bbalance) SELECT g, 0 FROM generate_series(1, 3) g",
+        "INSERT INTO pgbench_tellers (tid, bid, tbalance) SELECT g, (g - 1) / 10 + 1, 0 FROM generate_series(1, 30) g",
+    ] {
+        client.batch_execute(sql).await?;
+    }
     // The issue's example: two independent scalar subqueries over distributed tables.
     let got = rows(
         &client,
