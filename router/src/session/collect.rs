@@ -157,6 +157,16 @@ where
             }
         };
         let mut finish = finish;
+        // A CancelRequest from the client cancels the copies and the finishing query.
+        self.entry.set_activity_many(
+            "active",
+            Some(c.finish),
+            parts
+                .iter()
+                .map(|p| p.conn.cancel_target())
+                .chain(std::iter::once(finish.cancel_target()))
+                .collect(),
+        );
         // Whatever the session queued for the client goes out first.
         if !self.out.is_empty() {
             if self.writer.write_all(&self.out).await.is_err() {
