@@ -440,6 +440,8 @@ SELECT id, tags FROM items ORDER BY tags NULLS LAST, id DESC LIMIT 7;
 SELECT * FROM items i JOIN orders o ON o.note = i.name WHERE i.id < 0 ORDER BY i.id, o.order_no;
 SELECT count(*), count(DISTINCT (grp, cat)) FROM items;
 SELECT i.id FROM items i JOIN orders o ON o.order_no = i.grp WHERE i.price > $$500$$::numeric ORDER BY 1 LIMIT 5;
+SELECT i.id / (o.amount - o.amount) FROM items i JOIN orders o ON o.order_no = i.grp;
+SELECT count(*) FROM items i JOIN orders o ON o.order_no = i.grp;
 -- Collecting is refused where a copy would not give PostgreSQL's answer.
 SELECT ctid, id FROM items i JOIN orders o ON o.order_no = i.grp ORDER BY 2;
 SELECT count(i) FROM items i JOIN orders o ON o.order_no = i.grp;
