@@ -66,6 +66,8 @@ reset_peak() { echo 5 > "/proc/$1/clear_refs"; }
 
 # One plain PostgreSQL with every row.
 PLAIN="$WORK/plain"
+mkdir -p "$PLAIN"
+[ "$(id -u)" = 0 ] && chown postgres "$PLAIN" "$WORK"
 PPORT=$(free_port)
 as_pg "$PGBIN/initdb" -D "$PLAIN" -U postgres -A trust >/dev/null
 as_pg "$PGBIN/pg_ctl" -D "$PLAIN" -o "-p $PPORT -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/plain.log" -w start >/dev/null
