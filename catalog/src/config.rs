@@ -348,6 +348,10 @@ pub struct RouterConfig {
     /// How long a statement for a shard whose primary is being replaced (failover,
     /// switchover) waits for the new primary before failing, in milliseconds.
     pub failover_hold_ms: u64,
+    /// The most bytes one statement may collect from the shards into temporary
+    /// tables when it cannot be pushed down (a repartition join, a window not
+    /// partitioned by the key…): past it the statement fails with SQLSTATE 54000.
+    pub max_intermediate_bytes: u64,
 }
 
 impl RouterConfig {
@@ -405,6 +409,7 @@ impl Default for RouterConfig {
             metrics_listen: None,
             workers: 0,
             failover_hold_ms: 10_000,
+            max_intermediate_bytes: 1 << 30,
         }
     }
 }

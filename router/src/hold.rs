@@ -52,7 +52,11 @@ pub fn touches_frozen(plan: &Plan, catalog: &Catalog) -> bool {
     }
     let route_frozen = match &plan.route {
         Route::Shard(s) => *s == FROZEN,
-        Route::Fanout(f) => f.shards.contains(&FROZEN),
+        // An INSERT … SELECT answered by collecting writes rows of any bucket.
+        Route::Fanout(f) => {
+            f.shards.contains(&FROZEN)
+                || matches!(&f.merge, pgshard_sql::MergePlan::Collect(c) if c.insert.is_some())
+        }
         Route::FanoutWrite(w) => !w.replicated || w.shards.contains(&FROZEN),
         Route::Copy(c) => c.direction == pgshard_sql::CopyDirection::In,
         // Routed row by row at Bind (a frozen row's group is refused there, to retry).

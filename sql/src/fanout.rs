@@ -67,6 +67,11 @@ pub struct FanoutPlan {
     /// Set for `DECLARE … CURSOR FOR` this read: the router runs it and keeps its rows
     /// for FETCH ([`crate::cursor`]).
     pub cursor: Option<crate::CursorDecl>,
+    /// How to answer it if the router finds at run time that it cannot merge the
+    /// shards' answers (an ORDER BY on a type it does not compare, a result type the
+    /// finishing query cannot name): collect its tables instead ([`crate::collect`]).
+    /// Set only where collecting is exact.
+    pub fallback: Option<Box<crate::CollectPlan>>,
 }
 
 impl FanoutPlan {
@@ -86,6 +91,9 @@ pub enum MergePlan {
     Stream(StreamMerge),
     /// Rows are collected and PostgreSQL computes the result in a finishing query.
     Finish(FinishPlan),
+    /// The distributed tables are copied into temporary tables of one shard's session,
+    /// where PostgreSQL runs the rewritten statement ([`crate::collect`]).
+    Collect(Box<crate::CollectPlan>),
 }
 
 /// Concatenation or k-way merge of sorted shard results, then OFFSET/LIMIT.
@@ -778,6 +786,7 @@ fn stream(
             offset,
         }),
         cursor: None,
+        fallback: None,
     })
 }
 
@@ -1191,6 +1200,7 @@ fn finish_aggregate(
             columns,
         }),
         cursor: None,
+        fallback: None,
     })
 }
 
@@ -1336,6 +1346,7 @@ fn finish_distinct(
             columns: (0..n + extra.len()).map(col_name).collect(),
         }),
         cursor: None,
+        fallback: None,
     })
 }
 

@@ -31,6 +31,7 @@
 //! `Unsupported` with a message naming the construct.
 
 mod classify;
+pub mod collect;
 mod constraints;
 pub mod copy;
 pub mod cursor;
@@ -49,6 +50,7 @@ mod tests;
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
 pub use classify::begin_read_only;
+pub use collect::{CollectInput, CollectPlan, InsertStage};
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{

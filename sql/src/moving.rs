@@ -34,6 +34,17 @@ pub(crate) fn attach(plan: &mut Plan, catalog: &Catalog) {
     match &mut plan.route {
         Route::Fanout(f) => {
             f.moving_sql = per_shard(&f.shards, &f.shard_sql, catalog);
+            // A read answered by collecting copies whole tables from every shard.
+            let shards = f.shards.clone();
+            let collects = match &mut f.merge {
+                crate::MergePlan::Collect(c) => Some(c),
+                _ => None,
+            };
+            for c in collects.into_iter().chain(f.fallback.as_mut()) {
+                for i in c.inputs.iter_mut() {
+                    i.moving = per_shard(&shards, &i.copy_out(), catalog);
+                }
+            }
         }
         Route::Copy(c) if c.direction == CopyDirection::Out => {
             c.moving_sql = per_shard(&c.shards, &c.sql, catalog);
@@ -85,6 +96,7 @@ pub fn filtered(sql: &str, catalog: &Catalog, skip: &[BucketId]) -> Result<Optio
         ctes: Vec::new(),
         error: None,
         replaced: false,
+        filters: Vec::new(),
     };
     if let Statement::Copy {
         source: source @ CopySource::Table { .. },
@@ -116,10 +128,17 @@ pub fn filtered(sql: &str, catalog: &Catalog, skip: &[BucketId]) -> Result<Optio
     }
     collect_ctes(stmt, &mut f.ctes);
     let _ = stmt.visit(&mut f);
-    match f.error {
-        Some(e) => Err(e),
-        None => Ok(f.replaced.then(|| stmt.to_string())),
+    if let Some(e) = f.error {
+        return Err(e);
     }
+    if !f.replaced {
+        return Ok(None);
+    }
+    let mut text = stmt.to_string();
+    for (placeholder, filter) in &f.filters {
+        text = text.replace(placeholder.as_str(), filter);
+    }
+    Ok(Some(text))
 }
 
 /// The names of every CTE in the statement: a reference by such a name is not the
@@ -147,13 +166,15 @@ struct Filter<'a> {
     ctes: Vec<String>,
     error: Option<String>,
     replaced: bool,
+    /// Placeholders in the printed statement and the filters they stand for.
+    filters: Vec<(String, String)>,
 }
 
 impl Filter<'_> {
     /// The filtered derived table for `name` (a distributed table), or `None` for
     /// other relations.
     fn replacement(
-        &self,
+        &mut self,
         name: &ObjectName,
         alias: &Option<TableAlias>,
     ) -> Result<Option<TableFactor>, String> {
@@ -187,10 +208,15 @@ impl Filter<'_> {
                 columns: Vec::new(),
             },
         };
-        let sql = format!(
-            "SELECT * FROM (SELECT * FROM {name} WHERE NOT ({bucket} = ANY({}))) AS {alias}",
-            self.list
-        );
+        // The bucket expression is put in after printing: sqlparser does not read all of
+        // it back (`::text COLLATE "C"` inside a function call).
+        let placeholder = format!("pgshard_moving_filter_{}_", self.filters.len());
+        self.filters.push((
+            placeholder.clone(),
+            format!("({bucket} = ANY({}))", self.list),
+        ));
+        let sql =
+            format!("SELECT * FROM (SELECT * FROM {name} WHERE NOT {placeholder}) AS {alias}");
         let stmt = parse_statement(&sql)?.into_iter().next();
         let Some(Statement::Query(q)) = stmt else {
             return Err(format!("the table reference {name}"));

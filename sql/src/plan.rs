@@ -279,11 +279,18 @@ fn combine(plans: Vec<Plan>) -> Plan {
 fn declare_route(route: Route, decl: crate::CursorDecl) -> Route {
     match route {
         Route::Router(_) => Route::Unsupported("cursor over a pgshard command".to_owned()),
+        Route::Fanout(f) if matches!(f.merge, crate::MergePlan::Collect(_)) => {
+            Route::Unsupported(format!(
+                "DECLARE CURSOR of a query that needs its tables collected on one shard (distributed table {})",
+                f.tables.join(", ")
+            ))
+        }
         Route::Fanout(_) if decl.binary => Route::Unsupported(
             "DECLARE BINARY CURSOR of a multi-shard statement (declare it without BINARY and fetch with binary results)".to_owned(),
         ),
         Route::Fanout(mut f) => {
             f.cursor = Some(decl);
+            f.fallback = None;
             Route::Fanout(f)
         }
         Route::FanoutWrite(w) => Route::Unsupported(format!(
@@ -448,6 +455,16 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                         route: match p.route {
                             Route::Router(_) => {
                                 Route::Unsupported("EXPLAIN of a pgshard command".to_owned())
+                            }
+                            Route::Fanout(f) if matches!(f.merge, crate::MergePlan::Collect(_)) => {
+                                Route::Unsupported(format!(
+                                    "EXPLAIN of a query that needs its tables collected on one shard (distributed table {})",
+                                    f.tables.join(", ")
+                                ))
+                            }
+                            Route::Fanout(mut f) => {
+                                f.fallback = None;
+                                Route::Fanout(f)
                             }
                             r => r,
                         },
@@ -809,6 +826,9 @@ fn copy_query_out(
         }
         crate::MergePlan::Stream(m) if !m.sort.is_empty() => Some("ORDER BY"),
         crate::MergePlan::Stream(_) => Some("LIMIT/OFFSET"),
+        crate::MergePlan::Collect(_) => {
+            Some("a query that needs its tables collected on one shard")
+        }
         crate::MergePlan::Finish(_) => {
             let qt = tokens(query);
             Some(if qt.iter().any(|t| t.tok.is_word("distinct")) {
@@ -981,10 +1001,8 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
                 let mut a = Analysis::new(catalog);
                 a.statement(&Statement::Query(q.clone()));
                 if let Some(o) = a.occs.first() {
-                    Route::Unsupported(format!(
-                        "CREATE TABLE … AS over distributed table {}",
-                        o.table
-                    ))
+                    let reason = format!("CREATE TABLE … AS over distributed table {}", o.table);
+                    into_route(st, catalog, &reason)
                 } else if class.is_declared() {
                     Route::Unsupported(format!("CREATE TABLE … AS of declared table {name}"))
                 } else {
@@ -1143,9 +1161,107 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         table: a.occs[o].table.clone(),
         column: a.occs[o].key.clone(),
     });
+    // What collecting needs to know, before the walk is consumed.
+    let collectable = a.verb == "query"
+        && a.unsupported.is_none()
+        && a.error.is_none()
+        && !a.select_into
+        && !a.occs.is_empty();
+    let reads_other =
+        !a.reference_reads.is_empty() || !a.locals.is_empty() || !a.catalog_relations.is_empty();
+    let local_dependent = a.local_dependent.clone();
+    let into_collectable = a.verb == "query"
+        && a.select_into
+        && a.unsupported.is_none()
+        && a.error.is_none()
+        && !a.occs.is_empty();
+    let insert_collectable = a.verb == "INSERT"
+        && a.error.is_none()
+        && a.reference_writes.is_empty()
+        && a.insert_target.is_some();
     let route = a.route_statement(Some(st));
+    let route = match route {
+        Route::Unsupported(reason) if collectable => collect_route(
+            st,
+            catalog,
+            &reason,
+            local_dependent.as_deref(),
+            reads_other,
+        ),
+        Route::Unsupported(reason) if into_collectable => into_route(st, catalog, &reason),
+        Route::Unsupported(reason) if insert_collectable => {
+            let facts = crate::collect::Facts {
+                reason: &reason,
+                local_dependent: local_dependent.as_deref(),
+                reads_other,
+            };
+            match crate::collect::plan_insert(st, &st.to_string(), catalog, facts) {
+                Ok(c) => Route::Fanout(crate::FanoutPlan {
+                    tables: c
+                        .insert
+                        .iter()
+                        .map(|i| i.copy.table.clone())
+                        .chain(c.inputs.iter().map(|i| i.table.clone()))
+                        .collect(),
+                    shards: catalog.shard_ids(),
+                    shard_sql: st.to_string(),
+                    merge: crate::MergePlan::Collect(Box::new(c)),
+                    cursor: None,
+                    fallback: None,
+                    moving_sql: Vec::new(),
+                }),
+                Err(msg) => Route::Unsupported(msg),
+            }
+        }
+        r => r,
+    };
     let null_key = null_key.filter(|_| matches!(route, Route::ShardByParam { .. }));
     (route, null_key)
+}
+
+/// A read the fan-out planner refused with `reason`, answered by collecting its
+/// distributed tables on one shard ([`crate::collect`]), or still refused.
+fn collect_route(
+    st: &Statement,
+    catalog: &Catalog,
+    reason: &str,
+    local_dependent: Option<&str>,
+    reads_other: bool,
+) -> Route {
+    let facts = crate::collect::Facts {
+        reason,
+        local_dependent,
+        reads_other,
+    };
+    match crate::collect::plan(st, catalog, facts) {
+        Ok(c) => Route::Fanout(crate::FanoutPlan {
+            tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+            shards: catalog.shard_ids(),
+            shard_sql: st.to_string(),
+            merge: crate::MergePlan::Collect(Box::new(c)),
+            cursor: None,
+            fallback: None,
+            moving_sql: Vec::new(),
+        }),
+        Err(msg) => Route::Unsupported(msg),
+    }
+}
+
+/// `CREATE TABLE … AS` / `SELECT … INTO` over distributed tables, refused with
+/// `reason` for push-down: created on the local shard from the collected rows.
+fn into_route(st: &Statement, catalog: &Catalog, reason: &str) -> Route {
+    match crate::collect::plan_into(st, catalog, reason) {
+        Ok(c) => Route::Fanout(crate::FanoutPlan {
+            tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+            shards: catalog.shard_ids(),
+            shard_sql: st.to_string(),
+            merge: crate::MergePlan::Collect(Box::new(c)),
+            cursor: None,
+            fallback: None,
+            moving_sql: Vec::new(),
+        }),
+        Err(msg) => Route::Unsupported(msg),
+    }
 }
 
 fn alter_table(name: &ObjectName, ops: &[AlterTableOperation], catalog: &Catalog) -> Route {

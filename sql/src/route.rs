@@ -1345,6 +1345,21 @@ impl<'c> Analysis<'c> {
                                 plan.tables.push(o.table.clone());
                             }
                         }
+                        if !matches!(&plan.merge, crate::MergePlan::Stream(m) if m.sort.is_empty())
+                        {
+                            // Sorted or finished: the merge may find a type it cannot
+                            // handle once the shards describe their rows.
+                            let facts = crate::collect::Facts {
+                                reason: "the shards' answers cannot be merged",
+                                local_dependent: None,
+                                reads_other: !self.reference_reads.is_empty()
+                                    || !self.locals.is_empty()
+                                    || !self.catalog_relations.is_empty(),
+                            };
+                            plan.fallback = crate::collect::plan(st, self.catalog, facts)
+                                .ok()
+                                .map(Box::new);
+                        }
                         Route::Fanout(plan)
                     }
                     Err(msg) if msg.contains(first.as_str()) => Route::Unsupported(msg),

@@ -416,3 +416,54 @@ CLOSE c6;
 FETCH 1 FROM c6;
 ROLLBACK;
 SELECT count(*) FROM items;
+-- Reads that cannot be pushed down (issue 15): pgshard copies the distributed tables
+-- they read into temporary tables of one shard's session, where PostgreSQL answers.
+SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM orders WHERE amount > 0);
+SELECT i.id, o.order_no FROM items i JOIN orders o ON o.amount = i.qty ORDER BY 1, 2;
+SELECT i.grp, count(*), sum(o.amount) FROM items i JOIN orders o ON o.order_no = i.grp GROUP BY i.grp ORDER BY 1;
+SELECT a.id, b.id FROM items a JOIN items b ON a.name = b.name AND a.id < b.id ORDER BY 1, 2;
+SELECT i.id, c.cname, o.note FROM items i LEFT JOIN orders o ON o.order_no = i.cat LEFT JOIN categories c ON c.cat = i.cat WHERE i.grp = 1 ORDER BY 1, 3 NULLS FIRST;
+SELECT id, rank() OVER (ORDER BY price DESC NULLS LAST, id) AS r, sum(qty) OVER (PARTITION BY grp ORDER BY id) AS s FROM items ORDER BY id;
+SELECT grp, id, lag(price) OVER (PARTITION BY grp ORDER BY id) AS prev FROM items ORDER BY grp NULLS FIRST, id;
+SELECT name FROM items WHERE name IS NOT NULL INTERSECT SELECT note FROM orders ORDER BY 1;
+SELECT cat FROM items EXCEPT SELECT cat FROM categories ORDER BY 1;
+SELECT grp FROM items UNION SELECT order_no FROM orders ORDER BY 1 NULLS FIRST;
+SELECT count(*) FROM (SELECT grp FROM items UNION ALL SELECT amount FROM orders) u;
+SELECT grp, percentile_cont(0.5) WITHIN GROUP (ORDER BY price) AS med, mode() WITHIN GROUP (ORDER BY cat) AS m FROM items GROUP BY grp ORDER BY grp NULLS FIRST;
+SELECT grp, cat, count(*) FROM items GROUP BY CUBE (grp, cat) ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3;
+SELECT id FROM items i WHERE price > (SELECT avg(price) FROM items WHERE grp = i.grp) ORDER BY id;
+SELECT id FROM items WHERE qty = ANY (SELECT amount FROM orders) ORDER BY id;
+SELECT id FROM items WHERE (grp, cat) IN (SELECT order_no, amount FROM orders) ORDER BY id;
+SELECT max(n) FROM (SELECT count(*) AS n FROM orders GROUP BY note) s;
+SELECT id, j FROM items ORDER BY j NULLS FIRST, id;
+SELECT id, tags FROM items ORDER BY tags NULLS LAST, id DESC LIMIT 7;
+SELECT * FROM items i JOIN orders o ON o.note = i.name WHERE i.id < 0 ORDER BY i.id, o.order_no;
+SELECT count(*), count(DISTINCT (grp, cat)) FROM items;
+SELECT i.id FROM items i JOIN orders o ON o.order_no = i.grp WHERE i.price > $$500$$::numeric ORDER BY 1 LIMIT 5;
+SELECT i.id / (o.amount - o.amount) FROM items i JOIN orders o ON o.order_no = i.grp;
+SELECT count(*) FROM items i JOIN orders o ON o.order_no = i.grp;
+-- Collecting is refused where a copy would not give PostgreSQL's answer.
+SELECT ctid, id FROM items i JOIN orders o ON o.order_no = i.grp ORDER BY 2;
+SELECT count(i) FROM items i JOIN orders o ON o.order_no = i.grp;
+-- Inside a transaction block: the transaction's own rows are collected.
+BEGIN;
+INSERT INTO orders (item_id, order_no, amount, note) VALUES (-292081, 777, 1, 'in txn');
+SELECT i.id, o.note FROM items i JOIN orders o ON o.order_no = i.grp OR o.order_no = 777 WHERE o.note = 'in txn' ORDER BY 1;
+SELECT (SELECT count(*) FROM orders), (SELECT max(order_no) FROM orders);
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT count(*) FROM items a JOIN items b ON a.grp = b.cat;
+COMMIT;
+SELECT count(*) FROM orders WHERE order_no = 777;
+-- INSERT … SELECT and keys computed by PostgreSQL (staged, split by key, atomic).
+INSERT INTO orders (item_id, order_no, amount, note) SELECT id, 900 + grp, qty, 'copied' FROM items WHERE grp = 2;
+SELECT item_id, order_no, amount FROM orders WHERE note = 'copied' ORDER BY 1;
+INSERT INTO orders (item_id, order_no, note) VALUES (1000 + 1, 1, 'expr'), ('  1002 '::bigint, 2, 'expr');
+SELECT item_id, order_no FROM orders WHERE note = 'expr' ORDER BY 1;
+INSERT INTO orders (item_id, order_no, note) SELECT g, g, 'series' FROM generate_series(1, 20) g;
+SELECT count(*), sum(item_id) FROM orders WHERE note = 'series';
+INSERT INTO orders (item_id, order_no, note) VALUES ('x1'::text::bigint, 1, 'bad');
+INSERT INTO orders (item_id, order_no, amount) SELECT o.item_id, o.order_no, 1 / (o.order_no - o.order_no) FROM orders o WHERE o.note = 'series';
+SELECT count(*) FROM orders WHERE note IN ('copied', 'expr', 'series');
+DELETE FROM orders WHERE note IN ('copied', 'expr', 'series');
+SELECT count(*) FROM orders;

@@ -59,6 +59,10 @@ pub enum Outcome {
 pub enum FanoutError {
     #[error("{0}")]
     Unsupported(String),
+    /// Like `Unsupported`, found from the shards' row descriptions before anything was
+    /// written: the session may answer by collecting instead (`FanoutPlan::fallback`).
+    #[error("{0}")]
+    Unmergeable(String),
     #[error("shard {shard}: {message}")]
     Protocol { shard: usize, message: String },
     #[error("shard {shard} closed the connection")]
@@ -288,16 +292,19 @@ pub async fn execute_with<S: ShardStream, W: AsyncWrite + Unpin>(
         MergePlan::Stream(m) => {
             stream(m, &mut shards, &cols, buf, out, describe, rounded_floats).await
         }
+        MergePlan::Collect(_) => Err(FanoutError::Unsupported(
+            "a collected query reached the merge engine".into(),
+        )),
         MergePlan::Finish(f) => {
             let mut types = Vec::with_capacity(cols.len());
             for c in &cols {
                 if c.format != 0 {
-                    return Err(FanoutError::Unsupported(
+                    return Err(FanoutError::Unmergeable(
                         "binary result format for a multi-shard aggregate or DISTINCT".into(),
                     ));
                 }
                 types.push(pgshard_sql::fanout::type_name(c.type_oid).ok_or_else(|| {
-                    FanoutError::Unsupported(format!(
+                    FanoutError::Unmergeable(format!(
                         "type with oid {} in a multi-shard aggregate or DISTINCT",
                         c.type_oid
                     ))
@@ -466,6 +473,7 @@ async fn stream<S: ShardStream, W: AsyncWrite + Unpin>(
         skip: m.offset,
         left: m.limit,
         sent: 0,
+        flushed: false,
     };
     let stop = if keys.is_empty() {
         concat(shards, &mut em, &mut buf, out).await?
@@ -511,13 +519,13 @@ fn merge_keys(
         };
         let c = &cols[column];
         let kind = Kind::of(c.type_oid).ok_or_else(|| {
-            FanoutError::Unsupported(format!(
+            FanoutError::Unmergeable(format!(
                 "ORDER BY on a value of type oid {} in a multi-shard query",
                 c.type_oid
             ))
         })?;
         if kind == Kind::Float && rounded_floats {
-            return Err(FanoutError::Unsupported(
+            return Err(FanoutError::Unmergeable(
                 "ORDER BY on a float value in a multi-shard query while extra_float_digits is below 1 (floats print rounded, so the merge cannot order them)".into(),
             ));
         }
@@ -541,12 +549,23 @@ struct Emitter {
     skip: u64,
     left: Option<u64>,
     sent: u64,
+    /// Rows were written to the client (not only buffered).
+    flushed: bool,
 }
 
 impl Emitter {
     /// True once LIMIT rows went out.
     fn done(&self) -> bool {
         self.left == Some(0)
+    }
+
+    /// A value the merge cannot compare, found before any row reached the client:
+    /// the session may still answer another way ([`FanoutError::Unmergeable`]).
+    fn soften(&self, e: FanoutError) -> FanoutError {
+        match e {
+            FanoutError::Unsupported(m) if !self.flushed => FanoutError::Unmergeable(m),
+            e => e,
+        }
     }
 
     async fn row<W: AsyncWrite + Unpin>(
@@ -562,6 +581,7 @@ impl Emitter {
         visible_row(r, self.visible, self.hidden, buf);
         self.sent += 1;
         if buf.len() >= FLUSH_AT {
+            self.flushed = true;
             out.write_all(buf).await?;
             buf.clear();
         }
@@ -606,7 +626,7 @@ async fn kway<S: ShardStream, W: AsyncWrite + Unpin>(
     for (i, shard) in shards.iter_mut().enumerate() {
         match shard.next(buf).await? {
             Next::Row(r) => {
-                check_collations(keys, &r)?;
+                check_collations(keys, &r).map_err(|e| em.soften(e))?;
                 heads.push(Some(r));
             }
             Next::Done => heads.push(None),
@@ -624,7 +644,7 @@ async fn kway<S: ShardStream, W: AsyncWrite + Unpin>(
                         shard: b,
                         message: "merge state".into(),
                     })?;
-                    if compare_rows(keys, h, hb)? == Ordering::Less {
+                    if compare_rows(keys, h, hb).map_err(|e| em.soften(e))? == Ordering::Less {
                         Some(i)
                     } else {
                         Some(b)

@@ -72,6 +72,13 @@ enum Failure {
     Lost(ShardId),
 }
 
+/// Where the rows of a COPY FROM come from: the client's CopyData, or a backend's
+/// `COPY … TO STDOUT` (the staged rows of a collected INSERT, `super::collect`).
+pub(crate) enum CopySource<'a> {
+    Client,
+    Backend(ShardId, &'a mut BackendConn),
+}
+
 /// One shard's backend in a COPY.
 struct Part<'c> {
     shard: ShardId,
@@ -251,6 +258,20 @@ where
         in_txn: bool,
         mode: CopyMode,
     ) -> Result<(), SessionError> {
+        self.run_copy_from(plan, in_txn, mode, CopySource::Client, false)
+            .await
+    }
+
+    /// [`Self::run_copy`] with the rows from `source`; `insert`: answer with the
+    /// command tag of an INSERT (`INSERT 0 n`) instead of `COPY n`.
+    pub(crate) async fn run_copy_from(
+        &mut self,
+        plan: &CopyPlan,
+        in_txn: bool,
+        mode: CopyMode,
+        source: CopySource<'_>,
+        insert: bool,
+    ) -> Result<(), SessionError> {
         crate::stats::bump(&self.ctx.stats.copies);
         if plan.direction == CopyDirection::In && self.ctx.twopc.is_none() {
             self.copy_failed(
@@ -285,14 +306,19 @@ where
         let result = {
             let mut parts: Vec<Part<'_>> =
                 conns.iter_mut().map(|(s, c)| Part::new(*s, c)).collect();
-            let r = self.drive(plan, &mut parts, begin).await;
+            let r = self.drive(plan, &mut parts, begin, source).await;
             r.map(|()| total(plan, &parts))
         };
         let mut b = BytesMut::new();
         match (plan.direction, result) {
             (CopyDirection::In, Ok(n)) => {
                 if self.finish_write(&mut conns, None, &mut b).await {
-                    encode_command_complete(&mut b, &format!("COPY {n}"));
+                    let tag = if insert {
+                        format!("INSERT 0 {n}")
+                    } else {
+                        format!("COPY {n}")
+                    };
+                    encode_command_complete(&mut b, &tag);
                 } else if mode == CopyMode::Extended {
                     self.skip_until_sync = true;
                 }
@@ -438,7 +464,9 @@ where
                 .map(|a| Part::new(a.shard, &mut a.conn))
                 .collect();
             parts.sort_by_key(|p| p.shard);
-            let r = self.drive(plan, &mut parts, false).await;
+            let r = self
+                .drive(plan, &mut parts, false, CopySource::Client)
+                .await;
             r.map(|()| total(plan, &parts))
         };
         for a in all.iter_mut() {
@@ -515,6 +543,7 @@ where
         plan: &CopyPlan,
         parts: &mut [Part<'_>],
         begin: bool,
+        source: CopySource<'_>,
     ) -> Result<(), Failure> {
         let mut notices = BytesMut::new();
         let key = match (&plan.key, plan.direction) {
@@ -602,9 +631,11 @@ where
                 "COPY: no shard started copying".into(),
             )));
         };
-        self.out.extend_from_slice(response.raw());
+        if matches!(source, CopySource::Client) {
+            self.out.extend_from_slice(response.raw());
+        }
         match plan.direction {
-            CopyDirection::In => self.copy_in(plan, parts, key).await,
+            CopyDirection::In => self.copy_in(plan, parts, key, source).await,
             CopyDirection::Out => self.copy_out(plan, parts).await,
         }
     }
@@ -615,14 +646,17 @@ where
         plan: &CopyPlan,
         parts: &mut [Part<'_>],
         key: Option<KeySpec>,
+        mut source: CopySource<'_>,
     ) -> Result<(), Failure> {
         // The client waits for CopyInResponse before it sends data.
-        if self.writer.write_all(&self.out).await.is_err() {
+        if matches!(source, CopySource::Client) {
+            if self.writer.write_all(&self.out).await.is_err() {
+                self.out.clear();
+                abort_all(parts, "client connection lost").await;
+                return Err(Failure::ClientGone);
+            }
             self.out.clear();
-            abort_all(parts, "client connection lost").await;
-            return Err(Failure::ClientGone);
         }
-        self.out.clear();
         let router = RowRouter {
             catalog: self.ctx.catalog.current(),
             plan,
@@ -631,14 +665,30 @@ where
         let mut splitter = Splitter::new(&plan.options, key);
         let mut notices = BytesMut::new();
         let failure: Failure = loop {
-            let frame = match self.client.read_frame().await {
-                Ok(Some(f)) => f,
-                r => {
-                    tracing::debug!(result = ?r.map(|_| ()), "client left during COPY FROM STDIN");
-                    break Failure::ClientGone;
-                }
+            let (frame, message) = match &mut source {
+                CopySource::Client => match self.client.read_frame().await {
+                    Ok(Some(f)) => {
+                        let m = client_copy_message(&f);
+                        (f, m)
+                    }
+                    r => {
+                        tracing::debug!(result = ?r.map(|_| ()), "client left during COPY FROM STDIN");
+                        break Failure::ClientGone;
+                    }
+                },
+                CopySource::Backend(shard, conn) => match conn.read().await {
+                    Ok(f) => {
+                        let m = backend_copy_message(&f);
+                        (f, m)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%shard, %error, "lost the shard a COPY's rows come from");
+                        conn.broken = true;
+                        break Failure::Lost(*shard);
+                    }
+                },
             };
-            let done = match client_copy_message(&frame) {
+            let done = match message {
                 ClientCopy::Data => {
                     splitter.push(frame.body());
                     false
@@ -894,6 +944,16 @@ enum ClientCopy {
     Ignored,
     /// Anything else: the protocol error to answer with.
     Unexpected(Frame),
+}
+
+/// A backend's COPY TO STDOUT as the rows of a COPY FROM: its ErrorResponse ends it.
+fn backend_copy_message(frame: &Frame) -> ClientCopy {
+    match frame.tag() {
+        b'd' => ClientCopy::Data,
+        b'c' => ClientCopy::Done,
+        b'E' => ClientCopy::Unexpected(frame.clone()),
+        _ => ClientCopy::Ignored,
+    }
 }
 
 fn client_copy_message(frame: &Frame) -> ClientCopy {

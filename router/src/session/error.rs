@@ -83,6 +83,10 @@ pub enum SessionError {
     /// A multi-shard cursor's error (see `super::cursor`), with PostgreSQL's SQLSTATE.
     #[error("{message}")]
     Cursor { code: &'static str, message: String },
+    /// A statement answered by collecting its tables on one shard moved more bytes
+    /// than `router.max_intermediate_bytes` allows.
+    #[error("the rows collected for this statement exceed router.max_intermediate_bytes ({limit} bytes)")]
+    IntermediateTooLarge { limit: u64 },
     /// `create_distributed_table` / `create_reference_table` refused (its own SQLSTATE).
     #[error("{0}")]
     Distribute(#[from] crate::distribute::DistributeError),
@@ -120,6 +124,7 @@ impl SessionError {
             SessionError::Plan(e) => e.sqlstate(),
             SessionError::Copy { source, .. } => source.code(),
             SessionError::Distribute(e) => e.sqlstate(),
+            SessionError::IntermediateTooLarge { .. } => "54000",
         }
     }
 

@@ -87,13 +87,16 @@ impl ShardStream for ShardReader<'_> {
 }
 
 /// How the session answers after the merge.
-enum Ending {
+pub(crate) enum Ending {
     /// The answer is complete up to ReadyForQuery.
     Ready,
     /// A router error (ErrorResponse, ReadyForQuery).
     Fail(SessionError),
     /// An ErrorResponse made here, then ReadyForQuery.
     Raw(BytesMut),
+    /// The merge cannot handle the shards' rows (nothing was sent to the client): the
+    /// plan's fallback answers, else 0A000 with this message.
+    Fallback(String),
 }
 
 /// A transaction participant lent to a fan-out: everything but its connection.
@@ -108,8 +111,8 @@ pub(crate) struct Lent {
 
 /// A backend taking part in the fan-out.
 pub(crate) struct Part {
-    shard: ShardId,
-    conn: PooledConn,
+    pub(crate) shard: ShardId,
+    pub(crate) conn: PooledConn,
     /// A CancelRequest was sent for the shard query.
     cancelled: bool,
 }
@@ -138,6 +141,9 @@ where
                 self.deferred = Some(frame.clone());
                 return Ok(());
             }
+        }
+        if let MergePlan::Collect(c) = &plan.merge {
+            return self.run_collect(plan, c, in_txn, ext).await;
         }
         crate::stats::bump(&self.ctx.stats.fanout_reads);
         let Some((mut parts, reused_shard)) = self.fanout_parts(plan, in_txn, ext.is_some()).await
@@ -212,11 +218,38 @@ where
         // LIMIT n OFFSET m is pushed down as LIMIT n+m.
         let budget = match &plan.merge {
             MergePlan::Stream(m) => m.limit.map(|l| l.saturating_add(m.offset)),
-            MergePlan::Finish(_) => None,
+            MergePlan::Finish(_) | MergePlan::Collect(_) => None,
         };
         let (ending, shard_failed) = self
             .settle_fanout(result, &mut parts, budget, in_txn, ext)
             .await;
+        if let Ending::Fallback(msg) = ending {
+            if in_txn && finish {
+                self.undo_merge_settings(&mut parts).await;
+            }
+            let back = self.release_parts(parts, reused_shard);
+            self.restore_attached(back);
+            return match &plan.fallback {
+                Some(c) => {
+                    tracing::debug!(reason = %msg, "fan-out falls back to collecting");
+                    let collect = FanoutPlan {
+                        shards: self.ctx.catalog.current().shard_ids(),
+                        merge: MergePlan::Collect(c.clone()),
+                        fallback: None,
+                        ..plan.clone()
+                    };
+                    self.run_collect(&collect, c, in_txn, ext).await
+                }
+                None => {
+                    self.answer_fanout(
+                        ext.is_some(),
+                        Ending::Fail(SessionError::Unsupported(msg)),
+                        false,
+                    );
+                    Ok(())
+                }
+            };
+        }
         let back = self.release_parts(parts, reused_shard);
         self.restore_attached(back);
         self.answer_fanout(ext.is_some(), ending, shard_failed);
@@ -228,7 +261,7 @@ where
     /// writes), else an idle attached backend on one of the shards (session pooling)
     /// and new ones from the pools. With the shard of the reused one. `None` once the
     /// client has its error.
-    async fn fanout_parts(
+    pub(crate) async fn fanout_parts(
         &mut self,
         plan: &FanoutPlan,
         in_txn: bool,
@@ -381,6 +414,11 @@ where
                 self.finish_parts(parts, &all, None, true).await;
                 ending = Ending::Fail(SessionError::Unsupported(msg));
             }
+            Err(FanoutError::Unmergeable(msg)) => {
+                let all: Vec<usize> = (0..parts.len()).collect();
+                self.finish_parts(parts, &all, None, true).await;
+                ending = Ending::Fallback(msg);
+            }
             Err(e) => {
                 // A shard's stream is in an unknown state: close every backend.
                 let lost = parts.iter().find(|p| p.conn.broken).map(|p| p.shard);
@@ -413,7 +451,7 @@ where
     /// The end of a fan-out's answer in the client's protocol: ReadyForQuery after a
     /// simple Query; after an Execute nothing until Sync, and after an error the rest
     /// of the batch skipped.
-    fn answer_fanout(&mut self, extended: bool, ending: Ending, shard_failed: bool) {
+    pub(crate) fn answer_fanout(&mut self, extended: bool, ending: Ending, shard_failed: bool) {
         if extended {
             // Extended protocol: no ReadyForQuery until the client's Sync; after an
             // error, skip to it.
@@ -425,6 +463,7 @@ where
                 }
                 Ending::Ready if shard_failed => self.skip_until_sync = true,
                 Ending::Ready => {}
+                Ending::Fallback(m) => self.fail_extended(SessionError::Unsupported(m)),
             }
             self.publish_activity();
             return;
@@ -436,6 +475,7 @@ where
                 let s = self.client_status();
                 encode_ready(&mut self.out, s);
             }
+            Ending::Fallback(m) => self.fail_simple(SessionError::Unsupported(m)),
             Ending::Ready => {
                 let s = self.client_status();
                 encode_ready(&mut self.out, s);
@@ -455,7 +495,7 @@ where
         parts: &mut [Part],
     ) -> Result<Result<Vec<i16>, Frame>, SessionError> {
         let hidden = match &portal.plan.merge {
-            MergePlan::Finish(_) => return Ok(Ok(Vec::new())),
+            MergePlan::Finish(_) | MergePlan::Collect(_) => return Ok(Ok(Vec::new())),
             MergePlan::Stream(m) => m.hidden,
         };
         let r = &portal.results;
@@ -517,7 +557,7 @@ where
     }
 
     /// The router's error for a fan-out, in the client's protocol.
-    fn fail_fanout(&mut self, extended: bool, e: SessionError) {
+    pub(crate) fn fail_fanout(&mut self, extended: bool, e: SessionError) {
         if extended {
             self.fail_extended(e);
         } else {
@@ -778,7 +818,7 @@ where
     }
 
     /// Marks every backend unusable (a failure left them in an unknown state).
-    fn abandon(&mut self, parts: &mut Vec<Part>, reused_shard: Option<ShardId>) {
+    pub(crate) fn abandon(&mut self, parts: &mut Vec<Part>, reused_shard: Option<ShardId>) {
         for p in parts.iter_mut() {
             p.conn.broken = true;
         }
@@ -788,7 +828,7 @@ where
 
     /// Drops the pool backends (each goes back to its pool only if clean) and hands
     /// back the reused attached one.
-    fn release_parts(
+    pub(crate) fn release_parts(
         &mut self,
         parts: Vec<Part>,
         reused_shard: Option<ShardId>,
@@ -824,7 +864,7 @@ where
     }
 
     /// Re-attaches the backend the fan-out borrowed, if it is still usable.
-    fn restore_attached(&mut self, back: Option<(ShardId, PooledConn)>) {
+    pub(crate) fn restore_attached(&mut self, back: Option<(ShardId, PooledConn)>) {
         if self.txn.lending {
             self.txn.lending = false;
             if self.attached.is_none() {

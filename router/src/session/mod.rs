@@ -31,6 +31,7 @@
 //! lexer.
 
 mod attach;
+mod collect;
 mod copy;
 mod cursor;
 pub mod error;
@@ -275,6 +276,8 @@ pub struct Session<R, W> {
     pub(crate) described_fanout: Option<String>,
     /// Set while a fan-out's answer is captured for a row-limited Execute.
     pub(crate) capture: Option<suspend::Capture>,
+    /// The finishing statement of a collected read answered with an error (relayed).
+    pub(crate) collect_answer_failed: bool,
     /// Column counts of multi-shard statements' shard queries, by statement digest.
     pub(crate) fanout_columns: FxHashMap<u64, usize>,
     pub(crate) sql_prepared: FxHashMap<String, Arc<SqlPrepared>>,
@@ -361,6 +364,7 @@ where
             syncs_answered: 0,
             described_fanout: None,
             capture: None,
+            collect_answer_failed: false,
             fanout_columns: FxHashMap::default(),
             sql_prepared: FxHashMap::default(),
             attached: None,

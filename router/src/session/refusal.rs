@@ -37,6 +37,10 @@ pub enum Refusal {
     EveryShardExecute,
     #[error("COPY portal executed out of turn")]
     CopyOutOfTurn,
+    #[error("a statement that needs its distributed tables collected on one shard and also reads reference, local or catalog relations or creates a table, inside a transaction block (the collecting session is outside the transaction: it would not see the transaction's writes, and its table would not roll back with it)")]
+    CollectInTransaction,
+    #[error("an INSERT into a distributed table whose rows are computed by a query or an expression of the shard key, inside a transaction block (not supported yet)")]
+    CollectedInsertInTransaction,
 }
 
 impl Refusal {

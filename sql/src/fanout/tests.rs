@@ -13,6 +13,11 @@ fn fan(sql: &str) -> FanoutPlan {
 fn unsup(sql: &str) -> String {
     match p(sql).route {
         Route::Unsupported(m) => m,
+        // Refused for push-down, answered by collecting.
+        Route::Fanout(FanoutPlan {
+            merge: MergePlan::Collect(c),
+            ..
+        }) => c.reason,
         other => panic!("{sql}: expected 0A000, got {other:?}"),
     }
 }

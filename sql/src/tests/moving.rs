@@ -98,3 +98,27 @@ fn ctes_reference_tables_and_copy_out() {
         assert!(cp.moving_sql.is_empty());
     }
 }
+
+#[test]
+fn collected_inputs_are_copied_filtered() {
+    let c = moving();
+    let p = plan(
+        "SELECT count(*) FROM users u JOIN docs d ON d.slug = u.id::text",
+        &c,
+    );
+    let Route::Fanout(f) = p.route else {
+        panic!("{:?}", p.route)
+    };
+    let crate::MergePlan::Collect(cp) = &f.merge else {
+        panic!("not collected: {:?}", f.merge)
+    };
+    for i in &cp.inputs {
+        assert_eq!(i.copy_out_for(ShardId(2)), i.copy_out());
+        let on1 = i.copy_out_for(ShardId(1)).to_lowercase();
+        assert!(
+            on1.starts_with("copy (select * from (select * from"),
+            "{on1}"
+        );
+        assert!(on1.contains("format binary"), "{on1}");
+    }
+}
