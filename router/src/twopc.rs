@@ -521,12 +521,12 @@ impl Coordinator {
         if !decided && self.faults.armed_at(FaultPoint::AfterDecision) {
             c_result = c.conn.simple(&insert).await;
             decided = true;
-            if c_result.is_ok() {
-                self.faults
-                    .check(FaultPoint::AfterDecision, &gid)
-                    .await
-                    .map_err(halted)?;
-            }
+        }
+        if decided && c_result.is_ok() {
+            self.faults
+                .check(FaultPoint::AfterDecision, &gid)
+                .await
+                .map_err(halted)?;
         }
 
         // Phase one: the decision row on C and PREPARE on the others, all at once. With
