@@ -4,8 +4,13 @@
 # to the router's), and through the router on that one PostgreSQL (1 shard: never
 # two-phase commit), in one run, interleaved per mode and client count so machine drift
 # is shared. Reports TPS, mean latency, failed transactions, the share of router
-# transactions that committed with two-phase commit (commit records written to the
-# catalog, from pg_stat_user_tables) and the balance check afterwards.
+# transactions that committed with two-phase commit (decision rows inserted on the
+# shards plus commit records written to the catalog, from pg_stat_user_tables) and the
+# balance check afterwards.
+#
+# OLD_PGSHARD=<path to another build's pgshard binary> adds a second 2-shard cluster
+# run by that build, loaded the same way and run right after the new one in every
+# round (old vs new in one time window).
 #
 # usage: bench/tpcb.sh [seconds per run (60)] [clients list ("8 32")] [scale (10)]
 # needs: pgbench, pgbouncer (apt-get install -y pgbouncer), PostgreSQL 15.
@@ -19,7 +24,8 @@ MODES=${MODES:-"simple extended prepared"}
 # router runs always take SECS.
 COMPARE_SECS=${COMPARE_SECS:-$SECS}
 POOL=8
-PGSHARD=./target/release/pgshard
+PGSHARD=${PGSHARD:-./target/release/pgshard}
+OLD_PGSHARD=${OLD_PGSHARD:-}
 
 command -v pgbouncer >/dev/null || { echo "install pgbouncer: apt-get install -y pgbouncer" >&2; exit 1; }
 [ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
@@ -29,13 +35,16 @@ WORK=$(mktemp -d /tmp/pgshard-bench.XXXXXX)
 chmod 755 "$WORK"
 ONE="$WORK/one"     # 1 shard: direct, PgBouncer, router-1
 TWO="$WORK/two"     # 2 shards: router-2
+OLD="$WORK/old"     # 2 shards, OLD_PGSHARD's build
 ROUTER1_PORT=$(free_port)
 ROUTER2_PORT=$(free_port)
+ROUTER_OLD_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)
 cleanup() {
     [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
     $PGSHARD destroy --data-dir "$ONE" >/dev/null 2>&1 || true
     $PGSHARD destroy --data-dir "$TWO" >/dev/null 2>&1 || true
+    [ -n "$OLD_PGSHARD" ] && { $OLD_PGSHARD destroy --data-dir "$OLD" >/dev/null 2>&1 || true; }
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -48,6 +57,10 @@ config 1 "$ROUTER1_PORT" > "$WORK/one.toml"
 config 2 "$ROUTER2_PORT" > "$WORK/two.toml"
 $PGSHARD up --data-dir "$ONE" --config "$WORK/one.toml" >/dev/null
 $PGSHARD up --data-dir "$TWO" --config "$WORK/two.toml" >/dev/null
+if [ -n "$OLD_PGSHARD" ]; then
+    config 2 "$ROUTER_OLD_PORT" > "$WORK/old.toml"
+    $OLD_PGSHARD up --data-dir "$OLD" --config "$WORK/old.toml" >/dev/null
+fi
 node_port() { # data-dir node-name
     $PGSHARD status --data-dir "$1" --json |
         python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$2"
@@ -56,6 +69,7 @@ PG_PORT=$(node_port "$ONE" shard1-node1)
 CATALOG2_PORT=$(node_port "$TWO" catalog-node1)
 ROUTER1_PID=$(router_pid "$ONE")
 ROUTER2_PID=$(router_pid "$TWO")
+[ -n "$OLD_PGSHARD" ] && ROUTER_OLD_PID=$(router_pid "$OLD")
 
 # Loading: the 1-shard PostgreSQL directly; the 2-shard cluster through its router
 # (COPY split by key, in one distributed transaction), falling back to loading the
@@ -66,6 +80,10 @@ if [ "${PGSHARD_LOAD:-router}" != router ] ||
     ! pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$ROUTER2_PORT" -U postgres postgres >"$WORK/init.log" 2>&1; then
     LOADED="bench/load_pgbench.sh (shards loaded directly by bucket)"
     PGSHARD=$PGSHARD bench/load_pgbench.sh "$TWO" "$SCALE" >/dev/null
+fi
+if [ -n "$OLD_PGSHARD" ] &&
+    ! pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$ROUTER_OLD_PORT" -U postgres postgres >"$WORK/init-old.log" 2>&1; then
+    PGSHARD=$OLD_PGSHARD bench/load_pgbench.sh "$OLD" "$SCALE" >/dev/null
 fi
 
 # The load, through the router and over the shards directly.
@@ -78,9 +96,16 @@ LOAD_CHECK="accounts through the router $(q2 "$ROUTER2_PORT" 'SELECT count(*) FR
 
 start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
 
+# Two-phase commits so far: decision rows inserted on the shards (the decision in the
+# first writer's transaction) plus commit records in the catalog (the fallback).
 commit_records() {
-    psql -X -qAt -h 127.0.0.1 -p "$CATALOG2_PORT" -U postgres -d pgshard_catalog \
-        -c "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = 'pgshard' AND relname = 'transactions'"
+    local n
+    n=$(psql -X -qAt -h 127.0.0.1 -p "$CATALOG2_PORT" -U postgres -d pgshard_catalog \
+        -c "SELECT n_tup_ins FROM pg_stat_user_tables WHERE schemaname = 'pgshard' AND relname = 'transactions'")
+    for p in $SHARD_PORTS; do
+        n=$((n + $(q2 "$p" "SELECT coalesce(sum(n_tup_ins), 0) FROM pg_stat_user_tables WHERE schemaname = 'pgshard_2pc'")))
+    done
+    echo "$n"
 }
 
 run() { # port mode clients pid [seconds] -> "tps lat failed processed cpu_us_per_tx"
@@ -110,8 +135,10 @@ ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.
 echo "# pgbench TPC-B-like, scale $SCALE, ${SECS}s per 2-shard router run, ${COMPARE_SECS}s per comparison run, pool $POOL, $(nproc) cores, $(date -u +%F)"
 echo "# 2-shard data: $LOADED; $LOAD_CHECK"
 echo
-echo "| mode | clients | direct TPS | PgBouncer TPS | router 1 shard TPS | router 2 shards TPS | 2 shards / direct | 2 shards / PgBouncer | lat direct ms | lat PgBouncer ms | lat router-1 ms | lat router-2 ms | failed (router-2) | 2PC share (router-2) | router-2 CPU µs/tx |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)${OLD_PGSHARD:+; old build: $OLD_PGSHARD}"
+echo
+echo "| mode | clients | direct TPS | PgBouncer TPS | router 1 shard TPS | router 2 shards TPS | 2 shards / direct | 2 shards / PgBouncer | lat direct ms | lat PgBouncer ms | lat router-1 ms | lat router-2 ms | failed (router-2) | 2PC share (router-2) | router-2 CPU µs/tx | old router 2 shards TPS | old 2 shards / direct | lat old router-2 ms | failed (old) | load avg |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for c in $CLIENTS; do
     for mode in $MODES; do
         read -r dt dl _ _ _ <<<"$(run "$PG_PORT" "$mode" "$c" "")"
@@ -121,7 +148,11 @@ for c in $CLIENTS; do
         read -r r2t r2l r2f r2n r2c <<<"$(run "$ROUTER2_PORT" "$mode" "$c" "$ROUTER2_PID" "$SECS")"
         after=$(commit_records)
         share=$(python3 -c "import sys; n=int(sys.argv[3]); print(f'{(int(sys.argv[2])-int(sys.argv[1]))/n:.2f}' if n else '-')" "$before" "$after" "$r2n")
-        echo "| $mode | $c | $dt | $bt | $r1t | $r2t | $(ratio "$r2t" "$dt") | $(ratio "$r2t" "$bt") | $dl | $bl | $r1l | $r2l | $r2f | $share | $r2c |"
+        ot=- ol=- of=-
+        if [ -n "$OLD_PGSHARD" ]; then
+            read -r ot ol of _ _ <<<"$(run "$ROUTER_OLD_PORT" "$mode" "$c" "$ROUTER_OLD_PID" "$SECS")"
+        fi
+        echo "| $mode | $c | $dt | $bt | $r1t | $r2t | $(ratio "$r2t" "$dt") | $(ratio "$r2t" "$bt") | $dl | $bl | $r1l | $r2l | $r2f | $share | $r2c | $ot | $(ratio "$ot" "$dt") | $ol | $of | $(cut -d' ' -f1 /proc/loadavg) |"
     done
 done
 
@@ -136,3 +167,10 @@ echo "balances (2 shards, through the router): accounts $(q 'SELECT sum(abalance
 for s in 1 2; do
     echo "prepared transactions left on shard $s: $(psql -X -qAt -h 127.0.0.1 -p "$(node_port "$TWO" "shard$s-node1")" -U postgres postgres -c 'SELECT count(*) FROM pg_prepared_xacts')"
 done
+if [ -n "$OLD_PGSHARD" ]; then
+    qo() { psql -X -qAt -h 127.0.0.1 -p "$ROUTER_OLD_PORT" -U postgres postgres -c "$1"; }
+    echo "balances (old build): accounts $(qo 'SELECT sum(abalance) FROM pgbench_accounts')," \
+        "tellers $(qo 'SELECT sum(tbalance) FROM pgbench_tellers')," \
+        "branches $(qo 'SELECT sum(bbalance) FROM pgbench_branches')," \
+        "history $(qo 'SELECT sum(delta) FROM pgbench_history')"
+fi

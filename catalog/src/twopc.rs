@@ -1,8 +1,27 @@
 //! Decisions of distributed transactions (SPEC §7, §10): the global transaction id that
-//! names a two-phase transaction on every shard, and the decision records kept in
-//! `pgshard.transactions` on the catalog node (migration `0002_twopc.sql`).
+//! names a two-phase transaction on every shard, and where its commit decision lives.
 //!
-//! Protocol, as the router's coordinator and shardd's recovery use it:
+//! **On a participant (the default).** A [`Gid`] that names a *coordinator shard* C
+//! (`pgshard:<router>:<n>:<ms>:<C>`) has its decision in [`DECISIONS_TABLE`] in the same
+//! database on C's primary, written inside C's own transaction (Citus' scheme):
+//!
+//! 1. the coordinator inserts the row ([`decision_insert_sql`]) in C's open transaction,
+//!    while it runs `PREPARE TRANSACTION '<gid>'` on every other writer;
+//! 2. it commits C with a plain `COMMIT`: that commit is the commit point, and the row
+//!    is durable exactly when C's writes are;
+//! 3. it runs `COMMIT PREPARED '<gid>'` on the others; recovery deletes the row later.
+//!
+//! Recovery finds the others prepared. A committed row (not `aborted`) → commit. No
+//! row, once old enough → [`DECIDE_ABORT_SQL`] inserts an `aborted` row on C with
+//! `ON CONFLICT DO NOTHING`: if C's transaction still runs, the primary key makes the
+//! insert wait for it; if C committed, the conflict leaves C's row (commit); if the
+//! abort row goes in, C can never commit any more (its own insert would conflict), so
+//! rolling back is safe. No catalog round trip is on the transaction's path, and the
+//! decision fails over with C's data.
+//!
+//! **In the catalog (the fallback).** A [`Gid`] without a coordinator shard (a database
+//! without the decision table yet) has its decision in `pgshard.transactions` on the
+//! catalog node (migration `0002_twopc.sql`):
 //!
 //! 1. the coordinator runs `PREPARE TRANSACTION '<gid>'` on every writing shard;
 //! 2. it calls [`record_commit`]: the row (`committing`) is committed before it returns,
@@ -65,15 +84,18 @@ impl fmt::Display for RouterId {
     }
 }
 
-/// A global transaction id, `pgshard:<router-id>:<txn-counter>:<unix-ms>`: names the
-/// coordinating router and its transaction, and carries the creation time so recovery
-/// can tell its age. Always a valid PostgreSQL GID that needs no quoting beyond `'…'`.
+/// A global transaction id, `pgshard:<router-id>:<txn-counter>:<unix-ms>[:<shard>]`:
+/// names the coordinating router and its transaction, carries the creation time so
+/// recovery can tell its age, and (when present) the coordinator shard whose
+/// [`DECISIONS_TABLE`] holds the decision; without it the decision is in the catalog.
+/// Always a valid PostgreSQL GID that needs no quoting beyond `'…'`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Gid {
     text: String,
     router: RouterId,
     counter: u64,
     created_ms: u64,
+    coordinator: Option<ShardId>,
 }
 
 impl Gid {
@@ -94,7 +116,32 @@ impl Gid {
             router: router.clone(),
             counter,
             created_ms,
+            coordinator: None,
         }
+    }
+
+    /// The id of transaction `counter` of `router`, created now, whose decision is
+    /// written on shard `coordinator` (see the module doc).
+    pub fn on_shard(router: &RouterId, counter: u64, coordinator: ShardId) -> Gid {
+        Gid::new(router, counter).with_coordinator(coordinator)
+    }
+
+    /// This id with its decision on shard `coordinator`.
+    pub fn with_coordinator(self, coordinator: ShardId) -> Gid {
+        Gid {
+            text: format!(
+                "{GID_PREFIX}{}:{}:{}:{}",
+                self.router, self.counter, self.created_ms, coordinator.0
+            ),
+            coordinator: Some(coordinator),
+            ..self
+        }
+    }
+
+    /// The shard whose decision table holds this transaction's decision; `None`: the
+    /// catalog's `pgshard.transactions` does.
+    pub fn coordinator(&self) -> Option<ShardId> {
+        self.coordinator
     }
 
     /// Parse a GID as found in `pg_prepared_xacts`; `None` if it is not one of ours.
@@ -104,10 +151,14 @@ impl Gid {
         let router = RouterId::new(parts.next()?)?;
         let counter = parse_decimal(parts.next()?)?;
         let created_ms = parse_decimal(parts.next()?)?;
+        let mut gid = Gid::with_time(&router, counter, created_ms);
+        if let Some(shard) = parts.next() {
+            let shard = u32::try_from(parse_decimal(shard)?).ok()?;
+            gid = gid.with_coordinator(ShardId(shard));
+        }
         if parts.next().is_some() {
             return None;
         }
-        let gid = Gid::with_time(&router, counter, created_ms);
         // Only the canonical spelling (no leading zeros), so text and value agree.
         (gid.text == s).then_some(gid)
     }
@@ -141,6 +192,47 @@ impl fmt::Display for Gid {
         f.write_str(&self.text)
     }
 }
+
+/// The table, in every database of every shard primary, that holds the decisions of
+/// the transactions coordinated on that shard (see the module doc). shardd's recovery
+/// creates it ([`DECISIONS_DDL`]) and deletes its rows once their transactions are
+/// finished everywhere.
+pub const DECISIONS_TABLE: &str = "pgshard_2pc.decisions";
+
+/// Creates [`DECISIONS_TABLE`] (idempotent; run as a superuser). Every role may insert
+/// and read: the router's backends log in as the client's user.
+pub const DECISIONS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgshard_2pc;
+CREATE TABLE IF NOT EXISTS pgshard_2pc.decisions (
+    gid text PRIMARY KEY,
+    aborted boolean NOT NULL DEFAULT false,
+    decided_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT USAGE ON SCHEMA pgshard_2pc TO PUBLIC;
+GRANT SELECT, INSERT ON pgshard_2pc.decisions TO PUBLIC;";
+
+/// The coordinator's commit decision, run inside the coordinator shard's transaction
+/// (simple protocol: no parameters).
+pub fn decision_insert_sql(gid: &Gid) -> String {
+    format!(
+        "INSERT INTO {DECISIONS_TABLE} (gid) VALUES ({})",
+        gid.literal()
+    )
+}
+
+/// Recovery's abort decision on the coordinator shard: inserts an `aborted` row unless
+/// a row exists, waiting for the coordinator's transaction if it holds the key. Returns
+/// a row iff the abort went in. Parameter: the gid.
+pub const DECIDE_ABORT_SQL: &str =
+    "INSERT INTO pgshard_2pc.decisions (gid, aborted) VALUES ($1, true)
+     ON CONFLICT (gid) DO NOTHING RETURNING aborted";
+
+/// Every decision row on one shard database: `(gid, aborted, age in seconds)`.
+pub const LIST_DECISIONS_SQL: &str =
+    "SELECT gid, aborted, GREATEST(extract(epoch FROM now() - decided_at), 0)::float8
+       FROM pgshard_2pc.decisions";
+
+/// Deletes the decision rows whose gid is in `$1` (a `text[]`).
+pub const FORGET_DECISIONS_SQL: &str = "DELETE FROM pgshard_2pc.decisions WHERE gid = ANY($1)";
 
 fn parse_decimal(s: &str) -> Option<u64> {
     if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -425,7 +517,10 @@ mod tests {
             "",
             "pgshard:",
             "pgshard:r1:1",
-            "pgshard:r1:1:2:3",
+            "pgshard:r1:1:2:3:4",
+            "pgshard:r1:1:2:03",
+            "pgshard:r1:1:2:",
+            "pgshard:r1:1:2:4294967296",
             "pgshard::1:2",
             "pgshard:r1:x:2",
             "pgshard:r1:1:-2",
@@ -441,6 +536,25 @@ mod tests {
             assert_eq!(Gid::parse(s), None, "{s:?}");
         }
         assert!(Gid::parse("pgshard:r1:0:0").is_some());
+    }
+
+    #[test]
+    fn a_gid_may_name_its_coordinator_shard() {
+        let g = Gid::with_time(&rid("r1"), 5, 1_000).with_coordinator(ShardId(3));
+        assert_eq!(g.as_str(), "pgshard:r1:5:1000:3");
+        assert_eq!(g.coordinator(), Some(ShardId(3)));
+        assert_eq!(Gid::parse(g.as_str()), Some(g.clone()));
+        assert_eq!(
+            Gid::parse("pgshard:r1:5:1000").and_then(|g| g.coordinator()),
+            None
+        );
+        assert_eq!(
+            decision_insert_sql(&g),
+            "INSERT INTO pgshard_2pc.decisions (gid) VALUES ('pgshard:r1:5:1000:3')"
+        );
+        let longest = Gid::with_time(&rid(&"x".repeat(MAX_ROUTER_ID)), u64::MAX, u64::MAX)
+            .with_coordinator(ShardId(u32::MAX));
+        assert!(longest.as_str().len() < 200);
     }
 
     #[test]

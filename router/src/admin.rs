@@ -4,8 +4,8 @@
 //!
 //! Everything but `SHOW TRANSACTIONS` answers from the router's memory. `SHOW
 //! TRANSACTIONS` asks the cluster itself: the prepared transactions with a pgshard GID
-//! on every shard primary (`pg_prepared_xacts`) next to the decision records in the
-//! catalog, so it shows what a crashed router left in doubt, whichever router that was
+//! on every shard primary (`pg_prepared_xacts`) next to their decisions (rows in the
+//! coordinator shard's `pgshard_2pc.decisions`, or records in the catalog), so it shows what a crashed router left in doubt, whichever router that was
 //! (shardd's recovery finishes them; see `shardd::recovery`).
 
 use crate::protocol::backend::{
@@ -17,7 +17,7 @@ use crate::protocol::FrameReader;
 use crate::server::RouterCtx;
 use bytes::BytesMut;
 use futures::future::join_all;
-use pgshard_catalog::twopc::{Decision, GID_PREFIX};
+use pgshard_catalog::twopc::{Decision, Gid, GID_PREFIX};
 use pgshard_catalog::{KeyType, ShardId, TableKind};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -489,7 +489,8 @@ struct PreparedRow {
 }
 
 /// `SHOW TRANSACTIONS`: every prepared transaction with a pgshard GID on every shard
-/// primary, with what its decision record says: `commit` (recovery commits it),
+/// primary, with what its decision (row on its coordinator shard, or record in the
+/// catalog) says: `commit` (recovery commits it),
 /// `rollback` (recovery rolls it back) or `undecided` (no record: its coordinator may
 /// still be running; recovery rolls it back once older than its bound). Shards that
 /// cannot be listed are named in WARNING notices and the rest is still shown.
@@ -549,6 +550,52 @@ async fn transactions(ctx: &RouterCtx) -> Result<(Table, Vec<String>), String> {
             }
         }
     }
+    // Transactions coordinated on a shard: their decision rows, read on it.
+    let mut wanted: HashMap<(ShardId, String), Vec<String>> = HashMap::new();
+    for p in &rows {
+        if let Some(c) = Gid::parse(&p.gid).and_then(|g| g.coordinator()) {
+            wanted
+                .entry((c, p.database.clone()))
+                .or_default()
+                .push(p.gid.clone());
+        }
+    }
+    let mut decisions = decisions;
+    let looked_up = join_all(wanted.into_iter().filter_map(|((shard, db), gids)| {
+        let node = catalog.primary(shard)?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&node.host)
+            .port(node.port)
+            .dbname(&db)
+            .application_name("pgshard-admin")
+            .connect_timeout(TRANSACTIONS_TIMEOUT);
+        if let Some(user) = base.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = base.get_password() {
+            config.password(password);
+        }
+        let name = node.name.clone();
+        Some(async move {
+            tokio::time::timeout(TRANSACTIONS_TIMEOUT, decision_rows(config, gids))
+                .await
+                .unwrap_or_else(|_| Err("timed out".into()))
+                .map_err(|e| {
+                    format!("cannot read the decisions on shard {shard} ({name}, {db}): {e}")
+                })
+        })
+    }))
+    .await;
+    for found in looked_up {
+        match found {
+            Ok(found) => decisions.extend(found),
+            Err(w) => {
+                tracing::warn!(error = %w, "SHOW TRANSACTIONS");
+                warnings.push(w);
+            }
+        }
+    }
     let rows = rows
         .into_iter()
         .map(|p| {
@@ -583,6 +630,39 @@ async fn transactions(ctx: &RouterCtx) -> Result<(Table, Vec<String>), String> {
         },
         warnings,
     ))
+}
+
+/// The decision rows of `gids` in one coordinator shard's database (committed ones
+/// only: a coordinator's uncommitted row is invisible, so its transaction is undecided).
+async fn decision_rows(
+    config: tokio_postgres::Config,
+    gids: Vec<String>,
+) -> Result<Vec<(String, Decision)>, String> {
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(connection);
+    let found = client
+        .query(
+            "SELECT gid, aborted FROM pgshard_2pc.decisions WHERE gid = ANY($1)",
+            &[&gids],
+        )
+        .await
+        .map_err(|e| e.to_string());
+    drop(client);
+    let _ = conn.await;
+    Ok(found?
+        .iter()
+        .map(|r| {
+            let decision = if r.get::<_, bool>(1) {
+                Decision::Aborted
+            } else {
+                Decision::Committing
+            };
+            (r.get(0), decision)
+        })
+        .collect())
 }
 
 /// The prepared transactions with a pgshard GID on one shard primary, oldest first.

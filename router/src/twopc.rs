@@ -3,16 +3,27 @@
 //!
 //! - No participant wrote, or exactly one did: plain `COMMIT` everywhere (single-shard
 //!   transactions never pay for 2PC).
-//! - Several wrote: `PREPARE TRANSACTION '<gid>'` on every writer (in parallel), then the
-//!   commit record in the catalog ([`CommitLog::record_commit`], the commit point), then
-//!   `COMMIT PREPARED '<gid>'` on every writer; read-only participants `COMMIT` in one
-//!   phase. The caller forgets the record afterwards ([`CommitLog::forget`], off the
-//!   client's critical path; shardd's recovery deletes it anyway).
-//! - A PREPARE fails: `ROLLBACK PREPARED` where it succeeded, `ROLLBACK` elsewhere, and
-//!   the failure goes to the client. Recording the commit fails because recovery already
-//!   rolled the transaction back: the same. Recording fails for any other reason: the
-//!   outcome is unknown here, the writers stay prepared, and shardd's recovery
-//!   (`shardd::recovery`) decides from the catalog.
+//! - Several wrote: the first writer is the *coordinator shard* C, and its own
+//!   transaction carries the commit decision (as Citus does; see
+//!   `pgshard_catalog::twopc`): `INSERT INTO pgshard_2pc.decisions` on C while every
+//!   other writer runs `PREPARE TRANSACTION '<gid>'` (all in parallel), then a plain
+//!   `COMMIT` on C — the commit point, one durable round trip on a shard that is
+//!   already a participant — then `COMMIT PREPARED '<gid>'` on the others in parallel;
+//!   read-only participants `COMMIT` in one phase. The gid names C, so recovery knows
+//!   where to look. No catalog round trip is on this path; shardd's recovery deletes
+//!   the decision rows later, in batches.
+//! - C's database lacks the decision table (a database created since shardd's last
+//!   recovery round, or a role that may not use it): the first writer is probed once per
+//!   backend connection under a savepoint ([`DecisionTable`]); without the table the
+//!   transaction falls back to the catalog protocol: `PREPARE` on every writer, the
+//!   commit record in the catalog ([`CommitLog::record_commit`], the commit point),
+//!   `COMMIT PREPARED` on every writer, and the caller forgets the record afterwards.
+//! - A PREPARE (or C's decision insert, or C's COMMIT) fails: `ROLLBACK PREPARED` where
+//!   prepared, `ROLLBACK` elsewhere, and the failure goes to the client. Recording the
+//!   commit in the catalog fails because recovery already rolled the transaction back:
+//!   the same. The commit point's outcome is unknown (C's connection or the catalog's
+//!   broke): the writers stay prepared, and shardd's recovery (`shardd::recovery`)
+//!   decides from C's decision table or the catalog.
 //!
 //! Anything left prepared by a crash at any step is finished by that recovery, so every
 //! transaction ends all-or-nothing.
@@ -31,7 +42,7 @@ use pgshard_catalog::ShardId;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// SQLSTATE of "prepared transaction … does not exist" (`undefined_object`): after the
 /// commit point it means recovery already finished that participant.
@@ -44,6 +55,29 @@ pub trait TxnError: std::error::Error + Send + Sync + 'static {
     fn sqlstate(&self) -> Option<&str>;
 }
 
+/// What a backend connection knows of its database's decision table
+/// (`pgshard_2pc.decisions`, created by shardd's recovery in every database).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DecisionTable {
+    /// Not tried yet: the next two-phase commit coordinated here probes it.
+    #[default]
+    Unknown,
+    /// A decision insert went in: coordinate here without a probe.
+    Present,
+    /// The probe failed at this moment: use the catalog protocol until
+    /// [`DECISION_TABLE_RECHECK`] has passed.
+    Absent(Instant),
+}
+
+/// How long a connection whose database lacked the decision table keeps using the
+/// catalog protocol before probing again (shardd creates the table within a recovery
+/// round).
+pub const DECISION_TABLE_RECHECK: Duration = Duration::from_secs(10);
+
+/// SQLSTATEs of a probe that found no usable decision table: undefined table or
+/// schema, insufficient privilege, read-only transaction.
+const NO_DECISION_TABLE: [&str; 4] = ["42P01", "3F000", "42501", "25006"];
+
 /// One participant's backend connection, inside the transaction being ended.
 pub trait TxnConn: Send {
     type Error: TxnError;
@@ -52,6 +86,13 @@ pub trait TxnConn: Send {
     /// True if the transaction failed on this connection (ReadyForQuery status `E`):
     /// then COMMIT means ROLLBACK, and PREPARE TRANSACTION would silently roll back.
     fn in_failed_transaction(&self) -> bool;
+    /// What is known of this connection's decision table (connections that do not
+    /// remember it are probed each time they coordinate).
+    fn decision_table(&self) -> DecisionTable {
+        DecisionTable::Unknown
+    }
+    /// Remember what the coordinator found.
+    fn set_decision_table(&mut self, _known: DecisionTable) {}
 }
 
 impl TxnError for BackendError {
@@ -70,6 +111,12 @@ impl TxnConn for BackendConn {
     }
     fn in_failed_transaction(&self) -> bool {
         self.status == b'E'
+    }
+    fn decision_table(&self) -> DecisionTable {
+        self.decision_table
+    }
+    fn set_decision_table(&mut self, known: DecisionTable) {
+        self.decision_table = known;
     }
 }
 
@@ -110,19 +157,26 @@ pub trait CommitLog: Send + Sync {
 pub enum FaultPoint {
     /// Several writers, nothing prepared yet.
     BeforePrepare,
-    /// The first writer prepared, the others not yet.
+    /// The decision row inserted in the coordinator shard's open transaction, nothing
+    /// prepared yet (the catalog protocol never stops here).
+    AfterDecision,
+    /// The first writer to prepare prepared, the others not yet (with the decision on
+    /// a shard, the coordinator shard also holds its decision row).
     BetweenPrepares,
-    /// Every writer prepared, no commit record.
+    /// Every writer to prepare prepared; the coordinator shard not committed (or, in
+    /// the catalog protocol, no commit record).
     AfterPrepares,
-    /// The commit record written, no COMMIT PREPARED sent.
+    /// The commit point passed: the coordinator shard committed with its decision row
+    /// (or the catalog record was written); no COMMIT PREPARED sent.
     AfterRecord,
-    /// The first writer committed, the others still prepared.
+    /// The first prepared writer committed, the others still prepared.
     BetweenCommits,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 5] = [
+    pub const ALL: [FaultPoint; 6] = [
         FaultPoint::BeforePrepare,
+        FaultPoint::AfterDecision,
         FaultPoint::BetweenPrepares,
         FaultPoint::AfterPrepares,
         FaultPoint::AfterRecord,
@@ -132,6 +186,7 @@ impl FaultPoint {
     pub fn as_str(self) -> &'static str {
         match self {
             FaultPoint::BeforePrepare => "before_prepare",
+            FaultPoint::AfterDecision => "after_decision",
             FaultPoint::BetweenPrepares => "between_prepares",
             FaultPoint::AfterPrepares => "after_prepares",
             FaultPoint::AfterRecord => "after_record",
@@ -359,11 +414,7 @@ impl Coordinator {
         let (outcome, counter) = if writers <= 1 {
             (one_phase(members).await, &self.stats.one_phase)
         } else {
-            let gid = self.next_gid();
-            (
-                self.two_phase(members, log, gid).await,
-                &self.stats.two_phase,
-            )
+            (self.two_phase(members, log).await, &self.stats.two_phase)
         };
         match &outcome {
             Ok(Outcome::Committed { .. }) => crate::stats::bump(counter),
@@ -380,19 +431,260 @@ impl Coordinator {
         rollback_all(members.iter_mut().map(member_conn)).await;
     }
 
+    /// Several writers: the decision on the first writer if its database has the
+    /// decision table, else in the catalog (see the module doc).
     async fn two_phase<E: TxnError>(
         &self,
         members: &mut [Member<'_, E>],
         log: &dyn CommitLog,
-        gid: Gid,
     ) -> Result<Outcome, CommitError<E>> {
-        let halted = CommitError::Halted;
+        let (mut writers, mut readers): (Vec<_>, Vec<_>) =
+            members.iter_mut().partition(|m| m.wrote);
+        let base = self.next_gid();
+        let Some(c_shard) = writers.first().map(|c| c.shard) else {
+            return one_phase_of(writers, readers).await;
+        };
+        let gid = base.clone().with_coordinator(c_shard);
         self.faults
             .check(FaultPoint::BeforePrepare, &gid)
             .await
+            .map_err(CommitError::Halted)?;
+        let decided = match writers[0].conn.decision_table() {
+            DecisionTable::Present => false,
+            DecisionTable::Absent(at) if at.elapsed() < DECISION_TABLE_RECHECK => {
+                return self.two_phase_catalog(writers, readers, log, base).await;
+            }
+            DecisionTable::Unknown | DecisionTable::Absent(_) => {
+                // The probe: the decision insert under a savepoint, so that a missing
+                // table leaves the transaction usable for the catalog protocol.
+                let c = &mut writers[0];
+                let probe = format!(
+                    "SAVEPOINT pgshard_2pc; {}; RELEASE SAVEPOINT pgshard_2pc",
+                    records::decision_insert_sql(&gid)
+                );
+                match c.conn.simple(&probe).await {
+                    Ok(()) => {
+                        c.conn.set_decision_table(DecisionTable::Present);
+                        true
+                    }
+                    Err(e)
+                        if e.sqlstate()
+                            .is_some_and(|code| NO_DECISION_TABLE.contains(&code)) =>
+                    {
+                        let undo =
+                            "ROLLBACK TO SAVEPOINT pgshard_2pc; RELEASE SAVEPOINT pgshard_2pc";
+                        if let Err(source) = c.conn.simple(undo).await {
+                            rollback_all(writers.iter_mut().chain(readers.iter_mut()).map(conn_of))
+                                .await;
+                            return Err(CommitError::Failed {
+                                shard: c_shard,
+                                source,
+                            });
+                        }
+                        if e.sqlstate() != Some("25006") {
+                            c.conn
+                                .set_decision_table(DecisionTable::Absent(Instant::now()));
+                        }
+                        tracing::debug!(shard = %c_shard, error = %e, "no decision table: commit record in the catalog");
+                        return self.two_phase_catalog(writers, readers, log, base).await;
+                    }
+                    Err(source) => {
+                        rollback_all(writers.iter_mut().chain(readers.iter_mut()).map(conn_of))
+                            .await;
+                        return Err(CommitError::Failed {
+                            shard: c_shard,
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        self.two_phase_local(writers, readers, gid, decided).await
+    }
+
+    /// The decision in the coordinator shard's own transaction: `writers[0]` is that
+    /// shard C, `decided` says whether its decision row is inserted already.
+    async fn two_phase_local<E: TxnError>(
+        &self,
+        mut writers: Vec<&mut Member<'_, E>>,
+        mut readers: Vec<&mut Member<'_, E>>,
+        gid: Gid,
+        mut decided: bool,
+    ) -> Result<Outcome, CommitError<E>> {
+        let halted = CommitError::Halted;
+        let Some((c, others)) = writers.split_first_mut() else {
+            return one_phase_of(Vec::new(), readers).await;
+        };
+        let c_shard = c.shard;
+        let insert = records::decision_insert_sql(&gid);
+        let mut c_result = Ok(());
+        if !decided && self.faults.armed_at(FaultPoint::AfterDecision) {
+            c_result = c.conn.simple(&insert).await;
+            decided = true;
+        }
+        if decided && c_result.is_ok() {
+            self.faults
+                .check(FaultPoint::AfterDecision, &gid)
+                .await
+                .map_err(halted)?;
+        }
+
+        // Phase one: the decision row on C and PREPARE on the others, all at once. With
+        // the between-PREPAREs fault armed, the first of the others goes alone.
+        let prepare = format!("PREPARE TRANSACTION {}", gid.literal());
+        let split = if self.faults.armed_at(FaultPoint::BetweenPrepares) {
+            1.min(others.len())
+        } else {
+            others.len()
+        };
+        let mut results = Vec::with_capacity(others.len());
+        if c_result.is_ok() {
+            let first = run_all(others[..split].iter_mut().map(conn_of), &prepare);
+            if decided {
+                results = first.await;
+            } else {
+                let (r, first) = futures::join!(c.conn.simple(&insert), first);
+                c_result = r;
+                results = first;
+            }
+        }
+        if c_result.is_ok() && results.iter().all(Result::is_ok) {
+            if let Err(p) = self.faults.check(FaultPoint::BetweenPrepares, &gid).await {
+                return Err(halted(p));
+            }
+            results.extend(run_all(others[split..].iter_mut().map(conn_of), &prepare).await);
+        }
+        let attempted = results.len();
+        let mut prepared = vec![false; others.len()];
+        let mut first_error = None;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => prepared[i] = true,
+                Err(e) => {
+                    first_error.get_or_insert((others[i].shard, e));
+                }
+            }
+        }
+        let failure = match (c_result, first_error) {
+            (Err(source), _) => {
+                c.conn.set_decision_table(DecisionTable::Unknown);
+                Some(if source.sqlstate() == Some(UNIQUE_VIOLATION) {
+                    // Recovery's abort row holds the gid: it rolled us back.
+                    tracing::warn!(%gid, "recovery rolled the transaction back first");
+                    CommitError::RecoveryAborted { gid: gid.clone() }
+                } else {
+                    tracing::info!(%gid, shard = %c_shard, error = %source, "decision insert failed; rolling back");
+                    CommitError::Failed {
+                        shard: c_shard,
+                        source,
+                    }
+                })
+            }
+            (Ok(()), Some((shard, source))) => {
+                tracing::info!(%gid, %shard, error = %source, "PREPARE failed; rolling back");
+                Some(CommitError::Failed { shard, source })
+            }
+            (Ok(()), None) => None,
+        };
+        if let Some(failure) = failure {
+            let rollback_prepared = format!("ROLLBACK PREPARED {}", gid.literal());
+            let mut undo = vec![(conn_of(c), "ROLLBACK")];
+            for (i, m) in others.iter_mut().enumerate() {
+                // A writer whose PREPARE failed has rolled back already (or lost its
+                // connection, which rolls back, or left it prepared for recovery).
+                if prepared[i] {
+                    undo.push((conn_of(m), rollback_prepared.as_str()));
+                } else if i >= attempted {
+                    undo.push((conn_of(m), "ROLLBACK"));
+                }
+            }
+            undo_all(undo, &gid).await;
+            rollback_all(readers.iter_mut().map(conn_of)).await;
+            return Err(failure);
+        }
+        self.faults
+            .check(FaultPoint::AfterPrepares, &gid)
+            .await
             .map_err(halted)?;
-        let (mut writers, mut readers): (Vec<_>, Vec<_>) =
-            members.iter_mut().partition(|m| m.wrote);
+
+        // The commit point: C commits in one phase, its decision row with it.
+        if let Err(source) = c.conn.simple("COMMIT").await {
+            if commit_refused(&source) {
+                tracing::info!(%gid, shard = %c_shard, error = %source, "the coordinator shard refused to commit; rolling back");
+                let sql = format!("ROLLBACK PREPARED {}", gid.literal());
+                undo_all(
+                    others
+                        .iter_mut()
+                        .map(|m| (conn_of(m), sql.as_str()))
+                        .collect(),
+                    &gid,
+                )
+                .await;
+                rollback_all(readers.iter_mut().map(conn_of)).await;
+                return Err(CommitError::Failed {
+                    shard: c_shard,
+                    source,
+                });
+            }
+            tracing::error!(%gid, shard = %c_shard, error = %source, "commit point outcome unknown; left to recovery");
+            rollback_all(readers.iter_mut().map(conn_of)).await;
+            return Err(CommitError::Unknown {
+                gid: Some(gid),
+                reason: format!("shard {c_shard}: {source}"),
+            });
+        }
+        self.faults
+            .check(FaultPoint::AfterRecord, &gid)
+            .await
+            .map_err(halted)?;
+        let unfinished = self.commit_prepared(others, &gid).await?;
+        commit_readers(readers.iter_mut().map(conn_of)).await;
+        Ok(Outcome::Committed {
+            gid: Some(gid),
+            unfinished,
+        })
+    }
+
+    /// Phase two (the transaction is committed whatever happens now): COMMIT PREPARED
+    /// on `writers`, in parallel; returns the shards left to recovery.
+    async fn commit_prepared<E: TxnError>(
+        &self,
+        writers: &mut [&mut Member<'_, E>],
+        gid: &Gid,
+    ) -> Result<Vec<ShardId>, CommitError<E>> {
+        let commit = format!("COMMIT PREPARED {}", gid.literal());
+        let split =
+            usize::from(self.faults.armed_at(FaultPoint::BetweenCommits)).min(writers.len());
+        let mut results = run_all(writers[..split].iter_mut().map(conn_of), &commit).await;
+        self.faults
+            .check(FaultPoint::BetweenCommits, gid)
+            .await
+            .map_err(CommitError::Halted)?;
+        results.extend(run_all(writers[split..].iter_mut().map(conn_of), &commit).await);
+        let mut unfinished = Vec::new();
+        for (m, r) in writers.iter().zip(results) {
+            if let Err(error) = r {
+                if error.sqlstate() == Some(UNDEFINED_OBJECT) {
+                    // Recovery got there first.
+                    continue;
+                }
+                tracing::warn!(%gid, shard = %m.shard, %error, "COMMIT PREPARED failed; recovery will finish it");
+                unfinished.push(m.shard);
+            }
+        }
+        Ok(unfinished)
+    }
+
+    /// The catalog protocol (a database without the decision table): PREPARE on every
+    /// writer, the commit record in the catalog, COMMIT PREPARED on every writer.
+    async fn two_phase_catalog<E: TxnError>(
+        &self,
+        mut writers: Vec<&mut Member<'_, E>>,
+        mut readers: Vec<&mut Member<'_, E>>,
+        log: &dyn CommitLog,
+        gid: Gid,
+    ) -> Result<Outcome, CommitError<E>> {
+        let halted = CommitError::Halted;
         let participants: Vec<ShardId> = writers.iter().map(|m| m.shard).collect();
 
         // Phase one. With the between-PREPAREs fault armed, the first writer goes alone.
@@ -469,26 +761,7 @@ impl Coordinator {
             .await
             .map_err(halted)?;
 
-        // Phase two: the transaction is committed whatever happens now.
-        let commit = format!("COMMIT PREPARED {}", gid.literal());
-        let split = usize::from(self.faults.armed_at(FaultPoint::BetweenCommits));
-        let mut results = run_all(writers[..split].iter_mut().map(conn_of), &commit).await;
-        self.faults
-            .check(FaultPoint::BetweenCommits, &gid)
-            .await
-            .map_err(halted)?;
-        results.extend(run_all(writers[split..].iter_mut().map(conn_of), &commit).await);
-        let mut unfinished = Vec::new();
-        for (m, r) in writers.iter().zip(results) {
-            if let Err(error) = r {
-                if error.sqlstate() == Some(UNDEFINED_OBJECT) {
-                    // Recovery got there first.
-                    continue;
-                }
-                tracing::warn!(%gid, shard = %m.shard, %error, "COMMIT PREPARED failed; recovery will finish it");
-                unfinished.push(m.shard);
-            }
-        }
+        let unfinished = self.commit_prepared(&mut writers, &gid).await?;
         commit_readers(readers.iter_mut().map(conn_of)).await;
         Ok(Outcome::Committed {
             gid: Some(gid),
@@ -505,9 +778,32 @@ fn conn_of<'m, E>(m: &'m mut &mut Member<'_, E>) -> &'m mut (dyn TxnConn<Error =
     &mut *m.conn
 }
 
+/// True if a COMMIT's error means the server rolled the transaction back (a deferred
+/// constraint, a serialization failure, …) rather than that the outcome is unknown (the
+/// connection broke, or the server was shutting down, possibly after the commit became
+/// durable: classes 08, 53, 57, 58, XX).
+fn commit_refused<E: TxnError>(e: &E) -> bool {
+    match e.sqlstate() {
+        None => false,
+        Some(code) => !["08", "53", "57", "58", "XX"]
+            .iter()
+            .any(|class| code.starts_with(class)),
+    }
+}
+
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// No 2PC: at most one writer. The writer commits first; readers follow its fate.
 async fn one_phase<E: TxnError>(members: &mut [Member<'_, E>]) -> Result<Outcome, CommitError<E>> {
-    let (mut writers, mut readers): (Vec<_>, Vec<_>) = members.iter_mut().partition(|m| m.wrote);
+    let (writers, readers): (Vec<_>, Vec<_>) = members.iter_mut().partition(|m| m.wrote);
+    one_phase_of(writers, readers).await
+}
+
+async fn one_phase_of<E: TxnError>(
+    mut writers: Vec<&mut Member<'_, E>>,
+    mut readers: Vec<&mut Member<'_, E>>,
+) -> Result<Outcome, CommitError<E>> {
     if let Some(w) = writers.first_mut() {
         if let Err(source) = w.conn.simple("COMMIT").await {
             let shard = w.shard;
@@ -705,6 +1001,20 @@ mod tests {
         failed: bool,
         /// Statements starting with this fail, with this SQLSTATE (`None`: connection).
         fail_on: Option<(&'static str, Option<&'static str>)>,
+        table: DecisionTable,
+    }
+
+    /// How a statement shows in the journal.
+    fn word(sql: &str) -> &str {
+        if sql.starts_with("SAVEPOINT pgshard_2pc; INSERT INTO pgshard_2pc.decisions") {
+            "probe"
+        } else if sql.starts_with("INSERT INTO pgshard_2pc.decisions (gid) VALUES ('pgshard:") {
+            "decide"
+        } else if sql.starts_with("ROLLBACK TO SAVEPOINT pgshard_2pc") {
+            "unprobe"
+        } else {
+            sql.split(" '").next().unwrap_or(sql)
+        }
     }
 
     impl TxnConn for FakeConn {
@@ -712,9 +1022,9 @@ mod tests {
         fn simple<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<(), FakeError>> {
             Box::pin(async move {
                 let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-                let word = sql.split(" '").next().unwrap_or(sql);
+                let word = word(sql);
                 match self.fail_on {
-                    Some((prefix, code)) if sql.starts_with(prefix) => {
+                    Some((prefix, code)) if word.starts_with(prefix) => {
                         j.push(format!("{}: {word} -> error", self.shard));
                         Err(FakeError {
                             code: code.map(str::to_string),
@@ -729,6 +1039,12 @@ mod tests {
         }
         fn in_failed_transaction(&self) -> bool {
             self.failed
+        }
+        fn decision_table(&self) -> DecisionTable {
+            self.table
+        }
+        fn set_decision_table(&mut self, known: DecisionTable) {
+            self.table = known;
         }
     }
 
@@ -777,6 +1093,7 @@ mod tests {
                         journal: journal.clone(),
                         failed: false,
                         fail_on: None,
+                        table: DecisionTable::Present,
                     })
                     .collect(),
                 journal,
@@ -788,6 +1105,14 @@ mod tests {
 
         fn fail(mut self, shard: u32, prefix: &'static str, code: Option<&'static str>) -> Self {
             self.conns[shard as usize - 1].fail_on = Some((prefix, code));
+            self
+        }
+
+        /// Every connection's database without the decision table: the catalog protocol.
+        fn without_tables(mut self) -> Self {
+            for c in &mut self.conns {
+                c.table = DecisionTable::Absent(Instant::now());
+            }
             self
         }
 
@@ -839,8 +1164,162 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn several_writers_prepare_record_then_commit_prepared() {
+    async fn several_writers_decide_on_the_first_prepare_the_others_and_commit() {
         let (r, j) = Setup::new(3, &[1, 3]).commit().await;
+        let Ok(Outcome::Committed {
+            gid: Some(gid),
+            unfinished,
+        }) = r
+        else {
+            panic!("not committed with a gid: {r:?}");
+        };
+        assert!(unfinished.is_empty());
+        assert_eq!(gid.coordinator(), Some(ShardId(1)));
+        assert_eq!(
+            j,
+            lines(&[
+                "1: decide",
+                "3: PREPARE TRANSACTION",
+                "1: COMMIT",
+                "3: COMMIT PREPARED",
+                "2: COMMIT",
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_first_coordination_on_a_connection_probes_the_decision_table() {
+        let mut s = Setup::new(2, &[1, 2]);
+        s.conns[0].table = DecisionTable::Unknown;
+        let (r, j) = s.commit().await;
+        assert!(
+            matches!(&r, Ok(Outcome::Committed { gid: Some(g), .. }) if g.coordinator() == Some(ShardId(1))),
+            "{r:?}"
+        );
+        assert_eq!(
+            j,
+            lines(&[
+                "1: probe",
+                "2: PREPARE TRANSACTION",
+                "1: COMMIT",
+                "2: COMMIT PREPARED"
+            ])
+        );
+
+        // No table (42P01): back to the savepoint, then the catalog protocol.
+        let mut s = Setup::new(2, &[1, 2]).fail(1, "probe", Some("42P01"));
+        s.conns[0].table = DecisionTable::Unknown;
+        let (r, j) = s.commit().await;
+        assert!(
+            matches!(&r, Ok(Outcome::Committed { gid: Some(g), .. }) if g.coordinator().is_none()),
+            "{r:?}"
+        );
+        assert_eq!(
+            j,
+            lines(&[
+                "1: probe -> error",
+                "1: unprobe",
+                "1: PREPARE TRANSACTION",
+                "2: PREPARE TRANSACTION",
+                "record 1,2",
+                "1: COMMIT PREPARED",
+                "2: COMMIT PREPARED",
+            ])
+        );
+
+        // Any other probe error: rolled back, reported.
+        let mut s = Setup::new(2, &[1, 2]).fail(1, "probe", Some("40001"));
+        s.conns[0].table = DecisionTable::Unknown;
+        let (r, j) = s.commit().await;
+        assert!(
+            matches!(
+                r,
+                Err(CommitError::Failed {
+                    shard: ShardId(1),
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            j,
+            lines(&["1: probe -> error", "1: ROLLBACK", "2: ROLLBACK"])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_coordinator_shard_refusing_or_losing_its_commit() {
+        // Refused (a deferred constraint): everything rolls back.
+        let (r, j) = Setup::new(3, &[1, 2])
+            .fail(1, "COMMIT", Some("23505"))
+            .commit()
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(CommitError::Failed {
+                    shard: ShardId(1),
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            j,
+            lines(&[
+                "1: decide",
+                "2: PREPARE TRANSACTION",
+                "1: COMMIT -> error",
+                "2: ROLLBACK PREPARED",
+                "3: ROLLBACK",
+            ])
+        );
+        // Connection lost (or the server shutting down): unknown, left to recovery.
+        for code in [None, Some("57P01")] {
+            let (r, j) = Setup::new(3, &[1, 2])
+                .fail(1, "COMMIT", code)
+                .commit()
+                .await;
+            match &r {
+                Err(e @ CommitError::Unknown { gid: Some(g), .. }) => {
+                    assert_eq!(e.sqlstate(), "08007");
+                    assert_eq!(g.coordinator(), Some(ShardId(1)));
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                j,
+                lines(&[
+                    "1: decide",
+                    "2: PREPARE TRANSACTION",
+                    "1: COMMIT -> error",
+                    "3: ROLLBACK"
+                ])
+            );
+        }
+        // The decision insert conflicts: recovery's abort row won.
+        let (r, j) = Setup::new(2, &[1, 2])
+            .fail(1, "decide", Some("23505"))
+            .commit()
+            .await;
+        assert!(
+            matches!(r, Err(CommitError::RecoveryAborted { .. })),
+            "{r:?}"
+        );
+        assert_eq!(
+            j,
+            lines(&[
+                "1: decide -> error",
+                "2: PREPARE TRANSACTION",
+                "1: ROLLBACK",
+                "2: ROLLBACK PREPARED",
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_decision_table_several_writers_prepare_record_then_commit_prepared() {
+        let (r, j) = Setup::new(3, &[1, 3]).without_tables().commit().await;
         let Ok(Outcome::Committed {
             gid: Some(gid),
             unfinished,
@@ -879,9 +1358,9 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: PREPARE TRANSACTION",
+                "1: decide",
                 "2: PREPARE TRANSACTION -> error",
-                "1: ROLLBACK PREPARED",
+                "1: ROLLBACK",
                 "3: ROLLBACK",
             ])
         );
@@ -889,7 +1368,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_record_rolls_back_and_an_unknown_one_leaves_it_to_recovery() {
-        let mut s = Setup::new(3, &[1, 2]);
+        let mut s = Setup::new(3, &[1, 2]).without_tables();
         s.answer = Err(RecordError::Refused("x".into()));
         let (r, j) = s.commit().await;
         assert!(
@@ -908,7 +1387,7 @@ mod tests {
             ])
         );
 
-        let mut s = Setup::new(3, &[1, 2]);
+        let mut s = Setup::new(3, &[1, 2]).without_tables();
         s.answer = Err(RecordError::Unknown("catalog gone".into()));
         let (r, j) = s.commit().await;
         match &r {
@@ -986,6 +1465,65 @@ mod tests {
 
     #[tokio::test]
     async fn each_fault_point_stops_the_coordinator_right_there() {
+        let want: [(FaultPoint, &[&str]); 6] = [
+            (FaultPoint::BeforePrepare, &[]),
+            (FaultPoint::AfterDecision, &["1: decide"]),
+            (
+                FaultPoint::BetweenPrepares,
+                &["1: decide", "2: PREPARE TRANSACTION"],
+            ),
+            (
+                FaultPoint::AfterPrepares,
+                &[
+                    "1: decide",
+                    "2: PREPARE TRANSACTION",
+                    "3: PREPARE TRANSACTION",
+                ],
+            ),
+            (
+                FaultPoint::AfterRecord,
+                &[
+                    "1: decide",
+                    "2: PREPARE TRANSACTION",
+                    "3: PREPARE TRANSACTION",
+                    "1: COMMIT",
+                ],
+            ),
+            (
+                FaultPoint::BetweenCommits,
+                &[
+                    "1: decide",
+                    "2: PREPARE TRANSACTION",
+                    "3: PREPARE TRANSACTION",
+                    "1: COMMIT",
+                    "2: COMMIT PREPARED",
+                ],
+            ),
+        ];
+        for (point, journal) in want {
+            let mut s = Setup::new(4, &[1, 2, 3]);
+            s.faults = Faults::at(point, FaultAction::Abandon);
+            let (r, j) = s.commit().await;
+            assert!(
+                matches!(r, Err(CommitError::Halted(p)) if p == point),
+                "{point}: {r:?}"
+            );
+            assert_eq!(j, lines(journal), "{point}");
+
+            // Hang: never returns.
+            let mut s = Setup::new(4, &[1, 2, 3]);
+            s.faults = Faults::at(point, FaultAction::Hang);
+            let hung = tokio::time::timeout(Duration::from_millis(20), s.commit()).await;
+            assert!(hung.is_err(), "{point} returned");
+        }
+        // Faults only concern 2PC: a single writer commits.
+        let mut s = Setup::new(2, &[1]);
+        s.faults = Faults::at(FaultPoint::BeforePrepare, FaultAction::Abandon);
+        assert!(s.commit().await.0.is_ok());
+    }
+
+    #[tokio::test]
+    async fn each_fault_point_of_the_catalog_protocol_stops_it_right_there() {
         let want: [(FaultPoint, &[&str]); 5] = [
             (FaultPoint::BeforePrepare, &[]),
             (FaultPoint::BetweenPrepares, &["1: PREPARE TRANSACTION"]),
@@ -1012,7 +1550,7 @@ mod tests {
             ),
         ];
         for (point, journal) in want {
-            let mut s = Setup::new(3, &[1, 2]);
+            let mut s = Setup::new(3, &[1, 2]).without_tables();
             s.faults = Faults::at(point, FaultAction::Abandon);
             let (r, j) = s.commit().await;
             assert!(
@@ -1020,29 +1558,19 @@ mod tests {
                 "{point}: {r:?}"
             );
             assert_eq!(j, lines(journal), "{point}");
-
-            // Hang: never returns.
-            let mut s = Setup::new(3, &[1, 2]);
-            s.faults = Faults::at(point, FaultAction::Hang);
-            let hung = tokio::time::timeout(Duration::from_millis(20), s.commit()).await;
-            assert!(hung.is_err(), "{point} returned");
         }
-        // Faults only concern 2PC: a single writer commits.
-        let mut s = Setup::new(2, &[1]);
-        s.faults = Faults::at(FaultPoint::BeforePrepare, FaultAction::Abandon);
-        assert!(s.commit().await.0.is_ok());
     }
 
     #[tokio::test]
     async fn a_failed_first_prepare_with_the_split_armed_rolls_back_the_rest() {
-        let mut s = Setup::new(3, &[1, 2, 3]).fail(1, "PREPARE", Some("40001"));
+        let mut s = Setup::new(3, &[1, 2, 3]).fail(2, "PREPARE", Some("40001"));
         s.faults = Faults::at(FaultPoint::BetweenPrepares, FaultAction::Abandon);
         let (r, j) = s.commit().await;
         assert!(
             matches!(
                 r,
                 Err(CommitError::Failed {
-                    shard: ShardId(1),
+                    shard: ShardId(2),
                     ..
                 })
             ),
@@ -1051,8 +1579,9 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: PREPARE TRANSACTION -> error",
-                "2: ROLLBACK",
+                "1: decide",
+                "2: PREPARE TRANSACTION -> error",
+                "1: ROLLBACK",
                 "3: ROLLBACK"
             ])
         );

@@ -3,17 +3,25 @@
 //!
 //! Every [`RecoveryOptions::interval`] (and at once when shardd starts), one round:
 //!
-//! 1. read the decision records from the catalog (`pgshard.transactions`);
+//! 1. read the decision records from the catalog (`pgshard.transactions`, the catalog
+//!    protocol's), then, on every shard primary, create the decision table
+//!    (`pgshard_2pc.decisions`, see `pgshard_catalog::twopc`) in every database that
+//!    lacks it and read its rows;
 //! 2. list `pg_prepared_xacts` on every shard primary, keeping the GIDs that parse as
 //!    ours ([`Gid`]);
 //! 3. for each: a commit decision → `COMMIT PREPARED`; no decision and prepared longer
-//!    ago than [`RecoveryOptions::abort_after`] (by the shard's clock) → record an abort
-//!    decision ([`twopc::record_abort`], which loses to a coordinator that recorded its
-//!    commit first) and `ROLLBACK PREPARED`; no decision and younger → left alone, *in
-//!    doubt*: its coordinator may still be between PREPARE and its commit record;
-//! 4. delete the records no shard holds any more (aborted ones only after
-//!    [`RecoveryOptions::abort_retention`], so a coordinator that stalled past the bound
-//!    still finds its commit refused).
+//!    ago than [`RecoveryOptions::abort_after`] (by the shard's clock) → decide: a GID
+//!    naming a coordinator shard C gets an `aborted` row inserted on C
+//!    ([`twopc::DECIDE_ABORT_SQL`], which waits for C's transaction if it still runs and
+//!    loses to its committed decision), the others an abort record in the catalog
+//!    ([`twopc::record_abort`], which loses to a coordinator that recorded its commit
+//!    first); then `ROLLBACK PREPARED` or `COMMIT PREPARED` as the decision says. No
+//!    decision and younger → left alone, *in doubt*: its coordinator may still be
+//!    between PREPARE and its commit point;
+//! 4. delete the decisions (records and rows) no shard holds any more: read before the
+//!    listing, so each was taken after every PREPARE of its transaction; aborted ones
+//!    only after [`RecoveryOptions::abort_retention`], so a coordinator that stalled past
+//!    the bound still finds its commit refused.
 //!
 //! Each step is safe to repeat after any crash (shardd's, a router's, a shard's):
 //! COMMIT/ROLLBACK PREPARED of a GID that is gone is skipped, decisions never change
@@ -33,6 +41,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
+use tokio_postgres::error::Error as PgError;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -156,7 +165,19 @@ pub struct Recovery {
     catalog_client: Option<Client>,
     /// By (node name, database).
     conns: HashMap<(String, String), Client>,
+    /// (node name, database) known to hold the decision table.
+    tables: BTreeSet<(String, String)>,
 }
+
+/// A decision row on a coordinator shard: aborted?, and how long ago it was taken.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    aborted: bool,
+    age: Duration,
+}
+
+/// The decision rows read in one round, by (coordinator shard, database), then gid.
+type Rows = BTreeMap<(ShardId, String), BTreeMap<String, Row>>;
 
 impl std::fmt::Debug for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -214,6 +235,7 @@ impl Recovery {
             cluster: None,
             catalog_client: None,
             conns: HashMap::new(),
+            tables: BTreeSet::new(),
         }
     }
 
@@ -328,6 +350,131 @@ impl Recovery {
         }
     }
 
+    /// On one shard primary: create the decision table in every database that lacks
+    /// it, and read every decision row.
+    async fn decision_rows(&mut self, target: &ShardTarget, rows: &mut Rows) -> Result<(), String> {
+        let timeout = self.opts.timeout;
+        let spec = target.spec.clone();
+        let client = self.conn(&spec, "postgres").await?;
+        let r = tokio::time::timeout(
+            timeout,
+            client.query(
+                "SELECT datname::text FROM pg_database WHERE datallowconn AND NOT datistemplate",
+                &[],
+            ),
+        )
+        .await;
+        let dbs: Vec<String> = self
+            .settle(&spec, "postgres", "listing databases", r)
+            .map_err(|e| format!("{}: listing databases: {e}", spec.name))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut errors = Vec::new();
+        for db in dbs {
+            let key = (spec.name.clone(), db.clone());
+            if !self.tables.contains(&key) {
+                let client = self.conn(&spec, &db).await?;
+                let r =
+                    tokio::time::timeout(timeout, client.batch_execute(twopc::DECISIONS_DDL)).await;
+                match self.settle(&spec, &db, "creating the decision table", r) {
+                    Ok(()) => {
+                        tracing::debug!(node = %spec.name, %db, "decision table ready");
+                        self.tables.insert(key);
+                    }
+                    Err(e) => {
+                        errors.push(format!(
+                            "{} ({db}): creating the decision table: {e}",
+                            spec.name
+                        ));
+                        continue;
+                    }
+                }
+            }
+            let client = self.conn(&spec, &db).await?;
+            let r =
+                tokio::time::timeout(timeout, client.query(twopc::LIST_DECISIONS_SQL, &[])).await;
+            match self.settle(&spec, &db, "reading decisions", r) {
+                Ok(listed) => {
+                    let entry = rows.entry((target.shard, db.clone())).or_default();
+                    for r in listed {
+                        let age: f64 = r.get(2);
+                        entry.insert(
+                            r.get(0),
+                            Row {
+                                aborted: r.get(1),
+                                age: Duration::try_from_secs_f64(age).unwrap_or_default(),
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    if matches!(&e, StepError::Pg(pg) if pg.code() == Some(&SqlState::UNDEFINED_TABLE))
+                    {
+                        // Dropped by someone: create it again next round.
+                        self.tables.remove(&(spec.name.clone(), db.clone()));
+                    }
+                    errors.push(format!("{} ({db}): reading decisions: {e}", spec.name));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Decide a transaction coordinated on shard `coordinator` that has no decision
+    /// row: insert an aborted one there unless the coordinator's commit holds the key
+    /// (waiting, up to the timeout, for a coordinator transaction still running).
+    /// Returns whether the transaction commits.
+    async fn decide_on_shard(
+        &mut self,
+        coordinator: ShardId,
+        p: &Prepared,
+    ) -> Result<bool, String> {
+        let target = self
+            .shards
+            .iter()
+            .find(|t| t.shard == coordinator)
+            .cloned()
+            .ok_or_else(|| format!("coordinator shard {coordinator} has no primary"))?;
+        let spec = &target.spec;
+        let timeout = self.opts.timeout;
+        let gid = p.gid.as_str();
+        // The server gives up waiting on its own before our timeout drops the client.
+        let lock_timeout = format!("SET lock_timeout = {}", (timeout.as_millis() / 2).max(1));
+        let client = self.conn(spec, &p.database).await?;
+        let r = tokio::time::timeout(timeout, async {
+            client.batch_execute(&lock_timeout).await?;
+            if client
+                .query_opt(twopc::DECIDE_ABORT_SQL, &[&gid])
+                .await?
+                .is_some()
+            {
+                return Ok::<_, PgError>(Some(true));
+            }
+            // The key existed: a new statement sees the committed row.
+            Ok(client
+                .query_opt(
+                    "SELECT aborted FROM pgshard_2pc.decisions WHERE gid = $1",
+                    &[&gid],
+                )
+                .await?
+                .map(|r| r.get::<_, bool>(0)))
+        })
+        .await;
+        match self.settle(spec, &p.database, "deciding", r) {
+            Ok(Some(aborted)) => Ok(!aborted),
+            Ok(None) => Err(format!("{}: the decision row of {gid} vanished", spec.name)),
+            Err(e) => Err(format!(
+                "{} ({}): deciding {gid}: {e}",
+                spec.name, p.database
+            )),
+        }
+    }
+
     /// One recovery round (see the module doc).
     pub async fn run_once(&mut self) -> Result<RoundReport, RecoveryError> {
         if let Some(cluster) = &self.cluster {
@@ -361,6 +508,18 @@ impl Recovery {
             }
         };
 
+        // Also before listing, for the same reason.
+        let mut rows = Rows::new();
+        let mut rows_read = true;
+        for target in self.shards.clone() {
+            if let Err(e) = self.decision_rows(&target, &mut rows).await {
+                rows_read = false;
+                tracing::warn!(shard = %target.shard, error = %e, "2PC recovery cannot read decisions");
+                report.errors.push(e);
+            }
+        }
+        let read_rows = rows.clone();
+
         let mut all_listed = true;
         let mut found: Vec<(ShardTarget, Prepared)> = Vec::new();
         for target in self.shards.clone() {
@@ -384,8 +543,37 @@ impl Recovery {
         let mut still_held: BTreeSet<String> = BTreeSet::new();
         for (target, p) in &found {
             let gid = p.gid.to_string();
-            let mut decision = records.get(&gid).map(|r| r.decision);
-            if decision.is_none() && p.age >= self.opts.abort_after {
+            let mut decision = match p.gid.coordinator() {
+                None => records.get(&gid).map(|r| r.decision),
+                Some(c) => rows
+                    .get(&(c, p.database.clone()))
+                    .and_then(|r| r.get(&gid))
+                    .map(|r| decision_of(r.aborted)),
+            };
+            if let (None, Some(c), true) = (
+                decision,
+                p.gid.coordinator(),
+                p.age >= self.opts.abort_after,
+            ) {
+                match self.decide_on_shard(c, p).await {
+                    Ok(commit) => {
+                        if !commit {
+                            tracing::info!(%gid, age = ?p.age, "no decision on the coordinator shard: rolling back");
+                        }
+                        rows.entry((c, p.database.clone())).or_default().insert(
+                            gid.clone(),
+                            Row {
+                                aborted: !commit,
+                                age: Duration::ZERO,
+                            },
+                        );
+                        decision = Some(decision_of(!commit));
+                    }
+                    Err(e) => report.errors.push(e),
+                }
+            }
+            if decision.is_none() && p.gid.coordinator().is_none() && p.age >= self.opts.abort_after
+            {
                 let participants: Vec<ShardId> = holders
                     .get(&gid)
                     .map(|s| s.iter().copied().collect())
@@ -445,6 +633,42 @@ impl Recovery {
         }
 
         // Forget what is finished everywhere.
+        if all_listed && rows_read {
+            for ((shard, db), listed) in &read_rows {
+                let done: Vec<&str> = listed
+                    .iter()
+                    .filter(|(gid, _)| !still_held.contains(*gid))
+                    .filter(|(_, r)| !r.aborted || r.age >= self.opts.abort_retention)
+                    .map(|(gid, _)| gid.as_str())
+                    .collect();
+                if done.is_empty() {
+                    continue;
+                }
+                let Some(target) = self.shards.iter().find(|t| t.shard == *shard).cloned() else {
+                    continue;
+                };
+                let r = match self.conn(&target.spec, db).await {
+                    Ok(c) => {
+                        let r = tokio::time::timeout(
+                            timeout,
+                            c.execute(twopc::FORGET_DECISIONS_SQL, &[&done]),
+                        )
+                        .await;
+                        self.settle(&target.spec, db, "forgetting decisions", r)
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => report.forgotten.extend(done.iter().map(|s| s.to_string())),
+                    Err(e) => report.errors.push(format!(
+                        "{} ({db}): forgetting decisions: {e}",
+                        target.spec.name
+                    )),
+                }
+            }
+        }
         if all_listed {
             let done: Vec<&str> = records
                 .values()
@@ -475,6 +699,15 @@ impl Recovery {
             }
         }
         Ok(report)
+    }
+}
+
+/// A decision row as a [`Decision`].
+fn decision_of(aborted: bool) -> Decision {
+    if aborted {
+        Decision::Aborted
+    } else {
+        Decision::Committing
     }
 }
 

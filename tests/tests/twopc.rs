@@ -1,16 +1,18 @@
 //! Two-phase commit against real PostgreSQL (SPEC §7, §13): the decision records in
 //! the catalog, shardd's recovery over transactions prepared by hand on two real shard
 //! primaries (commit record present, absent and old, absent and young, half committed,
-//! a shard restarted in between), and the router's coordinator driven over real
-//! connections and stopped at each fault point, after which recovery must leave every
-//! transaction all-or-nothing with nothing prepared left behind.
+//! a shard restarted in between), recovery over transactions whose decision lives on a
+//! coordinator shard (row committed, absent, held by a transaction still running), and
+//! the router's coordinator driven over real connections and stopped at each fault
+//! point, after which recovery must leave every transaction all-or-nothing with nothing
+//! prepared and no decision left behind.
 
 use futures::future::BoxFuture;
 use pgshard_catalog::twopc::{self, Decision, Gid, RouterId, TwoPcError};
 use pgshard_catalog::{store, ShardId};
 use pgshard_router::twopc::{
-    CatalogLog, CommitError, CommitLog, Coordinator, FaultAction, FaultPoint, Faults, Member,
-    Outcome, TxnConn, TxnError,
+    CatalogLog, CommitError, CommitLog, Coordinator, DecisionTable, FaultAction, FaultPoint,
+    Faults, Member, Outcome, TxnConn, TxnError,
 };
 use pgshard_shardd::recovery::{
     run_recovery, Recovery, RecoveryOptions, RoundReport, TransactionsStatus,
@@ -154,13 +156,58 @@ impl Fx {
             .map(|r| r.decision)
     }
 
-    /// Run recovery rounds until `gid` is prepared nowhere and has no record.
+    /// Decision rows (`pgshard_2pc.decisions`) for `gid` (all if `None`) on both
+    /// shards; 0 where the table does not exist.
+    async fn decision_rows(&self, gid: Option<&Gid>) -> i64 {
+        let mut n = 0;
+        for c in &self.shards {
+            let exists: bool = c
+                .query_one(
+                    "SELECT to_regclass('pgshard_2pc.decisions') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .expect("to_regclass")
+                .get(0);
+            if !exists {
+                continue;
+            }
+            let k: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pgshard_2pc.decisions WHERE $1::text IS NULL OR gid = $1",
+                    &[&gid.map(|g| g.as_str())],
+                )
+                .await
+                .expect("decision rows")
+                .get(0);
+            n += k;
+        }
+        n
+    }
+
+    /// The decision row of `gid` on shard `i`: `Some(aborted)`.
+    async fn decision(&self, i: usize, gid: &Gid) -> Option<bool> {
+        self.shards[i]
+            .query_opt(
+                "SELECT aborted FROM pgshard_2pc.decisions WHERE gid = $1",
+                &[&gid.as_str()],
+            )
+            .await
+            .expect("decision row")
+            .map(|r| r.get(0))
+    }
+
+    /// Run recovery rounds until `gid` is prepared nowhere and has no record or
+    /// decision row.
     async fn recover_until_clean(&self, recovery: &mut Recovery, gid: &Gid) -> Vec<RoundReport> {
         let started = Instant::now();
         let mut reports = Vec::new();
         loop {
             reports.push(recovery.run_once().await.expect("recovery round"));
-            if self.prepared_any(gid.as_str()).await == 0 && self.record(gid).await.is_none() {
+            if self.prepared_any(gid.as_str()).await == 0
+                && self.record(gid).await.is_none()
+                && self.decision_rows(Some(gid)).await == 0
+            {
                 return reports;
             }
             assert!(
@@ -321,6 +368,99 @@ async fn recovery_commits_rolls_back_or_waits_by_the_records() {
     assert_eq!(fx.all_ours_prepared().await, 0);
 }
 
+/// Transactions coordinated on shard 1 (their decision row there, in the same
+/// database), prepared on shard 2 by hand: recovery commits on a committed row at any
+/// age, waits while the coordinator's transaction still holds the key (never rolling
+/// back under it), follows that transaction's end, and rolls back a transaction with
+/// no row once old enough (its abort row then blocks a late coordinator).
+#[tokio::test]
+async fn recovery_decides_by_the_decision_row_on_the_coordinator_shard() {
+    let fx = Fx::start().await;
+    let mut patient = fx.recovery(Duration::from_secs(3600));
+    let mut eager = fx.recovery(Duration::ZERO);
+    patient
+        .run_once()
+        .await
+        .expect("the first round creates the decision tables");
+    let on_shard_1 = || Gid::on_shard(&router(), next_id() as u64, ShardId(1));
+    let coordinate = |gid: &Gid, id: i32| {
+        format!(
+            "BEGIN; INSERT INTO t VALUES ({id}, 'c'); {}",
+            twopc::decision_insert_sql(gid)
+        )
+    };
+    for round in 0..LOOPS {
+        // (a) The coordinator shard committed: committed at once, row deleted.
+        let (gid, id) = (on_shard_1(), next_id());
+        fx.shards[0]
+            .batch_execute(&format!("{}; COMMIT", coordinate(&gid, id)))
+            .await
+            .expect("coordinator commits");
+        fx.prepare(1, &gid, id).await;
+        assert_eq!(fx.decision(0, &gid).await, Some(false));
+        fx.recover_until_clean(&mut patient, &gid).await;
+        assert_eq!(fx.rows_both(id).await, (1, 1), "(a) round {round}");
+
+        // (b, c) The coordinator's transaction still runs with its row: in doubt even
+        // past the bound; then it commits (b) or rolls back (c), and recovery follows.
+        for commits in [true, false] {
+            let (gid, id) = (on_shard_1(), next_id());
+            let c = fx.tc.connect_node(SHARDS[0]).await.expect("connect");
+            c.batch_execute(&coordinate(&gid, id))
+                .await
+                .expect("coordinate");
+            fx.prepare(1, &gid, id).await;
+            let report = eager.run_once().await.expect("round");
+            assert!(
+                report.in_doubt.iter().any(|d| d.gid == gid.as_str()),
+                "{report:#?}"
+            );
+            assert_eq!(fx.prepared(1, gid.as_str()).await, 1, "round {round}");
+            c.batch_execute(if commits { "COMMIT" } else { "ROLLBACK" })
+                .await
+                .expect("coordinator ends");
+            fx.recover_until_clean(&mut eager, &gid).await;
+            let want = if commits { (1, 1) } else { (0, 0) };
+            assert_eq!(
+                fx.rows_both(id).await,
+                want,
+                "commits {commits} round {round}"
+            );
+        }
+
+        // (d) No row (the coordinator died before its commit): in doubt while young,
+        // rolled back once old enough, and the coordinator's late insert conflicts.
+        let (gid, id) = (on_shard_1(), next_id());
+        fx.prepare(1, &gid, id).await;
+        let report = patient.run_once().await.expect("round");
+        assert!(report.in_doubt.iter().any(|d| d.gid == gid.as_str()));
+        assert_eq!(fx.decision(0, &gid).await, None);
+        let mut keep = fx.recovery(Duration::ZERO);
+        let report = loop {
+            let r = keep.run_once().await.expect("round");
+            if fx.prepared_any(gid.as_str()).await == 0 {
+                break r;
+            }
+        };
+        assert!(
+            report.rolled_back.iter().any(|(g, _)| *g == gid.as_str()),
+            "{report:#?}"
+        );
+        assert_eq!(fx.rows_both(id).await, (0, 0), "(d) round {round}");
+        assert_eq!(fx.decision(0, &gid).await, Some(true));
+        let late = fx.tc.connect_node(SHARDS[0]).await.expect("connect");
+        let err = late
+            .batch_execute(&format!("{}; COMMIT", coordinate(&gid, next_id())))
+            .await
+            .expect_err("a late coordinator cannot commit");
+        assert_eq!(err.code().map(|c| c.code()), Some("23505"));
+        // With no retention, the abort row goes once nothing holds the transaction.
+        fx.recover_until_clean(&mut eager, &gid).await;
+    }
+    assert_eq!(fx.all_ours_prepared().await, 0);
+    assert_eq!(fx.decision_rows(None).await, 0);
+}
+
 /// (c) through the periodic task shardd runs: in doubt while young (and published for
 /// `GET /v1/transactions`), rolled back once older than the bound.
 #[tokio::test]
@@ -385,6 +525,7 @@ async fn the_recovery_task_rolls_back_young_transactions_after_the_bound() {
 struct PgConn {
     client: Client,
     failed: bool,
+    table: DecisionTable,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +550,12 @@ impl TxnConn for PgConn {
     fn in_failed_transaction(&self) -> bool {
         self.failed
     }
+    fn decision_table(&self) -> DecisionTable {
+        self.table
+    }
+    fn set_decision_table(&mut self, known: DecisionTable) {
+        self.table = known;
+    }
 }
 
 impl Fx {
@@ -424,6 +571,7 @@ impl Fx {
             conns.push(PgConn {
                 client,
                 failed: false,
+                table: DecisionTable::Unknown,
             });
         }
         conns
@@ -466,7 +614,8 @@ async fn the_coordinator_crashing_at_each_step_ends_all_or_nothing() {
     // A crashed coordinator's transactions have no one left to wait for.
     let mut recovery = fx.recovery(Duration::ZERO);
 
-    // Without faults: committed on both, and the record can be forgotten at once.
+    // Without the decision tables (no recovery round yet): the catalog protocol, and
+    // the record can be forgotten at once.
     let plain = Coordinator::new(router(), Faults::none());
     for _ in 0..LOOPS {
         let id = next_id();
@@ -480,11 +629,38 @@ async fn the_coordinator_crashing_at_each_step_ends_all_or_nothing() {
             panic!("no 2PC: {outcome:?}");
         };
         assert!(unfinished.is_empty());
+        assert_eq!(gid.coordinator(), None);
         assert_eq!(fx.rows_both(id).await, (1, 1));
         assert_eq!(fx.prepared_any(gid.as_str()).await, 0);
         assert_eq!(fx.record(&gid).await, Some(Decision::Committing));
         log.forget(&gid).await.expect("forget");
         assert_eq!(fx.record(&gid).await, None);
+    }
+
+    // With them (recovery creates them): the decision is a row on the first writer,
+    // committed with it; no catalog record; recovery deletes the row.
+    recovery
+        .run_once()
+        .await
+        .expect("recovery creates the decision tables");
+    for _ in 0..LOOPS {
+        let id = next_id();
+        let mut conns = fx.begin_both(id).await;
+        let outcome = commit_both(&plain, &mut conns, &log).await.expect("commit");
+        let Outcome::Committed {
+            gid: Some(gid),
+            unfinished,
+        } = outcome
+        else {
+            panic!("no 2PC: {outcome:?}");
+        };
+        assert!(unfinished.is_empty());
+        assert_eq!(gid.coordinator(), Some(ShardId(1)));
+        assert_eq!(fx.rows_both(id).await, (1, 1));
+        assert_eq!(fx.prepared_any(gid.as_str()).await, 0);
+        assert_eq!(fx.record(&gid).await, None);
+        assert_eq!(fx.decision(0, &gid).await, Some(false));
+        fx.recover_until_clean(&mut recovery, &gid).await;
     }
 
     // A PREPARE that fails (a unique violation surfacing at a deferred check) rolls
@@ -515,11 +691,24 @@ async fn the_coordinator_crashing_at_each_step_ends_all_or_nothing() {
         assert_eq!(fx.all_ours_prepared().await, 0);
     }
 
-    for point in FaultPoint::ALL {
+    // Each fault point, with the decision on a shard and (connections that found no
+    // decision table) in the catalog.
+    let cases = FaultPoint::ALL
+        .into_iter()
+        .flat_map(|p| [(p, false), (p, true)]);
+    for (point, catalog) in cases {
+        if catalog && point == FaultPoint::AfterDecision {
+            continue; // the catalog protocol has no decision insert
+        }
         let coordinator = Coordinator::new(router(), Faults::at(point, FaultAction::Abandon));
         for round in 0..LOOPS {
             let id = next_id();
             let mut conns = fx.begin_both(id).await;
+            if catalog {
+                for c in &mut conns {
+                    c.table = DecisionTable::Absent(Instant::now());
+                }
+            }
             let r = commit_both(&coordinator, &mut conns, &log).await;
             assert!(
                 matches!(r, Err(CommitError::Halted(p)) if p == point),
@@ -532,12 +721,15 @@ async fn the_coordinator_crashing_at_each_step_ends_all_or_nothing() {
             loop {
                 recovery.run_once().await.expect("recovery round");
                 let records = twopc::list(&fx.catalog).await.expect("list");
-                if fx.all_ours_prepared().await == 0 && records.is_empty() {
+                if fx.all_ours_prepared().await == 0
+                    && records.is_empty()
+                    && fx.decision_rows(None).await == 0
+                {
                     break;
                 }
                 assert!(
                     started.elapsed() < DEADLINE,
-                    "{point} round {round}: not recovered; records {records:?}"
+                    "{point} (catalog {catalog}) round {round}: not recovered; records {records:?}"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -546,7 +738,11 @@ async fn the_coordinator_crashing_at_each_step_ends_all_or_nothing() {
             } else {
                 (0, 0)
             };
-            assert_eq!(fx.rows_both(id).await, want, "{point} round {round}");
+            assert_eq!(
+                fx.rows_both(id).await,
+                want,
+                "{point} (catalog {catalog}) round {round}"
+            );
         }
     }
 }

@@ -151,6 +151,9 @@ pub struct BackendConn {
     pub state_fp: u64,
     /// The session thread whose event loop drives this socket ([`crate::workers`]).
     pub worker: usize,
+    /// Whether this connection's database has the 2PC decision table
+    /// ([`crate::twopc::DecisionTable`]), as last found by the coordinator.
+    pub decision_table: crate::twopc::DecisionTable,
 }
 
 impl BackendConn {
@@ -206,6 +209,7 @@ impl BackendConn {
             unnamed: None,
             sql_prepared: FxHashMap::default(),
             state_fp: 0,
+            decision_table: crate::twopc::DecisionTable::Unknown,
             worker: crate::workers::current(),
         };
         encode_startup(

@@ -265,8 +265,11 @@ where
                 if tag {
                     encode_command_complete(&mut b, "COMMIT");
                 }
-                if let (Some(gid), true) = (gid, unfinished.is_empty()) {
-                    // Best effort: recovery deletes the record anyway.
+                // Only the catalog protocol leaves a record here (a decision row on a
+                // shard is deleted by recovery, in batches). Best effort: recovery
+                // deletes the record anyway.
+                let catalog_record = gid.filter(|g| g.coordinator().is_none());
+                if let (Some(gid), true) = (catalog_record, unfinished.is_empty()) {
                     if let Err(error) = log.forget(&gid).await {
                         tracing::debug!(%gid, %error, "could not forget a commit record");
                     }
@@ -598,7 +601,8 @@ where
         }
         match coord.commit(&mut members, &*log).await {
             Ok(Outcome::Committed { gid, unfinished }) => {
-                if let (Some(gid), true) = (gid, unfinished.is_empty()) {
+                let catalog_record = gid.filter(|g| g.coordinator().is_none());
+                if let (Some(gid), true) = (catalog_record, unfinished.is_empty()) {
                     if let Err(error) = log.forget(&gid).await {
                         tracing::debug!(%gid, %error, "could not forget a commit record");
                     }
