@@ -232,17 +232,30 @@ fn shards(ctx: &RouterCtx) -> Table {
 }
 
 /// The bucket map as runs of consecutive buckets on the same shard, with the shard's
-/// primary (one row per run: 1024 buckets on 2 shards are a handful of rows), and
-/// whether the run is frozen for a move (statements for it are held).
+/// primary (one row per run: 1024 buckets on 2 shards are a handful of rows), and what
+/// a move is doing with the run: `frozen, 1 → 3` (statements for it are held) or
+/// `moved from 1` (flipped; the source's copy is being deleted).
 fn buckets(ctx: &RouterCtx) -> Table {
     let c = ctx.catalog.current();
-    let frozen = |b: usize| c.is_frozen(pgshard_catalog::BucketId(b as u32));
+    let moving = |b: usize| -> Option<String> {
+        let bucket = pgshard_catalog::BucketId(b as u32);
+        let m = c.moving.iter().find(|m| m.buckets.contains(&bucket));
+        match m {
+            Some(m) if c.is_frozen(bucket) => Some(format!("frozen, {} → {}", m.source, m.target)),
+            Some(m) if c.shard_of_bucket(bucket) == Some(m.target) => {
+                Some(format!("moved from {}", m.source))
+            }
+            Some(m) => Some(format!("moving, {} → {}", m.source, m.target)),
+            None if c.is_frozen(bucket) => Some("frozen".into()),
+            None => None,
+        }
+    };
     let mut rows = Vec::new();
     let mut start = 0usize;
     for i in 1..=c.bucket_map.len() {
         if i == c.bucket_map.len()
             || c.bucket_map[i] != c.bucket_map[start]
-            || frozen(i) != frozen(start)
+            || moving(i) != moving(start)
         {
             let shard = c.bucket_map[start];
             rows.push(vec![
@@ -251,7 +264,7 @@ fn buckets(ctx: &RouterCtx) -> Table {
                 s(i - start),
                 s(shard),
                 c.primary(shard).map(|n| n.name.clone()),
-                s(if frozen(start) { "moving" } else { "" }),
+                Some(moving(start).unwrap_or_default()),
             ]);
             start = i;
         }

@@ -647,6 +647,34 @@ async fn stale_router_cannot_write_a_moving_bucket_on_the_old_owner() -> anyhow:
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The router's SHOW BUCKETS says what the move is doing with the buckets.
+        let want = match step {
+            "move-copying" => "frozen, 1 → 2",
+            _ => "moved from 1",
+        };
+        let admin = router.connect_admin().await?;
+        let started = Instant::now();
+        loop {
+            let shown: Vec<String> = admin
+                .simple_query("SHOW BUCKETS")
+                .await?
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        r.get("moving").map(str::to_string)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if shown.iter().any(|v| v == want) {
+                break;
+            }
+            assert!(
+                started.elapsed() < MOVES,
+                "SHOW BUCKETS at {step}: {shown:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let old = d.connect_node(&d.primary_of(1).await?).await?;
         let e = old
             .execute("INSERT INTO acked (id) VALUES ($1)", &[&moving_key])
