@@ -916,3 +916,66 @@ async fn replicas_are_added_and_removed_online() -> anyhow::Result<()> {
     assert_eq!(n, written);
     Ok(())
 }
+
+/// Statements prepared before a move, with the shard key written in them, follow the
+/// bucket to its new owner: a protocol-level prepared statement (planned again at Bind)
+/// and a SQL-level `PREPARE` (planned again at EXECUTE) both find the row afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_follow_a_moved_bucket() -> anyhow::Result<()> {
+    let d = TestDaemon::start(opts(2), |_| {}).await?;
+    let router = d.router().await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0)")
+        .await?;
+    c.batch_execute("INSERT INTO acked (id, v) VALUES (7, 42)")
+        .await?;
+    c.batch_execute("PREPARE by_sql AS SELECT v FROM acked WHERE id = 7")
+        .await?;
+    let by_protocol = c.prepare("SELECT v FROM acked WHERE id = 7").await?;
+    assert_eq!(c.query(&by_protocol, &[]).await?.len(), 1);
+    let catalog = d.catalog().await?;
+    let bucket = hash::bucket(&KeyValue::Int(7), BUCKETS);
+    let from = catalog.shard_of_bucket(bucket).expect("owner");
+    let to = if from == ShardId(1) { 2 } else { 1 };
+    scale(&d, json!({"op": "move", "buckets": [bucket.0], "to": to})).await?;
+    wait_moves(&d).await?;
+    // Routers follow the flip; the row is only on the new owner now.
+    let started = Instant::now();
+    while router_catalog_owner(&router, bucket.0).await? != to.to_string() {
+        anyhow::ensure!(started.elapsed() < MOVES, "the router never saw the move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rows = c.query(&by_protocol, &[]).await?;
+    assert_eq!(
+        rows.len(),
+        1,
+        "protocol-level prepared statement after the move"
+    );
+    assert_eq!(rows[0].get::<_, i32>(0), 42);
+    let rows: Vec<_> = c
+        .simple_query("EXECUTE by_sql")
+        .await?
+        .into_iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .collect();
+    assert_eq!(rows.len(), 1, "EXECUTE after the move");
+    Ok(())
+}
+
+/// The shard owning `bucket` in the router's catalog (its admin console).
+async fn router_catalog_owner(
+    router: &pgshard_tests::TestRouter,
+    bucket: u32,
+) -> anyhow::Result<String> {
+    let admin = router.connect_admin().await?;
+    for m in admin.simple_query("SHOW BUCKETS").await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            let first: u32 = r.get("first_bucket").unwrap_or("0").parse()?;
+            let last: u32 = r.get("last_bucket").unwrap_or("0").parse()?;
+            if (first..=last).contains(&bucket) {
+                return Ok(r.get("shard").unwrap_or_default().to_string());
+            }
+        }
+    }
+    anyhow::bail!("bucket {bucket} not in SHOW BUCKETS")
+}

@@ -515,7 +515,11 @@ where
             }
             RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
                 None => Err(SessionError::UnknownStatement(name.clone())),
-                Some(p) => Ok(pgshard_sql::route_execute(&p.plan, args, catalog)),
+                Some(p) => Ok(pgshard_sql::route_execute(
+                    &p.plan_for(catalog),
+                    args,
+                    catalog,
+                )),
             },
             other => Ok(Route::Router(other.clone())),
         }

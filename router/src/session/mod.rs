@@ -96,6 +96,24 @@ pub struct SqlPrepared {
     pub text: String,
     pub digest: u64,
     pub plan: Plan,
+    /// The catalog version `plan` was made with (`None`: unknown, plan again).
+    pub catalog_version: Option<pgshard_catalog::CatalogVersion>,
+}
+
+impl SqlPrepared {
+    /// The statement's plan under `catalog`: planned again from its text when the
+    /// catalog changed since (a constant key's bucket may have moved, SPEC §9).
+    pub fn plan_for(&self, catalog: &pgshard_catalog::Catalog) -> std::borrow::Cow<'_, Plan> {
+        if self.catalog_version == Some(catalog.version) {
+            return std::borrow::Cow::Borrowed(&self.plan);
+        }
+        match pgshard_sql::plan(&self.text, catalog).route {
+            pgshard_sql::Route::Router(pgshard_sql::RouterCommand::Prepare { plan, .. }) => {
+                std::borrow::Cow::Owned(*plan)
+            }
+            _ => std::borrow::Cow::Borrowed(&self.plan),
+        }
+    }
 }
 
 /// Where a bound portal lives.

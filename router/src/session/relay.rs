@@ -236,7 +236,8 @@ where
                     param_types: Vec::new(),
                 };
                 let digest = key.digest();
-                let plan = match pgshard_sql::plan(&body, &self.ctx.catalog.current()).route {
+                let catalog = self.ctx.catalog.current();
+                let plan = match pgshard_sql::plan(&body, &catalog).route {
                     pgshard_sql::Route::Router(pgshard_sql::RouterCommand::Prepare {
                         plan,
                         ..
@@ -252,6 +253,7 @@ where
                         text: body,
                         digest,
                         plan,
+                        catalog_version: Some(catalog.version),
                     }),
                 );
             }

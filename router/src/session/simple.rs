@@ -268,7 +268,8 @@ where
                         return ControlFlow::Break(());
                     }
                     Some(p) => {
-                        pgshard_sql::route_execute(&p.plan, args, &self.ctx.catalog.current())
+                        let catalog = self.ctx.catalog.current();
+                        pgshard_sql::route_execute(&p.plan_for(&catalog), args, &catalog)
                     }
                 }
             }
@@ -445,6 +446,9 @@ where
                 text: text.to_string(),
                 digest,
                 plan: inner,
+                // Planned with a catalog that may have changed since: planned again at
+                // the first EXECUTE that sees another version.
+                catalog_version: None,
             }),
         );
         if let Some(a) = self.attached.as_mut() {
