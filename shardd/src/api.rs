@@ -251,6 +251,15 @@ pub fn render_metrics(status: &ClusterStatus, in_doubt: usize) -> String {
         vec![(String::new(), m.last_freeze_ms.unwrap_or(0))],
     );
     family(
+        "pgshard_shardd_move_freeze_ms",
+        "Freeze per move done (buckets frozen, statements held) in ms: median, 99th percentile, longest.",
+        vec![
+            ("{quantile=\"0.5\"}".into(), m.freeze_ms[0]),
+            ("{quantile=\"0.99\"}".into(), m.freeze_ms[1]),
+            ("{quantile=\"1\"}".into(), m.freeze_ms[2]),
+        ],
+    );
+    family(
         "pgshard_shardd_transactions_in_doubt",
         "Prepared transactions with a pgshard GID left on the shards (last recovery round).",
         vec![(String::new(), in_doubt as i64)],

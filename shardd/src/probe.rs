@@ -444,6 +444,10 @@ pub struct MovesStatus {
     pub rows_moved: i64,
     /// How long the last move done kept its buckets frozen, in milliseconds.
     pub last_freeze_ms: Option<i64>,
+    /// The freeze of the moves done, in milliseconds: median, 99th percentile, longest
+    /// (nearest rank; 0 with none).
+    #[serde(default)]
+    pub freeze_ms: [i64; 3],
 }
 
 impl MovesStatus {
@@ -464,6 +468,49 @@ impl MovesStatus {
             buckets_moved: done.iter().map(|m| m.buckets.len() as u64).sum(),
             rows_moved: done.iter().map(|m| m.rows_moved).sum(),
             last_freeze_ms: done.iter().max_by_key(|m| m.id).and_then(|m| m.freeze_ms),
+            freeze_ms: {
+                let mut f: Vec<i64> = done.iter().filter_map(|m| m.freeze_ms).collect();
+                f.sort_unstable();
+                let rank = |q: f64| -> i64 {
+                    match f.len() {
+                        0 => 0,
+                        n => f[((q * n as f64).ceil() as usize).clamp(1, n) - 1],
+                    }
+                };
+                [rank(0.5), rank(0.99), f.last().copied().unwrap_or(0)]
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod moves_tests {
+    use super::MovesStatus;
+    use pgshard_catalog::moves::{Move, MoveState};
+    use pgshard_catalog::{BucketId, ShardId};
+
+    fn done(id: i64, freeze_ms: i64) -> Move {
+        Move {
+            id,
+            operation: "rebalance".into(),
+            source: ShardId(1),
+            target: ShardId(2),
+            buckets: vec![BucketId(id as u32)],
+            state: MoveState::Done,
+            rows_moved: 10,
+            flip_version: Some(id),
+            freeze_ms: Some(freeze_ms),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn freeze_quantiles_of_the_moves_done() {
+        let moves: Vec<Move> = (1..=100).map(|i| done(i, 101 - i)).collect();
+        let s = MovesStatus::of(&moves);
+        assert_eq!(s.freeze_ms, [50, 99, 100]);
+        assert_eq!(s.last_freeze_ms, Some(1));
+        assert_eq!(s.buckets_moved, 100);
+        assert_eq!(MovesStatus::of(&[]).freeze_ms, [0, 0, 0]);
     }
 }

@@ -490,6 +490,11 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("pgshard_shardd_buckets_moved "))
         .and_then(|v| v.trim().parse::<u64>().ok());
     assert_eq!(moved, Some(u64::from(BUCKETS / 3)), "{metrics}");
+    let p99 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pgshard_shardd_move_freeze_ms{quantile=\"0.99\"} "))
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    assert!(p99.is_some_and(|v| v > 0), "{metrics}");
     let rows: i64 = all.iter().map(|m| m.2).sum();
     eprintln!(
         "add-shard: {} moves, {rows} rows moved; {} inserts, {} transfers",
