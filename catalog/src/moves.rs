@@ -5,12 +5,13 @@
 //! knows where it stopped):
 //!
 //! ```text
-//! planned → frozen → copying → flipped → cleaning → done
-//!    └────────┴─────────┴──→ aborted            (only before the flip)
+//! planned → syncing → frozen → copying → flipped → cleaning → done
+//!    └─────────┴─────────┴─────────┴──→ aborted            (only before the flip)
 //! ```
 //!
-//! Three transitions change what routers do and so bump the catalog version (NOTIFY):
-//! [`freeze`] (routers hold statements for the buckets), [`flip`] (the buckets' owner
+//! Four transitions change what routers do and so bump the catalog version (NOTIFY):
+//! [`sync`] (multi-shard statements skip the buckets' rows on the target, where a
+//! subscription copies them), [`freeze`] (routers hold statements for the buckets), [`flip`] (the buckets' owner
 //! becomes the target and they are unfrozen: the commit point of the move) and
 //! [`abort`] (unfrozen, the owner unchanged). The others are bookkeeping
 //! ([`advance`]). Every function here is safe to repeat: it checks the state it expects
@@ -28,6 +29,7 @@ use tokio_postgres::{Client, Row};
 #[serde(rename_all = "snake_case")]
 pub enum MoveState {
     Planned,
+    Syncing,
     Frozen,
     Copying,
     Flipped,
@@ -40,6 +42,7 @@ impl MoveState {
     pub fn as_str(self) -> &'static str {
         match self {
             MoveState::Planned => "planned",
+            MoveState::Syncing => "syncing",
             MoveState::Frozen => "frozen",
             MoveState::Copying => "copying",
             MoveState::Flipped => "flipped",
@@ -52,6 +55,7 @@ impl MoveState {
     pub fn parse(s: &str) -> Option<MoveState> {
         Some(match s {
             "planned" => MoveState::Planned,
+            "syncing" => MoveState::Syncing,
             "frozen" => MoveState::Frozen,
             "copying" => MoveState::Copying,
             "flipped" => MoveState::Flipped,
@@ -71,7 +75,7 @@ impl MoveState {
     pub fn before_flip(self) -> bool {
         matches!(
             self,
-            MoveState::Planned | MoveState::Frozen | MoveState::Copying
+            MoveState::Planned | MoveState::Syncing | MoveState::Frozen | MoveState::Copying
         )
     }
 }
@@ -227,12 +231,38 @@ async fn lock(tx: &tokio_postgres::Transaction<'_>, id: i64) -> Result<Move, Sto
     from_row(&row)
 }
 
-/// `planned → frozen`: routers hold statements for the buckets from the version this
-/// returns. Repeating it on a frozen move returns the current version.
-pub async fn freeze(client: &mut Client, id: i64) -> Result<CatalogVersion, StoreError> {
+/// `planned → syncing`: from the version this returns, multi-shard statements skip the
+/// buckets' rows on the target (which does not own them), so they can be copied there
+/// ahead of the freeze. Repeating it on a syncing move returns the current version.
+pub async fn sync(client: &mut Client, id: i64) -> Result<CatalogVersion, StoreError> {
     let tx = client.transaction().await?;
     let m = lock(&tx, id).await?;
     if m.state != MoveState::Planned {
+        if m.state == MoveState::Syncing {
+            let v: i64 = tx
+                .query_one("SELECT version FROM pgshard.meta", &[])
+                .await?
+                .get(0);
+            return Ok(CatalogVersion(v));
+        }
+        return Err(StoreError::Conflict(format!("move {id} is {}", m.state)));
+    }
+    tx.execute(
+        "UPDATE pgshard.moves SET state = 'syncing', updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// `planned | syncing → frozen`: routers hold statements for the buckets from the
+/// version this returns. Repeating it on a frozen move returns the current version.
+pub async fn freeze(client: &mut Client, id: i64) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    let m = lock(&tx, id).await?;
+    if !matches!(m.state, MoveState::Planned | MoveState::Syncing) {
         if m.state == MoveState::Frozen {
             let v: i64 = tx
                 .query_one("SELECT version FROM pgshard.meta", &[])

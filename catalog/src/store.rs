@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../schema/0004_moves.sql")),
     (6, include_str!("../schema/0006_table_origin.sql")),
     (7, include_str!("../schema/0007_shard_removal.sql")),
+    (8, include_str!("../schema/0008_move_sync.sql")),
 ];
 
 /// Serialises concurrent `migrate` calls (an arbitrary, fixed advisory lock key).
@@ -466,7 +467,7 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
                                                            'buckets', buckets) ORDER BY id),
                                 '[]')
                   FROM pgshard.moves
-                 WHERE state IN ('frozen', 'copying', 'flipped', 'cleaning'))",
+                 WHERE state IN ('syncing', 'frozen', 'copying', 'flipped', 'cleaning'))",
             &[],
         )
         .await?;

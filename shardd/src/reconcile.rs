@@ -35,6 +35,7 @@
 
 mod moves;
 mod provision;
+mod sync;
 pub use moves::ScaleOp;
 
 use crate::cluster::{Cluster, Layout};

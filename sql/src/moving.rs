@@ -17,8 +17,8 @@ use crate::{CopyDirection, Plan, Route};
 use pgshard_catalog::hash::bucket_sql_expr;
 use pgshard_catalog::{BucketId, Catalog, ShardId, TableKind};
 use sqlparser::ast::{
-    CopySource, Ident, ObjectName, Query, SetExpr, Statement, TableAlias, TableFactor, VisitMut,
-    VisitorMut,
+    BinaryOperator, CopySource, Expr, FromTable, Ident, ObjectName, Query, SetExpr, Statement,
+    TableAlias, TableFactor, VisitMut, VisitorMut,
 };
 use std::ops::ControlFlow;
 
@@ -49,6 +49,24 @@ pub(crate) fn attach(plan: &mut Plan, catalog: &Catalog) {
         Route::Copy(c) if c.direction == CopyDirection::Out => {
             c.moving_sql = per_shard(&c.shards, &c.sql, catalog);
         }
+        // An UPDATE or DELETE on every shard must not write the copy a move keeps on a
+        // shard that does not own the rows: the move's subscription copies the owner's
+        // writes there already (a second `x = x + 1` would be applied twice).
+        Route::FanoutWrite(w) if !w.replicated && w.shard_sql.is_empty() => {
+            let texts = per_shard_with(&w.shards, &w.sql, catalog, filtered_write);
+            if !texts.is_empty() {
+                w.shard_sql = w
+                    .shards
+                    .iter()
+                    .map(|s| {
+                        texts
+                            .iter()
+                            .find(|(t, _)| t == s)
+                            .map_or_else(|| w.sql.clone(), |(_, text)| text.clone())
+                    })
+                    .collect();
+            }
+        }
         _ => {}
     }
 }
@@ -57,13 +75,24 @@ pub(crate) fn attach(plan: &mut Plan, catalog: &Catalog) {
 /// statement that cannot be rewritten gets a text that fails with SQLSTATE 0A000 on
 /// the shard, rather than a double count.
 fn per_shard(shards: &[ShardId], sql: &str, catalog: &Catalog) -> Vec<(ShardId, String)> {
+    per_shard_with(shards, sql, catalog, filtered)
+}
+
+type Rewrite = fn(&str, &Catalog, &[BucketId]) -> Result<Option<String>, String>;
+
+fn per_shard_with(
+    shards: &[ShardId],
+    sql: &str,
+    catalog: &Catalog,
+    rewrite: Rewrite,
+) -> Vec<(ShardId, String)> {
     let mut out = Vec::new();
     for &s in shards {
         let skip = catalog.not_owned_on(s);
         if skip.is_empty() {
             continue;
         }
-        let text = filtered(sql, catalog, &skip).unwrap_or_else(|why| {
+        let text = rewrite(sql, catalog, &skip).unwrap_or_else(|why| {
             Some(format!(
                 "DO $pgshard$ BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = {}; END $pgshard$",
                 quote_literal(&format!(
@@ -141,6 +170,89 @@ pub fn filtered(sql: &str, catalog: &Catalog, skip: &[BucketId]) -> Result<Optio
     Ok(Some(text))
 }
 
+/// An UPDATE or DELETE `sql` that leaves alone the rows of buckets in `skip`: its
+/// target table gets `NOT (<bucket of key> = ANY(…))` added to the WHERE clause, and
+/// every other distributed table it reads (FROM, USING, subqueries) is read filtered
+/// as [`filtered`] does. `None` when it writes no distributed table.
+pub fn filtered_write(
+    sql: &str,
+    catalog: &Catalog,
+    skip: &[BucketId],
+) -> Result<Option<String>, String> {
+    let mut stmts = parse_statement(sql)?;
+    let [stmt] = stmts.as_mut_slice() else {
+        return Err("a multi-statement write".into());
+    };
+    let list: Vec<String> = skip.iter().map(|b| b.0.to_string()).collect();
+    let mut f = Filter {
+        catalog,
+        list: format!("'{{{}}}'::int4[]", list.join(",")),
+        ctes: Vec::new(),
+        error: None,
+        replaced: false,
+        filters: Vec::new(),
+    };
+    collect_ctes(stmt, &mut f.ctes);
+    // The written table itself stays; it gets the filter in its WHERE clause.
+    let target = match stmt {
+        Statement::Update { table, .. } => table.relation.clone(),
+        Statement::Delete(d) => match &d.from {
+            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) if t.len() == 1 => {
+                t[0].relation.clone()
+            }
+            _ => return Err("a DELETE of several tables".into()),
+        },
+        _ => return Err("this multi-shard write".into()),
+    };
+    let _ = stmt.visit(&mut f);
+    if let Some(e) = f.error {
+        return Err(e);
+    }
+    let TableFactor::Table {
+        name, alias, args, ..
+    } = &target
+    else {
+        return Err("the written table".into());
+    };
+    let written = if args.is_none() {
+        f.key_filter(name, alias)?
+    } else {
+        None
+    };
+    let (relation, selection) = match stmt {
+        Statement::Update {
+            table, selection, ..
+        } => (&mut table.relation, selection),
+        Statement::Delete(d) => match &mut d.from {
+            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => {
+                (&mut t[0].relation, &mut d.selection)
+            }
+        },
+        _ => unreachable!("matched above"),
+    };
+    *relation = target;
+    if let Some(placeholder) = written {
+        let cond = Expr::Identifier(Ident::new(placeholder));
+        *selection = Some(match selection.take() {
+            Some(e) => Expr::BinaryOp {
+                left: Box::new(Expr::Nested(Box::new(e))),
+                op: BinaryOperator::And,
+                right: Box::new(cond),
+            },
+            None => cond,
+        });
+        f.replaced = true;
+    }
+    if !f.replaced {
+        return Ok(None);
+    }
+    let mut text = stmt.to_string();
+    for (placeholder, filter) in &f.filters {
+        text = text.replace(placeholder.as_str(), filter);
+    }
+    Ok(Some(text))
+}
+
 /// The names of every CTE in the statement: a reference by such a name is not the
 /// table, wherever it appears (conservative: a table shadowed somewhere is rewritten
 /// nowhere, and the statement is refused below if it reads the table directly).
@@ -171,6 +283,49 @@ struct Filter<'a> {
 }
 
 impl Filter<'_> {
+    /// For the written table `name` (when distributed): a placeholder standing for
+    /// `(NOT (<bucket of its key> = ANY(…)))`, its key qualified as the statement
+    /// names the table.
+    fn key_filter(
+        &mut self,
+        name: &ObjectName,
+        alias: &Option<TableAlias>,
+    ) -> Result<Option<String>, String> {
+        let parts = name_parts(name);
+        let Some(def) = self.catalog.table(&parts.join(".")) else {
+            return Ok(None);
+        };
+        let TableKind::Distributed {
+            shard_key,
+            key_type,
+            ..
+        } = &def.kind
+        else {
+            return Ok(None);
+        };
+        let qualifier = match alias {
+            Some(a) => a.name.to_string(),
+            None => name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| i.to_string())
+                .ok_or_else(|| format!("the table reference {name}"))?,
+        };
+        let key = Ident::with_quote('"', shard_key.clone());
+        let bucket = bucket_sql_expr(
+            &format!("{qualifier}.{key}"),
+            *key_type,
+            self.catalog.buckets,
+        );
+        let placeholder = format!("pgshard_moving_filter_{}_", self.filters.len());
+        self.filters.push((
+            placeholder.clone(),
+            format!("(NOT ({bucket} = ANY({})))", self.list),
+        ));
+        Ok(Some(placeholder))
+    }
+
     /// The filtered derived table for `name` (a distributed table), or `None` for
     /// other relations.
     fn replacement(

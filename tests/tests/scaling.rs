@@ -21,6 +21,7 @@ fn opts(shards: u32) -> TestClusterOptions {
         tables: vec![
             pgshard_tests::distributed("acked", "id", "bigint"),
             pgshard_tests::distributed("accounts", "id", "bigint"),
+            pgshard_tests::distributed("tallies", "id", "bigint"),
         ],
         ..Default::default()
     }
@@ -96,6 +97,26 @@ async fn check_placement(d: &TestDaemon, table: &str) -> anyhow::Result<Vec<i64>
 }
 
 /// Nothing of a move left on any shard: no prepared transaction, no fence.
+/// Every tally was bumped by every acknowledged multi-shard UPDATE, exactly once.
+async fn check_bumps(router: &pgshard_tests::TestRouter, report: &Report) -> anyhow::Result<()> {
+    let c = router.connect().await?;
+    let wrong: Vec<String> = c
+        .query(
+            "SELECT id || ': ' || bumps FROM tallies WHERE bumps <> $1 ORDER BY id",
+            &[&report.bumps],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} acknowledged multi-shard updates, but tallies bumped: {wrong:?}",
+        report.bumps
+    );
+    Ok(())
+}
+
 async fn check_clean(d: &TestDaemon) -> anyhow::Result<()> {
     let catalog = d.catalog().await?;
     for s in catalog.shard_ids() {
@@ -119,6 +140,19 @@ async fn check_clean(d: &TestDaemon) -> anyhow::Result<()> {
             .await?
             .get(0);
         assert_eq!(triggers, 0, "fence triggers left on shard {s}");
+        // Nothing of the subscriptions that copy rows ahead of a freeze.
+        let replication: String = c
+            .query_one(
+                "SELECT concat_ws(' ',
+                     (SELECT string_agg(slot_name, ',') FROM pg_replication_slots
+                       WHERE slot_type = 'logical'),
+                     (SELECT string_agg(pubname, ',') FROM pg_publication),
+                     (SELECT string_agg(subname, ',') FROM pg_subscription))",
+                &[],
+            )
+            .await?
+            .get(0);
+        assert_eq!(replication, "", "replication objects left on shard {s}");
     }
     Ok(())
 }
@@ -142,6 +176,8 @@ struct Report {
     transfers: u64,
     /// Multi-shard reads of `accounts` that were checked.
     reads: u64,
+    /// Acknowledged `UPDATE tallies SET bumps = bumps + 1` (every shard).
+    bumps: i64,
 }
 
 /// Clients writing through the router: autocommit inserts whose acknowledged ids are
@@ -166,8 +202,15 @@ impl Load {
         let c = router.connect().await?;
         c.batch_execute(
             "CREATE TABLE acked (id bigint PRIMARY KEY, v int NOT NULL DEFAULT 0);
-             CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)",
+             CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL);
+             CREATE TABLE tallies (id bigint PRIMARY KEY, bumps bigint NOT NULL DEFAULT 0)",
         )
+        .await?;
+        let ids: Vec<String> = (1..=20).map(|i| format!("({i})")).collect();
+        c.batch_execute(&format!(
+            "INSERT INTO tallies (id) VALUES {}",
+            ids.join(",")
+        ))
         .await?;
         for id in 1..=ACCOUNTS {
             c.execute(
@@ -295,6 +338,15 @@ impl Load {
                     .await;
                 }
                 r.reads += 1;
+                // A write on every shard: it must not also write a moving bucket's copy
+                // on the shard that does not own it (the move copies the owner's). Not
+                // of `accounts`: with the transfers it would deadlock across shards (no
+                // distributed deadlock detection yet).
+                match c.execute("UPDATE tallies SET bumps = bumps + 1", &[]).await {
+                    Ok(20) => r.bumps += 1,
+                    Ok(n) => failed(&mut r, format!("bump: {n} rows")).await,
+                    Err(e) => failed(&mut r, format!("bump: {}", describe(&e))).await,
+                }
             }
             r
         }));
@@ -310,6 +362,7 @@ impl Load {
                 all.errors.extend(r.errors);
                 all.transfers += r.transfers;
                 all.reads += r.reads;
+                all.bumps += r.bumps;
                 all.moved.extend(r.moved);
             }
         }
@@ -432,6 +485,7 @@ async fn shrink_and_grow_under_load_loses_and_duplicates_nothing() -> anyhow::Re
     acked.sort();
     assert_eq!(present, acked, "acknowledged rows lost or extra rows");
     check_placement(&d, "accounts").await?;
+    check_bumps(&router, &report).await?;
     let c = router.connect().await?;
     let total: i64 = c
         .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
@@ -511,6 +565,7 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
     acked.sort();
     assert_eq!(check_placement(&d, "acked").await?, acked);
     check_placement(&d, "accounts").await?;
+    check_bumps(&router, &report).await?;
     let c = router.connect().await?;
     let total: i64 = c
         .query_one("SELECT sum(balance)::bigint FROM accounts", &[])
@@ -545,6 +600,7 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
     let marker = d.data_dir().join(pgshard_shardd::reconcile::FAULT_MARKER);
     let steps = [
         "move-planned",
+        "move-syncing",
         "move-frozen",
         "move-copying",
         "move-target-committed",

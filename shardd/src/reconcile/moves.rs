@@ -1,21 +1,25 @@
 //! Bucket moves (SPEC §9), carried out by the [`Reconciler`] one recorded move at a
 //! time ([`pgshard_catalog::moves`] holds the state machine).
 //!
-//! ## Why a write fence and not logical replication
+//! ## Logical replication ahead, a write fence at the end
 //!
 //! A shard keeps every bucket it owns in one table per distributed table, and fan-out
-//! reads run on every shard. Rows copied to the target ahead of the flip (as a
-//! subscription's initial copy and catch-up would) would be visible there, next to the
-//! same rows still on the source, to every fan-out read for the whole copy: a wrong
-//! answer. So a move is a *short per-bucket write fence* (SPEC §9 allows either): the
-//! buckets are frozen, their rows copied to the target and deleted from the source in
-//! two prepared transactions, and the catalog flip is the commit point, exactly as a
-//! distributed transaction of the router is (multi-shard reads have no global snapshot,
-//! as documented). Moves are small groups of buckets, so the freeze is short.
+//! statements run on every shard. Rows copied to the target ahead of the flip are
+//! visible there, next to the same rows still on the source: so from `syncing` on,
+//! every multi-shard read and write skips them on the shard that does not own them
+//! (`pgshard_sql::moving`). The rows are copied ahead by a subscription
+//! ([`super::sync`]); the move's commit point is still the catalog flip, reached under
+//! a short per-bucket *write fence*: the buckets are frozen, the last changes applied,
+//! the subscription dropped, the source's rows deleted in a prepared transaction.
+//! Tables whose replica identity does not cover the shard key are copied inside the
+//! fence instead (with `COPY`, in a prepared transaction on the target). Multi-shard
+//! reads have no global snapshot, as documented.
 //!
 //! ## Steps ([`Reconciler::run_move`])
 //!
-//! 1. `planned → frozen` ([`moves::freeze`]): routers hold statements for the buckets.
+//! 0. `planned → syncing` ([`moves::sync`]) and the subscription's copy
+//!    ([`Reconciler::sync_ahead`]), for the tables that allow it.
+//! 1. `→ frozen` ([`moves::freeze`]): routers hold statements for the buckets.
 //! 2. The source *fence*: a row per bucket in `pgshard_move.fence` on the source and a
 //!    trigger on each distributed table refusing (SQLSTATE 55000) writes to fenced
 //!    buckets by transactions that began once the fence was hard (a short soft period
@@ -26,9 +30,10 @@
 //!    Routers send a frozen bucket's statement of such a transaction to the source
 //!    instead of holding it (`router::session::frozen`), so the two never wait for
 //!    each other.
-//! 3. `→ copying`: per database, `COPY (SELECT … WHERE bucket IN …)` from the source
-//!    into the target, `DELETE` on the source, both `PREPARE TRANSACTION
-//!    'pgshard_move_<id>_…'`.
+//! 3. The synced tables' last changes are applied and the subscription dropped
+//!    ([`Reconciler::sync_final`]); `→ copying`: per database, `COPY (SELECT … WHERE
+//!    bucket IN …)` from the source into the target for the other tables, `DELETE` on
+//!    the source, both `PREPARE TRANSACTION 'pgshard_move_<id>_…'`.
 //! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, and
 //!    multi-shard reads skip them on the target: `pgshard_sql::moving`), then
 //!    `→ flipped` ([`moves::flip`], the commit point), then, once every router routes
@@ -110,7 +115,7 @@ pub enum Next {
 pub fn next(state: MoveState) -> Option<Next> {
     match state {
         MoveState::Planned => Some(Next::Run),
-        MoveState::Frozen | MoveState::Copying => Some(Next::Abort),
+        MoveState::Syncing | MoveState::Frozen | MoveState::Copying => Some(Next::Abort),
         MoveState::Flipped | MoveState::Cleaning => Some(Next::Finish),
         MoveState::Done | MoveState::Aborted => None,
     }
@@ -161,14 +166,14 @@ pub fn group(plan: &[BucketMove], size: usize) -> Vec<(ShardId, ShardId, Vec<Buc
 }
 
 /// A distributed table as the move SQL needs it.
-struct Dist {
-    name: String,
-    quoted: String,
-    key: String,
-    key_type: KeyType,
+pub(super) struct Dist {
+    pub(super) name: String,
+    pub(super) quoted: String,
+    pub(super) key: String,
+    pub(super) key_type: KeyType,
 }
 
-fn quote_ident(s: &str) -> String {
+pub(super) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -197,12 +202,12 @@ fn distributed(catalog: &Catalog) -> Vec<Dist> {
         .collect()
 }
 
-fn bucket_list(buckets: &[BucketId]) -> String {
+pub(super) fn bucket_list(buckets: &[BucketId]) -> String {
     let list: Vec<String> = buckets.iter().map(|b| b.0.to_string()).collect();
     format!("'{{{}}}'::int4[]", list.join(","))
 }
 
-fn db_err(node: &str, e: tokio_postgres::Error) -> ReconcileError {
+pub(super) fn db_err(node: &str, e: tokio_postgres::Error) -> ReconcileError {
     let detail = e
         .as_db_error()
         .map(|d| d.message().to_string())
@@ -255,7 +260,11 @@ impl Reconciler {
     /// A connection to `db` on `spec`, kept for the rest of the move: every step of a
     /// freeze would otherwise pay for new connections ([`Reconciler::forget_move_conns`]
     /// drops them when a move starts, fails or ends).
-    async fn connect_db(&self, spec: &NodeSpec, db: &str) -> Result<Arc<Client>, ReconcileError> {
+    pub(super) async fn connect_db(
+        &self,
+        spec: &NodeSpec,
+        db: &str,
+    ) -> Result<Arc<Client>, ReconcileError> {
         let key = (spec.name.clone(), spec.port, db.to_string());
         let kept = self
             .move_conns
@@ -305,7 +314,11 @@ impl Reconciler {
     }
 
     /// The distributed tables present in the database `c` is connected to.
-    async fn present(&self, c: &Client, all: &[Dist]) -> Result<Vec<usize>, tokio_postgres::Error> {
+    pub(super) async fn present(
+        &self,
+        c: &Client,
+        all: &[Dist],
+    ) -> Result<Vec<usize>, tokio_postgres::Error> {
         let mut out = Vec::new();
         for (i, t) in all.iter().enumerate() {
             let exists: bool = c
@@ -394,6 +407,22 @@ impl Reconciler {
         let dbs = self.databases(&source).await?;
         self.install_fence(&source, &dbs, &tables, catalog.buckets)
             .await?;
+        let target = self.primary_spec(&catalog, m.target)?;
+        let synced = self.syncable(&source, &dbs, &tables).await?;
+        if !synced.is_empty() {
+            let started = Instant::now();
+            self.sync_ahead(
+                &mut client,
+                &source,
+                &target,
+                &synced,
+                &tables,
+                &m,
+                catalog.buckets,
+            )
+            .await?;
+            tracing::info!(id, elapsed = ?started.elapsed(), "rows synced ahead of the freeze");
+        }
         let v = moves::freeze(&mut client, id).await?;
         tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
         // Where the freeze goes, step by step (logged at the flip).
@@ -405,11 +434,22 @@ impl Reconciler {
         laps.lap("routers");
         self.drain_fenced(&source, &dbs, &tables, &m).await?;
         laps.lap("drain");
+        if !synced.is_empty() {
+            self.sync_final(&source, &target, id).await?;
+            laps.lap("catch_up");
+        }
         moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
         self.fault("move-copying").await;
-        let target = self.primary_spec(&catalog, m.target)?;
         let rows = self
-            .copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets)
+            .copy_prepared(
+                &source,
+                &target,
+                &dbs,
+                &tables,
+                &m,
+                catalog.buckets,
+                &synced,
+            )
             .await?;
         laps.lap("copy");
         moves::advance(
@@ -454,13 +494,8 @@ impl Reconciler {
             if present.is_empty() {
                 continue;
             }
-            // Creating a trigger locks its table against writes: never wait behind a
-            // transaction longer than PostgreSQL's deadlock_timeout (1 s), or clients
-            // queued behind the lock could be picked as deadlock victims; a later round
-            // retries.
             let mut sql = String::from(
-                "SET LOCAL lock_timeout = '500ms';
-                 CREATE SCHEMA IF NOT EXISTS pgshard_move;
+                "CREATE SCHEMA IF NOT EXISTS pgshard_move;
                  CREATE TABLE IF NOT EXISTS pgshard_move.fence (
                      bucket int4 PRIMARY KEY, move_id bigint NOT NULL,
                      hard_at timestamptz NOT NULL);",
@@ -480,7 +515,7 @@ impl Reconciler {
                     sql.push_str(&fence_sql(&tables[i], buckets));
                 }
             }
-            c.batch_execute(&format!("BEGIN; {sql} COMMIT;"))
+            locking_ddl(&c, &sql)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
         }
@@ -633,9 +668,10 @@ impl Reconciler {
         }
     }
 
-    /// Copy the buckets' rows of every distributed table to the target and delete them
-    /// on the source, per database, each side in a prepared transaction named after the
-    /// move. Returns the rows copied.
+    /// Copy the buckets' rows of every distributed table not `synced` ahead to the
+    /// target and delete them all on the source, per database, each side in a prepared
+    /// transaction named after the move. Returns the rows moved.
+    #[allow(clippy::too_many_arguments)]
     async fn copy_prepared(
         &self,
         source: &NodeSpec,
@@ -644,6 +680,7 @@ impl Reconciler {
         tables: &[Dist],
         m: &Move,
         buckets: u32,
+        synced: &super::sync::Synced,
     ) -> Result<i64, ReconcileError> {
         let list = bucket_list(&m.buckets);
         let mut rows = 0i64;
@@ -672,10 +709,17 @@ impl Reconciler {
                     "{} = ANY({list})",
                     bucket_sql_expr(&quote_ident(&t.key), t.key_type, buckets)
                 );
-                rows += copy_table(&src, &dst, t, &filter, &source.name, &target.name).await?;
-                src.execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
+                let ahead = super::sync::is_synced(synced, db, i);
+                if !ahead {
+                    rows += copy_table(&src, &dst, t, &filter, &source.name, &target.name).await?;
+                }
+                let deleted = src
+                    .execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
                     .await
                     .map_err(|e| db_err(&source.name, e))?;
+                if ahead {
+                    rows += deleted as i64;
+                }
             }
             let gid = |side: &str| format!("{GID_PREFIX}{}_{n}_{side}", m.id);
             dst.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid("target")))
@@ -746,21 +790,19 @@ impl Reconciler {
             if left > 0 || !drop_triggers {
                 continue;
             }
-            // Dropping a trigger locks its table: never wait long behind a transaction
-            // (readers of the table would queue behind the lock); a later round retries.
             let present = self
                 .present(&c, tables)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
-            let mut sql = String::from("BEGIN; SET LOCAL lock_timeout = '500ms';");
+            let mut sql = String::new();
             for i in present {
                 sql.push_str(&format!(
                     "DROP TRIGGER IF EXISTS pgshard_move_fence ON {};",
                     tables[i].quoted
                 ));
             }
-            sql.push_str("DROP SCHEMA pgshard_move CASCADE; COMMIT;");
-            c.batch_execute(&sql)
+            sql.push_str("DROP SCHEMA pgshard_move CASCADE;");
+            locking_ddl(&c, &sql)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
         }
@@ -789,6 +831,9 @@ impl Reconciler {
         let catalog = pgshard_catalog::store::load(&client).await?;
         let source = self.primary_spec(&catalog, m.source)?;
         let target = self.primary_spec(&catalog, m.target)?;
+        // Dropped before the flip; were one left, the source's delete would reach the
+        // target through it.
+        self.drop_sync(&source, &target, id).await?;
         self.end_prepared(&target, id, true).await?;
         let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
         self.routers_caught_up(&client, flip).await;
@@ -819,6 +864,8 @@ impl Reconciler {
         let source = self.primary_spec(&catalog, m.source)?;
         let target = self.primary_spec(&catalog, m.target)?;
         self.end_prepared(&target, id, false).await?;
+        // The subscriptions first: they would copy rows again.
+        self.drop_sync(&source, &target, id).await?;
         self.delete_copied(&target, &m, &catalog).await?;
         self.end_prepared(&source, id, false).await?;
         // The fence goes before the buckets are released to the source again, the
@@ -976,6 +1023,44 @@ impl Reconciler {
     }
 }
 
+/// How long [`locking_ddl`] waits for a table lock at each try, and for how long it tries.
+const LOCK_TRY: Duration = Duration::from_millis(50);
+const LOCK_TRIES_FOR: Duration = Duration::from_secs(10);
+
+/// Run `sql` (DDL that locks tables against writes: creating or dropping a trigger) in
+/// one transaction, waiting at most [`LOCK_TRY`] for its locks each time and trying
+/// again until it gets them. A DDL statement waiting for a table lock makes every
+/// writer that comes later wait behind it; with writes that span shards, that wait can
+/// close a cycle no single PostgreSQL sees (a multi-shard UPDATE queued behind the
+/// DDL here holds rows on another shard that a transaction holding this table's lock
+/// needs there). Short tries never hold anyone for long, and a moment without writers
+/// on the table is enough.
+async fn locking_ddl(c: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let deadline = Instant::now() + LOCK_TRIES_FOR;
+    loop {
+        let tried = c
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'; {sql} COMMIT;",
+                LOCK_TRY.as_millis()
+            ))
+            .await;
+        match tried {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                    && Instant::now() < deadline =>
+            {
+                c.batch_execute("ROLLBACK").await?;
+                tokio::time::sleep(LOCK_TRY).await;
+            }
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Stream one table's rows matching `filter` from `src` into `dst` (binary COPY).
 async fn copy_table(
     src: &Client,
@@ -1034,6 +1119,7 @@ mod tests {
     #[test]
     fn interrupted_moves_roll_back_before_the_flip_and_finish_after() {
         assert_eq!(next(MoveState::Planned), Some(Next::Run));
+        assert_eq!(next(MoveState::Syncing), Some(Next::Abort));
         assert_eq!(next(MoveState::Frozen), Some(Next::Abort));
         assert_eq!(next(MoveState::Copying), Some(Next::Abort));
         assert_eq!(next(MoveState::Flipped), Some(Next::Finish));

@@ -1186,6 +1186,11 @@ impl NodeRuntime for DockerRuntime {
         spec.log_dir().join("postgresql.log")
     }
 
+    /// By container name on the cluster network (the port is the same inside).
+    fn peer_address(&self, spec: &NodeSpec) -> (String, u16) {
+        (self.container_name(&spec.name), spec.port)
+    }
+
     async fn remove(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
         if self.is_running(spec).await? {
             return Err(RuntimeError::Spec {

@@ -225,6 +225,12 @@ pub trait NodeRuntime: Send + Sync + fmt::Debug {
     /// Where the server log is.
     fn logs_path(&self, spec: &NodeSpec) -> PathBuf;
 
+    /// Where another instance of the cluster reaches this one (a shard's subscription
+    /// to another during a bucket move): the spec's own address for local processes.
+    fn peer_address(&self, spec: &NodeSpec) -> (String, u16) {
+        (spec.host.clone(), spec.port)
+    }
+
     /// Remove the instance's data (it must be stopped first).
     async fn remove(&self, spec: &NodeSpec) -> Result<(), RuntimeError>;
 

@@ -41,7 +41,8 @@ pub fn base_settings(spec: &NodeSpec) -> BTreeMap<String, String> {
     // Two-phase commit for multi-shard writes (SPEC §7).
     set("max_prepared_transactions", "100");
     // Physical streaming replication with slots (SPEC §8).
-    set("wal_level", "replica");
+    // Logical: bucket moves copy rows between shards with a subscription.
+    set("wal_level", "logical");
     set("max_wal_senders", "16");
     set("max_replication_slots", "16");
     set("hot_standby", "on");

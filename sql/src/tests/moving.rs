@@ -122,3 +122,38 @@ fn collected_inputs_are_copied_filtered() {
         assert!(on1.contains("format binary"), "{on1}");
     }
 }
+
+#[test]
+fn fanout_writes_leave_the_rows_a_shard_does_not_own_alone() {
+    let c = moving();
+    let p = plan("UPDATE users u SET name = name || 'x' WHERE name <> ''", &c);
+    let Route::FanoutWrite(w) = p.route else {
+        panic!("{:?}", p.route)
+    };
+    assert_eq!(w.shard_sql.len(), w.shards.len(), "{w:?}");
+    for (i, s) in w.shards.iter().enumerate() {
+        let text = w.sql_for(i).to_lowercase();
+        if c.not_owned_on(*s).is_empty() {
+            assert_eq!(text, w.sql.to_lowercase());
+        } else {
+            assert!(text.contains("(name <> '') and (not ("), "{text}");
+            assert!(text.contains("u.\"id\""), "{text}");
+            let skip: Vec<String> = c.not_owned_on(*s).iter().map(|b| b.0.to_string()).collect();
+            let list = format!("= any('{{{}}}'::int4[])))", skip.join(","));
+            assert!(text.contains(&list), "{text}");
+        }
+    }
+    let p = plan("DELETE FROM users WHERE id > 10 RETURNING id", &c);
+    let Route::FanoutWrite(w) = p.route else {
+        panic!("{:?}", p.route)
+    };
+    let i = w
+        .shards
+        .iter()
+        .position(|s| *s == ShardId(1))
+        .expect("shard 1 writes");
+    let text = w.sql_for(i).to_lowercase();
+    assert!(text.contains("where (id > 10) and (not ("), "{text}");
+    assert!(text.contains("users.\"id\""), "{text}");
+    assert!(text.ends_with("returning id"), "{text}");
+}
