@@ -1,9 +1,9 @@
 //! A bucket move whose source shard fails over (SPEC §8, §9; issue 12: "the source
 //! shard failing over mid-move restarts that move cleanly"), on the local runtime under
 //! shardd's control loop: the source primary is SIGKILLed while one of `add-shard`'s
-//! moves has its buckets frozen, shardd promotes the source's synchronous replica, and
-//! the interrupted move is rolled back on the new primary and recorded again (or, past
-//! its flip, finished there).
+//! moves runs, shardd promotes the source's synchronous replica, and the interrupted
+//! move is rolled back on the new primary and recorded again (killed before its flip),
+//! or finished there (after it).
 
 use pgshard_catalog::moves::MoveState;
 use pgshard_catalog::{ShardId, ShardStatus};
@@ -19,16 +19,32 @@ const BUCKETS: u32 = 64;
 const FAILOVER: Duration = Duration::from_secs(60);
 const REBUILD: Duration = Duration::from_secs(180);
 
+/// Killed while the move's buckets are frozen on the source (`frozen` or `copying`):
+/// the move is rolled back on the new primary (its prepared transactions there rolled
+/// back, the fence lifted, the target's copy deleted) and its buckets moved again, or,
+/// if it flipped before the kill took, finished there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_failover_before_the_flip_rolls_the_move_back_and_redoes_it() -> anyhow::Result<()> {
+    kill_source_mid_move(&[MoveState::Frozen, MoveState::Copying]).await
+}
+
+/// Killed after the move's flip (`flipped` or `cleaning`): the new primary holds the
+/// source's prepared delete (replicated synchronously), and the move is finished there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_failover_after_the_flip_finishes_the_move_on_the_new_primary() -> anyhow::Result<()>
+{
+    kill_source_mid_move(&[MoveState::Flipped, MoveState::Cleaning]).await
+}
+
 /// 2 shards, each a primary and a synchronous replica; `add_shard` (with a replica) to
-/// 3 while clients insert, update and transfer through a router; the primary of the
-/// first move's source found frozen or copying is SIGKILLed. Afterwards: the shard failed
+/// 3 while clients insert, update and transfer through a router; the source primary of
+/// the first move seen in one of `states` is SIGKILLed. Afterwards: the shard failed
 /// over, every move finished (the interrupted one done after its flip, or rolled back
 /// and its buckets moved again), shard 3 holds its share, every acknowledged row exactly
 /// once on its bucket's shard with its acknowledged updates, the money all there, and no
 /// prepared transaction, fence or replication object left on any instance, the new
 /// primary and the rebuilt old one included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn source_failover_mid_move_restarts_the_move_cleanly() -> anyhow::Result<()> {
+async fn kill_source_mid_move(states: &[MoveState]) -> anyhow::Result<()> {
     let d = TestDaemon::start(
         TestClusterOptions {
             shards: 2,
@@ -66,15 +82,12 @@ async fn source_failover_mid_move_restarts_the_move_cleanly() -> anyhow::Result<
     let started = Instant::now();
     let caught = loop {
         let moves = unfinished_moves(&catalog_client).await?;
-        if let Some(m) = moves
-            .iter()
-            .find(|m| matches!(m.state, MoveState::Frozen | MoveState::Copying))
-        {
+        if let Some(m) = moves.iter().find(|m| states.contains(&m.state)) {
             break m.clone();
         }
         anyhow::ensure!(
             !moves.is_empty() && started.elapsed() < MOVES,
-            "no move seen frozen or copying"
+            "no move seen in a state of {states:?}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
@@ -148,6 +161,16 @@ async fn source_failover_mid_move_restarts_the_move_cleanly() -> anyhow::Result<
             "move {id}: {state}"
         );
     }
+    // Seen before its flip, the move may still have flipped before the kill took (the
+    // flip needs only the target and the catalog): then it is finished, like one seen
+    // after its flip.
+    assert!(
+        caught.state.before_flip() || interrupted.1 == MoveState::Done,
+        "move {} seen {} ended {}",
+        caught.id,
+        caught.state,
+        interrupted.1
+    );
     if interrupted.1 == MoveState::Aborted {
         let redone: Vec<_> = all
             .iter()
