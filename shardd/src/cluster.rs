@@ -144,24 +144,14 @@ impl Layout {
         next_port: &mut dyn FnMut() -> std::io::Result<u16>,
     ) -> Result<Layout, ClusterError> {
         let c = &config.cluster;
-        let by_container =
-            c.backend == Backend::Docker && config.docker.addressing == DockerAddressing::Network;
         let mut nodes = Vec::new();
         let mut add = |name: String,
                        role: NodeRole,
                        shard: Option<ShardId>,
                        upstream: Option<String>|
          -> Result<(), ClusterError> {
-            let (host, port) = if by_container {
-                (
-                    docker::container_name(&c.name, &name),
-                    docker::CONTAINER_PORT,
-                )
-            } else {
-                let port =
-                    next_port().map_err(|e| ClusterError::io("could not allocate a port", e))?;
-                (c.host.clone(), port)
-            };
+            let (host, port) = node_address(config, &name, next_port)
+                .map_err(|e| ClusterError::io("could not allocate a port", e))?;
             nodes.push(LayoutNode {
                 id: NodeId(nodes.len() as u32 + 1),
                 dir: data_dir.join("nodes").join(&name),
@@ -429,6 +419,26 @@ impl Layout {
 
 /// The default port source: `cluster.base_port` and up, or free ports from the kernel
 /// when it is 0 (each checked by binding it on `host`).
+/// Where node `name` of a cluster with `config` is reached: by container name on the
+/// standard port for Docker containers on the cluster network (`docker.addressing =
+/// "network"`, no host port allocated), otherwise on `cluster.host` at a port from
+/// `next_port`. Bootstrap and the nodes added later (`add-shard`, `add-replica`) alike.
+pub fn node_address(
+    config: &Config,
+    name: &str,
+    next_port: &mut dyn FnMut() -> std::io::Result<u16>,
+) -> std::io::Result<(String, u16)> {
+    let c = &config.cluster;
+    if c.backend == Backend::Docker && config.docker.addressing == DockerAddressing::Network {
+        Ok((
+            docker::container_name(&c.name, name),
+            docker::CONTAINER_PORT,
+        ))
+    } else {
+        Ok((c.host.clone(), next_port()?))
+    }
+}
+
 pub fn default_ports(host: String, base_port: u16) -> impl FnMut() -> std::io::Result<u16> + Send {
     let mut next = base_port;
     // Hold every allocated listener until the source is dropped, so the kernel cannot
@@ -1115,6 +1125,38 @@ mod tests {
         let l = plan("[cluster]\nbackend = \"docker\"\n");
         assert_eq!(l.nodes[0].host, "127.0.0.1");
         assert_eq!(l.nodes[0].port, 7001);
+    }
+
+    #[test]
+    fn nodes_added_later_are_addressed_as_at_bootstrap() {
+        let mut next = 7100u16;
+        let mut ports = || {
+            next += 1;
+            Ok(next)
+        };
+        let network = Config::parse(
+            "[cluster]\nname = \"c1\"\nbackend = \"docker\"\n[docker]\naddressing = \"network\"\n",
+        )
+        .expect("config");
+        assert_eq!(
+            node_address(&network, "shard3-node1", &mut ports).expect("address"),
+            ("c1-shard3-node1".to_string(), 5432)
+        );
+        // Published containers and local processes: host ports, from the allocator.
+        let published: Vec<(String, u16)> = ["[cluster]\nbackend = \"docker\"\n", "[cluster]\n"]
+            .iter()
+            .map(|text| {
+                let config = Config::parse(text).expect("config");
+                node_address(&config, "shard3-node1", &mut ports).expect("address")
+            })
+            .collect();
+        assert_eq!(
+            published,
+            [
+                ("127.0.0.1".to_string(), 7101),
+                ("127.0.0.1".to_string(), 7102)
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`router`]: a pgshard router in this process, following a test cluster's catalog.
 //! - [`router_process`]: the real `pgshard-router` binary as a child process, for
 //!   tests that kill it.
+//! - [`scaling`]: what the bucket-move tests share (load through a router, placement
+//!   and leftover checks).
 //! - [`wire`] and [`diff`]: a raw simple-protocol client and the differential corpus
 //!   runner (plain PostgreSQL vs pgshard).
 //! - [`ports`] and [`dirs`]: free TCP ports and temporary directories the PostgreSQL
@@ -25,6 +27,7 @@ pub mod dirs;
 pub mod ports;
 pub mod router;
 pub mod router_process;
+pub mod scaling;
 pub mod standalone;
 pub mod wire;
 

@@ -5,8 +5,13 @@
 //! routers never send it a statement before it holds the tables. Its share of the
 //! buckets is then moved to it like any other move ([`super::moves`]).
 //!
-//! Limits: the schema and reference rows are copied with `pg_dump | psql` from the
-//! machine shardd runs on (the local runtime, or Docker with host ports); reference
+//! The new nodes are addressed as bootstrap addresses them ([`crate::cluster::node_address`]:
+//! a host port, or the container's name on the cluster network with
+//! `docker.addressing = "network"`).
+//!
+//! Limits: the schema and reference rows are copied with `pg_dump | psql` run where
+//! shardd runs (the host, reaching containers through their published ports, or
+//! shardd's own container, whose image carries the PostgreSQL client); reference
 //! rows written during the copy are not on the new shard; a crash of shardd during the
 //! provisioning leaves instances that a new `add-shard` does not reuse.
 
@@ -106,7 +111,8 @@ impl Reconciler {
         for k in 1..=replicas + 1 {
             let id = first_id + k - 1;
             let name = format!("shard{}-node{k}", shard.0);
-            let port = ports().map_err(|e| node_err(&name, format!("no free port: {e}")))?;
+            let (host, port) = crate::cluster::node_address(config, &name, &mut ports)
+                .map_err(|e| node_err(&name, format!("no free port: {e}")))?;
             new.push(LayoutNode {
                 id: NodeId(id),
                 dir: self.cluster.data_dir().join("nodes").join(&name),
@@ -117,7 +123,7 @@ impl Reconciler {
                 },
                 upstream: (k > 1).then(|| format!("shard{}-node1", shard.0)),
                 shard: Some(shard),
-                host: config.cluster.host.clone(),
+                host,
                 port,
                 name,
                 out_of_service: false,
@@ -278,7 +284,8 @@ impl Reconciler {
             .unwrap_or(1);
         let name = format!("shard{}-node{k}", shard.0);
         let mut ports = crate::cluster::default_ports(config.cluster.host.clone(), 0);
-        let port = ports().map_err(|e| node_err(&name, format!("no free port: {e}")))?;
+        let (host, port) = crate::cluster::node_address(&config, &name, &mut ports)
+            .map_err(|e| node_err(&name, format!("no free port: {e}")))?;
         // The allocator holds the port's listener until it is dropped.
         drop(ports);
         let node = LayoutNode {
@@ -287,7 +294,7 @@ impl Reconciler {
             role: NodeRole::Replica,
             upstream: Some(primary.name.clone()),
             shard: Some(shard),
-            host: config.cluster.host.clone(),
+            host,
             port,
             name: name.clone(),
             // Not in the primary's synchronous set until it streams.
