@@ -185,6 +185,17 @@ pub fn route_execute(prepared: &Plan, args: &[ExecuteArg], catalog: &Catalog) ->
                 "EXECUTE argument ${param} is not a {key_type} constant, so its shard is unknown"
             )),
         },
+        Some(ExecuteArg::Numeric(text)) => match crate::constant::round_numeric(text) {
+            Some(n) if key_type.is_integer() => match key_from_literal(&n.to_string(), *key_type) {
+                Some(k) => route_for_key(prepared, Some(&k), catalog),
+                None => Route::Unsupported(format!(
+                    "EXECUTE argument ${param} is out of the range of {key_type}, so its shard is unknown"
+                )),
+            },
+            _ => Route::Unsupported(format!(
+                "EXECUTE argument ${param} is a numeric constant routing a {key_type} key"
+            )),
+        },
         Some(ExecuteArg::Null) => route_for_key(prepared, None, catalog),
         Some(ExecuteArg::Expr(_)) => Route::Unsupported(format!(
             "EXECUTE argument ${param} routes the statement and must be a constant"
@@ -509,6 +520,14 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                     return plan;
                 }
             }
+            if crate::standin::names_marker(toks) {
+                return Plan::new(
+                    Route::Unsupported(
+                        "a statement naming pgshard_symmetric or pgshard_exclude_* (names reserved by the router)".to_owned(),
+                    ),
+                    kind,
+                );
+            }
             return match parse_statement(text) {
                 Ok(stmts) => match stmts.as_slice() {
                     [] => Plan::new(Route::AnyShard, StatementKind::Empty),
@@ -539,11 +558,33 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                             .collect(),
                     ),
                 },
-                Err(err) => Plan::new(fallback(&first, toks, &kind, &err, catalog), kind),
+                Err(err) => match planned_from_stand_in(text, &kind, catalog) {
+                    Some(plan) => plan,
+                    None => Plan::new(fallback(&first, toks, &kind, &err, catalog), kind),
+                },
             };
         }
     };
     Plan::new(route, kind)
+}
+
+/// A statement sqlparser cannot parse, planned from its stand-in text when it has one
+/// and the plan's texts can be restored ([`crate::standin`]).
+fn planned_from_stand_in(text: &str, kind: &StatementKind, catalog: &Catalog) -> Option<Plan> {
+    let alt = crate::standin::stand_in(text)?;
+    let stmts = parse_statement(&alt).ok()?;
+    let [one] = stmts.as_slice() else {
+        return None;
+    };
+    let (route, null_key) = plan_ast(one, catalog);
+    Some(Plan {
+        route: crate::standin::restore_route(route)?,
+        kind: kind.clone(),
+        null_key,
+        statements: Vec::new(),
+        column_order: false,
+        replica_ok: false,
+    })
 }
 
 fn two_phase() -> Route {
@@ -694,12 +735,20 @@ fn execute(text: &str, toks: &[Token<'_>], i: usize) -> Route {
         for (arg_text, range) in split_args(text, toks, j, end) {
             let t: Vec<Tok<'_>> = toks[range].iter().map(|t| t.tok).collect();
             let arg = match t.as_slice() {
-                [Tok::Number(n)] => ExecuteArg::Literal((*n).to_owned()),
-                [Tok::Punct(b'-'), Tok::Number(n)] => ExecuteArg::Literal(format!("-{n}")),
-                [Tok::Punct(b'+'), Tok::Number(n)] => ExecuteArg::Literal((*n).to_owned()),
                 [s @ Tok::Str { .. }] => ExecuteArg::Literal(s.string_value().unwrap_or_default()),
                 [w] if w.is_word("null") => ExecuteArg::Null,
-                _ => ExecuteArg::Expr(arg_text.to_owned()),
+                [Tok::Punct(b'-'), Tok::Number(n)] if !crate::constant::is_integer(n) => {
+                    ExecuteArg::Numeric(format!("-{n}"))
+                }
+                [Tok::Punct(b'+'), Tok::Number(n)] | [Tok::Number(n)]
+                    if !crate::constant::is_integer(n) =>
+                {
+                    ExecuteArg::Numeric((*n).to_owned())
+                }
+                _ => match crate::constant::integer_expr(&t) {
+                    Some(v) => ExecuteArg::Literal(v.to_string()),
+                    None => ExecuteArg::Expr(arg_text.to_owned()),
+                },
             };
             args.push(arg);
         }
@@ -1175,10 +1224,12 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         && a.unsupported.is_none()
         && a.error.is_none()
         && !a.occs.is_empty();
+    // Into a distributed table, or into a reference table (its only write) from a
+    // source reading distributed tables.
     let insert_collectable = a.verb == "INSERT"
         && a.error.is_none()
-        && a.reference_writes.is_empty()
-        && a.insert_target.is_some();
+        && ((a.reference_writes.is_empty() && a.insert_target.is_some())
+            || (a.reference_writes.len() == 1 && a.insert_target.is_none() && !a.occs.is_empty()));
     let route = a.route_statement(Some(st));
     let route = match route {
         Route::Unsupported(reason) if collectable => collect_route(
