@@ -746,6 +746,8 @@ SELECT id FROM customers WHERE id = (SELECT 3);
 SELECT id FROM customers WHERE id = (SELECT id FROM customers WHERE name = 'carol again!');
 SELECT c FROM customers c WHERE id = 2;
 SELECT count(c) FROM customers c;
+SELECT c.tier, count(c), count(p) FROM customers c LEFT JOIN purchases p ON p.customer_id = c.id GROUP BY 1 ORDER BY 1 NULLS FIRST;
+SELECT count(customers) FROM customers WHERE tier IS NOT NULL HAVING count(customers) > 0;
 SELECT co.cname, count(*) FROM customers c JOIN countries co ON co.code = c.country GROUP BY co.cname HAVING count(*) > 1 ORDER BY 1;
 SELECT c.*, p.* FROM customers c JOIN purchases p ON p.customer_id = c.id WHERE c.id = 16 ORDER BY p.pid;
 INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (email) DO NOTHING;
