@@ -59,7 +59,8 @@ pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{
-    dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names, SplitQuery,
+    dropped_tables, execute_fanout, plan, prepared_fanout, route_execute, route_for_key,
+    statement_kind, table_names, SplitQuery,
 };
 pub use session::{begin_tag, session_command, statement_texts, SessionCommand};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};

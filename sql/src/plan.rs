@@ -173,6 +173,85 @@ pub fn route_for_key(plan: &Plan, key: Option<&KeyValue>, catalog: &Catalog) -> 
     }
 }
 
+/// True when an SQL-level prepared statement with this plan reads several shards: its
+/// PREPARE goes to one shard (PostgreSQL checks it there), and each EXECUTE is planned
+/// with [`execute_fanout`].
+pub fn prepared_fanout(prepared: &Plan) -> bool {
+    matches!(prepared.route, Route::Fanout(_))
+}
+
+/// The route of `EXECUTE name (args)` of a multi-shard read prepared by `prepare_text`
+/// (the whole `PREPARE` statement, see [`prepared_fanout`]): the prepared statement
+/// with each `$n` replaced by its argument as a constant of the declared parameter
+/// type, planned as a statement of its own (a fan-out). PostgreSQL evaluates EXECUTE's
+/// arguments once and coerces them to the parameter types; a constant cast to the type
+/// is the same value. An argument that is an expression (it might be volatile) or an
+/// undeclared parameter type is refused; a wrong argument count goes to a shard for
+/// PostgreSQL to report.
+pub fn execute_fanout(prepare_text: &str, args: &[ExecuteArg], catalog: &Catalog) -> Route {
+    let Route::Router(RouterCommand::Prepare {
+        statement,
+        param_types,
+        plan,
+        ..
+    }) = crate::plan(prepare_text, catalog).route
+    else {
+        return Route::Unsupported("EXECUTE of a statement prepared again differently".to_owned());
+    };
+    if !prepared_fanout(&plan) {
+        return route_execute(&plan, args, catalog);
+    }
+    if args.len() != param_types.len() {
+        return Route::AnyShard;
+    }
+    let mut values = Vec::with_capacity(args.len());
+    for (n, (arg, ty)) in args.iter().zip(&param_types).enumerate() {
+        let quoted = |v: &str| format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
+        values.push(match arg {
+            ExecuteArg::Literal(v) => format!("CAST({} AS {ty})", quoted(v)),
+            ExecuteArg::Numeric(v) => format!("CAST(CAST({} AS numeric) AS {ty})", quoted(v)),
+            ExecuteArg::Null => format!("CAST(NULL AS {ty})"),
+            ExecuteArg::Expr(_) => {
+                return Route::Unsupported(format!(
+                    "EXECUTE of a multi-shard statement with argument ${} an expression (only constants are written into the shards' statement)",
+                    n + 1
+                ))
+            }
+        });
+    }
+    let toks = tokens(&statement);
+    let mut text = String::with_capacity(statement.len() + 32);
+    let mut at = 0;
+    for t in &toks {
+        if let Tok::Param(n) = t.tok {
+            let Some(v) = values.get(n.wrapping_sub(1)) else {
+                return Route::AnyShard;
+            };
+            text.push_str(&statement[at..t.start]);
+            text.push('(');
+            text.push_str(v);
+            text.push(')');
+            at = t.end;
+        }
+    }
+    text.push_str(&statement[at..]);
+    match crate::plan(&text, catalog) {
+        Plan {
+            route: route @ Route::Fanout(_),
+            kind: StatementKind::Read,
+            ..
+        } => route,
+        Plan {
+            route: route @ (Route::Unsupported(_) | Route::Error(_)),
+            ..
+        } => route,
+        _ => Route::Unsupported(
+            "EXECUTE of a multi-shard statement that its arguments make another kind of statement"
+                .to_owned(),
+        ),
+    }
+}
+
 /// The route of an SQL-level `EXECUTE` of a statement prepared with plan `prepared`.
 pub fn route_execute(prepared: &Plan, args: &[ExecuteArg], catalog: &Catalog) -> Route {
     let Route::ShardByParam { param, key_type } = &prepared.route else {
@@ -684,7 +763,14 @@ fn prepare(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route
         return local;
     }
     let statement = text[toks[j].end..].trim().to_owned();
-    let plan = plan_text(&statement, "PREPARE", catalog);
+    // A multi-shard read is kept: EXECUTE runs it as a fan-out of its text with the
+    // arguments written in ([`execute_fanout`]). Other multi-shard statements are
+    // refused.
+    let nested = plan_nested(&statement, catalog);
+    let plan = match &nested.route {
+        Route::Fanout(f) if f.cursor.is_none() && nested.kind == StatementKind::Read => nested,
+        _ => plan_text(&statement, "PREPARE", catalog),
+    };
     Route::Router(RouterCommand::Prepare {
         name,
         param_types,

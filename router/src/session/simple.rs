@@ -301,7 +301,12 @@ where
                     return ControlFlow::Break(());
                 }
                 prepare = Some((name.clone(), (**inner).clone()));
-                inner.route.clone()
+                if pgshard_sql::prepared_fanout(inner) {
+                    // Checked and prepared by one shard; EXECUTE runs it on all.
+                    Route::Shard(self.ctx.catalog.current().local_shard)
+                } else {
+                    inner.route.clone()
+                }
             }
             Route::Router(RouterCommand::Execute { name, args }) => {
                 match self.sql_prepared.get(name) {
@@ -311,7 +316,12 @@ where
                     }
                     Some(p) => {
                         let catalog = self.ctx.catalog.current();
-                        pgshard_sql::route_execute(&p.plan_for(&catalog), args, &catalog)
+                        let prepared = p.plan_for(&catalog);
+                        if pgshard_sql::prepared_fanout(&prepared) {
+                            pgshard_sql::execute_fanout(&p.text, args, &catalog)
+                        } else {
+                            pgshard_sql::route_execute(&prepared, args, &catalog)
+                        }
                     }
                 }
             }
@@ -337,7 +347,22 @@ where
         in_txn: bool,
     ) -> Result<ControlFlow<()>, SessionError> {
         // Only a route planned for this very statement (not the body of PREPARE or
-        // EXECUTE, whose text is not `shard_sql`).
+        // EXECUTE, whose text is not `shard_sql`), or the EXECUTE of a multi-shard
+        // read, planned from its text with the arguments written in
+        // (`pgshard_sql::execute_fanout`).
+        let executed = matches!(
+            (route, &plan.route),
+            (
+                Route::Fanout(_),
+                Route::Router(RouterCommand::Execute { .. })
+            )
+        );
+        if let (Route::Fanout(f), true) = (route, executed) {
+            if f.shards.len() > 1 {
+                self.run_fanout(frame, f, in_txn, None).await?;
+                return Ok(ControlFlow::Break(()));
+            }
+        }
         match (route, &plan.route) {
             (Route::Fanout(f), Route::Fanout(_)) if f.cursor.is_some() && f.shards.len() > 1 => {
                 self.declare_cursor(frame, f, None).await?;
