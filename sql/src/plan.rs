@@ -599,6 +599,20 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                     return plan;
                 }
             }
+            // `CREATE TABLE … AS EXECUTE q`: the prepared statement may read several
+            // shards (a multi-shard read runs as a fan-out only as EXECUTE itself).
+            if first == "CREATE"
+                && toks
+                    .windows(2)
+                    .any(|w| w[0].tok.is_word("as") && w[1].tok.is_word("execute"))
+            {
+                return Plan::new(
+                    Route::Unsupported(
+                        "CREATE TABLE … AS EXECUTE (the prepared statement may read several shards)".to_owned(),
+                    ),
+                    kind,
+                );
+            }
             if crate::standin::names_marker(toks) {
                 return Plan::new(
                     Route::Unsupported(

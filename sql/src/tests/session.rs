@@ -521,3 +521,23 @@ fn explain() {
         StatementKind::Read
     );
 }
+
+#[test]
+fn create_table_as_execute_is_refused() {
+    // The prepared statement may be a multi-shard read, which runs as a fan-out only
+    // as EXECUTE itself; on one shard it would see that shard's rows.
+    let c = catalog();
+    for s in [
+        "CREATE TABLE t AS EXECUTE q('FR')",
+        "CREATE TEMP TABLE t (a) AS EXECUTE q",
+    ] {
+        assert!(
+            matches!(crate::plan(s, &c).route, Route::Unsupported(_)),
+            "{s}"
+        );
+    }
+    assert!(!matches!(
+        crate::plan("CREATE TABLE t AS SELECT 1", &c).route,
+        Route::Unsupported(_)
+    ));
+}
