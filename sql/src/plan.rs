@@ -183,7 +183,8 @@ pub fn prepared_fanout(prepared: &Plan) -> bool {
 /// The route of `EXECUTE name (args)` of a multi-shard read prepared by `prepare_text`
 /// (the whole `PREPARE` statement, see [`prepared_fanout`]): the prepared statement
 /// with each `$n` replaced by its argument as a constant of the declared parameter
-/// type, planned as a statement of its own (a fan-out). PostgreSQL evaluates EXECUTE's
+/// type, planned as a statement of its own (a fan-out, or the one shard the arguments
+/// pin it to, where the EXECUTE itself goes). PostgreSQL evaluates EXECUTE's
 /// arguments once and coerces them to the parameter types; a constant cast to the type
 /// is the same value. An argument that is an expression (it might be volatile) or an
 /// undeclared parameter type is refused; a wrong argument count goes to a shard for
@@ -238,6 +239,12 @@ pub fn execute_fanout(prepare_text: &str, args: &[ExecuteArg], catalog: &Catalog
     match crate::plan(&text, catalog) {
         Plan {
             route: route @ Route::Fanout(_),
+            kind: StatementKind::Read,
+            ..
+        } => route,
+        // The arguments pin it to one shard: the EXECUTE itself goes there.
+        Plan {
+            route: route @ Route::Shard(_),
             kind: StatementKind::Read,
             ..
         } => route,
