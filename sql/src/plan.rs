@@ -202,8 +202,25 @@ pub fn execute_fanout(prepare_text: &str, args: &[ExecuteArg], catalog: &Catalog
     if !prepared_fanout(&plan) {
         return route_execute(&plan, args, catalog);
     }
-    if args.len() != param_types.len() {
+    // PostgreSQL's count: the declared types, and any parameter used beyond them
+    // (its type inferred, and unknown here).
+    let toks = tokens(&statement);
+    let used = toks
+        .iter()
+        .filter_map(|t| match t.tok {
+            Tok::Param(n) => Some(n),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    if args.len() != used.max(param_types.len()) {
+        // PostgreSQL reports the wrong number of parameters.
         return Route::AnyShard;
+    }
+    if used > param_types.len() {
+        return Route::Unsupported(
+            "EXECUTE of a multi-shard statement whose PREPARE does not declare every parameter type".to_owned(),
+        );
     }
     let mut values = Vec::with_capacity(args.len());
     for (n, (arg, ty)) in args.iter().zip(&param_types).enumerate() {
@@ -220,7 +237,6 @@ pub fn execute_fanout(prepare_text: &str, args: &[ExecuteArg], catalog: &Catalog
             }
         });
     }
-    let toks = tokens(&statement);
     let mut text = String::with_capacity(statement.len() + 32);
     let mut at = 0;
     for t in &toks {

@@ -408,6 +408,7 @@ PREPARE by_country (text) AS SELECT id FROM customers WHERE country = $1 ORDER B
 EXECUTE by_country('FR');
 EXECUTE by_country(NULL);
 EXECUTE by_country('it''s');
+EXECUTE by_country('FR', 1);
 PREPARE tier_count (int, numeric) AS SELECT tier, count(*), sum(balance) FILTER (WHERE balance > $2) FROM customers WHERE tier >= $1 GROUP BY tier ORDER BY tier;
 EXECUTE tier_count(1 + 1, 0);
 EXECUTE tier_count(0, 2.5);

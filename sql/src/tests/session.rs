@@ -290,6 +290,26 @@ fn prepare_execute_deallocate() {
         crate::execute_fanout(text, &[lit("x")], &c),
         Route::AnyShard
     );
+    // A parameter type PostgreSQL infers is not known here: refused, never sent to
+    // one shard.
+    let inferred =
+        "PREPARE g (text) AS SELECT aid FROM accounts WHERE filler = $1 AND abalance > $2";
+    assert!(matches!(
+        crate::execute_fanout(inferred, &[lit("x"), lit("1")], &c),
+        Route::Unsupported(_)
+    ));
+    assert!(matches!(
+        crate::execute_fanout(
+            "PREPARE h AS SELECT aid FROM accounts WHERE filler = $1",
+            &[lit("x")],
+            &c
+        ),
+        Route::Unsupported(_)
+    ));
+    assert_eq!(
+        crate::execute_fanout(inferred, &[lit("x")], &c),
+        Route::AnyShard
+    );
 
     let exec = p("EXECUTE q(5, 'x', -3, NULL, now(), '5'::int, +4)");
     assert_eq!(exec.kind, StatementKind::Prepared);
