@@ -113,6 +113,11 @@ pub(crate) fn is_portable_function(parts: &[String]) -> bool {
     if schema.is_some_and(|s| s != "pg_catalog") {
         return false;
     }
+    // The markers of a stand-in text stand for SQL syntax, not calls (a statement
+    // that names one itself is refused, see `crate::standin`).
+    if schema.is_none() && crate::standin::is_marker(name) {
+        return true;
+    }
     matches!(
         name,
         // session and time

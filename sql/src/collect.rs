@@ -204,8 +204,9 @@ pub(crate) fn plan(
     })
 }
 
-/// The collect plan for `INSERT INTO distributed (columns) <source>` that the planner
-/// refused with `facts.reason` (see [`InsertStage`]); `Err` with the refusal to keep.
+/// The collect plan for `INSERT INTO distributed (columns) <source>`, or `INSERT INTO
+/// reference (columns) <source>` reading distributed tables, that the planner refused
+/// with `facts.reason` (see [`InsertStage`]); `Err` with the refusal to keep.
 pub(crate) fn plan_insert(
     st: &Statement,
     text: &str,
@@ -220,9 +221,12 @@ pub(crate) fn plan_insert(
     let sqlparser::ast::TableObject::TableName(name) = &ins.table else {
         return Err(reason.to_owned());
     };
-    let (TableClass::Distributed { key, .. }, table) = classify_table(catalog, &name_parts(name))
-    else {
-        return Err(reason.to_owned());
+    // Into a distributed table (rows split by key) or a reference table (every row to
+    // every shard: computed once here, so each shard gets the same values).
+    let (key, table) = match classify_table(catalog, &name_parts(name)) {
+        (TableClass::Distributed { key, .. }, table) => (Some(key), table),
+        (TableClass::Reference(_), table) => (None, table),
+        _ => return Err(reason.to_owned()),
     };
     let Some(source) = &ins.source else {
         return Err(reason.to_owned());
@@ -234,7 +238,11 @@ pub(crate) fn plan_insert(
         return keep("RETURNING");
     }
     let columns: Vec<String> = ins.columns.iter().map(fold_ident).collect();
-    if !columns.iter().any(|c| c == key) {
+    let names_key = match key {
+        Some(key) => columns.iter().any(|c| c == key),
+        None => !columns.is_empty(),
+    };
+    if !names_key {
         return Err(reason.to_owned());
     }
     // `DEFAULT` in VALUES would take the staging table's default (none).

@@ -512,6 +512,88 @@ fn order_exprs(q: &Query) -> Result<Vec<OrderByExpr>, String> {
     }
 }
 
+/// `count(r)` of a whole-row reference `r` (a relation of the FROM list) rewritten as
+/// `count(CASE WHEN r IS DISTINCT FROM NULL THEN 1 END)`: the same count (`count`
+/// counts the rows whose argument is not the null value; a whole row is null only
+/// where an outer join extends it, and `IS DISTINCT FROM NULL` tests the value, not its
+/// fields as `IS NOT NULL` would), and the same if `r` is in fact a column, but the
+/// shards send an integer the merge can handle instead of a row type it cannot name.
+/// `None` when there is nothing to rewrite.
+fn count_whole_rows(q: &Query) -> Option<Query> {
+    let SetExpr::Select(sel) = &*q.body else {
+        return None;
+    };
+    let mut names = Vec::new();
+    for twj in &sel.from {
+        for tf in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            match tf {
+                sqlparser::ast::TableFactor::Table { name, alias, .. } => match alias {
+                    Some(a) => names.push(fold_ident(&a.name)),
+                    None => names.extend(crate::parse::name_parts(name).last().cloned()),
+                },
+                sqlparser::ast::TableFactor::Derived { alias: Some(a), .. } => {
+                    names.push(fold_ident(&a.name));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = q.clone();
+    let mut r = CountWholeRows {
+        names: &names,
+        rewrote: false,
+    };
+    if let SetExpr::Select(sel) = &mut *out.body {
+        let _ = VisitMut::visit(&mut sel.projection, &mut r);
+        let _ = VisitMut::visit(&mut sel.having, &mut r);
+    }
+    let _ = VisitMut::visit(&mut out.order_by, &mut r);
+    r.rewrote.then_some(out)
+}
+
+struct CountWholeRows<'n> {
+    names: &'n [String],
+    rewrote: bool,
+}
+
+impl VisitorMut for CountWholeRows<'_> {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        let Expr::Function(f) = e else {
+            return ControlFlow::Continue(());
+        };
+        let is_count = matches!(f.name.0.as_slice(), [ObjectNamePart::Identifier(n)] if fold_ident(n) == "count");
+        if !is_count || f.over.is_some() {
+            return ControlFlow::Continue(());
+        }
+        let FunctionArguments::List(list) = &mut f.args else {
+            return ControlFlow::Continue(());
+        };
+        if list.duplicate_treatment.is_some() || !list.clauses.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        let [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))] = list.args.as_mut_slice() else {
+            return ControlFlow::Continue(());
+        };
+        let Expr::Identifier(id) = arg else {
+            return ControlFlow::Continue(());
+        };
+        if !self.names.contains(&fold_ident(id)) {
+            return ControlFlow::Continue(());
+        }
+        let text = format!("CASE WHEN {id} IS DISTINCT FROM NULL THEN 1 END");
+        let parsed = sqlparser::parser::Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_expr());
+        if let Ok(case) = parsed {
+            *arg = case;
+            self.rewrote = true;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 struct WritesFinder(bool);
 impl Visitor for WritesFinder {
     type Break = ();
@@ -550,6 +632,14 @@ pub(crate) fn plan_query(
     if w.0 {
         return Err("data-modifying statement in WITH of a multi-shard query".to_owned());
     }
+    let counted;
+    let q = match count_whole_rows(q) {
+        Some(r) => {
+            counted = r;
+            &counted
+        }
+        None => q,
+    };
     let SetExpr::Select(sel) = &*q.body else {
         return Err(format!(
             "{} across shards",

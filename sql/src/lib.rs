@@ -32,6 +32,7 @@
 
 mod classify;
 pub mod collect;
+mod constant;
 mod constraints;
 pub mod copy;
 pub mod cursor;
@@ -43,6 +44,7 @@ pub mod replicated;
 mod route;
 pub mod session;
 mod split;
+mod standin;
 
 #[cfg(test)]
 mod tests;
@@ -57,7 +59,8 @@ pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{
-    dropped_tables, plan, route_execute, route_for_key, statement_kind, table_names, SplitQuery,
+    dropped_tables, execute_fanout, plan, prepared_fanout, route_execute, route_for_key,
+    statement_kind, table_names, SplitQuery,
 };
 pub use session::{begin_tag, session_command, statement_texts, SessionCommand};
 pub use split::{columns_needed, plan_with_columns, renumber_params, split_insert_rows};
@@ -234,8 +237,14 @@ pub enum RouterCommand {
 /// One argument of an SQL-level `EXECUTE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecuteArg {
-    /// A constant: a number (with its sign) or the value of a string literal.
+    /// A constant: an integer (with its sign, written as PostgreSQL prints it; also
+    /// the value of a constant integer expression such as `1 + 2`) or the value of a
+    /// string literal.
     Literal(String),
+    /// A number constant that is not an integer (`3.0`, `-2.5`, `1e3`), as written
+    /// with its sign: PostgreSQL types it `numeric` and rounds it when the parameter
+    /// is an integer.
+    Numeric(String),
     /// `NULL`.
     Null,
     /// Any other expression, as written.

@@ -173,6 +173,108 @@ pub fn route_for_key(plan: &Plan, key: Option<&KeyValue>, catalog: &Catalog) -> 
     }
 }
 
+/// True when an SQL-level prepared statement with this plan reads several shards: its
+/// PREPARE goes to one shard (PostgreSQL checks it there), and each EXECUTE is planned
+/// with [`execute_fanout`].
+pub fn prepared_fanout(prepared: &Plan) -> bool {
+    matches!(prepared.route, Route::Fanout(_))
+}
+
+/// The route of `EXECUTE name (args)` of a multi-shard read prepared by `prepare_text`
+/// (the whole `PREPARE` statement, see [`prepared_fanout`]): the prepared statement
+/// with each `$n` replaced by its argument as a constant of the declared parameter
+/// type, planned as a statement of its own (a fan-out, or the one shard the arguments
+/// pin it to, where the EXECUTE itself goes). PostgreSQL evaluates EXECUTE's
+/// arguments once and coerces them to the parameter types; a constant cast to the type
+/// is the same value. An argument that is an expression (it might be volatile) or an
+/// undeclared parameter type is refused; a wrong argument count goes to a shard for
+/// PostgreSQL to report.
+pub fn execute_fanout(prepare_text: &str, args: &[ExecuteArg], catalog: &Catalog) -> Route {
+    let Route::Router(RouterCommand::Prepare {
+        statement,
+        param_types,
+        plan,
+        ..
+    }) = crate::plan(prepare_text, catalog).route
+    else {
+        return Route::Unsupported("EXECUTE of a statement prepared again differently".to_owned());
+    };
+    if !prepared_fanout(&plan) {
+        return route_execute(&plan, args, catalog);
+    }
+    // PostgreSQL's count: the declared types, and any parameter used beyond them
+    // (its type inferred, and unknown here).
+    let toks = tokens(&statement);
+    let used = toks
+        .iter()
+        .filter_map(|t| match t.tok {
+            Tok::Param(n) => Some(n),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    if args.len() != used.max(param_types.len()) {
+        // PostgreSQL reports the wrong number of parameters.
+        return Route::AnyShard;
+    }
+    if used > param_types.len() {
+        return Route::Unsupported(
+            "EXECUTE of a multi-shard statement whose PREPARE does not declare every parameter type".to_owned(),
+        );
+    }
+    let mut values = Vec::with_capacity(args.len());
+    for (n, (arg, ty)) in args.iter().zip(&param_types).enumerate() {
+        let quoted = |v: &str| format!("E'{}'", v.replace('\\', "\\\\").replace('\'', "''"));
+        values.push(match arg {
+            ExecuteArg::Literal(v) => format!("CAST({} AS {ty})", quoted(v)),
+            ExecuteArg::Numeric(v) => format!("CAST(CAST({} AS numeric) AS {ty})", quoted(v)),
+            ExecuteArg::Null => format!("CAST(NULL AS {ty})"),
+            ExecuteArg::Expr(_) => {
+                return Route::Unsupported(format!(
+                    "EXECUTE of a multi-shard statement with argument ${} an expression (only constants are written into the shards' statement)",
+                    n + 1
+                ))
+            }
+        });
+    }
+    let mut text = String::with_capacity(statement.len() + 32);
+    let mut at = 0;
+    for t in &toks {
+        if let Tok::Param(n) = t.tok {
+            let Some(v) = values.get(n.wrapping_sub(1)) else {
+                return Route::AnyShard;
+            };
+            text.push_str(&statement[at..t.start]);
+            text.push('(');
+            text.push_str(v);
+            text.push(')');
+            at = t.end;
+        }
+    }
+    text.push_str(&statement[at..]);
+    match crate::plan(&text, catalog) {
+        Plan {
+            route: route @ Route::Fanout(_),
+            kind: StatementKind::Read,
+            ..
+        } => route,
+        // The arguments pin it to one shard: the EXECUTE itself goes there.
+        Plan {
+            route: route @ Route::Shard(_),
+            kind: StatementKind::Read,
+            ..
+        } => route,
+        Plan {
+            route: route @ (Route::Unsupported(_) | Route::Error(_)),
+            ..
+        } => route,
+        _ => Route::Unsupported(
+            "EXECUTE of a multi-shard statement that its arguments make another kind of statement"
+                .to_owned(),
+        ),
+    }
+}
+
 /// The route of an SQL-level `EXECUTE` of a statement prepared with plan `prepared`.
 pub fn route_execute(prepared: &Plan, args: &[ExecuteArg], catalog: &Catalog) -> Route {
     let Route::ShardByParam { param, key_type } = &prepared.route else {
@@ -183,6 +285,17 @@ pub fn route_execute(prepared: &Plan, args: &[ExecuteArg], catalog: &Catalog) ->
             Some(k) => route_for_key(prepared, Some(&k), catalog),
             None => Route::Unsupported(format!(
                 "EXECUTE argument ${param} is not a {key_type} constant, so its shard is unknown"
+            )),
+        },
+        Some(ExecuteArg::Numeric(text)) => match crate::constant::round_numeric(text) {
+            Some(n) if key_type.is_integer() => match key_from_literal(&n.to_string(), *key_type) {
+                Some(k) => route_for_key(prepared, Some(&k), catalog),
+                None => Route::Unsupported(format!(
+                    "EXECUTE argument ${param} is out of the range of {key_type}, so its shard is unknown"
+                )),
+            },
+            _ => Route::Unsupported(format!(
+                "EXECUTE argument ${param} is a numeric constant routing a {key_type} key"
             )),
         },
         Some(ExecuteArg::Null) => route_for_key(prepared, None, catalog),
@@ -509,6 +622,28 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                     return plan;
                 }
             }
+            // `CREATE TABLE … AS EXECUTE q`: the prepared statement may read several
+            // shards (a multi-shard read runs as a fan-out only as EXECUTE itself).
+            if first == "CREATE"
+                && toks
+                    .windows(2)
+                    .any(|w| w[0].tok.is_word("as") && w[1].tok.is_word("execute"))
+            {
+                return Plan::new(
+                    Route::Unsupported(
+                        "CREATE TABLE … AS EXECUTE (the prepared statement may read several shards)".to_owned(),
+                    ),
+                    kind,
+                );
+            }
+            if crate::standin::names_marker(toks) {
+                return Plan::new(
+                    Route::Unsupported(
+                        "a statement naming pgshard_symmetric or pgshard_exclude_* (names reserved by the router)".to_owned(),
+                    ),
+                    kind,
+                );
+            }
             return match parse_statement(text) {
                 Ok(stmts) => match stmts.as_slice() {
                     [] => Plan::new(Route::AnyShard, StatementKind::Empty),
@@ -539,11 +674,33 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                             .collect(),
                     ),
                 },
-                Err(err) => Plan::new(fallback(&first, toks, &kind, &err, catalog), kind),
+                Err(err) => match planned_from_stand_in(text, &kind, catalog) {
+                    Some(plan) => plan,
+                    None => Plan::new(fallback(&first, toks, &kind, &err, catalog), kind),
+                },
             };
         }
     };
     Plan::new(route, kind)
+}
+
+/// A statement sqlparser cannot parse, planned from its stand-in text when it has one
+/// and the plan's texts can be restored ([`crate::standin`]).
+fn planned_from_stand_in(text: &str, kind: &StatementKind, catalog: &Catalog) -> Option<Plan> {
+    let alt = crate::standin::stand_in(text)?;
+    let stmts = parse_statement(&alt).ok()?;
+    let [one] = stmts.as_slice() else {
+        return None;
+    };
+    let (route, null_key) = plan_ast(one, catalog);
+    Some(Plan {
+        route: crate::standin::restore_route(route)?,
+        kind: kind.clone(),
+        null_key,
+        statements: Vec::new(),
+        column_order: false,
+        replica_ok: false,
+    })
 }
 
 fn two_phase() -> Route {
@@ -643,7 +800,14 @@ fn prepare(text: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Route
         return local;
     }
     let statement = text[toks[j].end..].trim().to_owned();
-    let plan = plan_text(&statement, "PREPARE", catalog);
+    // A multi-shard read is kept: EXECUTE runs it as a fan-out of its text with the
+    // arguments written in ([`execute_fanout`]). Other multi-shard statements are
+    // refused.
+    let nested = plan_nested(&statement, catalog);
+    let plan = match &nested.route {
+        Route::Fanout(f) if f.cursor.is_none() && nested.kind == StatementKind::Read => nested,
+        _ => plan_text(&statement, "PREPARE", catalog),
+    };
     Route::Router(RouterCommand::Prepare {
         name,
         param_types,
@@ -694,12 +858,20 @@ fn execute(text: &str, toks: &[Token<'_>], i: usize) -> Route {
         for (arg_text, range) in split_args(text, toks, j, end) {
             let t: Vec<Tok<'_>> = toks[range].iter().map(|t| t.tok).collect();
             let arg = match t.as_slice() {
-                [Tok::Number(n)] => ExecuteArg::Literal((*n).to_owned()),
-                [Tok::Punct(b'-'), Tok::Number(n)] => ExecuteArg::Literal(format!("-{n}")),
-                [Tok::Punct(b'+'), Tok::Number(n)] => ExecuteArg::Literal((*n).to_owned()),
                 [s @ Tok::Str { .. }] => ExecuteArg::Literal(s.string_value().unwrap_or_default()),
                 [w] if w.is_word("null") => ExecuteArg::Null,
-                _ => ExecuteArg::Expr(arg_text.to_owned()),
+                [Tok::Punct(b'-'), Tok::Number(n)] if !crate::constant::is_integer(n) => {
+                    ExecuteArg::Numeric(format!("-{n}"))
+                }
+                [Tok::Punct(b'+'), Tok::Number(n)] | [Tok::Number(n)]
+                    if !crate::constant::is_integer(n) =>
+                {
+                    ExecuteArg::Numeric((*n).to_owned())
+                }
+                _ => match crate::constant::integer_expr(&t) {
+                    Some(v) => ExecuteArg::Literal(v.to_string()),
+                    None => ExecuteArg::Expr(arg_text.to_owned()),
+                },
             };
             args.push(arg);
         }
@@ -1175,10 +1347,12 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         && a.unsupported.is_none()
         && a.error.is_none()
         && !a.occs.is_empty();
+    // Into a distributed table, or into a reference table (its only write) from a
+    // source reading distributed tables.
     let insert_collectable = a.verb == "INSERT"
         && a.error.is_none()
-        && a.reference_writes.is_empty()
-        && a.insert_target.is_some();
+        && ((a.reference_writes.is_empty() && a.insert_target.is_some())
+            || (a.reference_writes.len() == 1 && a.insert_target.is_none() && !a.occs.is_empty()));
     let route = a.route_statement(Some(st));
     let route = match route {
         Route::Unsupported(reason) if collectable => collect_route(

@@ -199,11 +199,13 @@ INSERT INTO purchases (customer_id, pid, amount) SELECT customer_id, pid + 100, 
 INSERT INTO countries (code, cname) SELECT 'C' || id, name FROM customers WHERE id = 1;
 INSERT INTO countries (code, cname, eu) SELECT 'ZZ', 'Nowhere', false;
 INSERT INTO scratch (k, v) SELECT code, 1 FROM countries WHERE code LIKE 'F%';
--- pgshard refuses (0A000) the reference-table INSERT reading a distributed table:
--- undo it on PostgreSQL so the later statements compare the same data. The INSERT …
--- SELECTs into distributed tables are staged and copied to their shards by pgshard;
--- their rows are compared, then removed on both.
--- @plain: DELETE FROM countries WHERE code = 'C1';
+-- The INSERT … SELECTs into distributed tables, and into the reference table from a
+-- distributed one, are staged and copied to their shards by pgshard; their rows are
+-- compared, then removed on both.
+INSERT INTO countries (code, cname, eu) SELECT 'D' || id, upper(name), vip FROM customers WHERE tier >= 2;
+INSERT INTO countries (code, cname) SELECT 'P' || count(*), 'purchases' FROM purchases;
+SELECT * FROM countries WHERE code ~ '^[CDP][0-9]' ORDER BY code;
+DELETE FROM countries WHERE code ~ '^[CDP][0-9]';
 SELECT customer_id, pid, amount, status FROM purchases WHERE pid >= 90 ORDER BY 1, 2;
 SELECT k, v FROM scratch WHERE k LIKE 'F%' ORDER BY k;
 DELETE FROM purchases WHERE pid >= 90;
@@ -403,11 +405,23 @@ EXECUTE get_c(3);
 EXECUTE get_c(4);
 EXECUTE get_c(NULL);
 PREPARE by_country (text) AS SELECT id FROM customers WHERE country = $1 ORDER BY id;
--- (refused above, so no EXECUTE: PostgreSQL has the statement, pgshard does not)
+EXECUTE by_country('FR');
+EXECUTE by_country(NULL);
+EXECUTE by_country('it''s');
+EXECUTE by_country('FR', 1);
+PREPARE tier_count (int, numeric) AS SELECT tier, count(*), sum(balance) FILTER (WHERE balance > $2) FROM customers WHERE tier >= $1 GROUP BY tier ORDER BY tier;
+EXECUTE tier_count(1 + 1, 0);
+EXECUTE tier_count(0, 2.5);
+EXECUTE tier_count(1);
 PREPARE ins_c (bigint, text) AS INSERT INTO customers (id, name) VALUES ($1, $2) RETURNING id, name;
 EXECUTE ins_c(500, 'prepared');
 EXECUTE ins_c(500, 'prepared again');
 PREPARE cnt AS SELECT count(*) FROM purchases;
+EXECUTE cnt;
+PREPARE two (bigint) AS SELECT id, name FROM customers WHERE id IN ($1, 3) ORDER BY id;
+EXECUTE two(3);
+EXECUTE two(4);
+DEALLOCATE two;
 DEALLOCATE get_c;
 EXECUTE get_c(1);
 DEALLOCATE ALL;
@@ -605,6 +619,17 @@ SELECT id, "name" AS "Name", name AS "select", tier AS "order" FROM "customers" 
 SELECT * FROM ONLY customers ORDER BY id LIMIT 2;
 TABLE countries;
 SELECT customer_id, pid, sum(amount) OVER (PARTITION BY customer_id ORDER BY pid ROWS BETWEEN 1 PRECEDING AND CURRENT ROW) AS a, count(*) OVER (PARTITION BY customer_id ORDER BY at RANGE BETWEEN INTERVAL '7 days' PRECEDING AND CURRENT ROW) AS b, sum(pid) OVER (PARTITION BY customer_id ORDER BY pid GROUPS BETWEEN CURRENT ROW AND 1 FOLLOWING EXCLUDE CURRENT ROW) AS c FROM purchases ORDER BY 1, 2;
+-- Syntax sqlparser cannot parse, planned through a stand-in text and sent as written
+-- (BETWEEN SYMMETRIC, trim without characters, window frame exclusions; issue 15).
+SELECT id, tier BETWEEN SYMMETRIC 3 AND 1 AS c FROM customers ORDER BY tier BETWEEN SYMMETRIC 3 AND 1, id;
+SELECT count(*) FILTER (WHERE tier BETWEEN SYMMETRIC 2 AND 1) AS a, sum(id) FILTER (WHERE id NOT BETWEEN SYMMETRIC 10 AND 5) AS b FROM customers;
+SELECT tier BETWEEN SYMMETRIC 1 AND 0, count(*) FROM customers GROUP BY 1 ORDER BY 1 NULLS FIRST;
+SELECT id, name FROM customers WHERE id BETWEEN SYMMETRIC 8 AND 3 ORDER BY id LIMIT 3;
+SELECT id, name FROM customers WHERE id = 4 AND tier NOT BETWEEN SYMMETRIC 5 AND 2;
+SELECT id, trim(TRAILING FROM name || '  ') AS t, trim(BOTH FROM '  ' || name) AS u, trim(LEADING FROM name) FROM customers ORDER BY id;
+SELECT customer_id, pid, sum(pid) OVER (PARTITION BY customer_id ORDER BY pid ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING EXCLUDE TIES) AS t, count(*) OVER (PARTITION BY customer_id ORDER BY pid GROUPS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE GROUP) AS g FROM purchases ORDER BY 1, 2;
+SELECT customer_id, max(pid) OVER w AS m FROM purchases WINDOW w AS (PARTITION BY customer_id ORDER BY pid ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE NO OTHERS) ORDER BY 1, 2;
+SELECT pid, sum(pid) OVER (PARTITION BY customer_id ORDER BY pid ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE CURRENT ROW) AS s FROM purchases WHERE customer_id = 16 ORDER BY pid;
 SELECT id FROM customers ORDER BY id OFFSET 2 ROWS FETCH FIRST 3 ROWS ONLY;
 SELECT id FROM customers ORDER BY id FETCH FIRST ROW ONLY;
 SELECT id FROM customers ORDER BY id LIMIT NULL;
@@ -655,6 +680,10 @@ EXECUTE get_c2('3');
 EXECUTE get_c2(1 + 2);
 EXECUTE get_c2(3.0);
 EXECUTE get_c2(99999);
+EXECUTE get_c2(2 * 3 - 1);
+EXECUTE get_c2(-(-4) + 0);
+EXECUTE get_c2(4.5);
+EXECUTE get_c2(-0.4);
 DEALLOCATE PREPARE get_c2;
 DEALLOCATE upd_tier;
 
@@ -729,6 +758,8 @@ SELECT id FROM customers WHERE id = (SELECT 3);
 SELECT id FROM customers WHERE id = (SELECT id FROM customers WHERE name = 'carol again!');
 SELECT c FROM customers c WHERE id = 2;
 SELECT count(c) FROM customers c;
+SELECT c.tier, count(c), count(p) FROM customers c LEFT JOIN purchases p ON p.customer_id = c.id GROUP BY 1 ORDER BY 1 NULLS FIRST;
+SELECT count(customers) FROM customers WHERE tier IS NOT NULL HAVING count(customers) > 0;
 SELECT co.cname, count(*) FROM customers c JOIN countries co ON co.code = c.country GROUP BY co.cname HAVING count(*) > 1 ORDER BY 1;
 SELECT c.*, p.* FROM customers c JOIN purchases p ON p.customer_id = c.id WHERE c.id = 16 ORDER BY p.pid;
 INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (email) DO NOTHING;
@@ -768,6 +799,9 @@ DROP INDEX scratch_v;
 SELECT count(*) FROM scratch WHERE v > 5004;
 -- Multi-statement query strings.
 SELECT count(*) FROM customers; SELECT count(*) FROM purchases;
+SELECT id, name FROM customers ORDER BY id LIMIT 3; SELECT customer_id, sum(amount) FROM purchases GROUP BY 1 ORDER BY 1; SELECT count(*) FROM events;
+SELECT count(*) FROM customers; SELECT nosuch FROM purchases; SELECT count(*) FROM events;
+SELECT id FROM customers WHERE tier > 1 ORDER BY id; SELECT customer_id FROM purchases WHERE amount / 0 > 1;
 SELECT 1 AS a; SELECT id FROM customers WHERE id = 4;
 -- Locking reads.
 SELECT id FROM customers WHERE id = 4 FOR UPDATE;

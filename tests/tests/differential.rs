@@ -141,6 +141,9 @@ fn no_wrong_answers(report: &diff::Report, min_same: usize) {
     );
 }
 
+/// The app corpus statements pgshard may still refuse (0A000).
+const MAX_APP_REFUSALS: usize = 18;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_shard_corpus() -> anyhow::Result<()> {
     let tables = vec![
@@ -202,6 +205,13 @@ async fn app_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
     ];
     let report = run_corpus("app.sql", tables.clone()).await?;
     no_wrong_answers(&report, 150);
+    // Issue 15: at most 3 % of the app corpus refused, each refusal listed with why in
+    // README.md ("Still refused"). Lower this as refusals go.
+    assert!(
+        report.unsupported.len() <= MAX_APP_REFUSALS,
+        "more than {MAX_APP_REFUSALS} app corpus statements refused:\n{}",
+        report.summary()
+    );
     extended_modes("app.sql", tables, &report).await?;
     Ok(())
 }

@@ -511,15 +511,21 @@ where
                 if self.sql_prepared.contains_key(name) {
                     return Err(SessionError::DuplicateStatement(name.clone()));
                 }
+                if pgshard_sql::prepared_fanout(plan) {
+                    // Checked and prepared by one shard; EXECUTE runs it on all.
+                    return Ok(Route::Shard(catalog.local_shard));
+                }
                 Ok(plan.route.clone())
             }
             RouterCommand::Execute { name, args } => match self.sql_prepared.get(name) {
                 None => Err(SessionError::UnknownStatement(name.clone())),
-                Some(p) => Ok(pgshard_sql::route_execute(
-                    &p.plan_for(catalog),
-                    args,
-                    catalog,
-                )),
+                Some(p) => {
+                    let prepared = p.plan_for(catalog);
+                    Ok(match pgshard_sql::prepared_fanout(&prepared) {
+                        true => pgshard_sql::execute_fanout(&p.text, args, catalog),
+                        false => pgshard_sql::route_execute(&prepared, args, catalog),
+                    })
+                }
             },
             other => Ok(Route::Router(other.clone())),
         }
@@ -642,6 +648,36 @@ where
         if let Route::Fanout(plan) = &stmt.plan.route {
             if plan.shards.len() > 1 && self.shard_override.is_none() {
                 return self.bind_fanout(bind, &stmt, plan);
+            }
+        }
+        // EXECUTE of a multi-shard read: a fan-out of the prepared text with the
+        // arguments written in (`pgshard_sql::execute_fanout`).
+        if let Route::Router(cmd @ RouterCommand::Execute { .. }) = &stmt.plan.route {
+            let catalog = self.ctx.catalog.current();
+            let route = self.sql_level_route(cmd, &catalog);
+            if let (Ok(Route::Fanout(plan)), None) = (&route, self.shard_override) {
+                if plan.shards.len() > 1 {
+                    // Its own digest: the shard statements (and their column counts)
+                    // depend on the arguments and on what the name is prepared as.
+                    let digest = {
+                        use std::hash::{Hash, Hasher};
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        plan.shard_sql.hash(&mut h);
+                        stmt.digest ^ h.finish()
+                    };
+                    let executed = Arc::new(Stmt {
+                        key: stmt.key.clone(),
+                        digest,
+                        unnamed: stmt.unnamed,
+                        plan: pgshard_sql::Plan {
+                            route: Route::Fanout(plan.clone()),
+                            ..stmt.plan.clone()
+                        },
+                        catalog_version: stmt.catalog_version,
+                        command: stmt.command.clone(),
+                    });
+                    return self.bind_fanout(bind, &executed, plan);
+                }
             }
         }
         let mut hold = crate::hold::FrozenHold::new();

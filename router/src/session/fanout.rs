@@ -476,6 +476,10 @@ where
                 encode_ready(&mut self.out, s);
             }
             Ending::Fallback(m) => self.fail_simple(SessionError::Unsupported(m)),
+            // One of several statements of a Query string: the last one says ready.
+            Ending::Ready if !shard_failed && self.ready_held.is_some() => {
+                self.ready_held = Some(true);
+            }
             Ending::Ready => {
                 let s = self.client_status();
                 encode_ready(&mut self.out, s);

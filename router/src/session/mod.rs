@@ -304,6 +304,10 @@ pub struct Session<R, W> {
     pub(crate) txn: TxnState,
     /// A client message waiting until the attached backend has answered everything.
     pub(crate) deferred: Option<Frame>,
+    /// Set while a Query string's multi-shard reads run one by one (see
+    /// `run_reads_one_by_one`): a fan-out that answers without error leaves out its
+    /// ReadyForQuery and sets this to `Some(true)`.
+    pub(crate) ready_held: Option<bool>,
     pub(crate) skip_until_sync: bool,
     /// The statement whose ParseComplete rides on its (deferred) prepare.
     pub(crate) parse_ack: Option<String>,
@@ -388,6 +392,7 @@ where
             attached: None,
             txn: TxnState::default(),
             deferred: None,
+            ready_held: None,
             skip_until_sync: false,
             parse_ack: None,
             shard_override: None,

@@ -72,6 +72,11 @@ where
             return Ok(());
         };
         self.pending_write |= !plan.replica_ok;
+        if !in_txn && self.shard_override.is_none() {
+            if let Some(reads) = multi_shard_reads(&plan) {
+                return self.run_reads_one_by_one(frame, &reads).await;
+            }
+        }
         let ControlFlow::Continue((route, prepare)) = self.query_route(&plan, in_txn).await else {
             return Ok(());
         };
@@ -84,6 +89,43 @@ where
         }
         self.forward_query(frame, &stmts, cmd, &plan, &route, prepare)
             .await
+    }
+
+    /// Several multi-shard reads in one Query string, outside a transaction block, run
+    /// one after the other as PostgreSQL runs them: each one's rows and command tag,
+    /// one ReadyForQuery at the end, and nothing after the first error. (They would
+    /// share PostgreSQL's implicit transaction; reads change nothing, and a multi-shard
+    /// read has no global snapshot either way.)
+    async fn run_reads_one_by_one(
+        &mut self,
+        frame: &Frame,
+        reads: &[&pgshard_sql::FanoutPlan],
+    ) -> Result<(), SessionError> {
+        for (i, f) in reads.iter().enumerate() {
+            let last = i + 1 == reads.len();
+            // A fan-out may wait for the attached backend by deferring the whole Query:
+            // only the first statement can (nothing has been answered yet).
+            let busy = self
+                .attached
+                .as_ref()
+                .is_some_and(|a| !a.expects.is_empty());
+            if i > 0 && busy {
+                self.fail_simple(SessionError::Unsupported(
+                    "a multi-statement query whose statements wait for a busy backend".to_owned(),
+                ));
+                break;
+            }
+            self.ready_held = (!last).then_some(false);
+            let ran = self.run_fanout(frame, f, false, None).await;
+            let held = self.ready_held.take();
+            ran?;
+            // Anything but a clean answer ended the Query (its ReadyForQuery is out) or
+            // deferred it (to run again whole).
+            if !last && held != Some(true) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// True inside a transaction block (virtual, or open on the attached backend).
@@ -259,7 +301,12 @@ where
                     return ControlFlow::Break(());
                 }
                 prepare = Some((name.clone(), (**inner).clone()));
-                inner.route.clone()
+                if pgshard_sql::prepared_fanout(inner) {
+                    // Checked and prepared by one shard; EXECUTE runs it on all.
+                    Route::Shard(self.ctx.catalog.current().local_shard)
+                } else {
+                    inner.route.clone()
+                }
             }
             Route::Router(RouterCommand::Execute { name, args }) => {
                 match self.sql_prepared.get(name) {
@@ -269,7 +316,12 @@ where
                     }
                     Some(p) => {
                         let catalog = self.ctx.catalog.current();
-                        pgshard_sql::route_execute(&p.plan_for(&catalog), args, &catalog)
+                        let prepared = p.plan_for(&catalog);
+                        if pgshard_sql::prepared_fanout(&prepared) {
+                            pgshard_sql::execute_fanout(&p.text, args, &catalog)
+                        } else {
+                            pgshard_sql::route_execute(&prepared, args, &catalog)
+                        }
                     }
                 }
             }
@@ -295,7 +347,22 @@ where
         in_txn: bool,
     ) -> Result<ControlFlow<()>, SessionError> {
         // Only a route planned for this very statement (not the body of PREPARE or
-        // EXECUTE, whose text is not `shard_sql`).
+        // EXECUTE, whose text is not `shard_sql`), or the EXECUTE of a multi-shard
+        // read, planned from its text with the arguments written in
+        // (`pgshard_sql::execute_fanout`).
+        let executed = matches!(
+            (route, &plan.route),
+            (
+                Route::Fanout(_),
+                Route::Router(RouterCommand::Execute { .. })
+            )
+        );
+        if let (Route::Fanout(f), true) = (route, executed) {
+            if f.shards.len() > 1 {
+                self.run_fanout(frame, f, in_txn, None).await?;
+                return Ok(ControlFlow::Break(()));
+            }
+        }
         match (route, &plan.route) {
             (Route::Fanout(f), Route::Fanout(_)) if f.cursor.is_some() && f.shards.len() > 1 => {
                 self.declare_cursor(frame, f, None).await?;
@@ -780,4 +847,27 @@ enum AllShards {
     /// The statement cannot run in a transaction block: nothing was changed and nothing
     /// answered; run it again without one.
     NotInTransaction,
+}
+
+/// The statements of a multi-statement Query string when each is a multi-shard read
+/// the router merges (no locking, no write, no cursor): run one by one
+/// (`run_reads_one_by_one`) instead of refused as a whole.
+fn multi_shard_reads(plan: &Plan) -> Option<Vec<&pgshard_sql::FanoutPlan>> {
+    if plan.statements.len() < 2 || !matches!(plan.route, Route::Unsupported(_)) {
+        return None;
+    }
+    plan.statements
+        .iter()
+        .map(|p| match &p.route {
+            Route::Fanout(f)
+                if p.kind == pgshard_sql::StatementKind::Read
+                    && p.replica_ok
+                    && f.shards.len() > 1
+                    && f.cursor.is_none() =>
+            {
+                Some(f)
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -259,9 +259,56 @@ fn prepare_execute_deallocate() {
     assert!(
         matches!(&simple.route, Route::Router(RouterCommand::Prepare { plan, param_types, .. }) if plan.route == Route::AnyShard && param_types.is_empty())
     );
-    let unsup = p("PREPARE s AS SELECT * FROM accounts");
+    // A multi-shard read is kept for EXECUTE to run as a fan-out with its arguments
+    // written in; a multi-shard write is still refused.
+    let fanout = p("PREPARE s AS SELECT * FROM accounts");
+    assert!(
+        matches!(&fanout.route, Route::Router(RouterCommand::Prepare { plan, .. }) if crate::prepared_fanout(plan))
+    );
+    let unsup = p("PREPARE s AS UPDATE accounts SET abalance = 0");
     assert!(
         matches!(&unsup.route, Route::Router(RouterCommand::Prepare { plan, .. }) if matches!(plan.route, Route::Unsupported(_)))
+    );
+    let c = catalog();
+    let text = "PREPARE f (text, int) AS SELECT aid FROM accounts WHERE filler = $1 AND abalance > $2 ORDER BY aid";
+    let lit = |s: &str| ExecuteArg::Literal(s.into());
+    match crate::execute_fanout(text, &[lit("it's \\"), lit("5")], &c) {
+        Route::Fanout(f) => assert!(
+            f.shard_sql.contains(r"(CAST(E'it\'s \\' AS TEXT))")
+                && f.shard_sql.contains("(CAST(E'5' AS INT))"),
+            "{}",
+            f.shard_sql
+        ),
+        r => panic!("{r:?}"),
+    }
+    assert!(matches!(
+        crate::execute_fanout(text, &[lit("x"), ExecuteArg::Expr("random()".into())], &c),
+        Route::Unsupported(_)
+    ));
+    // PostgreSQL reports a wrong argument count.
+    assert_eq!(
+        crate::execute_fanout(text, &[lit("x")], &c),
+        Route::AnyShard
+    );
+    // A parameter type PostgreSQL infers is not known here: refused, never sent to
+    // one shard.
+    let inferred =
+        "PREPARE g (text) AS SELECT aid FROM accounts WHERE filler = $1 AND abalance > $2";
+    assert!(matches!(
+        crate::execute_fanout(inferred, &[lit("x"), lit("1")], &c),
+        Route::Unsupported(_)
+    ));
+    assert!(matches!(
+        crate::execute_fanout(
+            "PREPARE h AS SELECT aid FROM accounts WHERE filler = $1",
+            &[lit("x")],
+            &c
+        ),
+        Route::Unsupported(_)
+    ));
+    assert_eq!(
+        crate::execute_fanout(inferred, &[lit("x")], &c),
+        Route::AnyShard
     );
 
     let exec = p("EXECUTE q(5, 'x', -3, NULL, now(), '5'::int, +4)");
@@ -493,4 +540,24 @@ fn explain() {
         kind("EXPLAIN (ANALYZE false) DELETE FROM misc"),
         StatementKind::Read
     );
+}
+
+#[test]
+fn create_table_as_execute_is_refused() {
+    // The prepared statement may be a multi-shard read, which runs as a fan-out only
+    // as EXECUTE itself; on one shard it would see that shard's rows.
+    let c = catalog();
+    for s in [
+        "CREATE TABLE t AS EXECUTE q('FR')",
+        "CREATE TEMP TABLE t (a) AS EXECUTE q",
+    ] {
+        assert!(
+            matches!(crate::plan(s, &c).route, Route::Unsupported(_)),
+            "{s}"
+        );
+    }
+    assert!(!matches!(
+        crate::plan("CREATE TABLE t AS SELECT 1", &c).route,
+        Route::Unsupported(_)
+    ));
 }

@@ -266,3 +266,40 @@ fn table_names_lists_relations() {
     );
     assert!(crate::table_names("SELECT 1").is_empty());
 }
+
+/// Statements sqlparser cannot parse, planned through a stand-in text
+/// (`crate::standin`): the shards get the original constructs back.
+#[test]
+fn stand_in_plans_send_the_original_syntax() {
+    let c = catalog();
+    let route = |s: &str| crate::plan(s, &c).route;
+    match route("SELECT aid, abalance BETWEEN SYMMETRIC 5 AND 1 AS b FROM accounts ORDER BY aid") {
+        Route::Fanout(f) => assert!(
+            f.shard_sql.contains("BETWEEN SYMMETRIC (5) AND 1")
+                && !f.shard_sql.contains("pgshard_symmetric"),
+            "{}",
+            f.shard_sql
+        ),
+        r => panic!("{r:?}"),
+    }
+    match route("SELECT aid, sum(abalance) OVER (PARTITION BY aid ORDER BY bid ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING EXCLUDE TIES) FROM accounts") {
+        Route::Fanout(f) => assert!(
+            f.shard_sql.contains("EXCLUDE TIES)") && !f.shard_sql.contains("pgshard_exclude"),
+            "{}",
+            f.shard_sql
+        ),
+        r => panic!("{r:?}"),
+    }
+    // One shard: the client's text is forwarded as it is.
+    assert!(matches!(
+        route("SELECT trim(LEADING FROM filler) FROM accounts WHERE aid = 7"),
+        Route::Shard(_)
+    ));
+    // A statement naming a marker itself is refused, parsed or not.
+    for s in [
+        "SELECT pgshard_symmetric(1) FROM accounts",
+        "SELECT abalance BETWEEN SYMMETRIC pgshard_symmetric(1) AND 2 FROM accounts",
+    ] {
+        assert!(matches!(route(s), Route::Unsupported(_)), "{s}");
+    }
+}
