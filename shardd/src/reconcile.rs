@@ -340,6 +340,9 @@ pub struct Reconciler {
     /// Connections of the move being carried out, by node, port and database
     /// (`reconcile::moves`).
     move_conns: std::sync::Mutex<HashMap<(String, u16, String), Arc<tokio_postgres::Client>>>,
+    /// Moves this process started syncing ahead of their freeze (`reconcile::sync`),
+    /// with when the sync started and the tables it copies; checked once per round.
+    syncing: HashMap<i64, (std::time::Instant, sync::Synced)>,
 }
 
 impl Reconciler {
@@ -355,6 +358,7 @@ impl Reconciler {
             rebuilds: tokio::task::JoinSet::new(),
             busy: HashSet::new(),
             move_conns: Default::default(),
+            syncing: HashMap::new(),
         }
     }
 

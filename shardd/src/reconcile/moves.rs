@@ -18,7 +18,7 @@
 //! ## Steps ([`Reconciler::run_move`])
 //!
 //! 0. `planned → syncing` ([`moves::sync`]) and the subscription's copy
-//!    ([`Reconciler::sync_ahead`]), for the tables that allow it.
+//!    ([`Reconciler::start_sync`], [`Reconciler::resume_move`]), for the tables that allow it.
 //! 1. `→ frozen` ([`moves::freeze`]): routers hold statements for the buckets.
 //! 2. The source *fence*: a row per bucket in `pgshard_move.fence` on the source and a
 //!    trigger on each distributed table refusing (SQLSTATE 55000) writes to fenced
@@ -31,7 +31,7 @@
 //!    instead of holding it (`router::session::frozen`), so the two never wait for
 //!    each other.
 //! 3. The synced tables' last changes are applied and the subscription dropped
-//!    ([`Reconciler::sync_final`]); `→ copying`: per database, `COPY (SELECT … WHERE
+//!    ([`Reconciler::caught_up`], [`Reconciler::drop_subscriptions`]); `→ copying`: per database, `COPY (SELECT … WHERE
 //!    bucket IN …)` from the source into the target for the other tables, `DELETE` on
 //!    the source, both `PREPARE TRANSACTION 'pgshard_move_<id>_…'`.
 //! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, and
@@ -343,10 +343,26 @@ impl Reconciler {
                 break;
             }
             match next(m.state) {
-                Some(Next::Run) => {
-                    if let Err(error) = self.run_move(m.id).await {
+                Some(Next::Run) => match self.run_move(m.id).await {
+                    Ok(true) => {}
+                    // Syncing: the next round looks again (probes, failovers and the
+                    // API are served meanwhile); moves run one at a time.
+                    Ok(false) => break,
+                    Err(error) => {
                         tracing::warn!(id = m.id, %error, "move failed");
+                        self.syncing.remove(&m.id);
                         self.abort_move(m.id, &error.to_string()).await?;
+                    }
+                },
+                Some(Next::Abort) if self.syncing.contains_key(&m.id) => {
+                    match self.resume_move(m.id).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(error) => {
+                            tracing::warn!(id = m.id, %error, "move failed");
+                            self.syncing.remove(&m.id);
+                            self.abort_move(m.id, &error.to_string()).await?;
+                        }
                     }
                 }
                 Some(Next::Abort) => {
@@ -394,9 +410,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// One move from `planned` to `done` (see the module doc). An error before the flip
-    /// leaves it for [`Reconciler::abort_move`].
-    async fn run_move(&mut self, id: i64) -> Result<(), ReconcileError> {
+    /// Start a planned move (see the module doc): its fence triggers, then the sync of
+    /// its rows ahead of the freeze. Returns false while that sync runs
+    /// ([`Reconciler::resume_move`] goes on from there in later rounds); without tables
+    /// to sync it goes on at once. An error before the flip leaves the move for
+    /// [`Reconciler::abort_move`].
+    async fn run_move(&mut self, id: i64) -> Result<bool, ReconcileError> {
         self.forget_move_conns();
         let mut client = self.catalog_client().await?;
         let m = moves::get(&client, id).await?;
@@ -409,20 +428,60 @@ impl Reconciler {
             .await?;
         let target = self.primary_spec(&catalog, m.target)?;
         let synced = self.syncable(&source, &dbs, &tables).await?;
-        if !synced.is_empty() {
-            let started = Instant::now();
-            self.sync_ahead(
-                &mut client,
-                &source,
-                &target,
-                &synced,
-                &tables,
-                &m,
-                catalog.buckets,
-            )
-            .await?;
-            tracing::info!(id, elapsed = ?started.elapsed(), "rows synced ahead of the freeze");
+        if synced.is_empty() {
+            self.freeze_move(id, &synced).await?;
+            return Ok(true);
         }
+        self.start_sync(
+            &mut client,
+            &source,
+            &target,
+            &synced,
+            &tables,
+            &m,
+            catalog.buckets,
+        )
+        .await?;
+        self.syncing.insert(id, (Instant::now(), synced));
+        self.resume_move(id).await
+    }
+
+    /// A move this process is syncing: once its rows are copied and the target is
+    /// close behind, freeze and flip it (true); false while the sync goes on.
+    async fn resume_move(&mut self, id: i64) -> Result<bool, ReconcileError> {
+        let Some((started, synced)) = self.syncing.get(&id).cloned() else {
+            return Err(ReconcileError::Refused(format!(
+                "move {id} is not being synced here"
+            )));
+        };
+        let client = self.catalog_client().await?;
+        let m = moves::get(&client, id).await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let source = self.primary_spec(&catalog, m.source)?;
+        let target = self.primary_spec(&catalog, m.target)?;
+        if !self.synced(&source, &target, &synced, id, started).await? {
+            return Ok(false);
+        }
+        tracing::info!(id, elapsed = ?started.elapsed(), "rows synced ahead of the freeze");
+        self.syncing.remove(&id);
+        self.freeze_move(id, &synced).await?;
+        Ok(true)
+    }
+
+    /// A move from its freeze to `done` (see the module doc); `synced` are the tables
+    /// already copied by its subscription.
+    async fn freeze_move(
+        &mut self,
+        id: i64,
+        synced: &super::sync::Synced,
+    ) -> Result<(), ReconcileError> {
+        let mut client = self.catalog_client().await?;
+        let m = moves::get(&client, id).await?;
+        let catalog = pgshard_catalog::store::load(&client).await?;
+        let source = self.primary_spec(&catalog, m.source)?;
+        let target = self.primary_spec(&catalog, m.target)?;
+        let tables = distributed(&catalog);
+        let dbs = self.databases(&source).await?;
         let v = moves::freeze(&mut client, id).await?;
         tracing::info!(id, source = %m.source, target = %m.target, buckets = m.buckets.len(), %v, "buckets frozen");
         // Where the freeze goes, step by step (logged at the flip).
@@ -435,22 +494,25 @@ impl Reconciler {
         self.drain_fenced(&source, &dbs, &tables, &m).await?;
         laps.lap("drain");
         if !synced.is_empty() {
-            self.sync_final(&source, &target, id).await?;
+            self.caught_up(&source, &target, id).await?;
             laps.lap("catch_up");
         }
         moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
         self.fault("move-copying").await;
-        let rows = self
-            .copy_prepared(
-                &source,
-                &target,
-                &dbs,
-                &tables,
-                &m,
-                catalog.buckets,
-                &synced,
-            )
-            .await?;
+        // The subscriptions go while the source's delete is prepared: it commits after
+        // the flip, when they are gone, so it never reaches the target.
+        let this = &*self;
+        let (rows, dropped) = tokio::join!(
+            this.copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets, synced),
+            async {
+                match synced.is_empty() {
+                    true => Ok(()),
+                    false => this.drop_subscriptions(&target, id).await,
+                }
+            }
+        );
+        dropped?;
+        let rows = rows?;
         laps.lap("copy");
         moves::advance(
             &client,
@@ -700,7 +762,9 @@ impl Reconciler {
             src.batch_execute(begin)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
-            dst.batch_execute(begin)
+            // A transaction id, so that its COMMIT PREPARED waits for the target's
+            // synchronous replica, and with it every row the subscription applied.
+            dst.batch_execute(&format!("{begin}; SELECT txid_current()"))
                 .await
                 .map_err(|e| db_err(&target.name, e))?;
             for i in present {

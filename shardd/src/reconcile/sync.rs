@@ -135,10 +135,10 @@ impl Reconciler {
     }
 
     /// `planned → syncing`, then per database a publication of the buckets' rows on
-    /// the source and a subscription to it on the target; returns once the initial
-    /// copy is done and the target is close behind the source.
+    /// the source and a subscription to it on the target ([`Reconciler::synced`] tells
+    /// when they have copied).
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn sync_ahead(
+    pub(super) async fn start_sync(
         &self,
         client: &mut Client,
         source: &NodeSpec,
@@ -189,9 +189,24 @@ impl Reconciler {
             .map_err(|e| db_err(&target.name, e))?;
         }
         self.fault("move-syncing").await;
-        let deadline = Instant::now() + SYNC;
+        Ok(())
+    }
+
+    /// True once move `id`'s subscriptions copied every table and the target is close
+    /// behind the source; an error when one failed or the copy takes longer than
+    /// [`SYNC`] since `started`.
+    pub(super) async fn synced(
+        &self,
+        source: &NodeSpec,
+        target: &NodeSpec,
+        synced: &Synced,
+        id: i64,
+        started: Instant,
+    ) -> Result<bool, ReconcileError> {
+        // A short wait here saves a round for small moves.
+        let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            self.subscriptions_healthy(target, m.id).await?;
+            self.subscriptions_healthy(target, id).await?;
             let mut copying = 0i64;
             for (db, _) in synced {
                 let dst = self.connect_db(target, db).await?;
@@ -200,22 +215,25 @@ impl Reconciler {
                         "SELECT count(*) FROM pg_subscription_rel r
                            JOIN pg_subscription s ON s.oid = r.srsubid
                           WHERE starts_with(s.subname::text, $1) AND r.srsubstate <> 'r'",
-                        &[&prefix(m.id)],
+                        &[&prefix(id)],
                     )
                     .await
                     .map_err(|e| db_err(&target.name, e))?
                     .get::<_, i64>(0);
             }
             // Asking the source each round also notices it went away (a failover).
-            let behind = self.behind(source, m.id, None).await?;
+            let behind = self.behind(source, id, None).await?;
             if copying == 0 && behind.is_some_and(|b| b <= CLOSE_BEHIND) {
-                return Ok(());
+                return Ok(true);
             }
-            if Instant::now() > deadline {
+            if started.elapsed() > SYNC {
                 return Err(node_err(
                     &target.name,
                     format!("the move's rows were not copied within {SYNC:?}"),
                 ));
+            }
+            if Instant::now() > deadline {
+                return Ok(false);
             }
             tokio::time::sleep(POLL).await;
         }
@@ -271,11 +289,14 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Inside the freeze, once nothing writes the buckets on the source: wait until
-    /// the target confirmed every change up to the source's current WAL position, drop
-    /// the subscriptions, and make the target's copy durable on its synchronous
-    /// replica (the apply worker's commits do not wait for it).
-    pub(super) async fn sync_final(
+    /// Inside the freeze, once nothing writes the buckets on the source: wait until the
+    /// target confirmed every change up to the source's current WAL position. The
+    /// subscriptions are then dropped ([`Reconciler::drop_subscriptions`]) before the
+    /// source's delete commits, and the target's copy is made durable on its
+    /// synchronous replica by the commit of the move's prepared transaction there
+    /// (which has a transaction id, `super::moves`): the apply worker's commits do not
+    /// wait for that replica.
+    pub(super) async fn caught_up(
         &self,
         source: &NodeSpec,
         target: &NodeSpec,
@@ -294,7 +315,7 @@ impl Reconciler {
                 .await?
                 .is_some_and(|b| b <= 0)
             {
-                break;
+                return Ok(());
             }
             self.subscriptions_healthy(target, id).await?;
             if Instant::now() > deadline {
@@ -305,18 +326,28 @@ impl Reconciler {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        // Dropping a subscription stops its workers and drops its slot on the source.
+    }
+
+    /// Drop move `id`'s subscriptions on `target`: their workers stop and their slots
+    /// on the source go. On connections of their own (the move's kept ones may be
+    /// inside its transactions, where DROP SUBSCRIPTION cannot run).
+    pub(super) async fn drop_subscriptions(
+        &self,
+        target: &NodeSpec,
+        id: i64,
+    ) -> Result<(), ReconcileError> {
         for (sub, db) in self.subscriptions(target, id).await? {
-            let c = self.connect_db(target, &db).await?;
+            let c = crate::runtime::ready::connect(
+                &target.pg_config(&db, self.opts.timeout),
+                self.opts.timeout,
+            )
+            .await
+            .map_err(|e| node_err(&target.name, format!("cannot connect to {db}: {e}")))?;
             c.batch_execute(&format!("DROP SUBSCRIPTION {}", quote_ident(&sub)))
                 .await
                 .map_err(|e| db_err(&target.name, e))?;
         }
-        let c = self.connect_db(target, "postgres").await?;
-        c.batch_execute("BEGIN; SELECT txid_current(); COMMIT;")
-            .await
-            .map_err(|e| db_err(&target.name, e))?;
-        self.drop_publications(source, id).await
+        Ok(())
     }
 
     /// Move `id`'s subscriptions on `target` and their databases.
