@@ -77,8 +77,10 @@ const GRACE: Duration = Duration::from_millis(20);
 /// in the same catalog transaction, [`moves::abort`]) before it is given up.
 const TRIES: i64 = 50;
 
-/// Buckets per move: small groups keep each freeze short.
-pub const GROUP: usize = 4;
+/// Buckets per move. The freeze of a table copied ahead does not grow with its rows,
+/// but each move scans the source's tables (to copy, to delete): fewer, larger moves.
+/// Tables copied inside the freeze (no replica identity on the key) make it longer.
+pub const GROUP: usize = 16;
 
 /// A change of placement asked for over the API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -153,13 +155,20 @@ impl std::fmt::Display for Laps {
 /// Group a placement plan into moves of at most `size` buckets with the same source and
 /// target, in plan order.
 pub fn group(plan: &[BucketMove], size: usize) -> Vec<(ShardId, ShardId, Vec<BucketId>)> {
-    let mut out: Vec<(ShardId, ShardId, Vec<BucketId>)> = Vec::new();
+    // Each (source, target) pair's buckets together, pairs in the order they first
+    // appear: a plan alternating sources must not become one-bucket moves (each move
+    // scans the source's tables once to copy and once to delete).
+    let mut pairs: Vec<((ShardId, ShardId), Vec<BucketId>)> = Vec::new();
     for m in plan {
-        match out.last_mut() {
-            Some((f, t, b)) if *f == m.from && *t == m.to && b.len() < size.max(1) => {
-                b.push(m.bucket)
-            }
-            _ => out.push((m.from, m.to, vec![m.bucket])),
+        match pairs.iter_mut().find(|(p, _)| *p == (m.from, m.to)) {
+            Some((_, b)) => b.push(m.bucket),
+            None => pairs.push(((m.from, m.to), vec![m.bucket])),
+        }
+    }
+    let mut out = Vec::new();
+    for ((from, to), buckets) in pairs {
+        for chunk in buckets.chunks(size.max(1)) {
+            out.push((from, to, chunk.to_vec()));
         }
     }
     out
@@ -731,8 +740,8 @@ impl Reconciler {
     }
 
     /// Copy the buckets' rows of every distributed table not `synced` ahead to the
-    /// target and delete them all on the source, per database, each side in a prepared
-    /// transaction named after the move. Returns the rows moved.
+    /// target and delete them on the source, per database, each side in a prepared
+    /// transaction named after the move. Returns the rows copied.
     #[allow(clippy::too_many_arguments)]
     async fn copy_prepared(
         &self,
@@ -773,17 +782,15 @@ impl Reconciler {
                     "{} = ANY({list})",
                     bucket_sql_expr(&quote_ident(&t.key), t.key_type, buckets)
                 );
-                let ahead = super::sync::is_synced(synced, db, i);
-                if !ahead {
-                    rows += copy_table(&src, &dst, t, &filter, &source.name, &target.name).await?;
+                // Copied ahead: deleted on the source after the flip
+                // ([`Reconciler::finish_move`]), outside the freeze.
+                if super::sync::is_synced(synced, db, i) {
+                    continue;
                 }
-                let deleted = src
-                    .execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
+                rows += copy_table(&src, &dst, t, &filter, &source.name, &target.name).await?;
+                src.execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
                     .await
                     .map_err(|e| db_err(&source.name, e))?;
-                if ahead {
-                    rows += deleted as i64;
-                }
             }
             let gid = |side: &str| format!("{GID_PREFIX}{}_{n}_{side}", m.id);
             dst.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid("target")))
@@ -905,7 +912,18 @@ impl Reconciler {
         // to the source.
         tokio::time::sleep(SOFT).await;
         self.end_prepared(&source, id, true).await?;
-        moves::advance(&client, id, MoveState::Flipped, MoveState::Cleaning, None).await?;
+        // The rows copied ahead leave the source now, outside the freeze: until the
+        // move is done, multi-shard statements skip them there, and the fence refuses
+        // writes to them. (Repeated after a crash: nothing left to delete then.)
+        let deleted = self.delete_buckets(&source, &m, &catalog).await?;
+        moves::advance(
+            &client,
+            id,
+            MoveState::Flipped,
+            MoveState::Cleaning,
+            Some(m.rows_moved + deleted),
+        )
+        .await?;
         self.fault("move-cleaning").await;
         let last = self.last_move_of(&client, &m).await?;
         self.lift_fence(&source, id, &distributed(&catalog), last)
@@ -930,7 +948,7 @@ impl Reconciler {
         self.end_prepared(&target, id, false).await?;
         // The subscriptions first: they would copy rows again.
         self.drop_sync(&source, &target, id).await?;
-        self.delete_copied(&target, &m, &catalog).await?;
+        self.delete_buckets(&target, &m, &catalog).await?;
         self.end_prepared(&source, id, false).await?;
         // The fence goes before the buckets are released to the source again, the
         // triggers after (their lock could wait behind a transaction routers hold).
@@ -943,40 +961,44 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Delete the rows of `m`'s buckets on its target (a rollback after the target's
-    /// copy committed): before the flip the target owns none of them, so every such
-    /// row is the move's copy.
-    async fn delete_copied(
+    /// Delete the rows of `m`'s buckets on `node`, every distributed table, returning
+    /// how many: on the target in a rollback (before the flip it owns none of them, so
+    /// every such row is the move's copy), on the source after the flip (the target
+    /// owns them). As `replica`: the fence trigger must not refuse it.
+    async fn delete_buckets(
         &self,
-        target: &NodeSpec,
+        node: &NodeSpec,
         m: &Move,
         catalog: &Catalog,
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<i64, ReconcileError> {
         let tables = distributed(catalog);
         let list = bucket_list(&m.buckets);
-        for db in self.databases(target).await? {
-            let c = self.connect_db(target, &db).await?;
-            let present = self
-                .present(&c, &tables)
+        let mut deleted = 0i64;
+        for db in self.databases(node).await? {
+            let c = self.connect_db(node, &db).await?;
+            let err = |e| db_err(&node.name, e);
+            let present = self.present(&c, &tables).await.map_err(err)?;
+            if present.is_empty() {
+                continue;
+            }
+            c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
                 .await
-                .map_err(|e| db_err(&target.name, e))?;
-            let mut sql = String::from("BEGIN; SET LOCAL session_replication_role = replica;");
+                .map_err(err)?;
             for i in &present {
                 let t = &tables[*i];
                 let expr = bucket_sql_expr(&quote_ident(&t.key), t.key_type, catalog.buckets);
-                sql.push_str(&format!(
-                    "DELETE FROM {} WHERE {expr} = ANY({list});",
-                    t.quoted
-                ));
+                let sql = format!("DELETE FROM {} WHERE {expr} = ANY({list})", t.quoted);
+                match c.execute(&sql, &[]).await {
+                    Ok(n) => deleted += n as i64,
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        return Err(err(e));
+                    }
+                }
             }
-            sql.push_str("COMMIT;");
-            if !present.is_empty() {
-                c.batch_execute(&sql)
-                    .await
-                    .map_err(|e| db_err(&target.name, e))?;
-            }
+            c.batch_execute("COMMIT").await.map_err(err)?;
         }
-        Ok(())
+        Ok(deleted)
     }
 
     /// Record the moves an operation needs, grouped by [`GROUP`] buckets; the control
@@ -1177,7 +1199,8 @@ mod tests {
         ];
         let g = group(&plan, 2);
         let shape: Vec<(u32, u32, usize)> = g.iter().map(|(f, t, b)| (f.0, t.0, b.len())).collect();
-        assert_eq!(shape, [(1, 3, 2), (1, 3, 1), (2, 3, 1), (1, 3, 1)]);
+        assert_eq!(shape, [(1, 3, 2), (1, 3, 2), (2, 3, 1)]);
+        assert_eq!(g[1].2, vec![BucketId(3), BucketId(5)]);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! buckets on the source any more (fence, drain), the move waits until the target has
 //! confirmed every change up to the source's current WAL position, drops the
 //! subscription (its workers stop, its slot goes) and makes the target's copy durable
-//! on the target's synchronous replica. The source's rows are then deleted in the
-//! move's prepared transaction, as before.
+//! on the target's synchronous replica (the commit of the move's prepared transaction
+//! there). The source's rows are deleted after the flip, outside the freeze.
 //!
 //! A table is synced this way only when its replica identity covers the shard key (a
 //! row filter must be computable from an UPDATE's or DELETE's old row: otherwise
