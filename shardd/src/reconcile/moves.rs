@@ -30,8 +30,8 @@
 //!    Routers send a frozen bucket's statement of such a transaction to the source
 //!    instead of holding it (`router::session::frozen`), so the two never wait for
 //!    each other.
-//! 3. The synced tables' last changes are applied and the subscription dropped
-//!    ([`Reconciler::caught_up`], [`Reconciler::drop_subscriptions`]); `→ copying`: per database, `COPY (SELECT … WHERE
+//! 3. The synced tables' last changes are applied ([`Reconciler::caught_up`]); `→
+//!    copying`: per database, `COPY (SELECT … WHERE
 //!    bucket IN …)` from the source into the target for the other tables, `DELETE` on
 //!    the source, both `PREPARE TRANSACTION 'pgshard_move_<id>_…'`.
 //! 4. COMMIT PREPARED on the target (routers still send the buckets to the source, and
@@ -508,20 +508,13 @@ impl Reconciler {
         }
         moves::advance(&client, id, MoveState::Frozen, MoveState::Copying, None).await?;
         self.fault("move-copying").await;
-        // The subscriptions go while the source's delete is prepared: it commits after
-        // the flip, when they are gone, so it never reaches the target.
-        let this = &*self;
-        let (rows, dropped) = tokio::join!(
-            this.copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets, synced),
-            async {
-                match synced.is_empty() {
-                    true => Ok(()),
-                    false => this.drop_subscriptions(&target, id).await,
-                }
-            }
-        );
-        dropped?;
-        let rows = rows?;
+        // The subscriptions stay until the flip is done: nothing writes the buckets on
+        // the source any more (the fence refuses it, multi-shard writes skip them once
+        // the target owns them), so they apply nothing; they are dropped before the
+        // source's rows are deleted ([`Reconciler::finish_move`]).
+        let rows = self
+            .copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets, synced)
+            .await?;
         laps.lap("copy");
         moves::advance(
             &client,
@@ -902,8 +895,8 @@ impl Reconciler {
         let catalog = pgshard_catalog::store::load(&client).await?;
         let source = self.primary_spec(&catalog, m.source)?;
         let target = self.primary_spec(&catalog, m.target)?;
-        // Dropped before the flip; were one left, the source's delete would reach the
-        // target through it.
+        // The subscriptions go before the source's rows: the delete would reach the
+        // target through them.
         self.drop_sync(&source, &target, id).await?;
         self.end_prepared(&target, id, true).await?;
         let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));

@@ -9,10 +9,10 @@
 //! the target subscribes to it: the initial copy runs under the subscription's snapshot
 //! and the writes made meanwhile follow. Inside the freeze, once nothing writes the
 //! buckets on the source any more (fence, drain), the move waits until the target has
-//! confirmed every change up to the source's current WAL position, drops the
-//! subscription (its workers stop, its slot goes) and makes the target's copy durable
-//! on the target's synchronous replica (the commit of the move's prepared transaction
-//! there). The source's rows are deleted after the flip, outside the freeze.
+//! confirmed every change up to the source's current WAL position and makes the
+//! target's copy durable on the target's synchronous replica (the commit of the move's
+//! prepared transaction there). After the flip the subscription is dropped (its
+//! workers stop, its slot goes), then the source's rows are deleted, outside the freeze.
 //!
 //! A table is synced this way only when its replica identity covers the shard key (a
 //! row filter must be computable from an UPDATE's or DELETE's old row: otherwise
@@ -291,11 +291,11 @@ impl Reconciler {
 
     /// Inside the freeze, once nothing writes the buckets on the source: wait until the
     /// target confirmed every change up to the source's current WAL position. The
-    /// subscriptions are then dropped ([`Reconciler::drop_subscriptions`]) before the
-    /// source's delete commits, and the target's copy is made durable on its
-    /// synchronous replica by the commit of the move's prepared transaction there
-    /// (which has a transaction id, `super::moves`): the apply worker's commits do not
-    /// wait for that replica.
+    /// target's copy is then made durable on its synchronous replica by the commit of
+    /// the move's prepared transaction there (which has a transaction id,
+    /// `super::moves`): the apply worker's commits do not wait for that replica. The
+    /// subscriptions are dropped after the flip ([`Reconciler::drop_sync`]), before the
+    /// source's rows are deleted.
     pub(super) async fn caught_up(
         &self,
         source: &NodeSpec,
@@ -326,28 +326,6 @@ impl Reconciler {
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-    }
-
-    /// Drop move `id`'s subscriptions on `target`: their workers stop and their slots
-    /// on the source go. On connections of their own (the move's kept ones may be
-    /// inside its transactions, where DROP SUBSCRIPTION cannot run).
-    pub(super) async fn drop_subscriptions(
-        &self,
-        target: &NodeSpec,
-        id: i64,
-    ) -> Result<(), ReconcileError> {
-        for (sub, db) in self.subscriptions(target, id).await? {
-            let c = crate::runtime::ready::connect(
-                &target.pg_config(&db, self.opts.timeout),
-                self.opts.timeout,
-            )
-            .await
-            .map_err(|e| node_err(&target.name, format!("cannot connect to {db}: {e}")))?;
-            c.batch_execute(&format!("DROP SUBSCRIPTION {}", quote_ident(&sub)))
-                .await
-                .map_err(|e| db_err(&target.name, e))?;
-        }
-        Ok(())
     }
 
     /// Move `id`'s subscriptions on `target` and their databases.
