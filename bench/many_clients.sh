@@ -7,14 +7,22 @@
 # usage: bench/many_clients.sh [idle clients (10000)] [seconds per pgbench run (10)] [scale (10)]
 # env:   PGSHARD_NO_BUILD=1 to use the existing release build;
 #        OLD_BIN=dir   also measure the router binary in dir (another build's
-#                      target/release) against the same cluster, interleaved.
+#                      target/release) against the same cluster, interleaved;
+#        PROFILE=debug the binaries of target/debug (built with `cargo build --bins`
+#                      unless PGSHARD_NO_BUILD), e.g. to measure memory per idle
+#                      client without a release build;
+#        IDLE_ONLY=1   measure the idle clients only, no pgbench runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 SECS=${2:-10}
 SCALE=${3:-10}
 POOL=8
-[ -n "${PGSHARD_NO_BUILD:-}" ] || cargo build --release --quiet --bins
+PROFILE=${PROFILE:-release}
+BIN=./target/$PROFILE
+if [ -z "${PGSHARD_NO_BUILD:-}" ]; then
+    if [ "$PROFILE" = release ]; then cargo build --release --quiet --bins; else cargo build --quiet --bins; fi
+fi
 # pgbench -c 1000 and the idle clients need descriptors of their own.
 ulimit -n "$(ulimit -Hn)"
 
@@ -26,7 +34,7 @@ ROUTER_PORT=$(free_port)
 OLD_PORT=$(free_port)
 cleanup() {
     [ -n "${OLD_PID:-}" ] && kill "$OLD_PID" 2>/dev/null || true
-    ./target/release/pgshard destroy --data-dir "$DATA" >/dev/null 2>&1 || true
+    $BIN/pgshard destroy --data-dir "$DATA" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -42,8 +50,8 @@ max_clients = $(( N + 2000 ))
 TOML
 
 # Started with Linux's usual soft limit of 1,024 descriptors: the router raises its own.
-(ulimit -Sn 1024; ./target/release/pgshard up --data-dir "$DATA" --config "$WORK/bench.toml" >/dev/null)
-STATUS=$(./target/release/pgshard status --data-dir "$DATA" --json)
+(ulimit -Sn 1024; $BIN/pgshard up --data-dir "$DATA" --config "$WORK/bench.toml" >/dev/null)
+STATUS=$($BIN/pgshard status --data-dir "$DATA" --json)
 node_port() { echo "$STATUS" | python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$1"; }
 PG_PORT=$(node_port shard1-node1)
 CATALOG_PORT=$(node_port catalog-node1)
@@ -63,7 +71,7 @@ fi
 port_of() { [ "$1" = old ] && echo "$OLD_PORT" || echo "$ROUTER_PORT"; }
 pid_of() { [ "$1" = old ] && echo "$OLD_PID" || echo "$ROUTER_PID"; }
 
-echo "# many clients, 1 shard, pool $POOL, $(nproc) cores, $(date -u '+%F %H:%M'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# many clients, 1 shard, pool $POOL, $PROFILE build, $(nproc) cores, $(date -u '+%F %H:%M'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# router file descriptor limit (soft/hard): $(awk '/Max open files/ {print $4"/"$5}' /proc/"$ROUTER_PID"/limits)"
 echo
 echo "| router | idle clients opened | failed | RSS before KB | RSS with clients KB | KB per idle client | SELECT 1 meanwhile |"
@@ -75,6 +83,7 @@ for t in $TARGETS; do
     echo "$out" | grep '^error=' | sed 's/^/<!-- /; s/$/ -->/' || true
 done
 echo
+[ -z "${IDLE_ONLY:-}" ] || exit 0
 
 run() { # port clients -> "tps lat failed aborted cpu_us_per_tx"
     local port=$1 c=$2 pid=$3 before after out

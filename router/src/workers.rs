@@ -10,6 +10,7 @@
 //! was opened on and checkouts prefer one of their own thread's ([`current`]), since a
 //! socket is driven by the event loop that registered it.
 
+use futures::FutureExt;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -98,10 +99,9 @@ impl Workers {
             return;
         };
         let count = SessionCount::new(w.sessions.clone());
-        w.handle.spawn(async move {
-            let _count = count;
-            session.await;
-        });
+        // Not an `async move` block: one that awaits a future it captured holds it twice
+        // (as captured and as awaited), which doubled every session's task (issue 16).
+        w.handle.spawn(session.map(move |()| drop(count)));
     }
 }
 

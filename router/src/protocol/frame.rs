@@ -120,23 +120,42 @@ fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, ProtocolError> {
 }
 
 /// A buffered reader of frames over any byte stream.
+///
+/// The buffer starts small and grows only while a message needs it: an idle client
+/// costs [`READ_FIRST`] bytes here, not a full chunk (issue 16: memory per idle
+/// client), and a buffer grown past [`READ_KEEP`] for a large message is given back
+/// once that message is consumed.
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,
     max: usize,
+    /// The buffer grew past [`READ_KEEP`]: released when next found empty.
+    grown: bool,
 }
 
 /// The largest startup packet accepted, as PostgreSQL's `MAX_STARTUP_PACKET_LENGTH`.
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
+/// The room reserved for a read into an empty buffer: a startup packet, a Query, an
+/// extended-protocol batch or a short reply fit, so the common read is still one call.
+pub const READ_FIRST: usize = 2 * 1024;
+
+/// A read with less room than this grows the buffer first.
+const READ_MIN_ROOM: usize = 1024;
+
+/// How much a buffer holding part of a message grows by (at least).
 const READ_CHUNK: usize = 16 * 1024;
+
+/// A buffer grown past this for a large message is released once it is consumed.
+const READ_KEEP: usize = 64 * 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, max_message_bytes: usize) -> Self {
         FrameReader {
             inner,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
             max: max_message_bytes.max(5),
+            grown: false,
         }
     }
 
@@ -186,10 +205,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more bytes from the stream into the buffer; 0 means end of stream.
     /// Cancel safe.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(READ_CHUNK);
+        if self.grown && self.buf.is_empty() {
+            // Nothing buffered, so nothing is lost; the next large message grows it again.
+            self.buf = BytesMut::new();
+            self.grown = false;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_MIN_ROOM {
+            let room = if self.buf.is_empty() {
+                READ_FIRST
+            } else {
+                READ_CHUNK
+            };
+            self.buf.reserve(room);
+            self.grown |= self.buf.capacity() > READ_KEEP;
         }
         self.inner.read_buf(&mut self.buf).await
+    }
+
+    /// The buffer's capacity (for tests of its growth and release).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// True when a complete frame is already buffered (the next `read_frame` will not
@@ -368,6 +404,41 @@ mod tests {
             r.read_frame().await,
             Err(ProtocolError::UnexpectedEof)
         ));
+    }
+
+    fn query(sql_len: usize) -> Vec<u8> {
+        let mut f = vec![b'Q'];
+        f.extend_from_slice(&(sql_len as i32 + 5).to_be_bytes());
+        f.extend(std::iter::repeat_n(b'x', sql_len));
+        f.push(0);
+        f
+    }
+
+    /// An idle connection holds a small buffer; one grown for a large message is given
+    /// back once the message is consumed (issue 16: memory per idle client).
+    #[tokio::test]
+    async fn the_buffer_starts_small_and_gives_a_large_message_back() {
+        use tokio::io::AsyncWriteExt;
+        let (mut peer, stream) = tokio::io::duplex(1 << 20);
+        let mut r = FrameReader::new(stream, 1 << 20);
+        assert_eq!(r.capacity(), 0);
+        peer.write_all(&query(8)).await.expect("write");
+        assert_eq!(
+            r.read_frame().await.expect("read").expect("a frame").len(),
+            14
+        );
+        assert!(r.capacity() <= READ_FIRST, "{}", r.capacity());
+        let big = query(200_000);
+        peer.write_all(&big).await.expect("write");
+        let f = r.read_frame().await.expect("read").expect("a frame");
+        assert_eq!(f.raw()[..], big[..]);
+        drop(f);
+        peer.write_all(&query(8)).await.expect("write");
+        assert_eq!(
+            r.read_frame().await.expect("read").expect("a frame").len(),
+            14
+        );
+        assert!(r.capacity() <= READ_FIRST, "{}", r.capacity());
     }
 
     proptest! {

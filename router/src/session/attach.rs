@@ -137,7 +137,7 @@ where
                         to: shard,
                     });
                 }
-                self.join_shard(shard).await?;
+                Box::pin(self.join_shard(shard)).await?;
                 return Ok(Ensure::Ready);
             }
             self.attached = None;

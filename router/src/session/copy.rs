@@ -422,7 +422,7 @@ where
                 .attached
                 .as_ref()
                 .is_some_and(|a| a.conn.status != b'I');
-        self.run_copy(plan, in_txn, CopyMode::Extended).await
+        Box::pin(self.run_copy(plan, in_txn, CopyMode::Extended)).await
     }
 
     /// A COPY inside a transaction block: every shard joins the transaction (as for a
@@ -443,7 +443,7 @@ where
                 // BEGIN answered by the router so far: it goes out now.
                 self.attach(shard, false).await
             } else {
-                self.join_shard(shard).await
+                Box::pin(self.join_shard(shard)).await
             };
             if let Err(e) = joined {
                 self.copy_failed(mode, e);

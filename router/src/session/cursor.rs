@@ -118,9 +118,8 @@ where
         });
         let before = std::mem::take(&mut self.out);
         self.capture = Some(Capture::new(MAX_BUFFERED));
-        let run = self
-            .run_fanout(frame, plan, in_txn, kept.as_ref().map(|p| (p, true)))
-            .await;
+        let run =
+            Box::pin(self.run_fanout(frame, plan, in_txn, kept.as_ref().map(|p| (p, true)))).await;
         let captured = self.capture.take();
         let after = std::mem::replace(&mut self.out, before);
         run?;

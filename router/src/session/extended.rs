@@ -587,9 +587,10 @@ where
         let mut hold = crate::hold::FrozenHold::new();
         let (catalog, mut plan) = loop {
             let catalog = self.ctx.catalog.current();
-            let (plan, _, _) = self
-                .plan_parse(name, &stmt.key.sql, &stmt.key.param_types, &catalog)
-                .await?;
+            // Boxed, as every rarely taken path of the session (see `Session::serve`).
+            let (plan, _, _) =
+                Box::pin(self.plan_parse(name, &stmt.key.sql, &stmt.key.param_types, &catalog))
+                    .await?;
             if !crate::hold::touches_frozen(&plan, &catalog) {
                 hold.released(&self.ctx);
                 break (catalog, plan);
@@ -932,10 +933,7 @@ where
         }
         match at {
             PortalAt::Shard(shard) => self.execute_on_shard(frame, portal, &stmt, shard).await,
-            at => {
-                self.execute_router_portal(frame, portal, &stmt, at, max_rows)
-                    .await
-            }
+            at => Box::pin(self.execute_router_portal(frame, portal, &stmt, at, max_rows)).await,
         }
     }
 
@@ -961,26 +959,26 @@ where
                 self.emit_batch(&rows, usize::try_from(max_rows).unwrap_or(0));
                 return Ok(());
             }
-            PortalAt::Local(p) => return self.execute_local(frame, &stmt.key.sql, &p).await,
+            PortalAt::Local(p) => {
+                return Box::pin(self.execute_local(frame, &stmt.key.sql, &p)).await
+            }
             PortalAt::FanoutWrite(p) => {
                 let limit = RowLimit {
                     portal: portal.to_string(),
                     rows: usize::try_from(max_rows).unwrap_or(0),
                 };
-                self.run_fanout_write_extended(frame, &p, describe, &limit)
-                    .await?;
+                Box::pin(self.run_fanout_write_extended(frame, &p, describe, &limit)).await?;
             }
             PortalAt::Fanout(fp) if fp.plan.cursor.is_some() => {
-                self.declare_cursor(frame, &fp.plan, Some(&fp)).await?;
+                Box::pin(self.declare_cursor(frame, &fp.plan, Some(&fp))).await?;
             }
             PortalAt::Fanout(fp) if max_rows > 0 => {
-                self.execute_fanout_limited(frame, portal, &fp, max_rows as usize)
+                Box::pin(self.execute_fanout_limited(frame, portal, &fp, max_rows as usize))
                     .await?;
             }
             PortalAt::Fanout(fp) => {
                 let in_txn = self.client_status() != b'I';
-                self.run_fanout(frame, &fp.plan, in_txn, Some((&fp, describe)))
-                    .await?;
+                Box::pin(self.run_fanout(frame, &fp.plan, in_txn, Some((&fp, describe)))).await?;
             }
         }
         // Described and executed (unless put aside until the attached backend
@@ -1003,9 +1001,10 @@ where
     ) -> Result<(), SessionError> {
         match stmt.plan.kind {
             StatementKind::Commit | StatementKind::Rollback if self.spans_shards() => {
-                return self
-                    .end_spanning_extended(stmt.plan.kind == StatementKind::Commit)
-                    .await;
+                return Box::pin(
+                    self.end_spanning_extended(stmt.plan.kind == StatementKind::Commit),
+                )
+                .await;
             }
             StatementKind::Savepoint if self.spans_shards() => {
                 // On every participant, as with the simple protocol, once what the
@@ -1122,7 +1121,7 @@ where
             // Something before it failed: PostgreSQL would skip to Sync too.
             return Ok(());
         }
-        self.end_spanning(commit, super::txn::EndAnswer::Tag).await
+        Box::pin(self.end_spanning(commit, super::txn::EndAnswer::Tag)).await
     }
 
     pub(crate) fn on_close(&mut self, frame: &Frame, kind: u8, name: &str) {

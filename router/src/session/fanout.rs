@@ -143,7 +143,7 @@ where
             }
         }
         if let MergePlan::Collect(c) = &plan.merge {
-            return self.run_collect(plan, c, in_txn, ext).await;
+            return Box::pin(self.run_collect(plan, c, in_txn, ext)).await;
         }
         crate::stats::bump(&self.ctx.stats.fanout_reads);
         let Some((mut parts, reused_shard)) = self.fanout_parts(plan, in_txn, ext.is_some()).await
@@ -238,7 +238,7 @@ where
                         fallback: None,
                         ..plan.clone()
                     };
-                    self.run_collect(&collect, c, in_txn, ext).await
+                    Box::pin(self.run_collect(&collect, c, in_txn, ext)).await
                 }
                 None => {
                     self.answer_fanout(
@@ -593,7 +593,7 @@ where
                 // BEGIN answered by the router so far: it goes out now.
                 self.attach(shard, false).await?;
             } else {
-                self.join_shard(shard).await?;
+                Box::pin(self.join_shard(shard)).await?;
             }
             self.drain_attached().await?;
         }

@@ -162,7 +162,7 @@ where
         let result = match cmd {
             RouterCommand::CreateDistributedTable { .. }
             | RouterCommand::CreateReferenceTable { .. } => {
-                self.run_create_table(cmd, in_txn, &mut b).await
+                Box::pin(self.run_create_table(cmd, in_txn, &mut b)).await
             }
             RouterCommand::Deallocate { name: None } => {
                 self.sql_prepared.clear();
@@ -280,8 +280,7 @@ where
                     portal: String::new(),
                     rows: 0,
                 };
-                return self
-                    .run_fanout_write_extended(frame, &write, false, &limit)
+                return Box::pin(self.run_fanout_write_extended(frame, &write, false, &limit))
                     .await;
             }
         }
@@ -300,11 +299,10 @@ where
         }
         match &p.kind {
             LocalKind::Router(cmd) => {
-                self.run_router_command(cmd, in_txn, Answer::Extended, &p.results)
-                    .await
+                Box::pin(self.run_router_command(cmd, in_txn, Answer::Extended, &p.results)).await
             }
             LocalKind::AllShards(shards) => {
-                let (reply, error) = self.run_on_all(sql, shards, true).await?;
+                let (reply, error) = Box::pin(self.run_on_all(sql, shards, true)).await?;
                 self.deliver(Answer::Extended, reply, error);
             }
             LocalKind::DiscardAll => {

@@ -452,7 +452,13 @@ where
                 && self.attached.as_ref().is_none_or(|a| !a.conn.unsynced)
             {
                 let names = std::mem::take(&mut self.dropped);
-                crate::forget::forget_dropped(&self.ctx, names, &self.user, &self.database).await;
+                Box::pin(crate::forget::forget_dropped(
+                    &self.ctx,
+                    names,
+                    &self.user,
+                    &self.database,
+                ))
+                .await;
                 continue;
             }
             if self.deferred.is_some()
@@ -772,7 +778,7 @@ where
             M::Execute { portal, max_rows } => {
                 let portal = portal.to_string();
                 match self.copy_portal(&portal) {
-                    Some(plan) => self.execute_copy(&frame, &plan).await,
+                    Some(plan) => Box::pin(self.execute_copy(&frame, &plan)).await,
                     None => self.on_execute(&frame, &portal, max_rows).await,
                 }
             }
@@ -781,7 +787,7 @@ where
                 self.on_close(&frame, kind, &name);
                 Ok(())
             }
-            M::Sync if self.txn.implicit_spanning => self.end_implicit_spanning().await,
+            M::Sync if self.txn.implicit_spanning => Box::pin(self.end_implicit_spanning()).await,
             M::Sync => {
                 self.on_sync(&frame);
                 Ok(())

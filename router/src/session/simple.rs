@@ -74,7 +74,7 @@ where
         self.pending_write |= !plan.replica_ok;
         if !in_txn && self.shard_override.is_none() {
             if let Some(reads) = multi_shard_reads(&plan) {
-                return self.run_reads_one_by_one(frame, &reads).await;
+                return Box::pin(self.run_reads_one_by_one(frame, &reads)).await;
             }
         }
         let ControlFlow::Continue((route, prepare)) = self.query_route(&plan, in_txn).await else {
@@ -116,7 +116,7 @@ where
                 break;
             }
             self.ready_held = (!last).then_some(false);
-            let ran = self.run_fanout(frame, f, false, None).await;
+            let ran = Box::pin(self.run_fanout(frame, f, false, None)).await;
             let held = self.ready_held.take();
             ran?;
             // Anything but a clean answer ended the Query (its ReadyForQuery is out) or
@@ -196,8 +196,7 @@ where
                 _ => None,
             };
             if let Some(commit) = commit {
-                self.end_spanning(commit, super::txn::EndAnswer::TagAndReady)
-                    .await?;
+                Box::pin(self.end_spanning(commit, super::txn::EndAnswer::TagAndReady)).await?;
                 return Ok(ControlFlow::Break(()));
             }
         }
@@ -326,8 +325,7 @@ where
                 }
             }
             Route::Router(rc) => {
-                self.run_router_command(rc, in_txn, Answer::Simple, &[])
-                    .await;
+                Box::pin(self.run_router_command(rc, in_txn, Answer::Simple, &[])).await;
                 return ControlFlow::Break(());
             }
             r => r.clone(),
@@ -359,17 +357,17 @@ where
         );
         if let (Route::Fanout(f), true) = (route, executed) {
             if f.shards.len() > 1 {
-                self.run_fanout(frame, f, in_txn, None).await?;
+                Box::pin(self.run_fanout(frame, f, in_txn, None)).await?;
                 return Ok(ControlFlow::Break(()));
             }
         }
         match (route, &plan.route) {
             (Route::Fanout(f), Route::Fanout(_)) if f.cursor.is_some() && f.shards.len() > 1 => {
-                self.declare_cursor(frame, f, None).await?;
+                Box::pin(self.declare_cursor(frame, f, None)).await?;
                 return Ok(ControlFlow::Break(()));
             }
             (Route::Fanout(f), Route::Fanout(_)) if f.shards.len() > 1 => {
-                self.run_fanout(frame, f, in_txn, None).await?;
+                Box::pin(self.run_fanout(frame, f, in_txn, None)).await?;
                 return Ok(ControlFlow::Break(()));
             }
             // A multi-shard UPDATE/DELETE on its own: atomic on every shard through
@@ -378,16 +376,15 @@ where
                 if stmts.len() == 1 && self.ctx.twopc.is_some() =>
             {
                 if in_txn {
-                    self.run_fanout_write_in_txn(w).await?;
+                    Box::pin(self.run_fanout_write_in_txn(w)).await?;
                 } else {
-                    self.run_fanout_write(w).await?;
+                    Box::pin(self.run_fanout_write(w)).await?;
                 }
                 return Ok(ControlFlow::Break(()));
             }
             // COPY into or out of a sharded table: split or concatenated by the router.
             (Route::Copy(c), Route::Copy(_)) => {
-                self.run_copy(c, in_txn, super::copy::CopyMode::Simple)
-                    .await?;
+                Box::pin(self.run_copy(c, in_txn, super::copy::CopyMode::Simple)).await?;
                 return Ok(ControlFlow::Break(()));
             }
             _ => {}
@@ -401,7 +398,7 @@ where
             }
         };
         if !in_txn {
-            let (reply, error) = self.run_on_all(sql, &shards, stmts.len() == 1).await?;
+            let (reply, error) = Box::pin(self.run_on_all(sql, &shards, stmts.len() == 1)).await?;
             self.deliver(Answer::Simple, reply, error);
             return Ok(ControlFlow::Break(()));
         }
@@ -420,7 +417,7 @@ where
             defaults: Vec::new(),
             shard_sql: Vec::new(),
         };
-        self.run_fanout_write_in_txn(&all).await?;
+        Box::pin(self.run_fanout_write_in_txn(&all)).await?;
         Ok(ControlFlow::Break(()))
     }
 
@@ -444,7 +441,7 @@ where
             a.shard != shard && a.conn.status != b'I' && self.txn.virtual_txn.is_none()
         });
         if joins && self.ctx.twopc.is_some() {
-            if let Err(e) = self.join_shard(shard).await {
+            if let Err(e) = Box::pin(self.join_shard(shard)).await {
                 self.fail_simple(e);
                 return Ok(());
             }

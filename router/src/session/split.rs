@@ -39,7 +39,7 @@ where
         let Some(table) = pgshard_sql::columns_needed(sql, catalog) else {
             return plan;
         };
-        match self.table_column_order(&table, catalog, extended).await {
+        match Box::pin(self.table_column_order(&table, catalog, extended)).await {
             Some(columns) => pgshard_sql::plan_with_columns(sql, catalog, &columns).unwrap_or(plan),
             None => plan,
         }

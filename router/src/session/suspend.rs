@@ -114,9 +114,7 @@ where
         let failed_before = self.skip_until_sync;
         self.capture = Some(Capture::new(MAX_BUFFERED));
         // Described or not, the rows need their description for later Describes.
-        let run = self
-            .run_fanout(frame, &fp.plan, in_txn, Some((fp, true)))
-            .await;
+        let run = Box::pin(self.run_fanout(frame, &fp.plan, in_txn, Some((fp, true)))).await;
         let captured = self.capture.take();
         run?;
         if self.deferred.is_some() {

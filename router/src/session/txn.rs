@@ -206,7 +206,7 @@ where
         self.skip_until_sync = false;
         self.syncs_answered = self.syncs_seen;
         let commit = !self.any_participant_failed();
-        self.end_spanning(commit, EndAnswer::Ready).await
+        Box::pin(self.end_spanning(commit, EndAnswer::Ready)).await
     }
 
     /// COMMIT (`commit`) or ROLLBACK of a transaction spanning shards, answered by the
@@ -647,7 +647,7 @@ where
                 // BEGIN answered by the router so far: it goes out now.
                 self.attach(shard, false).await
             } else {
-                self.join_shard(shard).await
+                Box::pin(self.join_shard(shard)).await
             };
             if let Err(e) = joined {
                 return Ok(Err(e));
