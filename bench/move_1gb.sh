@@ -64,7 +64,7 @@ m0=$(date +%s)
 ./target/release/pgshard add-shard --replicas "$REPLICAS" --data-dir "$DATA" >"$WORK/add.out" 2>&1
 m1=$(date +%s)
 sleep 20
-kill -INT "$PGBENCH_PID"; wait "$PGBENCH_PID" || true
+kill -TERM "$PGBENCH_PID"; wait "$PGBENCH_PID" || true
 PGBENCH_PID=
 
 # pgbench -P lines: "progress: 12.0 s, 1234.5 tps, lat …, stddev …, 0 failed"

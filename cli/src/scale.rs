@@ -85,9 +85,12 @@ async fn follow(state: &DaemonState, ids: &[i64]) -> Result<()> {
             .map(|m| buckets(m))
             .sum();
         let rows: i64 = mine.iter().filter_map(|m| m["rows_moved"].as_i64()).sum();
+        // The move running now: the oldest unfinished one (shardd carries them out in
+        // order; the list is newest first).
         let now = mine
             .iter()
-            .find(|m| !finished(m))
+            .filter(|m| !finished(m))
+            .min_by_key(|m| m["id"].as_i64().unwrap_or(i64::MAX))
             .map(|m| {
                 format!(
                     "move {} {} → {}: {}",
