@@ -655,6 +655,9 @@ async fn status(data_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     let (table, shards_ok) = topology::shards_table(&body);
     if !json {
         out.push_str(&table);
+        if let Some(op) = scale::running_operation(&state).await {
+            out.push_str(&op);
+        }
     }
     healthy &= shards_ok;
     if !healthy && !json {

@@ -41,6 +41,34 @@ async fn moves(state: &DaemonState) -> Result<Vec<Value>> {
     Ok(body["moves"].as_array().cloned().unwrap_or_default())
 }
 
+/// The placement operation under way, for `pgshard status`: `None` when no move is
+/// unfinished (or shardd does not answer at once: status must not wait on a round).
+pub async fn running_operation(state: &DaemonState) -> Option<String> {
+    let all = tokio::time::timeout(Duration::from_secs(2), moves(state))
+        .await
+        .ok()?
+        .ok()?;
+    describe_operation(&all)
+}
+
+/// See [`running_operation`]; `all` as `GET /v1/moves` lists them.
+fn describe_operation(all: &[Value]) -> Option<String> {
+    let left: Vec<&Value> = all.iter().filter(|m| !finished(m)).collect();
+    let now = left
+        .iter()
+        .min_by_key(|m| m["id"].as_i64().unwrap_or(i64::MAX))?;
+    let buckets: u64 = left.iter().map(|m| buckets(m)).sum();
+    Some(format!(
+        "operation {}: {} move(s) of {buckets} bucket(s) to go; now move {} {} → {}: {}\n",
+        now["operation"].as_str().unwrap_or("?"),
+        left.len(),
+        now["id"],
+        now["source"],
+        now["target"],
+        now["state"].as_str().unwrap_or("?")
+    ))
+}
+
 fn finished(m: &Value) -> bool {
     matches!(m["state"].as_str(), Some("done" | "aborted"))
 }
@@ -247,4 +275,26 @@ pub async fn list(data_dir: &Path, follow_them: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_the_operation_and_the_move_running_now() {
+        let all = vec![
+            json!({"id": 7, "operation": "add-shard 3", "source": 2, "target": 3,
+                   "state": "planned", "buckets": [5, 6]}),
+            json!({"id": 6, "operation": "add-shard 3", "source": 1, "target": 3,
+                   "state": "syncing", "buckets": [1, 2, 3]}),
+            json!({"id": 5, "operation": "add-shard 3", "source": 1, "target": 3,
+                   "state": "done", "buckets": [0]}),
+        ];
+        assert_eq!(
+            describe_operation(&all).as_deref(),
+            Some("operation add-shard 3: 2 move(s) of 5 bucket(s) to go; now move 6 1 → 3: syncing\n")
+        );
+        assert_eq!(describe_operation(&all[2..]), None);
+    }
 }

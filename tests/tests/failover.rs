@@ -523,8 +523,16 @@ async fn primary_and_replica_lost_together_refuses_then_recovers() -> anyhow::Re
     );
     c.query("SELECT * FROM acked WHERE id = $1", &[&key_on(2)])
         .await?;
-    let status = d.status().await?;
-    assert!(status["shards"].to_string().contains("refused"), "{status}");
+    // shardd publishes its status once per round: it says so by the next one.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = d.status().await?;
+        if status["shards"].to_string().contains("refused") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The replica's data is back: shardd starts it, its WAL can be compared, the
     // failover proceeds.
