@@ -396,6 +396,19 @@ impl Reconciler {
         let mut client = self.catalog_client().await?;
         let catalog = pgshard_catalog::store::load(&client).await?;
         for shard in catalog.shards.iter().filter(|s| s.state == "removing") {
+            if catalog.bucket_map.contains(&shard.id)
+                || catalog
+                    .moving
+                    .iter()
+                    .any(|m| m.source == shard.id || m.target == shard.id)
+            {
+                continue;
+            }
+            // A multi-shard statement planned while the shard still held rows may still
+            // be on its way: every router routes with this catalog first (bounded), and
+            // what it sent before has time to arrive.
+            self.routers_caught_up(&client, catalog.version).await;
+            tokio::time::sleep(SOFT).await;
             let Some((names, v)) = moves::decommission(&mut client, shard.id).await? else {
                 continue;
             };
