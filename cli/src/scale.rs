@@ -147,17 +147,16 @@ async fn follow(state: &DaemonState, ids: &[i64]) -> Result<()> {
     }
 }
 
-/// Ask shardd for a placement change (`op`, see shardd's `ScaleOp`), then follow its
-/// moves unless `detach`.
-pub async fn scale(data_dir: &Path, op: Value, detach: bool) -> Result<ExitCode> {
+/// `POST /v1/scale` with `op` (long: add-shard and add-replica answer once their
+/// instances run); shardd's answer, or its error as the command's.
+async fn post_scale(data_dir: &Path, op: &Value) -> Result<(DaemonState, Value)> {
     let state = running(data_dir).await?;
     let url = format!("http://{}/v1/scale", state.api);
-    // add-shard answers once the new shard's instances run (base backups included).
     let long = reqwest::Client::builder()
         .timeout(Duration::from_secs(900))
         .build()
         .unwrap_or_default();
-    let resp = long.post(&url).json(&op).send().await?;
+    let resp = long.post(&url).json(op).send().await?;
     let ok = resp.status().is_success();
     let answer: Value = resp.json().await.unwrap_or(Value::Null);
     if !ok {
@@ -168,6 +167,14 @@ pub async fn scale(data_dir: &Path, op: Value, detach: bool) -> Result<ExitCode>
                 .unwrap_or("shardd refused the request")
         ));
     }
+    Ok((state, answer))
+}
+
+/// Ask shardd for a placement change (`op`, see shardd's `ScaleOp`), then follow its
+/// moves unless `detach`.
+pub async fn scale(data_dir: &Path, op: Value, detach: bool) -> Result<ExitCode> {
+    // add-shard answers once the new shard's instances run (base backups included).
+    let (state, answer) = post_scale(data_dir, &op).await?;
     let ids: Vec<i64> = answer["moves"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_i64).collect())
@@ -225,24 +232,8 @@ pub async fn remove_replica(data_dir: &Path, node: &str) -> Result<ExitCode> {
 }
 
 async fn replica_op(data_dir: &Path, op: Value) -> Result<ExitCode> {
-    let state = running(data_dir).await?;
-    let url = format!("http://{}/v1/scale", state.api);
     // A new replica answers once its base backup is taken and it streams.
-    let long = reqwest::Client::builder()
-        .timeout(Duration::from_secs(900))
-        .build()
-        .unwrap_or_default();
-    let resp = long.post(&url).json(&op).send().await?;
-    let ok = resp.status().is_success();
-    let answer: Value = resp.json().await.unwrap_or(Value::Null);
-    if !ok {
-        return Err(anyhow!(
-            "{}",
-            answer["error"]
-                .as_str()
-                .unwrap_or("shardd refused the request")
-        ));
-    }
+    post_scale(data_dir, &op).await?;
     println!("pgshard: done ({})", op["op"].as_str().unwrap_or(""));
     Ok(ExitCode::SUCCESS)
 }
