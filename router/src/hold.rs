@@ -173,7 +173,8 @@ pub async fn checkout_primary(
                         .unwrap_or_else(|| "its failover was refused".into()),
                 });
             }
-            _ => {
+            None => return Err(SessionError::ShardRemoved(shard)),
+            Some(_) => {
                 let node = catalog
                     .primary(shard)
                     .ok_or(SessionError::NoPrimary(shard))?;

@@ -18,6 +18,10 @@ pub enum SessionError {
     CrossShard { from: ShardId, to: ShardId },
     #[error("no primary known for shard {0}")]
     NoPrimary(ShardId),
+    /// The shard left the catalog (decommissioned by `remove-shard`) after the statement
+    /// was planned. It owned no bucket by then, so a multi-shard write skips it.
+    #[error("shard {0} was removed from the cluster; retry the statement")]
+    ShardRemoved(ShardId),
     /// The shard's primary is being replaced and none took over within
     /// `router.failover_hold_ms`, or shardd refused its failover.
     #[error("shard {shard} is not available: {reason}")]
@@ -100,6 +104,7 @@ impl SessionError {
             SessionError::Refused(_) => "0A000",
             SessionError::CrossShard { .. } => "0A000",
             SessionError::NoPrimary(_) => "08006",
+            SessionError::ShardRemoved(_) => "08006",
             SessionError::ShardUnavailable { .. } => "57P03",
             SessionError::BucketsMoving { .. } => "57P03",
             SessionError::PoolTimeout { .. } => "53300",

@@ -674,6 +674,8 @@ where
                     );
                     match checkout.await {
                         Ok(c) => c,
+                        // Decommissioned since the plan: it owned no bucket by then.
+                        Err(SessionError::ShardRemoved(_)) => continue,
                         Err(e) => return Err((e, reused)),
                     }
                 }

@@ -335,9 +335,6 @@ where
         let mut replies: Vec<ShardReply> = Vec::new();
         let mut failure: Option<SessionError> = None;
         for (i, &shard) in w.shards.iter().enumerate() {
-            if removed_since_planned(&catalog, shard) {
-                continue;
-            }
             let sql = format!("BEGIN; {}", w.sql_for(i));
             match self
                 .write_on_shard(&catalog, shard, &sql, !conns.is_empty())
@@ -352,6 +349,7 @@ where
                     failure = Some(e);
                     break;
                 }
+                Err(SessionError::ShardRemoved(_)) => continue,
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -458,14 +456,14 @@ where
         limit: &RowLimit,
     ) -> Result<(), SessionError> {
         let mut replies = Vec::new();
-        let catalog = self.ctx.catalog.current();
         for (i, &shard) in p.write.shards.iter().enumerate() {
-            if removed_since_planned(&catalog, shard) {
-                continue;
-            }
-            if let Err(e) = self.attach_writer(shard).await? {
-                self.fail_extended(e);
-                return Ok(());
+            match self.attach_writer(shard).await? {
+                Ok(()) => {}
+                Err(SessionError::ShardRemoved(_)) => continue,
+                Err(e) => {
+                    self.fail_extended(e);
+                    return Ok(());
+                }
             }
             let Some(a) = self.attached.as_mut() else {
                 return Err(SessionError::LostBackend { shard });
@@ -503,14 +501,12 @@ where
         // pool capacity then (see `crate::backend::pool`).
         let holding = self.attached.is_some();
         for (i, &shard) in p.write.shards.iter().enumerate() {
-            if removed_since_planned(&catalog, shard) {
-                continue;
-            }
             let mut conn = match self
                 .checkout_primary(&catalog, shard, holding || !conns.is_empty())
                 .await
             {
                 Ok(c) => c,
+                Err(SessionError::ShardRemoved(_)) => continue,
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -679,14 +675,14 @@ where
             return Ok(());
         }
         let mut replies = Vec::new();
-        let catalog = self.ctx.catalog.current();
         for (i, &shard) in w.shards.iter().enumerate() {
-            if removed_since_planned(&catalog, shard) {
-                continue;
-            }
-            if let Err(e) = self.attach_writer(shard).await? {
-                self.fail_simple(e);
-                return Ok(());
+            match self.attach_writer(shard).await? {
+                Ok(()) => {}
+                Err(SessionError::ShardRemoved(_)) => continue,
+                Err(e) => {
+                    self.fail_simple(e);
+                    return Ok(());
+                }
             }
             let Some(a) = self.attached.as_mut() else {
                 return Err(SessionError::LostBackend { shard });
@@ -973,11 +969,4 @@ fn commit_error(e: &CommitError<BackendError>) -> SessionError {
         code,
         message: e.to_string(),
     }
-}
-
-/// True when `shard`, which a multi-shard write was planned for, has left the catalog
-/// since (decommissioned by `remove-shard`): it owned no bucket by then, so the write
-/// has nothing to do there, and its nodes are gone.
-fn removed_since_planned(catalog: &pgshard_catalog::Catalog, shard: ShardId) -> bool {
-    catalog.shard(shard).is_none()
 }
