@@ -343,6 +343,9 @@ pub struct Reconciler {
     /// Moves this process started syncing ahead of their freeze (`reconcile::sync`),
     /// with when the sync started and the tables it copies; checked once per round.
     syncing: HashMap<i64, (std::time::Instant, sync::Synced)>,
+    /// Where each move in `cleaning` goes on deleting the source's rows (`reconcile::
+    /// moves`, a batch of blocks per round); lost with the process, then started over.
+    cleaning: HashMap<i64, moves::Cleaning>,
 }
 
 impl Reconciler {
@@ -359,6 +362,7 @@ impl Reconciler {
             busy: HashSet::new(),
             move_conns: Default::default(),
             syncing: HashMap::new(),
+            cleaning: HashMap::new(),
         }
     }
 

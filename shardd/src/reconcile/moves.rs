@@ -40,8 +40,10 @@
 //!    with the flip's version (bounded), COMMIT PREPARED on the source (reads skip the
 //!    buckets there from the flip on). A rollback before the flip deletes the target's
 //!    copy again.
-//! 5. `→ cleaning`: the fence rows go, and the triggers when no fence row is left;
-//!    `→ done` (a version bump: reads stop filtering the buckets).
+//! 5. `→ cleaning`: the rows copied ahead are deleted from the source a range of
+//!    blocks at a time, a bounded slice per control-loop round (other moves, probes
+//!    and failovers go on meanwhile); then the fence rows go, and the triggers when no
+//!    fence row is left; `→ done` (a version bump: reads stop filtering the buckets).
 //!
 //! A move found before its flip that this process did not just start (shardd crashed
 //! during it) is rolled back ([`Reconciler::abort_move`]: prepared transactions rolled
@@ -81,6 +83,22 @@ const TRIES: i64 = 50;
 /// but each move scans the source's tables (to copy, to delete): fewer, larger moves.
 /// Tables copied inside the freeze (no replica identity on the key) make it longer.
 pub const GROUP: usize = 16;
+
+/// Blocks of a table one statement of a move's source cleaning deletes from (64 MB).
+const CLEAN_BLOCKS: i64 = 8192;
+
+/// Time a round gives a move's source cleaning before the control loop goes on.
+const CLEAN_ROUND: Duration = Duration::from_millis(500);
+
+/// How far the deletion of a flipped move's rows on its source got: database and
+/// table (by position) and block; rows deleted not yet recorded in the catalog.
+#[derive(Debug, Default)]
+pub struct Cleaning {
+    db: usize,
+    table: usize,
+    block: i64,
+    deleted: i64,
+}
 
 /// A change of placement asked for over the API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -907,30 +925,46 @@ impl Reconciler {
         let m = moves::get(&client, id).await?;
         let catalog = pgshard_catalog::store::load(&client).await?;
         let source = self.primary_spec(&catalog, m.source)?;
-        let target = self.primary_spec(&catalog, m.target)?;
-        // The subscriptions go before the source's rows: the delete would reach the
-        // target through them.
-        self.drop_sync(&source, &target, id).await?;
-        self.end_prepared(&target, id, true).await?;
-        let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
-        self.routers_caught_up(&client, flip).await;
-        // A read its router planned just before it saw the flip may still be on its way
-        // to the source.
-        tokio::time::sleep(SOFT).await;
-        self.end_prepared(&source, id, true).await?;
-        // The rows copied ahead leave the source now, outside the freeze: until the
-        // move is done, multi-shard statements skip them there, and the fence refuses
-        // writes to them. (Repeated after a crash: nothing left to delete then.)
-        let deleted = self.delete_buckets(&source, &m, &catalog).await?;
-        moves::advance(
-            &client,
-            id,
-            MoveState::Flipped,
-            MoveState::Cleaning,
-            Some(m.rows_moved + deleted),
-        )
-        .await?;
-        self.fault("move-cleaning").await;
+        if m.state == MoveState::Flipped {
+            let target = self.primary_spec(&catalog, m.target)?;
+            // The subscriptions go before the source's rows: the delete would reach the
+            // target through them.
+            self.drop_sync(&source, &target, id).await?;
+            self.end_prepared(&target, id, true).await?;
+            let flip = CatalogVersion(m.flip_version.unwrap_or(catalog.version.0));
+            self.routers_caught_up(&client, flip).await;
+            // A read its router planned just before it saw the flip may still be on its
+            // way to the source.
+            tokio::time::sleep(SOFT).await;
+            self.end_prepared(&source, id, true).await?;
+            moves::advance(&client, id, MoveState::Flipped, MoveState::Cleaning, None).await?;
+            self.fault("move-cleaning").await;
+        }
+        // The rows copied ahead leave the source now, outside the freeze and a batch of
+        // blocks per round (the control loop goes on between): until the move is done,
+        // multi-shard statements skip them there, and the fence refuses writes to them.
+        let mut at = self.cleaning.remove(&id).unwrap_or_default();
+        let started = Instant::now();
+        let finished = self
+            .delete_batches(&source, &m, &catalog, &mut at, CLEAN_ROUND)
+            .await?;
+        tracing::debug!(id, deleted = at.deleted, took = ?started.elapsed(), finished, "source rows deleted");
+        if at.deleted > 0 {
+            let rows = m.rows_moved + at.deleted;
+            moves::advance(
+                &client,
+                id,
+                MoveState::Cleaning,
+                MoveState::Cleaning,
+                Some(rows),
+            )
+            .await?;
+            at.deleted = 0;
+        }
+        if !finished {
+            self.cleaning.insert(id, at);
+            return Ok(());
+        }
         let last = self.last_move_of(&client, &m).await?;
         self.lift_fence(&source, id, &distributed(&catalog), last)
             .await?;
@@ -1005,6 +1039,72 @@ impl Reconciler {
             c.batch_execute("COMMIT").await.map_err(err)?;
         }
         Ok(deleted)
+    }
+
+    /// Delete `m`'s buckets' rows from `node` a range of [`CLEAN_BLOCKS`] blocks per
+    /// statement (a TID range scan: one pass over each table, short transactions),
+    /// going on from `at` until `budget` is spent. True once every table of every
+    /// database was passed through. Nothing writes those rows any more (the fence), so
+    /// starting over after a crash finds only what is left.
+    async fn delete_batches(
+        &self,
+        node: &NodeSpec,
+        m: &Move,
+        catalog: &Catalog,
+        at: &mut Cleaning,
+        budget: Duration,
+    ) -> Result<bool, ReconcileError> {
+        let started = Instant::now();
+        let tables = distributed(catalog);
+        let list = bucket_list(&m.buckets);
+        let dbs = self.databases(node).await?;
+        let err = |e| db_err(&node.name, e);
+        while let Some(db) = dbs.get(at.db) {
+            let c = self.connect_db(node, db).await?;
+            let present = self.present(&c, &tables).await.map_err(err)?;
+            while let Some(&i) = present.get(at.table) {
+                let t = &tables[i];
+                let blocks: i64 = c
+                    .query_one(
+                        "SELECT pg_relation_size(to_regclass($1))
+                                / current_setting('block_size')::bigint",
+                        &[&t.quoted],
+                    )
+                    .await
+                    .map_err(err)?
+                    .get(0);
+                let expr = bucket_sql_expr(&quote_ident(&t.key), t.key_type, catalog.buckets);
+                while at.block < blocks {
+                    if started.elapsed() >= budget {
+                        return Ok(false);
+                    }
+                    let (lo, hi) = (at.block, at.block + CLEAN_BLOCKS);
+                    let sql = format!(
+                        "DELETE FROM {} WHERE ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid
+                            AND {expr} = ANY({list})",
+                        t.quoted
+                    );
+                    // Replica role: the fence's and foreign keys' triggers stay out of it.
+                    c.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+                        .await
+                        .map_err(err)?;
+                    match c.execute(&sql, &[]).await {
+                        Ok(n) => at.deleted += n as i64,
+                        Err(e) => {
+                            let _ = c.batch_execute("ROLLBACK").await;
+                            return Err(err(e));
+                        }
+                    }
+                    c.batch_execute("COMMIT").await.map_err(err)?;
+                    at.block = hi;
+                }
+                at.table += 1;
+                at.block = 0;
+            }
+            at.db += 1;
+            at.table = 0;
+        }
+        Ok(true)
     }
 
     /// Record the moves an operation needs, grouped by [`GROUP`] buckets; the control
