@@ -735,7 +735,7 @@ impl Reconciler {
                     return;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
         }
     }
 

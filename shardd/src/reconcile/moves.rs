@@ -527,10 +527,14 @@ impl Reconciler {
         // Where the freeze goes, step by step (logged at the flip).
         let mut laps = Laps::new();
         self.fault("move-frozen").await;
-        self.fence(&source, &dbs, &tables, &m).await?;
-        laps.lap("fence");
-        self.routers_caught_up(&client, v).await;
-        laps.lap("routers");
+        // The fence goes in while routers take the freeze: the two do not wait on
+        // each other (the fence is soft until the drain hardens it).
+        let (fenced, ()) = tokio::join!(
+            self.fence(&source, &dbs, &tables, &m),
+            self.routers_caught_up(&client, v)
+        );
+        fenced?;
+        laps.lap("fence_and_routers");
         self.drain_fenced(&source, &dbs, &tables, &m).await?;
         laps.lap("drain");
         if !synced.is_empty() {
@@ -547,14 +551,16 @@ impl Reconciler {
             .copy_prepared(&source, &target, &dbs, &tables, &m, catalog.buckets, synced)
             .await?;
         laps.lap("copy");
-        moves::advance(
-            &client,
-            id,
-            MoveState::Copying,
-            MoveState::Copying,
-            Some(rows),
-        )
-        .await?;
+        if rows > 0 {
+            moves::advance(
+                &client,
+                id,
+                MoveState::Copying,
+                MoveState::Copying,
+                Some(rows),
+            )
+            .await?;
+        }
         // The target's rows are committed *before* the flip: a statement routed there
         // by the flip must find them (an UPDATE does not wait for a prepared insert, it
         // does not see the row). Routers do not route the buckets there before the
@@ -693,6 +699,19 @@ impl Reconciler {
             )
             .await
             .map_err(|e| db_err(&source.name, e))?;
+            // Sleep out the grace by the server's clock, then make sure of it.
+            let left: f64 = c
+                .query_one(
+                    "SELECT coalesce(extract(epoch FROM max(hard_at) - clock_timestamp()), 0)
+                              ::float8 FROM pgshard_move.fence WHERE move_id = $1",
+                    &[&m.id],
+                )
+                .await
+                .map_err(|e| db_err(&source.name, e))?
+                .get(0);
+            if left > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(left.min(SOFT.as_secs_f64()))).await;
+            }
             let wait = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
                           FROM pgshard_move.fence WHERE move_id = $1";
             self.poll(&c, source, deadline, wait, &[&m.id]).await?;
@@ -759,7 +778,7 @@ impl Reconciler {
                     format!("transactions older than the fence still open after {DRAIN:?}"),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
