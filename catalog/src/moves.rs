@@ -462,8 +462,10 @@ pub async fn set_shard_state(
     Ok(v)
 }
 
-/// Add a shard that owns no bucket yet, with its nodes (`add-shard`: its instances run
-/// and hold every declared table's schema already). Repeating it is a no-op.
+/// Add a shard that owns no bucket yet, with its nodes, as `provisioning` (`add-shard`:
+/// its instances run and hold every declared table's schema already; routers send it
+/// reference-table writes and DDL, never reads, until [`activate_shard`]). Repeating
+/// it is a no-op.
 pub async fn add_shard(
     client: &mut Client,
     shard: ShardId,
@@ -471,13 +473,31 @@ pub async fn add_shard(
 ) -> Result<CatalogVersion, StoreError> {
     let tx = client.transaction().await?;
     tx.execute(
-        "INSERT INTO pgshard.shards (id, state) VALUES ($1, 'active') ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO pgshard.shards (id, state) VALUES ($1, 'provisioning')
+         ON CONFLICT (id) DO NOTHING",
         &[&(shard.0 as i32)],
     )
     .await?;
     for n in nodes {
         crate::store::insert_node(&tx, n).await?;
     }
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// A `provisioning` shard (its reference rows copied) becomes `active`: placement may
+/// give it buckets. Bumps the version; a no-op for a shard in any other state.
+pub async fn activate_shard(
+    client: &mut Client,
+    shard: ShardId,
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE pgshard.shards SET state = 'active' WHERE id = $1 AND state = 'provisioning'",
+        &[&(shard.0 as i32)],
+    )
+    .await?;
     let v = bump(&tx).await?;
     tx.commit().await?;
     Ok(v)

@@ -25,9 +25,87 @@ fn opts(shards: u32) -> TestClusterOptions {
             pgshard_tests::distributed("acked", "id", "bigint"),
             pgshard_tests::distributed("accounts", "id", "bigint"),
             pgshard_tests::distributed("tallies", "id", "bigint"),
+            pgshard_tests::reference("notes"),
         ],
         ..Default::default()
     }
+}
+
+/// What a client writing a reference table had acknowledged: rows inserted, each with
+/// its acknowledged increments, and how often a write was refused for retry (40001, a
+/// shard joining the cluster while it ran).
+#[derive(Default, Debug)]
+struct Notes {
+    rows: std::collections::BTreeMap<i64, i64>,
+    retried: usize,
+    errors: Vec<String>,
+}
+
+/// Insert a row into reference table `notes`, then increment an earlier one, until
+/// `stop`; 40001 is retried, anything else recorded.
+fn write_notes(
+    connstr: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Notes> {
+    tokio::spawn(async move {
+        let mut n = Notes::default();
+        let Some(c) = connect(&connstr).await else {
+            n.errors.push("connect".into());
+            return n;
+        };
+        let mut id = 0i64;
+        while !stop.is_cancelled() {
+            id += 1;
+            let earlier = (id / 2).max(1);
+            loop {
+                let r = if n.rows.contains_key(&id) {
+                    c.execute("UPDATE notes SET n = n + 1 WHERE id = $1", &[&earlier])
+                        .await
+                } else {
+                    c.execute("INSERT INTO notes VALUES ($1, 0)", &[&id]).await
+                };
+                match r {
+                    Ok(_) if !n.rows.contains_key(&id) => {
+                        n.rows.insert(id, 0);
+                        continue;
+                    }
+                    Ok(1) => {
+                        *n.rows.entry(earlier).or_default() += 1;
+                        break;
+                    }
+                    Ok(rows) => {
+                        n.errors
+                            .push(format!("update of note {earlier}: {rows} rows"));
+                        break;
+                    }
+                    Err(e) if e.code().map(|c| c.code()) == Some("40001") => n.retried += 1,
+                    Err(e) => {
+                        n.errors.push(describe(&e));
+                        break;
+                    }
+                }
+            }
+        }
+        n
+    })
+}
+
+/// Every shard's primary holds exactly the acknowledged `notes`.
+async fn check_notes(d: &TestDaemon, notes: &Notes) -> anyhow::Result<()> {
+    let catalog = d.catalog().await?;
+    let want: Vec<(i64, i64)> = notes.rows.iter().map(|(k, v)| (*k, *v)).collect();
+    for s in catalog.shard_ids() {
+        let p = catalog.primary(s).expect("primary");
+        let c = d.connect_node(&p.name).await?;
+        let got: Vec<(i64, i64)> = c
+            .query("SELECT id, n::bigint FROM notes ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(got, want, "reference table notes on shard {s}");
+    }
+    Ok(())
 }
 
 /// Shrink 3 → 2 (`remove_shard 3` drains its buckets to shards 1 and 2, then its nodes
@@ -159,7 +237,14 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
     let d = TestDaemon::start(opts(2), |_| {}).await?;
     let router = d.router().await?;
     Load::prepare(&router).await?;
+    router
+        .connect()
+        .await?
+        .batch_execute("CREATE TABLE notes (id bigint PRIMARY KEY, n int NOT NULL)")
+        .await?;
     let load = Load::start(&router, 3);
+    let stop_notes = tokio_util::sync::CancellationToken::new();
+    let notes = write_notes(router.connstr(), stop_notes.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = d.catalog().await?;
     let ids = scale(&d, json!({"op": "add_shard", "replicas": 0})).await?;
@@ -167,6 +252,16 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
     let after = d.catalog().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = load.finish().await;
+    stop_notes.cancel();
+    let notes = notes.await?;
+    eprintln!(
+        "reference writes: {} rows, {} retried (40001)",
+        notes.rows.len(),
+        notes.retried
+    );
+    assert!(notes.errors.is_empty(), "notes: {:?}", notes.errors);
+    assert!(notes.rows.len() > 10, "too few reference writes: {notes:?}");
+    check_notes(&d, &notes).await?;
     assert_eq!(after.shard_ids(), [ShardId(1), ShardId(2), ShardId(3)]);
     let on3 = after
         .bucket_map

@@ -158,8 +158,10 @@ where
                 use pgshard_catalog::ShardStatus;
                 let catalog = self.ctx.catalog.current();
                 let local = catalog.local_shard;
+                // A shard being added holds no reference rows yet.
                 let serving = |s: &pgshard_catalog::Shard| {
                     matches!(s.status, ShardStatus::Ok | ShardStatus::Degraded)
+                        && s.state != "provisioning"
                 };
                 if catalog.shard(local).is_none_or(serving) {
                     return local;

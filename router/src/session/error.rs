@@ -22,6 +22,10 @@ pub enum SessionError {
     /// was planned. It owned no bucket by then, so a multi-shard write skips it.
     #[error("shard {0} was removed from the cluster; retry the statement")]
     ShardRemoved(ShardId),
+    /// A reference-table write planned before `add-shard` put a shard in the catalog
+    /// (see `Session::shard_added_since`).
+    #[error("shard {0} joined the cluster while this write to reference tables ran; retry the statement")]
+    ShardAdded(ShardId),
     /// The shard's primary is being replaced and none took over within
     /// `router.failover_hold_ms`, or shardd refused its failover.
     #[error("shard {shard} is not available: {reason}")]
@@ -105,6 +109,7 @@ impl SessionError {
             SessionError::CrossShard { .. } => "0A000",
             SessionError::NoPrimary(_) => "08006",
             SessionError::ShardRemoved(_) => "08006",
+            SessionError::ShardAdded(_) => "40001",
             SessionError::ShardUnavailable { .. } => "57P03",
             SessionError::BucketsMoving { .. } => "57P03",
             SessionError::PoolTimeout { .. } => "53300",

@@ -356,6 +356,9 @@ where
                 }
             }
         }
+        if failure.is_none() {
+            failure = self.shard_added_since(w);
+        }
         let mut b = BytesMut::new();
         if self.finish_write(&mut conns, failure, &mut b).await {
             merge_write_replies(&mut b, &replies, w.replicated);
@@ -479,6 +482,10 @@ where
                 }
             }
         }
+        if let Some(e) = self.shard_added_since(&p.write) {
+            self.fail_extended(e);
+            return Ok(());
+        }
         self.answer_write(BytesMut::new(), &replies, p.write.replicated, limit);
         self.publish_activity();
         Ok(())
@@ -521,6 +528,9 @@ where
                     break;
                 }
             }
+        }
+        if failure.is_none() {
+            failure = self.shard_added_since(&p.write);
         }
         let mut b = BytesMut::new();
         let committed = self.finish_write(&mut conns, failure, &mut b).await;
@@ -699,6 +709,10 @@ where
                 }
             }
         }
+        if let Some(e) = self.shard_added_since(w) {
+            self.fail_simple(e);
+            return Ok(());
+        }
         let mut b = BytesMut::new();
         merge_write_replies(&mut b, &replies, w.replicated);
         encode_ready(&mut b, self.client_status());
@@ -798,6 +812,20 @@ where
         let mut conn = self.checkout_primary(catalog, shard, more).await?;
         let reply = exec_write(&mut conn, shard, sql).await;
         Ok((conn, reply))
+    }
+
+    /// A reference-table write goes to every shard of the catalog it was planned with.
+    /// A shard `add-shard` put in the catalog since gets every reference write from
+    /// then on, and its copy of the reference rows waits only for the writes begun
+    /// before this router saw it: checked once the write ran everywhere, so a write
+    /// that would be missing there fails (40001, retry) instead of committing.
+    fn shard_added_since(&self, w: &FanoutWrite) -> Option<SessionError> {
+        if !w.replicated {
+            return None;
+        }
+        let catalog = self.ctx.catalog.current();
+        let added = catalog.shards.iter().find(|s| !w.shards.contains(&s.id))?;
+        Some(SessionError::ShardAdded(added.id))
     }
 
     /// A pooled connection to `shard`'s primary with the session's state replayed;

@@ -69,7 +69,7 @@ const DRAIN: Duration = Duration::from_millis(500);
 
 /// How long a new fence lets writes through: longer than a statement takes from its
 /// router's plan to the shard, shorter than routers take to see a freeze.
-const SOFT: Duration = Duration::from_millis(100);
+pub(super) const SOFT: Duration = Duration::from_millis(100);
 
 /// How long the fence stays soft once every router acknowledged the freeze: a
 /// statement its router planned before that is on its way to the source by then.
@@ -830,7 +830,8 @@ impl Reconciler {
                 if super::sync::is_synced(synced, db, i) {
                     continue;
                 }
-                rows += copy_table(&src, &dst, t, &filter, &source.name, &target.name).await?;
+                rows +=
+                    copy_table(&src, &dst, &t.quoted, &filter, &source.name, &target.name).await?;
                 src.execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
                     .await
                     .map_err(|e| db_err(&source.name, e))?;
@@ -1273,23 +1274,22 @@ async fn locking_ddl(c: &Client, sql: &str) -> Result<(), tokio_postgres::Error>
 }
 
 /// Stream one table's rows matching `filter` from `src` into `dst` (binary COPY).
-async fn copy_table(
+pub(super) async fn copy_table(
     src: &Client,
     dst: &Client,
-    t: &Dist,
+    quoted: &str,
     filter: &str,
     src_name: &str,
     dst_name: &str,
 ) -> Result<i64, ReconcileError> {
     let out = src
         .copy_out(&format!(
-            "COPY (SELECT * FROM {} WHERE {filter}) TO STDOUT (FORMAT binary)",
-            t.quoted
+            "COPY (SELECT * FROM {quoted} WHERE {filter}) TO STDOUT (FORMAT binary)"
         ))
         .await
         .map_err(|e| db_err(src_name, e))?;
     let sink = dst
-        .copy_in(&format!("COPY {} FROM STDIN (FORMAT binary)", t.quoted))
+        .copy_in(&format!("COPY {quoted} FROM STDIN (FORMAT binary)"))
         .await
         .map_err(|e| db_err(dst_name, e))?;
     futures::pin_mut!(out);

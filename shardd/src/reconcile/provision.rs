@@ -1,19 +1,21 @@
 //! `add-shard` (SPEC §9): a new shard's instances are created and started (a primary
 //! and `replicas` streaming replicas, named `shard<N>-node<k>` like bootstrap's), every
-//! database and every declared table's schema (and the reference tables' rows) copied
-//! onto its primary from an existing shard, and only then is it added to the catalog:
-//! routers never send it a statement before it holds the tables. Its share of the
-//! buckets is then moved to it like any other move ([`super::moves`]).
+//! database and every declared table's schema copied onto its primary from an existing
+//! shard, then it joins the catalog as `provisioning`: routers send it reference-table
+//! writes and DDL, never reads and no buckets. The reference tables' rows are copied
+//! then, exact against concurrent writes ([`Reconciler::copy_reference`]), and the shard
+//! becomes `active`. Its share of the buckets is then moved to it like any other move
+//! ([`super::moves`]).
 //!
 //! The new nodes are addressed as bootstrap addresses them ([`crate::cluster::node_address`]:
 //! a host port, or the container's name on the cluster network with
 //! `docker.addressing = "network"`).
 //!
-//! Limits: the schema and reference rows are copied with `pg_dump | psql` run where
-//! shardd runs (the host, reaching containers through their published ports, or
-//! shardd's own container, whose image carries the PostgreSQL client); reference
-//! rows written during the copy are not on the new shard; a crash of shardd during the
-//! provisioning leaves instances that a new `add-shard` does not reuse.
+//! Limits: the schema is copied with `pg_dump | psql` run where shardd runs (the host,
+//! reaching containers through their published ports, or shardd's own container, whose
+//! image carries the PostgreSQL client); DDL during the copy may miss the new shard; a
+//! crash of shardd during the provisioning leaves instances that a new `add-shard` does
+//! not reuse.
 
 use super::{node_err, ReconcileError, Reconciler};
 use crate::cluster::LayoutNode;
@@ -23,6 +25,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 const READY: Duration = Duration::from_secs(180);
+
+/// Bound on waiting for the reference-table writers a new shard's copy must outlast.
+const WRITERS: Duration = Duration::from_secs(30);
 
 impl Reconciler {
     /// Create, start and fill a new shard, then add it to the catalog. Returns its id.
@@ -86,7 +91,10 @@ impl Reconciler {
             .collect();
         let mut client = self.catalog_client().await?;
         let v = pgshard_catalog::moves::add_shard(&mut client, shard, &rows).await?;
-        tracing::info!(%shard, nodes = rows.len(), %v, "shard added");
+        tracing::info!(%shard, nodes = rows.len(), %v, "shard added, provisioning");
+        self.copy_reference(&donor, &primary, &catalog, v).await?;
+        let v = pgshard_catalog::moves::activate_shard(&mut client, shard).await?;
+        tracing::info!(%shard, %v, "shard active");
         Ok(shard)
     }
 
@@ -166,7 +174,6 @@ impl Reconciler {
                 .await
                 .map_err(|e| node_err(&donor.name, e))?;
             let mut args: Vec<String> = Vec::new();
-            let mut reference = Vec::new();
             for t in &catalog.tables {
                 let quoted: String = t
                     .name
@@ -181,9 +188,6 @@ impl Reconciler {
                     .get(0);
                 if exists {
                     args.push(format!("--table={quoted}"));
-                    if t.kind == TableKind::Reference {
-                        reference.push(format!("--table={quoted}"));
-                    }
                 }
             }
             if args.is_empty() {
@@ -191,13 +195,139 @@ impl Reconciler {
             }
             args.push("--schema-only".into());
             dump_restore(&bin, donor, target, &db, &args).await?;
-            if !reference.is_empty() {
-                reference.push("--data-only".into());
-                dump_restore(&bin, donor, target, &db, &reference).await?;
-            }
             tracing::info!(db, tables = args.len() - 1, target = %target.name, "schema copied to the new shard");
         }
         Ok(())
+    }
+
+    /// Copy the reference tables' rows from `donor` onto the new shard `target`, which
+    /// is in the catalog (version `v`, `provisioning`) so routers send it every
+    /// reference-table write already. Exact against concurrent writes:
+    /// 1. every router routes with `v`, and the donor's transactions that began before
+    ///    then and write a reference table (or are prepared) end: every write left
+    ///    reaches the new shard too (a router also refuses a reference write planned
+    ///    without a shard that its catalog has by the time the write ran everywhere);
+    /// 2. the new shard's reference tables are locked (`EXCLUSIVE`): writes in progress
+    ///    there end, new ones wait; the donor's prepared transactions end (those whose
+    ///    part on the new shard committed);
+    /// 3. the donor's rows as of a snapshot taken then replace the new shard's, and the
+    ///    lock goes. Writes held by the lock apply on top of the copy, as on the donor.
+    async fn copy_reference(
+        &self,
+        donor: &NodeSpec,
+        target: &NodeSpec,
+        catalog: &pgshard_catalog::Catalog,
+        v: pgshard_catalog::CatalogVersion,
+    ) -> Result<(), ReconcileError> {
+        let client = self.catalog_client().await?;
+        self.routers_caught_up(&client, v).await;
+        tokio::time::sleep(super::moves::SOFT).await;
+        for db in self.databases(donor).await? {
+            let d = ready::connect(&donor.pg_config(&db, self.opts.timeout), self.opts.timeout)
+                .await
+                .map_err(|e| node_err(&donor.name, e))?;
+            let mut tables = Vec::new();
+            for t in catalog
+                .tables
+                .iter()
+                .filter(|t| t.kind == TableKind::Reference)
+            {
+                let quoted = quote_name(&t.name);
+                let exists: bool = d
+                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&quoted])
+                    .await
+                    .map_err(|e| node_err(&donor.name, e))?
+                    .get(0);
+                if exists {
+                    tables.push(quoted);
+                }
+            }
+            if tables.is_empty() {
+                continue;
+            }
+            let since: String = d
+                .query_one("SELECT clock_timestamp()::text", &[])
+                .await
+                .map_err(|e| node_err(&donor.name, e))?
+                .get(0);
+            let older = "SELECT NOT EXISTS (
+                    SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE l.mode = 'RowExclusiveLock' AND a.xact_start < $2::text::timestamptz
+                       AND l.relation = ANY (ARRAY(SELECT to_regclass(x)::oid
+                                                     FROM unnest($1::text[]) x)))
+                  AND NOT EXISTS (SELECT 1 FROM pg_prepared_xacts
+                                   WHERE prepared < $2::text::timestamptz)";
+            wait_until(&d, &donor.name, older, &[&tables, &since]).await?;
+            let t = ready::connect(&target.pg_config(&db, self.opts.timeout), self.opts.timeout)
+                .await
+                .map_err(|e| node_err(&target.name, e))?;
+            t.batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '30s'; LOCK TABLE {} IN EXCLUSIVE MODE",
+                tables.join(", ")
+            ))
+            .await
+            .map_err(|e| node_err(&target.name, e))?;
+            let locked: String = d
+                .query_one("SELECT clock_timestamp()::text", &[])
+                .await
+                .map_err(|e| node_err(&donor.name, e))?
+                .get(0);
+            let prepared = "SELECT NOT EXISTS (SELECT 1 FROM pg_prepared_xacts
+                                                WHERE prepared < $1::text::timestamptz)";
+            wait_until(&d, &donor.name, prepared, &[&locked]).await?;
+            d.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(|e| node_err(&donor.name, e))?;
+            let mut rows = 0;
+            for q in &tables {
+                t.batch_execute(&format!("DELETE FROM {q}"))
+                    .await
+                    .map_err(|e| node_err(&target.name, e))?;
+                rows +=
+                    super::moves::copy_table(&d, &t, q, "true", &donor.name, &target.name).await?;
+            }
+            t.batch_execute("COMMIT")
+                .await
+                .map_err(|e| node_err(&target.name, e))?;
+            let _ = d.batch_execute("COMMIT").await;
+            tracing::info!(db, tables = tables.len(), rows, target = %target.name, "reference rows copied to the new shard");
+        }
+        Ok(())
+    }
+}
+
+/// `name` (`schema.table` or `table`) quoted part by part.
+fn quote_name(name: &str) -> String {
+    name.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Run `sql` (one boolean) on `c` until it is true; an error past [`WRITERS`].
+async fn wait_until(
+    c: &tokio_postgres::Client,
+    node: &str,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<(), ReconcileError> {
+    let deadline = std::time::Instant::now() + WRITERS;
+    loop {
+        let done: bool = c
+            .query_one(sql, params)
+            .await
+            .map_err(|e| node_err(node, e))?
+            .get(0);
+        if done {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(node_err(
+                node,
+                format!("reference-table writers still open after {WRITERS:?}; try again"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
