@@ -316,7 +316,7 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
 }
 
 /// shardd killed at each state of a move (`PGSHARD_MOVE_CRASH_LOOPS` rounds, default
-/// 2): after a restart the move finished (killed after its flip) or was rolled back
+/// 5, as the issue asks): after a restart the move finished (killed after its flip) or was rolled back
 /// (before) and recorded again, so the operation completes either way; every row is
 /// once on its owner, and nothing of the moves is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +324,7 @@ async fn shardd_killed_at_each_move_state_finishes_or_rolls_back() -> anyhow::Re
     let loops: usize = std::env::var("PGSHARD_MOVE_CRASH_LOOPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+        .unwrap_or(5);
     let mut d = TestDaemon::start(opts(2), |_| {}).await?;
     let router = d.router().await?;
     let c = router.connect().await?;
