@@ -94,4 +94,7 @@ print(f"| {secs} s | {moves} | {owned} | {rows:,} ({share:.1%}) | {mbytes/1e6:.0
       f"{rows/secs:,.0f} | {mbytes/1e6/secs:.1f} | {p50} / {p99} / {mx} ms | {before} | {during} | {after} | {failed} |")
 PY
 echo
+echo "freeze steps per move (ms; shardd's log), then the load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+grep -o 'steps=.*' "$DATA/shardd.log" | sed 's/\x1b\[[0-9;]*m//g' | sed 's/^/    /' || true
+echo
 tail -3 "$WORK/add.out"
