@@ -26,6 +26,7 @@ fn opts(shards: u32) -> TestClusterOptions {
             pgshard_tests::distributed("accounts", "id", "bigint"),
             pgshard_tests::distributed("tallies", "id", "bigint"),
             pgshard_tests::reference("notes"),
+            pgshard_tests::distributed("nopk", "id", "bigint"),
         ],
         ..Default::default()
     }
@@ -240,8 +241,42 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
     router
         .connect()
         .await?
-        .batch_execute("CREATE TABLE notes (id bigint PRIMARY KEY, n int NOT NULL)")
+        .batch_execute(
+            "CREATE TABLE notes (id bigint PRIMARY KEY, n int NOT NULL);
+             CREATE TABLE nopk (id bigint NOT NULL, n int NOT NULL)",
+        )
         .await?;
+    let values: Vec<String> = (1..=500).map(|i| format!("({i}, 0)")).collect();
+    router
+        .connect()
+        .await?
+        .batch_execute(&format!("INSERT INTO nopk VALUES {}", values.join(",")))
+        .await?;
+    // A table without a primary key (no replica identity covering the key) cannot be
+    // published with a row filter: it is copied inside the freeze instead, and its
+    // updates go on meanwhile.
+    let stop_nopk = tokio_util::sync::CancellationToken::new();
+    let nopk = {
+        let (stop, connstr) = (stop_nopk.clone(), router.connstr());
+        tokio::spawn(async move {
+            let c = connect(&connstr).await.expect("connect");
+            let mut bumps = vec![0i64; 501];
+            let mut errors = Vec::new();
+            let mut id = 0i64;
+            while !stop.is_cancelled() {
+                id = id % 500 + 1;
+                match c
+                    .execute("UPDATE nopk SET n = n + 1 WHERE id = $1", &[&id])
+                    .await
+                {
+                    Ok(1) => bumps[id as usize] += 1,
+                    Ok(n) => errors.push(format!("update nopk {id}: {n} rows")),
+                    Err(e) => errors.push(describe(&e)),
+                }
+            }
+            (bumps, errors)
+        })
+    };
     let load = Load::start(&router, 3);
     let stop_notes = tokio_util::sync::CancellationToken::new();
     let notes = write_notes(router.connstr(), stop_notes.clone());
@@ -254,6 +289,22 @@ async fn add_shard_under_load_moves_only_its_share() -> anyhow::Result<()> {
     let report = load.finish().await;
     stop_notes.cancel();
     let notes = notes.await?;
+    stop_nopk.cancel();
+    let (bumps, nopk_errors) = nopk.await?;
+    assert!(nopk_errors.is_empty(), "nopk: {nopk_errors:?}");
+    assert_eq!(
+        check_placement(&d, "nopk").await?,
+        (1..=500).collect::<Vec<i64>>()
+    );
+    let got: Vec<i64> = router
+        .connect()
+        .await?
+        .query("SELECT n::bigint FROM nopk ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, bumps[1..], "nopk updates lost or doubled");
     eprintln!(
         "reference writes: {} rows, {} retried (40001)",
         notes.rows.len(),

@@ -804,7 +804,13 @@ impl Reconciler {
                 .present(&src, tables)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
-            if present.is_empty() {
+            // Copied ahead: deleted on the source after the flip
+            // ([`Reconciler::finish_move`]), outside the freeze.
+            let todo: Vec<usize> = present
+                .into_iter()
+                .filter(|&i| !super::sync::is_synced(synced, db, i))
+                .collect();
+            if todo.is_empty() {
                 continue;
             }
             let dst = self.connect_db(target, db).await?;
@@ -814,22 +820,15 @@ impl Reconciler {
             src.batch_execute(begin)
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
-            // A transaction id, so that its COMMIT PREPARED waits for the target's
-            // synchronous replica, and with it every row the subscription applied.
-            dst.batch_execute(&format!("{begin}; SELECT txid_current()"))
+            dst.batch_execute(begin)
                 .await
                 .map_err(|e| db_err(&target.name, e))?;
-            for i in present {
+            for i in todo {
                 let t = &tables[i];
                 let filter = format!(
                     "{} = ANY({list})",
                     bucket_sql_expr(&quote_ident(&t.key), t.key_type, buckets)
                 );
-                // Copied ahead: deleted on the source after the flip
-                // ([`Reconciler::finish_move`]), outside the freeze.
-                if super::sync::is_synced(synced, db, i) {
-                    continue;
-                }
                 rows +=
                     copy_table(&src, &dst, &t.quoted, &filter, &source.name, &target.name).await?;
                 src.execute(&format!("DELETE FROM {} WHERE {filter}", t.quoted), &[])
@@ -843,6 +842,16 @@ impl Reconciler {
             src.batch_execute(&format!("PREPARE TRANSACTION '{}'", gid("source")))
                 .await
                 .map_err(|e| db_err(&source.name, e))?;
+        }
+        if !synced.is_empty() {
+            // The subscription applies without waiting for a flush or a synchronous
+            // replica: one durable commit on the target (a transaction id, so it waits
+            // for both) makes every row it applied durable there before the flip.
+            self.connect_db(target, "postgres")
+                .await?
+                .batch_execute("SELECT txid_current()")
+                .await
+                .map_err(|e| db_err(&target.name, e))?;
         }
         Ok(rows)
     }
