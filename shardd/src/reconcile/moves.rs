@@ -675,6 +675,7 @@ impl Reconciler {
     ) -> Result<(), ReconcileError> {
         let deadline = Instant::now() + DRAIN + SOFT;
         let mut hard: Vec<String> = Vec::new();
+        let mut wait_for = 0.0f64;
         for db in dbs {
             let c = self.connect_db(source, db).await?;
             if self
@@ -688,68 +689,84 @@ impl Reconciler {
             // Every router routes with the freeze now (or the bound passed): only a
             // statement already on its way may still arrive, so the soft period can end
             // after [`GRACE`] rather than the whole of [`SOFT`].
-            c.execute(
-                &format!(
-                    "UPDATE pgshard_move.fence
-                        SET hard_at = least(hard_at, clock_timestamp() + interval '{} ms')
-                      WHERE move_id = $1",
-                    GRACE.as_millis()
-                ),
-                &[&m.id],
-            )
-            .await
-            .map_err(|e| db_err(&source.name, e))?;
-            // Sleep out the grace by the server's clock, then make sure of it.
-            let left: f64 = c
+            // One round trip: the new end of the soft period, and how far off it is by
+            // the server's clock.
+            let row = c
                 .query_one(
-                    "SELECT coalesce(extract(epoch FROM max(hard_at) - clock_timestamp()), 0)
-                              ::float8 FROM pgshard_move.fence WHERE move_id = $1",
+                    &format!(
+                        "WITH f AS (
+                             UPDATE pgshard_move.fence
+                                SET hard_at = least(hard_at, clock_timestamp() + interval '{} ms')
+                              WHERE move_id = $1 RETURNING hard_at)
+                         SELECT max(hard_at)::text,
+                                coalesce(extract(epoch FROM max(hard_at) - clock_timestamp()), 0)
+                                    ::float8
+                           FROM f",
+                        GRACE.as_millis()
+                    ),
                     &[&m.id],
                 )
                 .await
-                .map_err(|e| db_err(&source.name, e))?
-                .get(0);
-            if left > 0.0 {
-                tokio::time::sleep(Duration::from_secs_f64(left.min(SOFT.as_secs_f64()))).await;
-            }
-            let wait = "SELECT coalesce(max(hard_at) <= clock_timestamp(), true)
-                          FROM pgshard_move.fence WHERE move_id = $1";
-            self.poll(&c, source, deadline, wait, &[&m.id]).await?;
-            let at: Option<String> = c
-                .query_one(
-                    "SELECT max(hard_at)::text FROM pgshard_move.fence WHERE move_id = $1",
-                    &[&m.id],
-                )
-                .await
-                .map_err(|e| db_err(&source.name, e))?
-                .get(0);
+                .map_err(|e| db_err(&source.name, e))?;
+            let (at, left): (Option<String>, f64) = (row.get(0), row.get(1));
             hard.extend(at);
+            wait_for = wait_for.max(left);
+        }
+        // Sleep out the grace, then, once the server's clock agrees, the transactions
+        // that began before the fence was hard (by pid and start).
+        if wait_for > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait_for.min(SOFT.as_secs_f64()))).await;
         }
         let c = self.connect_db(source, "postgres").await?;
         let err = |e| db_err(&source.name, e);
-        let open: Vec<String> = c
-            .query_one(
-                "SELECT coalesce(array_agg(pid::text || '@' || xact_start::text), '{}')
-                   FROM pg_stat_activity
-                  WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
-                    AND xact_start < (SELECT max(h::timestamptz) FROM unnest($1::text[]) h)",
-                &[&hard],
-            )
-            .await
-            .map_err(err)?
-            .get(0);
+        let open: Vec<String> = loop {
+            let row = c
+                .query_one(
+                    "WITH h AS (SELECT max(h::timestamptz) AS at FROM unnest($1::text[]) h)
+                     SELECT coalesce((SELECT at FROM h) <= clock_timestamp(), true),
+                            coalesce(array_agg(pid::text || '@' || xact_start::text), '{}')
+                       FROM pg_stat_activity
+                      WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+                        AND xact_start < (SELECT at FROM h)",
+                    &[&hard],
+                )
+                .await
+                .map_err(err)?;
+            if row.get::<_, bool>(0) {
+                break row.get(1);
+            }
+            if Instant::now() > deadline {
+                return Err(node_err(&source.name, "the fence did not become hard"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        // Then the transactions prepared by the time those had left (read in the same
+        // round trip as the last check).
         let deadline = Instant::now() + DRAIN;
-        let wait = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
-                                        WHERE pid::text || '@' || xact_start::text = ANY($1))";
-        self.poll(&c, source, deadline, wait, &[&open]).await?;
-        let prepared: Vec<String> = c
-            .query_one(
-                "SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts",
-                &[],
-            )
-            .await
-            .map_err(err)?
-            .get(0);
+        let prepared: Vec<String> = loop {
+            let row = c
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                         WHERE pid::text || '@' || xact_start::text = ANY($1)),
+                            (SELECT coalesce(array_agg(gid), '{}') FROM pg_prepared_xacts)",
+                    &[&open],
+                )
+                .await
+                .map_err(err)?;
+            if row.get::<_, bool>(0) {
+                break row.get(1);
+            }
+            if Instant::now() > deadline {
+                return Err(node_err(
+                    &source.name,
+                    format!("transactions older than the fence still open after {DRAIN:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if prepared.is_empty() {
+            return Ok(());
+        }
         let wait = "SELECT NOT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = ANY($1))";
         self.poll(&c, source, deadline, wait, &[&prepared]).await
     }
