@@ -389,6 +389,10 @@ fn pools(ctx: &RouterCtx) -> Table {
                 s(p.idle),
                 s(p.in_use),
                 s(p.waiting),
+                s(p.waits),
+                s(p.wait_micros / 1000),
+                s(p.over_cap),
+                s(p.opened),
             ];
             row.extend(read_columns(ctx, &c, p.key.node));
             row
@@ -406,6 +410,10 @@ fn pools(ctx: &RouterCtx) -> Table {
             "idle",
             "in_use",
             "waiting",
+            "waits",
+            "wait_ms",
+            "over_cap",
+            "opened",
             "role",
             "reads",
             "reads_in_flight",

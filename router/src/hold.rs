@@ -179,6 +179,7 @@ pub async fn checkout_primary(
                     .primary(shard)
                     .ok_or(SessionError::NoPrimary(shard))?;
                 let pool = ctx.pools.get(node, user, database);
+                pool.set_shards(catalog.shards.len());
                 match pool.checkout_for(more).await {
                     Ok(mut conn) if in_hot_standby(&conn) => {
                         // A stale catalog's primary that is a standby now (demoted and

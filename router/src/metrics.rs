@@ -156,12 +156,18 @@ pub fn render(ctx: &RouterCtx) -> String {
     let mut conns = Vec::new();
     let mut waiting = Vec::new();
     let mut size = Vec::new();
+    let (mut waits, mut wait_micros) = (Vec::new(), Vec::new());
+    let (mut over_cap, mut opened) = (Vec::new(), Vec::new());
     for p in &pools {
         let l = pool_labels(p);
         conns.push((format!("{{{l},state=\"idle\"}}"), p.idle as u64));
         conns.push((format!("{{{l},state=\"in_use\"}}"), p.in_use as u64));
         waiting.push((format!("{{{l}}}"), p.waiting as u64));
         size.push((format!("{{{l}}}"), p.size as u64));
+        waits.push((format!("{{{l}}}"), p.waits));
+        wait_micros.push((format!("{{{l}}}"), p.wait_micros));
+        over_cap.push((format!("{{{l}}}"), p.over_cap));
+        opened.push((format!("{{{l}}}"), p.opened));
     }
     family(
         "pgshard_router_pool_connections",
@@ -174,6 +180,30 @@ pub fn render(ctx: &RouterCtx) -> String {
         "gauge",
         "Sessions waiting for a backend connection.",
         &waiting,
+    );
+    family(
+        "pgshard_router_pool_waits_total",
+        "counter",
+        "Checkouts that waited for pool capacity.",
+        &waits,
+    );
+    family(
+        "pgshard_router_pool_wait_microseconds_total",
+        "counter",
+        "Time checkouts spent waiting for pool capacity, in microseconds.",
+        &wait_micros,
+    );
+    family(
+        "pgshard_router_pool_over_cap_total",
+        "counter",
+        "Checkouts over the pool's cap (an operation holding a backend on another shard).",
+        &over_cap,
+    );
+    family(
+        "pgshard_router_pool_opened_total",
+        "counter",
+        "Backend connections opened.",
+        &opened,
     );
     family(
         "pgshard_router_pool_size",

@@ -327,3 +327,114 @@ async fn reference_table_writes_land_on_every_shard() -> anyhow::Result<()> {
     assert_eq!(per_shard(&cluster, "dt_kv2").await?.iter().sum::<i64>(), 20);
     Ok(())
 }
+
+/// `SHOW POOLS` as (shard, column) → value, for the shard primaries' pools.
+async fn pool_column(admin: &Client, column: &str) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut header = Vec::new();
+    let mut out = Vec::new();
+    for m in admin.simple_query("SHOW POOLS").await? {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                header = cols.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(r) => {
+                let get = |name: &str| {
+                    header
+                        .iter()
+                        .position(|h| h == name)
+                        .and_then(|i| r.get(i))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                out.push((get("shard"), get(column).parse()?));
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Two sessions each holding the only pooled backend of one shard (pool_size 1) join
+/// each other's shard over the pool's cap. The connections they hand back stay in the
+/// pool (up to pool_size × shards): later rounds open no connection. Closing them
+/// made every spanning transaction under full pools connect anew, which is what
+/// serialized TPC-B at 32 clients (bench/RESULTS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_over_the_pool_cap_are_kept_for_the_next_transaction() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("dt_cap")]).await?;
+    let router = TestRouter::start_with(
+        &cluster,
+        pgshard_catalog::config::RouterConfig {
+            pool_size: 1,
+            ..cluster.config().router.clone()
+        },
+    )
+    .await?;
+    let setup = router.connect().await?;
+    setup
+        .simple_query("CREATE TABLE dt_cap (id bigint PRIMARY KEY, v bigint NOT NULL DEFAULT 0)")
+        .await?;
+    for id in 1..=20 {
+        setup
+            .simple_query(&format!("INSERT INTO dt_cap (id) VALUES ({id})"))
+            .await?;
+    }
+    drop(setup);
+    // Two keys on each shard.
+    let mut keys = Vec::new();
+    for node in PRIMARIES {
+        let c = cluster.connect_node(node).await?;
+        let rows = c
+            .query("SELECT id FROM dt_cap ORDER BY id LIMIT 2", &[])
+            .await?;
+        anyhow::ensure!(rows.len() == 2, "two keys on {node}");
+        keys.push((rows[0].get::<_, i64>(0), rows[1].get::<_, i64>(0)));
+    }
+    let ((a1, b1), (a2, b2)) = (keys[0], keys[1]);
+    let admin = router.connect_admin().await?;
+    let (x, y) = (router.connect().await?, router.connect().await?);
+    let mut opened_after_first = Vec::new();
+    let over_cap_before = pool_column(&admin, "over_cap").await?;
+    for round in 0..3 {
+        let upd = |id: i64| format!("UPDATE dt_cap SET v = v + 1 WHERE id = {id}");
+        x.simple_query("BEGIN").await?;
+        x.simple_query(&upd(a1)).await?; // shard 1's only permit
+        y.simple_query("BEGIN").await?;
+        y.simple_query(&upd(a2)).await?; // shard 2's only permit
+        x.simple_query(&upd(b2)).await?; // shard 2 over the cap
+        y.simple_query(&upd(b1)).await?; // shard 1 over the cap
+        x.simple_query("COMMIT").await?;
+        y.simple_query("COMMIT").await?;
+        if round == 0 {
+            opened_after_first = pool_column(&admin, "opened").await?;
+        }
+    }
+    let opened = pool_column(&admin, "opened").await?;
+    assert_eq!(
+        opened, opened_after_first,
+        "no connection opened after the first round"
+    );
+    assert!(
+        opened.iter().all(|(_, n)| *n <= 2),
+        "within pool_size × shards: {opened:?}"
+    );
+    let over_cap = pool_column(&admin, "over_cap").await?;
+    for ((shard, before), (_, after)) in over_cap_before.iter().zip(&over_cap) {
+        assert!(
+            after - before >= 3,
+            "shard {shard}: a checkout over the cap in every round ({before} → {after})"
+        );
+    }
+    let c = router.connect().await?;
+    let total: i64 = c
+        .query_one("SELECT sum(v)::int8 FROM dt_cap", &[])
+        .await?
+        .get(0);
+    assert_eq!(total, 12, "every update committed");
+    let prepared = cluster
+        .value_on_each::<i64>(&PRIMARIES, "SELECT count(*) FROM pg_prepared_xacts")
+        .await?;
+    assert_eq!(prepared, vec![0, 0]);
+    Ok(())
+}

@@ -16,15 +16,22 @@
 //! operation that holds one backend always completes, and a pool's connections stay
 //! below `pool_size` × the number of shards (each over-cap backend belongs to an
 //! operation holding a capped one on another shard).
+//!
+//! An over-cap connection handed back stays idle for the next checkout as long as the
+//! pool's connections stay within that bound ([`Pool::set_shards`]): closing it would
+//! make every transaction spanning shards under full pools open a connection (a
+//! server process forked, authentication, the session's state replayed) while it holds
+//! rows locked on the other shard. Measured in bench/RESULTS.md ("what serializes at
+//! 32 clients").
 
 use super::conn::{BackendConn, BackendError};
 use crate::lock;
 use pgshard_catalog::{Node, NodeId};
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Identifies a pool: which server, as which user, in which database.
@@ -55,6 +62,14 @@ pub struct PoolStats {
     pub idle: usize,
     pub in_use: usize,
     pub waiting: usize,
+    /// Checkouts that waited for capacity since the router started, and their total
+    /// wait in microseconds.
+    pub waits: u64,
+    pub wait_micros: u64,
+    /// Checkouts that went over the cap (an operation holding a backend elsewhere).
+    pub over_cap: u64,
+    /// Connections opened since the router started.
+    pub opened: u64,
 }
 
 /// ParameterStatus name/value pairs of a server.
@@ -69,6 +84,12 @@ pub struct Pool {
     idle: Mutex<Vec<Box<BackendConn>>>,
     in_use: AtomicUsize,
     waiting: AtomicUsize,
+    waits: AtomicU64,
+    wait_micros: AtomicU64,
+    over_cap: AtomicU64,
+    opened: AtomicU64,
+    /// The number of shards in the catalog, for the bound on kept connections.
+    shards: AtomicUsize,
     /// ParameterStatus of the first connection, for client startups.
     server_params: Mutex<Option<ServerParams>>,
 }
@@ -89,6 +110,11 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             in_use: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
+            waits: AtomicU64::new(0),
+            wait_micros: AtomicU64::new(0),
+            over_cap: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            shards: AtomicUsize::new(1),
             server_params: Mutex::new(None),
         }
     }
@@ -110,6 +136,12 @@ impl Pool {
         self.checkout_inner(more).await
     }
 
+    /// Tells the pool how many shards the catalog has: connections handed back are
+    /// kept up to `pool_size` × that many (see the module documentation).
+    pub fn set_shards(&self, shards: usize) {
+        self.shards.store(shards.max(1), Ordering::Relaxed);
+    }
+
     /// True if a checkout would not wait (a permit is free now).
     pub fn has_capacity(&self) -> bool {
         self.permits.available_permits() > 0
@@ -118,16 +150,25 @@ impl Pool {
     async fn checkout_inner(self: &Arc<Self>, more: bool) -> Result<PooledConn, BackendError> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => Some(p),
-            Err(_) if more => None,
+            Err(_) if more => {
+                self.over_cap.fetch_add(1, Ordering::Relaxed);
+                None
+            }
             Err(_) => {
                 self.waiting.fetch_add(1, Ordering::Relaxed);
                 let _g = WaitGuard(&self.waiting);
-                match tokio::time::timeout(
+                let started = Instant::now();
+                let acquired = tokio::time::timeout(
                     self.settings.wait_timeout,
                     self.permits.clone().acquire_owned(),
                 )
-                .await
-                {
+                .await;
+                self.waits.fetch_add(1, Ordering::Relaxed);
+                self.wait_micros.fetch_add(
+                    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                match acquired {
                     Ok(Ok(p)) => Some(p),
                     _ => {
                         return Err(BackendError::PoolTimeout(format!(
@@ -172,6 +213,7 @@ impl Pool {
             self.settings.connect_timeout,
         )
         .await?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
         {
             let mut p = lock(&self.server_params);
             if p.is_none() {
@@ -206,6 +248,10 @@ impl Pool {
             idle: lock(&self.idle).len(),
             in_use: self.in_use.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
+            waits: self.waits.load(Ordering::Relaxed),
+            wait_micros: self.wait_micros.load(Ordering::Relaxed),
+            over_cap: self.over_cap.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
         }
     }
 
@@ -215,8 +261,9 @@ impl Pool {
             .fetch_sub(1, Ordering::Relaxed)
             .saturating_sub(1);
         let mut idle = lock(&self.idle);
-        if over_cap && idle.len() + in_use >= self.settings.size {
-            // Over the cap: not kept once the pool is full again.
+        let keep = self.settings.size * self.shards.load(Ordering::Relaxed);
+        if over_cap && idle.len() + in_use >= keep {
+            // Over the cap: not kept beyond the bound on the pool's connections.
             return;
         }
         if conn.is_clean() {
