@@ -170,6 +170,8 @@ where
         let Some(a) = self.attached.as_mut() else {
             return;
         };
+        // A deadlock victim's cancellation reaches the client as 40P01.
+        let frame = a.conn.deadlock_rewrite(frame);
         match a.expects.front_mut() {
             Some(Expect::Query {
                 forward,
