@@ -313,6 +313,7 @@ impl Detector {
             .iter()
             .any(|e| e.busy_for(now).is_some_and(|d| d >= every) && e.holds().is_some());
         if !stuck {
+            tracing::trace!(clients = entries.len(), "deadlock check: nothing waits");
             return;
         }
         let catalog = ctx.catalog.current();
@@ -336,6 +337,7 @@ impl Detector {
             .collect();
         let views: Vec<TxnView> = seen.iter().map(|s| s.view.clone()).collect();
         let waits = self.waits(&catalog, &seen, &shards).await;
+        tracing::debug!(?views, ?waits, "deadlock check");
         let cycles = distributed_cycles(&views, &wait_for_graph(&views, &waits));
         if cycles.is_empty() {
             return;
@@ -543,6 +545,7 @@ mod tests {
             view(3, 3, &[(1, 13), (2, 23)], t0),
         ];
         let waits = [wait(1, 11, &[12]), wait(1, 12, &[13]), wait(2, 23, &[21])];
+        tracing::debug!(?views, ?waits, "deadlock check");
         let cycles = distributed_cycles(&views, &wait_for_graph(&views, &waits));
         assert_eq!(cycles.len(), 1);
         assert_eq!(cycles[0].victim, 1);
@@ -564,6 +567,7 @@ mod tests {
             wait(2, 3, &[4]),
             wait(1, 4, &[3]),
         ];
+        tracing::debug!(?views, ?waits, "deadlock check");
         let cycles = distributed_cycles(&views, &wait_for_graph(&views, &waits));
         let victims: Vec<usize> = cycles.iter().map(|c| c.victim).collect();
         assert_eq!(victims, vec![1, 3]);

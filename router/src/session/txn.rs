@@ -177,6 +177,9 @@ where
             Ok(()) => {
                 tracing::debug!(%shard, participants = self.txn.parked.len() + 2, "shard joined the transaction");
                 self.txn.parked.push(cur);
+                // Every participant again (the deadlock detector must see the one
+                // parked just now).
+                self.publish_activity();
                 Ok(())
             }
             Err(e) => {

@@ -1,0 +1,258 @@
+//! Deadlocks spanning shards (SPEC §7, `router/src/deadlock.rs`) end to end: a 2-shard
+//! cluster, a router with its catalog connection (two-phase commit on) and its
+//! distributed deadlock detector at the default interval. PostgreSQL sees only half of
+//! each cycle on each shard; the router must cancel one transaction with 40P01 so the
+//! other finishes, and nothing may stay prepared or hang.
+
+use pgshard_catalog::{KeyValue, ShardId};
+use pgshard_tests::{distributed, two_shards, TestCluster, TestRouter};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+const PRIMARIES: [&str; 2] = ["shard1-node1", "shard2-node1"];
+
+/// How many times each scenario runs in one test (cheap: about a second each).
+const ROUNDS: usize = 5;
+
+/// Bounds every wait of the test so a missed deadlock fails instead of hanging (not a
+/// timing assertion: the detector acts within about two of its 1 s intervals).
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A key of `table`'s shard-key space that lives on `shard`.
+fn key_on(cluster: &TestCluster, shard: u32) -> i64 {
+    (1..10_000)
+        .find(|&k| cluster.catalog().shard_of(&KeyValue::Int(k)) == Some(ShardId(shard)))
+        .expect("both shards own buckets")
+}
+
+fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// Waits until a backend on `node` waits for a lock (a statement sent through the
+/// router has reached its lock wait).
+async fn lock_wait_on(cluster: &TestCluster, node: &str) -> anyhow::Result<()> {
+    let c = cluster.connect_node(node).await?;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let waiting: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+                &[],
+            )
+            .await?
+            .get(0);
+        if waiting > 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no lock wait on {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The single value of a one-row, one-column read through the router.
+async fn value(c: &Client, sql: &str) -> anyhow::Result<i64> {
+    for m in c.simple_query(sql).await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            return Ok(r.get(0).unwrap_or("").parse()?);
+        }
+    }
+    anyhow::bail!("no row for {sql}")
+}
+
+async fn stats(admin: &Client) -> anyhow::Result<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    for m in admin.simple_query("SHOW STATS").await? {
+        if let SimpleQueryMessage::Row(r) = m {
+            let stat = r.get(0).unwrap_or("").to_string();
+            out.insert(stat, r.get(1).unwrap_or("").parse().unwrap_or(u64::MAX));
+        }
+    }
+    Ok(out)
+}
+
+async fn no_prepared(cluster: &TestCluster) -> anyhow::Result<()> {
+    cluster
+        .value_on_each::<i64>(&PRIMARIES, "SELECT count(*) FROM pg_prepared_xacts")
+        .await?;
+    Ok(())
+}
+
+async fn settle<T>(
+    task: tokio::task::JoinHandle<Result<T, tokio_postgres::Error>>,
+) -> anyhow::Result<Result<T, tokio_postgres::Error>> {
+    Ok(tokio::time::timeout(PATIENCE, task)
+        .await
+        .map_err(|_| anyhow::anyhow!("a statement hung: deadlock not broken"))??)
+}
+
+/// Two explicit transactions move amounts between a key on shard 1 and one on shard 2
+/// in opposite orders, each holding its first lock before asking for the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_transactions_one_gets_40p01() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("dl_acct", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let setup = router.connect().await?;
+    setup
+        .simple_query("CREATE TABLE dl_acct (id bigint PRIMARY KEY, n bigint NOT NULL)")
+        .await?;
+    let (k1, k2) = (key_on(&cluster, 1), key_on(&cluster, 2));
+    for k in [k1, k2] {
+        setup
+            .simple_query(&format!("INSERT INTO dl_acct (id, n) VALUES ({k}, 100)"))
+            .await?;
+    }
+    let admin = router.connect_admin().await?;
+    let mut victims = 0;
+    for round in 0..ROUNDS {
+        let (a1, a2) = (
+            value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k1}")).await?,
+            value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k2}")).await?,
+        );
+        // T1 (simple protocol): k1 -= 10, then k2 += 10.
+        let t1 = Arc::new(router.connect().await?);
+        t1.simple_query(&format!(
+            "BEGIN; UPDATE dl_acct SET n = n - 10 WHERE id = {k1}"
+        ))
+        .await?;
+        // T2 (extended protocol): k2 -= 5, then k1 += 5.
+        let t2 = Arc::new(router.connect().await?);
+        t2.simple_query("BEGIN").await?;
+        t2.execute("UPDATE dl_acct SET n = n - 5 WHERE id = $1", &[&k2])
+            .await?;
+        let second1 = {
+            let t1 = t1.clone();
+            let sql = format!("UPDATE dl_acct SET n = n + 10 WHERE id = {k2}");
+            tokio::spawn(async move { t1.simple_query(&sql).await.map(|_| ()) })
+        };
+        lock_wait_on(&cluster, PRIMARIES[1]).await?;
+        let second2 = {
+            let t2 = t2.clone();
+            tokio::spawn(async move {
+                t2.execute("UPDATE dl_acct SET n = n + 5 WHERE id = $1", &[&k1])
+                    .await
+                    .map(|_| ())
+            })
+        };
+        // The victim's client rolls back as soon as it sees its error (as an
+        // application does): until then its other shard keeps its locks, as a
+        // PostgreSQL transaction that failed inside a savepoint keeps the locks taken
+        // before it.
+        let (mut second1, mut second2) = (second1, second2);
+        let first_done = tokio::time::timeout(PATIENCE, async {
+            tokio::select! {
+                r = &mut second1 => (1, r),
+                r = &mut second2 => (2, r),
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("round {round}: both hung: deadlock not broken"))?;
+        let (first, r) = (first_done.0, first_done.1?);
+        let e = match r {
+            Err(e) => e,
+            Ok(()) => {
+                panic!("round {round}: transaction {first} went on before a victim was chosen")
+            }
+        };
+        assert_eq!(sqlstate(&e).as_deref(), Some("40P01"), "round {round}: {e}");
+        let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or("");
+        assert!(detail.contains("shards 1 and 2"), "round {round}: {detail}");
+        let (victim, survivor, rest) = if first == 1 {
+            (&t1, &t2, second2)
+        } else {
+            (&t2, &t1, second1)
+        };
+        victim.simple_query("ROLLBACK").await?;
+        if let Err(e) = settle(rest).await? {
+            panic!("round {round}: both transactions failed; the second: {e}");
+        }
+        survivor.simple_query("COMMIT").await?;
+        victims += 1;
+        let t1_won = first == 2;
+        let (b1, b2) = (
+            value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k1}")).await?,
+            value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k2}")).await?,
+        );
+        let expected = if t1_won {
+            (a1 - 10, a2 + 10)
+        } else {
+            (a1 + 5, a2 - 5)
+        };
+        assert_eq!((b1, b2), expected, "round {round}: t1 committed: {t1_won}");
+        no_prepared(&cluster).await?;
+    }
+    let s = stats(&admin).await?;
+    assert_eq!(s.get("distributed_deadlocks"), Some(&victims), "{s:?}");
+    Ok(())
+}
+
+/// The case seen in the field: a multi-shard autocommit `UPDATE … SET n = n + 1` (run
+/// shard after shard in the router's own transaction) against an explicit transaction
+/// that locked a row on the second shard first and then wants one on the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_shard_write_against_a_transaction_never_hangs() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("dl_tally", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let setup = router.connect().await?;
+    setup
+        .simple_query("CREATE TABLE dl_tally (id bigint PRIMARY KEY, n bigint NOT NULL)")
+        .await?;
+    let (k1, k2) = (key_on(&cluster, 1), key_on(&cluster, 2));
+    for id in (1..=20).chain([k1, k2]) {
+        setup
+            .simple_query(&format!(
+                "INSERT INTO dl_tally (id, n) VALUES ({id}, 0) ON CONFLICT DO NOTHING"
+            ))
+            .await?;
+    }
+    let rows = value(&setup, "SELECT count(*) FROM dl_tally").await?;
+    let mut outcomes = Vec::new();
+    for round in 0..ROUNDS {
+        let before = value(&setup, "SELECT sum(n) FROM dl_tally").await?;
+        let x = Arc::new(router.connect().await?);
+        x.simple_query(&format!(
+            "BEGIN; UPDATE dl_tally SET n = n + 100 WHERE id = {k2}"
+        ))
+        .await?;
+        let w = router.connect().await?;
+        let write = tokio::spawn(async move {
+            w.simple_query("UPDATE dl_tally SET n = n + 1")
+                .await
+                .map(|_| ())
+        });
+        lock_wait_on(&cluster, PRIMARIES[1]).await?;
+        let second = {
+            let x = x.clone();
+            let sql = format!("UPDATE dl_tally SET n = n + 100 WHERE id = {k1}");
+            tokio::spawn(async move { x.simple_query(&sql).await.map(|_| ()) })
+        };
+        let (rx, rw) = (settle(second).await?, settle(write).await?);
+        for e in rx.as_ref().err().into_iter().chain(rw.as_ref().err()) {
+            assert_eq!(sqlstate(e).as_deref(), Some("40P01"), "round {round}: {e}");
+        }
+        let x_commits = rx.is_ok();
+        x.simple_query(if x_commits { "COMMIT" } else { "ROLLBACK" })
+            .await?;
+        let after = value(&setup, "SELECT sum(n) FROM dl_tally").await?;
+        let expected = before + if x_commits { 200 } else { 0 } + if rw.is_ok() { rows } else { 0 };
+        assert_eq!(
+            after,
+            expected,
+            "round {round}: transaction ok {x_commits}, write ok {}",
+            rw.is_ok()
+        );
+        no_prepared(&cluster).await?;
+        outcomes.push((x_commits, rw.is_ok()));
+    }
+    assert!(
+        outcomes.iter().all(|&(x, w)| x || w),
+        "somebody finishes every round: {outcomes:?}"
+    );
+    eprintln!("(transaction committed, multi-shard write committed) per round: {outcomes:?}");
+    Ok(())
+}
