@@ -25,7 +25,13 @@
 //! found, and such transactions wait until a statement or lock timeout ends them. A
 //! cancel reaches the victim's backend a moment after the detector looked; if the
 //! statement finished in between, the cancel is ignored by an idle backend and the
-//! mark is cleared when the connection goes back to its pool.
+//! mark is cleared when the connection goes back to its pool. A victim inside a
+//! transaction block fails on the shard where it waited; its other shards keep its
+//! locks until the client's ROLLBACK (PostgreSQL releases a failed transaction's
+//! locks at the error, unless a savepoint keeps them): the other transaction of the
+//! cycle goes on once the victim's client rolls back. The detector's view is the
+//! sessions' last publication (at each backend change and ReadyForQuery); backends
+//! on replicas are not asked (reads take no row locks).
 
 use crate::backend::BackendConn;
 use crate::registry::{ClientEntry, TxnMark};

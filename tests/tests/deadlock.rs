@@ -256,3 +256,64 @@ async fn multi_shard_write_against_a_transaction_never_hangs() -> anyhow::Result
     eprintln!("(transaction committed, multi-shard write committed) per round: {outcomes:?}");
     Ok(())
 }
+
+/// A deadlock within one shard is PostgreSQL's own to break (its detector, its 40P01):
+/// the router's detector sees the cycle on one shard and leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_on_one_shard_is_left_to_postgresql() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("dl_one", "id", "bigint")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let setup = router.connect().await?;
+    setup
+        .simple_query("CREATE TABLE dl_one (id bigint PRIMARY KEY, n bigint NOT NULL)")
+        .await?;
+    let on_one: Vec<i64> = (1..10_000)
+        .filter(|&k| cluster.catalog().shard_of(&KeyValue::Int(k)) == Some(ShardId(1)))
+        .take(2)
+        .collect();
+    let (ka, kb) = (on_one[0], on_one[1]);
+    for k in [ka, kb] {
+        setup
+            .simple_query(&format!("INSERT INTO dl_one (id, n) VALUES ({k}, 0)"))
+            .await?;
+    }
+    let admin = router.connect_admin().await?;
+    let t1 = Arc::new(router.connect().await?);
+    let t2 = Arc::new(router.connect().await?);
+    t1.simple_query(&format!("BEGIN; UPDATE dl_one SET n = 1 WHERE id = {ka}"))
+        .await?;
+    t2.simple_query(&format!("BEGIN; UPDATE dl_one SET n = 2 WHERE id = {kb}"))
+        .await?;
+    let second1 = {
+        let t1 = t1.clone();
+        let sql = format!("UPDATE dl_one SET n = 1 WHERE id = {kb}");
+        tokio::spawn(async move { t1.simple_query(&sql).await.map(|_| ()) })
+    };
+    lock_wait_on(&cluster, PRIMARIES[0]).await?;
+    let second2 = {
+        let t2 = t2.clone();
+        let sql = format!("UPDATE dl_one SET n = 2 WHERE id = {ka}");
+        tokio::spawn(async move { t2.simple_query(&sql).await.map(|_| ()) })
+    };
+    let (r1, r2) = (settle(second1).await?, settle(second2).await?);
+    let failed: Vec<&tokio_postgres::Error> = r1
+        .as_ref()
+        .err()
+        .into_iter()
+        .chain(r2.as_ref().err())
+        .collect();
+    assert_eq!(failed.len(), 1, "PostgreSQL cancels one: {r1:?} {r2:?}");
+    let e = failed[0];
+    assert_eq!(sqlstate(e).as_deref(), Some("40P01"), "{e}");
+    let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or("");
+    assert!(
+        !detail.contains("Distributed"),
+        "PostgreSQL's own: {detail}"
+    );
+    for t in [&t1, &t2] {
+        t.simple_query("ROLLBACK").await?;
+    }
+    let s = stats(&admin).await?;
+    assert_eq!(s.get("distributed_deadlocks"), Some(&0), "{s:?}");
+    Ok(())
+}
