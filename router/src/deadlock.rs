@@ -18,7 +18,9 @@
 //! transaction is the victim: its waiting backend gets a CancelRequest, and the
 //! backend's [`Mark`] turns the 57014 that comes back into `40P01 deadlock detected`
 //! with a DETAIL naming the shards. From there it is an error like any other: a
-//! transaction block fails, a multi-shard autocommit write rolls back everywhere.
+//! transaction block fails (and its other shards roll back at once, releasing their
+//! locks as PostgreSQL does at an error), a multi-shard autocommit write rolls back
+//! everywhere.
 //!
 //! Limits. One router sees only its own sessions: a cycle through transactions of two
 //! router processes (or through clients connected to the shards directly) is not
@@ -26,12 +28,13 @@
 //! cancel reaches the victim's backend a moment after the detector looked; if the
 //! statement finished in between, the cancel is ignored by an idle backend and the
 //! mark is cleared when the connection goes back to its pool. A victim inside a
-//! transaction block fails on the shard where it waited; its other shards keep its
-//! locks until the client's ROLLBACK (PostgreSQL releases a failed transaction's
-//! locks at the error, unless a savepoint keeps them): the other transaction of the
-//! cycle goes on once the victim's client rolls back. The detector's view is the
-//! sessions' last publication (at each backend change and ReadyForQuery); backends
-//! on replicas are not asked (reads take no row locks).
+//! transaction block with savepoints keeps its locks on its other shards until the
+//! client rolls back (as a PostgreSQL transaction keeps the locks taken before a
+//! savepoint); without savepoints they are rolled back at the error (see the session's
+//! `roll_back_parked`). The detector's view is the sessions' last publication (at each
+//! backend change and ReadyForQuery); backends on replicas are not asked (reads take
+//! no row locks). Errors of the statements the router runs in a side transaction of
+//! its own (collecting rows for a repartitioned query) are not rewritten.
 
 use crate::backend::BackendConn;
 use crate::registry::{ClientEntry, TxnMark};

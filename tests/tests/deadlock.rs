@@ -139,41 +139,25 @@ async fn crossed_transactions_one_gets_40p01() -> anyhow::Result<()> {
                     .map(|_| ())
             })
         };
-        // The victim's client rolls back as soon as it sees its error (as an
-        // application does): until then its other shard keeps its locks, as a
-        // PostgreSQL transaction that failed inside a savepoint keeps the locks taken
-        // before it.
-        let (mut second1, mut second2) = (second1, second2);
-        let first_done = tokio::time::timeout(PATIENCE, async {
-            tokio::select! {
-                r = &mut second1 => (1, r),
-                r = &mut second2 => (2, r),
-            }
-        })
-        .await
-        .map_err(|_| anyhow::anyhow!("round {round}: both hung: deadlock not broken"))?;
-        let (first, r) = (first_done.0, first_done.1?);
-        let e = match r {
-            Err(e) => e,
-            Ok(()) => {
-                panic!("round {round}: transaction {first} went on before a victim was chosen")
-            }
+        // Both settle before either client ends its transaction: the victim's other
+        // shard rolls back at its error (its locks go, as a failed PostgreSQL
+        // transaction's do), so the survivor's waiting statement goes on.
+        let (r1, r2) = (settle(second1).await?, settle(second2).await?);
+        let (e, t1_won) = match (r1, r2) {
+            (Ok(()), Err(e)) => (e, true),
+            (Err(e), Ok(())) => (e, false),
+            (r1, r2) => panic!("round {round}: exactly one must fail: {r1:?} {r2:?}"),
         };
         assert_eq!(sqlstate(&e).as_deref(), Some("40P01"), "round {round}: {e}");
         let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or("");
         assert!(detail.contains("shards 1 and 2"), "round {round}: {detail}");
-        let (victim, survivor, rest) = if first == 1 {
-            (&t1, &t2, second2)
-        } else {
-            (&t2, &t1, second1)
-        };
-        victim.simple_query("ROLLBACK").await?;
-        if let Err(e) = settle(rest).await? {
-            panic!("round {round}: both transactions failed; the second: {e}");
-        }
+        let (victim, survivor) = if t1_won { (&t2, &t1) } else { (&t1, &t2) };
+        // A failed transaction's COMMIT rolls back, as in PostgreSQL.
+        let end = if round % 2 == 0 { "ROLLBACK" } else { "COMMIT" };
+        victim.simple_query(end).await?;
         survivor.simple_query("COMMIT").await?;
         victims += 1;
-        let t1_won = first == 2;
+        eprintln!("round {round}: t1 committed {t1_won}, victim ended with {end}");
         let (b1, b2) = (
             value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k1}")).await?,
             value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k2}")).await?,

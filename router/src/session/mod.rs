@@ -626,6 +626,9 @@ where
             }
             Event::ClientWrote(_) => return Ok(true),
         }
+        if self.txn.roll_back_parked {
+            self.roll_back_parked().await;
+        }
         Ok(false)
     }
 

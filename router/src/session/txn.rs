@@ -189,6 +189,23 @@ where
         }
     }
 
+    /// After a deadlock error on the attached backend: the other participants roll
+    /// back now rather than at the client's ROLLBACK, releasing their locks as
+    /// PostgreSQL releases a failed transaction's (no savepoint keeps them), so the
+    /// transaction the victim blocked on another shard goes on at once. The attached
+    /// backend stays failed (the client still ends the transaction, and a COMMIT
+    /// rolls back); the rolled back ones take part as readers from here.
+    pub(crate) async fn roll_back_parked(&mut self) {
+        self.txn.roll_back_parked = false;
+        for p in self.txn.parked.iter_mut() {
+            if let Err(error) = p.conn.run_silent("ROLLBACK").await {
+                tracing::debug!(shard = %p.shard, %error, "ROLLBACK after a deadlock failed; the connection is closed");
+                p.conn.broken = true;
+            }
+            p.wrote = false;
+        }
+    }
+
     /// The client's Sync ending an extended-protocol batch whose implicit transaction
     /// spans shards: what the attached backend owes is settled, then every participant
     /// commits (two-phase commit when several wrote) — or rolls back if anything in the
