@@ -34,7 +34,10 @@
 //! `roll_back_parked`). The detector's view is the sessions' last publication (at each
 //! backend change and ReadyForQuery); backends on replicas are not asked (reads take
 //! no row locks). Errors of the statements the router runs in a side transaction of
-//! its own (collecting rows for a repartitioned query) are not rewritten.
+//! its own (collecting rows for a repartitioned query) are not rewritten. The
+//! detector connects to database `postgres` as the first of `router.users` (as the
+//! replica probe does): when clients log in as other users, that role needs
+//! `pg_read_all_stats` to see their waits in `pg_stat_activity`.
 
 use crate::backend::BackendConn;
 use crate::registry::{ClientEntry, TxnMark};

@@ -98,6 +98,27 @@ impl ClientEntry {
     /// gone ends it. Reuses the entry's vector (no allocation once it has grown).
     pub fn set_holds(&self, holds: impl Iterator<Item = Hold>) {
         let mut a = lock(&self.activity);
+        self.put_holds(&mut a, holds);
+    }
+
+    /// [`ClientEntry::set_activity`] and [`ClientEntry::set_holds`] under one lock (what
+    /// a session publishes at each ReadyForQuery).
+    pub fn set_activity_holds(
+        &self,
+        state: &'static str,
+        shard: Option<ShardId>,
+        cancel: Option<CancelTarget>,
+        holds: impl Iterator<Item = Hold>,
+    ) {
+        let mut a = lock(&self.activity);
+        a.state = state;
+        a.shard = shard;
+        a.cancel.clear();
+        a.cancel.extend(cancel);
+        self.put_holds(&mut a, holds);
+    }
+
+    fn put_holds(&self, a: &mut Activity, holds: impl Iterator<Item = Hold>) {
         a.holds.clear();
         a.holds.extend(holds);
         if a.holds.is_empty() {

@@ -131,6 +131,7 @@ async fn crossed_transactions_one_gets_40p01() -> anyhow::Result<()> {
             tokio::spawn(async move { t1.simple_query(&sql).await.map(|_| ()) })
         };
         lock_wait_on(&cluster, PRIMARIES[1]).await?;
+        let closed = std::time::Instant::now();
         let second2 = {
             let t2 = t2.clone();
             tokio::spawn(async move {
@@ -143,6 +144,7 @@ async fn crossed_transactions_one_gets_40p01() -> anyhow::Result<()> {
         // shard rolls back at its error (its locks go, as a failed PostgreSQL
         // transaction's do), so the survivor's waiting statement goes on.
         let (r1, r2) = (settle(second1).await?, settle(second2).await?);
+        let resolved = closed.elapsed();
         let (e, t1_won) = match (r1, r2) {
             (Ok(()), Err(e)) => (e, true),
             (Err(e), Ok(())) => (e, false),
@@ -157,7 +159,10 @@ async fn crossed_transactions_one_gets_40p01() -> anyhow::Result<()> {
         victim.simple_query(end).await?;
         survivor.simple_query("COMMIT").await?;
         victims += 1;
-        eprintln!("round {round}: t1 committed {t1_won}, victim ended with {end}");
+        eprintln!(
+            "round {round}: t1 committed {t1_won}, victim ended with {end}, \
+             both statements answered {resolved:?} after the cycle closed"
+        );
         let (b1, b2) = (
             value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k1}")).await?,
             value(&setup, &format!("SELECT n FROM dl_acct WHERE id = {k2}")).await?,

@@ -832,12 +832,14 @@ where
                 } else {
                     "idle in transaction"
                 };
-                self.entry
-                    .set_activity(state, Some(a.shard), Some(a.conn.cancel_target()));
                 let in_txn = a.conn.status != b'I' || !self.txn.parked.is_empty();
                 let holds = self.attached.iter().chain(self.txn.parked.iter());
-                self.entry
-                    .set_holds(holds.filter(|_| in_txn).map(|p| hold(p.shard, &p.conn)));
+                self.entry.set_activity_holds(
+                    state,
+                    Some(a.shard),
+                    Some(a.conn.cancel_target()),
+                    holds.filter(|_| in_txn).map(|p| hold(p.shard, &p.conn)),
+                );
             }
             None => self.entry.set_activity("idle", None, None),
         }
