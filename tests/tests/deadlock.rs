@@ -209,10 +209,18 @@ async fn multi_shard_write_against_a_transaction_never_hangs() -> anyhow::Result
         ))
         .await?;
         let w = router.connect().await?;
+        // Simple protocol in even rounds, bound parameters (extended) in odd ones.
+        let extended = round % 2 == 1;
         let write = tokio::spawn(async move {
-            w.simple_query("UPDATE dl_tally SET n = n + 1")
-                .await
-                .map(|_| ())
+            if extended {
+                w.execute("UPDATE dl_tally SET n = n + $1", &[&1i64])
+                    .await
+                    .map(|_| ())
+            } else {
+                w.simple_query("UPDATE dl_tally SET n = n + 1")
+                    .await
+                    .map(|_| ())
+            }
         });
         lock_wait_on(&cluster, PRIMARIES[1]).await?;
         let second = {
@@ -223,6 +231,8 @@ async fn multi_shard_write_against_a_transaction_never_hangs() -> anyhow::Result
         let (rx, rw) = (settle(second).await?, settle(write).await?);
         for e in rx.as_ref().err().into_iter().chain(rw.as_ref().err()) {
             assert_eq!(sqlstate(e).as_deref(), Some("40P01"), "round {round}: {e}");
+            let detail = e.as_db_error().and_then(|d| d.detail()).unwrap_or("");
+            assert!(detail.contains("shards 1 and 2"), "round {round}: {detail}");
         }
         let x_commits = rx.is_ok();
         x.simple_query(if x_commits { "COMMIT" } else { "ROLLBACK" })
