@@ -352,6 +352,12 @@ pub struct RouterConfig {
     /// tables when it cannot be pushed down (a repartition join, a window not
     /// partitioned by the key…): past it the statement fails with SQLSTATE 54000.
     pub max_intermediate_bytes: u64,
+    /// How often the router looks for deadlocks spanning shards (a transaction waits
+    /// on shard 2 for one that waits on shard 1 for it), in milliseconds; it asks the
+    /// shards only when a transaction's statement has run at least that long. The
+    /// youngest transaction of a cycle is cancelled with SQLSTATE 40P01. 0 turns the
+    /// detector off.
+    pub distributed_deadlock_check_ms: u64,
 }
 
 impl RouterConfig {
@@ -410,6 +416,7 @@ impl Default for RouterConfig {
             workers: 0,
             failover_hold_ms: 10_000,
             max_intermediate_bytes: 1 << 30,
+            distributed_deadlock_check_ms: 1000,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod auth;
 pub mod backend;
 pub mod catalog_watch;
 pub mod copy;
+pub mod deadlock;
 pub mod distribute;
 pub mod fanout;
 pub mod forget;

@@ -113,6 +113,12 @@ pub fn render(ctx: &RouterCtx) -> String {
         "Statements that waited router.failover_hold_ms for a new primary and failed.",
         &[(String::new(), get(&s.hold_timeouts))],
     );
+    family(
+        "pgshard_router_distributed_deadlocks_total",
+        "counter",
+        "Deadlocks spanning shards broken by cancelling the youngest transaction (40P01).",
+        &[(String::new(), get(&s.distributed_deadlocks))],
+    );
     if let Some(t) = &ctx.twopc {
         let c = &t.coord.stats;
         family(

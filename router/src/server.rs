@@ -247,6 +247,9 @@ impl Router {
             self.ctx.reads.clone(),
             shutdown.clone(),
         ));
+        // Deadlocks spanning shards (idle unless a transaction's statement runs
+        // longer than the check interval).
+        tokio::spawn(crate::deadlock::run(self.ctx.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(self.ctx.config.max_clients.max(1) as usize));
         let tracker = TaskTracker::new();
         let workers = match Workers::start(self.ctx.config.workers as usize) {

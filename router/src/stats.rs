@@ -78,6 +78,9 @@ pub struct Stats {
     pub held_micros: AtomicU64,
     /// Statements that waited out `router.failover_hold_ms` and failed.
     pub hold_timeouts: AtomicU64,
+    /// Deadlocks spanning shards the router broke by cancelling a transaction
+    /// ([`crate::deadlock`]).
+    pub distributed_deadlocks: AtomicU64,
     pub latency: Latency,
 }
 
@@ -95,6 +98,7 @@ impl Default for Stats {
             held: AtomicU64::new(0),
             held_micros: AtomicU64::new(0),
             hold_timeouts: AtomicU64::new(0),
+            distributed_deadlocks: AtomicU64::new(0),
             latency: Latency::default(),
         }
     }
@@ -135,6 +139,7 @@ impl Stats {
             ("statements_held_failover", get(&self.held)),
             ("held_failover_micros", get(&self.held_micros)),
             ("hold_timeouts", get(&self.hold_timeouts)),
+            ("distributed_deadlocks", get(&self.distributed_deadlocks)),
         ]
     }
 }

@@ -154,6 +154,9 @@ pub struct BackendConn {
     /// Whether this connection's database has the 2PC decision table
     /// ([`crate::twopc::DecisionTable`]), as last found by the coordinator.
     pub decision_table: crate::twopc::DecisionTable,
+    /// Set when the distributed deadlock detector cancels this backend's statement:
+    /// the cancellation error becomes 40P01 ([`BackendConn::deadlock_rewrite`]).
+    pub deadlock: Arc<crate::deadlock::Mark>,
 }
 
 impl BackendConn {
@@ -211,6 +214,7 @@ impl BackendConn {
             state_fp: 0,
             decision_table: crate::twopc::DecisionTable::Unknown,
             worker: crate::workers::current(),
+            deadlock: Arc::default(),
         };
         encode_startup(
             &mut conn.out,
@@ -321,6 +325,7 @@ impl BackendConn {
     }
 
     pub fn server_error(&self, frame: Frame) -> BackendError {
+        let frame = self.deadlock_rewrite(frame);
         let (code, message) = error_summary(&frame);
         BackendError::Server {
             addr: self.addr.to_string(),
@@ -328,6 +333,30 @@ impl BackendConn {
             message,
             frame,
         }
+    }
+
+    /// An ErrorResponse from this server as the client gets it: the cancellation
+    /// (57014) of a statement the deadlock detector chose as its victim becomes
+    /// `40P01 deadlock detected` with the detector's DETAIL; anything else is
+    /// unchanged.
+    pub fn deadlock_rewrite(&self, frame: Frame) -> Frame {
+        if error_summary(&frame).0 != "57014" {
+            return frame;
+        }
+        let Some(detail) = self.deadlock.take() else {
+            return frame;
+        };
+        let mut b = BytesMut::new();
+        crate::protocol::backend::encode_error(
+            &mut b,
+            b'E',
+            "ERROR",
+            crate::deadlock::DEADLOCK_DETECTED,
+            "deadlock detected",
+            Some(&detail),
+            Some("See the router log for the transactions involved."),
+        );
+        Frame::from_bytes(b.freeze()).unwrap_or(frame)
     }
 
     /// Records a ParameterStatus.

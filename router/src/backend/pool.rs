@@ -229,6 +229,7 @@ impl Pool {
         permit: Option<OwnedSemaphorePermit>,
     ) -> PooledConn {
         self.in_use.fetch_add(1, Ordering::Relaxed);
+        conn.deadlock.clear();
         PooledConn {
             conn: Some(conn),
             pool: self.clone(),
@@ -267,6 +268,7 @@ impl Pool {
             return;
         }
         if conn.is_clean() {
+            conn.deadlock.clear();
             idle.push(conn);
         } else {
             tracing::debug!(addr = %conn.addr, status = %(conn.status as char), broken = conn.broken, "discarding backend connection");

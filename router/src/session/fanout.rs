@@ -67,6 +67,10 @@ impl ShardStream for ShardReader<'_> {
                     if f.tag() == b'S' {
                         self.conn.note_parameter(&f);
                     }
+                    if f.tag() == b'E' {
+                        // A deadlock victim's cancellation reaches the client as 40P01.
+                        return Ok(Some(self.conn.deadlock_rewrite(f)));
+                    }
                     return Ok(Some(f));
                 }
                 Ok(None) => {

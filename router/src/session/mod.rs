@@ -599,7 +599,9 @@ where
             }
             Event::Client(Ok(Some(frame))) => {
                 if self.request_start.is_none() {
-                    self.request_start = Some(std::time::Instant::now());
+                    let now = std::time::Instant::now();
+                    self.request_start = Some(now);
+                    self.entry.set_busy(Some(now));
                 }
                 self.on_client_frame(frame).await?
             }
@@ -617,11 +619,15 @@ where
                 if n == self.out.len() && ends_with_ready(&self.out) {
                     if let Some(start) = self.request_start.take() {
                         self.ctx.stats.latency.observe(start.elapsed());
+                        self.entry.set_busy(None);
                     }
                 }
                 self.out.advance(n)
             }
             Event::ClientWrote(_) => return Ok(true),
+        }
+        if self.txn.roll_back_parked {
+            self.roll_back_parked().await;
         }
         Ok(false)
     }
@@ -816,7 +822,8 @@ where
         }
     }
 
-    /// Updates what `SHOW CLIENTS` and CancelRequest see.
+    /// Updates what `SHOW CLIENTS`, CancelRequest and the distributed deadlock
+    /// detector see (the backends of an open transaction, see [`crate::deadlock`]).
     pub(crate) fn publish_activity(&self) {
         match &self.attached {
             Some(a) => {
@@ -825,8 +832,14 @@ where
                 } else {
                     "idle in transaction"
                 };
-                self.entry
-                    .set_activity(state, Some(a.shard), Some(a.conn.cancel_target()));
+                let in_txn = a.conn.status != b'I' || !self.txn.parked.is_empty();
+                let holds = self.attached.iter().chain(self.txn.parked.iter());
+                self.entry.set_activity_holds(
+                    state,
+                    Some(a.shard),
+                    Some(a.conn.cancel_target()),
+                    holds.filter(|_| in_txn).map(|p| hold(p.shard, &p.conn)),
+                );
             }
             None => self.entry.set_activity("idle", None, None),
         }
@@ -870,10 +883,21 @@ where
             None => false,
         };
         if release {
+            // Unpublished before the backend goes back to its pool (the deadlock
+            // detector must not mark a backend another session may take next).
+            self.entry.set_activity("idle", None, None);
             self.attached = None;
             self.drop_backend_portals();
-            self.entry.set_activity("idle", None, None);
         }
+    }
+}
+
+/// A backend a transaction holds, as the deadlock detector sees it.
+pub(crate) fn hold(shard: ShardId, conn: &crate::backend::BackendConn) -> crate::registry::Hold {
+    crate::registry::Hold {
+        shard,
+        target: conn.cancel_target(),
+        mark: conn.deadlock.clone(),
     }
 }
 

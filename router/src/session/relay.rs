@@ -170,6 +170,15 @@ where
         let Some(a) = self.attached.as_mut() else {
             return;
         };
+        // A deadlock victim's cancellation reaches the client as 40P01.
+        let frame = a.conn.deadlock_rewrite(frame);
+        if !self.txn.parked.is_empty()
+            && self.txn.savepoints.is_empty()
+            && crate::protocol::backend::error_summary(&frame).0
+                == crate::deadlock::DEADLOCK_DETECTED
+        {
+            self.txn.roll_back_parked = true;
+        }
         match a.expects.front_mut() {
             Some(Expect::Query {
                 forward,

@@ -177,12 +177,32 @@ where
             Ok(()) => {
                 tracing::debug!(%shard, participants = self.txn.parked.len() + 2, "shard joined the transaction");
                 self.txn.parked.push(cur);
+                // Every participant again (the deadlock detector must see the one
+                // parked just now).
+                self.publish_activity();
                 Ok(())
             }
             Err(e) => {
                 self.attached = Some(cur);
                 Err(e)
             }
+        }
+    }
+
+    /// After a deadlock error on the attached backend: the other participants roll
+    /// back now rather than at the client's ROLLBACK, releasing their locks as
+    /// PostgreSQL releases a failed transaction's (no savepoint keeps them), so the
+    /// transaction the victim blocked on another shard goes on at once. The attached
+    /// backend stays failed (the client still ends the transaction, and a COMMIT
+    /// rolls back); the rolled back ones take part as readers from here.
+    pub(crate) async fn roll_back_parked(&mut self) {
+        self.txn.roll_back_parked = false;
+        for p in self.txn.parked.iter_mut() {
+            if let Err(error) = p.conn.run_silent("ROLLBACK").await {
+                tracing::debug!(shard = %p.shard, %error, "ROLLBACK after a deadlock failed; the connection is closed");
+                p.conn.broken = true;
+            }
+            p.wrote = false;
         }
     }
 
@@ -336,10 +356,7 @@ where
         let mut failure: Option<SessionError> = None;
         for (i, &shard) in w.shards.iter().enumerate() {
             let sql = format!("BEGIN; {}", w.sql_for(i));
-            match self
-                .write_on_shard(&catalog, shard, &sql, !conns.is_empty())
-                .await
-            {
+            match self.write_on_shard(&catalog, shard, &sql, &conns).await {
                 Ok((conn, Ok(reply))) => {
                     conns.push((shard, conn));
                     replies.push(reply);
@@ -364,6 +381,7 @@ where
             merge_write_replies(&mut b, &replies, w.replicated);
         }
         drop(conns);
+        self.publish_activity();
         encode_ready(&mut b, b'I');
         self.emit_local(&b);
         Ok(())
@@ -519,6 +537,7 @@ where
                     break;
                 }
             };
+            self.publish_write_holds(&conns, (shard, &conn));
             let r = exec_write_extended(&mut conn, shard, i, p, describe, true).await;
             conns.push((shard, conn));
             match r {
@@ -535,6 +554,7 @@ where
         let mut b = BytesMut::new();
         let committed = self.finish_write(&mut conns, failure, &mut b).await;
         drop(conns);
+        self.publish_activity();
         if committed {
             self.answer_write(b, &replies, p.write.replicated, limit);
         } else {
@@ -800,16 +820,20 @@ where
         }
     }
 
-    /// Runs `BEGIN; <write>` on one shard's primary, leaving the transaction open. The
-    /// outer error means no connection was obtained; the inner one is the statement's.
+    /// Runs `BEGIN; <write>` on one shard's primary, leaving the transaction open;
+    /// `held` are the backends the write already holds on other shards. The outer
+    /// error means no connection was obtained; the inner one is the statement's.
     async fn write_on_shard(
         &mut self,
         catalog: &pgshard_catalog::Catalog,
         shard: ShardId,
         sql: &str,
-        more: bool,
+        held: &[(ShardId, PooledConn)],
     ) -> Result<(PooledConn, Result<ShardReply, SessionError>), SessionError> {
-        let mut conn = self.checkout_primary(catalog, shard, more).await?;
+        let mut conn = self
+            .checkout_primary(catalog, shard, !held.is_empty())
+            .await?;
+        self.publish_write_holds(held, (shard, &conn));
         let reply = exec_write(&mut conn, shard, sql).await;
         Ok((conn, reply))
     }
@@ -826,6 +850,15 @@ where
         let catalog = self.ctx.catalog.current();
         let added = catalog.shards.iter().find(|s| !w.shards.contains(&s.id))?;
         Some(SessionError::ShardAdded(added.id))
+    }
+
+    /// A multi-shard autocommit write runs in a transaction of the router's own on
+    /// every shard, one after another: the deadlock detector sees the backends it
+    /// holds (`held`) and the one it is about to run on (`next`) as one transaction.
+    fn publish_write_holds(&self, held: &[(ShardId, PooledConn)], next: (ShardId, &BackendConn)) {
+        let holds = held.iter().map(|(s, c)| super::hold(*s, c));
+        self.entry
+            .set_holds(holds.chain(std::iter::once(super::hold(next.0, next.1))));
     }
 
     /// A pooled connection to `shard`'s primary with the session's state replayed;

@@ -41,4 +41,8 @@ pub(crate) struct TxnState {
     pub lent: Vec<fanout::Lent>,
     pub lent_parts: Vec<fanout::Part>,
     pub lending: bool,
+    /// The attached backend failed with a deadlock error (40P01, the router's or
+    /// PostgreSQL's) in a transaction without savepoints: the other participants are
+    /// rolled back at once (see `txn::roll_back_parked`).
+    pub roll_back_parked: bool,
 }
