@@ -37,6 +37,7 @@ mod constraints;
 pub mod copy;
 pub mod cursor;
 pub mod fanout;
+mod keyupdate;
 pub mod moving;
 mod parse;
 mod plan;
@@ -56,7 +57,7 @@ pub use collect::{CollectInput, CollectPlan, InsertStage};
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{
-    FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
+    FanoutPlan, FanoutWrite, FinishPlan, KeyMove, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{
     dropped_tables, execute_fanout, plan, prepared_fanout, route_execute, route_for_key,

@@ -1353,7 +1353,19 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         && a.error.is_none()
         && ((a.reference_writes.is_empty() && a.insert_target.is_some())
             || (a.reference_writes.len() == 1 && a.insert_target.is_none() && !a.occs.is_empty()));
+    let key_update = a.key_update.map(|o| a.occs[o].clone());
     let route = a.route_statement(Some(st));
+    let route = match key_update {
+        Some(o) => {
+            let target = crate::keyupdate::Target {
+                table: &o.table,
+                key: &o.key,
+                key_type: o.key_type,
+            };
+            crate::keyupdate::plan(st, catalog, &target, route)
+        }
+        None => route,
+    };
     let route = match route {
         Route::Unsupported(reason) if collectable => collect_route(
             st,

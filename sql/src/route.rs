@@ -166,6 +166,8 @@ pub(crate) struct Analysis<'c> {
     /// `outer.key IN (subquery)`: the subquery (by address) and the outer occurrence.
     pending_in: Vec<(usize, usize)>,
     pub top: TopInfo,
+    /// An UPDATE that sets the shard key of this occurrence (its target).
+    pub key_update: Option<usize>,
 }
 
 impl<'c> Analysis<'c> {
@@ -193,6 +195,7 @@ impl<'c> Analysis<'c> {
             cte_ranges: Vec::new(),
             pending_in: Vec::new(),
             top: TopInfo::default(),
+            key_update: None,
         }
     }
 
@@ -262,10 +265,8 @@ impl<'c> Analysis<'c> {
                         AssignmentTarget::Tuple(ns) => ns.iter().any(|n| last_is(n, &key)),
                     });
                     if sets_key {
-                        let t = self.occs[target].table.clone();
-                        self.unsupported(format!(
-                            "UPDATE of shard key column {key} of distributed table {t}"
-                        ));
+                        // Planned as a move of the updated rows (`crate::keyupdate`).
+                        self.key_update = Some(target);
                     }
                 }
                 if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
@@ -1304,6 +1305,7 @@ impl<'c> Analysis<'c> {
                 replicated: true,
                 defaults,
                 shard_sql: Vec::new(),
+                key_move: None,
             }),
             Err(msg) => Route::Unsupported(msg),
         }

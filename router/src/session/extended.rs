@@ -427,6 +427,7 @@ where
                 replicated: false,
                 defaults: Vec::new(),
                 shard_sql,
+                key_move: None,
             },
             param_types: stmt.key.param_types.clone(),
             params: bytes::Bytes::copy_from_slice(params),

@@ -270,6 +270,7 @@ where
                         replicated: true,
                         defaults: Vec::new(),
                         shard_sql: Vec::new(),
+                        key_move: None,
                     },
                     param_types: Vec::new(),
                     params: p.params.clone(),

@@ -42,7 +42,7 @@ use crate::protocol::Frame;
 use crate::twopc::{CommitError, CommitLog, Member, Outcome};
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{FanoutWrite, Plan, StatementKind};
+use pgshard_sql::{FanoutWrite, KeyMove, Plan, StatementKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// True if a statement of this kind may change data (a read may too, through a
@@ -303,6 +303,7 @@ pub(crate) enum EndAnswer {
 
 /// What one shard answered to a multi-shard write.
 struct ShardReply {
+    shard: ShardId,
     row_description: Option<Frame>,
     rows: Vec<Frame>,
     tag: String,
@@ -357,6 +358,11 @@ where
                     break;
                 }
             }
+        }
+        if let (None, Some(m)) = (&failure, &w.key_move) {
+            let mut refs: Vec<(ShardId, &mut BackendConn)> =
+                conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
+            failure = self.move_keys(&mut refs, &mut replies, m).await.err();
         }
         let mut b = BytesMut::new();
         if self.finish_write(&mut conns, failure, &mut b).await {
@@ -481,7 +487,17 @@ where
                 }
             }
         }
-        self.answer_write(BytesMut::new(), &replies, p.write.replicated, limit);
+        let mut b = BytesMut::new();
+        if let Some(m) = &p.write.key_move {
+            if let Err(e) = self.move_keys_in_txn(&mut replies, m).await {
+                self.fail_extended(e);
+                return Ok(());
+            }
+            if describe {
+                encode_no_data(&mut b);
+            }
+        }
+        self.answer_write(b, &replies, p.write.replicated, limit);
         self.publish_activity();
         Ok(())
     }
@@ -526,10 +542,18 @@ where
                 }
             }
         }
+        if let (None, Some(m)) = (&failure, &p.write.key_move) {
+            let mut refs: Vec<(ShardId, &mut BackendConn)> =
+                conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
+            failure = self.move_keys(&mut refs, &mut replies, m).await.err();
+        }
         let mut b = BytesMut::new();
         let committed = self.finish_write(&mut conns, failure, &mut b).await;
         drop(conns);
         if committed {
+            if describe && p.write.key_move.is_some() {
+                encode_no_data(&mut b);
+            }
             self.answer_write(b, &replies, p.write.replicated, limit);
         } else {
             // An ErrorResponse (or ROLLBACK's tag): what follows up to Sync is skipped.
@@ -703,6 +727,14 @@ where
                 }
             }
         }
+        if let Some(m) = &w.key_move {
+            if let Err(e) = self.move_keys_in_txn(&mut replies, m).await {
+                // The rows were updated in place: the transaction must not commit
+                // (`fail_simple` fails it, as PostgreSQL fails it after an error).
+                self.fail_simple(e);
+                return Ok(());
+            }
+        }
         let mut b = BytesMut::new();
         merge_write_replies(&mut b, &replies, w.replicated);
         encode_ready(&mut b, self.client_status());
@@ -829,6 +861,70 @@ where
     }
 }
 
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// After an UPDATE of the shard key ran in place on `conns` (each shard's reply in
+    /// `replies`): the rows whose new bucket is another shard's move
+    /// there ([`super::keymove`]), and the replies keep only their command tags.
+    async fn move_keys(
+        &self,
+        conns: &mut [(ShardId, &mut BackendConn)],
+        replies: &mut [ShardReply],
+        m: &KeyMove,
+    ) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let returned: Vec<(ShardId, &[Frame])> = replies
+            .iter()
+            .map(|r| (r.shard, r.rows.as_slice()))
+            .collect();
+        let limit = self.ctx.config.max_intermediate_bytes;
+        let moved = super::keymove::move_rows(conns, &returned, m, &catalog, limit).await;
+        for r in replies.iter_mut() {
+            r.rows.clear();
+            r.row_description = None;
+        }
+        moved
+    }
+
+    /// [`Self::move_keys`] inside a transaction block, where every shard has joined the
+    /// transaction. On failure the caller fails the transaction (the rows were updated
+    /// in place, so it must not commit), as PostgreSQL fails it after an error.
+    async fn move_keys_in_txn(
+        &mut self,
+        replies: &mut [ShardReply],
+        m: &KeyMove,
+    ) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let limit = self.ctx.config.max_intermediate_bytes;
+        let mut parts: Vec<&mut Attached> = self
+            .attached
+            .iter_mut()
+            .chain(self.txn.parked.iter_mut())
+            .collect();
+        let mut refs: Vec<(ShardId, &mut BackendConn)> =
+            parts.iter_mut().map(|a| (a.shard, &mut *a.conn)).collect();
+        let returned: Vec<(ShardId, &[Frame])> = replies
+            .iter()
+            .map(|r| (r.shard, r.rows.as_slice()))
+            .collect();
+        let moved = super::keymove::move_rows(&mut refs, &returned, m, &catalog, limit).await;
+        drop(returned);
+        for r in replies.iter_mut() {
+            r.rows.clear();
+            r.row_description = None;
+        }
+        moved
+    }
+}
+
+/// NoData, the description of a statement without result rows.
+fn encode_no_data(b: &mut BytesMut) {
+    b.extend_from_slice(&[b'n', 0, 0, 0, 4]);
+}
+
 /// The row limit of the Execute that runs a multi-shard write, and its portal (which
 /// keeps the rows beyond the limit).
 pub(crate) struct RowLimit {
@@ -860,19 +956,25 @@ async fn exec_write_extended(
     describe: bool,
     begin: bool,
 ) -> Result<ShardReply, SessionError> {
+    let mut readies = 1;
     if begin {
         encode_query(&mut conn.out, "BEGIN");
+        readies += 1;
     }
     let (params, types) = p.params_for(index);
     encode_parse(&mut conn.out, "", p.write.sql_for(index), types);
-    encode_bind_with_results(&mut conn.out, "", "", params, &p.results);
-    if describe {
+    // An UPDATE of the shard key returns the rows' addresses, for the router, as text;
+    // the client's answer is NoData and the tag.
+    let key_move = p.write.key_move.is_some();
+    let results: &[i16] = if key_move { &[] } else { &p.results };
+    encode_bind_with_results(&mut conn.out, "", "", params, results);
+    if describe && !key_move {
         encode_describe(&mut conn.out, b'P', "");
     }
     encode_execute(&mut conn.out, "");
     encode_sync(&mut conn.out);
     conn.unnamed = None;
-    collect_reply(conn, shard, if begin { 2 } else { 1 }).await
+    collect_reply(conn, shard, readies).await
 }
 
 /// Sends what is queued on `conn` and reads up to its `readies`-th ReadyForQuery,
@@ -888,6 +990,7 @@ async fn collect_reply(
         return Err(SessionError::from_backend(shard, e));
     }
     let mut reply = ShardReply {
+        shard,
         row_description: None,
         rows: Vec::new(),
         tag: String::new(),
