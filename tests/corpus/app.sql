@@ -824,6 +824,8 @@ ROLLBACK;
 CREATE TEMP TABLE tmp_ids AS SELECT 1 AS id;
 SELECT * FROM tmp_ids;
 CREATE VIEW vip_customers AS SELECT id, name FROM customers WHERE vip;
+SELECT * FROM vip_customers ORDER BY id;
+SELECT count(*) FROM vip_customers v JOIN purchases p ON p.customer_id = v.id;
 CREATE TABLE customers_copy AS SELECT * FROM customers;
 SELECT id INTO customers_ids FROM customers;
 SELECT id, name, balance, prefs, signup FROM customers_copy ORDER BY id;
