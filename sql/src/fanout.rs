@@ -290,7 +290,7 @@ pub struct FanoutWrite {
 ///
 /// Each shard runs the client's UPDATE in place (PostgreSQL evaluates the SET list,
 /// coerces, checks constraints and fires UPDATE triggers as it would on one node) with
-/// `RETURNING ctid, <bucket of the new key>` instead of the client's RETURNING. The
+/// `RETURNING ctid, <bucket of the new key>` ahead of the client's RETURNING list. The
 /// rows whose new bucket belongs to another shard are then deleted where they are
 /// (`DELETE … WHERE ctid = ANY(…) RETURNING <columns>` — no other transaction can touch
 /// them: this one holds their row locks) and copied, as COPY text, into the table on
@@ -317,6 +317,9 @@ pub struct KeyMove {
     pub key: String,
     /// The catalog's name of the table, for messages.
     pub table_name: String,
+    /// The client's UPDATE has RETURNING: its columns follow the address and bucket in
+    /// each shard's rows (the router takes those two off).
+    pub returning: bool,
 }
 
 impl KeyMove {

@@ -3,8 +3,9 @@
 //! multi-shard write it would be without the key in its SET list, on every shard (a
 //! row may move to any of them, so every shard takes part in the distributed
 //! transaction), with the client's UPDATE run in place and `RETURNING ctid, <bucket
-//! of the new key>`; the router then moves the rows whose bucket is owned elsewhere
-//! ([`KeyMove`]), all in one distributed transaction committed with two-phase commit.
+//! of the new key>` ahead of the client's own RETURNING list; the router then moves
+//! the rows whose bucket is owned elsewhere ([`KeyMove`]) and hands the client its
+//! columns, all in one distributed transaction committed with two-phase commit.
 
 use crate::fanout::{FanoutWrite, KeyMove};
 use crate::Route;
@@ -34,15 +35,9 @@ pub(crate) fn plan(st: &Statement, catalog: &Catalog, target: &Target<'_>, route
         Route::Unsupported(_) | Route::Error(_) => return route,
         _ => return refuse(""),
     }
-    let Statement::Update {
-        table, returning, ..
-    } = st
-    else {
+    let Statement::Update { table, .. } = st else {
         return refuse("");
     };
-    if returning.is_some() {
-        return refuse(" with RETURNING");
-    }
     let TableFactor::Table {
         name, alias, args, ..
     } = &table.relation
@@ -59,7 +54,18 @@ pub(crate) fn plan(st: &Statement, catalog: &Catalog, target: &Target<'_>, route
     };
     let key = format!("{qualifier}.\"{}\"", target.key.replace('"', "\"\""));
     let bucket = bucket_sql_expr(&key, target.key_type, catalog.buckets);
-    let sql = format!("{st} RETURNING {qualifier}.ctid, {bucket}");
+    // The client's RETURNING list follows the row's address and bucket, which the
+    // router takes off before the rows reach the client.
+    let mut update = st.clone();
+    let mut items = String::new();
+    if let Statement::Update { returning, .. } = &mut update {
+        if let Some(list) = returning.take() {
+            for item in list {
+                items.push_str(&format!(", {item}"));
+            }
+        }
+    }
+    let sql = format!("{update} RETURNING {qualifier}.ctid, {bucket}{items}");
     Route::FanoutWrite(FanoutWrite {
         tables: vec![target.table.to_owned()],
         shards: catalog.shard_ids(),
@@ -71,6 +77,13 @@ pub(crate) fn plan(st: &Statement, catalog: &Catalog, target: &Target<'_>, route
             table: quote_name(target.table),
             key: target.key.to_owned(),
             table_name: target.table.to_owned(),
+            returning: matches!(
+                st,
+                Statement::Update {
+                    returning: Some(_),
+                    ..
+                }
+            ),
         }),
     })
 }
@@ -108,15 +121,19 @@ mod tests {
             unreachable!()
         };
         assert!(w.sql.contains("RETURNING u.ctid, "), "{}", w.sql);
+        let Route::FanoutWrite(w) =
+            p("UPDATE users SET id = 1 WHERE id = 2 RETURNING *, id + 1 AS n").route
+        else {
+            unreachable!()
+        };
+        assert!(w.sql.ends_with("::int4, *, id + 1 AS n"), "{}", w.sql);
+        assert!(w.key_move.is_some_and(|m| m.returning));
     }
 
     #[test]
     fn key_updates_that_cannot_move_exactly_stay_refused() {
         for (sql, why) in [
-            (
-                "UPDATE users SET id = 1 WHERE id = 2 RETURNING *",
-                "RETURNING",
-            ),
+            ("UPDATE ONLY users* SET id = 1", ""),
             (
                 "UPDATE users SET id = 1 WHERE id IN (SELECT aid FROM accounts WHERE aid > 3)",
                 "",

@@ -67,9 +67,14 @@ UPDATE ku SET id = 1 WHERE id = 3002;
 SELECT 1;
 COMMIT;
 SELECT id, v FROM ku WHERE id IN (1, 3002) ORDER BY id;
--- Refused (0A000): RETURNING, and a foreign key with ON UPDATE CASCADE when a row
--- has to move.
+-- RETURNING: the new rows, from whichever shard they end on.
 UPDATE ku SET id = 9999 WHERE id = 99999 RETURNING *;
+UPDATE tku SET k = k || '-r', n = n + 100 WHERE n < 100 RETURNING k, n, length(k) AS len;
+UPDATE gen SET id = id + 1, a = a * 2 WHERE id >= 100 RETURNING *, twice - a AS diff;
+UPDATE ku SET id = id + 10000, n = NULL WHERE id < 1000 RETURNING id, v, n, amount, tags;
+SELECT * FROM tku ORDER BY k;
+SELECT id, v, n FROM ku ORDER BY id;
+-- Refused (0A000): a foreign key with ON UPDATE CASCADE when a row has to move.
 CREATE TABLE kcc (pid bigint NOT NULL REFERENCES ku (id) ON UPDATE CASCADE, c int);
 INSERT INTO ku (id, v) VALUES (50, 'cascade'), (51, 'cascade'), (52, 'cascade'), (53, 'cascade'), (54, 'cascade'), (55, 'cascade');
 INSERT INTO kcc (pid, c) VALUES (50, 1), (51, 1), (52, 1), (53, 1), (54, 1), (55, 1);

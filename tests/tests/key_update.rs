@@ -82,6 +82,26 @@ async fn key_updates_with_parameters_move_rows() -> anyhow::Result<()> {
     let on = per_shard(&cluster, "SELECT count(*) FROM km WHERE id IN (5, 1005)").await?;
     assert_eq!(on.iter().sum::<i64>(), 1);
 
+    // RETURNING in binary: the new rows, from whichever shard they end on.
+    let rows = c
+        .query(
+            "UPDATE km SET id = id + $1 WHERE id BETWEEN $2 AND $3 RETURNING v, id, note",
+            &[&100i64, &1011i64, &1015i64],
+        )
+        .await?;
+    let mut got: Vec<(i64, i32)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        (11..=15).map(|i| (1100 + i, i as i32)).collect::<Vec<_>>()
+    );
+    let on = per_shard(
+        &cluster,
+        "SELECT count(*) FROM km WHERE id BETWEEN 1111 AND 1115",
+    )
+    .await?;
+    assert_eq!(on.iter().sum::<i64>(), 5);
+
     // A duplicate key on the new shard: nothing applied anywhere.
     let e = c
         .execute("UPDATE km SET id = $1 WHERE id > $2", &[&5i64, &1000i64])

@@ -10,11 +10,12 @@
 //! them (SQLSTATE 54000 beyond). Before any row moves, one shard is asked what would
 //! make a delete and an insert differ from the UPDATE (triggers, foreign keys
 //! referencing the table, rules, row-level security, inheritance): 0A000 naming it,
-//! and the caller rolls the statement back.
+//! and the caller rolls the statement back. The client's RETURNING columns follow the
+//! address and bucket in each row; [`strip_two`] takes those two off.
 
 use super::error::SessionError;
 use crate::backend::BackendConn;
-use crate::protocol::backend::{decode_data_row_text, decode_ready_status};
+use crate::protocol::backend::decode_ready_status;
 use crate::protocol::frontend::{encode_copy_done, encode_query};
 use crate::protocol::Frame;
 use bytes::{BufMut, BytesMut};
@@ -22,15 +23,110 @@ use pgshard_catalog::{Catalog, ShardId};
 use pgshard_sql::{KeyMove, PlanError};
 use std::collections::BTreeMap;
 
-/// Moves the rows each shard's UPDATE returned (`returned`: per shard, its DataRows of
-/// `ctid, bucket`) whose bucket `catalog` gives to another shard. `conns` holds a
-/// backend inside the write's transaction for every shard.
+/// The result formats a shard's UPDATE is bound with for a client that asked for
+/// `client` (Bind's codes: none, one for all, or one per RETURNING column), and
+/// whether the row's address and bucket then come back in binary.
+pub(crate) fn shard_formats(m: &KeyMove, client: &[i16]) -> (Vec<i16>, bool) {
+    match client {
+        _ if !m.returning => (Vec::new(), false),
+        [] => (Vec::new(), false),
+        [one] => (vec![*one], *one == 1),
+        many => {
+            let mut f = vec![0, 0];
+            f.extend_from_slice(many);
+            (f, false)
+        }
+    }
+}
+
+/// A DataRow's fields (`None`: NULL).
+fn fields(row: &Frame) -> Result<Vec<Option<&[u8]>>, SessionError> {
+    let bad = || SessionError::Unsupported("a malformed row from a shard".into());
+    let body = row.body();
+    let count = body.get(..2).ok_or_else(bad)?;
+    let mut out = Vec::new();
+    let mut at = 2;
+    for _ in 0..u16::from_be_bytes([count[0], count[1]]) {
+        let len = body.get(at..at + 4).ok_or_else(bad)?;
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = at + len as usize;
+            out.push(Some(body.get(at..end).ok_or_else(bad)?));
+            at = end;
+        }
+    }
+    Ok(out)
+}
+
+/// A row's address (`ctid`) as text, from its text or binary form.
+fn ctid_text(field: &[u8], binary: bool) -> Option<String> {
+    if !binary {
+        return std::str::from_utf8(field).ok().map(str::to_owned);
+    }
+    let [b0, b1, b2, b3, o0, o1] = field else {
+        return None;
+    };
+    let block = u32::from_be_bytes([*b0, *b1, *b2, *b3]);
+    let offset = u16::from_be_bytes([*o0, *o1]);
+    Some(format!("({block},{offset})"))
+}
+
+/// A bucket number from its text or binary (int4) form.
+fn bucket_number(field: &[u8], binary: bool) -> Option<usize> {
+    if binary {
+        let [a, b, c, d] = field else { return None };
+        usize::try_from(i32::from_be_bytes([*a, *b, *c, *d])).ok()
+    } else {
+        std::str::from_utf8(field).ok()?.parse().ok()
+    }
+}
+
+/// `frame` (a DataRow or RowDescription) without its first two columns, the address
+/// and bucket the client did not ask for.
+pub(crate) fn strip_two(frame: &Frame) -> Result<Frame, SessionError> {
+    let bad = || SessionError::Unsupported("a malformed row from a shard".into());
+    let body = frame.body();
+    let count = body.get(..2).ok_or_else(bad)?;
+    let count = u16::from_be_bytes([count[0], count[1]]);
+    let mut at = 2;
+    for _ in 0..2 {
+        match frame.tag() {
+            b'D' => {
+                let len = body.get(at..at + 4).ok_or_else(bad)?;
+                let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+                at += 4 + usize::try_from(len).unwrap_or(0);
+            }
+            b'T' => {
+                let name = body.get(at..).ok_or_else(bad)?;
+                let nul = name.iter().position(|b| *b == 0).ok_or_else(bad)?;
+                at += nul + 1 + 18;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    let rest = body.get(at..).ok_or_else(bad)?;
+    let mut out = BytesMut::with_capacity(rest.len() + 7);
+    out.put_u8(frame.tag());
+    out.put_u32((rest.len() + 6) as u32);
+    out.put_u16(count.checked_sub(2).ok_or_else(bad)?);
+    out.extend_from_slice(rest);
+    Frame::from_bytes(out.freeze()).map_err(SessionError::from)
+}
+
+/// Moves the rows each shard's UPDATE returned (`returned`: per shard, its DataRows
+/// starting with `ctid, bucket`, in binary when `binary`) whose bucket `catalog` gives
+/// to another shard. `conns` holds a backend inside the write's transaction for every
+/// shard.
 pub(crate) async fn move_rows(
     conns: &mut [(ShardId, &mut BackendConn)],
     returned: &[(ShardId, &[Frame])],
     m: &KeyMove,
     catalog: &Catalog,
     limit: u64,
+    binary: bool,
 ) -> Result<(), SessionError> {
     if !catalog.moving.is_empty() {
         return Err(SessionError::Unsupported(
@@ -41,27 +137,29 @@ pub(crate) async fn move_rows(
     let mut moves: BTreeMap<(ShardId, ShardId), Vec<String>> = BTreeMap::new();
     for (shard, rows) in returned {
         for row in rows.iter() {
-            let fields = decode_data_row_text(row)?;
-            let (Some(Some(ctid)), bucket) = (fields.first(), fields.get(1)) else {
+            let fields = fields(row)?;
+            let ctid = match fields.first() {
+                Some(Some(c)) => ctid_text(c, binary),
+                _ => None,
+            };
+            let Some(ctid) = ctid else {
                 return Err(SessionError::Unsupported(
                     m.refusal("a row without its address"),
                 ));
             };
-            let Some(Some(bucket)) = bucket else {
+            let Some(Some(bucket)) = fields.get(1) else {
                 return Err(SessionError::Plan(PlanError::NullShardKey {
                     table: m.table_name.clone(),
                     column: m.key.clone(),
                 }));
             };
-            let owner = bucket
-                .parse::<usize>()
-                .ok()
+            let owner = bucket_number(bucket, binary)
                 .and_then(|b| catalog.bucket_map.get(b).copied())
                 .ok_or_else(|| {
                     SessionError::Unsupported(m.refusal("a bucket the catalog does not know"))
                 })?;
             if owner != *shard {
-                moves.entry((*shard, owner)).or_default().push(ctid.clone());
+                moves.entry((*shard, owner)).or_default().push(ctid);
             }
         }
     }
@@ -205,4 +303,66 @@ fn put_copy_data(out: &mut BytesMut, data: &[u8]) {
     out.put_u8(b'd');
     out.put_u32((data.len() + 4) as u32);
     out.extend_from_slice(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_row(values: &[Option<&[u8]>]) -> Frame {
+        let mut body = BytesMut::new();
+        body.put_u16(values.len() as u16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    body.put_i32(v.len() as i32);
+                    body.extend_from_slice(v);
+                }
+                None => body.put_i32(-1),
+            }
+        }
+        let mut out = BytesMut::new();
+        out.put_u8(b'D');
+        out.put_u32(body.len() as u32 + 4);
+        out.extend_from_slice(&body);
+        Frame::from_bytes(out.freeze()).expect("a frame")
+    }
+
+    #[test]
+    fn rows_lose_their_address_and_bucket() {
+        let row = data_row(&[Some(b"(0,1)"), Some(b"17"), Some(b"x"), None]);
+        let f = fields(&row).expect("fields");
+        assert_eq!(
+            ctid_text(f[0].expect("ctid"), false).as_deref(),
+            Some("(0,1)")
+        );
+        assert_eq!(bucket_number(f[1].expect("bucket"), false), Some(17));
+        let stripped = strip_two(&row).expect("stripped");
+        assert_eq!(stripped.raw(), data_row(&[Some(b"x"), None]).raw());
+        // Binary forms: tid is block (u32) and offset (u16), the bucket an int4.
+        assert_eq!(
+            ctid_text(&[0, 0, 1, 0, 0, 9], true).as_deref(),
+            Some("(256,9)")
+        );
+        assert_eq!(bucket_number(&[0, 0, 3, 255], true), Some(1023));
+        assert!(strip_two(&data_row(&[Some(b"(0,1)")])).is_err());
+    }
+
+    #[test]
+    fn result_formats_keep_the_address_readable() {
+        let m = KeyMove {
+            table: "\"t\"".into(),
+            key: "id".into(),
+            table_name: "t".into(),
+            returning: true,
+        };
+        assert_eq!(shard_formats(&m, &[]), (vec![], false));
+        assert_eq!(shard_formats(&m, &[1]), (vec![1], true));
+        assert_eq!(shard_formats(&m, &[1, 0]), (vec![0, 0, 1, 0], false));
+        let m = KeyMove {
+            returning: false,
+            ..m
+        };
+        assert_eq!(shard_formats(&m, &[1]), (vec![], false));
+    }
 }

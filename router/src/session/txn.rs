@@ -362,7 +362,10 @@ where
         if let (None, Some(m)) = (&failure, &w.key_move) {
             let mut refs: Vec<(ShardId, &mut BackendConn)> =
                 conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
-            failure = self.move_keys(&mut refs, &mut replies, m).await.err();
+            failure = self
+                .move_keys(&mut refs, &mut replies, m, false)
+                .await
+                .err();
         }
         let mut b = BytesMut::new();
         if self.finish_write(&mut conns, failure, &mut b).await {
@@ -489,11 +492,12 @@ where
         }
         let mut b = BytesMut::new();
         if let Some(m) = &p.write.key_move {
-            if let Err(e) = self.move_keys_in_txn(&mut replies, m).await {
+            let binary = super::keymove::shard_formats(m, &p.results).1;
+            if let Err(e) = self.move_keys_in_txn(&mut replies, m, binary).await {
                 self.fail_extended(e);
                 return Ok(());
             }
-            if describe {
+            if describe && !m.returning {
                 encode_no_data(&mut b);
             }
         }
@@ -545,13 +549,17 @@ where
         if let (None, Some(m)) = (&failure, &p.write.key_move) {
             let mut refs: Vec<(ShardId, &mut BackendConn)> =
                 conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
-            failure = self.move_keys(&mut refs, &mut replies, m).await.err();
+            let binary = super::keymove::shard_formats(m, &p.results).1;
+            failure = self
+                .move_keys(&mut refs, &mut replies, m, binary)
+                .await
+                .err();
         }
         let mut b = BytesMut::new();
         let committed = self.finish_write(&mut conns, failure, &mut b).await;
         drop(conns);
         if committed {
-            if describe && p.write.key_move.is_some() {
+            if describe && p.write.key_move.as_ref().is_some_and(|m| !m.returning) {
                 encode_no_data(&mut b);
             }
             self.answer_write(b, &replies, p.write.replicated, limit);
@@ -728,7 +736,7 @@ where
             }
         }
         if let Some(m) = &w.key_move {
-            if let Err(e) = self.move_keys_in_txn(&mut replies, m).await {
+            if let Err(e) = self.move_keys_in_txn(&mut replies, m, false).await {
                 // The rows were updated in place: the transaction must not commit
                 // (`fail_simple` fails it, as PostgreSQL fails it after an error).
                 self.fail_simple(e);
@@ -874,6 +882,7 @@ where
         conns: &mut [(ShardId, &mut BackendConn)],
         replies: &mut [ShardReply],
         m: &KeyMove,
+        binary: bool,
     ) -> Result<(), SessionError> {
         let catalog = self.ctx.catalog.current();
         let returned: Vec<(ShardId, &[Frame])> = replies
@@ -881,12 +890,10 @@ where
             .map(|r| (r.shard, r.rows.as_slice()))
             .collect();
         let limit = self.ctx.config.max_intermediate_bytes;
-        let moved = super::keymove::move_rows(conns, &returned, m, &catalog, limit).await;
-        for r in replies.iter_mut() {
-            r.rows.clear();
-            r.row_description = None;
-        }
-        moved
+        let moved = super::keymove::move_rows(conns, &returned, m, &catalog, limit, binary).await;
+        drop(returned);
+        moved?;
+        client_rows(replies, m)
     }
 
     /// [`Self::move_keys`] inside a transaction block, where every shard has joined the
@@ -896,6 +903,7 @@ where
         &mut self,
         replies: &mut [ShardReply],
         m: &KeyMove,
+        binary: bool,
     ) -> Result<(), SessionError> {
         let catalog = self.ctx.catalog.current();
         let limit = self.ctx.config.max_intermediate_bytes;
@@ -910,14 +918,33 @@ where
             .iter()
             .map(|r| (r.shard, r.rows.as_slice()))
             .collect();
-        let moved = super::keymove::move_rows(&mut refs, &returned, m, &catalog, limit).await;
+        let moved =
+            super::keymove::move_rows(&mut refs, &returned, m, &catalog, limit, binary).await;
         drop(returned);
-        for r in replies.iter_mut() {
+        moved?;
+        client_rows(replies, m)
+    }
+}
+
+/// What the client gets of an UPDATE of the shard key's replies: its RETURNING
+/// columns (the address and bucket taken off), or only the command tags.
+fn client_rows(replies: &mut [ShardReply], m: &KeyMove) -> Result<(), SessionError> {
+    for r in replies.iter_mut() {
+        if m.returning {
+            for row in r.rows.iter_mut() {
+                *row = super::keymove::strip_two(row)?;
+            }
+            if let Some(d) = r.row_description.as_mut() {
+                if d.tag() == b'T' {
+                    *d = super::keymove::strip_two(d)?;
+                }
+            }
+        } else {
             r.rows.clear();
             r.row_description = None;
         }
-        moved
     }
+    Ok(())
 }
 
 /// NoData, the description of a statement without result rows.
@@ -963,12 +990,14 @@ async fn exec_write_extended(
     }
     let (params, types) = p.params_for(index);
     encode_parse(&mut conn.out, "", p.write.sql_for(index), types);
-    // An UPDATE of the shard key returns the rows' addresses, for the router, as text;
-    // the client's answer is NoData and the tag.
-    let key_move = p.write.key_move.is_some();
-    let results: &[i16] = if key_move { &[] } else { &p.results };
-    encode_bind_with_results(&mut conn.out, "", "", params, results);
-    if describe && !key_move {
+    // An UPDATE of the shard key returns each row's address and bucket, for the router,
+    // ahead of the client's RETURNING columns (`super::keymove::shard_formats`).
+    let (results, described) = match &p.write.key_move {
+        Some(m) => (super::keymove::shard_formats(m, &p.results).0, m.returning),
+        None => (p.results.clone(), true),
+    };
+    encode_bind_with_results(&mut conn.out, "", "", params, &results);
+    if describe && described {
         encode_describe(&mut conn.out, b'P', "");
     }
     encode_execute(&mut conn.out, "");
