@@ -992,9 +992,12 @@ async fn exec_write_extended(
     encode_parse(&mut conn.out, "", p.write.sql_for(index), types);
     // An UPDATE of the shard key returns each row's address and bucket, for the router,
     // ahead of the client's RETURNING columns (`super::keymove::shard_formats`).
-    let (results, described) = match &p.write.key_move {
-        Some(m) => (super::keymove::shard_formats(m, &p.results).0, m.returning),
-        None => (p.results.clone(), true),
+    let (results, described): (std::borrow::Cow<'_, [i16]>, bool) = match &p.write.key_move {
+        Some(m) => (
+            super::keymove::shard_formats(m, &p.results).0.into(),
+            m.returning,
+        ),
+        None => (p.results.as_slice().into(), true),
     };
     encode_bind_with_results(&mut conn.out, "", "", params, &results);
     if describe && described {
