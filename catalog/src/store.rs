@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../schema/0006_table_origin.sql")),
     (7, include_str!("../schema/0007_shard_removal.sql")),
     (8, include_str!("../schema/0008_move_sync.sql")),
+    (9, include_str!("../schema/0009_views.sql")),
 ];
 
 /// Serialises concurrent `migrate` calls (an arbitrary, fixed advisory lock key).
@@ -467,7 +468,8 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
                                                            'buckets', buckets) ORDER BY id),
                                 '[]')
                   FROM pgshard.moves
-                 WHERE state IN ('syncing', 'frozen', 'copying', 'flipped', 'cleaning'))",
+                 WHERE state IN ('syncing', 'frozen', 'copying', 'flipped', 'cleaning')),
+               (SELECT coalesce(json_agg(v ORDER BY v.name), '[]') FROM pgshard.views v)",
             &[],
         )
         .await?;
@@ -484,6 +486,8 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
     let frozen: Vec<i32> = row.get(5);
     let moving: Vec<Moving> = serde_json::from_value(row.get(6))
         .map_err(|e| StoreError::Corrupt(format!("moves: {e}")))?;
+    let views: Vec<ViewDef> = serde_json::from_value(row.get(7))
+        .map_err(|e| StoreError::Corrupt(format!("views: {e}")))?;
 
     let buckets = u32_of(meta.buckets, "bucket count")?;
     if owners.len() != buckets as usize {
@@ -577,7 +581,51 @@ pub async fn load(client: &Client) -> Result<Catalog, StoreError> {
             .map(|b| u32_of(b as i64, "bucket").map(BucketId))
             .collect::<Result<_, _>>()?,
         moving,
+        views,
     })
+}
+
+/// Records a view over distributed tables ([`ViewDef`]); `replace`: CREATE OR REPLACE
+/// (else a view of that name is an error, as PostgreSQL's 42P07).
+pub async fn put_view(
+    client: &mut Client,
+    view: &ViewDef,
+    replace: bool,
+) -> Result<CatalogVersion, StoreError> {
+    let tx = client.transaction().await?;
+    let sql = if replace {
+        "INSERT INTO pgshard.views (name, columns, query) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO UPDATE SET columns = excluded.columns, query = excluded.query"
+    } else {
+        "INSERT INTO pgshard.views (name, columns, query) VALUES ($1, $2, $3)
+         ON CONFLICT (name) DO NOTHING"
+    };
+    let n = tx
+        .execute(sql, &[&view.name, &view.columns, &view.query])
+        .await?;
+    if n == 0 {
+        return Err(StoreError::Conflict(format!(
+            "relation \"{}\" already exists",
+            view.name
+        )));
+    }
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok(v)
+}
+
+/// Forgets views over distributed tables (DROP VIEW); the number forgotten.
+pub async fn drop_views(
+    client: &mut Client,
+    names: &[String],
+) -> Result<(CatalogVersion, u64), StoreError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute("DELETE FROM pgshard.views WHERE name = ANY($1)", &[&names])
+        .await?;
+    let v = bump(&tx).await?;
+    tx.commit().await?;
+    Ok((v, n))
 }
 
 /// Fold a table name as PostgreSQL folds an unquoted identifier, and drop a `public.`

@@ -358,6 +358,23 @@ pub struct Catalog {
     /// sit on both shards, so reads filter them ([`Catalog::not_owned_on`]).
     #[serde(default)]
     pub moving: Vec<Moving>,
+    /// Views over distributed tables, expanded by the router's planner (issue 15).
+    #[serde(default)]
+    pub views: Vec<ViewDef>,
+}
+
+/// A view whose query reads distributed tables: the router keeps its definition and
+/// plans `FROM v` as `FROM (query) AS v (columns)`, since PostgreSQL's view on one
+/// shard would read that shard's rows only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDef {
+    /// Folded as a table name ([`crate::store::normalize_table_name`]).
+    pub name: String,
+    /// Column names given in `CREATE VIEW v (a, b)`; empty for the query's own.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// The view's query.
+    pub query: String,
 }
 
 /// A move under way, as routers see it: from its freeze until it is done or aborted,
@@ -435,6 +452,15 @@ impl Catalog {
             } else {
                 None
             }
+        })
+    }
+
+    /// The view over distributed tables named `name` (as [`Catalog::table`] finds
+    /// tables).
+    pub fn view(&self, name: &str) -> Option<&ViewDef> {
+        self.views.iter().find(|v| v.name == name).or_else(|| {
+            let unqualified = name.strip_prefix("public.")?;
+            self.views.iter().find(|v| v.name == unqualified)
         })
     }
 

@@ -45,6 +45,7 @@ pub mod session;
 pub mod stats;
 pub mod tls;
 pub mod twopc;
+mod views;
 pub mod workers;
 
 pub use catalog_watch::{CatalogHandle, CatalogSource};

@@ -498,6 +498,7 @@ mod tests {
             local_shard: ShardId(1),
             frozen: Default::default(),
             moving: Vec::new(),
+            views: Vec::new(),
         }
     }
 

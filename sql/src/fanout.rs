@@ -279,6 +279,98 @@ pub struct FanoutWrite {
     /// multi-row INSERT split by shard key, [`crate::split`]); `sql` is then the whole
     /// statement, for messages. When empty, `sql` runs on every shard.
     pub shard_sql: Vec<String>,
+    /// An UPDATE that sets the shard key (issue 15): `sql` updates the rows in place
+    /// and returns each new row's address and bucket; the router then moves the rows
+    /// whose new bucket another shard owns ([`KeyMove`]).
+    pub key_move: Option<KeyMove>,
+}
+
+/// How an UPDATE of the shard key moves the rows it updated onto their new shards,
+/// inside the write's distributed transaction (SPEC §5 rule 1).
+///
+/// Each shard runs the client's UPDATE in place (PostgreSQL evaluates the SET list,
+/// coerces, checks constraints and fires UPDATE triggers as it would on one node) with
+/// `RETURNING ctid, <bucket of the new key>` ahead of the client's RETURNING list. The
+/// rows whose new bucket belongs to another shard are then deleted where they are
+/// (`DELETE … WHERE ctid = ANY(…) RETURNING <columns>` — no other transaction can touch
+/// them: this one holds their row locks) and copied, as COPY text, into the table on
+/// the owning shard. The count in the command tag is the UPDATE's own.
+///
+/// What the delete and insert would do differently from PostgreSQL's UPDATE is checked
+/// on a shard before any row moves ([`KeyMove::guard_sql`]): user triggers (DELETE and
+/// INSERT triggers would fire instead of UPDATE ones), foreign keys referencing the
+/// table with an ON UPDATE action (CASCADE, SET NULL, SET DEFAULT: the in-place UPDATE
+/// would change the referencing rows on the old shard), rules, row-level security,
+/// inheritance children and partitioned tables (a `ctid` names a row of one relation).
+///
+/// A foreign key referencing the table with NO ACTION or RESTRICT is exact: pgshard
+/// only lets a distributed table reference another on its shard key (co-located,
+/// [`crate::constraints`]), so every row referencing the old key is on the old shard,
+/// where the in-place UPDATE checked it; the delete that follows removes a row with
+/// the *new* key, which nothing on the old shard references, and the insert on the new
+/// shard creates a key nothing referenced before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMove {
+    /// The table, quoted for SQL as its catalog name.
+    pub table: String,
+    /// The shard key column, for messages.
+    pub key: String,
+    /// The catalog's name of the table, for messages.
+    pub table_name: String,
+    /// The client's UPDATE has RETURNING: its columns follow the address and bucket in
+    /// each shard's rows (the router takes those two off).
+    pub returning: bool,
+}
+
+impl KeyMove {
+    /// One row: why the rows cannot move exactly (NULL when they can), then the
+    /// columns a row is copied with (those not generated), quoted and comma-separated.
+    pub fn guard_sql(&self) -> String {
+        let t = literal(&self.table);
+        format!(
+            "SELECT coalesce(\
+             (SELECT 'trigger ' || string_agg(quote_ident(tgname), ', ') FROM pg_trigger WHERE tgrelid = {t}::regclass AND NOT tgisinternal), \
+             (SELECT 'foreign key ' || string_agg(quote_ident(conname), ', ') || ' referencing it with an ON UPDATE action' FROM pg_constraint WHERE confrelid = {t}::regclass AND contype = 'f' AND confupdtype NOT IN ('a', 'r')), \
+             (SELECT 'rule ' || string_agg(quote_ident(rulename), ', ') FROM pg_rewrite WHERE ev_class = {t}::regclass AND rulename <> '_RETURN'), \
+             (SELECT 'row-level security' FROM pg_class WHERE oid = {t}::regclass AND relrowsecurity), \
+             (SELECT 'partitioned table' FROM pg_class WHERE oid = {t}::regclass AND relkind <> 'r'), \
+             (SELECT 'inheritance children' FROM pg_inherits WHERE inhparent = {t}::regclass LIMIT 1)), \
+             (SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = {t}::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = '')"
+        )
+    }
+
+    /// Deletes the rows at `ctids` (text forms such as `(0,1)`) from the table on the
+    /// shard that holds them, handing their `columns` out as COPY text.
+    pub fn take_sql(&self, columns: &str, ctids: &[String]) -> String {
+        let list = ctids
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!(
+            "COPY (DELETE FROM ONLY {} WHERE ctid = ANY({}::tid[]) RETURNING {columns}) TO STDOUT",
+            self.table,
+            literal(&format!("{{{list}}}"))
+        )
+    }
+
+    /// Receives moved rows on their new shard.
+    pub fn put_sql(&self, columns: &str) -> String {
+        format!("COPY {} ({columns}) FROM STDIN", self.table)
+    }
+
+    /// The 0A000 message when the guard found `problem`.
+    pub fn refusal(&self, problem: &str) -> String {
+        format!(
+            "UPDATE of shard key column {} of distributed table {} moving rows to another shard, with {problem} (a delete and an insert would not do what the UPDATE does)",
+            self.key, self.table_name
+        )
+    }
+}
+
+/// A string literal for SQL.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 impl FanoutWrite {
@@ -307,6 +399,7 @@ pub(crate) fn plan_write(
             replicated: false,
             defaults: Vec::new(),
             shard_sql: Vec::new(),
+            key_move: None,
         })
     } else {
         crate::Route::Unsupported(refusal)

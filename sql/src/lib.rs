@@ -37,6 +37,7 @@ mod constraints;
 pub mod copy;
 pub mod cursor;
 pub mod fanout;
+mod keyupdate;
 pub mod moving;
 mod parse;
 mod plan;
@@ -45,6 +46,7 @@ mod route;
 pub mod session;
 mod split;
 mod standin;
+mod views;
 
 #[cfg(test)]
 mod tests;
@@ -56,7 +58,7 @@ pub use collect::{CollectInput, CollectPlan, InsertStage};
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{
-    FanoutPlan, FanoutWrite, FinishPlan, MergePlan, SortColumn, SortKey, StreamMerge,
+    FanoutPlan, FanoutWrite, FinishPlan, KeyMove, MergePlan, SortColumn, SortKey, StreamMerge,
 };
 pub use plan::{
     dropped_tables, execute_fanout, plan, prepared_fanout, route_execute, route_for_key,
@@ -86,6 +88,10 @@ pub struct Plan {
     /// list, [`plan_with_columns`]): valid for this planning only, never to be reused
     /// for a later Parse (an ALTER TABLE may have moved the columns since).
     pub column_order: bool,
+    /// The statement as shards must see it when it differs from the client's text (a
+    /// view over distributed tables written in, `views`): a statement prepared on a
+    /// backend is prepared with this text.
+    pub rewritten: Option<String>,
     /// The statement cannot write, lock rows or change session state, so a streaming
     /// replica may answer it (SPEC §8 read routing; the rule is
     /// [`replica_safe`](crate::classify)'s): a SELECT, VALUES, TABLE or WITH query
@@ -104,6 +110,7 @@ impl Plan {
             null_key: None,
             statements: Vec::new(),
             column_order: false,
+            rewritten: None,
             replica_ok: false,
         }
     }
@@ -197,6 +204,23 @@ pub enum RouterCommand {
     },
     /// `SELECT create_reference_table('t')`.
     CreateReferenceTable { table: String },
+    /// `CREATE [OR REPLACE] VIEW` over distributed tables: kept in the catalog and
+    /// written into the statements that name it (see `views`).
+    CreateView {
+        /// Folded as a table name (`public.` dropped).
+        name: String,
+        /// Column names given after the view's name (folded); empty for the query's.
+        columns: Vec<String>,
+        /// The query, with the views it names written in.
+        query: String,
+        /// `OR REPLACE`.
+        replace: bool,
+        /// The statement with the views written in, which PostgreSQL checks on the
+        /// local shard (in a transaction that rolls back) before the view is recorded.
+        check_sql: String,
+    },
+    /// `DROP VIEW [IF EXISTS]` of views over distributed tables (their kept names).
+    DropViews { names: Vec<String> },
     /// `SET [SESSION | LOCAL] pgshard.shard = N`: send the session's statements to shard
     /// `N` until reset (`local`: until the end of the current transaction).
     SetShard { shard: ShardId, local: bool },

@@ -382,6 +382,7 @@ fn combine(plans: Vec<Plan>) -> Plan {
         null_key: None,
         statements: plans,
         column_order: false,
+        rewritten: None,
         replica_ok,
     }
 }
@@ -474,6 +475,11 @@ fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
         } else {
             stacker::grow(stack, || dispatch(stmt.text, toks, kind, catalog))
         }
+    } else if crate::views::may_name_view(toks, catalog) {
+        match with_views(stmt.text, &kind, catalog) {
+            Some(plan) => plan,
+            None => dispatch(stmt.text, toks, kind, catalog),
+        }
     } else {
         dispatch(stmt.text, toks, kind, catalog)
     };
@@ -505,6 +511,130 @@ fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
     }
     plan.replica_ok = plan.kind == StatementKind::Read && replica_safe(toks);
     plan
+}
+
+/// `CREATE [OR REPLACE] VIEW` whose query reads distributed tables (directly or
+/// through views the router keeps, written in): the router command that records it
+/// ([`crate::views`]). `None`: a view PostgreSQL keeps on the local shard.
+fn create_view(st: &Statement, catalog: &Catalog) -> Option<Route> {
+    let Statement::CreateView {
+        or_alter,
+        or_replace,
+        materialized,
+        name,
+        columns,
+        query,
+        options,
+        temporary,
+        if_not_exists,
+        to,
+        ..
+    } = st
+    else {
+        return None;
+    };
+    let mut q = (**query).clone();
+    let expanded = match crate::views::expand(&mut q, catalog) {
+        Ok(e) => e,
+        Err(msg) => return Some(Route::Unsupported(msg)),
+    };
+    let mut a = Analysis::new(catalog);
+    a.statement(&Statement::Query(Box::new(q.clone())));
+    let reads = a.occs.first().map(|o| o.table.clone());
+    if reads.is_none() && !expanded {
+        return None;
+    }
+    let what = match &reads {
+        Some(t) => format!("view over distributed table {t}"),
+        None => "view over views of distributed tables".to_owned(),
+    };
+    let unsupported = |why: &str| Some(Route::Unsupported(format!("{why} {what}")));
+    if *materialized {
+        return unsupported("materialized");
+    }
+    if *temporary {
+        return unsupported("temporary");
+    }
+    if *or_alter || *if_not_exists || to.is_some() {
+        return unsupported("this form of");
+    }
+    if !matches!(options, sqlparser::ast::CreateTableOptions::None) {
+        return unsupported("options of");
+    }
+    if columns
+        .iter()
+        .any(|c| c.data_type.is_some() || c.options.is_some())
+    {
+        return unsupported("column options of");
+    }
+    let parts = name_parts(name);
+    if parts.len() > 2 || parts.first().is_some_and(|p| p.starts_with("pg_temp")) {
+        return unsupported("this name for a");
+    }
+    let joined = parts.join(".");
+    let view = joined
+        .strip_prefix("public.")
+        .map_or(joined.clone(), str::to_owned);
+    if classify_table(catalog, &parts).0.is_declared() {
+        return Some(Route::Unsupported(format!(
+            "a view named like declared table {view}"
+        )));
+    }
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| crate::parse::fold_ident(&c.name))
+        .collect();
+    let mut check = st.clone();
+    if let Statement::CreateView { query, .. } = &mut check {
+        **query = q.clone();
+    }
+    Some(Route::Router(RouterCommand::CreateView {
+        name: view,
+        columns: cols,
+        query: q.to_string(),
+        replace: *or_replace,
+        check_sql: check.to_string(),
+    }))
+}
+
+/// The plan of a statement that names a view the router keeps ([`crate::views`]): a
+/// SELECT planned with the view written in, anything else refused. `None`: planned
+/// as usual (CREATE VIEW and DROP VIEW, a name that is not the view's).
+fn with_views(text: &str, kind: &StatementKind, catalog: &Catalog) -> Option<Plan> {
+    let stmts = parse_statement(text).ok()?;
+    let [st] = stmts.as_slice() else {
+        return None;
+    };
+    let refuse = |msg: String| Some(Plan::new(Route::Unsupported(msg), kind.clone()));
+    match st {
+        Statement::CreateView { .. } | Statement::Drop { .. } => None,
+        Statement::Query(q) => {
+            let mut q = (**q).clone();
+            match crate::views::expand(&mut q, catalog) {
+                Err(msg) => refuse(msg),
+                Ok(false) => None,
+                Ok(true) => {
+                    if let SetExpr::Select(s) = q.body.as_ref() {
+                        if s.into.is_some() {
+                            return refuse(
+                                "SELECT INTO from a view over distributed tables".to_owned(),
+                            );
+                        }
+                    }
+                    let st = Statement::Query(Box::new(q));
+                    let (route, _) = analyse_with(&st, catalog, true);
+                    let mut plan = Plan::new(route, kind.clone());
+                    plan.rewritten = Some(st.to_string());
+                    Some(plan)
+                }
+            }
+        }
+        other => crate::views::named_view(other, catalog).and_then(|v| {
+            refuse(format!(
+                "view {v} over distributed tables in a statement other than SELECT"
+            ))
+        }),
+    }
 }
 
 fn existing_shard(catalog: &Catalog, n: u64) -> Option<ShardId> {
@@ -585,6 +715,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                         null_key: p.null_key,
                         statements: Vec::new(),
                         column_order: false,
+                        rewritten: None,
                         replica_ok: false,
                     };
                 }
@@ -601,6 +732,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                     null_key: p.null_key,
                     statements: Vec::new(),
                     column_order: false,
+                    rewritten: None,
                     replica_ok: false,
                 };
             }
@@ -655,6 +787,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                             null_key,
                             statements: Vec::new(),
                             column_order: false,
+                            rewritten: None,
                             replica_ok: false,
                         }
                     }
@@ -668,6 +801,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
                                     null_key,
                                     statements: Vec::new(),
                                     column_order: false,
+                                    rewritten: None,
                                     replica_ok: false,
                                 }
                             })
@@ -699,6 +833,7 @@ fn planned_from_stand_in(text: &str, kind: &StatementKind, catalog: &Catalog) ->
         null_key,
         statements: Vec::new(),
         column_order: false,
+        rewritten: None,
         replica_ok: false,
     })
 }
@@ -1217,6 +1352,25 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
             if_exists,
             ..
         } => match object_type {
+            ObjectType::View
+                if names
+                    .iter()
+                    .any(|n| crate::views::view_of(catalog, &name_parts(n)).is_some()) =>
+            {
+                let kept: Vec<String> = names
+                    .iter()
+                    .filter_map(|n| crate::views::view_of(catalog, &name_parts(n)))
+                    .map(|v| v.name.clone())
+                    .collect();
+                if kept.len() == names.len() {
+                    Route::Router(RouterCommand::DropViews { names: kept })
+                } else {
+                    Route::Unsupported(
+                        "DROP VIEW of views over distributed tables together with other views"
+                            .to_owned(),
+                    )
+                }
+            }
             ObjectType::Table => {
                 let parts: Vec<Vec<String>> = names.iter().map(name_parts).collect();
                 tables_route("DROP TABLE", &parts, *if_exists, catalog)
@@ -1271,15 +1425,7 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
             ) => Route::AllShards,
             Some(_) => local,
         },
-        Statement::CreateView { query, .. } => {
-            let mut a = Analysis::new(catalog);
-            a.statement(&Statement::Query(query.clone()));
-            match a.occs.first() {
-                // A view on the local shard would see only that shard's rows.
-                Some(o) => Route::Unsupported(format!("view over distributed table {}", o.table)),
-                None => local,
-            }
-        }
+        Statement::CreateView { .. } => create_view(st, catalog).unwrap_or(local),
         Statement::CreateTrigger(t) => tables_route(
             "CREATE TRIGGER",
             &[name_parts(&t.table_name)],
@@ -1327,7 +1473,18 @@ fn plan_ast(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
 }
 
 fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
+    analyse_with(st, catalog, false)
+}
+
+/// [`analyse`]; `force_fanout` for a statement whose text is not the client's (see
+/// [`Analysis::force_fanout`]).
+fn analyse_with(
+    st: &Statement,
+    catalog: &Catalog,
+    force_fanout: bool,
+) -> (Route, Option<PlanError>) {
     let mut a = Analysis::new(catalog);
+    a.force_fanout = force_fanout;
     a.statement(st);
     let null_key = a.insert_target.map(|o| PlanError::NullShardKey {
         table: a.occs[o].table.clone(),
@@ -1353,7 +1510,19 @@ fn analyse(st: &Statement, catalog: &Catalog) -> (Route, Option<PlanError>) {
         && a.error.is_none()
         && ((a.reference_writes.is_empty() && a.insert_target.is_some())
             || (a.reference_writes.len() == 1 && a.insert_target.is_none() && !a.occs.is_empty()));
+    let key_update = a.key_update.map(|o| a.occs[o].clone());
     let route = a.route_statement(Some(st));
+    let route = match key_update {
+        Some(o) => {
+            let target = crate::keyupdate::Target {
+                table: &o.table,
+                key: &o.key,
+                key_type: o.key_type,
+            };
+            crate::keyupdate::plan(st, catalog, &target, route)
+        }
+        None => route,
+    };
     let route = match route {
         Route::Unsupported(reason) if collectable => collect_route(
             st,

@@ -166,6 +166,12 @@ pub(crate) struct Analysis<'c> {
     /// `outer.key IN (subquery)`: the subquery (by address) and the outer occurrence.
     pending_in: Vec<(usize, usize)>,
     pub top: TopInfo,
+    /// An UPDATE that sets the shard key of this occurrence (its target).
+    pub key_update: Option<usize>,
+    /// A read whose text differs from the client's (a view written in,
+    /// [`crate::views`]): it must not be forwarded as written, so one shard's answer is
+    /// planned as a fan-out to that shard, which carries the text.
+    pub force_fanout: bool,
 }
 
 impl<'c> Analysis<'c> {
@@ -193,6 +199,8 @@ impl<'c> Analysis<'c> {
             cte_ranges: Vec::new(),
             pending_in: Vec::new(),
             top: TopInfo::default(),
+            key_update: None,
+            force_fanout: false,
         }
     }
 
@@ -262,10 +270,8 @@ impl<'c> Analysis<'c> {
                         AssignmentTarget::Tuple(ns) => ns.iter().any(|n| last_is(n, &key)),
                     });
                     if sets_key {
-                        let t = self.occs[target].table.clone();
-                        self.unsupported(format!(
-                            "UPDATE of shard key column {key} of distributed table {t}"
-                        ));
+                        // Planned as a move of the updated rows (`crate::keyupdate`).
+                        self.key_update = Some(target);
                     }
                 }
                 if let Some(UpdateTableFromKind::BeforeSet(f) | UpdateTableFromKind::AfterSet(f)) =
@@ -1216,6 +1222,26 @@ impl<'c> Analysis<'c> {
             }
             return Route::Unsupported(refusal);
         }
+        match (shards.len(), params.len(), st) {
+            (n @ (0 | 1), 0, Some(st)) if self.force_fanout && self.verb == "query" => {
+                let targets = (n == 1).then(|| shards.into_iter().collect());
+                self.fanout(st, targets)
+            }
+            (_, 1, Some(st)) if self.force_fanout && self.verb == "query" => self.fanout(st, None),
+            _ => self.pinned(shards, params, st, &first),
+        }
+    }
+
+    /// [`Self::route_statement`] once every occurrence is pinned: by constants to
+    /// `shards`, or by `params`.
+    fn pinned(
+        mut self,
+        shards: BTreeSet<ShardId>,
+        params: BTreeSet<usize>,
+        st: Option<&Statement>,
+        first: &str,
+    ) -> Route {
+        let first = first.to_owned();
         match (shards.len(), params.len()) {
             (0, 0) => Route::AnyShard,
             (1, 0) => shards.first().map_or(Route::AnyShard, |s| Route::Shard(*s)),
@@ -1304,6 +1330,7 @@ impl<'c> Analysis<'c> {
                 replicated: true,
                 defaults,
                 shard_sql: Vec::new(),
+                key_move: None,
             }),
             Err(msg) => Route::Unsupported(msg),
         }

@@ -71,6 +71,7 @@ pub(crate) fn split_insert(
         replicated: false,
         defaults: Vec::new(),
         shard_sql,
+        key_move: None,
     })
 }
 

@@ -174,6 +174,7 @@ UPDATE customers SET tier = (SELECT count(*) FROM purchases p WHERE p.customer_i
 -- they are, so PostgreSQL's copy stays equal to pgshard's when pgshard says 0A000.
 UPDATE customers SET tier = greatest(tier, (SELECT min(tier) FROM customers)) WHERE id = 13;
 UPDATE events e SET kind = e.kind FROM customers c WHERE c.id = e.customer_id AND c.vip;
+-- An UPDATE of the shard key moves the row (answered since issue 15).
 UPDATE customers SET id = id + 5000 WHERE id = 15;
 SELECT id, tier FROM customers WHERE id IN (12, 13, 15, 5015) ORDER BY id;
 SELECT count(*), sum(qty) FROM purchases;
@@ -823,6 +824,8 @@ ROLLBACK;
 CREATE TEMP TABLE tmp_ids AS SELECT 1 AS id;
 SELECT * FROM tmp_ids;
 CREATE VIEW vip_customers AS SELECT id, name FROM customers WHERE vip;
+SELECT * FROM vip_customers ORDER BY id;
+SELECT count(*) FROM vip_customers v JOIN purchases p ON p.customer_id = v.id;
 CREATE TABLE customers_copy AS SELECT * FROM customers;
 SELECT id INTO customers_ids FROM customers;
 SELECT id, name, balance, prefs, signup FROM customers_copy ORDER BY id;

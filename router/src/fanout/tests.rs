@@ -38,6 +38,7 @@ fn catalog() -> Catalog {
         local_shard: ShardId(1),
         frozen: Default::default(),
         moving: Vec::new(),
+        views: Vec::new(),
     }
 }
 

@@ -28,6 +28,7 @@ fn catalog(nodes: Vec<Node>) -> Catalog {
         local_shard: ShardId(1),
         frozen: Default::default(),
         moving: Vec::new(),
+        views: Vec::new(),
     }
 }
 

@@ -91,6 +91,10 @@ pub enum SessionError {
     /// A multi-shard cursor's error (see `super::cursor`), with PostgreSQL's SQLSTATE.
     #[error("{message}")]
     Cursor { code: &'static str, message: String },
+    /// A view over distributed tables the router keeps (see `crate::views`), with
+    /// PostgreSQL's SQLSTATE (42P07 for a name taken, XX000 for the catalog).
+    #[error("{message}")]
+    View { code: &'static str, message: String },
     /// A statement answered by collecting its tables on one shard moved more bytes
     /// than `router.max_intermediate_bytes` allows.
     #[error("the rows collected for this statement exceed router.max_intermediate_bytes ({limit} bytes)")]
@@ -131,6 +135,7 @@ impl SessionError {
             SessionError::TooManyClients => "53300",
             SessionError::Commit { code, .. } => code,
             SessionError::Cursor { code, .. } => code,
+            SessionError::View { code, .. } => code,
             SessionError::Plan(e) => e.sqlstate(),
             SessionError::Copy { source, .. } => source.code(),
             SessionError::Distribute(e) => e.sqlstate(),

@@ -87,6 +87,8 @@ where
             Route::Shard(s) => Some(*s),
             _ => None,
         };
+        // A view written in: backends prepare the text with the view written in.
+        let sql = plan.rewritten.clone().unwrap_or(sql);
         let key = Arc::new(StmtKey { sql, param_types });
         let epoch = self
             .ctx
@@ -427,6 +429,7 @@ where
                 replicated: false,
                 defaults: Vec::new(),
                 shard_sql,
+                key_move: None,
             },
             param_types: stmt.key.param_types.clone(),
             params: bytes::Bytes::copy_from_slice(params),

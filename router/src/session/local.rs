@@ -61,6 +61,7 @@ fn router_columns(cmd: &RouterCommand) -> Option<(&'static str, bool)> {
         RouterCommand::CreateReferenceTable { .. } => Some(("create_reference_table", true)),
         RouterCommand::ShowShard => Some(("pgshard.shard", false)),
         RouterCommand::ShowReadFrom => Some(("pgshard.read_from", false)),
+        RouterCommand::CreateView { .. } | RouterCommand::DropViews { .. } => None,
         RouterCommand::SetShard { .. }
         | RouterCommand::ResetShard
         | RouterCommand::SetReadFrom { .. }
@@ -163,6 +164,9 @@ where
             RouterCommand::CreateDistributedTable { .. }
             | RouterCommand::CreateReferenceTable { .. } => {
                 Box::pin(self.run_create_table(cmd, in_txn, &mut b)).await
+            }
+            RouterCommand::CreateView { .. } | RouterCommand::DropViews { .. } => {
+                Box::pin(self.run_view_command(cmd, in_txn, &mut b)).await
             }
             RouterCommand::Deallocate { name: None } => {
                 self.sql_prepared.clear();
@@ -270,6 +274,7 @@ where
                         replicated: true,
                         defaults: Vec::new(),
                         shard_sql: Vec::new(),
+                        key_move: None,
                     },
                     param_types: Vec::new(),
                     params: p.params.clone(),

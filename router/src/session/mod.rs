@@ -38,6 +38,7 @@ pub mod error;
 mod extended;
 mod fanout;
 mod frozen;
+mod keymove;
 mod local;
 pub mod refusal;
 mod relay;

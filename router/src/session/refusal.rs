@@ -52,6 +52,9 @@ impl Refusal {
             | RouterCommand::CreateReferenceTable { .. } => {
                 "create_distributed_table() and create_reference_table() run on their own, not prepared or inside another statement"
             }
+            RouterCommand::CreateView { .. } | RouterCommand::DropViews { .. } => {
+                "CREATE VIEW and DROP VIEW of views over distributed tables run on their own, not prepared or inside another statement"
+            }
             RouterCommand::SetShard { .. }
             | RouterCommand::ResetShard
             | RouterCommand::ShowShard => {

@@ -416,6 +416,7 @@ where
             // DDL and TRUNCATE write no column values.
             defaults: Vec::new(),
             shard_sql: Vec::new(),
+            key_move: None,
         };
         Box::pin(self.run_fanout_write_in_txn(&all)).await?;
         Ok(ControlFlow::Break(()))

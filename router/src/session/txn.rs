@@ -42,7 +42,7 @@ use crate::protocol::Frame;
 use crate::twopc::{CommitError, CommitLog, Member, Outcome};
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{FanoutWrite, Plan, StatementKind};
+use pgshard_sql::{FanoutWrite, KeyMove, Plan, StatementKind};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// True if a statement of this kind may change data (a read may too, through a
@@ -323,6 +323,7 @@ pub(crate) enum EndAnswer {
 
 /// What one shard answered to a multi-shard write.
 struct ShardReply {
+    shard: ShardId,
     row_description: Option<Frame>,
     rows: Vec<Frame>,
     tag: String,
@@ -375,6 +376,14 @@ where
         }
         if failure.is_none() {
             failure = self.shard_added_since(w);
+        }
+        if let (None, Some(m)) = (&failure, &w.key_move) {
+            let mut refs: Vec<(ShardId, &mut BackendConn)> =
+                conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
+            failure = self
+                .move_keys(&mut refs, &mut replies, m, false)
+                .await
+                .err();
         }
         let mut b = BytesMut::new();
         if self.finish_write(&mut conns, failure, &mut b).await {
@@ -504,7 +513,18 @@ where
             self.fail_extended(e);
             return Ok(());
         }
-        self.answer_write(BytesMut::new(), &replies, p.write.replicated, limit);
+        let mut b = BytesMut::new();
+        if let Some(m) = &p.write.key_move {
+            let binary = super::keymove::shard_formats(m, &p.results).1;
+            if let Err(e) = self.move_keys_in_txn(&mut replies, m, binary).await {
+                self.fail_extended(e);
+                return Ok(());
+            }
+            if describe && !m.returning {
+                encode_no_data(&mut b);
+            }
+        }
+        self.answer_write(b, &replies, p.write.replicated, limit);
         self.publish_activity();
         Ok(())
     }
@@ -551,11 +571,23 @@ where
         if failure.is_none() {
             failure = self.shard_added_since(&p.write);
         }
+        if let (None, Some(m)) = (&failure, &p.write.key_move) {
+            let mut refs: Vec<(ShardId, &mut BackendConn)> =
+                conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
+            let binary = super::keymove::shard_formats(m, &p.results).1;
+            failure = self
+                .move_keys(&mut refs, &mut replies, m, binary)
+                .await
+                .err();
+        }
         let mut b = BytesMut::new();
         let committed = self.finish_write(&mut conns, failure, &mut b).await;
         drop(conns);
         self.publish_activity();
         if committed {
+            if describe && p.write.key_move.as_ref().is_some_and(|m| !m.returning) {
+                encode_no_data(&mut b);
+            }
             self.answer_write(b, &replies, p.write.replicated, limit);
         } else {
             // An ErrorResponse (or ROLLBACK's tag): what follows up to Sync is skipped.
@@ -733,6 +765,14 @@ where
             self.fail_simple(e);
             return Ok(());
         }
+        if let Some(m) = &w.key_move {
+            if let Err(e) = self.move_keys_in_txn(&mut replies, m, false).await {
+                // The rows were updated in place: the transaction must not commit
+                // (`fail_simple` fails it, as PostgreSQL fails it after an error).
+                self.fail_simple(e);
+                return Ok(());
+            }
+        }
         let mut b = BytesMut::new();
         merge_write_replies(&mut b, &replies, w.replicated);
         encode_ready(&mut b, self.client_status());
@@ -886,6 +926,89 @@ where
     }
 }
 
+impl<R, W> Session<R, W>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    /// After an UPDATE of the shard key ran in place on `conns` (each shard's reply in
+    /// `replies`): the rows whose new bucket is another shard's move
+    /// there ([`super::keymove`]), and the replies keep only their command tags.
+    async fn move_keys(
+        &self,
+        conns: &mut [(ShardId, &mut BackendConn)],
+        replies: &mut [ShardReply],
+        m: &KeyMove,
+        binary: bool,
+    ) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let returned: Vec<(ShardId, &[Frame])> = replies
+            .iter()
+            .map(|r| (r.shard, r.rows.as_slice()))
+            .collect();
+        let limit = self.ctx.config.max_intermediate_bytes;
+        let moved = super::keymove::move_rows(conns, &returned, m, &catalog, limit, binary).await;
+        drop(returned);
+        moved?;
+        client_rows(replies, m)
+    }
+
+    /// [`Self::move_keys`] inside a transaction block, where every shard has joined the
+    /// transaction. On failure the caller fails the transaction (the rows were updated
+    /// in place, so it must not commit), as PostgreSQL fails it after an error.
+    async fn move_keys_in_txn(
+        &mut self,
+        replies: &mut [ShardReply],
+        m: &KeyMove,
+        binary: bool,
+    ) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
+        let limit = self.ctx.config.max_intermediate_bytes;
+        let mut parts: Vec<&mut Attached> = self
+            .attached
+            .iter_mut()
+            .chain(self.txn.parked.iter_mut())
+            .collect();
+        let mut refs: Vec<(ShardId, &mut BackendConn)> =
+            parts.iter_mut().map(|a| (a.shard, &mut *a.conn)).collect();
+        let returned: Vec<(ShardId, &[Frame])> = replies
+            .iter()
+            .map(|r| (r.shard, r.rows.as_slice()))
+            .collect();
+        let moved =
+            super::keymove::move_rows(&mut refs, &returned, m, &catalog, limit, binary).await;
+        drop(returned);
+        moved?;
+        client_rows(replies, m)
+    }
+}
+
+/// What the client gets of an UPDATE of the shard key's replies: its RETURNING
+/// columns (the address and bucket taken off), or only the command tags.
+fn client_rows(replies: &mut [ShardReply], m: &KeyMove) -> Result<(), SessionError> {
+    for r in replies.iter_mut() {
+        if m.returning {
+            for row in r.rows.iter_mut() {
+                *row = super::keymove::strip_two(row)?;
+            }
+            if let Some(d) = r.row_description.as_mut() {
+                if d.tag() == b'T' {
+                    *d = super::keymove::strip_two(d)?;
+                }
+            }
+        } else {
+            r.rows.clear();
+            r.row_description = None;
+        }
+    }
+    Ok(())
+}
+
+/// NoData, the description of a statement without result rows.
+fn encode_no_data(b: &mut BytesMut) {
+    b.extend_from_slice(&[b'n', 0, 0, 0, 4]);
+}
+
 /// The row limit of the Execute that runs a multi-shard write, and its portal (which
 /// keeps the rows beyond the limit).
 pub(crate) struct RowLimit {
@@ -917,19 +1040,30 @@ async fn exec_write_extended(
     describe: bool,
     begin: bool,
 ) -> Result<ShardReply, SessionError> {
+    let mut readies = 1;
     if begin {
         encode_query(&mut conn.out, "BEGIN");
+        readies += 1;
     }
     let (params, types) = p.params_for(index);
     encode_parse(&mut conn.out, "", p.write.sql_for(index), types);
-    encode_bind_with_results(&mut conn.out, "", "", params, &p.results);
-    if describe {
+    // An UPDATE of the shard key returns each row's address and bucket, for the router,
+    // ahead of the client's RETURNING columns (`super::keymove::shard_formats`).
+    let (results, described): (std::borrow::Cow<'_, [i16]>, bool) = match &p.write.key_move {
+        Some(m) => (
+            super::keymove::shard_formats(m, &p.results).0.into(),
+            m.returning,
+        ),
+        None => (p.results.as_slice().into(), true),
+    };
+    encode_bind_with_results(&mut conn.out, "", "", params, &results);
+    if describe && described {
         encode_describe(&mut conn.out, b'P', "");
     }
     encode_execute(&mut conn.out, "");
     encode_sync(&mut conn.out);
     conn.unnamed = None;
-    collect_reply(conn, shard, if begin { 2 } else { 1 }).await
+    collect_reply(conn, shard, readies).await
 }
 
 /// Sends what is queued on `conn` and reads up to its `readies`-th ReadyForQuery,
@@ -945,6 +1079,7 @@ async fn collect_reply(
         return Err(SessionError::from_backend(shard, e));
     }
     let mut reply = ShardReply {
+        shard,
         row_description: None,
         rows: Vec::new(),
         tag: String::new(),

@@ -80,6 +80,7 @@ pub fn catalog_for(shards: &[Standalone]) -> Catalog {
         local_shard: ShardId(1),
         frozen: Default::default(),
         moving: Vec::new(),
+        views: Vec::new(),
     }
 }
 

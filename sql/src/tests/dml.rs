@@ -357,12 +357,13 @@ fn update_and_delete() {
             E::Key(int(5)),
         ),
         (
+            // The row moves: in place on every shard, then moved (`crate::keyupdate`).
             "UPDATE accounts SET aid = 6 WHERE aid = 5",
-            E::Unsup("UPDATE of shard key column aid of distributed table accounts"),
+            E::FanWrite(3),
         ),
         (
             "UPDATE accounts SET (abalance, aid) = (0, 6) WHERE aid = 5",
-            E::Unsup("UPDATE of shard key column aid"),
+            E::FanWrite(3),
         ),
         (
             "UPDATE accounts SET abalance = 1 FROM misc WHERE aid = 5",

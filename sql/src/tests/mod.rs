@@ -65,6 +65,7 @@ pub(crate) fn catalog() -> Catalog {
         local_shard: LOCAL,
         frozen: Default::default(),
         moving: Vec::new(),
+        views: Vec::new(),
     }
 }
 
