@@ -365,13 +365,7 @@ impl Reconciler {
         let started = Instant::now();
         let mut done = 0;
         let client = self.catalog_client().await?;
-        // Sources' cleaning last: its deletes write WAL that the subscriptions of moves
-        // about to freeze must decode before their last catch-up, inside the freeze.
-        let (cleaning, others): (Vec<Move>, Vec<Move>) = moves::list(&client, true)
-            .await?
-            .into_iter()
-            .partition(|m| m.state == MoveState::Cleaning);
-        for m in others {
+        for m in moves::list(&client, true).await? {
             if started.elapsed() > budget {
                 break;
             }
@@ -406,11 +400,6 @@ impl Reconciler {
                 Some(Next::Finish) => self.finish_move(m.id).await?,
                 None => {}
             }
-            done += 1;
-        }
-        // Every cleaning move gets its slice each round (bounded by `CLEAN_ROUND`).
-        for m in cleaning {
-            self.finish_move(m.id).await?;
             done += 1;
         }
         self.forget_move_conns();
