@@ -7,7 +7,7 @@
 # cluster's TPS before, during and after the move (pgbench -P 1 lines inside each span).
 # Figures are printed, never asserted.
 #
-# usage: bench/move_1gb.sh [scale (70)] [clients (8)] [mode: select-only|tpcb (select-only)]
+# usage: [PG_SETTINGS="name=value …"] bench/move_1gb.sh [scale (70)] [clients (8)] [mode: select-only|tpcb (select-only)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-70}
@@ -39,6 +39,11 @@ replicas = $REPLICAS
 listen = "127.0.0.1:$ROUTER_PORT"
 pool_size = 8
 TOML
+    # Extra PostgreSQL settings for the shards, e.g. PG_SETTINGS="autovacuum=off".
+    if [ -n "${PG_SETTINGS:-}" ]; then
+        echo "[cluster.postgres]"
+        for kv in $PG_SETTINGS; do echo "${kv%%=*} = \"${kv#*=}\""; done
+    fi
     grep -v '^#' bench/pgbench.toml
 } > "$WORK/bench.toml"
 
