@@ -39,7 +39,7 @@
 //! replica probe does): when clients log in as other users, that role needs
 //! `pg_read_all_stats` to see their waits in `pg_stat_activity`.
 
-use crate::backend::BackendConn;
+use crate::backend::node_conns::NodeConns;
 use crate::registry::{ClientEntry, TxnMark};
 use crate::server::RouterCtx;
 use pgshard_catalog::{Catalog, NodeId, ShardId};
@@ -285,10 +285,7 @@ struct Seen {
 
 /// The detector's connections to shard primaries.
 struct Detector {
-    conns: HashMap<NodeId, (String, u16, BackendConn)>,
-    user: String,
-    password: Option<String>,
-    timeout: Duration,
+    conns: NodeConns,
 }
 
 /// Checks every `router.distributed_deadlock_check_ms` until `shutdown` (spawned by
@@ -298,15 +295,9 @@ pub async fn run(ctx: Arc<RouterCtx>, shutdown: CancellationToken) {
     if every.is_zero() {
         return;
     }
-    let (user, password) = match ctx.config.users.first() {
-        Some(u) => (u.name.clone(), Some(u.password.clone())),
-        None => ("postgres".to_string(), None),
-    };
+    let timeout = every.clamp(Duration::from_millis(500), Duration::from_secs(5));
     let mut d = Detector {
-        conns: HashMap::new(),
-        user,
-        password,
-        timeout: every.clamp(Duration::from_millis(500), Duration::from_secs(5)),
+        conns: NodeConns::new(&ctx.config, timeout, "deadlock detector"),
     };
     loop {
         tokio::select! {
@@ -330,7 +321,7 @@ impl Detector {
         }
         let catalog = ctx.catalog.current();
         let live: Vec<NodeId> = catalog.nodes.iter().map(|n| n.id).collect();
-        self.conns.retain(|id, _| live.contains(id));
+        self.conns.retain(&live);
         let seen: Vec<Seen> = entries
             .into_iter()
             .filter_map(|entry| {
@@ -432,52 +423,9 @@ impl Detector {
         waits
     }
 
-    /// The rows of `sql` on `node` (connecting first if needed); none on any failure,
-    /// after which the connection is dropped.
+    /// The rows of `sql` on `node`; none on any failure.
     async fn query(&mut self, node: &pgshard_catalog::Node, sql: &str) -> Vec<Vec<Option<String>>> {
-        let stale = self
-            .conns
-            .get(&node.id)
-            .is_some_and(|(h, p, _)| *h != node.host || *p != node.port);
-        if stale {
-            self.conns.remove(&node.id);
-        }
-        if !self.conns.contains_key(&node.id) {
-            let c = BackendConn::connect(
-                &node.host,
-                node.port,
-                &self.user,
-                "postgres",
-                self.password.as_deref(),
-                self.timeout,
-            )
-            .await;
-            match c {
-                Ok(c) => {
-                    self.conns
-                        .insert(node.id, (node.host.clone(), node.port, c));
-                }
-                Err(error) => {
-                    tracing::debug!(node = %node.name, %error, "deadlock detector could not connect");
-                    return Vec::new();
-                }
-            }
-        }
-        let Some((_, _, conn)) = self.conns.get_mut(&node.id) else {
-            return Vec::new();
-        };
-        match tokio::time::timeout(self.timeout, conn.query_text(sql)).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(error)) => {
-                tracing::debug!(node = %node.name, %error, "deadlock detector query failed");
-                self.conns.remove(&node.id);
-                Vec::new()
-            }
-            Err(_) => {
-                self.conns.remove(&node.id);
-                Vec::new()
-            }
-        }
+        self.conns.rows(node, sql).await.unwrap_or_default()
     }
 }
 

@@ -4,6 +4,7 @@
 //! per (node, user, database).
 
 pub mod conn;
+pub(crate) mod node_conns;
 pub mod pool;
 
 pub use conn::{BackendConn, BackendError, CancelTarget, StmtKey};

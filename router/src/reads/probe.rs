@@ -23,7 +23,7 @@
 //! interval of delay. One query per node per interval from each router is cheap.
 
 use super::ReadSet;
-use crate::backend::BackendConn;
+use crate::backend::node_conns::NodeConns;
 use pgshard_catalog::config::RouterConfig;
 use pgshard_catalog::{Catalog, NodeId, NodeState, ShardId};
 use std::collections::{HashMap, VecDeque};
@@ -53,11 +53,8 @@ pub fn covered_at(samples: &VecDeque<(Instant, u64)>, replayed: u64) -> Option<I
 
 /// The probe's connections and samples.
 struct Prober {
-    conns: HashMap<NodeId, (String, u16, BackendConn)>,
+    conns: NodeConns,
     samples: HashMap<ShardId, VecDeque<(Instant, u64)>>,
-    user: String,
-    password: Option<String>,
-    timeout: Duration,
     ban: Duration,
 }
 
@@ -69,16 +66,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let every = Duration::from_millis(config.replica_probe_ms.max(1));
-    let (user, password) = match config.users.first() {
-        Some(u) => (u.name.clone(), Some(u.password.clone())),
-        None => ("postgres".to_string(), None),
-    };
+    let timeout = every.clamp(Duration::from_millis(200), Duration::from_secs(2));
     let mut p = Prober {
-        conns: HashMap::new(),
+        conns: NodeConns::new(&config, timeout, "replica probe"),
         samples: HashMap::new(),
-        user,
-        password,
-        timeout: every.clamp(Duration::from_millis(200), Duration::from_secs(2)),
         ban: Duration::from_millis(config.replica_ban_ms),
     };
     loop {
@@ -94,7 +85,7 @@ pub async fn run(
 impl Prober {
     async fn round(&mut self, catalog: &Catalog, reads: &ReadSet) {
         let live: Vec<NodeId> = catalog.nodes.iter().map(|n| n.id).collect();
-        self.conns.retain(|id, _| live.contains(id));
+        self.conns.retain(&live);
         for shard in &catalog.shards {
             let replicas: Vec<_> = catalog
                 .replicas(shard.id)
@@ -147,55 +138,13 @@ impl Prober {
         row.first()?.as_deref().and_then(parse_lsn)
     }
 
-    /// One row of `sql` on `node` (connecting first if needed); `None` on any failure,
-    /// after which the connection is dropped.
+    /// The first row of `sql` on `node`; `None` on any failure.
     async fn query(
         &mut self,
         node: &pgshard_catalog::Node,
         sql: &str,
     ) -> Option<Vec<Option<String>>> {
-        let stale = self
-            .conns
-            .get(&node.id)
-            .is_some_and(|(h, p, _)| *h != node.host || *p != node.port);
-        if stale {
-            self.conns.remove(&node.id);
-        }
-        if !self.conns.contains_key(&node.id) {
-            let c = BackendConn::connect(
-                &node.host,
-                node.port,
-                &self.user,
-                "postgres",
-                self.password.as_deref(),
-                self.timeout,
-            )
-            .await;
-            match c {
-                Ok(c) => {
-                    self.conns
-                        .insert(node.id, (node.host.clone(), node.port, c));
-                }
-                Err(e) => {
-                    tracing::debug!(node = %node.name, error = %e, "replica probe could not connect");
-                    return None;
-                }
-            }
-        }
-        let (_, _, conn) = self.conns.get_mut(&node.id)?;
-        match tokio::time::timeout(self.timeout, conn.query_text(sql)).await {
-            Ok(Ok(mut rows)) if !rows.is_empty() => Some(rows.swap_remove(0)),
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => {
-                tracing::debug!(node = %node.name, error = %e, "replica probe failed");
-                self.conns.remove(&node.id);
-                None
-            }
-            Err(_) => {
-                self.conns.remove(&node.id);
-                None
-            }
-        }
+        self.conns.rows(node, sql).await?.into_iter().next()
     }
 }
 
