@@ -351,7 +351,7 @@ where
             expects: VecDeque::new(),
             executed: false,
             failed_since_sync: false,
-            wrote: false,
+            wrote: None,
             lease,
         };
         if let Some(vt) = self.txn.virtual_txn.take() {

@@ -472,7 +472,7 @@ where
         for a in all.iter_mut() {
             if shards.contains(&a.shard) {
                 a.executed = true;
-                a.wrote |= plan.direction == CopyDirection::In;
+                a.note_write(plan.direction == CopyDirection::In);
             }
         }
         let lost = all.iter().find(|a| a.conn.broken).map(|a| a.shard);

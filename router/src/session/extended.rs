@@ -1103,7 +1103,7 @@ where
                 a.conn.unsynced = true;
                 a.executed = true;
                 // Decides who PREPAREs at a COMMIT spanning shards.
-                a.wrote |= may_write;
+                a.note_write(may_write);
                 a.expects.push_back(Expect::Execute { command });
             }
             None => self.fail_extended(SessionError::UnknownPortal(portal.to_string())),

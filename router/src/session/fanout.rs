@@ -109,7 +109,7 @@ pub(crate) struct Lent {
     expects: VecDeque<Expect>,
     executed: bool,
     failed_since_sync: bool,
-    wrote: bool,
+    wrote: Option<u64>,
     lease: Option<crate::reads::ReadLease>,
 }
 
@@ -896,7 +896,7 @@ where
             expects: VecDeque::new(),
             executed: false,
             failed_since_sync: false,
-            wrote: false,
+            wrote: None,
             lease: None,
         });
     }

@@ -221,14 +221,28 @@ pub(crate) struct Attached {
     /// An error was reported since the last ReadyForQuery.
     pub failed_since_sync: bool,
     /// A statement that may have written ran on it in the current transaction (decides
-    /// who PREPAREs at a multi-shard COMMIT).
-    pub wrote: bool,
+    /// who PREPAREs at a multi-shard COMMIT): when, in [`write_order`]'s order, the
+    /// first one did (the one that wrote last becomes the commit point).
+    pub wrote: Option<u64>,
     /// Set when the node was chosen for a read ([`crate::reads`]): counts the read in
     /// flight, and says whether it is a replica.
     pub lease: Option<crate::reads::ReadLease>,
 }
 
+/// A number larger than every earlier one: orders the participants' first writes.
+fn write_order() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Attached {
+    /// Records that a statement that may have written (`may_write`) was sent.
+    pub(crate) fn note_write(&mut self, may_write: bool) {
+        if may_write && self.wrote.is_none() {
+            self.wrote = Some(write_order());
+        }
+    }
+
     /// Ends an unsynced extended-protocol batch with a Sync of the router's own (its
     /// ReadyForQuery is not forwarded), so the backend answers everything it owes.
     pub(crate) fn sync_silent(&mut self) {

@@ -479,7 +479,7 @@ where
             }
         }
         if let Some(a) = self.attached.as_mut() {
-            a.wrote |= super::txn::may_write(plan);
+            a.note_write(super::txn::may_write(plan));
             a.conn.out.extend_from_slice(frame.raw());
             a.conn.unnamed = None;
             a.conn.pending_syncs += 1;

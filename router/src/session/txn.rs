@@ -202,7 +202,7 @@ where
                 tracing::debug!(shard = %p.shard, %error, "ROLLBACK after a deadlock failed; the connection is closed");
                 p.conn.broken = true;
             }
-            p.wrote = false;
+            p.wrote = None;
         }
     }
 
@@ -244,13 +244,18 @@ where
         let (coord, log) = (twopc.coord.clone(), twopc.log.clone());
         let mut parts: Vec<Attached> = self.attached.take().into_iter().collect();
         parts.append(&mut self.txn.parked);
+        // The first writer is the commit point, released a round trip before the
+        // others (they still COMMIT PREPARED after it): the shard the transaction began
+        // writing on last, whose locks were taken last — where an application that
+        // takes its most contended lock last (TPC-B's branch row) has it.
+        parts.sort_by_key(|a| std::cmp::Reverse(a.wrote));
         self.entry.set_activity("active", None, None);
         let result = {
             let mut members: Vec<Member<'_, BackendError>> = parts
                 .iter_mut()
                 .map(|a| Member {
                     shard: a.shard,
-                    wrote: a.wrote,
+                    wrote: a.wrote.is_some(),
                     conn: &mut *a.conn,
                 })
                 .collect();
@@ -718,7 +723,7 @@ where
         if a.conn.status == b'E' {
             return Ok(Err(SessionError::InFailedTransaction));
         }
-        a.wrote = true;
+        a.note_write(true);
         a.executed = true;
         Ok(Ok(()))
     }
