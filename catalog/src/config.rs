@@ -358,6 +358,10 @@ pub struct RouterConfig {
     /// youngest transaction of a cycle is cancelled with SQLSTATE 40P01. 0 turns the
     /// detector off.
     pub distributed_deadlock_check_ms: u64,
+    /// Directory of the Unix sockets of the shards running on this machine (written by
+    /// shardd for the local runtime): a node on a loopback address is reached through
+    /// `<dir>/.s.PGSQL.<port>` when that socket exists, over TCP otherwise.
+    pub backend_socket_dir: Option<PathBuf>,
 }
 
 impl RouterConfig {
@@ -417,6 +421,7 @@ impl Default for RouterConfig {
             failover_hold_ms: 10_000,
             max_intermediate_bytes: 1 << 30,
             distributed_deadlock_check_ms: 1000,
+            backend_socket_dir: None,
         }
     }
 }

@@ -68,6 +68,9 @@ pub async fn run(
     source: CatalogSource,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if let Some(dir) = &config.backend_socket_dir {
+        backend::stream::set_socket_dir(dir);
+    }
     let (handle, follow) = match source {
         CatalogSource::Fixed(c) => (CatalogHandle::new(c), None),
         CatalogSource::Store { conninfo } => {

@@ -413,8 +413,26 @@ impl Layout {
             dir: node.dir.clone(),
             settings,
             upstream,
+            socket_dir: (config.cluster.backend == Backend::Local)
+                .then(|| {
+                    node.dir
+                        .parent()
+                        .and_then(Path::parent)
+                        .and_then(socket_dir)
+                })
+                .flatten(),
         }
     }
+}
+
+/// Where the local instances of the cluster in `data_dir` put their Unix sockets (one
+/// directory for all: each socket is named by its instance's port), absolute; the
+/// router reaches its shards there ([`pgshard_catalog::config::RouterConfig`]'s
+/// `backend_socket_dir`). `None` when the path would not fit a socket address (107
+/// bytes with `/.s.PGSQL.65535`): then TCP only.
+pub fn socket_dir(data_dir: &Path) -> Option<PathBuf> {
+    let dir = std::path::absolute(data_dir).ok()?.join("sockets");
+    (dir.as_os_str().len() + "/.s.PGSQL.65535".len() <= 107).then_some(dir)
 }
 
 /// The default port source: `cluster.base_port` and up, or free ports from the kernel

@@ -316,7 +316,12 @@ pub async fn supervise(
         anyhow::bail!("router.listen: {taken}");
     }
     let config_path = data_dir.join(CONFIG_FILE);
-    std::fs::write(&config_path, toml::to_string_pretty(config)?)
+    // Local shards are reached through their Unix sockets.
+    let mut config = config.clone();
+    if config.cluster.backend == pgshard_catalog::config::Backend::Local {
+        config.router.backend_socket_dir = crate::cluster::socket_dir(data_dir);
+    }
+    std::fs::write(&config_path, toml::to_string_pretty(&config)?)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let log_path = data_dir.join(LOG_FILE);
     let spawn = {

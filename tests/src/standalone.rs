@@ -84,6 +84,7 @@ impl Standalone {
             dir: dir.path().join("standalone"),
             settings: settings.clone(),
             upstream: None,
+            socket_dir: None,
         };
         runtime.init_primary(&spec).await?;
         runtime.start(&spec).await?;

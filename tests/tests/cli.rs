@@ -184,6 +184,18 @@ async fn up_status_down_up_destroy() -> anyhow::Result<()> {
         per_shard.iter().all(|n| *n > 0),
         "rows on both shards: {per_shard:?}"
     );
+    // The router reaches the local shards through their Unix sockets (cheaper than
+    // loopback TCP): its backends have no client address; shardd's and ours do.
+    let over_unix: i64 = connect(shard_primary_port(&data_dir, 1).await?)
+        .await?
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND client_addr IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(over_unix > 0, "no router backend on the Unix socket");
     drop(router);
 
     let out = pgshard(&["up"], &data_dir)?;

@@ -584,6 +584,7 @@ async fn runtime_kill_promote_and_detached_lifecycle() {
             host: p.host.clone(),
             port: p.port,
         }),
+        socket_dir: None,
     };
     let connect = |s: &NodeSpec| {
         let cfg = s.pg_config("postgres", Duration::from_secs(5));

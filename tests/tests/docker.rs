@@ -151,6 +151,7 @@ fn spec(
             host: p.host.clone(),
             port: p.port,
         }),
+        socket_dir: None,
     }
 }
 

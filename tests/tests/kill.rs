@@ -69,6 +69,7 @@ fn spec(dir: &Path, name: &str) -> NodeSpec {
         dir: dir.join(name),
         settings: BTreeMap::new(),
         upstream: None,
+        socket_dir: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! decide whether a returned connection is clean: no reply outstanding, nothing sent since
 //! the last Sync, idle transaction status, no unread bytes.
 
+use super::stream::{BackendRead, BackendWrite};
 use crate::protocol::backend::{
     decode_backend_key, decode_command_tag, decode_data_row_text, decode_parameter_status,
     decode_ready_status, error_summary, Authentication,
@@ -20,7 +21,6 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 /// Backend messages can be large (wide rows); the limit only guards against garbage.
@@ -123,8 +123,8 @@ pub const MAX_PREPARED_PER_BACKEND: usize = 512;
 
 /// An open, authenticated connection to one PostgreSQL server.
 pub struct BackendConn {
-    pub reader: FrameReader<OwnedReadHalf>,
-    pub writer: OwnedWriteHalf,
+    pub reader: FrameReader<BackendRead>,
+    pub writer: BackendWrite,
     /// Bytes queued for the server, written by the session loop.
     pub out: BytesMut,
     pub addr: Arc<str>,
@@ -172,7 +172,7 @@ impl BackendConn {
         let addr = format!("{host}:{port}");
         match tokio::time::timeout(
             timeout,
-            Self::connect_inner(addr.clone(), user, database, password),
+            Self::connect_inner(host, port, addr.clone(), user, database, password),
         )
         .await
         {
@@ -182,19 +182,19 @@ impl BackendConn {
     }
 
     async fn connect_inner(
+        host: &str,
+        port: u16,
         addr: String,
         user: &str,
         database: &str,
         password: Option<&str>,
     ) -> Result<BackendConn, BackendError> {
-        let stream = TcpStream::connect(&addr)
+        let (r, w) = super::stream::connect(host, port, &addr)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
         let mut conn = BackendConn {
             reader: FrameReader::new(r, BACKEND_MAX_MESSAGE),
             writer: w,

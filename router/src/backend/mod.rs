@@ -6,6 +6,7 @@
 pub mod conn;
 pub(crate) mod node_conns;
 pub mod pool;
+pub mod stream;
 
 pub use conn::{BackendConn, BackendError, CancelTarget, StmtKey};
 pub use pool::{PoolKey, PoolStats, PooledConn, Pools};

@@ -521,6 +521,7 @@ impl DockerRuntime {
     fn in_container(&self, spec: &NodeSpec) -> NodeSpec {
         let mut inner = spec.clone();
         inner.host = "*".into();
+        inner.socket_dir = None;
         if let Some(up) = inner.upstream.as_mut() {
             up.host = self.container_name(&up.name);
         }
@@ -1278,6 +1279,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 6000,
             }),
+            socket_dir: None,
         }
     }
 

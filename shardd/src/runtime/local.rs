@@ -355,6 +355,13 @@ impl LocalProcess {
     /// Write the configuration files from `spec` and hand them to the PostgreSQL user.
     fn write_config(&self, spec: &NodeSpec) -> Result<(), RuntimeError> {
         let data = Self::abs_dir(spec)?.join("data");
+        if let Some(dir) = &spec.socket_dir {
+            // Shared by the cluster's instances; the PostgreSQL user creates its socket
+            // and lock file there.
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::io(format!("could not create {}", dir.display()), e))?;
+            self.chown(dir)?;
+        }
         pgconf::write(spec, &data)?;
         for name in ["postgresql.conf", "pg_hba.conf", "standby.signal"] {
             let p = data.join(name);

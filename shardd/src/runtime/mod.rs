@@ -61,6 +61,9 @@ pub struct NodeSpec {
     pub settings: BTreeMap<String, String>,
     /// For replicas: the primary to stream from.
     pub upstream: Option<Upstream>,
+    /// Where the instance also listens on a Unix socket (local runtime; see
+    /// [`crate::cluster::socket_dir`]); `None`: TCP only.
+    pub socket_dir: Option<PathBuf>,
 }
 
 impl NodeSpec {

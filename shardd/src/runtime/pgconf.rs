@@ -33,9 +33,14 @@ pub fn base_settings(spec: &NodeSpec) -> BTreeMap<String, String> {
     };
     set("listen_addresses", &spec.host);
     set("port", &spec.port.to_string());
-    // No Unix socket: every client (shardd, routers, tests) uses TCP, and socket paths
-    // have a 107-byte limit that deep data dirs would exceed.
-    set("unix_socket_directories", "");
+    // A Unix socket only where the runtime gives a directory (local instances, for the
+    // router: cheaper than loopback TCP); shardd, replication and tests use TCP.
+    let sockets = spec
+        .socket_dir
+        .as_ref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    set("unix_socket_directories", &sockets);
     set("cluster_name", &spec.name);
     set("max_connections", "200");
     // Two-phase commit for multi-shard writes (SPEC §7).
@@ -125,6 +130,7 @@ pub fn render_postgresql_conf(spec: &NodeSpec) -> String {
 pub fn render_pg_hba_conf() -> String {
     "# Written by pgshard.\n\
      # TYPE  DATABASE     USER  ADDRESS        METHOD\n\
+     local   all          all                  trust\n\
      host    all          all   127.0.0.1/32   trust\n\
      host    all          all   ::1/128        trust\n\
      host    replication  all   127.0.0.1/32   trust\n\
@@ -181,6 +187,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 5998,
             }),
+            socket_dir: None,
         }
     }
 
