@@ -10,12 +10,15 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICKS=$(getconf CLK_TCK)
 
 # Starts PgBouncer in transaction mode on port $3 in front of the PostgreSQL on port $2,
-# pool size $4, files in directory $1; sets BOUNCER_PID once it answers.
+# pool size $4, files in directory $1; sets BOUNCER_PID once it answers. With $5, the
+# directory of that PostgreSQL's Unix socket (a pgshard cluster's `<data dir>/sockets`),
+# PgBouncer reaches it there, as the router reaches its local shards; else over TCP.
 start_pgbouncer() {
-    local work=$1 pg_port=$2 port=$3 pool=$4
+    local work=$1 pg_port=$2 port=$3 pool=$4 host=127.0.0.1
+    [ -n "${5:-}" ] && [ -S "$5/.s.PGSQL.$pg_port" ] && host=$5
     cat > "$work/pgbouncer.ini" <<INI
 [databases]
-postgres = host=127.0.0.1 port=$pg_port dbname=postgres user=postgres
+postgres = host=$host port=$pg_port dbname=postgres user=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $port

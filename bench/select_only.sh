@@ -60,7 +60,7 @@ ROUTER_PID=$(router_pid "$DATA")
 # One shard holds every bucket, so the tables can be loaded on it directly.
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
+start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL" "$DATA/sockets"
 
 
 run() { # target port mode clients -> "tps lat failed cpu_s_per_10k"

@@ -81,12 +81,14 @@ ROUTER_PID=$(router_pid "$DATA")
 # One shard holds every bucket, so the tables can be loaded on it directly.
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-"$OLD_BIN/pgshard-router" --config "$DATA/router.toml" --listen "127.0.0.1:$OLD_PORT" \
+# The old build may not know settings the new one writes (backend_socket_dir).
+grep -v '^backend_socket_dir' "$DATA/router.toml" > "$WORK/old-router.toml"
+"$OLD_BIN/pgshard-router" --config "$WORK/old-router.toml" --listen "127.0.0.1:$OLD_PORT" \
     --catalog "host=127.0.0.1 port=$CATALOG_PORT dbname=pgshard_catalog user=postgres" \
     >"$WORK/old-router.log" 2>&1 &
 OLD_PID=$!
 for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$OLD_PORT" && break; sleep 0.1; done
-start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
+start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL" "$DATA/sockets"
 
 run() { # port pid mode clients -> "tps cpu_us_per_tx errors"
     local port=$1 pid=$2 mode=$3 c=$4 before=0 after=0 out

@@ -94,7 +94,7 @@ for p in $SHARD_PORTS; do direct_count=$((direct_count + $(q2 "$p" 'SELECT count
 direct_top=$(for p in $SHARD_PORTS; do q2 "$p" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3'; done | sort -rn | head -3 | tr '\n' ' ')
 LOAD_CHECK="accounts through the router $(q2 "$ROUTER2_PORT" 'SELECT count(*) FROM pgbench_accounts'), over the shards $direct_count (shard 1: $(q2 "$(node_port "$TWO" shard1-node1)" 'SELECT count(*) FROM pgbench_accounts'), shard 2: $(q2 "$(node_port "$TWO" shard2-node1)" 'SELECT count(*) FROM pgbench_accounts')); sum(abalance) $(q2 "$ROUTER2_PORT" 'SELECT sum(abalance) FROM pgbench_accounts'); top aids through the router: $(q2 "$ROUTER2_PORT" 'SELECT aid FROM pgbench_accounts ORDER BY aid DESC LIMIT 3' | tr '\n' ' ')/ over the shards: $direct_top"
 
-start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL"
+start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL" "$ONE/sockets"
 
 # Two-phase commits so far: decision rows inserted on the shards (the decision in the
 # first writer's transaction) plus commit records in the catalog (the fallback).

@@ -3,12 +3,14 @@
 //!
 //! - No participant wrote, or exactly one did: plain `COMMIT` everywhere (single-shard
 //!   transactions never pay for 2PC).
-//! - Several wrote: the first writer is the *coordinator shard* C, and its own
-//!   transaction carries the commit decision (as Citus does; see
-//!   `pgshard_catalog::twopc`): `INSERT INTO pgshard_2pc.decisions` on C while every
-//!   other writer runs `PREPARE TRANSACTION '<gid>'` (all in parallel), then a plain
-//!   `COMMIT` on C — the commit point, one durable round trip on a shard that is
-//!   already a participant — then `COMMIT PREPARED '<gid>'` on the others in parallel;
+//! - Several wrote: the first writer is the *coordinator shard* C (the session puts
+//!   the one that began writing last first), and its own transaction carries the
+//!   commit decision (as Citus does; see `pgshard_catalog::twopc`): every other writer
+//!   runs `PREPARE TRANSACTION '<gid>'` (all in parallel), then C gets
+//!   `INSERT INTO pgshard_2pc.decisions …; COMMIT` in one message — the commit point,
+//!   one durable round trip on a shard that is already a participant (a failed insert
+//!   skips the COMMIT and leaves C's transaction aborted: rolled back like a failed
+//!   PREPARE) — then `COMMIT PREPARED '<gid>'` on the others in parallel;
 //!   read-only participants `COMMIT` in one phase. The gid names C, so recovery knows
 //!   where to look. No catalog round trip is on this path; shardd's recovery deletes
 //!   the decision rows later, in batches.
@@ -529,8 +531,9 @@ impl Coordinator {
                 .map_err(halted)?;
         }
 
-        // Phase one: the decision row on C and PREPARE on the others, all at once. With
-        // the between-PREPAREs fault armed, the first of the others goes alone.
+        // Phase one: PREPARE on the others, all at once (with the between-PREPAREs
+        // fault armed, the first of them goes alone). C's decision row, unless it is in
+        // already, goes with C's COMMIT below: one message to C instead of two.
         let prepare = format!("PREPARE TRANSACTION {}", gid.literal());
         let split = if self.faults.armed_at(FaultPoint::BetweenPrepares) {
             1.min(others.len())
@@ -539,14 +542,7 @@ impl Coordinator {
         };
         let mut results = Vec::with_capacity(others.len());
         if c_result.is_ok() {
-            let first = run_all(others[..split].iter_mut().map(conn_of), &prepare);
-            if decided {
-                results = first.await;
-            } else {
-                let (r, first) = futures::join!(c.conn.simple(&insert), first);
-                c_result = r;
-                results = first;
-            }
+            results = run_all(others[..split].iter_mut().map(conn_of), &prepare).await;
         }
         if c_result.is_ok() && results.iter().all(Result::is_ok) {
             if let Err(p) = self.faults.check(FaultPoint::BetweenPrepares, &gid).await {
@@ -607,20 +603,38 @@ impl Coordinator {
             .await
             .map_err(halted)?;
 
-        // The commit point: C commits in one phase, its decision row with it.
-        if let Err(source) = c.conn.simple("COMMIT").await {
-            if commit_refused(&source) {
+        // The commit point: C commits in one phase, its decision row with it (inserted
+        // in the same message when not in yet; a failed insert skips the COMMIT).
+        let commit = if decided {
+            "COMMIT".to_owned()
+        } else {
+            format!("{insert}; COMMIT")
+        };
+        if let Err(source) = c.conn.simple(&commit).await {
+            // The decision insert failed (the COMMIT never ran): C's transaction is
+            // still open, aborted, whatever the error was.
+            let c_open = c.conn.in_failed_transaction();
+            if c_open || commit_refused(&source) {
                 tracing::info!(%gid, shard = %c_shard, error = %source, "the coordinator shard refused to commit; rolling back");
                 let sql = format!("ROLLBACK PREPARED {}", gid.literal());
-                undo_all(
-                    others
-                        .iter_mut()
-                        .map(|m| (conn_of(m), sql.as_str()))
-                        .collect(),
-                    &gid,
-                )
-                .await;
+                let mut undo: Vec<_> = others
+                    .iter_mut()
+                    .map(|m| (conn_of(m), sql.as_str()))
+                    .collect();
+                if c_open {
+                    undo.push((conn_of(c), "ROLLBACK"));
+                }
+                undo_all(undo, &gid).await;
                 rollback_all(readers.iter_mut().map(conn_of)).await;
+                if c_open {
+                    c.conn.set_decision_table(DecisionTable::Unknown);
+                    // (A deferred unique constraint failing the COMMIT is 23505 too.)
+                    if source.sqlstate() == Some(UNIQUE_VIOLATION) {
+                        // Recovery's abort row holds the gid: it rolled us back.
+                        tracing::warn!(%gid, "recovery rolled the transaction back first");
+                        return Err(CommitError::RecoveryAborted { gid });
+                    }
+                }
                 return Err(CommitError::Failed {
                     shard: c_shard,
                     source,
@@ -1022,19 +1036,29 @@ mod tests {
         fn simple<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<(), FakeError>> {
             Box::pin(async move {
                 let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-                let word = word(sql);
-                match self.fail_on {
-                    Some((prefix, code)) if word.starts_with(prefix) => {
-                        j.push(format!("{}: {word} -> error", self.shard));
-                        Err(FakeError {
-                            code: code.map(str::to_string),
-                        })
-                    }
-                    _ => {
-                        j.push(format!("{}: {word}", self.shard));
-                        Ok(())
+                // Several statements in one message run one by one, as PostgreSQL runs
+                // them; an error skips the rest (the probe is journaled whole).
+                let parts: Vec<&str> = if matches!(word(sql), "probe" | "unprobe") {
+                    vec![sql]
+                } else {
+                    sql.split("; ").collect()
+                };
+                for part in parts {
+                    let word = word(part);
+                    match self.fail_on {
+                        Some((prefix, code)) if word.starts_with(prefix) => {
+                            j.push(format!("{}: {word} -> error", self.shard));
+                            // A failed statement other than COMMIT leaves the
+                            // transaction open and aborted.
+                            self.failed |= word != "COMMIT" && code.is_some();
+                            return Err(FakeError {
+                                code: code.map(str::to_string),
+                            });
+                        }
+                        _ => j.push(format!("{}: {word}", self.shard)),
                     }
                 }
+                Ok(())
             })
         }
         fn in_failed_transaction(&self) -> bool {
@@ -1178,8 +1202,8 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: decide",
                 "3: PREPARE TRANSACTION",
+                "1: decide",
                 "1: COMMIT",
                 "3: COMMIT PREPARED",
                 "2: COMMIT",
@@ -1267,8 +1291,8 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: decide",
                 "2: PREPARE TRANSACTION",
+                "1: decide",
                 "1: COMMIT -> error",
                 "2: ROLLBACK PREPARED",
                 "3: ROLLBACK",
@@ -1290,8 +1314,8 @@ mod tests {
             assert_eq!(
                 j,
                 lines(&[
-                    "1: decide",
                     "2: PREPARE TRANSACTION",
+                    "1: decide",
                     "1: COMMIT -> error",
                     "3: ROLLBACK"
                 ])
@@ -1309,10 +1333,36 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: decide -> error",
                 "2: PREPARE TRANSACTION",
-                "1: ROLLBACK",
+                "1: decide -> error",
                 "2: ROLLBACK PREPARED",
+                "1: ROLLBACK",
+            ])
+        );
+        // Any other error of the decision insert (sent with C's COMMIT, which it
+        // skips): C's aborted transaction and the prepared ones roll back, reported.
+        let (r, j) = Setup::new(3, &[1, 2])
+            .fail(1, "decide", Some("53100"))
+            .commit()
+            .await;
+        assert!(
+            matches!(
+                r,
+                Err(CommitError::Failed {
+                    shard: ShardId(1),
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(
+            j,
+            lines(&[
+                "2: PREPARE TRANSACTION",
+                "1: decide -> error",
+                "2: ROLLBACK PREPARED",
+                "1: ROLLBACK",
+                "3: ROLLBACK",
             ])
         );
     }
@@ -1358,7 +1408,6 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: decide",
                 "2: PREPARE TRANSACTION -> error",
                 "1: ROLLBACK",
                 "3: ROLLBACK",
@@ -1468,33 +1517,26 @@ mod tests {
         let want: [(FaultPoint, &[&str]); 6] = [
             (FaultPoint::BeforePrepare, &[]),
             (FaultPoint::AfterDecision, &["1: decide"]),
-            (
-                FaultPoint::BetweenPrepares,
-                &["1: decide", "2: PREPARE TRANSACTION"],
-            ),
+            (FaultPoint::BetweenPrepares, &["2: PREPARE TRANSACTION"]),
             (
                 FaultPoint::AfterPrepares,
-                &[
-                    "1: decide",
-                    "2: PREPARE TRANSACTION",
-                    "3: PREPARE TRANSACTION",
-                ],
+                &["2: PREPARE TRANSACTION", "3: PREPARE TRANSACTION"],
             ),
             (
                 FaultPoint::AfterRecord,
                 &[
-                    "1: decide",
                     "2: PREPARE TRANSACTION",
                     "3: PREPARE TRANSACTION",
+                    "1: decide",
                     "1: COMMIT",
                 ],
             ),
             (
                 FaultPoint::BetweenCommits,
                 &[
-                    "1: decide",
                     "2: PREPARE TRANSACTION",
                     "3: PREPARE TRANSACTION",
+                    "1: decide",
                     "1: COMMIT",
                     "2: COMMIT PREPARED",
                 ],
@@ -1579,7 +1621,6 @@ mod tests {
         assert_eq!(
             j,
             lines(&[
-                "1: decide",
                 "2: PREPARE TRANSACTION -> error",
                 "1: ROLLBACK",
                 "3: ROLLBACK"
