@@ -59,7 +59,9 @@ pin "$S2" 1
 
 TARGETS="new"
 if [ -n "${OLD_BIN:-}" ]; then
-    "$OLD_BIN/pgshard-router" --config "$DATA/router.toml" --listen "127.0.0.1:$OLD_PORT" \
+    # The old build may not know settings the new one writes (backend_socket_dir).
+    grep -v '^backend_socket_dir' "$DATA/router.toml" > "$WORK/old-router.toml"
+    "$OLD_BIN/pgshard-router" --config "$WORK/old-router.toml" --listen "127.0.0.1:$OLD_PORT" \
         --catalog "host=127.0.0.1 port=$CATALOG_PORT dbname=pgshard_catalog user=postgres" \
         >"$WORK/old-router.log" 2>&1 &
     OLD_PID=$!

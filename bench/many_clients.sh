@@ -61,7 +61,9 @@ pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/
 TARGETS="new"
 if [ -n "${OLD_BIN:-}" ]; then
     # The old router against the same catalog and shard, with the same settings.
-    (ulimit -Sn 1024; exec "$OLD_BIN/pgshard-router" --config "$DATA/router.toml" --listen "127.0.0.1:$OLD_PORT" \
+    # (Without settings the old build may not know: backend_socket_dir.)
+    grep -v '^backend_socket_dir' "$DATA/router.toml" > "$WORK/old-router.toml"
+    (ulimit -Sn 1024; exec "$OLD_BIN/pgshard-router" --config "$WORK/old-router.toml" --listen "127.0.0.1:$OLD_PORT" \
         --catalog "host=127.0.0.1 port=$CATALOG_PORT dbname=pgshard_catalog user=postgres" \
         >"$WORK/old-router.log" 2>&1) &
     OLD_PID=$!
