@@ -1264,6 +1264,9 @@ impl Reconciler {
 /// How long [`locking_ddl`] waits for a table lock at each try, and for how long it tries.
 const LOCK_TRY: Duration = Duration::from_millis(50);
 const LOCK_TRIES_FOR: Duration = Duration::from_secs(10);
+/// A transaction prepared this long ago is in doubt: two-phase commits end theirs within
+/// milliseconds.
+const IN_DOUBT_AFTER: Duration = Duration::from_secs(1);
 
 /// Run `sql` (DDL that locks tables against writes: creating or dropping a trigger) in
 /// one transaction, waiting at most [`LOCK_TRY`] for its locks each time and trying
@@ -1273,8 +1276,19 @@ const LOCK_TRIES_FOR: Duration = Duration::from_secs(10);
 /// DDL here holds rows on another shard that a transaction holding this table's lock
 /// needs there). Short tries never hold anyone for long, and a moment without writers
 /// on the table is enough.
+///
+/// Except when a transaction left prepared holds the lock: it is in doubt (its commit
+/// point's shard failed, or its router did) and keeps its locks until 2PC recovery ends
+/// it, which may need this very control loop to fail that shard over first. The tries
+/// stop as soon as the database has a transaction prepared for over
+/// [`IN_DOUBT_AFTER`]; the move fails this round and is tried again at the next one.
 async fn locking_ddl(c: &Client, sql: &str) -> Result<(), tokio_postgres::Error> {
     let deadline = Instant::now() + LOCK_TRIES_FOR;
+    let in_doubt = format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE database = current_database() \
+           AND prepared < now() - interval '{} ms')",
+        IN_DOUBT_AFTER.as_millis()
+    );
     loop {
         let tried = c
             .batch_execute(&format!(
@@ -1289,6 +1303,9 @@ async fn locking_ddl(c: &Client, sql: &str) -> Result<(), tokio_postgres::Error>
                     && Instant::now() < deadline =>
             {
                 c.batch_execute("ROLLBACK").await?;
+                if c.query_one(&in_doubt, &[]).await?.get::<_, bool>(0) {
+                    return Err(e);
+                }
                 tokio::time::sleep(LOCK_TRY).await;
             }
             Err(e) => {
