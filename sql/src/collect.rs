@@ -47,6 +47,10 @@ pub struct CollectPlan {
     /// For `INSERT INTO distributed … SELECT/VALUES`: `sql` fills a staging table
     /// instead of answering, and its rows then go to their shards.
     pub insert: Option<InsertStage>,
+    /// For a statement with a data-modifying CTE ([`crate::ctewrite`]): the write, run
+    /// after the inputs are collected and before `sql`, its RETURNING rows in
+    /// [`crate::ctewrite::CTE_TABLE`].
+    pub write: Option<Box<crate::ctewrite::CteWrite>>,
 }
 
 /// An INSERT into a distributed table whose rows the router cannot route from the
@@ -112,6 +116,10 @@ impl CollectPlan {
             sql.push_str("; ");
             sql.push_str(&i.create);
         }
+        if let Some(create) = self.write.as_ref().and_then(|w| w.create.as_ref()) {
+            sql.push_str("; ");
+            sql.push_str(create);
+        }
         for i in &self.inputs {
             sql.push_str(&format!(
                 "; CREATE TEMP TABLE {} (LIKE {})",
@@ -131,6 +139,9 @@ impl CollectPlan {
             .collect();
         if self.insert.is_some() {
             names.push(format!("pg_temp.{STAGE_TABLE}"));
+        }
+        if self.write.is_some() {
+            names.push(format!("pg_temp.{}", crate::ctewrite::CTE_TABLE));
         }
         format!("DROP TABLE IF EXISTS {}", names.join(", "))
     }
@@ -190,6 +201,9 @@ pub(crate) fn plan(
     let Statement::Query(q) = st else {
         return Err(reason.to_owned());
     };
+    if crate::ctewrite::has_write(q) {
+        return crate::ctewrite::plan(q, catalog, &facts);
+    }
     let (inputs, q) = rewrite_query(q, catalog, &facts)?;
     if inputs.is_empty() {
         return Err(reason.to_owned());
@@ -201,6 +215,7 @@ pub(crate) fn plan(
         reads_other: facts.reads_other,
         reason: reason.to_owned(),
         insert: None,
+        write: None,
     })
 }
 
@@ -284,6 +299,7 @@ pub(crate) fn plan_insert(
             copy_out: format!("COPY pg_temp.{STAGE_TABLE} TO STDOUT (FORMAT binary)"),
             copy,
         }),
+        write: None,
     })
 }
 
@@ -364,12 +380,13 @@ pub(crate) fn plan_into(
         reads_other: true,
         reason: reason.to_owned(),
         insert: None,
+        write: None,
     })
 }
 
 /// Query `q` with every distributed table it reads replaced by its copy, and the
 /// copies to make; `Err` with the refusal to keep when that would not be exact.
-fn rewrite_query(
+pub(crate) fn rewrite_query(
     q: &Query,
     catalog: &Catalog,
     facts: &Facts<'_>,

@@ -35,6 +35,7 @@ pub mod collect;
 mod constant;
 mod constraints;
 pub mod copy;
+pub mod ctewrite;
 pub mod cursor;
 pub mod fanout;
 mod keyupdate;
@@ -56,6 +57,7 @@ use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 pub use classify::begin_read_only;
 pub use collect::{CollectInput, CollectPlan, InsertStage};
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
+pub use ctewrite::{CteWrite, CTE_TABLE};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, KeyMove, MergePlan, SortColumn, SortKey, StreamMerge,

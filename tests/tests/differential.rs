@@ -228,6 +228,23 @@ async fn views_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cte_write_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
+    let tables = vec![
+        distributed("cw", "id", "bigint"),
+        TableConfig {
+            colocate_with: Some("cw".into()),
+            ..distributed("cw_log", "id", "bigint")
+        },
+        distributed("cw_arch", "id", "bigint"),
+        reference("cw_ref"),
+    ];
+    let report = run_corpus("cte_write.sql", tables.clone()).await?;
+    no_wrong_answers(&report, 40);
+    extended_modes("cte_write.sql", tables, &report).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_corpus_has_no_wrong_answers() -> anyhow::Result<()> {
     let tables = vec![
         distributed("customers", "id", "bigint"),
