@@ -1523,6 +1523,11 @@ fn analyse_with(
         }
         None => route,
     };
+    // A write reading a data-modifying WITH query: named as such, never collected.
+    let route = match (route, crate::ctewrite::write_reading_write(st)) {
+        (Route::Unsupported(_), Some(why)) => return (Route::Unsupported(why), None),
+        (route, _) => route,
+    };
     let route = match route {
         Route::Unsupported(reason) if collectable => collect_route(
             st,

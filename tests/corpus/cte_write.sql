@@ -66,6 +66,14 @@ BEGIN;
 WITH i AS (INSERT INTO cw (id, v) VALUES (2, 'dup'), (200, 'x') RETURNING id) SELECT * FROM i;
 ROLLBACK;
 SELECT id, v FROM cw ORDER BY id;
+-- Refused inside a transaction block: the main query reads a reference table, which
+-- the finishing session (outside the transaction) would see without the block's writes.
+-- The refusal fails pgshard's block; both blocks are rolled back after it.
+BEGIN;
+UPDATE cw_ref SET label = 'changed' WHERE code = 'a';
+-- @then-rollback: WITH u AS (UPDATE cw SET n = n + 1 WHERE id < 5 RETURNING id, v) SELECT u.id, r.label FROM u JOIN cw_ref r ON r.code = u.v ORDER BY u.id;
+SELECT id, n FROM cw ORDER BY id;
+SELECT * FROM cw_ref ORDER BY code;
 -- Refused (0A000): several writes in one WITH, the archive pattern (both writes
 -- would have to commit together with the staged INSERT), WITH RECURSIVE.
 WITH a AS (DELETE FROM cw WHERE id = -1 RETURNING id), b AS (DELETE FROM cw_log WHERE id = -2 RETURNING id) SELECT * FROM a, b;
