@@ -68,6 +68,39 @@ pub struct InsertStage {
     pub copy: crate::CopyPlan,
 }
 
+impl InsertStage {
+    /// The staged rows `shard` gets, as a binary COPY: those whose key's bucket it owns
+    /// in `catalog` (all of them for a reference table). A NULL key has no bucket: the
+    /// caller refuses such rows first ([`Self::null_key_sql`]).
+    pub fn copy_out_for(&self, shard: ShardId, catalog: &Catalog) -> String {
+        let Some(key) = &self.copy.key else {
+            return self.copy_out.clone();
+        };
+        let column = format!("\"{}\"", key.column.replace('"', "\"\""));
+        let bucket = pgshard_catalog::hash::bucket_sql_expr(&column, key.key_type, catalog.buckets);
+        let owned: Vec<String> = catalog
+            .bucket_map
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == shard)
+            .map(|(b, _)| b.to_string())
+            .collect();
+        format!(
+            "COPY (SELECT * FROM pg_temp.{STAGE_TABLE} WHERE {bucket} = ANY('{{{}}}'::int4[])) TO STDOUT (FORMAT binary)",
+            owned.join(",")
+        )
+    }
+
+    /// One row, `true` if a staged row has a NULL shard key (`None`: a reference table).
+    pub fn null_key_sql(&self) -> Option<String> {
+        let key = self.copy.key.as_ref()?;
+        let column = format!("\"{}\"", key.column.replace('"', "\"\""));
+        Some(format!(
+            "SELECT EXISTS (SELECT FROM pg_temp.{STAGE_TABLE} WHERE {column} IS NULL)"
+        ))
+    }
+}
+
 /// The staging table of an [`InsertStage`].
 pub const STAGE_TABLE: &str = "pgshard_ins";
 
@@ -184,6 +217,7 @@ const BUILT_IN: &[&str] = &[
 ];
 
 /// What the walk of a statement found that decides whether it may be collected.
+#[derive(Clone)]
 pub(crate) struct Facts<'a> {
     pub reason: &'a str,
     pub local_dependent: Option<&'a str>,

@@ -64,17 +64,15 @@ pub(crate) fn has_write(q: &Query) -> bool {
         .is_some_and(|w| w.cte_tables.iter().any(|c| write_of(&c.query).is_some()))
 }
 
-/// The refusal for a statement that is itself a write reading a data-modifying WITH
-/// query (`WITH d AS (DELETE … RETURNING *) INSERT INTO archive SELECT * FROM d`) and
-/// that does not run on one shard: both writes would have to commit together, and the
-/// staged INSERT (`crate::collect::InsertStage`) commits in a distributed transaction
-/// of its own.
+/// The refusal for an UPDATE or DELETE reading a data-modifying WITH query that does
+/// not run on one shard (an INSERT is staged, see [`plan`]).
 pub(crate) fn write_reading_write(st: &Statement) -> Option<String> {
     let Statement::Query(q) = st else {
         return None;
     };
-    (has_write(q) && write_of(q).is_some()).then(|| {
-        "a data-modifying statement reading a data-modifying WITH query across shards (the two writes would need one distributed transaction with a staged INSERT, not built)".to_owned()
+    let body = write_of(q)?;
+    (has_write(q) && !matches!(body, Statement::Insert(_))).then(|| {
+        "an UPDATE or DELETE reading a data-modifying WITH query across shards (data-modifying statement in WITH across shards)".to_owned()
     })
 }
 
@@ -163,12 +161,11 @@ pub(crate) fn plan(q: &Query, catalog: &Catalog, facts: &Facts<'_>) -> Result<Co
     if matches!(write, Statement::Merge { .. }) {
         return refuse("MERGE in WITH");
     }
-    if let Some(m) = write_reading_write(&Statement::Query(Box::new(q.clone()))) {
-        return Err(m);
-    }
     let mut count = Writes(0);
     let _ = q.visit(&mut count);
-    if count.0 != 1 || cte.query.with.is_some() {
+    // The CTE's write, and the main statement if it is one (an INSERT, below).
+    let expected = 1 + usize::from(write_of(q).is_some());
+    if count.0 != expected || cte.query.with.is_some() {
         return refuse("a data-modifying statement nested in a WITH query");
     }
     if has_placeholder(q) {
@@ -234,6 +231,33 @@ pub(crate) fn plan(q: &Query, catalog: &Catalog, facts: &Facts<'_>) -> Result<Co
             None
         }
     };
+    let cte_write = CteWrite {
+        name,
+        write: fw,
+        create,
+    };
+    if let SetExpr::Insert(Statement::Insert(ins)) = main.body.as_ref() {
+        // `WITH d AS (…) INSERT INTO t (cols) SELECT … FROM d`: the INSERT is staged
+        // (`crate::collect::plan_insert`) with the WITH list moved onto its source,
+        // and its rows go to their shards inside the write's transaction.
+        let mut ins = ins.clone();
+        let Some(source) = ins.source.as_mut() else {
+            return Err(facts.reason.to_owned());
+        };
+        if source.with.is_some() {
+            return refuse("a WITH list on the source of an INSERT that has a data-modifying WITH");
+        }
+        source.with = main.with.clone();
+        let st = Statement::Insert(ins);
+        let text = st.to_string();
+        let mut c = crate::collect::plan_insert(&st, &text, catalog, facts.clone())
+            .map_err(|m| format!("{m} (an INSERT reading a data-modifying WITH query)"))?;
+        c.write = Some(Box::new(cte_write));
+        return Ok(c);
+    }
+    if write_of(&main).is_some() {
+        return refuse("an UPDATE or DELETE reading a data-modifying WITH query");
+    }
     let (inputs, main) = crate::collect::rewrite_query(&main, catalog, facts)?;
     let mut ctes = Vec::new();
     if let Some(w) = &main.with {
@@ -256,11 +280,7 @@ pub(crate) fn plan(q: &Query, catalog: &Catalog, facts: &Facts<'_>) -> Result<Co
         reads_other: reads_other || facts.reads_other,
         reason: facts.reason.to_owned(),
         insert: None,
-        write: Some(Box::new(CteWrite {
-            name,
-            write: fw,
-            create,
-        })),
+        write: Some(Box::new(cte_write)),
     })
 }
 
@@ -414,6 +434,27 @@ mod tests {
     }
 
     #[test]
+    fn an_insert_reading_the_write_is_staged() {
+        let c = planned("WITH d AS (DELETE FROM users WHERE id > 5 RETURNING id, name) INSERT INTO events (user_id, kind) SELECT id, name FROM d");
+        let ins = c.insert.as_ref().expect("a staged insert");
+        assert!(c.sql.starts_with("INSERT INTO pg_temp.pgshard_ins (user_id, kind) WITH d AS (SELECT * FROM pg_temp.pgshard_cte) SELECT id, name FROM d"), "{}", c.sql);
+        let create = c.create_sql();
+        assert!(
+            create.contains("CREATE TEMP TABLE pgshard_ins")
+                && create.contains("CREATE TEMP TABLE pgshard_cte"),
+            "{create}"
+        );
+        let out = ins.copy_out_for(crate::tests::LOCAL, &crate::tests::catalog());
+        assert!(out.starts_with("COPY (SELECT * FROM pg_temp.pgshard_ins WHERE (((hashint4extended((\"user_id\")::int4"), "{out}");
+        assert!(out.contains("= ANY('{0,3,6,9,"), "{out}");
+        assert!(
+            out.ends_with(",1020,1023}'::int4[])) TO STDOUT (FORMAT binary)"),
+            "{out}"
+        );
+        assert!(ins.null_key_sql().is_some());
+    }
+
+    #[test]
     fn what_stays_refused() {
         for (sql, why) in [
             ("WITH RECURSIVE d AS (DELETE FROM users RETURNING id) SELECT * FROM d", "WITH RECURSIVE"),
@@ -423,7 +464,6 @@ mod tests {
             ("WITH d AS (UPDATE users SET id = id + 1 RETURNING id) SELECT * FROM d", "shard key"),
             ("WITH d AS (DELETE FROM users WHERE name = $1 RETURNING id) SELECT * FROM d", "parameters"),
             ("WITH d AS (DELETE FROM users) SELECT * FROM d", "does not have a RETURNING clause"),
-            ("WITH d AS (DELETE FROM users RETURNING *) INSERT INTO events SELECT * FROM d", "reading a data-modifying WITH query"),
             ("WITH d AS (DELETE FROM users RETURNING id) UPDATE events SET kind = 'x' FROM d WHERE d.id = events.user_id", "reading a data-modifying WITH query"),
         ] {
             let m = refused(sql);

@@ -1496,6 +1496,11 @@ fn analyse_with(
         && a.error.is_none()
         && !a.select_into
         && !a.occs.is_empty();
+    // A data-modifying WITH: its write and the rest are planned again part by part
+    // (`crate::ctewrite`), whatever the walk of the whole found.
+    let cte_collectable = a.error.is_none()
+        && !a.occs.is_empty()
+        && matches!(st, Statement::Query(q) if crate::ctewrite::has_write(q));
     let reads_other =
         !a.reference_reads.is_empty() || !a.locals.is_empty() || !a.catalog_relations.is_empty();
     let local_dependent = a.local_dependent.clone();
@@ -1529,7 +1534,7 @@ fn analyse_with(
         (route, _) => route,
     };
     let route = match route {
-        Route::Unsupported(reason) if collectable => collect_route(
+        Route::Unsupported(reason) if collectable || cte_collectable => collect_route(
             st,
             catalog,
             &reason,

@@ -74,8 +74,29 @@ UPDATE cw_ref SET label = 'changed' WHERE code = 'a';
 -- @then-rollback: WITH u AS (UPDATE cw SET n = n + 1 WHERE id < 5 RETURNING id, v) SELECT u.id, r.label FROM u JOIN cw_ref r ON r.code = u.v ORDER BY u.id;
 SELECT id, n FROM cw ORDER BY id;
 SELECT * FROM cw_ref ORDER BY code;
--- Refused (0A000): several writes in one WITH, the archive pattern (both writes
--- would have to commit together with the staged INSERT), WITH RECURSIVE.
+-- The archive pattern: rows deleted from one table go into another, both writes in
+-- one distributed transaction (the INSERT is staged on the finishing session, its rows
+-- copied to their shards inside the write's transactions).
+WITH d AS (DELETE FROM cw WHERE id > 4 RETURNING *) INSERT INTO cw_arch (id, v, n, amount) SELECT * FROM d;
+SELECT * FROM cw ORDER BY id;
+SELECT * FROM cw_arch ORDER BY id;
+-- A unique violation in the archive rolls both writes back.
+INSERT INTO cw (id, v, n) VALUES (5, 'again', 50), (6, 'again', 60);
+WITH d AS (DELETE FROM cw WHERE id > 4 RETURNING *) INSERT INTO cw_arch (id, v, n, amount) SELECT * FROM d;
+SELECT id, v FROM cw ORDER BY id;
+SELECT id, v FROM cw_arch ORDER BY id;
+-- An UPDATE's RETURNING rows into a reference table.
+WITH u AS (UPDATE cw SET n = n + 1000 WHERE id = 5 OR id = 1 RETURNING id, n) INSERT INTO cw_ref (code, label) SELECT 'u' || id, n::text FROM u;
+SELECT * FROM cw_ref ORDER BY code;
+SELECT id, n FROM cw ORDER BY id;
+-- Inside a transaction block.
+BEGIN;
+WITH d AS (DELETE FROM cw WHERE id = 6 OR id = 1 RETURNING *) INSERT INTO cw_arch (id, v, n, amount) SELECT id + 1000, v, n, amount FROM d;
+SELECT id FROM cw_arch ORDER BY id;
+COMMIT;
+SELECT id FROM cw ORDER BY id;
+SELECT id, v FROM cw_arch ORDER BY id;
+-- Refused (0A000): several writes in one WITH, an UPDATE reading the write.
 WITH a AS (DELETE FROM cw WHERE id = -1 RETURNING id), b AS (DELETE FROM cw_log WHERE id = -2 RETURNING id) SELECT * FROM a, b;
-WITH d AS (DELETE FROM cw WHERE id < 0 RETURNING *) INSERT INTO cw_arch SELECT * FROM d;
+WITH d AS (DELETE FROM cw WHERE id < 0 RETURNING id) UPDATE cw_arch SET n = 0 FROM d WHERE d.id = cw_arch.id;
 SELECT count(*) FROM cw_arch;

@@ -32,7 +32,7 @@ use crate::protocol::frontend::{encode_copy_done, encode_copy_fail, encode_query
 use crate::protocol::Frame;
 use bytes::BytesMut;
 use pgshard_catalog::ShardId;
-use pgshard_sql::{CollectPlan, CteWrite, FanoutPlan};
+use pgshard_sql::{CollectPlan, CteWrite, FanoutPlan, InsertStage};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How the write and the main query ended, before the commit decides.
@@ -157,10 +157,18 @@ where
             }
         }
         let failure = failure.or_else(|| self.shard_added_since(&w.write));
-        let outcome = match failure {
+        let mut outcome = match failure {
             Some(e) => Outcome::Failed(e),
             None => self.cte_finish(c, w, &mut finish, &replies, ext).await,
         };
+        if let (Outcome::Answer(_), Some(ins)) = (&outcome, &c.insert) {
+            let staged = self
+                .stage_out(ins, &mut finish, c.finish, Some(&mut conns))
+                .await;
+            if let Err(e) = staged {
+                outcome = Outcome::Failed(e);
+            }
+        }
         let (failure, answer) = match outcome {
             Outcome::Answer(b) => (None, b),
             Outcome::Failed(e) => (Some(e), BytesMut::new()),
@@ -216,7 +224,93 @@ where
         if let Some(e) = self.shard_added_since(&w.write) {
             return Ok(Outcome::Failed(e));
         }
-        Ok(self.cte_finish(c, w, finish, &replies, ext).await)
+        let outcome = self.cte_finish(c, w, finish, &replies, ext).await;
+        if let (Outcome::Answer(_), Some(ins)) = (&outcome, &c.insert) {
+            if let Err(e) = self.stage_out(ins, finish, c.finish, None).await {
+                if matches!(e, SessionError::LostBackend { .. }) {
+                    return Err(e);
+                }
+                return Ok(Outcome::Failed(e));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// The rows a main INSERT staged on the finishing session go to their shards,
+    /// inside the write's transaction: `conns` (its own transactions, outside a
+    /// transaction block; a shard it did not write joins with BEGIN), or the client's
+    /// transaction (`None`). Each shard gets the rows whose bucket it owns, selected by
+    /// PostgreSQL on the finishing session, as a binary COPY.
+    async fn stage_out(
+        &mut self,
+        ins: &InsertStage,
+        finish: &mut PooledConn,
+        finish_shard: ShardId,
+        mut conns: Option<&mut Vec<(ShardId, PooledConn)>>,
+    ) -> Result<(), SessionError> {
+        let catalog = self.ctx.catalog.current();
+        if ins.copy.key.is_some() && (!catalog.moving.is_empty() || !catalog.frozen.is_empty()) {
+            return Err(SessionError::Unsupported(
+                "an INSERT reading a data-modifying WITH query while buckets are being moved between shards".into(),
+            ));
+        }
+        if let (Some(sql), Some(key)) = (ins.null_key_sql(), &ins.copy.key) {
+            let rows = finish
+                .query_text(&sql)
+                .await
+                .map_err(|e| SessionError::from_backend(finish_shard, e))?;
+            if rows
+                .first()
+                .and_then(|r| r.first())
+                .cloned()
+                .flatten()
+                .as_deref()
+                == Some("t")
+            {
+                return Err(SessionError::Plan(pgshard_sql::PlanError::NullShardKey {
+                    table: ins.copy.table.clone(),
+                    column: key.column.clone(),
+                }));
+            }
+        }
+        let limit = self.ctx.config.max_intermediate_bytes;
+        let mut moved: u64 = 0;
+        for &shard in &ins.copy.shards {
+            let sql = ins.copy_out_for(shard, &catalog);
+            let data = super::keymove::take(finish, finish_shard, &sql).await?;
+            let bytes: usize = data.iter().map(Vec::len).sum();
+            // A binary COPY stream without rows: its header and trailer.
+            if bytes <= HEADER.len() + TRAILER.len() {
+                continue;
+            }
+            moved += bytes as u64;
+            if moved > limit {
+                return Err(SessionError::IntermediateTooLarge { limit });
+            }
+            let into = ins.copy.sql_for(shard);
+            match conns.as_deref_mut() {
+                Some(conns) => {
+                    if !conns.iter().any(|(s, _)| *s == shard) {
+                        let (conn, begun) =
+                            self.write_on_shard(&catalog, shard, "BEGIN", conns).await?;
+                        conns.push((shard, conn));
+                        begun?;
+                    }
+                    let Some((_, conn)) = conns.iter_mut().find(|(s, _)| *s == shard) else {
+                        return Err(SessionError::LostBackend { shard });
+                    };
+                    super::keymove::put(conn, shard, into, &data).await?;
+                }
+                None => {
+                    self.attach_writer(shard).await??;
+                    let Some(a) = self.attached.as_mut() else {
+                        return Err(SessionError::LostBackend { shard });
+                    };
+                    super::keymove::put(&mut a.conn, shard, into, &data).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The RETURNING rows into the finishing session's table, then the main query there;
