@@ -138,7 +138,7 @@ where
         let mut failure = None;
         for (i, &s) in w.write.shards.iter().enumerate() {
             let sql = format!("BEGIN; {}", w.write.sql_for(i));
-            match self.write_on_shard(&catalog, s, &sql, &conns).await {
+            match self.write_on_shard(&catalog, s, &sql, &conns, true).await {
                 Ok((conn, reply)) => {
                     conns.push((s, conn));
                     match reply {
@@ -291,8 +291,9 @@ where
             match conns.as_deref_mut() {
                 Some(conns) => {
                     if !conns.iter().any(|(s, _)| *s == shard) {
-                        let (conn, begun) =
-                            self.write_on_shard(&catalog, shard, "BEGIN", conns).await?;
+                        let (conn, begun) = self
+                            .write_on_shard(&catalog, shard, "BEGIN", conns, true)
+                            .await?;
                         conns.push((shard, conn));
                         begun?;
                     }

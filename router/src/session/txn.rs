@@ -360,7 +360,10 @@ where
         let mut failure: Option<SessionError> = None;
         for (i, &shard) in w.shards.iter().enumerate() {
             let sql = format!("BEGIN; {}", w.sql_for(i));
-            match self.write_on_shard(&catalog, shard, &sql, &conns).await {
+            match self
+                .write_on_shard(&catalog, shard, &sql, &conns, false)
+                .await
+            {
                 Ok((conn, Ok(reply))) => {
                     conns.push((shard, conn));
                     replies.push(reply);
@@ -864,17 +867,20 @@ where
     }
 
     /// Runs `BEGIN; <write>` on one shard's primary, leaving the transaction open;
-    /// `held` are the backends the write already holds on other shards. The outer
-    /// error means no connection was obtained; the inner one is the statement's.
+    /// `held` are the backends the write already holds on other shards, `holding`
+    /// whether the caller holds another one besides (no waiting for pool capacity
+    /// then). The outer error means no connection was obtained; the inner one is the
+    /// statement's.
     pub(super) async fn write_on_shard(
         &mut self,
         catalog: &pgshard_catalog::Catalog,
         shard: ShardId,
         sql: &str,
         held: &[(ShardId, PooledConn)],
+        holding: bool,
     ) -> Result<(PooledConn, Result<ShardReply, SessionError>), SessionError> {
         let mut conn = self
-            .checkout_primary(catalog, shard, !held.is_empty())
+            .checkout_primary(catalog, shard, holding || !held.is_empty())
             .await?;
         self.publish_write_holds(held, (shard, &conn));
         let reply = exec_write(&mut conn, shard, sql).await;
