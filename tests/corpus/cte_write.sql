@@ -66,6 +66,16 @@ BEGIN;
 WITH i AS (INSERT INTO cw (id, v) VALUES (2, 'dup'), (200, 'x') RETURNING id) SELECT * FROM i;
 ROLLBACK;
 SELECT id, v FROM cw ORDER BY id;
+-- Inside a block, the main query reading distributed tables: collected through the
+-- transaction's backends (its own insert seen) before the write runs.
+BEGIN;
+INSERT INTO cw (id, v, n) VALUES (300, 'in block', 3);
+WITH d AS (DELETE FROM cw_log WHERE id > 0 RETURNING id) SELECT count(*) AS deleted, (SELECT count(*) FROM cw) AS cw_rows, (SELECT count(*) FROM cw_log) AS log_rows FROM d;
+WITH d AS (DELETE FROM cw WHERE id >= 300 RETURNING id, v) SELECT d.id, d.v, (SELECT count(*) FROM cw) AS seen FROM d ORDER BY d.id;
+SELECT count(*) FROM cw_log;
+ROLLBACK;
+SELECT count(*) FROM cw_log;
+SELECT id FROM cw ORDER BY id;
 -- Refused inside a transaction block: the main query reads a reference table, which
 -- the finishing session (outside the transaction) would see without the block's writes.
 -- The refusal fails pgshard's block; both blocks are rolled back after it.
@@ -96,7 +106,9 @@ SELECT id FROM cw_arch ORDER BY id;
 COMMIT;
 SELECT id FROM cw ORDER BY id;
 SELECT id, v FROM cw_arch ORDER BY id;
--- Refused (0A000): several writes in one WITH, an UPDATE reading the write.
+-- Refused (0A000): several writes in one WITH, a RETURNING list repeating a name, an
+-- UPDATE reading the write.
 WITH a AS (DELETE FROM cw WHERE id = -1 RETURNING id), b AS (DELETE FROM cw_log WHERE id = -2 RETURNING id) SELECT * FROM a, b;
+WITH d AS (DELETE FROM cw WHERE id < 0 RETURNING id, id) SELECT count(*) FROM d;
 WITH d AS (DELETE FROM cw WHERE id < 0 RETURNING id) UPDATE cw_arch SET n = 0 FROM d WHERE d.id = cw_arch.id;
 SELECT count(*) FROM cw_arch;
