@@ -184,7 +184,7 @@ pub(crate) fn plan(q: &Query, catalog: &Catalog, facts: &Facts<'_>) -> Result<Co
         Route::FanoutWrite(w) if w.key_move.is_none() => w,
         Route::FanoutWrite(_) => return refuse("UPDATE of the shard key in WITH"),
         Route::Shard(s) => FanoutWrite {
-            tables: Vec::new(),
+            tables: written_table(write).into_iter().collect(),
             shards: vec![s],
             sql: text.clone(),
             replicated: false,
@@ -282,6 +282,29 @@ pub(crate) fn plan(q: &Query, catalog: &Catalog, facts: &Facts<'_>) -> Result<Co
         insert: None,
         write: Some(Box::new(cte_write)),
     })
+}
+
+/// The table a write writes, folded (for messages).
+fn written_table(write: &Statement) -> Option<String> {
+    let name = match write {
+        Statement::Insert(ins) => match &ins.table {
+            TableObject::TableName(n) => n.clone(),
+            _ => return None,
+        },
+        Statement::Update { table, .. } => match &table.relation {
+            sqlparser::ast::TableFactor::Table { name, .. } => name.clone(),
+            _ => return None,
+        },
+        Statement::Delete(d) => {
+            let (FromTable::WithFromKeyword(ts) | FromTable::WithoutKeyword(ts)) = &d.from;
+            match &ts.first()?.relation {
+                sqlparser::ast::TableFactor::Table { name, .. } => name.clone(),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(name_parts(&name).join("."))
 }
 
 /// `SELECT <RETURNING list> FROM <the write's tables>` for a write with a RETURNING
@@ -464,6 +487,11 @@ mod tests {
             ("WITH d AS (UPDATE users SET id = id + 1 RETURNING id) SELECT * FROM d", "shard key"),
             ("WITH d AS (DELETE FROM users WHERE name = $1 RETURNING id) SELECT * FROM d", "parameters"),
             ("WITH d AS (DELETE FROM users) SELECT * FROM d", "does not have a RETURNING clause"),
+            // PostgreSQL refuses these too (the write must not run).
+            ("DECLARE c CURSOR FOR WITH d AS (DELETE FROM users WHERE name = 'x' RETURNING id) SELECT * FROM d", "DECLARE CURSOR"),
+            ("COPY (WITH d AS (DELETE FROM users WHERE name = 'x' RETURNING id) SELECT * FROM d) TO STDOUT", "COPY (query)"),
+            ("EXPLAIN WITH d AS (DELETE FROM users WHERE name = 'x' RETURNING id) SELECT * FROM d", "EXPLAIN"),
+            ("CREATE TABLE x AS WITH d AS (DELETE FROM users WHERE name = 'x' RETURNING id) SELECT * FROM d", "data-modifying"),
             ("WITH d AS (DELETE FROM users RETURNING id) UPDATE events SET kind = 'x' FROM d WHERE d.id = events.user_id", "reading a data-modifying WITH query"),
         ] {
             let m = refused(sql);

@@ -1588,7 +1588,13 @@ fn collect_route(
     };
     match crate::collect::plan(st, catalog, facts) {
         Ok(c) => Route::Fanout(crate::FanoutPlan {
-            tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+            // The tables it reads, and the one a data-modifying WITH writes.
+            tables: c
+                .inputs
+                .iter()
+                .map(|i| i.table.clone())
+                .chain(c.write.iter().flat_map(|w| w.write.tables.iter().cloned()))
+                .collect(),
             shards: catalog.shard_ids(),
             shard_sql: st.to_string(),
             merge: crate::MergePlan::Collect(Box::new(c)),
