@@ -35,6 +35,15 @@ use pgshard_catalog::ShardId;
 use pgshard_sql::{CollectPlan, CteWrite, FanoutPlan, InsertStage};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// How collecting the main query's inputs ended.
+enum Inputs {
+    Collected,
+    /// The client has its error already (no backends).
+    Answered,
+    /// Stopped: the client's answer.
+    Failed(Ending),
+}
+
 /// How the write and the main query ended, before the commit decides.
 enum Outcome {
     /// The main query's answer, held until the write commits.
@@ -108,13 +117,20 @@ where
         }
         // What the main query reads, as it was before the write.
         if !c.inputs.is_empty() {
-            if let Some(ending) = self
+            match self
                 .collect_inputs(plan, c, &mut finish, in_txn, ext)
                 .await?
             {
-                self.drop_finishing(c, finish).await;
-                self.answer_fanout(extended, ending, true);
-                return Ok(());
+                Inputs::Collected => {}
+                Inputs::Answered => {
+                    self.drop_finishing(c, finish).await;
+                    return Ok(());
+                }
+                Inputs::Failed(ending) => {
+                    self.drop_finishing(c, finish).await;
+                    self.answer_fanout(extended, ending, true);
+                    return Ok(());
+                }
             }
         }
         if in_txn {
@@ -362,7 +378,6 @@ where
     }
 
     /// Collects the main query's distributed tables into the finishing session.
-    /// `Some(ending)`: it failed, and that is the client's answer.
     async fn collect_inputs(
         &mut self,
         plan: &FanoutPlan,
@@ -370,11 +385,10 @@ where
         finish: &mut PooledConn,
         in_txn: bool,
         ext: Option<(&FanoutPortal, bool)>,
-    ) -> Result<Option<Ending>, SessionError> {
+    ) -> Result<Inputs, SessionError> {
         let Some((mut parts, reused_shard)) = self.fanout_parts(plan, in_txn, ext.is_some()).await
         else {
-            // The client has its error already.
-            return Ok(Some(Ending::Ready));
+            return Ok(Inputs::Answered);
         };
         let limit = self.ctx.config.max_intermediate_bytes;
         let mut moved = 0;
@@ -405,7 +419,7 @@ where
         }
         let back = self.release_parts(parts, reused_shard);
         self.restore_attached(back);
-        Ok(ending)
+        Ok(ending.map_or(Inputs::Collected, Inputs::Failed))
     }
 
     /// The held answer of the main query, to the client (or to the capture of a
