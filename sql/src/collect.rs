@@ -15,7 +15,8 @@
 //! The finishing shard is the local shard: reference tables are on every shard, and
 //! local tables and functions live there. What the copy cannot reproduce is refused:
 //! system columns (`ctid`, `tableoid`, `xmin`… differ in a copy), whole-row references
-//! (their type would be the temporary table's row type), locking clauses, writes, user
+//! (their type would be the temporary table's row type), locking clauses, writes (a
+//! data-modifying WITH is planned by [`crate::ctewrite`]), user
 //! functions (one could read a distributed table, and see only the local shard's
 //! rows), and a CTE named like a distributed table.
 

@@ -20,6 +20,10 @@
 //!   planned once the router has looked up the table's columns;
 //! - `replicated`: what a write to reference tables may compute (each shard evaluates
 //!   it on its own, so only values that are the same everywhere are allowed);
+//! - `collect`: reads that cannot be pushed down, answered by collecting their
+//!   distributed tables on one shard, and INSERTs whose rows are computed there;
+//! - `ctewrite`: a data-modifying WITH across shards (its write run as a multi-shard
+//!   write, its RETURNING rows collected for the rest of the statement);
 //! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
 //!   EXECUTE, COPY, utility and DDL, router commands, the keyword fallback) and the
 //!   combination of several statements in one Query string.
