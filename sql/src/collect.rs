@@ -15,7 +15,8 @@
 //! The finishing shard is the local shard: reference tables are on every shard, and
 //! local tables and functions live there. What the copy cannot reproduce is refused:
 //! system columns (`ctid`, `tableoid`, `xmin`… differ in a copy), whole-row references
-//! (their type would be the temporary table's row type), locking clauses, writes, user
+//! (their type would be the temporary table's row type), locking clauses, writes (a
+//! data-modifying WITH is planned by [`crate::ctewrite`]), user
 //! functions (one could read a distributed table, and see only the local shard's
 //! rows), and a CTE named like a distributed table.
 
@@ -47,6 +48,10 @@ pub struct CollectPlan {
     /// For `INSERT INTO distributed … SELECT/VALUES`: `sql` fills a staging table
     /// instead of answering, and its rows then go to their shards.
     pub insert: Option<InsertStage>,
+    /// For a statement with a data-modifying CTE ([`crate::ctewrite`]): the write, run
+    /// after the inputs are collected and before `sql`, its RETURNING rows in
+    /// [`crate::ctewrite::CTE_TABLE`].
+    pub write: Option<Box<crate::ctewrite::CteWrite>>,
 }
 
 /// An INSERT into a distributed table whose rows the router cannot route from the
@@ -62,6 +67,39 @@ pub struct InsertStage {
     pub copy_out: String,
     /// `COPY table (columns) FROM STDIN (FORMAT binary)` as planned for the shards.
     pub copy: crate::CopyPlan,
+}
+
+impl InsertStage {
+    /// The staged rows `shard` gets, as a binary COPY: those whose key's bucket it owns
+    /// in `catalog` (all of them for a reference table). A NULL key has no bucket: the
+    /// caller refuses such rows first ([`Self::null_key_sql`]).
+    pub fn copy_out_for(&self, shard: ShardId, catalog: &Catalog) -> String {
+        let Some(key) = &self.copy.key else {
+            return self.copy_out.clone();
+        };
+        let column = format!("\"{}\"", key.column.replace('"', "\"\""));
+        let bucket = pgshard_catalog::hash::bucket_sql_expr(&column, key.key_type, catalog.buckets);
+        let owned: Vec<String> = catalog
+            .bucket_map
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == shard)
+            .map(|(b, _)| b.to_string())
+            .collect();
+        format!(
+            "COPY (SELECT * FROM pg_temp.{STAGE_TABLE} WHERE {bucket} = ANY('{{{}}}'::int4[])) TO STDOUT (FORMAT binary)",
+            owned.join(",")
+        )
+    }
+
+    /// One row, `true` if a staged row has a NULL shard key (`None`: a reference table).
+    pub fn null_key_sql(&self) -> Option<String> {
+        let key = self.copy.key.as_ref()?;
+        let column = format!("\"{}\"", key.column.replace('"', "\"\""));
+        Some(format!(
+            "SELECT EXISTS (SELECT FROM pg_temp.{STAGE_TABLE} WHERE {column} IS NULL)"
+        ))
+    }
 }
 
 /// The staging table of an [`InsertStage`].
@@ -112,6 +150,10 @@ impl CollectPlan {
             sql.push_str("; ");
             sql.push_str(&i.create);
         }
+        if let Some(create) = self.write.as_ref().and_then(|w| w.create.as_ref()) {
+            sql.push_str("; ");
+            sql.push_str(create);
+        }
         for i in &self.inputs {
             sql.push_str(&format!(
                 "; CREATE TEMP TABLE {} (LIKE {})",
@@ -131,6 +173,9 @@ impl CollectPlan {
             .collect();
         if self.insert.is_some() {
             names.push(format!("pg_temp.{STAGE_TABLE}"));
+        }
+        if self.write.is_some() {
+            names.push(format!("pg_temp.{}", crate::ctewrite::CTE_TABLE));
         }
         format!("DROP TABLE IF EXISTS {}", names.join(", "))
     }
@@ -173,6 +218,7 @@ const BUILT_IN: &[&str] = &[
 ];
 
 /// What the walk of a statement found that decides whether it may be collected.
+#[derive(Clone)]
 pub(crate) struct Facts<'a> {
     pub reason: &'a str,
     pub local_dependent: Option<&'a str>,
@@ -190,6 +236,9 @@ pub(crate) fn plan(
     let Statement::Query(q) = st else {
         return Err(reason.to_owned());
     };
+    if crate::ctewrite::has_write(q) {
+        return crate::ctewrite::plan(q, catalog, &facts);
+    }
     let (inputs, q) = rewrite_query(q, catalog, &facts)?;
     if inputs.is_empty() {
         return Err(reason.to_owned());
@@ -201,6 +250,7 @@ pub(crate) fn plan(
         reads_other: facts.reads_other,
         reason: reason.to_owned(),
         insert: None,
+        write: None,
     })
 }
 
@@ -284,6 +334,7 @@ pub(crate) fn plan_insert(
             copy_out: format!("COPY pg_temp.{STAGE_TABLE} TO STDOUT (FORMAT binary)"),
             copy,
         }),
+        write: None,
     })
 }
 
@@ -364,12 +415,13 @@ pub(crate) fn plan_into(
         reads_other: true,
         reason: reason.to_owned(),
         insert: None,
+        write: None,
     })
 }
 
 /// Query `q` with every distributed table it reads replaced by its copy, and the
 /// copies to make; `Err` with the refusal to keep when that would not be exact.
-fn rewrite_query(
+pub(crate) fn rewrite_query(
     q: &Query,
     catalog: &Catalog,
     facts: &Facts<'_>,

@@ -20,6 +20,10 @@
 //!   planned once the router has looked up the table's columns;
 //! - `replicated`: what a write to reference tables may compute (each shard evaluates
 //!   it on its own, so only values that are the same everywhere are allowed);
+//! - `collect`: reads that cannot be pushed down, answered by collecting their
+//!   distributed tables on one shard, and INSERTs whose rows are computed there;
+//! - `ctewrite`: a data-modifying WITH across shards (its write run as a multi-shard
+//!   write, its RETURNING rows collected for the rest of the statement);
 //! - `plan`: the per-statement dispatcher (transaction and session commands, PREPARE /
 //!   EXECUTE, COPY, utility and DDL, router commands, the keyword fallback) and the
 //!   combination of several statements in one Query string.
@@ -35,6 +39,7 @@ pub mod collect;
 mod constant;
 mod constraints;
 pub mod copy;
+pub mod ctewrite;
 pub mod cursor;
 pub mod fanout;
 mod keyupdate;
@@ -56,6 +61,7 @@ use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 pub use classify::begin_read_only;
 pub use collect::{CollectInput, CollectPlan, InsertStage};
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
+pub use ctewrite::{CteWrite, CTE_TABLE};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};
 pub use fanout::{
     FanoutPlan, FanoutWrite, FinishPlan, KeyMove, MergePlan, SortColumn, SortKey, StreamMerge,

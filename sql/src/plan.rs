@@ -1496,6 +1496,11 @@ fn analyse_with(
         && a.error.is_none()
         && !a.select_into
         && !a.occs.is_empty();
+    // A data-modifying WITH: its write and the rest are planned again part by part
+    // (`crate::ctewrite`), whatever the walk of the whole found.
+    let cte_collectable = a.error.is_none()
+        && !a.occs.is_empty()
+        && matches!(st, Statement::Query(q) if crate::ctewrite::has_write(q));
     let reads_other =
         !a.reference_reads.is_empty() || !a.locals.is_empty() || !a.catalog_relations.is_empty();
     let local_dependent = a.local_dependent.clone();
@@ -1523,8 +1528,13 @@ fn analyse_with(
         }
         None => route,
     };
+    // A write reading a data-modifying WITH query: named as such, never collected.
+    let route = match (route, crate::ctewrite::write_reading_write(st)) {
+        (Route::Unsupported(_), Some(why)) => return (Route::Unsupported(why), None),
+        (route, _) => route,
+    };
     let route = match route {
-        Route::Unsupported(reason) if collectable => collect_route(
+        Route::Unsupported(reason) if collectable || cte_collectable => collect_route(
             st,
             catalog,
             &reason,
@@ -1578,7 +1588,13 @@ fn collect_route(
     };
     match crate::collect::plan(st, catalog, facts) {
         Ok(c) => Route::Fanout(crate::FanoutPlan {
-            tables: c.inputs.iter().map(|i| i.table.clone()).collect(),
+            // The tables it reads, and the one a data-modifying WITH writes.
+            tables: c
+                .inputs
+                .iter()
+                .map(|i| i.table.clone())
+                .chain(c.write.iter().flat_map(|w| w.write.tables.iter().cloned()))
+                .collect(),
             shards: catalog.shard_ids(),
             shard_sql: st.to_string(),
             merge: crate::MergePlan::Collect(Box::new(c)),

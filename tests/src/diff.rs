@@ -5,7 +5,11 @@
 //! Corpus files (`tests/corpus/*.sql`) hold statements ending with `;` at the end of a
 //! line. Lines starting with `--` are comments, except two directives:
 //! - `-- @router: <sql>` runs only through pgshard (e.g. `create_distributed_table`);
-//! - `-- @plain: <sql>` runs only on the plain PostgreSQL.
+//! - `-- @plain: <sql>` runs only on the plain PostgreSQL;
+//! - `-- @then-rollback: <sql>` runs on both and is compared like any statement, then
+//!   both sessions get `ROLLBACK`: a statement inside a transaction block that pgshard
+//!   may refuse (its 0A000 fails the block there while PostgreSQL's goes on) is counted
+//!   as a refusal, not as a transaction status that differs, and both blocks end alike.
 //!
 //! Rows are compared in order when the statement has an ORDER BY, else as multisets,
 //! since PostgreSQL itself promises no order then.
@@ -19,6 +23,8 @@ pub enum Target {
     Both,
     RouterOnly,
     PlainOnly,
+    /// Compared, then `ROLLBACK` on both (`-- @then-rollback:`).
+    BothThenRollback,
 }
 
 /// One statement of a corpus.
@@ -95,6 +101,15 @@ pub fn parse_corpus(file: &str, text: &str) -> Vec<Entry> {
                     line: i + 1,
                     sql: sql.trim().into(),
                     target: Target::PlainOnly,
+                });
+                continue;
+            }
+            if let Some(sql) = trimmed.strip_prefix("-- @then-rollback:") {
+                out.push(Entry {
+                    file: file.into(),
+                    line: i + 1,
+                    sql: sql.trim().into(),
+                    target: Target::BothThenRollback,
                 });
                 continue;
             }
@@ -278,13 +293,17 @@ pub async fn run_mode(
                         .push((e.clone(), format!("setup failed on PostgreSQL: {err:?}")));
                 }
             }
-            Target::Both => {
+            Target::Both | Target::BothThenRollback => {
                 let (p, _) = plain.run(&e.sql, mode).await?;
                 let (r, _) = router.run(&e.sql, mode).await?;
                 match compare(&e.sql, &p, &r) {
                     Verdict::Same => report.same += 1,
                     Verdict::Unsupported(m) => report.unsupported.push((e.clone(), m)),
                     Verdict::Wrong(m) => report.wrong.push((e.clone(), m)),
+                }
+                if e.target == Target::BothThenRollback {
+                    plain.query("ROLLBACK").await?;
+                    router.query("ROLLBACK").await?;
                 }
                 // Keep both sessions in the same transaction state.
                 if plain.status != router.status {
@@ -318,6 +337,10 @@ mod tests {
         assert_eq!(e[2].sql, "SELECT 1;");
         assert_eq!(e[3].target, Target::PlainOnly);
         assert_eq!(e[4].sql, "SELECT 3");
+        let e = parse_corpus("x.sql", "BEGIN;\n-- @then-rollback: SELECT 4;\nSELECT 5;");
+        assert_eq!(e[1].target, Target::BothThenRollback);
+        assert_eq!(e[1].sql, "SELECT 4;");
+        assert_eq!(e[2].target, Target::Both);
     }
 
     fn done(rows: &[&str], tag: &str) -> Outcome {

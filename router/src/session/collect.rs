@@ -35,9 +35,9 @@ use pgshard_sql::{CollectInput, CollectPlan, FanoutPlan, InsertStage};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 /// The binary COPY signature, flags and header-extension length the router sends once.
-const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+pub(super) const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The binary COPY trailer: a field count of -1.
-const TRAILER: &[u8] = &[0xff, 0xff];
+pub(super) const TRAILER: &[u8] = &[0xff, 0xff];
 /// Bytes of CopyData queued for the finishing backend before they are written.
 const FLUSH_AT: usize = 256 * 1024;
 /// Bytes of the finishing answer buffered before they are written to the client.
@@ -46,7 +46,7 @@ const ANSWER_FLUSH_AT: usize = 64 * 1024;
 /// One shard's binary COPY stream with its header and trailer taken off: what is left
 /// is tuples, which concatenate. No I/O; fed one CopyData payload at a time.
 #[derive(Default)]
-struct BinaryRelay {
+pub(super) struct BinaryRelay {
     /// Header bytes seen so far (the fixed 19, then the extension).
     header: Vec<u8>,
     header_done: bool,
@@ -57,7 +57,7 @@ struct BinaryRelay {
 
 impl BinaryRelay {
     /// Appends the tuple bytes of `payload` that are certainly not the trailer to `out`.
-    fn feed(&mut self, mut payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    pub(super) fn feed(&mut self, mut payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         if !self.header_done {
             let want = |h: &[u8]| -> usize {
                 if h.len() < 19 {
@@ -90,7 +90,7 @@ impl BinaryRelay {
     }
 
     /// The end of the stream: what is held back must be the trailer.
-    fn finish(self) -> Result<(), String> {
+    pub(super) fn finish(self) -> Result<(), String> {
         if self.header_done && self.held == TRAILER {
             Ok(())
         } else {
@@ -100,14 +100,14 @@ impl BinaryRelay {
 }
 
 /// Appends a CopyData message holding `data`.
-fn encode_copy_data(out: &mut BytesMut, data: &[u8]) {
+pub(super) fn encode_copy_data(out: &mut BytesMut, data: &[u8]) {
     out.put_u8(b'd');
     out.put_u32((data.len() + 4) as u32);
     out.extend_from_slice(data);
 }
 
 /// How collecting one table ended.
-enum Collected {
+pub(super) enum Collected {
     Done,
     /// A shard's (or the finishing shard's) ErrorResponse, for the client.
     ShardError(Frame),
@@ -127,6 +127,9 @@ where
         in_txn: bool,
         ext: Option<(&FanoutPortal, bool)>,
     ) -> Result<(), SessionError> {
+        if let Some(w) = &c.write {
+            return Box::pin(self.run_cte_write(plan, c, w, in_txn, ext)).await;
+        }
         if in_txn && c.insert.is_some() {
             self.fail_fanout(
                 ext.is_some(),
@@ -224,7 +227,10 @@ where
     }
 
     /// A primary backend on the finishing shard with the session's settings.
-    async fn finishing_backend(&mut self, shard: ShardId) -> Result<PooledConn, SessionError> {
+    pub(super) async fn finishing_backend(
+        &mut self,
+        shard: ShardId,
+    ) -> Result<PooledConn, SessionError> {
         let mut conn =
             crate::hold::checkout_primary(&self.ctx, shard, &self.user, &self.database, true)
                 .await?;
@@ -277,7 +283,7 @@ where
     }
 
     /// Copies one table from every shard into its temporary table.
-    async fn collect_table(
+    pub(super) async fn collect_table(
         &mut self,
         input: &CollectInput,
         parts: &mut [Part],
@@ -524,24 +530,7 @@ where
         sql: &str,
         ext: Option<(&FanoutPortal, bool)>,
     ) -> Result<(), SessionError> {
-        match ext {
-            None => encode_query(&mut conn.out, sql),
-            Some((portal, describe)) => {
-                let out = &mut conn.out;
-                encode_parse(out, "", sql, &portal.param_types);
-                encode_bind_with_results(out, "", "", &portal.params, &portal.results);
-                if describe {
-                    encode_describe(out, b'P', "");
-                }
-                encode_execute(out, "");
-                encode_sync(out);
-            }
-        }
-        conn.unnamed = None;
-        conn.status = b'T';
-        conn.flush()
-            .await
-            .map_err(|e| SessionError::from_backend(shard, e))?;
+        send_finishing(conn, shard, sql, ext).await?;
         let mut buf = BytesMut::new();
         loop {
             let f = conn
@@ -577,6 +566,74 @@ where
         self.out.extend_from_slice(&buf);
         Ok(())
     }
+
+    /// [`Self::relay_finishing`] with the answer held rather than sent (a statement
+    /// whose write commits after it): the answer, and PostgreSQL's error if it failed
+    /// (not in the answer then). At most `router.max_intermediate_bytes` are held
+    /// (SQLSTATE 54000 beyond).
+    pub(super) async fn finishing_answer(
+        &mut self,
+        conn: &mut PooledConn,
+        shard: ShardId,
+        sql: &str,
+        ext: Option<(&FanoutPortal, bool)>,
+    ) -> Result<(BytesMut, Option<Frame>), SessionError> {
+        send_finishing(conn, shard, sql, ext).await?;
+        let limit = self.ctx.config.max_intermediate_bytes;
+        let mut buf = BytesMut::new();
+        let mut error = None;
+        loop {
+            let f = conn.read().await.map_err(|e| {
+                conn.broken = true;
+                SessionError::from_backend(shard, e)
+            })?;
+            match f.tag() {
+                b'Z' => {
+                    conn.status = decode_ready_status(&f).unwrap_or(b'E');
+                    break;
+                }
+                b'S' => conn.note_parameter(&f),
+                b'1' | b'2' => {}
+                b'E' => {
+                    error.get_or_insert(f);
+                }
+                _ if buf.len() as u64 > limit => {}
+                _ => buf.extend_from_slice(f.raw()),
+            }
+        }
+        if error.is_none() && buf.len() as u64 > limit {
+            return Err(SessionError::IntermediateTooLarge { limit });
+        }
+        Ok((buf, error))
+    }
+}
+
+/// Sends the finishing statement: a Query, or the client's parameters and result
+/// formats bound to it (Describe only if the client described).
+async fn send_finishing(
+    conn: &mut PooledConn,
+    shard: ShardId,
+    sql: &str,
+    ext: Option<(&FanoutPortal, bool)>,
+) -> Result<(), SessionError> {
+    match ext {
+        None => encode_query(&mut conn.out, sql),
+        Some((portal, describe)) => {
+            let out = &mut conn.out;
+            encode_parse(out, "", sql, &portal.param_types);
+            encode_bind_with_results(out, "", "", &portal.params, &portal.results);
+            if describe {
+                encode_describe(out, b'P', "");
+            }
+            encode_execute(out, "");
+            encode_sync(out);
+        }
+    }
+    conn.unnamed = None;
+    conn.status = b'T';
+    conn.flush()
+        .await
+        .map_err(|e| SessionError::from_backend(shard, e))
 }
 
 #[cfg(test)]

@@ -237,7 +237,7 @@ async fn settle(
 }
 
 /// Runs a `COPY (DELETE … RETURNING …) TO STDOUT` and returns its CopyData payloads.
-async fn take(
+pub(super) async fn take(
     conn: &mut BackendConn,
     shard: ShardId,
     sql: &str,
@@ -260,7 +260,7 @@ async fn take(
 }
 
 /// Runs `COPY t (columns) FROM STDIN` with `data` as its rows.
-async fn put(
+pub(super) async fn put(
     conn: &mut BackendConn,
     shard: ShardId,
     sql: &str,

@@ -33,6 +33,7 @@
 mod attach;
 mod collect;
 mod copy;
+mod ctewrite;
 mod cursor;
 pub mod error;
 mod extended;

@@ -41,6 +41,10 @@ pub enum Refusal {
     CollectInTransaction,
     #[error("an INSERT into a distributed table whose rows are computed by a query or an expression of the shard key, inside a transaction block (not supported yet)")]
     CollectedInsertInTransaction,
+    #[error("a statement with a data-modifying WITH across shards after or before other statements in one extended-protocol batch outside a transaction block (send Sync around it, or use a transaction block)")]
+    CteWriteInBatch,
+    #[error("a data-modifying WITH across shards whose RETURNING list repeats a column name (give the columns distinct aliases)")]
+    CteDuplicateColumns,
 }
 
 impl Refusal {

@@ -327,11 +327,14 @@ pub(crate) enum EndAnswer {
 }
 
 /// What one shard answered to a multi-shard write.
-struct ShardReply {
+pub(super) struct ShardReply {
     shard: ShardId,
     row_description: Option<Frame>,
     rows: Vec<Frame>,
     tag: String,
+    /// CopyData of a `COPY (<write> RETURNING …) TO STDOUT` (a data-modifying CTE's
+    /// write, `super::ctewrite`).
+    pub(super) copied: Vec<Frame>,
 }
 
 impl<R, W> Session<R, W>
@@ -362,7 +365,10 @@ where
         let mut failure: Option<SessionError> = None;
         for (i, &shard) in w.shards.iter().enumerate() {
             let sql = format!("BEGIN; {}", w.sql_for(i));
-            match self.write_on_shard(&catalog, shard, &sql, &conns).await {
+            match self
+                .write_on_shard(&catalog, shard, &sql, &conns, false)
+                .await
+            {
                 Ok((conn, Ok(reply))) => {
                     conns.push((shard, conn));
                     replies.push(reply);
@@ -701,7 +707,7 @@ where
     /// (joining it to the transaction, or sending the router-answered BEGIN), settled
     /// and marked as a writer. The inner error is the client's (the transaction failed,
     /// or the shard could not join); the outer one ends the session.
-    async fn attach_writer(
+    pub(super) async fn attach_writer(
         &mut self,
         shard: ShardId,
     ) -> Result<Result<(), SessionError>, SessionError> {
@@ -866,17 +872,20 @@ where
     }
 
     /// Runs `BEGIN; <write>` on one shard's primary, leaving the transaction open;
-    /// `held` are the backends the write already holds on other shards. The outer
-    /// error means no connection was obtained; the inner one is the statement's.
-    async fn write_on_shard(
+    /// `held` are the backends the write already holds on other shards, `holding`
+    /// whether the caller holds another one besides (no waiting for pool capacity
+    /// then). The outer error means no connection was obtained; the inner one is the
+    /// statement's.
+    pub(super) async fn write_on_shard(
         &mut self,
         catalog: &pgshard_catalog::Catalog,
         shard: ShardId,
         sql: &str,
         held: &[(ShardId, PooledConn)],
+        holding: bool,
     ) -> Result<(PooledConn, Result<ShardReply, SessionError>), SessionError> {
         let mut conn = self
-            .checkout_primary(catalog, shard, !held.is_empty())
+            .checkout_primary(catalog, shard, holding || !held.is_empty())
             .await?;
         self.publish_write_holds(held, (shard, &conn));
         let reply = exec_write(&mut conn, shard, sql).await;
@@ -888,7 +897,7 @@ where
     /// then on, and its copy of the reference rows waits only for the writes begun
     /// before this router saw it: checked once the write ran everywhere, so a write
     /// that would be missing there fails (40001, retry) instead of committing.
-    fn shard_added_since(&self, w: &FanoutWrite) -> Option<SessionError> {
+    pub(super) fn shard_added_since(&self, w: &FanoutWrite) -> Option<SessionError> {
         if !w.replicated {
             return None;
         }
@@ -1024,7 +1033,7 @@ pub(crate) struct RowLimit {
 
 /// Runs one write Query on `conn` (inside its transaction) and collects its answer; a
 /// lost connection marks it broken.
-async fn exec_write(
+pub(super) async fn exec_write(
     conn: &mut BackendConn,
     shard: ShardId,
     sql: &str,
@@ -1088,6 +1097,7 @@ async fn collect_reply(
         row_description: None,
         rows: Vec::new(),
         tag: String::new(),
+        copied: Vec::new(),
     };
     let mut error = None;
     loop {
@@ -1109,6 +1119,7 @@ async fn collect_reply(
             b'E' if error.is_none() => error = Some(f),
             b'T' | b'n' => reply.row_description = Some(f),
             b'D' => reply.rows.push(f),
+            b'd' => reply.copied.push(f),
             b'C' => {
                 // The last CommandComplete is the write's (an earlier one is BEGIN's).
                 if let Ok(tag) = decode_command_tag(&f) {
