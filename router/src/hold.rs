@@ -191,7 +191,9 @@ pub async fn checkout_primary(
                         )
                     }
                     Ok(conn) => {
-                        if started.elapsed() > RETRY {
+                        // Held: an earlier attempt failed (`changes` is set then). Time
+                        // spent queueing for a pooled backend is not a hold.
+                        if changes.is_some() {
                             tracing::info!(%shard, node = %node.name, held = ?started.elapsed(), "statement held through a change of primary");
                             ctx.stats.note_held(started.elapsed());
                         }
