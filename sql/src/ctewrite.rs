@@ -86,22 +86,28 @@ fn write_of(q: &Query) -> Option<&Statement> {
     }
 }
 
-/// Counts data-modifying statements (each is visited once as a statement).
-struct Writes(usize);
-impl Visitor for Writes {
-    type Break = ();
-    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
-        if matches!(
-            s,
-            Statement::Insert(_)
-                | Statement::Update { .. }
-                | Statement::Delete(_)
-                | Statement::Merge { .. }
-        ) {
-            self.0 += 1;
+/// The data-modifying statements (INSERT, UPDATE, DELETE, MERGE) anywhere in `node`:
+/// each is visited once as a statement, in a WITH query's body or at the top.
+pub(crate) fn count_writes<T: Visit>(node: &T) -> usize {
+    struct Writes(usize);
+    impl Visitor for Writes {
+        type Break = ();
+        fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
+            if matches!(
+                s,
+                Statement::Insert(_)
+                    | Statement::Update { .. }
+                    | Statement::Delete(_)
+                    | Statement::Merge { .. }
+            ) {
+                self.0 += 1;
+            }
+            ControlFlow::Continue(())
         }
-        ControlFlow::Continue(())
     }
+    let mut w = Writes(0);
+    let _ = node.visit(&mut w);
+    w.0
 }
 
 fn has_placeholder<T: Visit>(node: &T) -> bool {
@@ -161,11 +167,9 @@ pub(crate) fn plan(q: &Query, catalog: &Catalog, facts: &Facts<'_>) -> Result<Co
     if matches!(write, Statement::Merge { .. }) {
         return refuse("MERGE in WITH");
     }
-    let mut count = Writes(0);
-    let _ = q.visit(&mut count);
     // The CTE's write, and the main statement if it is one (an INSERT, below).
     let expected = 1 + usize::from(write_of(q).is_some());
-    if count.0 != expected || cte.query.with.is_some() {
+    if count_writes(q) != expected || cte.query.with.is_some() {
         return refuse("a data-modifying statement nested in a WITH query");
     }
     if has_placeholder(q) {

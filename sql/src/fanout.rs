@@ -687,32 +687,6 @@ impl VisitorMut for CountWholeRows<'_> {
     }
 }
 
-struct WritesFinder(bool);
-impl Visitor for WritesFinder {
-    type Break = ();
-    fn pre_visit_statement(&mut self, s: &Statement) -> ControlFlow<()> {
-        if matches!(
-            s,
-            Statement::Insert(_)
-                | Statement::Update { .. }
-                | Statement::Delete(_)
-                | Statement::Merge { .. }
-        ) {
-            self.0 = true;
-        }
-        ControlFlow::Continue(())
-    }
-    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        if matches!(
-            &*q.body,
-            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
-        ) {
-            self.0 = true;
-        }
-        ControlFlow::Continue(())
-    }
-}
-
 /// Plan a multi-shard query that [`crate::route`] found safe to run on every shard.
 pub(crate) fn plan_query(
     q: &Query,
@@ -720,9 +694,7 @@ pub(crate) fn plan_query(
     top: &crate::route::TopInfo,
     _occs: &[crate::route::Occ],
 ) -> Result<FanoutPlan, String> {
-    let mut w = WritesFinder(false);
-    let _ = q.visit(&mut w);
-    if w.0 {
+    if crate::ctewrite::count_writes(q) > 0 {
         return Err("data-modifying statement in WITH of a multi-shard query".to_owned());
     }
     let counted;

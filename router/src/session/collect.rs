@@ -415,21 +415,7 @@ where
         sql: &str,
         ext: Option<(&FanoutPortal, bool)>,
     ) -> Result<Option<Frame>, SessionError> {
-        match ext {
-            None => encode_query(&mut conn.out, sql),
-            Some((portal, _)) => {
-                let out = &mut conn.out;
-                encode_parse(out, "", sql, &portal.param_types);
-                encode_bind_with_results(out, "", "", &portal.params, &[]);
-                encode_execute(out, "");
-                encode_sync(out);
-            }
-        }
-        conn.unnamed = None;
-        conn.status = b'T';
-        conn.flush()
-            .await
-            .map_err(|e| SessionError::from_backend(shard, e))?;
+        send_statement(conn, shard, sql, ext, false).await?;
         let mut error = None;
         loop {
             let f = conn
@@ -616,13 +602,27 @@ async fn send_finishing(
     sql: &str,
     ext: Option<(&FanoutPortal, bool)>,
 ) -> Result<(), SessionError> {
+    send_statement(conn, shard, sql, ext, true).await
+}
+
+/// Sends `sql`: a Query, or bound to the client's parameters; with `answer`, in the
+/// client's result formats and described if the client described (the rows go to the
+/// client), else in text and not described (the router reads the reply itself).
+async fn send_statement(
+    conn: &mut PooledConn,
+    shard: ShardId,
+    sql: &str,
+    ext: Option<(&FanoutPortal, bool)>,
+    answer: bool,
+) -> Result<(), SessionError> {
     match ext {
         None => encode_query(&mut conn.out, sql),
         Some((portal, describe)) => {
             let out = &mut conn.out;
+            let results: &[i16] = if answer { &portal.results } else { &[] };
             encode_parse(out, "", sql, &portal.param_types);
-            encode_bind_with_results(out, "", "", &portal.params, &portal.results);
-            if describe {
+            encode_bind_with_results(out, "", "", &portal.params, results);
+            if answer && describe {
                 encode_describe(out, b'P', "");
             }
             encode_execute(out, "");

@@ -149,30 +149,8 @@ where
             self.publish_activity();
             return Ok(());
         }
-        let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
-        let mut replies = Vec::new();
-        let mut failure = None;
-        for (i, &s) in w.write.shards.iter().enumerate() {
-            let sql = format!("BEGIN; {}", w.write.sql_for(i));
-            match self.write_on_shard(&catalog, s, &sql, &conns, true).await {
-                Ok((conn, reply)) => {
-                    conns.push((s, conn));
-                    match reply {
-                        Ok(r) => replies.push(r),
-                        Err(e) => {
-                            failure = Some(e);
-                            break;
-                        }
-                    }
-                }
-                Err(SessionError::ShardRemoved(_)) => continue,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        let failure = failure.or_else(|| self.shard_added_since(&w.write));
+        let (mut conns, replies, failure) =
+            self.begin_write_everywhere(&catalog, &w.write, true).await;
         let mut outcome = match failure {
             Some(e) => Outcome::Failed(e),
             None => self.cte_finish(c, w, &mut finish, &replies, ext).await,

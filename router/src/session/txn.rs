@@ -360,34 +360,8 @@ where
             self.fail_simple(e);
             return Ok(());
         }
-        let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
-        let mut replies: Vec<ShardReply> = Vec::new();
-        let mut failure: Option<SessionError> = None;
-        for (i, &shard) in w.shards.iter().enumerate() {
-            let sql = format!("BEGIN; {}", w.sql_for(i));
-            match self
-                .write_on_shard(&catalog, shard, &sql, &conns, false)
-                .await
-            {
-                Ok((conn, Ok(reply))) => {
-                    conns.push((shard, conn));
-                    replies.push(reply);
-                }
-                Ok((conn, Err(e))) => {
-                    conns.push((shard, conn));
-                    failure = Some(e);
-                    break;
-                }
-                Err(SessionError::ShardRemoved(_)) => continue,
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        if failure.is_none() {
-            failure = self.shard_added_since(w);
-        }
+        let (mut conns, mut replies, mut failure) =
+            self.begin_write_everywhere(&catalog, w, false).await;
         if let (None, Some(m)) = (&failure, &w.key_move) {
             let mut refs: Vec<(ShardId, &mut BackendConn)> =
                 conns.iter_mut().map(|(s, c)| (*s, &mut **c)).collect();
@@ -890,6 +864,43 @@ where
         self.publish_write_holds(held, (shard, &conn));
         let reply = exec_write(&mut conn, shard, sql).await;
         Ok((conn, reply))
+    }
+
+    /// Runs `BEGIN; <w's statement>` on each of `w`'s shards in turn (skipping one
+    /// removed from the catalog since), stopping at the first failure, then checks
+    /// [`Session::shard_added_since`]. Returns the backends (transactions open), the
+    /// replies, and the failure if any; `holding` as for [`Session::write_on_shard`].
+    pub(super) async fn begin_write_everywhere(
+        &mut self,
+        catalog: &pgshard_catalog::Catalog,
+        w: &FanoutWrite,
+        holding: bool,
+    ) -> (
+        Vec<(ShardId, PooledConn)>,
+        Vec<ShardReply>,
+        Option<SessionError>,
+    ) {
+        let mut conns: Vec<(ShardId, PooledConn)> = Vec::new();
+        let mut replies = Vec::new();
+        for (i, &shard) in w.shards.iter().enumerate() {
+            let sql = format!("BEGIN; {}", w.sql_for(i));
+            match self
+                .write_on_shard(catalog, shard, &sql, &conns, holding)
+                .await
+            {
+                Ok((conn, reply)) => {
+                    conns.push((shard, conn));
+                    match reply {
+                        Ok(r) => replies.push(r),
+                        Err(e) => return (conns, replies, Some(e)),
+                    }
+                }
+                Err(SessionError::ShardRemoved(_)) => continue,
+                Err(e) => return (conns, replies, Some(e)),
+            }
+        }
+        let failure = self.shard_added_since(w);
+        (conns, replies, failure)
     }
 
     /// A reference-table write goes to every shard of the catalog it was planned with.
