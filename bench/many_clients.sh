@@ -2,7 +2,11 @@
 # Many clients through one router (issue 16 part 3): N idle client connections held by
 # one router and its memory per idle client (bench/idle_clients.py, router RSS from
 # /proc), then pgbench -S at 32 and at 1000 clients through the same router,
-# interleaved (32, 1000, 32, 1000), with failed and aborted clients counted.
+# interleaved (32, 1000, 32, 1000), with failed and aborted clients counted, next to
+# PgBouncer (transaction mode, same pool, reaching PostgreSQL over the same Unix socket)
+# in front of the same PostgreSQL. The CPU that pgbench itself spends per transaction
+# is recorded too: with every process on the same cores, a client count that costs
+# pgbench more leaves less for the proxy and the server.
 #
 # usage: bench/many_clients.sh [idle clients (10000)] [seconds per pgbench run (10)] [scale (10)]
 # env:   PGSHARD_NO_BUILD=1 to use the existing release build;
@@ -11,7 +15,9 @@
 #        PROFILE=debug the binaries of target/debug (built with `cargo build --bins`
 #                      unless PGSHARD_NO_BUILD), e.g. to measure memory per idle
 #                      client without a release build;
-#        IDLE_ONLY=1   measure the idle clients only, no pgbench runs.
+#        IDLE_ONLY=1   measure the idle clients only, no pgbench runs;
+#        BOUNCER=0     leave PgBouncer out (else measured when installed:
+#                      apt-get install -y pgbouncer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
@@ -34,6 +40,7 @@ ROUTER_PORT=$(free_port)
 OLD_PORT=$(free_port)
 cleanup() {
     [ -n "${OLD_PID:-}" ] && kill "$OLD_PID" 2>/dev/null || true
+    [ -n "${BOUNCER_PID:-}" ] && kill "$BOUNCER_PID" 2>/dev/null || true
     $BIN/pgshard destroy --data-dir "$DATA" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -70,8 +77,17 @@ if [ -n "${OLD_BIN:-}" ]; then
     for _ in $(seq 100); do pg_isready -q -h 127.0.0.1 -p "$OLD_PORT" && break; sleep 0.1; done
     TARGETS="old new"
 fi
-port_of() { [ "$1" = old ] && echo "$OLD_PORT" || echo "$ROUTER_PORT"; }
-pid_of() { [ "$1" = old ] && echo "$OLD_PID" || echo "$ROUTER_PID"; }
+BOUNCER_PORT=$(free_port)
+if [ "${BOUNCER:-1}" != 0 ] && command -v pgbouncer >/dev/null; then
+    start_pgbouncer "$WORK" "$PG_PORT" "$BOUNCER_PORT" "$POOL" "$DATA/sockets"
+    BOUNCER_TARGET=PgBouncer
+fi
+port_of() {
+    case $1 in old) echo "$OLD_PORT" ;; PgBouncer) echo "$BOUNCER_PORT" ;; *) echo "$ROUTER_PORT" ;; esac
+}
+pid_of() {
+    case $1 in old) echo "$OLD_PID" ;; PgBouncer) echo "$BOUNCER_PID" ;; *) echo "$ROUTER_PID" ;; esac
+}
 
 echo "# many clients, 1 shard, pool $POOL, $PROFILE build, $(nproc) cores, $(date -u '+%F %H:%M'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# router file descriptor limit (soft/hard): $(awk '/Max open files/ {print $4"/"$5}' /proc/"$ROUTER_PID"/limits)"
@@ -87,11 +103,12 @@ done
 echo
 [ -z "${IDLE_ONLY:-}" ] || exit 0
 
-run() { # port clients -> "tps lat failed aborted cpu_us_per_tx"
+run() { # port clients -> "tps lat failed aborted cpu_us_per_tx pgbench_cpu_us_per_tx"
     local port=$1 c=$2 pid=$3 before after out
     before=$(cpu_ticks "$pid")
-    # A router out of descriptors leaves clients waiting forever: bounded.
-    out=$(timeout $(( SECS + 60 )) pgbench -n -S -c "$c" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1) || true
+    # A router out of descriptors leaves clients waiting forever: bounded. `times`
+    # prints the subshell's children's user and system CPU: pgbench's.
+    out=$(timeout $(( SECS + 60 )) pgbench -n -S -c "$c" -j 2 -T "$SECS" -h 127.0.0.1 -p "$port" -U postgres postgres 2>&1 || true; times)
     after=$(cpu_ticks "$pid")
     local tps lat failed tx aborted
     tps=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1)
@@ -100,17 +117,25 @@ run() { # port clients -> "tps lat failed aborted cpu_us_per_tx"
     failed=$(echo "$out" | sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p')
     aborted=$(echo "$out" | grep -c 'client [0-9]* aborted\|error' || true)
     local cpu="-"
-    [ -n "$tx" ] && [ "$tx" != 0 ] && cpu=$(python3 -c "print(f'{($after-$before)/$TICKS/$tx*1e6:.1f}')")
-    echo "${tps:-0} ${lat:--} ${failed:-0} $aborted $cpu"
+    local pcpu="-" children
+    children=$(echo "$out" | tail -1)
+    if [ -n "$tx" ] && [ "$tx" != 0 ]; then
+        cpu=$(python3 -c "print(f'{($after-$before)/$TICKS/$tx*1e6:.1f}')")
+        pcpu=$(python3 -c '
+import re, sys
+s = sum(int(m) * 60 + float(x) for m, x in re.findall(r"(\d+)m([\d.]+)s", sys.argv[1]))
+print(f"{s / int(sys.argv[2]) * 1e6:.1f}")' "$children" "$tx")
+    fi
+    echo "${tps:-0} ${lat:--} ${failed:-0} $aborted $cpu $pcpu"
 }
 
-echo "| router | clients | round | TPS | latency ms | failed tx | error lines | router CPU µs/tx |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| proxy | clients | round | TPS | latency ms | failed tx | error lines | proxy CPU µs/tx | pgbench CPU µs/tx |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for round in 1 2; do
     for c in 32 1000; do
-        for t in $TARGETS; do
-            read -r tps lat failed aborted cpu <<<"$(run "$(port_of "$t")" "$c" "$(pid_of "$t")")"
-            echo "| $t | $c | $round | $tps | $lat | $failed | $aborted | $cpu |"
+        for t in ${BOUNCER_TARGET:-} $TARGETS; do
+            read -r tps lat failed aborted cpu pcpu <<<"$(run "$(port_of "$t")" "$c" "$(pid_of "$t")")"
+            echo "| $t | $c | $round | $tps | $lat | $failed | $aborted | $cpu | $pcpu |"
         done
     done
 done
