@@ -776,10 +776,7 @@ where
             return Ok(());
         }
         match msg {
-            M::Query { sql } => {
-                let sql = sql.to_string();
-                self.on_query(&frame, &sql).await
-            }
+            M::Query { sql } => self.on_query(&frame, sql).await,
             M::Parse {
                 name,
                 sql,
