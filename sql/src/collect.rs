@@ -194,6 +194,33 @@ impl CollectPlan {
     }
 }
 
+/// The query the router runs inside a client's transaction, on its backend on the
+/// finishing shard, before a collection there: the (1-based) position of the first of
+/// `tables` (declared names) on which that transaction holds ACCESS EXCLUSIVE (taken by
+/// TRUNCATE, ALTER TABLE, LOCK TABLE …), no row if none. The finishing session works
+/// outside the transaction and needs ACCESS SHARE on the tables it copies (`LIKE t`,
+/// `AS SELECT … FROM t`): it would wait for the transaction's own lock while the
+/// transaction waits for the router.
+pub fn exclusive_lock_sql(tables: &[&str]) -> String {
+    let names: Vec<String> = tables
+        .iter()
+        .map(|t| {
+            format!(
+                "E'{}'",
+                quote_name(t).replace('\\', "\\\\").replace('\'', "''")
+            )
+        })
+        .collect();
+    format!(
+        "SELECT x.i FROM unnest(ARRAY[{}]::text[]) WITH ORDINALITY AS x(n, i) \
+         WHERE EXISTS (SELECT FROM pg_catalog.pg_locks l \
+         WHERE l.pid = pg_catalog.pg_backend_pid() AND l.locktype = 'relation' \
+         AND l.mode = 'AccessExclusiveLock' AND l.granted \
+         AND l.relation = pg_catalog.to_regclass(x.n)) ORDER BY x.i LIMIT 1",
+        names.join(", ")
+    )
+}
+
 /// Quotes a (possibly schema-qualified) folded name part by part.
 fn quote_name(name: &str) -> String {
     name.split('.')

@@ -59,7 +59,7 @@ mod tests;
 use pgshard_catalog::{Catalog, KeyType, KeyValue, ShardId};
 
 pub use classify::begin_read_only;
-pub use collect::{CollectInput, CollectPlan, InsertStage};
+pub use collect::{exclusive_lock_sql, CollectInput, CollectPlan, InsertStage};
 pub use copy::{CopyDirection, CopyFormat, CopyKey, CopyOptions, CopyPlan};
 pub use ctewrite::{CteWrite, CTE_TABLE};
 pub use cursor::{cursor_command, CursorCommand, CursorCount, CursorDecl, CursorVerb};

@@ -93,3 +93,96 @@ async fn collected_reads_are_bounded_and_leave_nothing_behind() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// Runs `sql`, which must fail with 0A000 naming `table`, within a minute (a wait for a
+/// lock that never comes would otherwise hang the test).
+async fn refused_naming(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    table: &str,
+) -> anyhow::Result<()> {
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), client.simple_query(sql))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 60 s to {sql}"))?;
+    let err = answer.expect_err("refused");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000", "{sql}: {db:?}");
+    assert!(
+        db.message().contains(&format!("distributed table {table}"))
+            && db.message().contains("exclusively"),
+        "{sql}: {db:?}"
+    );
+    Ok(())
+}
+
+/// Inside a transaction block that holds ACCESS EXCLUSIVE on a table (TRUNCATE, LOCK
+/// TABLE), a statement that would collect that table on the finishing session — which
+/// works outside the transaction and needs ACCESS SHARE on it — is refused with 0A000
+/// naming the table. Before the fix it waited forever for the transaction's own lock,
+/// and the transaction's backends kept the lock after the client left, blocking every
+/// other client. Tables the transaction did not lock still collect in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collecting_a_table_the_transaction_locked_exclusively_is_refused() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![
+        distributed("t", "id", "integer"),
+        distributed("u", "id", "integer"),
+        distributed("w", "id", "integer"),
+    ])
+    .await?;
+    let router = TestRouter::start(&cluster).await?;
+    let client = router.connect().await?;
+    let values: Vec<String> = (1..=20).map(|i| format!("({i}, {})", i % 5)).collect();
+    let values = values.join(", ");
+    for sql in [
+        "CREATE TABLE t (id int PRIMARY KEY, v int)".to_string(),
+        "CREATE TABLE u (id int PRIMARY KEY, v int)".to_string(),
+        "CREATE TABLE w (id int PRIMARY KEY, v int)".to_string(),
+        format!("INSERT INTO t VALUES {values}"),
+        format!("INSERT INTO u VALUES {values}"),
+    ] {
+        client.batch_execute(&sql).await?;
+    }
+    let join = "SELECT count(*) FROM t JOIN u ON t.v = u.v";
+    assert_eq!(rows(&client, join).await?, vec![vec!["80".to_string()]]);
+
+    // (BEGIN on its own: a Query that runs on every shard may not leave a block open.)
+    client.batch_execute("BEGIN").await?;
+    client.batch_execute("TRUNCATE u").await?;
+    refused_naming(&client, join, "u").await?;
+    client.batch_execute("ROLLBACK").await?;
+
+    client.batch_execute("BEGIN").await?;
+    client
+        .batch_execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    refused_naming(&client, join, "t").await?;
+    client.batch_execute("ROLLBACK").await?;
+
+    // A data-modifying WITH across shards on the locked table.
+    client.batch_execute("BEGIN").await?;
+    client.batch_execute("TRUNCATE u").await?;
+    refused_naming(
+        &client,
+        "WITH d AS (DELETE FROM u RETURNING id) SELECT count(*) FROM d",
+        "u",
+    )
+    .await?;
+    client.batch_execute("ROLLBACK").await?;
+
+    // Another table locked: the collection goes on inside the transaction.
+    client.batch_execute("BEGIN").await?;
+    client.batch_execute("TRUNCATE w").await?;
+    assert_eq!(rows(&client, join).await?, vec![vec!["80".to_string()]]);
+    client.batch_execute("COMMIT").await?;
+
+    // Nothing is left locked: a second client reads and writes both tables.
+    let other = router.connect().await?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        other.batch_execute("DELETE FROM u WHERE id = 1").await?;
+        rows(&other, join).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("tables still locked"))??;
+    assert_eq!(answer, vec![vec!["76".to_string()]]);
+    Ok(())
+}

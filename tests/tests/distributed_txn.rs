@@ -438,3 +438,78 @@ async fn backends_over_the_pool_cap_are_kept_for_the_next_transaction() -> anyho
     assert_eq!(prepared, vec![0, 0]);
     Ok(())
 }
+
+/// A multi-statement Query that runs on every shard and leaves a transaction block
+/// open (`BEGIN; TRUNCATE t`) is refused with 0A000 and changes nothing. It used to be
+/// answered BEGIN and TRUNCATE TABLE while each shard's block was rolled back when its
+/// backend was discarded, the session outside any transaction (so a later COMMIT
+/// "succeeded" and the rows were still there). The refusal leaves the client in a failed
+/// transaction, as an error in `BEGIN; …` does in PostgreSQL. With its COMMIT in the
+/// same Query it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shard_query_leaving_a_block_open_is_refused() -> anyhow::Result<()> {
+    let cluster = two_shards(vec![distributed("t"), distributed("x")]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let client = router.connect().await?;
+    client
+        .batch_execute("CREATE TABLE t (id bigint PRIMARY KEY, v int)")
+        .await?;
+    client
+        .batch_execute("INSERT INTO t (id, v) VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        .await?;
+    let err = client
+        .batch_execute("BEGIN; TRUNCATE t")
+        .await
+        .expect_err("refused");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "0A000", "{db:?}");
+    assert!(
+        db.message().contains("leaves a transaction block open"),
+        "{db:?}"
+    );
+    // As after PostgreSQL's own error in `BEGIN; …`: a failed transaction until
+    // ROLLBACK; then nothing is truncated.
+    let err = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect_err("in a failed transaction");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "25P02", "{db:?}");
+    client.batch_execute("ROLLBACK").await?;
+    let count = client.query_one("SELECT count(*) FROM t", &[]).await?;
+    assert_eq!(count.get::<_, i64>(0), 4);
+    // The same after BEGIN on its own and a statement the router refuses, whatever
+    // protocol the next statement comes by: it used to open a transaction on a shard
+    // and run, and COMMIT committed it where PostgreSQL would have rolled back.
+    client
+        .batch_execute("BEGIN; CREATE TABLE IF NOT EXISTS x (id bigint, v int); COMMIT")
+        .await?;
+    client.batch_execute("BEGIN").await?;
+    let err = client
+        .query("SELECT t.id FROM t JOIN x ON t.v = x.v FOR UPDATE", &[])
+        .await
+        .expect_err("refused: a locking clause on a collected join");
+    assert_eq!(
+        err.as_db_error().map(|d| d.code().code()),
+        Some("0A000"),
+        "{err:?}"
+    );
+    for _ in 0..2 {
+        let err = client
+            .execute("INSERT INTO t (id, v) VALUES (6, 6)", &[])
+            .await
+            .expect_err("in a failed transaction");
+        assert_eq!(
+            err.as_db_error().map(|d| d.code().code()),
+            Some("25P02"),
+            "{err:?}"
+        );
+    }
+    client.batch_execute("COMMIT").await?;
+    let count = client.query_one("SELECT count(*) FROM t", &[]).await?;
+    assert_eq!(count.get::<_, i64>(0), 4);
+    // The whole block in one Query runs.
+    client.batch_execute("BEGIN; TRUNCATE t; COMMIT").await?;
+    assert_eq!(per_shard(&cluster, "t").await?, vec![0, 0]);
+    Ok(())
+}

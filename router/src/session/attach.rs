@@ -313,6 +313,12 @@ where
         more: bool,
         need: Need,
     ) -> Result<(), SessionError> {
+        // A transaction the router opened (BEGIN answered by itself) and then failed
+        // (a refused statement): nothing runs until ROLLBACK, whichever protocol the
+        // next statement comes by, as in PostgreSQL.
+        if self.txn.virtual_txn.as_ref().is_some_and(|vt| vt.failed) {
+            return Err(SessionError::InFailedTransaction);
+        }
         self.entry.set_activity("waiting", Some(shard), None);
         tracing::trace!(%shard, "checking out a backend");
         let (mut conn, lease) = match self.read_routing(more, need) {

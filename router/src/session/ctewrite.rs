@@ -89,6 +89,20 @@ where
                 return Ok(());
             }
         }
+        if in_txn {
+            // The finishing session's tables are made from the written and collected
+            // tables, outside the transaction (see `txn_exclusive_lock`).
+            let tables: Vec<&str> = (c.inputs.iter().map(|i| i.table.as_str()))
+                .chain(w.write.tables.iter().map(String::as_str))
+                .collect();
+            match self.txn_exclusive_lock(c.finish, &tables).await {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => {
+                    self.fail_fanout(extended, e);
+                    return Ok(());
+                }
+            }
+        }
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
         let catalog = self.ctx.catalog.current();
         if let Err(e) = self.check_defaults(&catalog, &w.write).await {

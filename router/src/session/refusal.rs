@@ -45,6 +45,10 @@ pub enum Refusal {
     CteWriteInBatch,
     #[error("a data-modifying WITH across shards whose RETURNING list repeats a column name (give the columns distinct aliases)")]
     CteDuplicateColumns,
+    #[error("a statement that needs distributed table {0} collected on one shard, after this transaction locked {0} exclusively (TRUNCATE, ALTER TABLE, LOCK TABLE …): the collecting session is outside the transaction and would wait for its lock; run the statement before the one that takes the lock, or after COMMIT")]
+    CollectExclusiveLock(String),
+    #[error("a multi-statement query that runs on every shard and leaves a transaction block open (BEGIN without COMMIT or ROLLBACK in the same query): send BEGIN on its own, then the statements")]
+    EveryShardOpensBlock,
 }
 
 impl Refusal {

@@ -60,6 +60,10 @@ where
         } else {
             SessionCommand::Other
         };
+        self.txn.query_begin = (stmts.len() > 1
+            && !self.in_transaction()
+            && classify(stmts[0]) == SessionCommand::Begin)
+            .then(|| stmts[0].to_string());
         if self
             .query_transaction_command(&cmd, &stmts, sql)
             .await?
@@ -397,6 +401,12 @@ where
                 return Ok(ControlFlow::Break(()));
             }
         };
+        if !in_txn && leaves_block_open(stmts) {
+            // Each shard would be left inside its own block, which the router does not
+            // track: the statements would be reported done and then rolled back.
+            self.fail_simple(SessionError::from(Refusal::EveryShardOpensBlock));
+            return Ok(ControlFlow::Break(()));
+        }
         if !in_txn {
             let (reply, error) = Box::pin(self.run_on_all(sql, &shards, stmts.len() == 1)).await?;
             self.deliver(Answer::Simple, reply, error);
@@ -577,6 +587,16 @@ where
     /// An error the router raises for a simple Query: ErrorResponse, the backend's
     /// transaction aborted to match, ReadyForQuery.
     pub(crate) fn fail_simple(&mut self, e: SessionError) {
+        if let Some(begin_sql) = self.txn.query_begin.take() {
+            if self.txn.virtual_txn.is_none()
+                && self.attached.as_ref().is_none_or(|a| a.conn.status == b'I')
+            {
+                self.txn.virtual_txn = Some(VirtualTxn {
+                    begin_sql,
+                    failed: true,
+                });
+            }
+        }
         if let Some(vt) = self.txn.virtual_txn.as_mut() {
             vt.failed = true;
         }
@@ -868,4 +888,45 @@ fn multi_shard_reads(plan: &Plan) -> Option<Vec<&pgshard_sql::FanoutPlan>> {
             _ => None,
         })
         .collect()
+}
+
+/// True if the statements, run in order, leave a transaction block open: a BEGIN (or
+/// a COMMIT / ROLLBACK … AND CHAIN) after the last COMMIT or ROLLBACK.
+fn leaves_block_open(stmts: &[&str]) -> bool {
+    stmts.iter().fold(false, |open, s| match classify(s) {
+        SessionCommand::Begin => true,
+        SessionCommand::Commit | SessionCommand::Rollback => {
+            let s = s.to_ascii_lowercase();
+            s.contains("chain") && !s.contains("no chain")
+        }
+        _ => open,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leaves_block_open;
+
+    #[test]
+    fn blocks_left_open_by_a_multi_statement_query() {
+        for (stmts, open) in [
+            (&["BEGIN", "TRUNCATE t"][..], true),
+            (
+                &[
+                    "START TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                    "TRUNCATE t",
+                ],
+                true,
+            ),
+            (&["BEGIN", "CREATE TABLE x (a int)", "COMMIT"], false),
+            (&["BEGIN", "TRUNCATE t", "ROLLBACK"], false),
+            (&["BEGIN", "TRUNCATE t", "COMMIT AND CHAIN"], true),
+            (&["BEGIN", "TRUNCATE t", "COMMIT AND NO CHAIN"], false),
+            (&["TRUNCATE t", "TRUNCATE u"], false),
+            (&["COMMIT", "BEGIN"], true),
+            (&["BEGIN", "ROLLBACK TO SAVEPOINT a"], true),
+        ] {
+            assert_eq!(leaves_block_open(stmts), open, "{stmts:?}");
+        }
+    }
 }

@@ -45,4 +45,9 @@ pub(crate) struct TxnState {
     /// PostgreSQL's) in a transaction without savepoints: the other participants are
     /// rolled back at once (see `txn::roll_back_parked`).
     pub roll_back_parked: bool,
+    /// The BEGIN that starts the simple Query being answered, when it holds more
+    /// statements and no transaction is open: if the router refuses the Query before
+    /// anything of it ran, the client is left in a failed transaction, as PostgreSQL's
+    /// error in `BEGIN; …` leaves it (statements refused until ROLLBACK), not outside one.
+    pub query_begin: Option<String>,
 }
