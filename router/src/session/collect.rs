@@ -146,12 +146,9 @@ where
         }
         if in_txn {
             let tables: Vec<&str> = c.inputs.iter().map(|i| i.table.as_str()).collect();
-            match self.txn_exclusive_lock(c.finish, &tables).await {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => {
-                    self.fail_fanout(ext.is_some(), e);
-                    return Ok(());
-                }
+            if let Some(e) = self.txn_exclusive_lock(c.finish, &tables).await {
+                self.fail_fanout(ext.is_some(), e);
+                return Ok(());
             }
         }
         crate::stats::bump(&self.ctx.stats.fanout_reads);
@@ -239,23 +236,35 @@ where
     /// Inside a transaction block, before a collection on `shard`: the refusal if the
     /// transaction holds ACCESS EXCLUSIVE there on one of `tables`
     /// ([`pgshard_sql::exclusive_lock_sql`]), looked up on the transaction's own
-    /// backend on that shard (none: it holds no lock there).
+    /// backend on that shard (none: it holds no lock there), or the error of the
+    /// look-up. `None`: the collection may go on.
     pub(super) async fn txn_exclusive_lock(
         &mut self,
         shard: ShardId,
         tables: &[&str],
-    ) -> Result<Option<SessionError>, SessionError> {
+    ) -> Option<SessionError> {
+        if tables.is_empty() {
+            return None;
+        }
         if self.attached.as_ref().is_some_and(|a| a.shard == shard) {
-            self.drain_attached().await?;
+            if let Err(e) = self.drain_attached().await {
+                return Some(e);
+            }
         }
         let conn = match self.attached.as_mut().filter(|a| a.shard == shard) {
             Some(a) => &mut a.conn,
-            None => match self.txn.parked.iter_mut().find(|p| p.shard == shard) {
-                Some(p) => &mut p.conn,
-                None => return Ok(None),
-            },
+            None => &mut self.txn.parked.iter_mut().find(|p| p.shard == shard)?.conn,
         };
-        exclusive_lock_held(conn, shard, tables).await
+        let rows = match conn
+            .query_text(&pgshard_sql::exclusive_lock_sql(tables))
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => return Some(SessionError::from_backend(shard, e)),
+        };
+        let at = rows.first()?.first()?.as_deref()?.parse::<usize>().ok()?;
+        let table = tables.get(at.checked_sub(1)?)?;
+        Some(Refusal::CollectExclusiveLock((*table).to_string()).into())
     }
 
     /// A primary backend on the finishing shard with the session's settings.
@@ -666,30 +675,6 @@ async fn send_statement(
     conn.flush()
         .await
         .map_err(|e| SessionError::from_backend(shard, e))
-}
-
-/// Runs [`pgshard_sql::exclusive_lock_sql`] on a backend of the client's transaction:
-/// `Ok(Some(refusal))` naming the table it holds ACCESS EXCLUSIVE on, `Err` if the
-/// look-up itself failed.
-async fn exclusive_lock_held(
-    conn: &mut PooledConn,
-    shard: ShardId,
-    tables: &[&str],
-) -> Result<Option<SessionError>, SessionError> {
-    if tables.is_empty() {
-        return Ok(None);
-    }
-    let rows = conn
-        .query_text(&pgshard_sql::exclusive_lock_sql(tables))
-        .await
-        .map_err(|e| SessionError::from_backend(shard, e))?;
-    let at = rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|i| i.parse::<usize>().ok());
-    Ok(at
-        .and_then(|i| tables.get(i.wrapping_sub(1)))
-        .map(|t| SessionError::from(Refusal::CollectExclusiveLock((*t).to_string()))))
 }
 
 #[cfg(test)]

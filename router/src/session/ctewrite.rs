@@ -95,12 +95,9 @@ where
             let tables: Vec<&str> = (c.inputs.iter().map(|i| i.table.as_str()))
                 .chain(w.write.tables.iter().map(String::as_str))
                 .collect();
-            match self.txn_exclusive_lock(c.finish, &tables).await {
-                Ok(None) => {}
-                Ok(Some(e)) | Err(e) => {
-                    self.fail_fanout(extended, e);
-                    return Ok(());
-                }
+            if let Some(e) = self.txn_exclusive_lock(c.finish, &tables).await {
+                self.fail_fanout(extended, e);
+                return Ok(());
             }
         }
         crate::stats::bump(&self.ctx.stats.multi_shard_writes);
