@@ -198,7 +198,7 @@ pub(crate) fn kind_of(toks: &[Token<'_>], text: &str) -> StatementKind {
             StatementKind::Other
         };
     };
-    let kw = first.to_ascii_uppercase();
+    let kw = crate::parse::Upper::new(first);
     match kw.as_str() {
         "SELECT" | "VALUES" | "TABLE" | "WITH" => query_kind(toks),
         "INSERT" | "UPDATE" | "DELETE" | "MERGE" => StatementKind::Write,

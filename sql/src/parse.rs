@@ -189,12 +189,66 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// A word in uppercase, made without allocating (the router compares a statement's
+/// leading words with keywords on every query, issue 16). Words longer than any
+/// keyword read as empty, which matches none.
+pub(crate) struct Upper {
+    buf: [u8; 16],
+    len: usize,
+}
+
+impl Upper {
+    pub(crate) fn new(word: &str) -> Upper {
+        let mut buf = [0u8; 16];
+        let len = if word.len() <= buf.len() {
+            buf[..word.len()].copy_from_slice(word.as_bytes());
+            buf[..word.len()].make_ascii_uppercase();
+            word.len()
+        } else {
+            0
+        };
+        Upper { buf, len }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // ASCII case changes keep UTF-8 valid; `len` ends where `word` ended.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for Upper {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Byte classes for the lexer's inner loops, looked up once per byte (issue 16).
+const IDENT_START: u8 = 1;
+const IDENT_CONT: u8 = 2;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 {
+            t[i] |= IDENT_START | IDENT_CONT;
+        }
+        if b.is_ascii_digit() || b == b'$' {
+            t[i] |= IDENT_CONT;
+        }
+        i += 1;
+    }
+    t
+};
+
 fn is_ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
+    CLASS[b as usize] & IDENT_START != 0
 }
 
 fn is_ident_cont(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+    CLASS[b as usize] & IDENT_CONT != 0
 }
 
 impl<'a> Iterator for Lexer<'a> {
@@ -281,10 +335,12 @@ impl<'a> Iterator for Lexer<'a> {
                 }
             }
         } else if is_ident_start(c) {
-            let mut i = start + 1;
-            while b.get(i).is_some_and(|&x| is_ident_cont(x)) {
-                i += 1;
-            }
+            let i = start
+                + 1
+                + b[start + 1..]
+                    .iter()
+                    .position(|&x| !is_ident_cont(x))
+                    .unwrap_or(b.len() - start - 1);
             // U&'…', B'…', X'…', N'…': a prefix glued to a string; the string is the
             // next token. Only E changes how the string is read.
             (Tok::Word(&self.src[start..i]), i)
@@ -429,7 +485,9 @@ pub(crate) struct StatementText<'a> {
 /// `CREATE PROCEDURE` body (SQL-standard `BEGIN ATOMIC`) do not split. Trailing empty
 /// pieces are dropped; a string with no statement yields one empty statement.
 pub(crate) fn split_statements(sql: &str) -> Vec<StatementText<'_>> {
-    let mut out = Vec::new();
+    // Sized for the usual one statement of a few dozen tokens: growing these one push
+    // at a time cost several reallocations per query (issue 16).
+    let mut out = Vec::with_capacity(1);
     let mut lexer = Lexer::new(sql);
     let mut stmt_start = 0usize;
     let mut paren = 0usize;
@@ -437,7 +495,7 @@ pub(crate) fn split_statements(sql: &str) -> Vec<StatementText<'_>> {
     let mut first_word: Option<&str> = None;
     let mut count = 0usize;
     let mut hint_seen: Option<Hint> = None;
-    let mut toks: Vec<Token<'_>> = Vec::new();
+    let mut toks: Vec<Token<'_>> = Vec::with_capacity(32);
     while let Some(t) = lexer.next() {
         // Hints are recorded by the lexer as comments pass; attribute them to the
         // statement being read.
@@ -612,6 +670,30 @@ pub(crate) fn skip_parens(toks: &[Token<'_>], i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_classes_are_postgresql_identifier_characters() {
+        for b in 0..=255u8 {
+            let start = b.is_ascii_alphabetic() || b == b'_' || b >= 0x80;
+            let cont = start || b.is_ascii_digit() || b == b'$';
+            assert_eq!(is_ident_start(b), start, "byte {b}");
+            assert_eq!(is_ident_cont(b), cont, "byte {b}");
+        }
+        assert_eq!(
+            words("SELECT a1$b, _x, été FROM t$"),
+            ["SELECT", "a1$b", "_x", "été", "FROM", "t$"]
+        );
+    }
+
+    #[test]
+    fn upper_is_the_uppercase_word_or_empty_when_longer_than_any_keyword() {
+        assert_eq!(Upper::new("select").as_str(), "SELECT");
+        assert_eq!(Upper::new("CheckPoint").as_str(), "CHECKPOINT");
+        assert_eq!(Upper::new("été").as_str(), "éTé");
+        assert_eq!(Upper::new("").as_str(), "");
+        assert_eq!(Upper::new("abcdefghijklmnop").as_str(), "ABCDEFGHIJKLMNOP");
+        assert_eq!(Upper::new("abcdefghijklmnopq").as_str(), "");
+    }
 
     fn words(sql: &str) -> Vec<String> {
         tokens(sql)

@@ -441,7 +441,7 @@ fn plan_text(text: &str, what: &str, catalog: &Catalog) -> Plan {
 /// kept for the caller to judge.
 fn plan_nested(text: &str, catalog: &Catalog) -> Plan {
     let toks = tokens(text);
-    let first = word(&toks, first_non_paren(&toks)).unwrap_or_default();
+    let first = word(&toks, first_non_paren(&toks));
     if ["EXPLAIN", "PREPARE", "DECLARE", "COPY"].contains(&first.as_str()) {
         return Plan::new(Route::Shard(catalog.local_shard), kind_of(&toks, text));
     }
@@ -469,7 +469,7 @@ fn plan_one(stmt: &StatementText<'_>, catalog: &Catalog) -> Plan {
     } else if toks.len() > DEEP_STATEMENT_TOKENS {
         let stack = toks.len().saturating_mul(STACK_PER_TOKEN);
         if stack > MAX_STACK {
-            let first = word(toks, first_non_paren(toks)).unwrap_or_default();
+            let first = word(toks, first_non_paren(toks));
             let route = fallback(&first, toks, &kind, "statement too large to parse", catalog);
             Plan::new(route, kind)
         } else {
@@ -645,10 +645,11 @@ fn existing_shard(catalog: &Catalog, n: u64) -> Option<ShardId> {
         .find(|id| u64::from(id.0) == n)
 }
 
-fn word(toks: &[Token<'_>], i: usize) -> Option<String> {
-    match toks.get(i)?.tok {
-        Tok::Word(w) => Some(w.to_ascii_uppercase()),
-        _ => None,
+/// The word at `i` in uppercase (empty for anything else).
+fn word(toks: &[Token<'_>], i: usize) -> crate::parse::Upper {
+    match toks.get(i).map(|t| t.tok) {
+        Some(Tok::Word(w)) => crate::parse::Upper::new(w),
+        _ => crate::parse::Upper::new(""),
     }
 }
 
@@ -659,7 +660,7 @@ fn is_word(toks: &[Token<'_>], i: usize, kw: &str) -> bool {
 fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catalog) -> Plan {
     let i = first_non_paren(toks);
     let local = Route::Shard(catalog.local_shard);
-    let first = word(toks, i).unwrap_or_default();
+    let first = word(toks, i);
     let route = match first.as_str() {
         "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE" => {
             if kind == StatementKind::Other {
@@ -756,7 +757,7 @@ fn dispatch(text: &str, toks: &[Token<'_>], kind: StatementKind, catalog: &Catal
             }
             // `CREATE TABLE … AS EXECUTE q`: the prepared statement may read several
             // shards (a multi-shard read runs as a fan-out only as EXECUTE itself).
-            if first == "CREATE"
+            if first.as_str() == "CREATE"
                 && toks
                     .windows(2)
                     .any(|w| w[0].tok.is_word("as") && w[1].tok.is_word("execute"))
@@ -1210,7 +1211,7 @@ fn utility(first: &str, toks: &[Token<'_>], i: usize, catalog: &Catalog) -> Rout
     }
     let names = match first {
         "REINDEX" => {
-            let target = word(toks, j).unwrap_or_default();
+            let target = word(toks, j);
             j += 1;
             if is_word(toks, j, "concurrently") {
                 j += 1;
@@ -1929,7 +1930,7 @@ fn fallback(
             _ => j += 1,
         }
     }
-    let second = word(toks, 1).unwrap_or_default();
+    let second = word(toks, 1);
     match first {
         "SELECT" | "WITH" | "VALUES" | "TABLE" | "INSERT" | "UPDATE" | "DELETE" | "MERGE" => {
             if let Some(t) = distributed {
@@ -1944,7 +1945,7 @@ fn fallback(
                 local
             }
         }
-        "ALTER" if second == "SYSTEM" => Route::AllShards,
+        "ALTER" if second.as_str() == "SYSTEM" => Route::AllShards,
         // `GRANT role TO role`: roles exist on every shard.
         "GRANT" | "REVOKE" if !toks.iter().any(|t| t.tok.is_word("on")) => Route::AllShards,
         "CREATE" | "ALTER" | "DROP" | "COMMENT" | "GRANT" | "REVOKE" | "SECURITY" | "REFRESH" => {

@@ -356,12 +356,9 @@ where
 
     /// True if client statement `name` is a COPY the router runs itself.
     pub(crate) fn is_copy_statement(&self, name: &str) -> bool {
-        self.stmts.get(name).is_some_and(|s| {
-            matches!(
-                self.with_override(s.plan.route.clone()),
-                pgshard_sql::Route::Copy(_)
-            )
-        })
+        self.stmts
+            .get(name)
+            .is_some_and(|s| matches!(*self.overridden(&s.plan.route), pgshard_sql::Route::Copy(_)))
     }
 
     /// Bind of a COPY statement: answered here (a COPY has no parameters); Execute of
@@ -394,8 +391,8 @@ where
     /// The plan of portal `name` if it is a COPY the router runs itself.
     pub(crate) fn copy_portal(&self, name: &str) -> Option<CopyPlan> {
         let (stmt, _) = self.portals.get(name)?;
-        match self.with_override(stmt.plan.route.clone()) {
-            pgshard_sql::Route::Copy(c) => Some(c),
+        match &*self.overridden(&stmt.plan.route) {
+            pgshard_sql::Route::Copy(c) => Some(c.clone()),
             _ => None,
         }
     }

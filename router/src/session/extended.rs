@@ -71,22 +71,23 @@ where
         // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
         // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
         // may still send Unsupported statements to a shard.)
-        let planned = self.with_override(plan.route.clone());
+        let planned = self.overridden(&plan.route);
         // PREPARE and EXECUTE go to a shard (see `sql_level_route`).
         let refused_router = matches!(
-            &planned,
+            &*planned,
             Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. })
         );
-        if matches!(planned, Route::Unsupported(_)) {
+        if matches!(&*planned, Route::Unsupported(_)) {
             if let Err(e) = self.resolve(&planned, &catalog) {
                 self.fail_extended(e);
                 return Ok(());
             }
         }
-        let planned_shard = match &planned {
+        let planned_shard = match &*planned {
             Route::Shard(s) => Some(*s),
             _ => None,
         };
+        let runs_here = matches!(&*planned, Route::Router(_)) && !refused_router;
         // A view written in: backends prepare the text with the view written in.
         let sql = plan.rewritten.clone().unwrap_or(sql);
         let key = Arc::new(StmtKey { sql, param_types });
@@ -106,7 +107,7 @@ where
             command,
         });
         self.stmts.insert(name.clone(), stmt.clone());
-        if matches!(&planned, Route::Router(_)) && !refused_router {
+        if runs_here {
             // Run by the router (see `super::local`): no shard knows the function.
             self.emit_empty(b'1');
             return Ok(());
@@ -146,8 +147,9 @@ where
                     [one] => classify(one),
                     _ => SessionCommand::Other,
                 };
-                let plan = query.plan(catalog);
-                let plan = self.complete_insert_columns(sql, plan, catalog, true).await;
+                let mut plan = query.plan(catalog);
+                self.complete_insert_columns(sql, &mut plan, catalog, true)
+                    .await;
                 // Only session commands are kept (recorded when they complete).
                 let command = match command {
                     c @ (SessionCommand::Set { .. }
@@ -570,7 +572,12 @@ where
             Route::Router(
                 cmd @ (RouterCommand::Prepare { .. } | RouterCommand::Execute { .. }),
             ) => self.with_override(self.sql_level_route(cmd, catalog)?),
-            r => self.with_override(r.clone()),
+            r => {
+                return match self.resolve(&self.overridden(r), catalog)? {
+                    Target::One(s) => Ok(s),
+                    Target::All(_) => Err(Refusal::EveryShardExecute.into()),
+                }
+            }
         };
         match self.resolve(&route, catalog)? {
             Target::One(s) => Ok(s),

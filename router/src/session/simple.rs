@@ -240,7 +240,7 @@ where
         let mut hold = crate::hold::FrozenHold::new();
         let mut plan = loop {
             let catalog = self.ctx.catalog.current();
-            let plan = query.plan(&catalog);
+            let mut plan = query.plan(&catalog);
             if self.shard_override.is_none() && crate::hold::touches_frozen(&plan, &catalog) {
                 // A transaction that began on the source before the fence goes on there.
                 let thawed = match self.in_transaction() {
@@ -248,18 +248,20 @@ where
                     false => None,
                 };
                 if let Some(c) = thawed {
-                    let plan = query.plan(&c);
+                    let mut plan = query.plan(&c);
                     if !crate::hold::touches_frozen(&plan, &c) {
-                        break self.complete_insert_columns(sql, plan, &c, false).await;
+                        self.complete_insert_columns(sql, &mut plan, &c, false)
+                            .await;
+                        break plan;
                     }
                 }
                 hold.wait(&self.ctx).await?;
                 continue;
             }
             hold.released(&self.ctx);
-            break self
-                .complete_insert_columns(sql, plan, &catalog, false)
+            self.complete_insert_columns(sql, &mut plan, &catalog, false)
                 .await;
+            break plan;
         };
         if let Some(route) = self.cursor_route(sql) {
             plan.route = route;
@@ -502,7 +504,8 @@ where
                 failed: false,
             });
         }
-        self.publish_activity();
+        // The activity was published when the backend was attached (`attach_for`) or
+        // at its last ReadyForQuery, and nothing it shows has changed since.
         Ok(())
     }
 
@@ -539,6 +542,18 @@ where
             (_, r @ (Route::Router(_) | Route::Error(_))) => r,
             (Some((s, _)), _) => Route::Shard(s),
             (None, r) => r,
+        }
+    }
+
+    /// [`Self::with_override`] of a route the caller keeps: borrowed unless the override
+    /// replaces it (the extended protocol's hot path asked this of cloned routes several
+    /// times per statement, issue 16).
+    pub(crate) fn overridden<'r>(&self, route: &'r Route) -> std::borrow::Cow<'r, Route> {
+        match (self.shard_override, route) {
+            (Some((s, _)), r) if !matches!(r, Route::Router(_) | Route::Error(_)) => {
+                std::borrow::Cow::Owned(Route::Shard(s))
+            }
+            (_, r) => std::borrow::Cow::Borrowed(r),
         }
     }
 
