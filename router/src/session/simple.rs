@@ -538,10 +538,9 @@ where
     /// `SET pgshard.shard` wins over the planner, except for router commands and
     /// planner errors.
     pub(crate) fn with_override(&self, route: Route) -> Route {
-        match (self.shard_override, route) {
-            (_, r @ (Route::Router(_) | Route::Error(_))) => r,
-            (Some((s, _)), _) => Route::Shard(s),
-            (None, r) => r,
+        match self.override_shard(&route) {
+            Some(s) => Route::Shard(s),
+            None => route,
         }
     }
 
@@ -549,11 +548,17 @@ where
     /// replaces it (the extended protocol's hot path asked this of cloned routes several
     /// times per statement, issue 16).
     pub(crate) fn overridden<'r>(&self, route: &'r Route) -> std::borrow::Cow<'r, Route> {
-        match (self.shard_override, route) {
-            (Some((s, _)), r) if !matches!(r, Route::Router(_) | Route::Error(_)) => {
-                std::borrow::Cow::Owned(Route::Shard(s))
-            }
-            (_, r) => std::borrow::Cow::Borrowed(r),
+        match self.override_shard(route) {
+            Some(s) => std::borrow::Cow::Owned(Route::Shard(s)),
+            None => std::borrow::Cow::Borrowed(route),
+        }
+    }
+
+    /// The shard `SET pgshard.shard` sends `route` to instead, if any.
+    fn override_shard(&self, route: &Route) -> Option<ShardId> {
+        match self.shard_override {
+            Some((s, _)) if !matches!(route, Route::Router(_) | Route::Error(_)) => Some(s),
+            _ => None,
         }
     }
 
