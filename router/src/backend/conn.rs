@@ -517,9 +517,10 @@ impl BackendConn {
         }
     }
 
-    /// The router's name for a statement on this server.
-    pub fn statement_name(digest: u64) -> String {
-        format!("pgs_{digest:016x}")
+    /// The router's name for a statement on this server (written on the stack: a
+    /// prepared statement's every Bind names it).
+    pub fn statement_name(digest: u64) -> StatementName {
+        StatementName::new(digest)
     }
 
     /// Best-effort Terminate before the socket is dropped.
@@ -528,5 +529,50 @@ impl BackendConn {
         encode_terminate(&mut self.out);
         let _ = tokio::time::timeout(Duration::from_millis(200), self.writer.write_all(&self.out))
             .await;
+    }
+}
+
+/// `pgs_` and a statement digest in 16 lowercase hex digits: the name under which the
+/// router prepares a client's named statement on a server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StatementName([u8; 20]);
+
+impl StatementName {
+    fn new(digest: u64) -> StatementName {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = *b"pgs_0000000000000000";
+        for (i, byte) in b[4..].iter_mut().enumerate() {
+            *byte = HEX[((digest >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        StatementName(b)
+    }
+}
+
+impl std::ops::Deref for StatementName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for StatementName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_names_are_the_digest_in_hex() {
+        for d in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(
+                &*BackendConn::statement_name(d),
+                format!("pgs_{d:016x}").as_str()
+            );
+        }
     }
 }

@@ -220,6 +220,17 @@ where
         }
     }
 
+    /// [`Need::Read`] with its hash key, `key` computed only when the read may go to a
+    /// replica (`read_routing` uses it only then).
+    pub(crate) fn read_need(&self, key: impl FnOnce() -> u64) -> Need {
+        if self.effective_read_from() == ReadFrom::Primary
+            || self.ctx.config.pool_mode != PoolMode::Transaction
+        {
+            return Need::Read(0);
+        }
+        Need::Read(self.read_key(key()))
+    }
+
     /// Whether this attach may go to a replica, and with which hash key: a read
     /// cleared by the planner outside a transaction, or the first backend of a
     /// transaction declared READ ONLY; never a shard joining a transaction (`more`),

@@ -355,10 +355,11 @@ where
     }
 
     /// True if client statement `name` is a COPY the router runs itself.
-    pub(crate) fn is_copy_statement(&self, name: &str) -> bool {
-        self.stmts
-            .get(name)
-            .is_some_and(|s| matches!(*self.overridden(&s.plan.route), pgshard_sql::Route::Copy(_)))
+    pub(crate) fn is_copy_statement(&self, stmt: &super::Stmt) -> bool {
+        matches!(
+            *self.overridden(&stmt.plan.route),
+            pgshard_sql::Route::Copy(_)
+        )
     }
 
     /// Bind of a COPY statement: answered here (a COPY has no parameters); Execute of
@@ -367,6 +368,7 @@ where
         &mut self,
         frame: &Frame,
         bind: &crate::protocol::frontend::Bind<'_>,
+        stmt: std::sync::Arc<super::Stmt>,
     ) -> Result<(), SessionError> {
         if self.skip_until_sync {
             return Ok(());
@@ -381,17 +383,13 @@ where
             self.deferred = Some(frame.clone());
             return Ok(());
         }
-        let Some(stmt) = self.stmts.get(bind.statement).cloned() else {
-            return Ok(());
-        };
         self.bind_locally(bind, stmt, super::PortalAt::Copy);
         Ok(())
     }
 
     /// The plan of portal `name` if it is a COPY the router runs itself.
-    pub(crate) fn copy_portal(&self, name: &str) -> Option<CopyPlan> {
-        let (stmt, _) = self.portals.get(name)?;
-        match &*self.overridden(&stmt.plan.route) {
+    pub(crate) fn copy_portal(&self, portal: &super::Portal) -> Option<CopyPlan> {
+        match &*self.overridden(&portal.stmt.plan.route) {
             pgshard_sql::Route::Copy(c) => Some(c.clone()),
             _ => None,
         }

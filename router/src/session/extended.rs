@@ -195,7 +195,7 @@ where
             return Ok(());
         }
         let need = if stmt.plan.replica_ok {
-            Need::Read(self.read_key(stmt.digest))
+            self.read_need(|| stmt.digest)
         } else {
             Need::Attached
         };
@@ -543,18 +543,20 @@ where
         if !stmt.plan.replica_ok {
             return Need::Primary;
         }
-        let key = match &stmt.plan.route {
-            Route::ShardByParam { param, key_type } => self
-                .param_key(stmt, bind, *param, *key_type)
-                .ok()
-                .flatten()
-                .map(|k| {
-                    let bucket = self.ctx.catalog.current().bucket_of(&k);
-                    crate::reads::policy::mix(u64::from(bucket.0))
-                }),
-            _ => None,
-        };
-        Need::Read(self.read_key(key.unwrap_or(stmt.digest)))
+        self.read_need(|| {
+            let key = match &stmt.plan.route {
+                Route::ShardByParam { param, key_type } => self
+                    .param_key(stmt, bind, *param, *key_type)
+                    .ok()
+                    .flatten()
+                    .map(|k| {
+                        let bucket = self.ctx.catalog.current().bucket_of(&k);
+                        crate::reads::policy::mix(u64::from(bucket.0))
+                    }),
+                _ => None,
+            };
+            key.unwrap_or(stmt.digest)
+        })
     }
 
     /// The shard a Bind runs on.
@@ -629,8 +631,9 @@ where
         &mut self,
         frame: &Frame,
         bind: &Bind<'_>,
+        stmt: Option<Arc<Stmt>>,
     ) -> Result<(), SessionError> {
-        let Some(stmt) = self.stmts.get(bind.statement).cloned() else {
+        let Some(stmt) = stmt else {
             self.fail_extended(SessionError::UnknownStatement(bind.statement.to_string()));
             return Ok(());
         };
@@ -802,27 +805,27 @@ where
             self.emit_local(&d);
             return Ok(());
         }
-        let shard = match self.portals.get(name) {
-            Some((_, PortalAt::Begin | PortalAt::Copy)) => {
+        let shard = match self.portals.get(name).map(|p| &p.at) {
+            Some(PortalAt::Begin | PortalAt::Copy) => {
                 self.emit_empty(b'n');
                 return Ok(());
             }
-            Some((_, PortalAt::Buffered(rows))) => {
+            Some(PortalAt::Buffered(rows)) => {
                 let rows = rows.clone();
                 self.describe_buffered(&rows);
                 return Ok(());
             }
-            Some((_, PortalAt::Fanout(fp))) if fp.plan.cursor.is_some() => {
+            Some(PortalAt::Fanout(fp)) if fp.plan.cursor.is_some() => {
                 // DECLARE returns no rows.
                 self.emit_empty(b'n');
                 return Ok(());
             }
-            Some((_, PortalAt::Fanout(_) | PortalAt::FanoutWrite(_))) => {
+            Some(PortalAt::Fanout(_) | PortalAt::FanoutWrite(_)) => {
                 // Answered with the Execute that follows.
                 self.described_fanout = Some(name.to_string());
                 return Ok(());
             }
-            Some((_, PortalAt::Local(p))) => {
+            Some(PortalAt::Local(p)) => {
                 let mut b = BytesMut::new();
                 match &p.kind {
                     LocalKind::Router(RouterCommand::Cursor(c)) => {
@@ -833,7 +836,7 @@ where
                 self.emit_local(&b);
                 return Ok(());
             }
-            Some((_, PortalAt::Shard(shard))) => Some(*shard),
+            Some(PortalAt::Shard(shard)) => Some(*shard),
             None => None,
         };
         if let Some(shard) = shard {
@@ -893,7 +896,7 @@ where
         // Describing writes nothing: a statement that will read from a replica is
         // described by one too (tokio-postgres describes before every first Bind).
         let need = if stmt.plan.replica_ok {
-            Need::Read(self.read_key(stmt.digest))
+            self.read_need(|| stmt.digest)
         } else {
             Need::Attached
         };
@@ -915,12 +918,9 @@ where
         }
         self.prepare_on_attached(&stmt, forward_ack);
         if let Some(a) = self.attached.as_mut() {
-            let backend_name = if stmt.unnamed {
-                String::new()
-            } else {
-                BackendConn::statement_name(stmt.digest)
-            };
-            encode_describe(&mut a.conn.out, b'S', &backend_name);
+            let named = BackendConn::statement_name(stmt.digest);
+            let backend_name = if stmt.unnamed { "" } else { &named };
+            encode_describe(&mut a.conn.out, b'S', backend_name);
             a.conn.unsynced = true;
             a.expects.push_back(Expect::Describe);
         }
@@ -931,9 +931,10 @@ where
         &mut self,
         frame: &Frame,
         portal: &str,
+        found: Option<super::Portal>,
         max_rows: i32,
     ) -> Result<(), SessionError> {
-        let Some((stmt, at)) = self.portals.get(portal).cloned() else {
+        let Some(super::Portal { stmt, at, .. }) = found else {
             // Unknown to the router: the backend answers (e.g. a portal of a cursor).
             // (Unknown, so it may write: it takes part in two-phase commit.)
             return self.execute_on_attached(frame, portal, None, true);

@@ -121,6 +121,16 @@ impl SqlPrepared {
     }
 }
 
+/// A bound portal.
+#[derive(Clone)]
+pub(crate) struct Portal {
+    pub(crate) stmt: Arc<Stmt>,
+    pub(crate) at: PortalAt,
+    /// The batch it was bound in (the client's Syncs seen before its Bind): a batch's
+    /// end ends only its own portals, not those of batches pipelined after it.
+    pub(crate) batch: u64,
+}
+
 /// Where a bound portal lives.
 #[derive(Clone)]
 pub(crate) enum PortalAt {
@@ -300,11 +310,8 @@ pub struct Session<R, W> {
     pub(crate) out: BytesMut,
     pub(crate) vars: SessionVars,
     pub(crate) stmts: FxHashMap<String, Arc<Stmt>>,
-    /// Bound portals: the statement and where the portal lives.
-    pub(crate) portals: FxHashMap<String, (Arc<Stmt>, PortalAt)>,
-    /// The batch each portal was bound in (the client's Syncs seen before its Bind): a
-    /// batch's end ends only its own portals, not those of batches pipelined after it.
-    pub(crate) portal_batch: FxHashMap<String, u64>,
+    /// Bound portals.
+    pub(crate) portals: FxHashMap<String, Portal>,
     /// The client's Syncs the router has read, and those answered (ReadyForQuery).
     pub(crate) syncs_seen: u64,
     pub(crate) syncs_answered: u64,
@@ -400,7 +407,6 @@ where
             vars,
             stmts: FxHashMap::default(),
             portals: FxHashMap::default(),
-            portal_batch: FxHashMap::default(),
             syncs_seen: 0,
             syncs_answered: 0,
             described_fanout: None,
@@ -822,25 +828,23 @@ where
                 let (name, sql) = (name.to_string(), sql.to_string());
                 self.on_parse(&frame, name, sql, param_types).await
             }
-            M::Bind(bind) if self.is_copy_statement(bind.statement) => {
-                self.pending_write = true;
-                self.bind_copy(&frame, &bind)
-            }
-            M::Bind(bind) => self.on_bind(&frame, &bind).await,
-            M::Describe { kind, name } => {
-                let name = name.to_string();
-                self.on_describe(&frame, kind, &name).await
-            }
+            M::Bind(bind) => match self.stmts.get(bind.statement).cloned() {
+                Some(stmt) if self.is_copy_statement(&stmt) => {
+                    self.pending_write = true;
+                    self.bind_copy(&frame, &bind, stmt)
+                }
+                stmt => self.on_bind(&frame, &bind, stmt).await,
+            },
+            M::Describe { kind, name } => self.on_describe(&frame, kind, name).await,
             M::Execute { portal, max_rows } => {
-                let portal = portal.to_string();
-                match self.copy_portal(&portal) {
+                let found = self.portals.get(portal).cloned();
+                match found.as_ref().and_then(|p| self.copy_portal(p)) {
                     Some(plan) => Box::pin(self.execute_copy(&frame, &plan)).await,
-                    None => self.on_execute(&frame, &portal, max_rows).await,
+                    None => self.on_execute(&frame, portal, found, max_rows).await,
                 }
             }
             M::Close { kind, name } => {
-                let name = name.to_string();
-                self.on_close(&frame, kind, &name);
+                self.on_close(&frame, kind, name);
                 Ok(())
             }
             M::Sync if self.txn.implicit_spanning => Box::pin(self.end_implicit_spanning()).await,
@@ -900,26 +904,21 @@ where
     /// going); those the router holds itself live until the client's Sync.
     /// Records a portal bound in the current batch.
     pub(crate) fn add_portal(&mut self, name: &str, stmt: Arc<Stmt>, at: PortalAt) {
-        self.portal_batch.insert(name.to_string(), self.syncs_seen);
-        self.portals.insert(name.to_string(), (stmt, at));
+        let batch = self.syncs_seen;
+        self.portals
+            .insert(name.to_string(), Portal { stmt, at, batch });
     }
 
     /// The implicit transactions of the answered batches ended, and their portals with
     /// them; portals of batches the client pipelined after them stay.
     pub(crate) fn end_answered_portals(&mut self) {
         let done = self.syncs_answered;
-        let batch = std::mem::take(&mut self.portal_batch);
-        self.portals
-            .retain(|name, _| batch.get(name).is_some_and(|&k| k >= done));
-        self.portal_batch = batch;
-        let portals = &self.portals;
-        self.portal_batch
-            .retain(|name, _| portals.contains_key(name));
+        self.portals.retain(|_, p| p.batch >= done);
     }
 
     pub(crate) fn drop_backend_portals(&mut self) {
         self.portals
-            .retain(|_, (_, at)| !matches!(at, PortalAt::Shard(_)));
+            .retain(|_, p| !matches!(p.at, PortalAt::Shard(_)));
     }
 
     pub(crate) fn maybe_release(&mut self) {

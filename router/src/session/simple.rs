@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use pgshard_catalog::ShardId;
 use pgshard_sql::{begin_tag, session_command as classify, SessionCommand, SplitQuery};
 use pgshard_sql::{Plan, Route, RouterCommand};
+use std::borrow::Cow;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -291,12 +292,12 @@ where
     /// Where the Query goes: router commands run here (`Break`); PREPARE goes where its
     /// statement would (and is recorded: the returned name and plan), EXECUTE where
     /// the prepared statement goes with its arguments; `SET pgshard.shard` applied.
-    async fn query_route(
+    async fn query_route<'p>(
         &mut self,
-        plan: &Plan,
+        plan: &'p Plan,
         in_txn: bool,
-    ) -> ControlFlow<(), (Route, Option<(String, Plan)>)> {
-        let mut prepare: Option<(String, Plan)> = None;
+    ) -> ControlFlow<(), (Cow<'p, Route>, Option<Box<(String, Plan)>>)> {
+        let mut prepare: Option<Box<(String, Plan)>> = None;
         let route = match &plan.route {
             Route::Router(RouterCommand::Prepare {
                 name, plan: inner, ..
@@ -305,7 +306,7 @@ where
                     self.fail_simple(SessionError::DuplicateStatement(name.clone()));
                     return ControlFlow::Break(());
                 }
-                prepare = Some((name.clone(), (**inner).clone()));
+                prepare = Some(Box::new((name.clone(), (**inner).clone())));
                 if pgshard_sql::prepared_fanout(inner) {
                     // Checked and prepared by one shard; EXECUTE runs it on all.
                     Route::Shard(self.ctx.catalog.current().local_shard)
@@ -334,9 +335,9 @@ where
                 Box::pin(self.run_router_command(rc, in_txn, Answer::Simple, &[])).await;
                 return ControlFlow::Break(());
             }
-            r => r.clone(),
+            r => return ControlFlow::Continue((self.overridden(r), None)),
         };
-        ControlFlow::Continue((self.with_override(route), prepare))
+        ControlFlow::Continue((Cow::Owned(self.with_override(route)), prepare))
     }
 
     /// Statements the router runs on several shards itself (`Break` once answered): a
@@ -443,7 +444,7 @@ where
         cmd: SessionCommand,
         plan: &Plan,
         route: &Route,
-        prepare: Option<(String, Plan)>,
+        prepare: Option<Box<(String, Plan)>>,
     ) -> Result<(), SessionError> {
         let shard = match self.resolve(route, &self.ctx.catalog.current()) {
             Ok(Target::One(s)) => s,
@@ -462,7 +463,7 @@ where
         let need = if plan.replica_ok && prepare.is_none() {
             // The statement text stands for its key (`WHERE key = 42` is the same
             // text for the same rows).
-            Need::Read(self.read_key(crate::reads::policy::key_of(frame.raw())))
+            self.read_need(|| crate::reads::policy::key_of(frame.raw()))
         } else {
             Need::Primary
         };
@@ -478,8 +479,7 @@ where
         if let Route::Router(RouterCommand::Execute { name, .. }) = &plan.route {
             self.ensure_sql_prepared(name, false);
         }
-        let prepared_name =
-            prepare.map(|(name, inner)| self.record_sql_prepare(name, stmts[0], inner));
+        let prepared_name = prepare.map(|p| self.record_sql_prepare(p.0, stmts[0], p.1));
         // One statement's command was read above (`on_query`).
         let statements: std::collections::VecDeque<SessionCommand> = match stmts {
             [_] => [cmd].into(),

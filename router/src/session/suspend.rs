@@ -179,7 +179,7 @@ where
         command: &str,
         max_rows: usize,
     ) {
-        let Some((stmt, _)) = self.portals.get(name).cloned() else {
+        let Some(p) = self.portals.get_mut(name) else {
             self.fail_extended(SessionError::UnknownPortal(name.to_string()));
             return;
         };
@@ -188,8 +188,7 @@ where
             rows,
             command: command.to_string(),
         }));
-        self.portals
-            .insert(name.to_string(), (stmt, PortalAt::Buffered(shared.clone())));
+        p.at = PortalAt::Buffered(shared.clone());
         self.emit_batch(&shared, max_rows);
     }
 
