@@ -370,9 +370,23 @@ enum Event {
     /// The shutdown grace of a session in a transaction is over.
     GraceOver,
     Backend(Result<Frame, crate::backend::BackendError>),
-    Client(Result<Option<Frame>, ProtocolError>),
+    /// A message from the client.
+    Client(Frame),
+    /// The client's side ended: it closed the connection (`None`) or sent what is not
+    /// the protocol.
+    ClientGone(Option<ProtocolError>),
     BackendWrote(std::io::Result<usize>),
     ClientWrote(std::io::Result<usize>),
+}
+
+impl Event {
+    fn from_client(read: Result<Option<Frame>, ProtocolError>) -> Event {
+        match read {
+            Ok(Some(frame)) => Event::Client(frame),
+            Ok(None) => Event::ClientGone(None),
+            Err(e) => Event::ClientGone(Some(e)),
+        }
+    }
 }
 
 impl<R, W> Session<R, W>
@@ -499,19 +513,11 @@ where
             let has_backend = self.attached.is_some();
             // Frames already buffered are handled without a trip through `select!`
             // (a pipeline of five messages, a reply of six), in the same priority.
-            if let Some(event) = self.buffered_frame(want_client, out_full) {
-                if self.on_event(event).await? {
-                    return Ok(());
-                }
-                continue;
-            }
-            if let Some(event) = self.write_now() {
-                if self.on_event(event).await? {
-                    return Ok(());
-                }
-                continue;
-            }
-            let event = {
+            let event = if let Some(event) = self.buffered_frame(want_client, out_full) {
+                event
+            } else if let Some(event) = self.write_now() {
+                event
+            } else {
                 let (b_read, b_write) = match self.attached.as_mut() {
                     Some(a) => {
                         let c: &mut crate::backend::BackendConn = &mut a.conn;
@@ -549,7 +555,7 @@ where
                         Ok(None) => Err(crate::backend::BackendError::Closed { addr: String::new() }),
                         Err(e) => Err(crate::backend::BackendError::Protocol { addr: String::new(), source: e }),
                     }),
-                    r = client.read_frame(), if want_client => Event::Client(r),
+                    r = client.read_frame(), if want_client => Event::from_client(r),
                     r = async {
                         match b_write {
                             Some((w, o, _)) => w.write(&o[..]).await,
@@ -562,10 +568,31 @@ where
                     _ = &mut shutdown, if !closing && deadline.is_none() => Event::Shutdown,
                 }
             };
-            if self.on_event(event).await? {
-                return Ok(());
+            // Only a client's message may wait (for a backend, a fan-out…): the rest is
+            // handled without an async call's state, 11 events per prepared statement
+            // (issue 16).
+            match event {
+                Event::Client(frame) => self.on_client_message(frame).await?,
+                event => {
+                    if self.on_event(event)? {
+                        return Ok(());
+                    }
+                }
+            }
+            if self.txn.roll_back_parked {
+                self.roll_back_parked().await;
             }
         }
+    }
+
+    /// A message from the client, its request's start noted.
+    async fn on_client_message(&mut self, frame: Frame) -> Result<(), SessionError> {
+        if self.request_start.is_none() {
+            let now = std::time::Instant::now();
+            self.request_start = Some(now);
+            self.entry.set_busy(Some(now));
+        }
+        self.on_client_frame(frame).await
     }
 
     /// Output written as soon as nothing buffered is left to handle, instead of on the
@@ -625,14 +652,15 @@ where
             return None;
         }
         match self.client.try_frame() {
-            Ok(Some(f)) => Some(Event::Client(Ok(Some(f)))),
+            Ok(Some(f)) => Some(Event::Client(f)),
             Ok(None) => None,
-            Err(e) => Some(Event::Client(Err(e))),
+            Err(e) => Some(Event::from_client(Err(e))),
         }
     }
 
-    /// Handles one event of the loop; `true` ends the session (the client left).
-    async fn on_event(&mut self, event: Event) -> Result<bool, SessionError> {
+    /// Handles one event of the loop but a client's message (`on_client_message`);
+    /// `true` ends the session (the client left).
+    fn on_event(&mut self, event: Event) -> Result<bool, SessionError> {
         match event {
             Event::Shutdown => {
                 if self.between_transactions() {
@@ -656,17 +684,11 @@ where
                 tracing::warn!(error = %e, "{lost}");
                 return Err(lost);
             }
-            Event::Client(Ok(Some(frame))) => {
-                if self.request_start.is_none() {
-                    let now = std::time::Instant::now();
-                    self.request_start = Some(now);
-                    self.entry.set_busy(Some(now));
-                }
-                self.on_client_frame(frame).await?
-            }
-            Event::Client(Ok(None)) => return Ok(true),
-            Event::Client(Err(ProtocolError::Io(_))) => return Ok(true),
-            Event::Client(Err(e)) => return Err(SessionError::Protocol(e)),
+            // Not sent here: a message may wait (for a backend, a fan-out…), so the loop
+            // hands it to `on_client_message`. Kept for the next turn if it were.
+            Event::Client(frame) => self.deferred = Some(frame),
+            Event::ClientGone(None | Some(ProtocolError::Io(_))) => return Ok(true),
+            Event::ClientGone(Some(e)) => return Err(SessionError::Protocol(e)),
             Event::BackendWrote(Ok(n)) if n > 0 => {
                 if let Some(a) = self.attached.as_mut() {
                     a.conn.out.advance(n);
@@ -684,9 +706,6 @@ where
                 self.out.advance(n)
             }
             Event::ClientWrote(_) => return Ok(true),
-        }
-        if self.txn.roll_back_parked {
-            self.roll_back_parked().await;
         }
         Ok(false)
     }
