@@ -372,3 +372,42 @@ async fn multi_shard_portal_after_a_flushed_prepare() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The same unnamed Parse sent again (as pgbench -M extended and psycopg do) is parsed
+/// again by the backend, as PostgreSQL would, even though the router reuses its plan:
+/// a column added in between shows in the next result instead of PostgreSQL's
+/// "cached plan must not change result type" from the backend's old statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_parsed_again_sees_a_new_column() -> anyhow::Result<()> {
+    use pgshard_tests::wire::{Mode, Outcome, WireClient};
+    let cluster = two_shards(vec![]).await?;
+    let router = TestRouter::start(&cluster).await?;
+    let c = router.connect().await?;
+    c.batch_execute("CREATE TABLE rp (a int); INSERT INTO rp VALUES (1)")
+        .await?;
+    drop(c);
+    let mut w =
+        WireClient::connect("127.0.0.1", router.port(), "postgres", "postgres", None).await?;
+    let columns = |out: &[Outcome]| match out {
+        [Outcome::Done { columns, .. }] => columns.len(),
+        other => panic!("{other:?}"),
+    };
+    for _ in 0..3 {
+        let (out, _) = w.run("SELECT * FROM rp", Mode::ExtendedBinary).await?;
+        assert_eq!(columns(&out), 1);
+    }
+    // Behind the router's back (its backend of the statement stays idle in the pool):
+    // on the shard that holds the local table.
+    let shard = cluster.catalog().local_shard;
+    let node = cluster.primary_name(shard.0)?;
+    cluster
+        .connect_node(&node)
+        .await?
+        .batch_execute("ALTER TABLE rp ADD COLUMN b int DEFAULT 7")
+        .await?;
+    for _ in 0..2 {
+        let (out, _) = w.run("SELECT * FROM rp", Mode::ExtendedBinary).await?;
+        assert_eq!(columns(&out), 2, "{out:?}");
+    }
+    Ok(())
+}

@@ -18,7 +18,6 @@ use crate::protocol::Frame;
 use crate::reads::{Choice, ReadLease, ReadReq};
 use pgshard_catalog::config::{PoolMode, ReadFrom};
 use pgshard_catalog::ShardId;
-use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The portal of the router's BEGIN that turns a batch's implicit transaction into one
@@ -365,7 +364,7 @@ where
         let mut a = Attached {
             conn,
             shard,
-            expects: VecDeque::new(),
+            expects: std::mem::take(&mut self.spare_expects),
             executed: false,
             failed_since_sync: false,
             wrote: None,

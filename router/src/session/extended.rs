@@ -41,10 +41,16 @@ where
     pub(crate) async fn on_parse(
         &mut self,
         frame: &Frame,
-        name: String,
-        sql: String,
+        name: &str,
+        sql: &str,
         param_types: Vec<u32>,
     ) -> Result<(), SessionError> {
+        if let Some((stmt, catalog)) = self.unnamed_again(name, sql, &param_types) {
+            return self
+                .parse_planned(frame, String::new(), stmt, &catalog, false)
+                .await;
+        }
+        let (name, sql) = (name.to_string(), sql.to_string());
         if !name.is_empty() && self.stmts.contains_key(&name) {
             self.fail_extended(SessionError::DuplicateStatement(name));
             return Ok(());
@@ -68,26 +74,6 @@ where
         if let Some(route) = self.cursor_route(&sql) {
             plan.route = route;
         }
-        // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
-        // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
-        // may still send Unsupported statements to a shard.)
-        let planned = self.overridden(&plan.route);
-        // PREPARE and EXECUTE go to a shard (see `sql_level_route`).
-        let refused_router = matches!(
-            &*planned,
-            Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. })
-        );
-        if matches!(&*planned, Route::Unsupported(_)) {
-            if let Err(e) = self.resolve(&planned, &catalog) {
-                self.fail_extended(e);
-                return Ok(());
-            }
-        }
-        let planned_shard = match &*planned {
-            Route::Shard(s) => Some(*s),
-            _ => None,
-        };
-        let runs_here = matches!(&*planned, Route::Router(_)) && !refused_router;
         // A view written in: backends prepare the text with the view written in.
         let sql = plan.rewritten.clone().unwrap_or(sql);
         let key = Arc::new(StmtKey { sql, param_types });
@@ -106,7 +92,69 @@ where
             catalog_version: catalog.version,
             command,
         });
-        self.stmts.insert(name.clone(), stmt.clone());
+        self.parse_planned(frame, name, stmt, &catalog, true).await
+    }
+
+    /// The unnamed statement as it stands when a Parse repeats it (same text and
+    /// parameter types, same catalog, nothing in the session that plans it otherwise):
+    /// drivers send the same unnamed Parse before every Bind (pgbench -M extended,
+    /// psycopg), and planning it again made a new statement each time (issue 16).
+    fn unnamed_again(
+        &self,
+        name: &str,
+        sql: &str,
+        param_types: &[u32],
+    ) -> Option<(Arc<Stmt>, Arc<pgshard_catalog::Catalog>)> {
+        if !name.is_empty() || !self.cursors.is_empty() {
+            return None;
+        }
+        let prev = self.stmts.get("")?;
+        let catalog = self.ctx.catalog.current();
+        let same = prev.unnamed
+            && prev.catalog_version == catalog.version
+            && prev.key.sql == sql
+            && prev.key.param_types == param_types
+            && !prev.plan.column_order
+            && prev.plan.rewritten.is_none()
+            && !matches!(prev.plan.route, Route::Router(RouterCommand::Cursor(_)))
+            && (self.shard_override.is_some()
+                || !crate::hold::touches_frozen(&prev.plan, &catalog));
+        same.then(|| (prev.clone(), catalog))
+    }
+
+    /// A planned Parse recorded (`insert`: not there yet) and answered: refused, run
+    /// by the router, or sent to a backend.
+    async fn parse_planned(
+        &mut self,
+        frame: &Frame,
+        name: String,
+        stmt: Arc<Stmt>,
+        catalog: &pgshard_catalog::Catalog,
+        insert: bool,
+    ) -> Result<(), SessionError> {
+        // Refused at Parse: the statement could never run. (`Route::Error`, e.g. a NULL
+        // shard key, is raised at Bind like PostgreSQL's constraint errors; an override
+        // may still send Unsupported statements to a shard.)
+        let planned = self.overridden(&stmt.plan.route);
+        // PREPARE and EXECUTE go to a shard (see `sql_level_route`).
+        let refused_router = matches!(
+            &*planned,
+            Route::Router(RouterCommand::Prepare { .. } | RouterCommand::Execute { .. })
+        );
+        if matches!(&*planned, Route::Unsupported(_)) {
+            if let Err(e) = self.resolve(&planned, catalog) {
+                self.fail_extended(e);
+                return Ok(());
+            }
+        }
+        let planned_shard = match &*planned {
+            Route::Shard(s) => Some(*s),
+            _ => None,
+        };
+        let runs_here = matches!(&*planned, Route::Router(_)) && !refused_router;
+        if insert {
+            self.stmts.insert(name.clone(), stmt.clone());
+        }
         if runs_here {
             // Run by the router (see `super::local`): no shard knows the function.
             self.emit_empty(b'1');
@@ -235,10 +283,15 @@ where
             return;
         };
         let conn = &mut a.conn;
+        // The unnamed statement is parsed again whenever the client parsed it again
+        // (`forward_ack`), even when the router reused its plan (`unnamed_again`), as
+        // PostgreSQL would.
         let present = if stmt.unnamed {
-            conn.unnamed
-                .as_ref()
-                .is_some_and(|k| Arc::ptr_eq(k, &stmt.key))
+            !forward_ack
+                && conn
+                    .unnamed
+                    .as_ref()
+                    .is_some_and(|k| Arc::ptr_eq(k, &stmt.key))
         } else {
             conn.tick += 1;
             let tick = conn.tick;

@@ -337,6 +337,9 @@ pub struct Session<R, W> {
     pub(crate) skip_until_sync: bool,
     /// The statement whose ParseComplete rides on its (deferred) prepare.
     pub(crate) parse_ack: Option<String>,
+    /// The expectations queue of the last backend released, empty, for the next one
+    /// attached (one allocation per session instead of two per transaction).
+    pub(crate) spare_expects: VecDeque<Expect>,
     /// `SET pgshard.shard = N` (SPEC §5 escape hatch): every statement goes to shard N;
     /// `true` when set with SET LOCAL (cleared at the end of the transaction).
     pub(crate) shard_override: Option<(ShardId, bool)>,
@@ -434,6 +437,7 @@ where
             ready_held: None,
             skip_until_sync: false,
             parse_ack: None,
+            spare_expects: VecDeque::new(),
             shard_override: None,
             read_from,
             pending_write: false,
@@ -843,10 +847,7 @@ where
                 name,
                 sql,
                 param_types,
-            } => {
-                let (name, sql) = (name.to_string(), sql.to_string());
-                self.on_parse(&frame, name, sql, param_types).await
-            }
+            } => self.on_parse(&frame, name, sql, param_types).await,
             M::Bind(bind) => match self.stmts.get(bind.statement).cloned() {
                 Some(stmt) if self.is_copy_statement(&stmt) => {
                     self.pending_write = true;
@@ -954,7 +955,9 @@ where
             // Unpublished before the backend goes back to its pool (the deadlock
             // detector must not mark a backend another session may take next).
             self.entry.set_activity("idle", None, None);
-            self.attached = None;
+            if let Some(mut a) = self.attached.take() {
+                self.spare_expects = std::mem::take(&mut a.expects);
+            }
             self.drop_backend_portals();
         }
     }
