@@ -75,8 +75,12 @@ pub fn touches_frozen(plan: &Plan, catalog: &Catalog) -> bool {
 /// from the first wait: call [`FrozenHold::wait`] each time a plan
 /// [`touches_frozen`], then read the catalog and plan again.
 pub struct FrozenHold {
-    started: Instant,
-    changes: Option<tokio::sync::watch::Receiver<pgshard_catalog::CatalogVersion>>,
+    /// Since the first wait, with the subscription to the catalog made then (a
+    /// statement that never waits reads no clock: one per statement, issue 16).
+    changes: Option<(
+        Instant,
+        tokio::sync::watch::Receiver<pgshard_catalog::CatalogVersion>,
+    )>,
 }
 
 impl Default for FrozenHold {
@@ -87,10 +91,7 @@ impl Default for FrozenHold {
 
 impl FrozenHold {
     pub fn new() -> FrozenHold {
-        FrozenHold {
-            started: Instant::now(),
-            changes: None,
-        }
+        FrozenHold { changes: None }
     }
 
     /// Return once the catalog may have changed (the first call returns at once, having
@@ -98,12 +99,12 @@ impl FrozenHold {
     /// 57P03 past the bound.
     pub async fn wait(&mut self, ctx: &RouterCtx) -> Result<(), SessionError> {
         let hold = Duration::from_millis(ctx.config.failover_hold_ms);
-        let Some(c) = self.changes.as_mut() else {
-            self.changes = Some(ctx.catalog.subscribe());
+        let Some((started, c)) = self.changes.as_mut() else {
+            self.changes = Some((Instant::now(), ctx.catalog.subscribe()));
             return Ok(());
         };
         c.borrow_and_update();
-        let waited = self.started.elapsed();
+        let waited = started.elapsed();
         if waited >= hold {
             crate::stats::bump(&ctx.stats.hold_timeouts);
             return Err(SessionError::BucketsMoving {
@@ -119,9 +120,9 @@ impl FrozenHold {
 
     /// Note a statement released after a wait.
     pub fn released(&self, ctx: &RouterCtx) {
-        if self.changes.is_some() {
-            tracing::debug!(held = ?self.started.elapsed(), "statement held through a bucket move");
-            ctx.stats.note_held(self.started.elapsed());
+        if let Some((started, _)) = &self.changes {
+            tracing::debug!(held = ?started.elapsed(), "statement held through a bucket move");
+            ctx.stats.note_held(started.elapsed());
         }
     }
 }

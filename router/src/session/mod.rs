@@ -372,7 +372,10 @@ enum Event {
     Shutdown,
     /// The shutdown grace of a session in a transaction is over.
     GraceOver,
-    Backend(Result<Frame, crate::backend::BackendError>),
+    /// A message from the attached backend.
+    Backend(Frame),
+    /// The attached backend closed the connection (`None`) or broke the protocol.
+    BackendGone(Option<ProtocolError>),
     /// A message from the client.
     Client(Frame),
     /// The client's side ended: it closed the connection (`None`) or sent what is not
@@ -554,11 +557,11 @@ where
                             Some(r) => r.read_frame().await,
                             None => std::future::pending().await,
                         }
-                    }, if has_backend && !out_full && !closing => Event::Backend(match r {
-                        Ok(Some(f)) => Ok(f),
-                        Ok(None) => Err(crate::backend::BackendError::Closed { addr: String::new() }),
-                        Err(e) => Err(crate::backend::BackendError::Protocol { addr: String::new(), source: e }),
-                    }),
+                    }, if has_backend && !out_full && !closing => match r {
+                        Ok(Some(f)) => Event::Backend(f),
+                        Ok(None) => Event::BackendGone(None),
+                        Err(e) => Event::BackendGone(Some(e)),
+                    },
                     r = client.read_frame(), if want_client => Event::from_client(r),
                     r = async {
                         match b_write {
@@ -636,16 +639,9 @@ where
         if let Some(a) = self.attached.as_mut() {
             if !out_full {
                 match a.conn.reader.try_frame() {
-                    Ok(Some(f)) => return Some(Event::Backend(Ok(f))),
+                    Ok(Some(f)) => return Some(Event::Backend(f)),
                     Ok(None) => {}
-                    Err(e) => {
-                        return Some(Event::Backend(Err(
-                            crate::backend::BackendError::Protocol {
-                                addr: String::new(),
-                                source: e,
-                            },
-                        )))
-                    }
+                    Err(e) => return Some(Event::BackendGone(Some(e))),
                 }
             }
             if a.conn.out.len() >= HIGH_WATER {
@@ -682,8 +678,14 @@ where
                 tracing::info!("shutting down: transaction still open after the grace period; terminating the session");
                 self.terminate_for_shutdown();
             }
-            Event::Backend(Ok(frame)) => self.on_backend_frame(frame)?,
-            Event::Backend(Err(e)) => {
+            Event::Backend(frame) => self.on_backend_frame(frame)?,
+            Event::BackendGone(e) => {
+                use crate::backend::BackendError;
+                let addr = String::new();
+                let e = match e {
+                    None => BackendError::Closed { addr },
+                    Some(source) => BackendError::Protocol { addr, source },
+                };
                 let lost = self.lose_backend();
                 tracing::warn!(error = %e, "{lost}");
                 return Err(lost);
