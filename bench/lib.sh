@@ -46,3 +46,39 @@ INI
     echo "pgbouncer did not start (see $work/pgbouncer.log)" >&2
     return 1
 }
+
+# Writes to $1 a 1-shard cluster config, no replicas, router on port $2 with pool $3; with
+# $4 = 1 the pgbench tables declared (accounts and history distributed by aid, branches
+# and tellers reference), else left local.
+one_shard_pgbench_config() {
+    cat > "$1" <<TOML
+[cluster]
+shards = 1
+replicas = 0
+[router]
+listen = "127.0.0.1:$2"
+pool_size = $3
+TOML
+    [ "$4" = 1 ] || return 0
+    cat >> "$1" <<TOML
+[[table]]
+name = "pgbench_accounts"
+shard_key = "aid"
+key_type = "integer"
+[[table]]
+name = "pgbench_branches"
+kind = "reference"
+[[table]]
+name = "pgbench_tellers"
+kind = "reference"
+[[table]]
+name = "pgbench_history"
+shard_key = "aid"
+key_type = "integer"
+TOML
+}
+
+# The port of node $2 in the JSON of `pgshard status --json` given as $1.
+status_node_port() {
+    echo "$1" | python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$2"
+}

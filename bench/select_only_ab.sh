@@ -45,36 +45,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$WORK/bench.toml" <<TOML
-[cluster]
-shards = 1
-replicas = 0
-[router]
-listen = "127.0.0.1:$ROUTER_PORT"
-pool_size = $POOL
-TOML
-if [ "$DECLARE" = 1 ]; then
-    cat >> "$WORK/bench.toml" <<TOML
-[[table]]
-name = "pgbench_accounts"
-shard_key = "aid"
-key_type = "integer"
-[[table]]
-name = "pgbench_branches"
-kind = "reference"
-[[table]]
-name = "pgbench_tellers"
-kind = "reference"
-[[table]]
-name = "pgbench_history"
-shard_key = "aid"
-key_type = "integer"
-TOML
-fi
+one_shard_pgbench_config "$WORK/bench.toml" "$ROUTER_PORT" $POOL "$DECLARE"
 
 ./target/release/pgshard up --data-dir "$DATA" --config "$WORK/bench.toml" >/dev/null
 STATUS=$(./target/release/pgshard status --data-dir "$DATA" --json)
-node_port() { echo "$STATUS" | python3 -c 'import json,sys; print([n["port"] for n in json.load(sys.stdin)["nodes"] if n["name"]==sys.argv[1]][0])' "$1"; }
+node_port() { status_node_port "$STATUS" "$1"; }
 PG_PORT=$(node_port shard1-node1)
 CATALOG_PORT=$(node_port catalog-node1)
 ROUTER_PID=$(router_pid "$DATA")

@@ -110,11 +110,7 @@ where
         }
         let prev = self.stmts.get("")?;
         let catalog = self.ctx.catalog.current();
-        let same = prev.unnamed
-            && prev.catalog_version == catalog.version
-            && prev.key.sql == sql
-            && prev.key.param_types == param_types
-            && !prev.plan.column_order
+        let same = prev.same_unnamed(sql, param_types, &catalog)
             && prev.plan.rewritten.is_none()
             && !matches!(prev.plan.route, Route::Router(RouterCommand::Cursor(_)))
             && (self.shard_override.is_some()
@@ -179,13 +175,7 @@ where
         let reused = self
             .stmts
             .get(name)
-            .filter(|prev| {
-                prev.unnamed
-                    && prev.catalog_version == catalog.version
-                    && prev.key.sql == sql
-                    && prev.key.param_types == param_types
-                    && !prev.plan.column_order
-            })
+            .filter(|prev| prev.same_unnamed(sql, param_types, catalog))
             .cloned();
         let (plan, command, digest) = match reused {
             Some(prev) => (prev.plan.clone(), prev.command.clone(), Some(prev.digest)),

@@ -95,6 +95,23 @@ pub struct Stmt {
     pub command: SessionCommand,
 }
 
+impl Stmt {
+    /// The unnamed statement, planned under this catalog, as a Parse of `sql` with
+    /// `param_types` would plan it again: its plan may be reused.
+    pub(crate) fn same_unnamed(
+        &self,
+        sql: &str,
+        param_types: &[u32],
+        catalog: &pgshard_catalog::Catalog,
+    ) -> bool {
+        self.unnamed
+            && self.catalog_version == catalog.version
+            && self.key.sql == sql
+            && self.key.param_types == param_types
+            && !self.plan.column_order
+    }
+}
+
 /// A SQL-level prepared statement (`PREPARE name AS …`).
 pub struct SqlPrepared {
     /// The full PREPARE statement, replayed on backends that lack it.
